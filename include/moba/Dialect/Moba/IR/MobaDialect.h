@@ -1,0 +1,14 @@
+//===- MobaDialect.h - The moba dialect -------------------------*- C++ -*-===//
+//
+// Part of moba-mlir.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_DIALECT_MOBA_IR_MOBADIALECT_H
+#define MOBA_DIALECT_MOBA_IR_MOBADIALECT_H
+
+#include "mlir/IR/Dialect.h"
+
+#include "moba/Dialect/Moba/IR/MobaDialect.h.inc"
+
+#endif // MOBA_DIALECT_MOBA_IR_MOBADIALECT_H

@@ -1,0 +1,418 @@
+//===- MobaOps.td - moba dialect operations ----------------*- tablegen -*-===//
+//
+// Part of moba-mlir. The ops of the `moba` dialect. `docs/semantics.md` is the
+// contract; every description below states the part of it the op computes.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_DIALECT_MOBA_IR_MOBAOPS_TD
+#define MOBA_DIALECT_MOBA_IR_MOBAOPS_TD
+
+include "moba/Dialect/Moba/IR/MobaDialect.td"
+include "mlir/Interfaces/DestinationStyleOpInterface.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+
+//===----------------------------------------------------------------------===//
+// moba.attention
+//===----------------------------------------------------------------------===//
+
+def Moba_AttentionOp : Moba_Op<"attention", [Pure]> {
+  let summary = "MoBA attention: block pooling, gating, top-k and sparse attention";
+  let description = [{
+    Computes Mixture of Block Attention over `q`, `k` and `v`.
+
+    Keys of each sequence are cut into blocks of `block_size` tokens starting
+    at the sequence's first token (the last block may be shorter). For query
+    `t` at position `p` of its sequence and query head `h` (reading key/value
+    head `g = h / (Hq / Hkv)`):
+
+    ```
+    mean_j      = (1 / |B_j|) * sum_{s in B_j} k[s, g, :]
+    gate(t, j)  = q[t, h, :] . mean_j                  (f32, no softmax scale)
+    S(t)        = causal:     own block of p, plus the top_k - 1 best blocks
+                              ending at or before p (ties: the later block)
+                  non-causal: the top_k best blocks (ties: the later block)
+    K(t)        = keys of the blocks in S(t); causal: only positions <= p
+    lse[t, h]   = log(sum_{s in K(t)} exp(scale * q[t,h,:] . k[s,g,:]))
+    out[t, h,:] = sum_{s in K(t)} exp(scale * q[t,h,:] . k[s,g,:] - lse) * v[s,g,:]
+    ```
+
+    `top_k` at or above the number of blocks of a sequence is dense attention.
+    `scale` defaults to `1 / sqrt(head_dim)`.
+
+    Layouts, told apart by the rank of `q`:
+    * packed variable length: `q : [T, Hq, D]`, `k, v : [T, Hkv, D]` and
+      `cu_seqlens : [B + 1]` (integer offsets of the sequences, starting at 0
+      and ending at `T`, as flash-attn's varlen API). `max_seqlen`, when
+      given, promises that no sequence is longer; it bounds the number of
+      blocks per sequence. `lse : [T, Hq]`.
+    * batched: `q : [B, S, Hq, D]`, `k, v : [B, S, Hkv, D]`, no `cu_seqlens`.
+      `lse : [B, S, Hq]`.
+
+    The log-sum-exp is token-major (the layout of `q` without its last dim)
+    so that reshaping between the two layouts never transposes it.
+
+    Example:
+
+    ```mlir
+    %out, %lse = moba.attention q(%q : tensor<4096x32x128xbf16>)
+        k(%k : tensor<4096x8x128xbf16>) v(%v : tensor<4096x8x128xbf16>)
+        cu_seqlens(%cu : tensor<3xi32>) {block_size = 512, top_k = 3}
+        -> tensor<4096x32x128xbf16>, tensor<4096x32xf32>
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$q,
+    Moba_QKVTensor:$k,
+    Moba_QKVTensor:$v,
+    Optional<Moba_CuSeqlens>:$cu_seqlens,
+    I64Attr:$block_size,
+    I64Attr:$top_k,
+    DefaultValuedAttr<BoolAttr, "true">:$causal,
+    OptionalAttr<F32Attr>:$scale,
+    OptionalAttr<I64Attr>:$max_seqlen
+  );
+  let results = (outs
+    Moba_QKVTensor:$output,
+    Optional<Moba_F32Tensor>:$lse
+  );
+
+  let assemblyFormat = [{
+    `q` `(` $q `:` type($q) `)`
+    `k` `(` $k `:` type($k) `)`
+    `v` `(` $v `:` type($v) `)`
+    (`cu_seqlens` `(` $cu_seqlens^ `:` type($cu_seqlens) `)`)?
+    attr-dict `->` type($output) (`,` type($lse)^)?
+  }];
+
+  let extraClassDeclaration = [{
+    /// True for the packed variable-length layout (`q` of rank 3).
+    bool isVarlen() { return getQ().getType().getRank() == 3; }
+    /// The softmax scale: the attribute, or 1/sqrt(head_dim).
+    double getScaleOrDefault();
+    /// Upper bound on the number of blocks of one sequence, if static.
+    std::optional<int64_t> getStaticMaxBlocksPerSequence();
+  }];
+
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Decomposed ops. All work on the packed variable-length layout and are in
+// destination-passing style: the last operands are the inits, and each result
+// has the type of its init.
+//===----------------------------------------------------------------------===//
+
+class Moba_DpsOp<string mnemonic, list<Trait> traits = []> :
+    Moba_Op<mnemonic, !listconcat(traits, [
+      Pure, DeclareOpInterfaceMethods<DestinationStyleOpInterface>])>;
+
+def Moba_BlockPoolOp : Moba_DpsOp<"block_pool",
+    [AllTypesMatch<["init", "result"]>]> {
+  let summary = "Mean of the keys of each block, per sequence and key/value head";
+  let description = [{
+    Cuts every sequence of the packed batch into blocks of `block_size` tokens
+    (the last one may be shorter) and writes the mean key of each block:
+
+    ```
+    len_b     = cu_seqlens[b + 1] - cu_seqlens[b]
+    nblk_b    = ceil(len_b / block_size)
+    off_b     = sum_{b' < b} nblk_b'          (the block table of the batch)
+    result[off_b + i, g, :] = mean_{s in block i of sequence b} keys[s, g, :]
+    ```
+
+    for `i < nblk_b`, accumulated in f32. Rows at and beyond the total number
+    of blocks keep the values of `init`. `NB`, the leading dim of `init`, must
+    be at least the total block count; `B * ceil(max_seqlen / block_size)` and
+    `floor(T / block_size) + B` are both enough.
+
+    Example:
+
+    ```mlir
+    %means = moba.block_pool keys(%k : tensor<4096x8x128xbf16>)
+        cu_seqlens(%cu : tensor<3xi32>)
+        outs(%init : tensor<10x8x128xf32>) {block_size = 512}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$keys,
+    Moba_CuSeqlens:$cu_seqlens,
+    Moba_F32Tensor:$init,
+    I64Attr:$block_size
+  );
+  let results = (outs Moba_F32Tensor:$result);
+  let assemblyFormat = [{
+    `keys` `(` $keys `:` type($keys) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    `outs` `(` $init `:` type($init) `)` attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+def Moba_GateOp : Moba_DpsOp<"gate", [AllTypesMatch<["init", "result"]>]> {
+  let summary = "Gate scores: each query against the block means of its sequence";
+  let description = [{
+    Scores every query against the mean keys of the blocks of its own
+    sequence, with the block means of its key/value head:
+
+    ```
+    result[t, h, i] = sum_d queries[t, h, d] * means[off_b + i, h / (Hq / Hkv), d]
+                      for i < nblk_b, where b is the sequence of t
+    result[t, h, i] = -inf  for nblk_b <= i < MB
+    ```
+
+    accumulated in f32, without the softmax scale. `MB`, the last dim of
+    `init`, bounds the number of blocks of one sequence; the caller
+    guarantees `nblk_b <= MB` (for example `MB = ceil(max_seqlen /
+    block_size)`). Block indices are local to the sequence. Causality is not
+    applied here: `moba.topk` picks among the candidates.
+
+    Example:
+
+    ```mlir
+    %scores = moba.gate queries(%q : tensor<4096x32x128xbf16>)
+        means(%means : tensor<10x8x128xf32>) cu_seqlens(%cu : tensor<3xi32>)
+        outs(%init : tensor<4096x32x8xf32>) {block_size = 512}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$queries,
+    Moba_F32Tensor:$means,
+    Moba_CuSeqlens:$cu_seqlens,
+    Moba_F32Tensor:$init,
+    I64Attr:$block_size
+  );
+  let results = (outs Moba_F32Tensor:$result);
+  let assemblyFormat = [{
+    `queries` `(` $queries `:` type($queries) `)`
+    `means` `(` $means `:` type($means) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    `outs` `(` $init `:` type($init) `)` attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+def Moba_TopKOp : Moba_DpsOp<"topk", [AllTypesMatch<["init", "result"]>]> {
+  let summary = "MoBA block selection: the own block plus the best past blocks";
+  let description = [{
+    Selects, for every query and query head, `K` blocks (the last dim of
+    `init`) of the query's sequence, as local block indices:
+
+    * causal: the block holding the query's position `p` is always selected
+      and comes first. The candidates are the blocks that end at or before
+      `p` (strictly past blocks); the `K - 1` with the highest score follow,
+      best first.
+    * non-causal: every block of the sequence is a candidate and none is
+      forced; the `K` with the highest score, best first.
+
+    Ties between equal scores go to the more recent (higher-index) block.
+    Slots left over when there are fewer candidates than `K` hold -1.
+
+    `scores` may be omitted only for causal selection with `K = 1`, where the
+    selection is the own block and no gate is needed (the canonical form of
+    that case).
+
+    Example:
+
+    ```mlir
+    %sel = moba.topk scores(%scores : tensor<4096x32x8xf32>)
+        cu_seqlens(%cu : tensor<3xi32>)
+        outs(%init : tensor<4096x32x3xi32>) {block_size = 512}
+    ```
+  }];
+
+  let arguments = (ins
+    Optional<Moba_F32Tensor>:$scores,
+    Moba_CuSeqlens:$cu_seqlens,
+    Moba_IndexTensor:$init,
+    I64Attr:$block_size,
+    DefaultValuedAttr<BoolAttr, "true">:$causal
+  );
+  let results = (outs Moba_IndexTensor:$result);
+  let assemblyFormat = [{
+    (`scores` `(` $scores^ `:` type($scores) `)`)?
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    `outs` `(` $init `:` type($init) `)` attr-dict
+  }];
+  let extraClassDeclaration = [{
+    /// K, the number of blocks selected per query and head (dynamic if
+    /// ShapedType::kDynamic).
+    int64_t getK() { return getInit().getType().getShape().back(); }
+  }];
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+}
+
+def Moba_SparseAttentionOp : Moba_DpsOp<"sparse_attention",
+    [AllTypesMatch<["out_init", "output"]>,
+     AllTypesMatch<["lse_init", "lse"]>]> {
+  let summary = "Block-sparse attention over the selected key blocks";
+  let description = [{
+    Attends every query to the keys of the blocks `selected` for it, and
+    returns the normalized output and the natural log-sum-exp of the scaled
+    scores:
+
+    ```
+    K(t)        = keys of the blocks selected[t, h, :] (entries >= 0) of the
+                  sequence of t; causal: only positions <= p(t)
+    lse[t, h]   = log(sum_{s in K(t)} exp(scale * q[t,h,:] . k[s,g,:]))
+    out[t, h,:] = sum_{s in K(t)} exp(scale * q[t,h,:] . k[s,g,:] - lse) * v[s,g,:]
+    ```
+
+    with `g = h / (Hq / Hkv)`. Without `selected` every block of the
+    sequence is attended: dense (causal) attention. A block listed twice
+    counts once. Accumulation is f32; `out` has the element type of `q`.
+
+    Example:
+
+    ```mlir
+    %out, %lse = moba.sparse_attention q(%q : tensor<4096x32x128xbf16>)
+        k(%k : tensor<4096x8x128xbf16>) v(%v : tensor<4096x8x128xbf16>)
+        cu_seqlens(%cu : tensor<3xi32>)
+        selected(%sel : tensor<4096x32x3xi32>)
+        outs(%o : tensor<4096x32x128xbf16>, %l : tensor<4096x32xf32>)
+        {block_size = 512, scale = 0.0883883461 : f32}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$q,
+    Moba_QKVTensor:$k,
+    Moba_QKVTensor:$v,
+    Moba_CuSeqlens:$cu_seqlens,
+    Optional<Moba_IndexTensor>:$selected,
+    Moba_QKVTensor:$out_init,
+    Moba_F32Tensor:$lse_init,
+    I64Attr:$block_size,
+    F32Attr:$scale,
+    DefaultValuedAttr<BoolAttr, "true">:$causal
+  );
+  let results = (outs Moba_QKVTensor:$output, Moba_F32Tensor:$lse);
+  let assemblyFormat = [{
+    `q` `(` $q `:` type($q) `)`
+    `k` `(` $k `:` type($k) `)`
+    `v` `(` $v `:` type($v) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    (`selected` `(` $selected^ `:` type($selected) `)`)?
+    `outs` `(` $out_init `:` type($out_init) `,`
+               $lse_init `:` type($lse_init) `)` attr-dict
+  }];
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+}
+
+def Moba_OnlineSparseAttentionOp : Moba_DpsOp<"online_sparse_attention",
+    [AllTypesMatch<["acc_init", "acc"]>,
+     AllTypesMatch<["max_init", "max"]>,
+     AllTypesMatch<["sum_init", "sum"]>]> {
+  let summary = "Online-softmax step of block-sparse attention";
+  let description = [{
+    The partial-reduction form of `moba.sparse_attention`: folds the keys of
+    the `selected` blocks into a running online-softmax state (unnormalized
+    accumulator, running max, running sum), so that attention over the
+    selected blocks can be tiled along the key dimension and its pieces
+    chained:
+
+    ```
+    m'       = max(max_init, max_{s in K(t)} scale * q . k[s])
+    sum      = sum_init * exp(max_init - m') + sum_{s in K(t)} exp(scale * q . k[s] - m')
+    acc      = acc_init * exp(max_init - m') + sum_{s in K(t)} exp(scale * q . k[s] - m') * v[s]
+    max      = m'
+    ```
+
+    with `K(t)` as in `moba.sparse_attention` (all keys of the sequence when
+    `selected` is absent). The state starts at `acc = 0, max = -inf, sum = 0`;
+    the attention output is `acc / sum` and the log-sum-exp `max + log(sum)`.
+    The state is f32: `acc : [T, Hq, D]`, `max, sum : [T, Hq]`.
+
+    Example:
+
+    ```mlir
+    %acc, %max, %sum = moba.online_sparse_attention
+        q(%q : tensor<4096x32x128xbf16>) k(%k : tensor<4096x8x128xbf16>)
+        v(%v : tensor<4096x8x128xbf16>) cu_seqlens(%cu : tensor<3xi32>)
+        selected(%sel : tensor<4096x32x3xi32>)
+        outs(%a : tensor<4096x32x128xf32>, %m : tensor<4096x32xf32>,
+             %s : tensor<4096x32xf32>)
+        {block_size = 512, scale = 0.0883883461 : f32}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$q,
+    Moba_QKVTensor:$k,
+    Moba_QKVTensor:$v,
+    Moba_CuSeqlens:$cu_seqlens,
+    Optional<Moba_IndexTensor>:$selected,
+    Moba_F32Tensor:$acc_init,
+    Moba_F32Tensor:$max_init,
+    Moba_F32Tensor:$sum_init,
+    I64Attr:$block_size,
+    F32Attr:$scale,
+    DefaultValuedAttr<BoolAttr, "true">:$causal
+  );
+  let results = (outs Moba_F32Tensor:$acc, Moba_F32Tensor:$max,
+                      Moba_F32Tensor:$sum);
+  let assemblyFormat = [{
+    `q` `(` $q `:` type($q) `)`
+    `k` `(` $k `:` type($k) `)`
+    `v` `(` $v `:` type($v) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    (`selected` `(` $selected^ `:` type($selected) `)`)?
+    `outs` `(` $acc_init `:` type($acc_init) `,`
+               $max_init `:` type($max_init) `,`
+               $sum_init `:` type($sum_init) `)` attr-dict
+  }];
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+}
+
+def Moba_LseMergeOp : Moba_DpsOp<"lse_merge",
+    [AllTypesMatch<["out_init", "output"]>,
+     AllTypesMatch<["lse_init", "lse"]>]> {
+  let summary = "Merge partial attention results through their log-sum-exp";
+  let description = [{
+    Combines `P` partial attention results over disjoint key sets (stacked
+    along the leading dim) into the result over their union:
+
+    ```
+    lse[t, h]    = log(sum_p exp(partial_lse[p, t, h]))
+    out[t, h, :] = sum_p exp(partial_lse[p, t, h] - lse[t, h]) * partial_out[p, t, h, :]
+    ```
+
+    A partial with `partial_lse = -inf` (no key attended) contributes
+    nothing; when every partial is `-inf` the merged `lse` is `-inf` and the
+    output 0. This is how the own-block and chosen-block parts of MoBA, the
+    splits of a split-K decode, and the shards of context parallelism come
+    together.
+
+    Example:
+
+    ```mlir
+    %out, %lse = moba.lse_merge partials(%po : tensor<2x4096x32x128xf32>)
+        partial_lse(%pl : tensor<2x4096x32xf32>)
+        outs(%o : tensor<4096x32x128xbf16>, %l : tensor<4096x32xf32>)
+    ```
+  }];
+
+  let arguments = (ins
+    RankedTensorOf<[F16, BF16, F32]>:$partials,
+    Moba_F32Tensor:$partial_lse,
+    Moba_QKVTensor:$out_init,
+    Moba_F32Tensor:$lse_init
+  );
+  let results = (outs Moba_QKVTensor:$output, Moba_F32Tensor:$lse);
+  let assemblyFormat = [{
+    `partials` `(` $partials `:` type($partials) `)`
+    `partial_lse` `(` $partial_lse `:` type($partial_lse) `)`
+    `outs` `(` $out_init `:` type($out_init) `,`
+               $lse_init `:` type($lse_init) `)` attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // MOBA_DIALECT_MOBA_IR_MOBAOPS_TD

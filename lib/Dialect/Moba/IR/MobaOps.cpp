@@ -1,0 +1,474 @@
+//===- MobaOps.cpp - moba dialect operations ------------------------------===//
+//
+// Part of moba-mlir. Verifiers and interface methods of the moba ops. Every
+// verifier rule has its own message naming the operands and the values that
+// disagree; test/Dialect/Moba/invalid.mlir holds one case per rule.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moba/Dialect/Moba/IR/MobaOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/Matchers.h"
+#include "mlir/IR/OpImplementation.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/FormatVariadic.h"
+
+#include <cmath>
+
+using namespace mlir;
+using namespace mlir::moba;
+
+//===----------------------------------------------------------------------===//
+// Verification helpers
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// Prints a shape as `[4096, 32, ?]`.
+std::string formatShape(ArrayRef<int64_t> shape) {
+  std::string s = "[";
+  llvm::raw_string_ostream os(s);
+  llvm::interleaveComma(shape, os, [&](int64_t d) {
+    if (ShapedType::isDynamic(d))
+      os << "?";
+    else
+      os << d;
+  });
+  os << "]";
+  return s;
+}
+
+/// Two dims agree when either is dynamic or both are equal.
+bool dimsAgree(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
+}
+
+/// A named tensor operand or result, for messages.
+struct Named {
+  StringRef name;
+  RankedTensorType type;
+  Named(StringRef name, Value v)
+      : name(name), type(cast<RankedTensorType>(v.getType())) {}
+  int64_t dim(int64_t i) const { return type.getDimSize(i); }
+};
+
+/// Emits the verifier messages shared by the moba ops.
+class Checker {
+public:
+  explicit Checker(Operation *op) : op(op) {}
+
+  /// `t` must have rank `rank`; `layout` spells the expected dims.
+  LogicalResult rank(const Named &t, int64_t rank, StringRef layout) {
+    if (t.type.getRank() == rank)
+      return success();
+    return op->emitOpError() << "expects " << t.name << " of rank " << rank
+                             << " (" << layout << "), got rank "
+                             << t.type.getRank() << " ("
+                             << formatShape(t.type.getShape()) << ")";
+  }
+
+  /// Dim `ia` of `a` and dim `ib` of `b` are the same quantity `what`.
+  LogicalResult sameDim(StringRef what, const Named &a, int64_t ia,
+                        const Named &b, int64_t ib) {
+    if (dimsAgree(a.dim(ia), b.dim(ib)))
+      return success();
+    return op->emitOpError()
+           << what << " of " << a.name << " (" << a.dim(ia) << ") and "
+           << b.name << " (" << b.dim(ib) << ") disagree";
+  }
+
+  LogicalResult sameElementType(const Named &a, const Named &b) {
+    if (a.type.getElementType() == b.type.getElementType())
+      return success();
+    return op->emitOpError() << "element types disagree: " << a.name
+                             << " has " << a.type.getElementType() << ", "
+                             << b.name << " has " << b.type.getElementType();
+  }
+
+  LogicalResult sameShape(const Named &a, const Named &b) {
+    ArrayRef<int64_t> sa = a.type.getShape(), sb = b.type.getShape();
+    if (sa.size() == sb.size() &&
+        llvm::all_of(llvm::zip(sa, sb), [](auto p) {
+          return dimsAgree(std::get<0>(p), std::get<1>(p));
+        }))
+      return success();
+    return op->emitOpError() << "shape of " << a.name << " "
+                             << formatShape(sa) << " and of " << b.name << " "
+                             << formatShape(sb) << " disagree";
+  }
+
+  /// A static dim that is a count of things must be at least 1.
+  LogicalResult positiveDim(StringRef what, const Named &t, int64_t i) {
+    int64_t d = t.dim(i);
+    if (ShapedType::isDynamic(d) || d >= 1)
+      return success();
+    return op->emitOpError() << what << " (dim " << i << " of " << t.name
+                             << ") must be at least 1, got " << d;
+  }
+
+  /// Hq query heads must share Hkv key/value heads evenly.
+  LogicalResult headGroups(const Named &q, int64_t qDim, const Named &kv,
+                           int64_t kvDim) {
+    int64_t hq = q.dim(qDim), hkv = kv.dim(kvDim);
+    if (ShapedType::isDynamic(hq) || ShapedType::isDynamic(hkv) ||
+        hq % hkv == 0)
+      return success();
+    return op->emitOpError()
+           << "number of query heads (Hq = " << hq << " in " << q.name
+           << ") is not a multiple of the number of key/value heads (Hkv = "
+           << hkv << " in " << kv.name << ")";
+  }
+
+  LogicalResult atLeastOne(StringRef attrName, int64_t value) {
+    if (value >= 1)
+      return success();
+    return op->emitOpError() << attrName << " must be at least 1, got "
+                             << value;
+  }
+
+  LogicalResult scale(FloatAttr scale) {
+    if (!scale)
+      return success();
+    double s = scale.getValueAsDouble();
+    if (std::isfinite(s) && s > 0)
+      return success();
+    return op->emitOpError() << "scale must be a positive finite number, got "
+                             << scale.getValueAsDouble();
+  }
+
+  /// `cu_seqlens` must be a rank-1 integer tensor of at least two offsets.
+  /// When it is a constant, its values must start at 0, never decrease, and
+  /// end at `tokens` (when static).
+  LogicalResult cuSeqlens(Value cu, int64_t tokens) {
+    auto type = dyn_cast<RankedTensorType>(cu.getType());
+    if (!type || type.getRank() != 1 ||
+        !isa<IntegerType>(type.getElementType()))
+      return op->emitOpError()
+             << "expects cu_seqlens to be a rank-1 tensor of integers "
+                "(sequence offsets), got "
+             << cu.getType();
+    if (!ShapedType::isDynamic(type.getDimSize(0)) && type.getDimSize(0) < 2)
+      return op->emitOpError()
+             << "expects cu_seqlens to hold at least 2 offsets (one "
+                "sequence), got "
+             << type.getDimSize(0);
+    DenseIntElementsAttr values;
+    if (!matchPattern(cu, m_Constant(&values)))
+      return success();
+    SmallVector<int64_t> offsets =
+        llvm::map_to_vector(values.getValues<APInt>(),
+                            [](const APInt &v) { return v.getSExtValue(); });
+    if (offsets.front() != 0)
+      return op->emitOpError() << "cu_seqlens must start at 0, got "
+                               << offsets.front();
+    for (size_t i = 1; i < offsets.size(); ++i)
+      if (offsets[i] < offsets[i - 1])
+        return op->emitOpError()
+               << "cu_seqlens must not decrease, got " << offsets[i - 1]
+               << " then " << offsets[i] << " at index " << i;
+    if (!ShapedType::isDynamic(tokens) && offsets.back() != tokens)
+      return op->emitOpError() << "cu_seqlens must end at the token count ("
+                               << tokens << "), got " << offsets.back();
+    return success();
+  }
+
+private:
+  Operation *op;
+};
+
+/// Verifies q `[T, Hq, D]`, k and v `[T, Hkv, D]` of the packed layout, the
+/// optional selection `[T, Hq, K]`, and cu_seqlens; shared by the decomposed
+/// attention ops.
+LogicalResult verifyPackedAttentionOperands(Operation *op, Value qv, Value kv,
+                                            Value vv, Value cu,
+                                            Value selected, int64_t blockSize,
+                                            FloatAttr scale) {
+  Checker c(op);
+  Named q("q", qv), k("k", kv), v("v", vv);
+  constexpr StringRef qLayout = "[tokens, query heads, head_dim]";
+  constexpr StringRef kvLayout = "[tokens, key/value heads, head_dim]";
+  if (failed(c.rank(q, 3, qLayout)) || failed(c.rank(k, 3, kvLayout)) ||
+      failed(c.rank(v, 3, kvLayout)) || failed(c.sameElementType(q, k)) ||
+      failed(c.sameElementType(q, v)) || failed(c.sameShape(k, v)) ||
+      failed(c.sameDim("token count", q, 0, k, 0)) ||
+      failed(c.sameDim("head_dim", q, 2, k, 2)) ||
+      failed(c.positiveDim("number of key/value heads", k, 1)) ||
+      failed(c.positiveDim("head_dim", q, 2)) ||
+      failed(c.headGroups(q, 1, k, 1)) ||
+      failed(c.atLeastOne("block_size", blockSize)) ||
+      failed(c.scale(scale)) || failed(c.cuSeqlens(cu, q.dim(0))))
+    return failure();
+  if (!selected)
+    return success();
+  Named sel("selected", selected);
+  if (failed(c.rank(sel, 3, "[tokens, query heads, K]")) ||
+      failed(c.sameDim("token count", q, 0, sel, 0)) ||
+      failed(c.sameDim("number of query heads", q, 1, sel, 1)) ||
+      failed(c.positiveDim("K", sel, 2)))
+    return failure();
+  return success();
+}
+
+/// The last `n` operands of `op`: the inits of a moba DPS op.
+MutableOperandRange trailingOperands(Operation *op, unsigned n) {
+  return MutableOperandRange(op, op->getNumOperands() - n, n);
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// AttentionOp
+//===----------------------------------------------------------------------===//
+
+double AttentionOp::getScaleOrDefault() {
+  if (std::optional<APFloat> s = getScale())
+    return s->convertToDouble();
+  return 1.0 / std::sqrt(double(getQ().getType().getShape().back()));
+}
+
+std::optional<int64_t> AttentionOp::getStaticMaxBlocksPerSequence() {
+  int64_t seq = isVarlen() ? getQ().getType().getDimSize(0)
+                           : getQ().getType().getDimSize(1);
+  if (isVarlen() && getMaxSeqlen())
+    seq = *getMaxSeqlen();
+  if (ShapedType::isDynamic(seq))
+    return std::nullopt;
+  return ceilDiv(seq, getBlockSize());
+}
+
+LogicalResult AttentionOp::verify() {
+  Checker c(*this);
+  Named q("q", getQ()), k("k", getK()), v("v", getV()),
+      out("output", getOutput());
+  int64_t rank = q.type.getRank();
+  if (rank != 3 && rank != 4)
+    return emitOpError()
+           << "expects q of rank 3 ([tokens, heads, head_dim] with "
+              "cu_seqlens) or 4 ([batch, seq, heads, head_dim]), got rank "
+           << rank << " (" << formatShape(q.type.getShape()) << ")";
+  bool varlen = rank == 3;
+  StringRef kvLayout = varlen ? "[tokens, key/value heads, head_dim]"
+                              : "[batch, seq, key/value heads, head_dim]";
+  if (failed(c.rank(k, rank, kvLayout)) || failed(c.rank(v, rank, kvLayout)) ||
+      failed(c.sameElementType(q, k)) || failed(c.sameElementType(q, v)) ||
+      failed(c.sameElementType(q, out)) || failed(c.sameShape(k, v)) ||
+      failed(c.sameShape(q, out)))
+    return failure();
+
+  int64_t headDim = rank - 1, headAxis = rank - 2;
+  if (varlen) {
+    if (failed(c.sameDim("token count", q, 0, k, 0)))
+      return failure();
+  } else if (failed(c.sameDim("batch size", q, 0, k, 0)) ||
+             failed(c.sameDim("sequence length", q, 1, k, 1))) {
+    return failure();
+  }
+  if (failed(c.sameDim("head_dim", q, headDim, k, headDim)) ||
+      failed(c.positiveDim("number of query heads", q, headAxis)) ||
+      failed(c.positiveDim("number of key/value heads", k, headAxis)) ||
+      failed(c.positiveDim("head_dim", q, headDim)) ||
+      failed(c.headGroups(q, headAxis, k, headAxis)) ||
+      failed(c.atLeastOne("block_size", getBlockSize())) ||
+      failed(c.atLeastOne("top_k", getTopK())) ||
+      failed(c.scale(getScaleAttr())))
+    return failure();
+
+  if (varlen) {
+    if (!getCuSeqlens())
+      return emitOpError("the packed layout (q of rank 3) needs cu_seqlens");
+    if (failed(c.cuSeqlens(getCuSeqlens(), q.dim(0))))
+      return failure();
+  } else {
+    if (getCuSeqlens())
+      return emitOpError("the batched layout (q of rank 4) takes no "
+                         "cu_seqlens: every sequence has length dim 1 of q");
+    if (getMaxSeqlen())
+      return emitOpError("max_seqlen is only for the packed layout; the "
+                         "batched layout's sequence length is dim 1 of q");
+  }
+  if (std::optional<int64_t> maxSeqlen = getMaxSeqlen()) {
+    if (failed(c.atLeastOne("max_seqlen", *maxSeqlen)))
+      return failure();
+    if (!ShapedType::isDynamic(q.dim(0)) && *maxSeqlen > q.dim(0))
+      return emitOpError() << "max_seqlen (" << *maxSeqlen
+                           << ") exceeds the token count (" << q.dim(0) << ")";
+  }
+
+  if (Value lseValue = getLse()) {
+    Named lse("lse", lseValue);
+    SmallVector<int64_t> expected(q.type.getShape().drop_back());
+    if (lse.type.getRank() != rank - 1 ||
+        !llvm::all_of(llvm::zip(lse.type.getShape(), expected), [](auto p) {
+          return dimsAgree(std::get<0>(p), std::get<1>(p));
+        }))
+      return emitOpError() << "expects lse of shape " << formatShape(expected)
+                           << " (q's shape without head_dim), got "
+                           << formatShape(lse.type.getShape());
+  }
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// BlockPoolOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange BlockPoolOp::getDpsInitsMutable() {
+  return getInitMutable();
+}
+
+LogicalResult BlockPoolOp::verify() {
+  Checker c(*this);
+  Named keys("keys", getKeys()), init("init", getInit());
+  if (failed(c.rank(keys, 3, "[tokens, key/value heads, head_dim]")) ||
+      failed(c.rank(init, 3, "[blocks, key/value heads, head_dim]")) ||
+      failed(c.sameDim("number of key/value heads", keys, 1, init, 1)) ||
+      failed(c.sameDim("head_dim", keys, 2, init, 2)) ||
+      failed(c.atLeastOne("block_size", getBlockSize())) ||
+      failed(c.cuSeqlens(getCuSeqlens(), keys.dim(0))))
+    return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// GateOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange GateOp::getDpsInitsMutable() { return getInitMutable(); }
+
+LogicalResult GateOp::verify() {
+  Checker c(*this);
+  Named q("queries", getQueries()), means("means", getMeans()),
+      init("init", getInit());
+  if (failed(c.rank(q, 3, "[tokens, query heads, head_dim]")) ||
+      failed(c.rank(means, 3, "[blocks, key/value heads, head_dim]")) ||
+      failed(c.rank(init, 3, "[tokens, query heads, blocks per sequence]")) ||
+      failed(c.sameDim("head_dim", q, 2, means, 2)) ||
+      failed(c.sameDim("token count", q, 0, init, 0)) ||
+      failed(c.sameDim("number of query heads", q, 1, init, 1)) ||
+      failed(c.positiveDim("number of key/value heads", means, 1)) ||
+      failed(c.positiveDim("blocks per sequence", init, 2)) ||
+      failed(c.headGroups(q, 1, means, 1)) ||
+      failed(c.atLeastOne("block_size", getBlockSize())) ||
+      failed(c.cuSeqlens(getCuSeqlens(), q.dim(0))))
+    return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// TopKOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange TopKOp::getDpsInitsMutable() { return getInitMutable(); }
+
+LogicalResult TopKOp::verify() {
+  Checker c(*this);
+  Named init("init", getInit());
+  if (failed(c.rank(init, 3, "[tokens, query heads, K]")))
+    return failure();
+  int64_t k = getK();
+  if (ShapedType::isDynamic(k))
+    return emitOpError("K, the last dim of init, must be static");
+  if (k < 1)
+    return emitOpError() << "K, the last dim of init, must be at least 1, got "
+                         << k;
+  if (failed(c.atLeastOne("block_size", getBlockSize())) ||
+      failed(c.cuSeqlens(getCuSeqlens(), init.dim(0))))
+    return failure();
+  if (!getScores()) {
+    if (!getCausal() || k != 1)
+      return emitOpError() << "scores may be omitted only for causal "
+                              "selection of one block, got K = "
+                           << k << " and causal = " << getCausal();
+    return success();
+  }
+  Named scores("scores", getScores());
+  if (failed(c.rank(scores, 3, "[tokens, query heads, blocks per sequence]")) ||
+      failed(c.sameDim("token count", scores, 0, init, 0)) ||
+      failed(c.sameDim("number of query heads", scores, 1, init, 1)) ||
+      failed(c.positiveDim("blocks per sequence", scores, 2)))
+    return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// SparseAttentionOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange SparseAttentionOp::getDpsInitsMutable() {
+  return trailingOperands(*this, 2);
+}
+
+LogicalResult SparseAttentionOp::verify() {
+  if (failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
+                                           getCuSeqlens(), getSelected(),
+                                           getBlockSize(), getScaleAttr())))
+    return failure();
+  Checker c(*this);
+  Named q("q", getQ()), out("out_init", getOutInit()),
+      lse("lse_init", getLseInit());
+  if (failed(c.sameElementType(q, out)) || failed(c.sameShape(q, out)) ||
+      failed(c.rank(lse, 2, "[tokens, query heads]")) ||
+      failed(c.sameDim("token count", q, 0, lse, 0)) ||
+      failed(c.sameDim("number of query heads", q, 1, lse, 1)))
+    return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// OnlineSparseAttentionOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange OnlineSparseAttentionOp::getDpsInitsMutable() {
+  return trailingOperands(*this, 3);
+}
+
+LogicalResult OnlineSparseAttentionOp::verify() {
+  if (failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
+                                           getCuSeqlens(), getSelected(),
+                                           getBlockSize(), getScaleAttr())))
+    return failure();
+  Checker c(*this);
+  Named q("q", getQ()), acc("acc_init", getAccInit()),
+      max("max_init", getMaxInit()), sum("sum_init", getSumInit());
+  constexpr StringRef statLayout = "[tokens, query heads]";
+  if (failed(c.rank(acc, 3, "[tokens, query heads, head_dim]")) ||
+      failed(c.sameShape(q, acc)) || failed(c.rank(max, 2, statLayout)) ||
+      failed(c.rank(sum, 2, statLayout)) || failed(c.sameShape(max, sum)) ||
+      failed(c.sameDim("token count", q, 0, max, 0)) ||
+      failed(c.sameDim("number of query heads", q, 1, max, 1)))
+    return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// LseMergeOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange LseMergeOp::getDpsInitsMutable() {
+  return trailingOperands(*this, 2);
+}
+
+LogicalResult LseMergeOp::verify() {
+  Checker c(*this);
+  Named parts("partials", getPartials()), plse("partial_lse", getPartialLse()),
+      out("out_init", getOutInit()), lse("lse_init", getLseInit());
+  if (failed(c.rank(parts, 4, "[partials, tokens, heads, head_dim]")) ||
+      failed(c.rank(plse, 3, "[partials, tokens, heads]")) ||
+      failed(c.rank(out, 3, "[tokens, heads, head_dim]")) ||
+      failed(c.rank(lse, 2, "[tokens, heads]")) ||
+      failed(c.positiveDim("number of partials", parts, 0)) ||
+      failed(c.sameDim("number of partials", parts, 0, plse, 0)))
+    return failure();
+  for (int64_t i = 0; i < 3; ++i)
+    if (failed(c.sameDim("dim " + std::to_string(i + 1), parts, i + 1, out, i)))
+      return failure();
+  for (int64_t i = 0; i < 2; ++i)
+    if (failed(c.sameDim("dim " + std::to_string(i + 1), plse, i + 1, lse, i)))
+      return failure();
+  return success();
+}
+
+#define GET_OP_CLASSES
+#include "moba/Dialect/Moba/IR/MobaOps.cpp.inc"

@@ -1,0 +1,238 @@
+//===- Decompose.cpp - moba.attention into its stages ---------------------===//
+//
+// Part of moba-mlir. Implements `moba-decompose`: moba.attention becomes
+// moba.block_pool -> moba.gate -> moba.topk -> moba.sparse_attention on the
+// packed variable-length layout. See Passes.td for the contract.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moba/Dialect/Moba/IR/MobaOps.h"
+#include "moba/Dialect/Moba/Transforms/Passes.h"
+
+#include "mlir/Dialect/Arith/Utils/Utils.h"
+#include "mlir/Dialect/Utils/StaticValueUtils.h"
+#include "mlir/IR/PatternMatch.h"
+#include "mlir/Transforms/WalkPatternRewriteDriver.h"
+
+#include <limits>
+
+namespace mlir::moba {
+#define GEN_PASS_DEF_MOBADECOMPOSE
+#include "moba/Dialect/Moba/Transforms/Passes.h.inc"
+} // namespace mlir::moba
+
+using namespace mlir;
+using namespace mlir::moba;
+
+namespace {
+
+/// Index arithmetic on OpFoldResults: folds when both sides are static,
+/// emits arith ops on `index` otherwise. Sizes in the decomposition are
+/// static for static shapes and computed at run time for dynamic ones.
+class SizeBuilder {
+public:
+  SizeBuilder(OpBuilder &b, Location loc) : b(b), loc(loc) {}
+
+  OpFoldResult dim(Value tensor, int64_t i) {
+    auto type = cast<RankedTensorType>(tensor.getType());
+    if (!type.isDynamicDim(i))
+      return b.getIndexAttr(type.getDimSize(i));
+    return tensor::DimOp::create(b, loc, tensor, i).getResult();
+  }
+  OpFoldResult constant(int64_t v) { return b.getIndexAttr(v); }
+
+  OpFoldResult add(OpFoldResult x, OpFoldResult y) {
+    return binary<arith::AddIOp>(x, y, [](int64_t a, int64_t c) { return a + c; });
+  }
+  OpFoldResult sub(OpFoldResult x, OpFoldResult y) {
+    return binary<arith::SubIOp>(x, y, [](int64_t a, int64_t c) { return a - c; });
+  }
+  OpFoldResult mul(OpFoldResult x, OpFoldResult y) {
+    return binary<arith::MulIOp>(x, y, [](int64_t a, int64_t c) { return a * c; });
+  }
+  OpFoldResult floorDiv(OpFoldResult x, OpFoldResult y) {
+    return binary<arith::DivUIOp>(x, y, [](int64_t a, int64_t c) { return a / c; });
+  }
+  OpFoldResult ceilDiv(OpFoldResult x, OpFoldResult y) {
+    return binary<arith::CeilDivUIOp>(
+        x, y, [](int64_t a, int64_t c) { return moba::ceilDiv(a, c); });
+  }
+  OpFoldResult min(OpFoldResult x, OpFoldResult y) {
+    return binary<arith::MinUIOp>(x, y,
+                                  [](int64_t a, int64_t c) { return std::min(a, c); });
+  }
+  OpFoldResult max(OpFoldResult x, OpFoldResult y) {
+    return binary<arith::MaxUIOp>(x, y,
+                                  [](int64_t a, int64_t c) { return std::max(a, c); });
+  }
+
+  /// A tensor.empty of the given sizes.
+  Value empty(ArrayRef<OpFoldResult> sizes, Type elementType) {
+    return tensor::EmptyOp::create(b, loc, sizes, elementType);
+  }
+
+private:
+  template <typename ArithOp, typename Fold>
+  OpFoldResult binary(OpFoldResult x, OpFoldResult y, Fold fold) {
+    std::optional<int64_t> cx = getConstantIntValue(x), cy = getConstantIntValue(y);
+    if (cx && cy)
+      return b.getIndexAttr(fold(*cx, *cy));
+    Value vx = getValueOrCreateConstantIndexOp(b, loc, x);
+    Value vy = getValueOrCreateConstantIndexOp(b, loc, y);
+    return ArithOp::create(b, loc, vx, vy).getResult();
+  }
+
+  OpBuilder &b;
+  Location loc;
+};
+
+/// The batched layout's `cu_seqlens = [0, S, 2S, ..., B*S]`: a constant when
+/// B and S are static, a tensor.generate otherwise. i32 offsets when the
+/// token count fits, i64 otherwise.
+Value buildUniformCuSeqlens(OpBuilder &b, Location loc, SizeBuilder &sizes,
+                            OpFoldResult batch, OpFoldResult seq) {
+  std::optional<int64_t> staticBatch = getConstantIntValue(batch);
+  std::optional<int64_t> staticSeq = getConstantIntValue(seq);
+  bool fitsI32 = staticBatch && staticSeq &&
+                 *staticBatch * *staticSeq <= std::numeric_limits<int32_t>::max();
+  Type offsetType = fitsI32 ? b.getI32Type() : b.getI64Type();
+  if (staticBatch && staticSeq) {
+    auto type = RankedTensorType::get({*staticBatch + 1}, offsetType);
+    SmallVector<APInt> offsets;
+    for (int64_t i = 0; i <= *staticBatch; ++i)
+      offsets.emplace_back(offsetType.getIntOrFloatBitWidth(), i * *staticSeq);
+    return arith::ConstantOp::create(b, loc, DenseElementsAttr::get(type, offsets));
+  }
+  OpFoldResult count = sizes.add(batch, sizes.constant(1));
+  auto type = RankedTensorType::get({ShapedType::kDynamic}, offsetType);
+  Value seqValue = getValueOrCreateConstantIndexOp(b, loc, seq);
+  Value countValue = getValueOrCreateConstantIndexOp(b, loc, count);
+  return tensor::GenerateOp::create(
+      b, loc, type, ValueRange{countValue},
+      [&](OpBuilder &nb, Location nloc, ValueRange indices) {
+        Value offset = arith::MulIOp::create(nb, nloc, indices[0], seqValue);
+        Value cast = arith::IndexCastOp::create(nb, nloc, offsetType, offset);
+        tensor::YieldOp::create(nb, nloc, cast);
+      });
+}
+
+/// [B, S, ...] -> [B * S, ...].
+Value collapseBatch(OpBuilder &b, Location loc, Value v) {
+  auto type = cast<RankedTensorType>(v.getType());
+  SmallVector<ReassociationIndices> groups = {{0, 1}};
+  for (int64_t i = 2; i < type.getRank(); ++i)
+    groups.push_back({i});
+  return tensor::CollapseShapeOp::create(b, loc, v, groups);
+}
+
+/// [B * S, ...] -> [B, S, ...] with the shape of `like` (rank + 1).
+Value expandBatch(OpBuilder &b, Location loc, SizeBuilder &sizes, Value v,
+                  RankedTensorType resultType, OpFoldResult batch,
+                  OpFoldResult seq) {
+  auto type = cast<RankedTensorType>(v.getType());
+  SmallVector<ReassociationIndices> groups = {{0, 1}};
+  SmallVector<OpFoldResult> shape = {batch, seq};
+  for (int64_t i = 1; i < type.getRank(); ++i) {
+    groups.push_back({i + 1});
+    shape.push_back(sizes.dim(v, i));
+  }
+  return tensor::ExpandShapeOp::create(b, loc, resultType, v, groups, shape);
+}
+
+struct DecomposeAttention : OpRewritePattern<AttentionOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(AttentionOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    SizeBuilder sizes(rewriter, loc);
+    Value q = op.getQ(), k = op.getK(), v = op.getV();
+    Value cu = op.getCuSeqlens();
+    int64_t blockSize = op.getBlockSize();
+    OpFoldResult block = sizes.constant(blockSize);
+
+    // One layout for every later stage: packed [T, H, D] with cu_seqlens.
+    // `seqBound` bounds the length of one sequence.
+    OpFoldResult batch, seq, seqBound;
+    if (op.isVarlen()) {
+      batch = sizes.sub(sizes.dim(cu, 0), sizes.constant(1));
+      seqBound = op.getMaxSeqlen() ? sizes.constant(*op.getMaxSeqlen())
+                                   : sizes.dim(q, 0);
+    } else {
+      batch = sizes.dim(q, 0);
+      seq = sizes.dim(q, 1);
+      seqBound = seq;
+      cu = buildUniformCuSeqlens(rewriter, loc, sizes, batch, seq);
+      q = collapseBatch(rewriter, loc, q);
+      k = collapseBatch(rewriter, loc, k);
+      v = collapseBatch(rewriter, loc, v);
+    }
+    OpFoldResult tokens = sizes.dim(q, 0);
+    OpFoldResult qHeads = sizes.dim(q, 1);
+    OpFoldResult kvHeads = sizes.dim(k, 1);
+    OpFoldResult headDim = sizes.dim(q, 2);
+
+    // Blocks per sequence (MB) and in the whole batch (NB), both at least 1
+    // so that empty inputs still give well-formed tensors. NB takes the
+    // tighter of two bounds on sum_b ceil(len_b / block_size).
+    OpFoldResult one = sizes.constant(1);
+    OpFoldResult blocksPerSeq = sizes.max(sizes.ceilDiv(seqBound, block), one);
+    OpFoldResult totalBlocks = sizes.max(
+        sizes.min(sizes.mul(batch, blocksPerSeq),
+                  sizes.add(sizes.floorDiv(tokens, block), batch)),
+        one);
+
+    Type f32 = rewriter.getF32Type();
+    auto blockSizeAttr = rewriter.getI64IntegerAttr(blockSize);
+    Value meansInit = sizes.empty({totalBlocks, kvHeads, headDim}, f32);
+    Value means = BlockPoolOp::create(rewriter, loc, meansInit.getType(), k,
+                                      cu, meansInit, blockSizeAttr);
+    Value scoresInit = sizes.empty({tokens, qHeads, blocksPerSeq}, f32);
+    Value scores = GateOp::create(rewriter, loc, scoresInit.getType(), q, means,
+                                  cu, scoresInit, blockSizeAttr);
+    Value selectedInit =
+        sizes.empty({tokens, qHeads, sizes.constant(op.getTopK())},
+                    rewriter.getI32Type());
+    Value selected =
+        TopKOp::create(rewriter, loc, selectedInit.getType(), scores, cu,
+                       selectedInit, blockSizeAttr, op.getCausalAttr());
+    auto qType = cast<RankedTensorType>(q.getType());
+    Value outInit = sizes.empty({tokens, qHeads, headDim}, qType.getElementType());
+    Value lseInit = sizes.empty({tokens, qHeads}, f32);
+    auto attention = SparseAttentionOp::create(
+        rewriter, loc, outInit.getType(), lseInit.getType(), q, k, v, cu,
+        selected, outInit, lseInit, blockSizeAttr,
+        rewriter.getF32FloatAttr(op.getScaleOrDefault()), op.getCausalAttr());
+
+    // Back to the caller's layout; the log-sum-exp only when asked for.
+    Value output = attention.getOutput(), lse = attention.getLse();
+    if (!op.isVarlen())
+      output = expandBatch(rewriter, loc, sizes, output,
+                           op.getOutput().getType(), batch, seq);
+    SmallVector<Value> replacements = {output};
+    if (Value userLse = op.getLse()) {
+      if (!op.isVarlen())
+        lse = expandBatch(rewriter, loc, sizes, lse,
+                          cast<RankedTensorType>(userLse.getType()), batch,
+                          seq);
+      replacements.push_back(lse);
+    }
+    rewriter.replaceOp(op, replacements);
+    return success();
+  }
+};
+
+struct MobaDecomposePass
+    : public moba::impl::MobaDecomposeBase<MobaDecomposePass> {
+  void runOnOperation() override {
+    RewritePatternSet patterns(&getContext());
+    populateMobaDecomposePatterns(patterns);
+    walkAndApplyPatterns(getOperation(), std::move(patterns));
+  }
+};
+
+} // namespace
+
+void mlir::moba::populateMobaDecomposePatterns(RewritePatternSet &patterns) {
+  patterns.add<DecomposeAttention>(patterns.getContext());
+}

@@ -1,0 +1,31 @@
+# -*- Python -*-
+# lit configuration for the moba-mlir regression tests.
+
+import os
+
+import lit.formats
+from lit.llvm import llvm_config
+from lit.llvm.subst import ToolSubst
+
+config.name = "MOBA"
+config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
+config.suffixes = [".mlir", ".test"]
+config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py", "lit.site.cfg.py"]
+
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.moba_obj_root, "test")
+
+config.substitutions.append(("%PATH%", config.environment["PATH"]))
+config.substitutions.append(("%moba_src_root", config.moba_src_root))
+config.substitutions.append(("%moba_obj_root", config.moba_obj_root))
+
+# FileCheck variables are scoped to their CHECK-LABEL block, so a capture in
+# one function can never satisfy a use in the next.
+config.environment["FILECHECK_OPTS"] = "--enable-var-scope"
+
+llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
+llvm_config.use_default_substitutions()
+
+tool_dirs = [config.moba_tools_dir, config.llvm_tools_dir]
+tools = [ToolSubst("moba-opt", unresolved="fatal")]
+llvm_config.add_tool_substitutions(tools, tool_dirs)
