@@ -10,7 +10,7 @@ from lit.llvm.subst import ToolSubst
 config.name = "MOBA"
 config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
 config.suffixes = [".mlir", ".test"]
-config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py", "lit.site.cfg.py"]
+config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py", "lit.site.cfg.py", "fuzz_inputs.py"]
 
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.moba_obj_root, "test")
@@ -18,12 +18,17 @@ config.test_exec_root = os.path.join(config.moba_obj_root, "test")
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%moba_src_root", config.moba_src_root))
 config.substitutions.append(("%moba_obj_root", config.moba_obj_root))
+config.substitutions.append(("%python", config.python_executable))
+config.substitutions.append(
+    ("%moba_opt", os.path.join(config.moba_tools_dir, "moba-opt")))
 
 # FileCheck variables are scoped to their CHECK-LABEL block, so a capture in
 # one function can never satisfy a use in the next.
 config.environment["FILECHECK_OPTS"] = "--enable-var-scope"
 
 llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
+# `not`, `count` and FileCheck live with the LLVM tools, off PATH on Debian.
+llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.use_default_substitutions()
 
 tool_dirs = [config.moba_tools_dir, config.llvm_tools_dir]

@@ -222,10 +222,19 @@ MutableOperandRange trailingOperands(Operation *op, unsigned n) {
 // AttentionOp
 //===----------------------------------------------------------------------===//
 
+std::optional<int64_t> AttentionOp::getStaticHeadDim() {
+  for (Value v : {getQ(), getK(), getV(), getOutput()}) {
+    int64_t d = cast<RankedTensorType>(v.getType()).getShape().back();
+    if (!ShapedType::isDynamic(d))
+      return d;
+  }
+  return std::nullopt;
+}
+
 double AttentionOp::getScaleOrDefault() {
   if (std::optional<APFloat> s = getScale())
     return s->convertToDouble();
-  return 1.0 / std::sqrt(double(getQ().getType().getShape().back()));
+  return 1.0 / std::sqrt(double(*getStaticHeadDim()));
 }
 
 std::optional<int64_t> AttentionOp::getStaticMaxBlocksPerSequence() {
@@ -274,6 +283,10 @@ LogicalResult AttentionOp::verify() {
       failed(c.atLeastOne("top_k", getTopK())) ||
       failed(c.scale(getScaleAttr())))
     return failure();
+
+  if (!getStaticHeadDim() && !getScaleAttr())
+    return emitOpError("needs an explicit scale when head_dim is dynamic "
+                       "(the default 1/sqrt(head_dim) must be static)");
 
   if (varlen) {
     if (!getCuSeqlens())

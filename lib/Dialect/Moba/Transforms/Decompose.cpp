@@ -153,21 +153,22 @@ struct DecomposeAttention : OpRewritePattern<AttentionOp> {
 
     // One layout for every later stage: packed [T, H, D] with cu_seqlens.
     // `seqBound` bounds the length of one sequence.
-    OpFoldResult batch, seq, seqBound;
+    OpFoldResult batch, seq, seqBound, tokens;
     if (op.isVarlen()) {
+      tokens = sizes.dim(q, 0);
       batch = sizes.sub(sizes.dim(cu, 0), sizes.constant(1));
       seqBound = op.getMaxSeqlen() ? sizes.constant(*op.getMaxSeqlen())
-                                   : sizes.dim(q, 0);
+                                   : tokens;
     } else {
       batch = sizes.dim(q, 0);
       seq = sizes.dim(q, 1);
       seqBound = seq;
+      tokens = sizes.mul(batch, seq);
       cu = buildUniformCuSeqlens(rewriter, loc, sizes, batch, seq);
       q = collapseBatch(rewriter, loc, q);
       k = collapseBatch(rewriter, loc, k);
       v = collapseBatch(rewriter, loc, v);
     }
-    OpFoldResult tokens = sizes.dim(q, 0);
     OpFoldResult qHeads = sizes.dim(q, 1);
     OpFoldResult kvHeads = sizes.dim(k, 1);
     OpFoldResult headDim = sizes.dim(q, 2);

@@ -89,7 +89,10 @@ def Moba_AttentionOp : Moba_Op<"attention", [Pure]> {
   let extraClassDeclaration = [{
     /// True for the packed variable-length layout (`q` of rank 3).
     bool isVarlen() { return getQ().getType().getRank() == 3; }
-    /// The softmax scale: the attribute, or 1/sqrt(head_dim).
+    /// head_dim, if q, k, v or the output has it static.
+    std::optional<int64_t> getStaticHeadDim();
+    /// The softmax scale: the attribute, or 1/sqrt(head_dim). The verifier
+    /// makes sure one of the two is known.
     double getScaleOrDefault();
     /// Upper bound on the number of blocks of one sequence, if static.
     std::optional<int64_t> getStaticMaxBlocksPerSequence();

@@ -1,0 +1,115 @@
+// RUN: moba-opt %s | moba-opt | FileCheck %s
+// RUN: moba-opt %s --mlir-print-op-generic | moba-opt | FileCheck %s
+
+// Every op in its custom form, printed, parsed back and printed again. The
+// second run goes through the generic form.
+
+// CHECK-LABEL: func @attention_varlen
+func.func @attention_varlen(%q: tensor<1024x32x128xbf16>, %k: tensor<1024x8x128xbf16>,
+                            %v: tensor<1024x8x128xbf16>, %cu: tensor<3xi32>)
+    -> (tensor<1024x32x128xbf16>, tensor<1024x32xf32>) {
+  // CHECK: %{{.+}}, %{{.+}} = moba.attention q(%{{.+}} : tensor<1024x32x128xbf16>)
+  // CHECK-SAME: k(%{{.+}} : tensor<1024x8x128xbf16>) v(%{{.+}} : tensor<1024x8x128xbf16>)
+  // CHECK-SAME: cu_seqlens(%{{.+}} : tensor<3xi32>)
+  // CHECK-SAME: block_size = 64
+  // CHECK-SAME: max_seqlen = 512
+  // CHECK-SAME: top_k = 3
+  // CHECK-SAME: -> tensor<1024x32x128xbf16>, tensor<1024x32xf32>
+  %o, %lse = moba.attention q(%q : tensor<1024x32x128xbf16>) k(%k : tensor<1024x8x128xbf16>)
+      v(%v : tensor<1024x8x128xbf16>) cu_seqlens(%cu : tensor<3xi32>)
+      {block_size = 64, top_k = 3, max_seqlen = 512}
+      -> tensor<1024x32x128xbf16>, tensor<1024x32xf32>
+  return %o, %lse : tensor<1024x32x128xbf16>, tensor<1024x32xf32>
+}
+
+// CHECK-LABEL: func @attention_batched_no_lse
+func.func @attention_batched_no_lse(%q: tensor<2x256x4x64xf16>, %k: tensor<2x256x1x64xf16>,
+                                    %v: tensor<2x256x1x64xf16>) -> tensor<2x256x4x64xf16> {
+  // CHECK: moba.attention
+  // CHECK-NOT: cu_seqlens
+  // CHECK-SAME: causal = false
+  // CHECK-SAME: scale = 2.500000e-01 : f32
+  // CHECK-SAME: -> tensor<2x256x4x64xf16>
+  // CHECK-NOT: ,
+  %o = moba.attention q(%q : tensor<2x256x4x64xf16>) k(%k : tensor<2x256x1x64xf16>)
+      v(%v : tensor<2x256x1x64xf16>)
+      {block_size = 128, top_k = 2, causal = false, scale = 0.25 : f32}
+      -> tensor<2x256x4x64xf16>
+  return %o : tensor<2x256x4x64xf16>
+}
+
+// CHECK-LABEL: func @decomposed
+func.func @decomposed(%q: tensor<1024x32x128xbf16>, %k: tensor<1024x8x128xbf16>,
+                      %v: tensor<1024x8x128xbf16>, %cu: tensor<3xi32>,
+                      %means0: tensor<18x8x128xf32>, %scores0: tensor<1024x32x16xf32>,
+                      %sel0: tensor<1024x32x3xi32>, %o0: tensor<1024x32x128xbf16>,
+                      %l0: tensor<1024x32xf32>)
+    -> (tensor<1024x32x128xbf16>, tensor<1024x32xf32>) {
+  // CHECK: %[[MEANS:.+]] = moba.block_pool keys(%{{.+}} : tensor<1024x8x128xbf16>)
+  // CHECK-SAME: cu_seqlens(%{{.+}} : tensor<3xi32>) outs(%{{.+}} : tensor<18x8x128xf32>)
+  // CHECK-SAME: {block_size = 64 : i64}
+  %means = moba.block_pool keys(%k : tensor<1024x8x128xbf16>) cu_seqlens(%cu : tensor<3xi32>)
+      outs(%means0 : tensor<18x8x128xf32>) {block_size = 64}
+  // CHECK: %[[SCORES:.+]] = moba.gate queries(%{{.+}} : tensor<1024x32x128xbf16>)
+  // CHECK-SAME: means(%[[MEANS]] : tensor<18x8x128xf32>)
+  // CHECK-SAME: outs(%{{.+}} : tensor<1024x32x16xf32>)
+  %scores = moba.gate queries(%q : tensor<1024x32x128xbf16>) means(%means : tensor<18x8x128xf32>)
+      cu_seqlens(%cu : tensor<3xi32>) outs(%scores0 : tensor<1024x32x16xf32>) {block_size = 64}
+  // CHECK: %[[SEL:.+]] = moba.topk scores(%[[SCORES]] : tensor<1024x32x16xf32>)
+  // CHECK-SAME: outs(%{{.+}} : tensor<1024x32x3xi32>)
+  %sel = moba.topk scores(%scores : tensor<1024x32x16xf32>) cu_seqlens(%cu : tensor<3xi32>)
+      outs(%sel0 : tensor<1024x32x3xi32>) {block_size = 64}
+  // CHECK: moba.sparse_attention q(%{{.+}} : tensor<1024x32x128xbf16>)
+  // CHECK-SAME: selected(%[[SEL]] : tensor<1024x32x3xi32>)
+  // CHECK-SAME: outs(%{{.+}} : tensor<1024x32x128xbf16>, %{{.+}} : tensor<1024x32xf32>)
+  %o, %l = moba.sparse_attention q(%q : tensor<1024x32x128xbf16>) k(%k : tensor<1024x8x128xbf16>)
+      v(%v : tensor<1024x8x128xbf16>) cu_seqlens(%cu : tensor<3xi32>)
+      selected(%sel : tensor<1024x32x3xi32>)
+      outs(%o0 : tensor<1024x32x128xbf16>, %l0 : tensor<1024x32xf32>)
+      {block_size = 64, scale = 0.125 : f32}
+  return %o, %l : tensor<1024x32x128xbf16>, tensor<1024x32xf32>
+}
+
+// CHECK-LABEL: func @own_block_and_dense
+func.func @own_block_and_dense(%q: tensor<100x2x16xf32>, %k: tensor<100x2x16xf32>,
+                               %v: tensor<100x2x16xf32>, %cu: tensor<?xi64>,
+                               %sel0: tensor<100x2x1xi32>, %o0: tensor<100x2x16xf32>,
+                               %l0: tensor<100x2xf32>)
+    -> (tensor<100x2x1xi32>, tensor<100x2x16xf32>) {
+  // CHECK: moba.topk cu_seqlens(%{{.+}} : tensor<?xi64>) outs
+  %sel = moba.topk cu_seqlens(%cu : tensor<?xi64>) outs(%sel0 : tensor<100x2x1xi32>)
+      {block_size = 16}
+  // CHECK: moba.sparse_attention
+  // CHECK-NOT: selected
+  // CHECK-SAME: causal = false
+  %o, %l = moba.sparse_attention q(%q : tensor<100x2x16xf32>) k(%k : tensor<100x2x16xf32>)
+      v(%v : tensor<100x2x16xf32>) cu_seqlens(%cu : tensor<?xi64>)
+      outs(%o0 : tensor<100x2x16xf32>, %l0 : tensor<100x2xf32>)
+      {block_size = 16, scale = 0.25 : f32, causal = false}
+  return %sel, %o : tensor<100x2x1xi32>, tensor<100x2x16xf32>
+}
+
+// CHECK-LABEL: func @online_and_merge
+func.func @online_and_merge(%q: tensor<64x4x32xbf16>, %k: tensor<64x4x32xbf16>,
+                            %v: tensor<64x4x32xbf16>, %cu: tensor<2xi32>,
+                            %sel: tensor<64x4x2xi32>, %acc0: tensor<64x4x32xf32>,
+                            %m0: tensor<64x4xf32>, %s0: tensor<64x4xf32>,
+                            %parts: tensor<2x64x4x32xf32>, %plse: tensor<2x64x4xf32>,
+                            %o0: tensor<64x4x32xbf16>, %l0: tensor<64x4xf32>)
+    -> (tensor<64x4x32xf32>, tensor<64x4x32xbf16>) {
+  // CHECK: %{{.+}}, %{{.+}}, %{{.+}} = moba.online_sparse_attention
+  // CHECK-SAME: selected(%{{.+}} : tensor<64x4x2xi32>)
+  // CHECK-SAME: outs(%{{.+}} : tensor<64x4x32xf32>, %{{.+}} : tensor<64x4xf32>, %{{.+}} : tensor<64x4xf32>)
+  %acc, %m, %s = moba.online_sparse_attention q(%q : tensor<64x4x32xbf16>)
+      k(%k : tensor<64x4x32xbf16>) v(%v : tensor<64x4x32xbf16>)
+      cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x4x2xi32>)
+      outs(%acc0 : tensor<64x4x32xf32>, %m0 : tensor<64x4xf32>, %s0 : tensor<64x4xf32>)
+      {block_size = 32, scale = 0.5 : f32}
+  // CHECK: moba.lse_merge partials(%{{.+}} : tensor<2x64x4x32xf32>)
+  // CHECK-SAME: partial_lse(%{{.+}} : tensor<2x64x4xf32>)
+  // CHECK-SAME: outs(%{{.+}} : tensor<64x4x32xbf16>, %{{.+}} : tensor<64x4xf32>)
+  %o, %l = moba.lse_merge partials(%parts : tensor<2x64x4x32xf32>)
+      partial_lse(%plse : tensor<2x64x4xf32>)
+      outs(%o0 : tensor<64x4x32xbf16>, %l0 : tensor<64x4xf32>)
+  return %acc, %o : tensor<64x4x32xf32>, tensor<64x4x32xbf16>
+}
