@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds moba-mlir (installing missing Debian packages first) and runs every
+# test: the lit suite (check-moba). Prints one closing line,
+# "tests: N passed, M failed", and exits non-zero on any failure.
+#
+#   scripts/test.sh [build-dir]
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${1:-$root/build}
+
+bash "$root/scripts/build.sh" "$build"
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+/usr/lib/llvm-22/bin/lit -sv "$build/test" 2>&1 | tee "$log" || status=$?
+
+passed=$(sed -n 's/^ *Passed *: *\([0-9]*\).*/\1/p' "$log" | tail -n1)
+failed=$(sed -n 's/^ *Failed *: *\([0-9]*\).*/\1/p' "$log" | tail -n1)
+passed=${passed:-0}
+failed=${failed:-0}
+if [ "$passed" -eq 0 ] && [ "$status" -eq 0 ]; then
+  echo "test.sh: lit ran no test" >&2
+  status=1
+fi
+echo "tests: $passed passed, $failed failed"
+exit "$status"
