@@ -406,6 +406,38 @@ LogicalResult TopKOp::verify() {
 }
 
 //===----------------------------------------------------------------------===//
+// GateTopKOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange GateTopKOp::getDpsInitsMutable() {
+  return getInitMutable();
+}
+
+LogicalResult GateTopKOp::verify() {
+  Checker c(*this);
+  Named q("queries", getQueries()), means("means", getMeans()),
+      init("init", getInit());
+  if (failed(c.rank(q, 3, "[tokens, query heads, head_dim]")) ||
+      failed(c.rank(means, 3, "[blocks, key/value heads, head_dim]")) ||
+      failed(c.rank(init, 3, "[tokens, query heads, K]")) ||
+      failed(c.sameDim("head_dim", q, 2, means, 2)) ||
+      failed(c.sameDim("token count", q, 0, init, 0)) ||
+      failed(c.sameDim("number of query heads", q, 1, init, 1)) ||
+      failed(c.positiveDim("number of key/value heads", means, 1)) ||
+      failed(c.headGroups(q, 1, means, 1)) ||
+      failed(c.atLeastOne("block_size", getBlockSize())) ||
+      failed(c.cuSeqlens(getCuSeqlens(), q.dim(0))))
+    return failure();
+  int64_t k = getK();
+  if (ShapedType::isDynamic(k))
+    return emitOpError("K, the last dim of init, must be static");
+  if (k < 1)
+    return emitOpError() << "K, the last dim of init, must be at least 1, got "
+                         << k;
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
 // SparseAttentionOp
 //===----------------------------------------------------------------------===//
 

@@ -250,6 +250,55 @@ def Moba_TopKOp : Moba_DpsOp<"topk", [AllTypesMatch<["init", "result"]>]> {
   let hasCanonicalizer = 1;
 }
 
+def Moba_GateTopKOp : Moba_DpsOp<"gate_topk",
+    [AllTypesMatch<["init", "result"]>]> {
+  let summary = "Fused gate and block selection, streaming over the blocks";
+  let description = [{
+    The fusion of `moba.gate` and `moba.topk` that `moba-fuse-gate-topk`
+    produces: selects, for every query and query head, `K` blocks of its
+    sequence (the last dim of `init`) by the gate score
+
+    ```
+    s(t, h, j) = sum_d queries[t, h, d] * means[off_b + j, h / (Hq / Hkv), d]
+    ```
+
+    with the rules of `moba.topk` (causal: own block first, then the `K - 1`
+    best strictly past blocks; non-causal: the `K` best blocks; ties to the
+    later block; -1 pads). The scores of a query are never stored: a lowering
+    keeps a running top-K as the blocks stream by, so no `[tokens, blocks]`
+    tensor exists.
+
+    Example:
+
+    ```mlir
+    %sel = moba.gate_topk queries(%q : tensor<4096x32x128xbf16>)
+        means(%means : tensor<10x8x128xf32>) cu_seqlens(%cu : tensor<3xi32>)
+        outs(%init : tensor<4096x32x3xi32>) {block_size = 512}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$queries,
+    Moba_F32Tensor:$means,
+    Moba_CuSeqlens:$cu_seqlens,
+    Moba_IndexTensor:$init,
+    I64Attr:$block_size,
+    DefaultValuedAttr<BoolAttr, "true">:$causal
+  );
+  let results = (outs Moba_IndexTensor:$result);
+  let assemblyFormat = [{
+    `queries` `(` $queries `:` type($queries) `)`
+    `means` `(` $means `:` type($means) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    `outs` `(` $init `:` type($init) `)` attr-dict
+  }];
+  let extraClassDeclaration = [{
+    /// K, the number of blocks selected per query and head.
+    int64_t getK() { return getInit().getType().getShape().back(); }
+  }];
+  let hasVerifier = 1;
+}
+
 def Moba_SparseAttentionOp : Moba_DpsOp<"sparse_attention",
     [AllTypesMatch<["out_init", "output"]>,
      AllTypesMatch<["lse_init", "lse"]>]> {

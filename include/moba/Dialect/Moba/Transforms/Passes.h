@@ -8,7 +8,11 @@
 #define MOBA_DIALECT_MOBA_TRANSFORMS_PASSES_H
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/Pass/Pass.h"
 
 namespace mlir {
@@ -20,6 +24,16 @@ namespace moba {
 
 /// Patterns that rewrite moba.attention into the decomposed moba ops.
 void populateMobaDecomposePatterns(RewritePatternSet &patterns);
+
+/// moba.topk(moba.gate(...)) -> moba.gate_topk(...).
+void populateMobaFuseGateTopKPatterns(RewritePatternSet &patterns);
+
+/// moba.sparse_attention -> tiled online-softmax loops.
+void populateMobaTileAttentionPatterns(RewritePatternSet &patterns,
+                                       int64_t tileQ, int64_t tileK);
+
+/// The other decomposed ops (and untiled sparse attention) -> loops.
+void populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns);
 
 #define GEN_PASS_REGISTRATION
 #include "moba/Dialect/Moba/Transforms/Passes.h.inc"

@@ -39,4 +39,77 @@ def MobaDecompose : Pass<"moba-decompose"> {
   ];
 }
 
+def MobaFuseGateTopK : Pass<"moba-fuse-gate-topk"> {
+  let summary = "Fuse moba.gate into the moba.topk that consumes it";
+  let description = [{
+    Replaces `moba.topk(moba.gate(q, means))` by one `moba.gate_topk(q,
+    means)` when the scores have no other user. The fused op is lowered to a
+    running top-k per query that consumes each block's score as it is
+    computed, so the `[tokens, heads, blocks]` score tensor is never built.
+
+    Pooling is not fused into it: every block mean is read by every query of
+    the sequence that comes after the block, for each of the `Hq / Hkv`
+    query heads that share the key/value head, so computing it once per
+    block (`moba.block_pool`, O(T * D) work) and reading it back is cheaper
+    than recomputing it per query tile.
+  }];
+}
+
+def MobaTileAttention : Pass<"moba-tile-attention"> {
+  let summary = "Tile moba.sparse_attention into an online-softmax loop nest";
+  let description = [{
+    Lowers every `moba.sparse_attention` to loops on tensors, tiled as flash
+    attention: query tiles of `tile-q` tokens within each sequence; per query
+    head and query, the selected blocks in order (duplicates skipped, the own
+    block masked causally); within a block, key tiles of `tile-k` keys. Each
+    key tile updates the online-softmax state (running max `m`, running sum
+    `l`, unnormalized accumulator `acc`) once:
+
+    ```
+    m'  = max(m, max_k s_k);  alpha = exp(m - m')
+    l   = l * alpha + sum_k exp(s_k - m')
+    acc = acc * alpha + sum_k exp(s_k - m') * v_k
+    ```
+
+    and the query finishes with `out = acc / l`, `lse = m + log(l)`. Rows and
+    vectors of `head_dim` elements are vector values; the heads and head_dim
+    must be static.
+  }];
+  let options = [
+    Option<"tileQ", "tile-q", "int64_t", /*default=*/"32",
+           "Queries per tile (the outer tiling of each sequence)">,
+    Option<"tileK", "tile-k", "int64_t", /*default=*/"16",
+           "Keys scored before each online-softmax update">,
+  ];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect",
+    "::mlir::math::MathDialect",
+    "::mlir::scf::SCFDialect",
+    "::mlir::tensor::TensorDialect",
+    "::mlir::vector::VectorDialect",
+  ];
+}
+
+def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
+  let summary = "Lower the remaining decomposed moba ops to loops on tensors";
+  let description = [{
+    Lowers `moba.block_pool`, `moba.gate`, `moba.topk`, `moba.gate_topk`,
+    `moba.sparse_attention` (untiled: an exact two-pass softmax, a different
+    algorithm from the online one of `moba-tile-attention`, which makes the
+    two check each other) and `moba.lse_merge` to `scf` loops over tensors
+    with `vector` rows of `head_dim` elements, ready for one-shot
+    bufferization. The running top-k of `moba.topk` and `moba.gate_topk` is a
+    pair of `K`-wide vectors (scores, block indices) updated with a compare,
+    a shift and a select per block, with no data-dependent branches.
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect",
+    "::mlir::linalg::LinalgDialect",
+    "::mlir::math::MathDialect",
+    "::mlir::scf::SCFDialect",
+    "::mlir::tensor::TensorDialect",
+    "::mlir::vector::VectorDialect",
+  ];
+}
+
 #endif // MOBA_DIALECT_MOBA_TRANSFORMS_PASSES_TD

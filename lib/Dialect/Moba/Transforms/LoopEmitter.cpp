@@ -1,0 +1,351 @@
+//===- LoopEmitter.cpp - Building blocks of the moba loop lowerings -------===//
+//
+// Part of moba-mlir.
+//
+//===----------------------------------------------------------------------===//
+
+#include "LoopEmitter.h"
+
+#include "moba/Dialect/Moba/IR/MobaOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
+#include <limits>
+
+using namespace mlir;
+using namespace mlir::moba;
+
+Value LoopEmitter::index(int64_t v) {
+  return arith::ConstantIndexOp::create(b, v);
+}
+
+Value LoopEmitter::f32(double v) {
+  return arith::ConstantOp::create(b, b.getF32FloatAttr(v));
+}
+
+Value LoopEmitter::i32(int64_t v) {
+  return arith::ConstantOp::create(b, b.getI32IntegerAttr(v));
+}
+
+SmallVector<Value> LoopEmitter::forLoop(Value lb, Value ub, Value step,
+                                        ValueRange inits, LoopBody body) {
+  auto loop = scf::ForOp::create(
+      b, lb, ub, step, inits,
+      [&](OpBuilder &nested, Location loc, Value iv, ValueRange args) {
+        ImplicitLocOpBuilder nb(loc, nested);
+        SmallVector<Value> yields = body(nb, iv, args);
+        scf::YieldOp::create(nb, yields);
+      });
+  return SmallVector<Value>(loop.getResults());
+}
+
+Value LoopEmitter::extractIndex(Value tensor, ValueRange indices) {
+  Value v = tensor::ExtractOp::create(b, tensor, indices);
+  if (v.getType().isIndex())
+    return v;
+  return arith::IndexCastOp::create(b, b.getIndexType(), v);
+}
+
+SmallVector<Value> LoopEmitter::forEachSequence(Value cuSeqlens,
+                                                int64_t blockSize,
+                                                ValueRange inits,
+                                                SequenceBody body) {
+  Value numOffsets = tensor::DimOp::create(b, cuSeqlens, 0);
+  Value numSequences = arith::SubIOp::create(b, numOffsets, index(1));
+  Value block = index(blockSize);
+  SmallVector<Value> carried(inits);
+  carried.push_back(index(0)); // block offset of the sequence
+  SmallVector<Value> results = forLoop(
+      index(0), numSequences, carried,
+      [&](ImplicitLocOpBuilder &nb, Value s, ValueRange args) {
+        LoopEmitter e(nb);
+        Sequence seq;
+        seq.start = e.extractIndex(cuSeqlens, s);
+        Value next = arith::AddIOp::create(nb, s, e.index(1));
+        seq.end = e.extractIndex(cuSeqlens, next);
+        Value length = arith::SubIOp::create(nb, seq.end, seq.start);
+        seq.numBlocks = arith::CeilDivUIOp::create(nb, length, block);
+        seq.blockOffset = args.back();
+        SmallVector<Value> yields = body(nb, seq, args.drop_back());
+        yields.push_back(
+            arith::AddIOp::create(nb, seq.blockOffset, seq.numBlocks));
+        return yields;
+      });
+  results.pop_back();
+  return results;
+}
+
+Value LoopEmitter::readRow(Value tensor, ValueRange indices) {
+  auto type = cast<RankedTensorType>(tensor.getType());
+  int64_t n = type.getShape().back();
+  Type element = type.getElementType();
+  SmallVector<Value> full(indices);
+  full.push_back(index(0));
+  Value pad = arith::ConstantOp::create(b, b.getZeroAttr(element));
+  Value row = vector::TransferReadOp::create(
+      b, VectorType::get({n}, element), tensor, full, pad,
+      ArrayRef<bool>{true});
+  if (element.isF32())
+    return row;
+  return arith::ExtFOp::create(b, VectorType::get({n}, b.getF32Type()), row);
+}
+
+Value LoopEmitter::writeRow(Value row, Value tensor, ValueRange indices) {
+  auto type = cast<RankedTensorType>(tensor.getType());
+  Type element = type.getElementType();
+  auto rowType = cast<VectorType>(row.getType());
+  if (element != rowType.getElementType())
+    row = arith::TruncFOp::create(
+        b, VectorType::get(rowType.getShape(), element), row);
+  SmallVector<Value> full(indices);
+  full.push_back(index(0));
+  return vector::TransferWriteOp::create(b, row, tensor, full,
+                                         ArrayRef<bool>{true})
+      .getResult();
+}
+
+Value LoopEmitter::dot(Value a, Value c) {
+  Value products = arith::MulFOp::create(b, a, c);
+  return vector::ReductionOp::create(b, vector::CombiningKind::ADD, products);
+}
+
+Value LoopEmitter::splat(Value scalar, int64_t n) {
+  return vector::BroadcastOp::create(b, VectorType::get({n}, scalar.getType()),
+                                     scalar);
+}
+
+SmallVector<Value> LoopEmitter::forEachAttendedRange(
+    const Sequence &seq, int64_t blockSize, bool causal, Value queryToken,
+    Value selectedRow, ValueRange inits, KeyRangeBody body) {
+  // Cuts [first, last) at the query in causal mode; runs `body` on it unless
+  // it is empty.
+  auto visit = [&](ImplicitLocOpBuilder &nb, Value first, Value last,
+                   ValueRange args) -> SmallVector<Value> {
+    LoopEmitter e(nb);
+    if (causal)
+      last = arith::MinUIOp::create(
+          nb, last, arith::AddIOp::create(nb, queryToken, e.index(1)));
+    Value nonEmpty =
+        arith::CmpIOp::create(nb, arith::CmpIPredicate::ult, first, last);
+    auto ifOp = scf::IfOp::create(
+        nb, nonEmpty,
+        [&](OpBuilder &tb, Location loc) {
+          ImplicitLocOpBuilder ib(loc, tb);
+          scf::YieldOp::create(ib, body(ib, first, last, args));
+        },
+        [&](OpBuilder &eb, Location loc) {
+          scf::YieldOp::create(eb, loc, args);
+        });
+    return SmallVector<Value>(ifOp.getResults());
+  };
+
+  if (!selectedRow)
+    return visit(b, seq.start, seq.end, inits);
+
+  auto rowType = cast<VectorType>(selectedRow.getType());
+  int64_t k = rowType.getShape().front();
+  SmallVector<int32_t> slots(k);
+  for (int64_t i = 0; i < k; ++i)
+    slots[i] = i;
+  Value slotIds = arith::ConstantOp::create(
+      b, DenseElementsAttr::get(VectorType::get({k}, b.getI32Type()),
+                                ArrayRef<int32_t>(slots)));
+  Value block = index(blockSize);
+  return forLoop(
+      index(0), index(k), inits,
+      [&](ImplicitLocOpBuilder &nb, Value slot, ValueRange args) {
+        LoopEmitter e(nb);
+        Value slotI32 = arith::IndexCastOp::create(nb, nb.getI32Type(), slot);
+        Value blockI32 = vector::ExtractOp::create(nb, selectedRow,
+                                                   OpFoldResult(slot));
+        // Listed earlier in the row: same block in a slot below this one.
+        Value same = arith::CmpIOp::create(nb, arith::CmpIPredicate::eq,
+                                           selectedRow, e.splat(blockI32, k));
+        Value earlier = arith::CmpIOp::create(nb, arith::CmpIPredicate::slt,
+                                              slotIds, e.splat(slotI32, k));
+        Value repeats = vector::ReductionOp::create(
+            nb, vector::CombiningKind::OR,
+            arith::AndIOp::create(nb, same, earlier));
+        Value numBlocksI32 =
+            arith::IndexCastOp::create(nb, nb.getI32Type(), seq.numBlocks);
+        Value valid = arith::AndIOp::create(
+            nb,
+            arith::CmpIOp::create(nb, arith::CmpIPredicate::sge, blockI32,
+                                  e.i32(0)),
+            arith::CmpIOp::create(nb, arith::CmpIPredicate::slt, blockI32,
+                                  numBlocksI32));
+        Value firstTime = arith::XOrIOp::create(
+            nb, repeats,
+            arith::ConstantOp::create(nb, nb.getBoolAttr(true)));
+        Value take = arith::AndIOp::create(nb, valid, firstTime);
+        auto ifOp = scf::IfOp::create(
+            nb, take,
+            [&](OpBuilder &tb, Location loc) {
+              ImplicitLocOpBuilder ib(loc, tb);
+              LoopEmitter te(ib);
+              Value j = arith::IndexCastOp::create(ib, ib.getIndexType(),
+                                                   blockI32);
+              Value first = arith::AddIOp::create(
+                  ib, seq.start, arith::MulIOp::create(ib, j, block));
+              Value last = arith::MinUIOp::create(
+                  ib, arith::AddIOp::create(ib, first, block), seq.end);
+              scf::YieldOp::create(ib, visit(ib, first, last, args));
+            },
+            [&](OpBuilder &eb, Location loc) {
+              scf::YieldOp::create(eb, loc, args);
+            });
+        return SmallVector<Value>(ifOp.getResults());
+      });
+}
+
+TopKState LoopEmitter::emptyTopK(int64_t k) {
+  auto scoresType = VectorType::get({k}, b.getF32Type());
+  auto indicesType = VectorType::get({k}, b.getI32Type());
+  return {arith::ConstantOp::create(
+              b, DenseElementsAttr::get(
+                     scoresType, b.getF32FloatAttr(
+                                     -std::numeric_limits<float>::infinity()))),
+          arith::ConstantOp::create(
+              b, DenseElementsAttr::get(indicesType, b.getI32IntegerAttr(-1)))};
+}
+
+TopKState LoopEmitter::insertTopK(TopKState state, Value score,
+                                  Value blockIndex) {
+  int64_t k = cast<VectorType>(state.scores.getType()).getShape().front();
+  auto i32Vec = VectorType::get({k}, b.getI32Type());
+  // The new entry's slot: the number of entries strictly better than it.
+  Value better = arith::CmpFOp::create(b, arith::CmpFPredicate::OGT,
+                                       state.scores, splat(score, k));
+  Value position = vector::ReductionOp::create(
+      b, vector::CombiningKind::ADD, arith::ExtUIOp::create(b, i32Vec, better));
+  SmallVector<int32_t> slots(k);
+  SmallVector<int64_t> shiftMask(k);
+  for (int64_t i = 0; i < k; ++i) {
+    slots[i] = i;
+    shiftMask[i] = i == 0 ? 0 : i - 1; // slot 0 never keeps a shifted entry
+  }
+  Value slotIds = arith::ConstantOp::create(
+      b, DenseElementsAttr::get(i32Vec, ArrayRef<int32_t>(slots)));
+  Value positions = splat(position, k);
+  Value keep =
+      arith::CmpIOp::create(b, arith::CmpIPredicate::slt, slotIds, positions);
+  Value here =
+      arith::CmpIOp::create(b, arith::CmpIPredicate::eq, slotIds, positions);
+  auto update = [&](Value old, Value entry) {
+    Value shifted = vector::ShuffleOp::create(b, old, old, shiftMask);
+    Value placed =
+        arith::SelectOp::create(b, here, splat(entry, k), shifted);
+    return arith::SelectOp::create(b, keep, old, placed).getResult();
+  };
+  return {update(state.scores, score), update(state.indices, blockIndex)};
+}
+
+std::pair<Value, Value> mlir::moba::emitAttentionLoops(ImplicitLocOpBuilder &b,
+                                                       SparseAttentionOp op,
+                                                       int64_t tileQ,
+                                                       QueryBody body) {
+  LoopEmitter e(b);
+  auto qType = op.getQ().getType();
+  int64_t numHeads = qType.getDimSize(1);
+  int64_t group = numHeads / op.getK().getType().getDimSize(1);
+  Value q = op.getQ(), selected = op.getSelected();
+
+  // One query and head: read, compute, write.
+  auto query = [&](ImplicitLocOpBuilder &nb, const Sequence &seq, Value t,
+                   Value h, Value out, Value lse) -> SmallVector<Value> {
+    LoopEmitter ne(nb);
+    Value kvHead = arith::DivUIOp::create(nb, h, ne.index(group));
+    Value queryRow = ne.readRow(q, {t, h});
+    Value selectedRow;
+    if (selected) {
+      int64_t k = cast<RankedTensorType>(selected.getType()).getShape().back();
+      Value pad = ne.i32(-1);
+      selectedRow = vector::TransferReadOp::create(
+          nb, VectorType::get({k}, nb.getI32Type()), selected,
+          ValueRange{t, h, ne.index(0)}, pad, ArrayRef<bool>{true});
+    }
+    QueryResult r = body(nb, seq, t, kvHead, queryRow, selectedRow);
+    out = ne.writeRow(r.row, out, {t, h});
+    lse = tensor::InsertOp::create(nb, r.lse, lse, ValueRange{t, h});
+    return {out, lse};
+  };
+  auto heads = [&](ImplicitLocOpBuilder &nb, const Sequence &seq,
+                   ValueRange carried,
+                   function_ref<SmallVector<Value>(ImplicitLocOpBuilder &, Value,
+                                                   ValueRange)>
+                       perHead) {
+    LoopEmitter ne(nb);
+    return ne.forLoop(ne.index(0), ne.index(numHeads), carried, perHead);
+  };
+
+  SmallVector<Value> results = e.forEachSequence(
+      op.getCuSeqlens(), op.getBlockSize(),
+      ValueRange{op.getOutInit(), op.getLseInit()},
+      [&](ImplicitLocOpBuilder &sb, const Sequence &seq, ValueRange carried) {
+        LoopEmitter se(sb);
+        if (tileQ <= 0) {
+          return se.forLoop(
+              seq.start, seq.end, carried,
+              [&](ImplicitLocOpBuilder &tb, Value t, ValueRange c) {
+                return heads(tb, seq, c,
+                             [&](ImplicitLocOpBuilder &hb, Value h,
+                                 ValueRange hc) {
+                               return query(hb, seq, t, h, hc[0], hc[1]);
+                             });
+              });
+        }
+        return se.forLoop(
+            seq.start, seq.end, se.index(tileQ), carried,
+            [&](ImplicitLocOpBuilder &tb, Value tileStart, ValueRange c) {
+              LoopEmitter te(tb);
+              Value tileEnd = arith::MinUIOp::create(
+                  tb, arith::AddIOp::create(tb, tileStart, te.index(tileQ)),
+                  seq.end);
+              return heads(
+                  tb, seq, c,
+                  [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
+                    LoopEmitter he(hb);
+                    return he.forLoop(
+                        tileStart, tileEnd, hc,
+                        [&](ImplicitLocOpBuilder &qb, Value t, ValueRange qc) {
+                          return query(qb, seq, t, h, qc[0], qc[1]);
+                        });
+                  });
+            });
+      });
+  return {results[0], results[1]};
+}
+
+QueryResult mlir::moba::finishSoftmax(ImplicitLocOpBuilder &b, Value m,
+                                      Value l, Value acc) {
+  LoopEmitter e(b);
+  int64_t n = cast<VectorType>(acc.getType()).getShape().front();
+  Value attended =
+      arith::CmpFOp::create(b, arith::CmpFPredicate::OGT, l, e.f32(0.0));
+  Value safeL = arith::SelectOp::create(b, attended, l, e.f32(1.0));
+  Value row = arith::DivFOp::create(b, acc, e.splat(safeL, n));
+  Value zeros = e.splat(e.f32(0.0), n);
+  row = arith::SelectOp::create(b, attended, row, zeros);
+  Value lse = arith::AddFOp::create(b, m, math::LogOp::create(b, safeL));
+  lse = arith::SelectOp::create(
+      b, attended, lse, e.f32(-std::numeric_limits<double>::infinity()));
+  return {row, lse};
+}
+
+LogicalResult mlir::moba::checkStaticHeadsAndHeadDim(RewriterBase &rewriter,
+                                                     Operation *op,
+                                                     ValueRange tensors) {
+  for (Value v : tensors) {
+    auto type = cast<RankedTensorType>(v.getType());
+    for (int64_t i = 1; i < type.getRank(); ++i)
+      if (type.isDynamicDim(i))
+        return op->emitOpError()
+               << "lowering to loops needs static heads and head_dim; dim "
+               << i << " of " << type << " is dynamic";
+  }
+  return success();
+}

@@ -1,0 +1,133 @@
+//===- LoopEmitter.h - Building blocks of the moba loop lowerings -*- C++ -*-=//
+//
+// Part of moba-mlir. The pieces that moba-lower-to-loops and
+// moba-tile-attention share: loops over the sequences of a packed batch,
+// f32 rows of head_dim elements as vectors, dot products, the attended key
+// ranges of a query, and the running top-k. Everything is built on tensors
+// (tensor.extract, vector.transfer_read/write, scf.for with iter_args), so
+// one-shot bufferization turns the result into in-place buffer code.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_LIB_DIALECT_MOBA_TRANSFORMS_LOOPEMITTER_H
+#define MOBA_LIB_DIALECT_MOBA_TRANSFORMS_LOOPEMITTER_H
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/ImplicitLocOpBuilder.h"
+#include "mlir/IR/PatternMatch.h"
+
+namespace mlir::moba {
+
+/// One sequence of a packed batch, as seen inside the loop over sequences.
+struct Sequence {
+  Value start;       ///< First token (index).
+  Value end;         ///< One past the last token (index).
+  Value numBlocks;   ///< ceil((end - start) / block_size) (index).
+  Value blockOffset; ///< Index of its first block among all blocks (index).
+};
+
+/// The body of a loop: gets the induction variable and the iteration
+/// arguments, returns the values to yield.
+using LoopBody =
+    function_ref<SmallVector<Value>(ImplicitLocOpBuilder &, Value, ValueRange)>;
+using SequenceBody = function_ref<SmallVector<Value>(
+    ImplicitLocOpBuilder &, const Sequence &, ValueRange)>;
+/// Gets a key range [first, last) of a query and the loop-carried state.
+using KeyRangeBody = function_ref<SmallVector<Value>(
+    ImplicitLocOpBuilder &, Value first, Value last, ValueRange)>;
+
+/// Running top-k state: K scores (best first) and their block indices.
+struct TopKState {
+  Value scores;  ///< vector<K x f32>, -inf where empty.
+  Value indices; ///< vector<K x i32>, -1 where empty.
+};
+
+class LoopEmitter {
+public:
+  LoopEmitter(ImplicitLocOpBuilder &b) : b(b) {}
+
+  Value index(int64_t v);
+  Value f32(double v);
+  Value i32(int64_t v);
+
+  /// scf.for lb..ub step `step` carrying `inits`; returns the loop results.
+  SmallVector<Value> forLoop(Value lb, Value ub, Value step, ValueRange inits,
+                             LoopBody body);
+  SmallVector<Value> forLoop(Value lb, Value ub, ValueRange inits,
+                             LoopBody body) {
+    return forLoop(lb, ub, index(1), inits, body);
+  }
+
+  /// Loops over the sequences of `cuSeqlens` with blocks of `blockSize`.
+  SmallVector<Value> forEachSequence(Value cuSeqlens, int64_t blockSize,
+                                     ValueRange inits, SequenceBody body);
+
+  /// The f32 vector of `tensor[indices..., 0 : n]` (n = the innermost dim,
+  /// static), extended from f16/bf16 when needed.
+  Value readRow(Value tensor, ValueRange indices);
+  /// Writes `row` (f32) into `tensor[indices..., :]`, truncated to the
+  /// tensor's element type; returns the new tensor.
+  Value writeRow(Value row, Value tensor, ValueRange indices);
+  /// Scalar element `tensor[indices]` converted to index.
+  Value extractIndex(Value tensor, ValueRange indices);
+
+  /// sum_i a[i] * b[i] in f32.
+  Value dot(Value a, Value c);
+  /// A vector of `n` copies of `scalar`.
+  Value splat(Value scalar, int64_t n);
+
+  /// Runs `body` over the key ranges a query attends, in order, carrying
+  /// `inits`: for each entry of the selection row `selectedRow` (vector of
+  /// local block indices; null for dense attention) that is >= 0, below
+  /// `seq.numBlocks` and not listed earlier in the row, the keys of that
+  /// block; in causal mode cut at `queryToken` inclusive. Ranges that come
+  /// out empty are skipped.
+  SmallVector<Value> forEachAttendedRange(const Sequence &seq,
+                                          int64_t blockSize, bool causal,
+                                          Value queryToken, Value selectedRow,
+                                          ValueRange inits, KeyRangeBody body);
+
+  /// An empty running top-k of `k` entries.
+  TopKState emptyTopK(int64_t k);
+  /// Inserts block `blockIndex` (i32) with `score` into `state`. Blocks
+  /// arrive in increasing index order, so a tie goes to the newcomer: it is
+  /// placed before every entry whose score is not strictly greater.
+  TopKState insertTopK(TopKState state, Value score, Value blockIndex);
+
+private:
+  ImplicitLocOpBuilder &b;
+};
+
+class SparseAttentionOp;
+
+/// What one query computes for one query head: the f32 output row and the
+/// log-sum-exp. Gets the query's sequence, token, key/value head, its f32 row
+/// and its selection row (null when dense).
+struct QueryResult {
+  Value row;
+  Value lse;
+};
+using QueryBody = function_ref<QueryResult(
+    ImplicitLocOpBuilder &, const Sequence &, Value token, Value kvHead,
+    Value queryRow, Value selectedRow)>;
+
+/// Emits the loops of `op` and returns its two results. `tileQ` = 0 gives
+/// sequence -> query -> head; `tileQ` > 0 gives sequence -> query tile of
+/// `tileQ` tokens -> head -> query, so that the queries of a tile reuse the
+/// key rows they share while they are in cache.
+std::pair<Value, Value> emitAttentionLoops(ImplicitLocOpBuilder &b,
+                                           SparseAttentionOp op, int64_t tileQ,
+                                           QueryBody body);
+
+/// Finishes an online-softmax state: out = acc / l and lse = m + log(l), or
+/// out = 0 and lse = -inf when no key was attended (l = 0).
+QueryResult finishSoftmax(ImplicitLocOpBuilder &b, Value m, Value l,
+                          Value acc);
+
+/// Static sizes the loop lowerings need; a failure names the op and dim.
+LogicalResult checkStaticHeadsAndHeadDim(RewriterBase &rewriter,
+                                         Operation *op, ValueRange tensors);
+
+} // namespace mlir::moba
+
+#endif // MOBA_LIB_DIALECT_MOBA_TRANSFORMS_LOOPEMITTER_H

@@ -1,0 +1,442 @@
+//===- LowerToLoops.cpp - Decomposed moba ops to loops on tensors ---------===//
+//
+// Part of moba-mlir. Implements `moba-lower-to-loops`. Each op becomes a loop
+// nest over the sequences of its packed batch that reads rows with
+// vector.transfer_read and writes its init (destination) through iter_args,
+// so that one-shot bufferization writes in place.
+//
+//===----------------------------------------------------------------------===//
+
+#include "LoopEmitter.h"
+
+#include "moba/Dialect/Moba/IR/MobaOps.h"
+#include "moba/Dialect/Moba/Transforms/Passes.h"
+
+#include "mlir/Transforms/WalkPatternRewriteDriver.h"
+
+#include <limits>
+
+namespace mlir::moba {
+#define GEN_PASS_DEF_MOBALOWERTOLOOPS
+#include "moba/Dialect/Moba/Transforms/Passes.h.inc"
+} // namespace mlir::moba
+
+using namespace mlir;
+using namespace mlir::moba;
+
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+//===----------------------------------------------------------------------===//
+// moba.block_pool
+//===----------------------------------------------------------------------===//
+
+struct LowerBlockPool : OpRewritePattern<BlockPoolOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(BlockPoolOp op,
+                                PatternRewriter &rewriter) const override {
+    if (failed(checkStaticHeadsAndHeadDim(rewriter, op,
+                                          {op.getKeys(), op.getInit()})))
+      return failure();
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    LoopEmitter e(b);
+    int64_t blockSize = op.getBlockSize();
+    int64_t kvHeads = op.getKeys().getType().getDimSize(1);
+    int64_t headDim = op.getKeys().getType().getDimSize(2);
+    Value keys = op.getKeys();
+    Value zeros = e.splat(e.f32(0.0), headDim);
+
+    SmallVector<Value> result = e.forEachSequence(
+        op.getCuSeqlens(), blockSize, ValueRange{op.getInit()},
+        [&](ImplicitLocOpBuilder &sb, const Sequence &seq, ValueRange c) {
+          LoopEmitter se(sb);
+          return se.forLoop(
+              se.index(0), seq.numBlocks, c,
+              [&](ImplicitLocOpBuilder &jb, Value j, ValueRange jc) {
+                LoopEmitter je(jb);
+                Value first = arith::AddIOp::create(
+                    jb, seq.start,
+                    arith::MulIOp::create(jb, j, je.index(blockSize)));
+                Value last = arith::MinUIOp::create(
+                    jb, arith::AddIOp::create(jb, first, je.index(blockSize)),
+                    seq.end);
+                Value count = arith::UIToFPOp::create(
+                    jb, jb.getF32Type(),
+                    arith::IndexCastUIOp::create(
+                        jb, jb.getI64Type(),
+                        arith::SubIOp::create(jb, last, first)));
+                Value row = arith::AddIOp::create(jb, seq.blockOffset, j);
+                return je.forLoop(
+                    je.index(0), je.index(kvHeads), jc,
+                    [&](ImplicitLocOpBuilder &gb, Value g, ValueRange gc) {
+                      LoopEmitter ge(gb);
+                      Value sum =
+                          ge.forLoop(first, last, ValueRange{zeros},
+                                     [&](ImplicitLocOpBuilder &kb, Value s,
+                                         ValueRange acc) -> SmallVector<Value> {
+                                       LoopEmitter ke(kb);
+                                       return {arith::AddFOp::create(
+                                           kb, acc[0], ke.readRow(keys, {s, g}))};
+                                     })[0];
+                      Value mean = arith::DivFOp::create(
+                          gb, sum, ge.splat(count, headDim));
+                      return SmallVector<Value>{
+                          ge.writeRow(mean, gc[0], {row, g})};
+                    });
+              });
+        });
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// Selection: moba.gate, moba.topk, moba.gate_topk
+//===----------------------------------------------------------------------===//
+
+/// Emits the selection of one query and head from block scores produced by
+/// `score(builder, j)` for the candidate blocks, streaming: the running
+/// top-k sees each score once. Returns the K-wide vector of local block
+/// indices (own block first when causal).
+Value selectBlocks(ImplicitLocOpBuilder &b, const Sequence &seq, Value token,
+                   int64_t blockSize, int64_t k, bool causal,
+                   function_ref<Value(ImplicitLocOpBuilder &, Value)> score) {
+  LoopEmitter e(b);
+  Value own;
+  Value candidates = seq.numBlocks;
+  int64_t kept = k;
+  if (causal) {
+    own = arith::DivUIOp::create(
+        b, arith::SubIOp::create(b, token, seq.start), e.index(blockSize));
+    candidates = own; // strictly past blocks
+    kept = k - 1;
+  }
+  Value ownI32;
+  if (causal)
+    ownI32 = arith::IndexCastOp::create(b, b.getI32Type(), own);
+  if (kept == 0)
+    return e.splat(ownI32, 1);
+
+  TopKState init = e.emptyTopK(kept);
+  SmallVector<Value> state = e.forLoop(
+      e.index(0), candidates, ValueRange{init.scores, init.indices},
+      [&](ImplicitLocOpBuilder &jb, Value j, ValueRange c) {
+        LoopEmitter je(jb);
+        Value s = score(jb, j);
+        Value jI32 = arith::IndexCastOp::create(jb, jb.getI32Type(), j);
+        TopKState next = je.insertTopK({c[0], c[1]}, s, jI32);
+        return SmallVector<Value>{next.scores, next.indices};
+      });
+  if (!causal)
+    return state[1];
+  // [own, best past blocks...]
+  SmallVector<int64_t> mask(k);
+  for (int64_t i = 0; i < k; ++i)
+    mask[i] = i; // element 0 of the concatenation is own, then the list
+  return vector::ShuffleOp::create(b, e.splat(ownI32, 1), state[1], mask);
+}
+
+/// Writes the selection of every query and head into `init`, scoring blocks
+/// with `score(builder, seq, token, head, queryRow, j)`.
+using ScoreFn = function_ref<Value(ImplicitLocOpBuilder &, const Sequence &,
+                                   Value token, Value head, Value queryRow,
+                                   Value block)>;
+Value emitSelectionLoops(ImplicitLocOpBuilder &b, Value queries, Value cu,
+                         Value init, int64_t blockSize, bool causal,
+                         ScoreFn score) {
+  LoopEmitter e(b);
+  auto initType = cast<RankedTensorType>(init.getType());
+  int64_t numHeads = initType.getDimSize(1), k = initType.getDimSize(2);
+  return e.forEachSequence(
+      cu, blockSize, ValueRange{init},
+      [&](ImplicitLocOpBuilder &sb, const Sequence &seq, ValueRange c) {
+        LoopEmitter se(sb);
+        return se.forLoop(
+            seq.start, seq.end, c,
+            [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
+              LoopEmitter te(tb);
+              return te.forLoop(
+                  te.index(0), te.index(numHeads), tc,
+                  [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
+                    LoopEmitter he(hb);
+                    Value queryRow =
+                        queries ? he.readRow(queries, {t, h}) : Value();
+                    Value chosen = selectBlocks(
+                        hb, seq, t, blockSize, k, causal,
+                        [&](ImplicitLocOpBuilder &jb, Value j) {
+                          return score(jb, seq, t, h, queryRow, j);
+                        });
+                    Value written = vector::TransferWriteOp::create(
+                                        hb, chosen, hc[0],
+                                        ValueRange{t, h, he.index(0)},
+                                        ArrayRef<bool>{true})
+                                        .getResult();
+                    return SmallVector<Value>{written};
+                  });
+            });
+      })[0];
+}
+
+struct LowerGate : OpRewritePattern<GateOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(GateOp op,
+                                PatternRewriter &rewriter) const override {
+    if (failed(checkStaticHeadsAndHeadDim(
+            rewriter, op, {op.getQueries(), op.getMeans()})))
+      return failure();
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    LoopEmitter e(b);
+    int64_t group = op.getQueries().getType().getDimSize(1) /
+                    op.getMeans().getType().getDimSize(1);
+    int64_t numHeads = op.getQueries().getType().getDimSize(1);
+    Value means = op.getMeans(), queries = op.getQueries();
+    // Blocks past a sequence's last score -inf.
+    Value filled = linalg::FillOp::create(b, ValueRange{e.f32(kNegInf)},
+                                          ValueRange{op.getInit()})
+                       .getResult(0);
+    Value result = e.forEachSequence(
+        op.getCuSeqlens(), op.getBlockSize(), ValueRange{filled},
+        [&](ImplicitLocOpBuilder &sb, const Sequence &seq, ValueRange c) {
+          LoopEmitter se(sb);
+          return se.forLoop(
+              seq.start, seq.end, c,
+              [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
+                LoopEmitter te(tb);
+                return te.forLoop(
+                    te.index(0), te.index(numHeads), tc,
+                    [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
+                      LoopEmitter he(hb);
+                      Value g = arith::DivUIOp::create(hb, h, he.index(group));
+                      Value q = he.readRow(queries, {t, h});
+                      return he.forLoop(
+                          he.index(0), seq.numBlocks, hc,
+                          [&](ImplicitLocOpBuilder &jb, Value j,
+                              ValueRange jc) {
+                            LoopEmitter je(jb);
+                            Value row =
+                                arith::AddIOp::create(jb, seq.blockOffset, j);
+                            Value s = je.dot(q, je.readRow(means, {row, g}));
+                            return SmallVector<Value>{tensor::InsertOp::create(
+                                jb, s, jc[0], ValueRange{t, h, j})};
+                          });
+                    });
+              });
+        })[0];
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+struct LowerTopK : OpRewritePattern<TopKOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(TopKOp op,
+                                PatternRewriter &rewriter) const override {
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    Value scores = op.getScores();
+    Value result = emitSelectionLoops(
+        b, Value(), op.getCuSeqlens(), op.getInit(), op.getBlockSize(),
+        op.getCausal(),
+        [&](ImplicitLocOpBuilder &jb, const Sequence &, Value t, Value h,
+            Value, Value j) -> Value {
+          return tensor::ExtractOp::create(jb, scores, ValueRange{t, h, j});
+        });
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+struct LowerGateTopK : OpRewritePattern<GateTopKOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(GateTopKOp op,
+                                PatternRewriter &rewriter) const override {
+    if (failed(checkStaticHeadsAndHeadDim(
+            rewriter, op, {op.getQueries(), op.getMeans()})))
+      return failure();
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    int64_t group = op.getQueries().getType().getDimSize(1) /
+                    op.getMeans().getType().getDimSize(1);
+    Value means = op.getMeans();
+    Value result = emitSelectionLoops(
+        b, op.getQueries(), op.getCuSeqlens(), op.getInit(),
+        op.getBlockSize(), op.getCausal(),
+        [&](ImplicitLocOpBuilder &jb, const Sequence &seq, Value, Value h,
+            Value queryRow, Value j) -> Value {
+          LoopEmitter je(jb);
+          Value g = arith::DivUIOp::create(jb, h, je.index(group));
+          Value row = arith::AddIOp::create(jb, seq.blockOffset, j);
+          return je.dot(queryRow, je.readRow(means, {row, g}));
+        });
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// moba.sparse_attention, untiled: exact two-pass softmax
+//===----------------------------------------------------------------------===//
+
+struct LowerSparseAttention : OpRewritePattern<SparseAttentionOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(SparseAttentionOp op,
+                                PatternRewriter &rewriter) const override {
+    if (failed(checkStaticHeadsAndHeadDim(rewriter, op,
+                                          {op.getQ(), op.getK(), op.getV()})))
+      return failure();
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    int64_t blockSize = op.getBlockSize();
+    int64_t headDim = op.getQ().getType().getDimSize(2);
+    bool causal = op.getCausal();
+    double scale = op.getScale().convertToDouble();
+    Value keys = op.getK(), values = op.getV();
+
+    auto [out, lse] = emitAttentionLoops(
+        b, op, /*tileQ=*/0,
+        [&](ImplicitLocOpBuilder &qb, const Sequence &seq, Value t, Value g,
+            Value q, Value selectedRow) -> QueryResult {
+          LoopEmitter e(qb);
+          Value scaleValue = e.f32(scale);
+          auto scoreAt = [&](ImplicitLocOpBuilder &kb, Value s) {
+            LoopEmitter ke(kb);
+            return arith::MulFOp::create(
+                       kb, ke.dot(q, ke.readRow(keys, {s, g})), scaleValue)
+                .getResult();
+          };
+          // Pass 1: the maximum score.
+          Value m = e.forEachAttendedRange(
+              seq, blockSize, causal, t, selectedRow,
+              ValueRange{e.f32(kNegInf)},
+              [&](ImplicitLocOpBuilder &rb, Value first, Value last,
+                  ValueRange c) {
+                LoopEmitter re(rb);
+                return re.forLoop(first, last, c,
+                                  [&](ImplicitLocOpBuilder &kb, Value s,
+                                      ValueRange kc) -> SmallVector<Value> {
+                                    return {arith::MaximumFOp::create(
+                                        kb, kc[0], scoreAt(kb, s))};
+                                  });
+              })[0];
+          // Pass 2: the sum and the weighted values.
+          SmallVector<Value> sums = e.forEachAttendedRange(
+              seq, blockSize, causal, t, selectedRow,
+              ValueRange{e.f32(0.0), e.splat(e.f32(0.0), headDim)},
+              [&](ImplicitLocOpBuilder &rb, Value first, Value last,
+                  ValueRange c) {
+                LoopEmitter re(rb);
+                return re.forLoop(
+                    first, last, c,
+                    [&](ImplicitLocOpBuilder &kb, Value s,
+                        ValueRange kc) -> SmallVector<Value> {
+                      LoopEmitter ke(kb);
+                      Value p = math::ExpOp::create(
+                          kb, arith::SubFOp::create(kb, scoreAt(kb, s), m));
+                      Value acc = vector::FMAOp::create(
+                          kb, ke.splat(p, headDim),
+                          ke.readRow(values, {s, g}), kc[1]);
+                      return {arith::AddFOp::create(kb, kc[0], p), acc};
+                    });
+              });
+          return finishSoftmax(qb, m, sums[0], sums[1]);
+        });
+    rewriter.replaceOp(op, {out, lse});
+    return success();
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// moba.lse_merge
+//===----------------------------------------------------------------------===//
+
+struct LowerLseMerge : OpRewritePattern<LseMergeOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(LseMergeOp op,
+                                PatternRewriter &rewriter) const override {
+    if (failed(checkStaticHeadsAndHeadDim(rewriter, op, {op.getOutInit()})) ||
+        op.getPartials().getType().isDynamicDim(0))
+      return rewriter.notifyMatchFailure(op, "dynamic partials or heads");
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    LoopEmitter e(b);
+    Value parts = op.getPartials(), partLse = op.getPartialLse();
+    int64_t numParts = op.getPartials().getType().getDimSize(0);
+    int64_t numHeads = op.getOutInit().getType().getDimSize(1);
+    int64_t headDim = op.getOutInit().getType().getDimSize(2);
+    Value tokens = tensor::DimOp::create(b, op.getOutInit(), 0);
+    SmallVector<Value> results = e.forLoop(
+        e.index(0), tokens, ValueRange{op.getOutInit(), op.getLseInit()},
+        [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
+          LoopEmitter te(tb);
+          return te.forLoop(
+              te.index(0), te.index(numHeads), tc,
+              [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
+                LoopEmitter he(hb);
+                // m = max_p lse_p; l = sum_p exp(lse_p - m);
+                // acc = sum_p exp(lse_p - m) * o_p.
+                Value m = he.f32(kNegInf);
+                for (int64_t p = 0; p < numParts; ++p)
+                  m = arith::MaximumFOp::create(
+                      hb, m,
+                      tensor::ExtractOp::create(
+                          hb, partLse, ValueRange{he.index(p), t, h}));
+                Value finite =
+                    arith::CmpFOp::create(hb, arith::CmpFPredicate::OGT, m,
+                                          he.f32(kNegInf));
+                Value shift = arith::SelectOp::create(hb, finite, m,
+                                                      he.f32(0.0));
+                Value l = he.f32(0.0);
+                Value acc = he.splat(he.f32(0.0), headDim);
+                for (int64_t p = 0; p < numParts; ++p) {
+                  Value w = math::ExpOp::create(
+                      hb, arith::SubFOp::create(
+                              hb,
+                              tensor::ExtractOp::create(
+                                  hb, partLse, ValueRange{he.index(p), t, h}),
+                              shift));
+                  l = arith::AddFOp::create(hb, l, w);
+                  acc = vector::FMAOp::create(
+                      hb, he.splat(w, headDim),
+                      he.readRow(parts, {he.index(p), t, h}), acc);
+                }
+                QueryResult r = finishSoftmax(hb, shift, l, acc);
+                Value out = he.writeRow(r.row, hc[0], {t, h});
+                Value lse = tensor::InsertOp::create(hb, r.lse, hc[1],
+                                                     ValueRange{t, h});
+                return SmallVector<Value>{out, lse};
+              });
+        });
+    rewriter.replaceOp(op, results);
+    return success();
+  }
+};
+
+struct MobaLowerToLoopsPass
+    : public moba::impl::MobaLowerToLoopsBase<MobaLowerToLoopsPass> {
+  void runOnOperation() override {
+    RewritePatternSet patterns(&getContext());
+    populateMobaLowerToLoopsPatterns(patterns);
+    walkAndApplyPatterns(getOperation(), std::move(patterns));
+    // Whatever could not be lowered has said why (dynamic heads or
+    // head_dim); the pass fails rather than leave moba ops behind.
+    WalkResult left = getOperation()->walk([](Operation *op) {
+      return isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
+                 LseMergeOp>(op)
+                 ? WalkResult::interrupt()
+                 : WalkResult::advance();
+    });
+    if (left.wasInterrupted())
+      signalPassFailure();
+  }
+};
+
+} // namespace
+
+void mlir::moba::populateMobaLowerToLoopsPatterns(
+    RewritePatternSet &patterns) {
+  patterns.add<LowerBlockPool, LowerGate, LowerTopK, LowerGateTopK,
+               LowerSparseAttention, LowerLseMerge>(patterns.getContext());
+}
