@@ -8,6 +8,7 @@
 
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
 #include "moba/Dialect/Moba/Transforms/Passes.h"
+#include "moba/Pipelines/Pipelines.h"
 
 #include "mlir/IR/DialectRegistry.h"
 #include "mlir/InitAllDialects.h"
@@ -18,6 +19,7 @@
 int main(int argc, char **argv) {
   mlir::registerAllPasses();
   mlir::moba::registerMobaPasses();
+  mlir::moba::registerMobaPipelines();
 
   mlir::DialectRegistry registry;
   registry.insert<mlir::moba::MobaDialect>();

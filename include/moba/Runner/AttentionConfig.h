@@ -1,0 +1,56 @@
+//===- AttentionConfig.h - One compiled MoBA configuration ------*- C++ -*-===//
+//
+// Part of moba-mlir. What a user picks when compiling MoBA attention, and the
+// moba IR made from it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_RUNNER_ATTENTIONCONFIG_H
+#define MOBA_RUNNER_ATTENTIONCONFIG_H
+
+#include "llvm/ADT/StringRef.h"
+#include "llvm/Support/Error.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace mlir::moba {
+
+enum class ElementType { F32, F16, BF16 };
+
+/// The MLIR spelling of an element type ("f32", "f16", "bf16").
+llvm::StringRef elementTypeName(ElementType type);
+/// Parses "f32", "f16" or "bf16".
+llvm::Expected<ElementType> parseElementType(llvm::StringRef name);
+/// Bytes per element.
+int64_t elementTypeBytes(ElementType type);
+
+/// One MoBA attention configuration on the packed variable-length layout.
+/// Token and sequence counts are not part of it: one compiled kernel serves
+/// every batch.
+struct AttentionConfig {
+  int64_t headDim = 128;
+  int64_t numHeads = 32;
+  int64_t numKvHeads = 32;
+  int64_t blockSize = 512;
+  int64_t topK = 3;
+  bool causal = true;
+  std::optional<float> scale; ///< Default: 1/sqrt(headDim).
+  ElementType dtype = ElementType::BF16;
+
+  /// Checks the configuration; the error names the offending field.
+  llvm::Error validate() const;
+  /// A short stable spelling, e.g. "d128_h32_kv8_b512_k3_causal_bf16".
+  std::string key() const;
+};
+
+/// The moba IR of `config`: a function `@moba_attention` taking the buffers
+/// q [T, Hq, D], k and v [T, Hkv, D], cu_seqlens [B + 1] (i32), out
+/// [T, Hq, D] and lse [T, Hq] (f32), with a C interface, whose body is one
+/// moba.attention.
+std::string buildAttentionModule(const AttentionConfig &config);
+
+} // namespace mlir::moba
+
+#endif // MOBA_RUNNER_ATTENTIONCONFIG_H

@@ -1,0 +1,71 @@
+//===- CpuRunner.h - JIT-compiled MoBA attention on the host ----*- C++ -*-===//
+//
+// Part of moba-mlir. The CPU backend: compiles an AttentionConfig through the
+// moba CPU pipeline with MLIR's ExecutionEngine and runs it on host buffers.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_RUNNER_CPURUNNER_H
+#define MOBA_RUNNER_CPURUNNER_H
+
+#include "moba/Pipelines/Pipelines.h"
+#include "moba/Runner/AttentionConfig.h"
+
+#include "llvm/Support/Error.h"
+
+#include <functional>
+#include <memory>
+
+namespace mlir {
+class ExecutionEngine;
+class MLIRContext;
+namespace moba {
+
+struct CpuCompileOptions {
+  CpuStage stage = CpuStage::Fused;
+  int64_t tileQ = 32;
+  int64_t tileK = 16;
+  /// LLVM optimization level of the JIT (0-3).
+  unsigned optLevel = 3;
+  /// When set, called with a stage name and the module's text after each
+  /// stage ("moba", "loops", "llvm").
+  std::function<void(llvm::StringRef stage, llvm::StringRef ir)> dumpIR;
+};
+
+/// Host buffers of one call, all contiguous (row-major).
+struct AttentionBuffers {
+  const void *q = nullptr;      ///< [tokens, Hq, D]
+  const void *k = nullptr;      ///< [tokens, Hkv, D]
+  const void *v = nullptr;      ///< [tokens, Hkv, D]
+  const int32_t *cuSeqlens = nullptr; ///< [numSequences + 1]
+  void *out = nullptr;          ///< [tokens, Hq, D]
+  float *lse = nullptr;         ///< [tokens, Hq]
+  int64_t tokens = 0;
+  int64_t numSequences = 0;
+};
+
+class CpuAttentionKernel {
+public:
+  /// Compiles `config`; errors carry the pipeline's diagnostics.
+  static llvm::Expected<std::unique_ptr<CpuAttentionKernel>>
+  compile(const AttentionConfig &config, const CpuCompileOptions &options);
+  ~CpuAttentionKernel();
+
+  /// Runs on `buffers`. Checks the shapes it can (cu_seqlens starts at 0,
+  /// never decreases, ends at `tokens`) and reports the first violation.
+  llvm::Error run(const AttentionBuffers &buffers) const;
+
+  const AttentionConfig &config() const { return cfg; }
+
+private:
+  CpuAttentionKernel(AttentionConfig config);
+  AttentionConfig cfg;
+  std::unique_ptr<MLIRContext> context;
+  std::unique_ptr<ExecutionEngine> engine;
+  void *entry = nullptr;
+};
+
+} // namespace moba
+} // namespace mlir
+
+#endif // MOBA_RUNNER_CPURUNNER_H

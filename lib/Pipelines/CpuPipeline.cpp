@@ -1,0 +1,85 @@
+//===- CpuPipeline.cpp - moba.attention to LLVM for the host CPU ----------===//
+//
+// Part of moba-mlir.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moba/Pipelines/Pipelines.h"
+
+#include "moba/Dialect/Moba/Transforms/Passes.h"
+
+#include "mlir/Conversion/Passes.h"
+#include "mlir/Dialect/Arith/Transforms/Passes.h"
+#include "mlir/Dialect/Bufferization/Pipelines/Passes.h"
+#include "mlir/Dialect/Bufferization/Transforms/Passes.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/Passes.h"
+#include "mlir/Dialect/MemRef/Transforms/Passes.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
+#include "mlir/Transforms/Passes.h"
+
+using namespace mlir;
+using namespace mlir::moba;
+
+void mlir::moba::buildMobaToLoopsPipeline(OpPassManager &pm,
+                                          const CpuPipelineOptions &options) {
+  pm.addPass(createMobaDecompose());
+  pm.addPass(createCanonicalizerPass());
+  if (options.stage == CpuStage::Fused)
+    pm.addPass(createMobaFuseGateTopK());
+  if (options.stage != CpuStage::Decomposed)
+    pm.addPass(createMobaTileAttention(
+        MobaTileAttentionOptions{options.tileQ, options.tileK}));
+  pm.addPass(createMobaLowerToLoops());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+}
+
+void mlir::moba::buildLoopsToLLVMPipeline(OpPassManager &pm) {
+  // Scratch tensors that end up materialized into a destination (the
+  // caller's output buffers) become that destination: no copy.
+  pm.addPass(bufferization::createEmptyTensorEliminationPass());
+  bufferization::OneShotBufferizePassOptions bufferize;
+  bufferize.bufferizeFunctionBoundaries = true;
+  pm.addPass(bufferization::createOneShotBufferizePass(bufferize));
+  pm.addPass(createCanonicalizerPass());
+  bufferization::BufferDeallocationPipelineOptions dealloc;
+  bufferization::buildBufferDeallocationPipeline(pm, dealloc);
+  pm.addPass(createConvertLinalgToLoopsPass());
+  pm.addPass(createConvertVectorToSCFPass());
+  pm.addPass(createSCFToControlFlowPass());
+  pm.addPass(memref::createExpandStridedMetadataPass());
+  pm.addPass(createLowerAffinePass());
+  // bf16 has no arithmetic on the host: extend and truncate with integer
+  // ops (round to nearest even), compute in f32.
+  arith::ArithExpandOpsPassOptions expand;
+  expand.includeBf16 = true;
+  pm.addPass(arith::createArithExpandOpsPass(expand));
+  pm.addPass(createConvertVectorToLLVMPass());
+  pm.addPass(createConvertMathToLLVMPass());
+  pm.addPass(createArithToLLVMConversionPass());
+  pm.addPass(createFinalizeMemRefToLLVMConversionPass());
+  pm.addPass(createConvertControlFlowToLLVMPass());
+  pm.addPass(createConvertIndexToLLVMPass());
+  pm.addPass(createConvertFuncToLLVMPass());
+  pm.addPass(createReconcileUnrealizedCastsPass());
+  pm.addPass(createCanonicalizerPass());
+}
+
+void mlir::moba::buildMobaCpuPipeline(OpPassManager &pm,
+                                      const CpuPipelineOptions &options) {
+  buildMobaToLoopsPipeline(pm, options);
+  buildLoopsToLLVMPipeline(pm);
+}
+
+void mlir::moba::registerMobaPipelines() {
+  PassPipelineRegistration<CpuPipelineOptions>(
+      "moba-to-loops",
+      "moba.attention to loops on tensors (decompose, tile, fuse, lower)",
+      buildMobaToLoopsPipeline);
+  PassPipelineRegistration<CpuPipelineOptions>(
+      "moba-cpu-pipeline",
+      "moba.attention to the LLVM dialect for the host CPU",
+      buildMobaCpuPipeline);
+}

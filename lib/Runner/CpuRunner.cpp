@@ -1,0 +1,195 @@
+//===- CpuRunner.cpp - JIT-compiled MoBA attention on the host ------------===//
+//
+// Part of moba-mlir.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moba/Runner/CpuRunner.h"
+
+#include "moba/Dialect/Moba/IR/MobaDialect.h"
+
+#include "mlir/ExecutionEngine/ExecutionEngine.h"
+#include "mlir/ExecutionEngine/OptUtils.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/InitAllDialects.h"
+#include "mlir/InitAllExtensions.h"
+#include "mlir/Parser/Parser.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "llvm/Support/TargetSelect.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <mutex>
+
+using namespace mlir;
+using namespace mlir::moba;
+
+namespace {
+
+/// The C interface's view of a ranked memref (see CRunnerUtils.h); the
+/// element type only matters to the callee.
+template <int Rank>
+struct MemRefDescriptor {
+  const void *allocated;
+  const void *aligned;
+  int64_t offset;
+  int64_t sizes[Rank];
+  int64_t strides[Rank];
+};
+
+template <int Rank>
+MemRefDescriptor<Rank> contiguous(const void *data,
+                                  std::array<int64_t, Rank> sizes) {
+  MemRefDescriptor<Rank> d{data, data, 0, {}, {}};
+  int64_t stride = 1;
+  for (int i = Rank - 1; i >= 0; --i) {
+    d.sizes[i] = sizes[i];
+    d.strides[i] = stride;
+    stride *= sizes[i];
+  }
+  return d;
+}
+
+using EntryFn = void (*)(MemRefDescriptor<3> *, MemRefDescriptor<3> *,
+                         MemRefDescriptor<3> *, MemRefDescriptor<1> *,
+                         MemRefDescriptor<3> *, MemRefDescriptor<2> *);
+
+void initializeNativeTarget() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    llvm::InitializeNativeTarget();
+    llvm::InitializeNativeTargetAsmPrinter();
+  });
+}
+
+std::string printModule(ModuleOp module) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  module.print(os);
+  return text;
+}
+
+} // namespace
+
+CpuAttentionKernel::CpuAttentionKernel(AttentionConfig config)
+    : cfg(std::move(config)) {}
+
+CpuAttentionKernel::~CpuAttentionKernel() = default;
+
+llvm::Expected<std::unique_ptr<CpuAttentionKernel>>
+CpuAttentionKernel::compile(const AttentionConfig &config,
+                            const CpuCompileOptions &options) {
+  if (llvm::Error e = config.validate())
+    return std::move(e);
+  if (options.tileQ < 1 || options.tileK < 1)
+    return llvm::createStringError(
+        "tile_q and tile_k must be at least 1, got tile_q=%lld tile_k=%lld",
+        static_cast<long long>(options.tileQ),
+        static_cast<long long>(options.tileK));
+  if (options.optLevel > 3)
+    return llvm::createStringError("opt_level must be 0-3, got %u",
+                                   options.optLevel);
+  initializeNativeTarget();
+
+  std::unique_ptr<CpuAttentionKernel> kernel(new CpuAttentionKernel(config));
+  DialectRegistry registry;
+  registry.insert<MobaDialect>();
+  registerAllDialects(registry);
+  registerAllExtensions(registry);
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  kernel->context = std::make_unique<MLIRContext>(registry);
+  MLIRContext &context = *kernel->context;
+  context.disableMultithreading();
+
+  // Collect every diagnostic into the error we return.
+  std::string diagnostics;
+  ScopedDiagnosticHandler handler(&context, [&](Diagnostic &d) {
+    llvm::raw_string_ostream os(diagnostics);
+    os << d.getLocation() << ": " << d << "\n";
+    return success();
+  });
+  auto fail = [&](const char *what) {
+    return llvm::createStringError("%s failed for %s:\n%s", what,
+                                   config.key().c_str(), diagnostics.c_str());
+  };
+
+  OwningOpRef<ModuleOp> module = parseSourceString<ModuleOp>(
+      buildAttentionModule(config), ParserConfig(&context));
+  if (!module)
+    return fail("parsing the generated moba IR");
+  if (options.dumpIR)
+    options.dumpIR("moba", printModule(*module));
+
+  CpuPipelineOptions pipeline;
+  pipeline.stage = options.stage;
+  pipeline.tileQ = options.tileQ;
+  pipeline.tileK = options.tileK;
+  PassManager toLoops(&context);
+  buildMobaToLoopsPipeline(toLoops, pipeline);
+  if (failed(toLoops.run(*module)))
+    return fail("lowering moba to loops");
+  if (options.dumpIR)
+    options.dumpIR("loops", printModule(*module));
+  PassManager toLLVM(&context);
+  buildLoopsToLLVMPipeline(toLLVM);
+  if (failed(toLLVM.run(*module)))
+    return fail("lowering loops to LLVM");
+  if (options.dumpIR)
+    options.dumpIR("llvm", printModule(*module));
+
+  ExecutionEngineOptions engineOptions;
+  engineOptions.transformer =
+      makeOptimizingTransformer(options.optLevel, /*sizeLevel=*/0,
+                                /*targetMachine=*/nullptr);
+  engineOptions.jitCodeGenOptLevel =
+      static_cast<llvm::CodeGenOptLevel>(options.optLevel);
+  auto engine = ExecutionEngine::create(*module, engineOptions);
+  if (!engine)
+    return llvm::createStringError("JIT compilation failed for %s: %s",
+                                   config.key().c_str(),
+                                   llvm::toString(engine.takeError()).c_str());
+  kernel->engine = std::move(*engine);
+  auto entry = kernel->engine->lookup("_mlir_ciface_moba_attention");
+  if (!entry)
+    return entry.takeError();
+  kernel->entry = *entry;
+  return kernel;
+}
+
+llvm::Error CpuAttentionKernel::run(const AttentionBuffers &b) const {
+  if (!b.q || !b.k || !b.v || !b.cuSeqlens || !b.out || !b.lse)
+    return llvm::createStringError("a buffer pointer is null");
+  if (b.tokens < 0)
+    return llvm::createStringError("tokens must not be negative, got %lld",
+                                   static_cast<long long>(b.tokens));
+  if (b.numSequences < 1)
+    return llvm::createStringError(
+        "need at least one sequence, got num_sequences=%lld",
+        static_cast<long long>(b.numSequences));
+  if (b.cuSeqlens[0] != 0)
+    return llvm::createStringError("cu_seqlens[0] must be 0, got %d",
+                                   b.cuSeqlens[0]);
+  for (int64_t i = 1; i <= b.numSequences; ++i)
+    if (b.cuSeqlens[i] < b.cuSeqlens[i - 1])
+      return llvm::createStringError(
+          "cu_seqlens must not decrease: cu_seqlens[%lld]=%d < "
+          "cu_seqlens[%lld]=%d",
+          static_cast<long long>(i), b.cuSeqlens[i],
+          static_cast<long long>(i - 1), b.cuSeqlens[i - 1]);
+  if (b.cuSeqlens[b.numSequences] != b.tokens)
+    return llvm::createStringError(
+        "cu_seqlens must end at the token count %lld, got %d",
+        static_cast<long long>(b.tokens), b.cuSeqlens[b.numSequences]);
+
+  auto q = contiguous<3>(b.q, {b.tokens, cfg.numHeads, cfg.headDim});
+  auto k = contiguous<3>(b.k, {b.tokens, cfg.numKvHeads, cfg.headDim});
+  auto v = contiguous<3>(b.v, {b.tokens, cfg.numKvHeads, cfg.headDim});
+  auto cu = contiguous<1>(b.cuSeqlens, {b.numSequences + 1});
+  auto out = contiguous<3>(b.out, {b.tokens, cfg.numHeads, cfg.headDim});
+  auto lse = contiguous<2>(b.lse, {b.tokens, cfg.numHeads});
+  reinterpret_cast<EntryFn>(entry)(&q, &k, &v, &cu, &out, &lse);
+  return llvm::Error::success();
+}

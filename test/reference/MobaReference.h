@@ -1,0 +1,60 @@
+//===- MobaReference.h - float64 reference of MoBA --------------*- C++ -*-===//
+//
+// Part of moba-mlir's test tree. docs/semantics.md as plain loops in double
+// precision: the oracle every lowering is checked against. Deliberately
+// simple: no tiling, no online softmax, no vectors.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_TEST_REFERENCE_MOBAREFERENCE_H
+#define MOBA_TEST_REFERENCE_MOBAREFERENCE_H
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moba::reference {
+
+/// A deliberate break of one rule, so that a test can show the comparison
+/// catches it.
+enum class Mutation {
+  None,
+  /// Causal selection may also pick future blocks, attended in full.
+  FutureBlock,
+  /// The own block competes like any other past-or-own block.
+  OwnBlockNotForced,
+  /// Query head h reads key/value head g(h) + 1 (mod Hkv).
+  WrongKvHead,
+};
+
+/// Parses "none", "future-block", "own-block-not-forced", "wrong-kv-head";
+/// returns false on anything else.
+bool parseMutation(const std::string &name, Mutation &mutation);
+
+struct Problem {
+  int64_t headDim = 0, numHeads = 0, numKvHeads = 0;
+  int64_t blockSize = 0, topK = 0;
+  bool causal = true;
+  double scale = 0;
+  std::vector<int32_t> cuSeqlens;
+  /// q [T, Hq, D], k and v [T, Hkv, D], as the kernel sees them (already
+  /// rounded to the input element type).
+  std::vector<double> q, k, v;
+};
+
+struct Result {
+  std::vector<double> out; ///< [T, Hq, D]
+  std::vector<double> lse; ///< [T, Hq]
+  /// [T, Hq]: 1 where the k-th and (k+1)-th best candidate scores are so
+  /// close that rounding may swap them; the selection there is not unique.
+  std::vector<uint8_t> nearTie;
+};
+
+/// `tieTolerance` is relative to the largest sum of |q_d * mean_d| of the
+/// row's candidates.
+Result attention(const Problem &problem, Mutation mutation = Mutation::None,
+                 double tieTolerance = 4e-5);
+
+} // namespace moba::reference
+
+#endif // MOBA_TEST_REFERENCE_MOBAREFERENCE_H
