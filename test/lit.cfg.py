@@ -10,7 +10,7 @@ from lit.llvm.subst import ToolSubst
 config.name = "MOBA"
 config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
 config.suffixes = [".mlir", ".test"]
-config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py", "lit.site.cfg.py", "fuzz_inputs.py"]
+config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py", "lit.site.cfg.py", "fuzz_inputs.py", "grid.py"]
 
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.moba_obj_root, "test")
@@ -21,6 +21,8 @@ config.substitutions.append(("%moba_obj_root", config.moba_obj_root))
 config.substitutions.append(("%python", config.python_executable))
 config.substitutions.append(
     ("%moba_opt", os.path.join(config.moba_tools_dir, "moba-opt")))
+config.substitutions.append(
+    ("%moba_run", os.path.join(config.moba_tools_dir, "moba-run")))
 
 # FileCheck variables are scoped to their CHECK-LABEL block, so a capture in
 # one function can never satisfy a use in the next.

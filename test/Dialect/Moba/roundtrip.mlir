@@ -113,3 +113,13 @@ func.func @online_and_merge(%q: tensor<64x4x32xbf16>, %k: tensor<64x4x32xbf16>,
       outs(%o0 : tensor<64x4x32xbf16>, %l0 : tensor<64x4xf32>)
   return %acc, %o : tensor<64x4x32xf32>, tensor<64x4x32xbf16>
 }
+
+// CHECK-LABEL: func @fused_selection
+func.func @fused_selection(%q: tensor<?x8x64xbf16>, %m: tensor<?x2x64xf32>, %cu: tensor<?xi32>,
+                           %i0: tensor<?x8x4xi32>) -> tensor<?x8x4xi32> {
+  // CHECK: moba.gate_topk queries(%{{.+}} : tensor<?x8x64xbf16>) means(%{{.+}} : tensor<?x2x64xf32>)
+  // CHECK-SAME: cu_seqlens(%{{.+}} : tensor<?xi32>) outs(%{{.+}} : tensor<?x8x4xi32>) {block_size = 64 : i64, causal = false}
+  %sel = moba.gate_topk queries(%q : tensor<?x8x64xbf16>) means(%m : tensor<?x2x64xf32>)
+      cu_seqlens(%cu : tensor<?xi32>) outs(%i0 : tensor<?x8x4xi32>) {block_size = 64, causal = false}
+  return %sel : tensor<?x8x4xi32>
+}

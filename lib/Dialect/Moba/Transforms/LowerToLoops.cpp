@@ -139,13 +139,14 @@ Value selectBlocks(ImplicitLocOpBuilder &b, const Sequence &seq, Value token,
 }
 
 /// Writes the selection of every query and head into `init`, scoring blocks
-/// with `score(builder, seq, token, head, queryRow, j)`.
+/// with `score(builder, seq, token, head, kvHead, queryRow, j)`; query head
+/// h reads key/value head h / group.
 using ScoreFn = function_ref<Value(ImplicitLocOpBuilder &, const Sequence &,
-                                   Value token, Value head, Value queryRow,
-                                   Value block)>;
+                                   Value token, Value head, Value kvHead,
+                                   Value queryRow, Value block)>;
 Value emitSelectionLoops(ImplicitLocOpBuilder &b, Value queries, Value cu,
                          Value init, int64_t blockSize, bool causal,
-                         ScoreFn score) {
+                         int64_t group, ScoreFn score) {
   LoopEmitter e(b);
   auto initType = cast<RankedTensorType>(init.getType());
   int64_t numHeads = initType.getDimSize(1), k = initType.getDimSize(2);
@@ -161,12 +162,14 @@ Value emitSelectionLoops(ImplicitLocOpBuilder &b, Value queries, Value cu,
                   te.index(0), te.index(numHeads), tc,
                   [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
                     LoopEmitter he(hb);
+                    Value kvHead =
+                        arith::DivUIOp::create(hb, h, he.index(group));
                     Value queryRow =
                         queries ? he.readRow(queries, {t, h}) : Value();
                     Value chosen = selectBlocks(
                         hb, seq, t, blockSize, k, causal,
                         [&](ImplicitLocOpBuilder &jb, Value j) {
-                          return score(jb, seq, t, h, queryRow, j);
+                          return score(jb, seq, t, h, kvHead, queryRow, j);
                         });
                     Value written = vector::TransferWriteOp::create(
                                         hb, chosen, hc[0],
@@ -239,9 +242,9 @@ struct LowerTopK : OpRewritePattern<TopKOp> {
     Value scores = op.getScores();
     Value result = emitSelectionLoops(
         b, Value(), op.getCuSeqlens(), op.getInit(), op.getBlockSize(),
-        op.getCausal(),
+        op.getCausal(), /*group=*/1,
         [&](ImplicitLocOpBuilder &jb, const Sequence &, Value t, Value h,
-            Value, Value j) -> Value {
+            Value, Value, Value j) -> Value {
           return tensor::ExtractOp::create(jb, scores, ValueRange{t, h, j});
         });
     rewriter.replaceOp(op, result);
@@ -263,11 +266,10 @@ struct LowerGateTopK : OpRewritePattern<GateTopKOp> {
     Value means = op.getMeans();
     Value result = emitSelectionLoops(
         b, op.getQueries(), op.getCuSeqlens(), op.getInit(),
-        op.getBlockSize(), op.getCausal(),
-        [&](ImplicitLocOpBuilder &jb, const Sequence &seq, Value, Value h,
-            Value queryRow, Value j) -> Value {
+        op.getBlockSize(), op.getCausal(), group,
+        [&](ImplicitLocOpBuilder &jb, const Sequence &seq, Value, Value,
+            Value g, Value queryRow, Value j) -> Value {
           LoopEmitter je(jb);
-          Value g = arith::DivUIOp::create(jb, h, je.index(group));
           Value row = arith::AddIOp::create(jb, seq.blockOffset, j);
           return je.dot(queryRow, je.readRow(means, {row, g}));
         });

@@ -128,7 +128,7 @@ struct MobaTileAttentionPass
     if (tileQ < 1 || tileK < 1) {
       getOperation()->emitError()
           << "moba-tile-attention: tile-q and tile-k must be at least 1, got "
-          << "tile-q=" << tileQ << " tile-k=" << tileK;
+          << "tile-q=" << int64_t(tileQ) << " tile-k=" << int64_t(tileK);
       return signalPassFailure();
     }
     RewritePatternSet patterns(&getContext());
