@@ -7,19 +7,46 @@
 #include "moba/Runner/CpuRunner.h"
 
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
+#include "moba/Version.h"
 
 #include "mlir/ExecutionEngine/ExecutionEngine.h"
 #include "mlir/ExecutionEngine/OptUtils.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/Diagnostics.h"
-#include "mlir/InitAllDialects.h"
-#include "mlir/InitAllExtensions.h"
+#include "mlir/Dialect/Affine/IR/AffineOps.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Arith/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/Bufferization/IR/Bufferization.h"
+#include "mlir/Dialect/Bufferization/Transforms/FuncBufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Index/IR/IndexDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Linalg/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/MemRef/Transforms/AllocationOpInterfaceImpl.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/SCF/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Dialect/Tensor/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/Dialect/Vector/Transforms/BufferizableOpInterfaceImpl.h"
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
+#include "llvm/ExecutionEngine/Orc/LLJIT.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/Process.h"
 #include "llvm/Support/TargetSelect.h"
 #include "llvm/Support/raw_ostream.h"
+#include "llvm/TargetParser/Host.h"
 
 #include <mutex>
 
@@ -73,8 +100,52 @@ std::string printModule(ModuleOp module) {
 
 } // namespace
 
+llvm::StringRef mlir::moba::compilerVersion() { return MOBA_VERSION; }
+
+std::string mlir::moba::cacheKey(const AttentionConfig &config,
+                                 const CpuCompileOptions &options) {
+  static const char *stages[] = {"decomposed", "tiled", "fused"};
+  return llvm::formatv("cpu-{0}-{1}-q{2}-k{3}-O{4}-{5}-{6}", config.key(),
+                       stages[static_cast<int>(options.stage)], options.tileQ,
+                       options.tileK, options.optLevel, compilerVersion(),
+                       llvm::sys::getHostCPUName())
+      .str();
+}
+
 CpuAttentionKernel::CpuAttentionKernel(AttentionConfig config)
     : cfg(std::move(config)) {}
+
+bool CpuAttentionKernel::loadCached(const std::string &path) {
+  auto object = llvm::MemoryBuffer::getFile(path);
+  if (!object)
+    return false;
+  auto jit = llvm::orc::LLJITBuilder().create();
+  if (!jit) {
+    llvm::consumeError(jit.takeError());
+    return false;
+  }
+  // The object calls malloc, free and libm: resolve them in this process.
+  auto generator =
+      llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
+          (*jit)->getDataLayout().getGlobalPrefix());
+  if (!generator) {
+    llvm::consumeError(generator.takeError());
+    return false;
+  }
+  (*jit)->getMainJITDylib().addGenerator(std::move(*generator));
+  if (llvm::Error e = (*jit)->addObjectFile(std::move(*object))) {
+    llvm::consumeError(std::move(e));
+    return false;
+  }
+  auto symbol = (*jit)->lookup("_mlir_ciface_moba_attention");
+  if (!symbol) {
+    llvm::consumeError(symbol.takeError());
+    return false;
+  }
+  entry = symbol->toPtr<void *>();
+  cachedJit = std::move(*jit);
+  return true;
+}
 
 CpuAttentionKernel::~CpuAttentionKernel() = default;
 
@@ -94,10 +165,31 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
   initializeNativeTarget();
 
   std::unique_ptr<CpuAttentionKernel> kernel(new CpuAttentionKernel(config));
+  std::string cachePath;
+  if (!options.cacheDir.empty()) {
+    llvm::SmallString<256> path(options.cacheDir);
+    llvm::sys::path::append(path, cacheKey(config, options) + ".o");
+    cachePath = path.str().str();
+    if (kernel->loadCached(cachePath))
+      return kernel;
+  }
+  // Exactly the dialects and interfaces the CPU pipeline meets, rather than
+  // all of MLIR: it keeps the standalone libMobaC.so small.
   DialectRegistry registry;
-  registry.insert<MobaDialect>();
-  registerAllDialects(registry);
-  registerAllExtensions(registry);
+  registry.insert<MobaDialect, affine::AffineDialect, arith::ArithDialect,
+                  bufferization::BufferizationDialect, cf::ControlFlowDialect,
+                  func::FuncDialect, index::IndexDialect, LLVM::LLVMDialect,
+                  linalg::LinalgDialect, math::MathDialect,
+                  memref::MemRefDialect, scf::SCFDialect,
+                  tensor::TensorDialect, vector::VectorDialect>();
+  arith::registerBufferizableOpInterfaceExternalModels(registry);
+  bufferization::func_ext::registerBufferizableOpInterfaceExternalModels(
+      registry);
+  linalg::registerBufferizableOpInterfaceExternalModels(registry);
+  memref::registerAllocationOpInterfaceExternalModels(registry);
+  scf::registerBufferizableOpInterfaceExternalModels(registry);
+  tensor::registerBufferizableOpInterfaceExternalModels(registry);
+  vector::registerBufferizableOpInterfaceExternalModels(registry);
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
   kernel->context = std::make_unique<MLIRContext>(registry);
@@ -146,6 +238,7 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
                                 /*targetMachine=*/nullptr);
   engineOptions.jitCodeGenOptLevel =
       static_cast<llvm::CodeGenOptLevel>(options.optLevel);
+  engineOptions.enableObjectDump = !cachePath.empty();
   auto engine = ExecutionEngine::create(*module, engineOptions);
   if (!engine)
     return llvm::createStringError("JIT compilation failed for %s: %s",
@@ -156,6 +249,18 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
   if (!entry)
     return entry.takeError();
   kernel->entry = *entry;
+
+  // Keep the object for next time; write to a temporary name and rename, so
+  // that a concurrent reader never sees half a file. A cache that cannot be
+  // written is not an error: the kernel works without it.
+  if (!cachePath.empty() &&
+      !llvm::sys::fs::create_directories(options.cacheDir)) {
+    std::string temporary =
+        llvm::formatv("{0}.{1}.tmp", cachePath, llvm::sys::Process::getProcessId());
+    kernel->engine->dumpToObjectFile(temporary);
+    if (llvm::sys::fs::rename(temporary, cachePath))
+      llvm::sys::fs::remove(temporary);
+  }
   return kernel;
 }
 

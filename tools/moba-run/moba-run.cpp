@@ -64,6 +64,9 @@ static cl::opt<std::string> mutation(
     "mutate-reference", cl::init("none"), cl::cat(category),
     cl::desc("Break one rule in the reference (future-block, "
              "own-block-not-forced, wrong-kv-head): the check must fail"));
+static cl::opt<std::string> cacheDir(
+    "cache-dir", cl::init(""), cl::cat(category),
+    cl::desc("Keep compiled kernels in this directory and reuse them"));
 static cl::opt<std::string> dumpStage(
     "dump-ir", cl::init(""), cl::cat(category),
     cl::desc("Print the IR after this stage (moba, loops, llvm) and exit"));
@@ -231,6 +234,7 @@ int main(int argc, char **argv) {
         "--stage must be decomposed, tiled or fused; got '%s'", stage.c_str()));
   options.tileQ = tileQ;
   options.tileK = tileK;
+  options.cacheDir = cacheDir;
   ref::Mutation mutate;
   if (!ref::parseMutation(mutation, mutate))
     return fail(llvm::createStringError(
@@ -327,9 +331,10 @@ int main(int argc, char **argv) {
   llvm::outs() << "sequences: " << lengths.size() << " (";
   llvm::interleaveComma(lengths, llvm::outs());
   llvm::outs() << "), tokens " << tokens << ", seed " << usedSeed << "\n";
-  llvm::outs() << llvm::format("compile: %.3f s, run: %.3f ms (median of %zu)\n",
-                               compileSeconds, 1e3 * times[times.size() / 2],
-                               times.size());
+  llvm::outs() << llvm::format("compile: %.3f s%s, run: %.3f ms (median of %zu)\n",
+                               compileSeconds,
+                               (*kernel)->fromCache() ? " (from the cache)" : "",
+                               1e3 * times[times.size() / 2], times.size());
   if (noCheck)
     return 0;
 

@@ -15,6 +15,11 @@
 
 #include <functional>
 #include <memory>
+#include <string>
+
+namespace llvm::orc {
+class LLJIT;
+} // namespace llvm::orc
 
 namespace mlir {
 class ExecutionEngine;
@@ -30,7 +35,19 @@ struct CpuCompileOptions {
   /// When set, called with a stage name and the module's text after each
   /// stage ("moba", "loops", "llvm").
   std::function<void(llvm::StringRef stage, llvm::StringRef ir)> dumpIR;
+  /// When not empty, compiled object code is kept in this directory, keyed
+  /// by cacheKey(), and loaded from there instead of compiled again.
+  std::string cacheDir;
 };
+
+/// The compiler's version: the project version and the git revision it was
+/// built from ("-dirty" when the tree had changes).
+llvm::StringRef compilerVersion();
+
+/// The name of the cached object of `config` compiled with `options` on this
+/// host: configuration, pipeline options, compiler version and host CPU.
+std::string cacheKey(const AttentionConfig &config,
+                     const CpuCompileOptions &options);
 
 /// Host buffers of one call, all contiguous (row-major).
 struct AttentionBuffers {
@@ -56,12 +73,18 @@ public:
   llvm::Error run(const AttentionBuffers &buffers) const;
 
   const AttentionConfig &config() const { return cfg; }
+  /// True when the code was loaded from the disk cache.
+  bool fromCache() const { return cachedJit != nullptr; }
 
 private:
   CpuAttentionKernel(AttentionConfig config);
+  /// Loads a cached object; false when there is none (or it is unusable).
+  bool loadCached(const std::string &path);
+
   AttentionConfig cfg;
   std::unique_ptr<MLIRContext> context;
   std::unique_ptr<ExecutionEngine> engine;
+  std::unique_ptr<llvm::orc::LLJIT> cachedJit;
   void *entry = nullptr;
 };
 

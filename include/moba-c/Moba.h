@@ -1,0 +1,75 @@
+/*===- moba-c/Moba.h - C API of moba-mlir -------------------------*- C -*-===*\
+|*                                                                            *|
+|* Part of moba-mlir. Compile a MoBA attention configuration to a kernel,    *|
+|* run it, free it. Every call that can fail returns a status and, on       *|
+|* failure, an error message the caller frees with mobaFreeString: the      *|
+|* library never aborts on bad input. Python binds it with ctypes.          *|
+|*                                                                            *|
+\*===----------------------------------------------------------------------===*/
+
+#ifndef MOBA_C_MOBA_H
+#define MOBA_C_MOBA_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOBA_C_API_VERSION 1
+
+typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
+
+/* Where a kernel runs. Only MOBA_TARGET_CPU is implemented so far; the GPU
+ * targets fail to compile with a message saying so. */
+typedef enum MobaTarget {
+  MOBA_TARGET_CPU = 0,
+  MOBA_TARGET_SM80 = 1,
+  MOBA_TARGET_SM90A = 2,
+} MobaTarget;
+
+/* How far the CPU pipeline transforms the moba ops (see
+ * docs/cpu-backend.md). */
+typedef enum MobaStage { MOBA_STAGE_FUSED = 0, MOBA_STAGE_TILED = 1, MOBA_STAGE_DECOMPOSED = 2 } MobaStage;
+
+typedef struct MobaConfig {
+  int64_t head_dim, num_heads, num_kv_heads, block_size, top_k;
+  int32_t causal;     /* non-zero: causal */
+  float scale;        /* 0: 1/sqrt(head_dim) */
+  MobaDtype dtype;
+  MobaTarget target;
+  MobaStage stage;
+  int64_t tile_q, tile_k; /* 0: defaults */
+  const char *cache_dir;  /* NULL or "": no disk cache */
+  const char *dump_dir;   /* NULL or "": no IR dumps */
+} MobaConfig;
+
+typedef struct MobaKernel MobaKernel;
+
+/* The library's version; part of the disk cache key. */
+const char *mobaVersion(void);
+
+/* Fills `config` with the defaults. */
+void mobaConfigInit(MobaConfig *config);
+
+/* Compiles `config`. Returns NULL and sets *error on failure. *from_cache,
+ * when not NULL, is set to 1 when the kernel came from the disk cache. */
+MobaKernel *mobaCompile(const MobaConfig *config, int32_t *from_cache,
+                        char **error);
+
+/* Runs on contiguous host buffers: q [tokens, Hq, D]; k, v [tokens, Hkv, D];
+ * cu_seqlens [num_sequences + 1]; out [tokens, Hq, D]; lse [tokens, Hq]
+ * (f32). Returns 0, or non-zero and sets *error. */
+int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
+                const void *v, const int32_t *cu_seqlens,
+                int64_t num_sequences, int64_t tokens, void *out, float *lse,
+                char **error);
+
+void mobaDestroy(MobaKernel *kernel);
+void mobaFreeString(char *string);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOBA_C_MOBA_H */

@@ -1,0 +1,177 @@
+//===- Moba.cpp - C API of moba-mlir --------------------------------------===//
+//
+// Part of moba-mlir. Implements include/moba-c/Moba.h over the C++ runner.
+// Errors become strings; nothing here aborts on bad input.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moba-c/Moba.h"
+
+#include "moba/Runner/CpuRunner.h"
+
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <cstdlib>
+#include <cstring>
+
+using namespace mlir::moba;
+
+struct MobaKernel {
+  std::unique_ptr<CpuAttentionKernel> cpu;
+};
+
+namespace {
+
+void setError(char **error, const std::string &message) {
+  if (!error)
+    return;
+  *error = static_cast<char *>(std::malloc(message.size() + 1));
+  if (*error)
+    std::memcpy(*error, message.c_str(), message.size() + 1);
+}
+
+/// Writes the IR of each stage to `<dir>/<key>.<stage>.mlir`.
+std::function<void(llvm::StringRef, llvm::StringRef)>
+dumpToDirectory(std::string dir, std::string key) {
+  return [dir = std::move(dir), key = std::move(key)](llvm::StringRef stage,
+                                                      llvm::StringRef ir) {
+    if (llvm::sys::fs::create_directories(dir))
+      return;
+    llvm::SmallString<256> path(dir);
+    llvm::sys::path::append(path, key + "." + stage.str() + ".mlir");
+    std::error_code ec;
+    llvm::raw_fd_ostream os(path, ec);
+    if (!ec)
+      os << ir;
+  };
+}
+
+} // namespace
+
+extern "C" {
+
+const char *mobaVersion(void) { return compilerVersion().data(); }
+
+void mobaConfigInit(MobaConfig *config) {
+  if (!config)
+    return;
+  AttentionConfig defaults;
+  CpuCompileOptions options;
+  *config = MobaConfig{};
+  config->head_dim = defaults.headDim;
+  config->num_heads = defaults.numHeads;
+  config->num_kv_heads = defaults.numKvHeads;
+  config->block_size = defaults.blockSize;
+  config->top_k = defaults.topK;
+  config->causal = 1;
+  config->scale = 0.0f;
+  config->dtype = MOBA_DTYPE_BF16;
+  config->target = MOBA_TARGET_CPU;
+  config->stage = MOBA_STAGE_FUSED;
+  config->tile_q = options.tileQ;
+  config->tile_k = options.tileK;
+}
+
+MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
+                        char **error) {
+  if (!c) {
+    setError(error, "config is NULL");
+    return nullptr;
+  }
+  if (c->target != MOBA_TARGET_CPU) {
+    setError(error, c->target == MOBA_TARGET_SM80 || c->target == MOBA_TARGET_SM90A
+                        ? "GPU targets (sm_80, sm_90a) are not implemented "
+                          "yet; compile for the CPU"
+                        : "unknown target");
+    return nullptr;
+  }
+  AttentionConfig config;
+  config.headDim = c->head_dim;
+  config.numHeads = c->num_heads;
+  config.numKvHeads = c->num_kv_heads;
+  config.blockSize = c->block_size;
+  config.topK = c->top_k;
+  config.causal = c->causal != 0;
+  if (c->scale != 0.0f)
+    config.scale = c->scale;
+  switch (c->dtype) {
+  case MOBA_DTYPE_F32:
+    config.dtype = ElementType::F32;
+    break;
+  case MOBA_DTYPE_F16:
+    config.dtype = ElementType::F16;
+    break;
+  case MOBA_DTYPE_BF16:
+    config.dtype = ElementType::BF16;
+    break;
+  default:
+    setError(error, "unknown dtype");
+    return nullptr;
+  }
+  CpuCompileOptions options;
+  switch (c->stage) {
+  case MOBA_STAGE_FUSED:
+    options.stage = CpuStage::Fused;
+    break;
+  case MOBA_STAGE_TILED:
+    options.stage = CpuStage::Tiled;
+    break;
+  case MOBA_STAGE_DECOMPOSED:
+    options.stage = CpuStage::Decomposed;
+    break;
+  default:
+    setError(error, "unknown stage");
+    return nullptr;
+  }
+  if (c->tile_q)
+    options.tileQ = c->tile_q;
+  if (c->tile_k)
+    options.tileK = c->tile_k;
+  if (c->cache_dir)
+    options.cacheDir = c->cache_dir;
+  if (c->dump_dir && *c->dump_dir) {
+    // Dumps mean every stage runs: the cache would skip them.
+    options.cacheDir.clear();
+    options.dumpIR = dumpToDirectory(c->dump_dir, cacheKey(config, options));
+  }
+
+  auto kernel = CpuAttentionKernel::compile(config, options);
+  if (!kernel) {
+    setError(error, llvm::toString(kernel.takeError()));
+    return nullptr;
+  }
+  if (fromCache)
+    *fromCache = (*kernel)->fromCache() ? 1 : 0;
+  return new MobaKernel{std::move(*kernel)};
+}
+
+int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
+                const void *v, const int32_t *cuSeqlens, int64_t numSequences,
+                int64_t tokens, void *out, float *lse, char **error) {
+  if (!kernel) {
+    setError(error, "kernel is NULL");
+    return 1;
+  }
+  AttentionBuffers buffers;
+  buffers.q = q;
+  buffers.k = k;
+  buffers.v = v;
+  buffers.cuSeqlens = cuSeqlens;
+  buffers.out = out;
+  buffers.lse = lse;
+  buffers.tokens = tokens;
+  buffers.numSequences = numSequences;
+  if (llvm::Error e = kernel->cpu->run(buffers)) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
+void mobaDestroy(MobaKernel *kernel) { delete kernel; }
+
+void mobaFreeString(char *string) { std::free(string); }
+
+} // extern "C"

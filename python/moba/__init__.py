@@ -1,0 +1,354 @@
+"""moba: MoBA (Mixture of Block Attention) compiled by moba-mlir.
+
+    import moba
+    kernel = moba.compile(head_dim=64, num_heads=8, num_kv_heads=2,
+                          block_size=64, top_k=3, dtype="f32")
+    out = kernel(q, k, v, cu_seqlens)                 # numpy: runs on the CPU
+    out, lse = kernel(q, k, v, cu_seqlens, return_lse=True)
+
+    out = moba.moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen,
+                                moba_chunk_size=64, moba_topk=3)
+
+Layouts: "varlen" q [T, Hq, D], k and v [T, Hkv, D] with cu_seqlens [B + 1];
+"batched" q [B, S, Hq, D], k and v [B, S, Hkv, D]. The log-sum-exp has q's
+shape without D. Semantics: docs/semantics.md.
+
+Environment:
+  MOBA_CACHE_DIR  where compiled kernels are kept (default
+                  $XDG_CACHE_HOME/moba-mlir or ~/.cache/moba-mlir);
+                  set it to an empty string to keep nothing on disk.
+  MOBA_DUMP_IR    a directory: the IR after every stage of every compile is
+                  written there (moba, loops, llvm), and the cache is bypassed.
+  MOBA_LIBRARY    the libMobaC.so to load (default: the one in this package).
+"""
+import os
+import threading
+import time
+
+import numpy as np
+
+from . import _capi
+from ._capi import CompileError
+
+__all__ = ["compile", "Kernel", "moba_attn_varlen", "moba_attn_batched",
+           "CompileError", "to_bf16", "from_bf16", "cache_dir", "version"]
+
+_DTYPE_NAMES = {
+    "f32": "f32", "float32": "f32", "float": "f32",
+    "f16": "f16", "float16": "f16", "half": "f16",
+    "bf16": "bf16", "bfloat16": "bf16",
+}
+_NUMPY_DTYPE = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16)}
+_TARGETS = ("auto", "cpu", "sm_80", "sm_90a")
+_LAYOUTS = ("varlen", "batched")
+
+
+def version():
+    """The compiler's version (part of every cache key)."""
+    return _capi.version()
+
+
+def cache_dir():
+    """The directory compiled kernels are kept in, or None for none."""
+    value = os.environ.get("MOBA_CACHE_DIR")
+    if value is not None:
+        return value or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "moba-mlir")
+
+
+def to_bf16(array):
+    """float32 values -> uint16 arrays holding bfloat16 bits (round to
+    nearest even): numpy has no bfloat16 type."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+    return (rounded >> 16).astype(np.uint16)
+
+
+def from_bf16(bits):
+    """uint16 arrays of bfloat16 bits -> float32."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(
+        np.float32)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return int(value)
+
+
+def _is_gpu_array(x):
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    device = getattr(x, "device", None)
+    return getattr(device, "type", None) == "cuda"
+
+
+def _as_numpy(name, x):
+    """numpy arrays as they are; CPU torch tensors viewed without a copy."""
+    if isinstance(x, np.ndarray):
+        return x
+    if _is_gpu_array(x):
+        raise ValueError(
+            f"{name} is on a GPU, but GPU kernels are not implemented yet: "
+            "pass host (numpy or CPU torch) arrays")
+    module = type(x).__module__
+    if module.startswith("torch"):
+        import torch  # only reached with torch inputs
+        if x.dtype == torch.bfloat16:
+            return x.view(torch.int16).numpy().view(np.uint16)
+        return x.numpy()
+    raise TypeError(f"{name} must be a numpy array or a torch tensor, got "
+                    f"{type(x).__name__}")
+
+
+class Kernel:
+    """A compiled MoBA attention configuration. Call it on arrays."""
+
+    def __init__(self, handle, config, from_cache, compile_seconds):
+        self._handle = handle
+        self.config = config
+        self.from_cache = from_cache
+        self.compile_seconds = compile_seconds
+
+    def __del__(self):
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle:
+            _capi.destroy(handle)
+
+    def __repr__(self):
+        c = self.config
+        return (f"moba.Kernel(head_dim={c['head_dim']}, num_heads="
+                f"{c['num_heads']}, num_kv_heads={c['num_kv_heads']}, "
+                f"block_size={c['block_size']}, top_k={c['top_k']}, dtype="
+                f"{c['dtype']!r}, layout={c['layout']!r}, causal="
+                f"{c['causal']}, target={c['target']!r})")
+
+    def _check_tensor(self, name, x, heads):
+        c = self.config
+        want = _NUMPY_DTYPE.get(c["dtype"])
+        if c["dtype"] == "bf16":
+            ok = x.dtype == np.uint16 or (x.dtype.name == "bfloat16"
+                                          and x.dtype.itemsize == 2)
+            if not ok:
+                raise TypeError(
+                    f"{name} has dtype {x.dtype}, the kernel takes bf16: pass "
+                    "uint16 arrays of bfloat16 bits (moba.to_bf16) or "
+                    "bfloat16 torch tensors")
+        elif x.dtype != want:
+            raise TypeError(f"{name} has dtype {x.dtype}, the kernel takes "
+                            f"{c['dtype']} ({want})")
+        rank = 3 if c["layout"] == "varlen" else 4
+        if x.ndim != rank:
+            layout = ("[tokens, heads, head_dim]" if rank == 3 else
+                      "[batch, seq, heads, head_dim]")
+            raise ValueError(f"{name} must have rank {rank} {layout}, got "
+                             f"shape {x.shape}")
+        if x.shape[-1] != c["head_dim"] or x.shape[-2] != heads:
+            raise ValueError(
+                f"{name} has shape {x.shape}: expected {heads} heads of "
+                f"head_dim {c['head_dim']} in its last two dims")
+        if not x.flags["C_CONTIGUOUS"]:
+            raise ValueError(f"{name} is not contiguous (strides "
+                             f"{x.strides}); pass a C-contiguous array")
+
+    def __call__(self, q, k, v, cu_seqlens=None, *, max_seqlen=None,
+                 return_lse=False):
+        c = self.config
+        q, k, v = (_as_numpy(n, x) for n, x in (("q", q), ("k", k), ("v", v)))
+        self._check_tensor("q", q, c["num_heads"])
+        self._check_tensor("k", k, c["num_kv_heads"])
+        self._check_tensor("v", v, c["num_kv_heads"])
+        if k.shape != v.shape:
+            raise ValueError(f"k has shape {k.shape} but v has {v.shape}")
+        if q.shape[:-2] != k.shape[:-2]:
+            raise ValueError(f"q has shape {q.shape} but k has {k.shape}: "
+                             "their leading dims must agree")
+
+        if c["layout"] == "batched":
+            if cu_seqlens is not None:
+                raise ValueError("cu_seqlens is only for layout='varlen'")
+            batch, seq = q.shape[:2]
+            cu = np.arange(batch + 1, dtype=np.int64) * seq
+            tokens = batch * seq
+        else:
+            tokens = q.shape[0]
+            cu = self._check_cu_seqlens(cu_seqlens, tokens, max_seqlen)
+
+        cu32 = np.ascontiguousarray(cu, dtype=np.int32)
+        out = np.empty(q.shape, dtype=q.dtype)
+        lse = np.empty(q.shape[:-1], dtype=np.float32)
+        _capi.run_kernel(self._handle, q.ctypes.data, k.ctypes.data,
+                         v.ctypes.data, cu32.ctypes.data, len(cu32) - 1,
+                         tokens, out.ctypes.data, lse.ctypes.data)
+        return (out, lse) if return_lse else out
+
+    @staticmethod
+    def _check_cu_seqlens(cu_seqlens, tokens, max_seqlen):
+        if cu_seqlens is None:
+            raise ValueError("cu_seqlens is required for layout='varlen'")
+        if _is_gpu_array(cu_seqlens):
+            raise ValueError("cu_seqlens is on a GPU but q is on the host: "
+                             "they must be on the same device")
+        cu = _as_numpy("cu_seqlens", cu_seqlens)
+        if cu.ndim != 1 or not np.issubdtype(cu.dtype, np.integer):
+            raise TypeError("cu_seqlens must be a 1-D integer array, got "
+                            f"dtype {cu.dtype} shape {cu.shape}")
+        if cu.size < 2:
+            raise ValueError(f"cu_seqlens must hold at least 2 offsets, got "
+                             f"{cu.tolist()}")
+        if cu[0] != 0:
+            raise ValueError(f"cu_seqlens must start at 0, got {int(cu[0])}")
+        steps = np.diff(cu.astype(np.int64))
+        if (steps < 0).any():
+            i = int(np.argmax(steps < 0)) + 1
+            raise ValueError(
+                f"cu_seqlens is not monotonic: cu_seqlens[{i}]={int(cu[i])} < "
+                f"cu_seqlens[{i - 1}]={int(cu[i - 1])}")
+        if cu[-1] != tokens:
+            raise ValueError(f"cu_seqlens must end at the token count "
+                             f"{tokens}, got {int(cu[-1])}")
+        if tokens > np.iinfo(np.int32).max:
+            raise ValueError(f"{tokens} tokens do not fit int32 offsets")
+        if max_seqlen is not None:
+            longest = int(steps.max()) if steps.size else 0
+            if max_seqlen < longest:
+                raise ValueError(f"max_seqlen is {max_seqlen} but the longest "
+                                 f"sequence has {longest} tokens")
+        return cu
+
+
+_kernels = {}
+_kernels_lock = threading.Lock()
+
+
+def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
+            layout="varlen", causal=True, target="auto", *, scale=None,
+            stage="fused", tile_q=None, tile_k=None):
+    """Compiles one MoBA attention configuration and returns a Kernel.
+
+    Kernels are kept in memory (the same arguments give the same Kernel) and
+    on disk (see cache_dir()), keyed by the configuration and the compiler's
+    version. Raises ValueError or TypeError naming a bad argument, and
+    CompileError if the compiler fails.
+    """
+    head_dim = _positive_int("head_dim", head_dim)
+    num_heads = _positive_int("num_heads", num_heads)
+    num_kv_heads = _positive_int("num_kv_heads", num_kv_heads)
+    block_size = _positive_int("block_size", block_size)
+    top_k = _positive_int("top_k", top_k)
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of "
+                         f"num_kv_heads ({num_kv_heads})")
+    name = str(dtype).replace("torch.", "")
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of f32, f16, bf16, got {dtype!r}")
+    dtype = _DTYPE_NAMES[name]
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be 'varlen' or 'batched', got "
+                         f"{layout!r}")
+    if target not in _TARGETS:
+        raise ValueError(f"target must be one of {', '.join(_TARGETS)}, got "
+                         f"{target!r}")
+    if target in ("sm_80", "sm_90a"):
+        raise ValueError(f"target {target!r}: GPU kernels are not "
+                         "implemented yet; use target='cpu'")
+    target = "cpu"
+    if scale is not None and not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got "
+                         f"{scale!r}")
+    if stage not in ("fused", "tiled", "decomposed"):
+        raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
+                         f"got {stage!r}")
+    for name_, tile in (("tile_q", tile_q), ("tile_k", tile_k)):
+        if tile is not None:
+            _positive_int(name_, tile)
+
+    config = dict(head_dim=head_dim, num_heads=num_heads,
+                  num_kv_heads=num_kv_heads, block_size=block_size,
+                  top_k=top_k, dtype=dtype, layout=layout,
+                  causal=bool(causal), target=target, scale=scale,
+                  stage=stage, tile_q=tile_q, tile_k=tile_k)
+    disk = cache_dir()
+    dump = os.environ.get("MOBA_DUMP_IR") or None
+    key = (tuple(sorted(config.items())), disk, dump)
+    with _kernels_lock:
+        kernel = _kernels.get(key)
+        if kernel is not None:
+            return kernel
+        start = time.perf_counter()
+        handle, from_cache = _capi.compile_kernel(
+            head_dim, num_heads, num_kv_heads, block_size, top_k,
+            bool(causal), scale, dtype, target, stage, tile_q, tile_k, disk,
+            dump)
+        kernel = Kernel(handle, config, from_cache,
+                        time.perf_counter() - start)
+        _kernels[key] = kernel
+        return kernel
+
+
+def _infer_dtype(x):
+    name = str(getattr(x, "dtype", ""))
+    name = name.replace("torch.", "")
+    if name == "uint16":
+        return "bf16"
+    if name not in _DTYPE_NAMES:
+        raise TypeError(f"q has dtype {name or type(x).__name__}; moba takes "
+                        "float32, float16 or bfloat16")
+    return _DTYPE_NAMES[name]
+
+
+def moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen, moba_chunk_size,
+                     moba_topk):
+    """MoBA's reference signature (causal): q [T, Hq, D], k and v
+    [T, Hkv, D], cu_seqlens [B + 1]; returns the output [T, Hq, D]."""
+    kernel = compile(head_dim=q.shape[-1], num_heads=q.shape[-2],
+                     num_kv_heads=k.shape[-2], block_size=moba_chunk_size,
+                     top_k=moba_topk, dtype=_infer_dtype(q), layout="varlen")
+    out = kernel(q, k, v, cu_seqlens, max_seqlen=max_seqlen)
+    return _like(q, out)
+
+
+def moba_attn_batched(q, k, v, moba_chunk_size, moba_topk, causal=True):
+    """The batched form: q [B, S, Hq, D], k and v [B, S, Hkv, D]."""
+    kernel = compile(head_dim=q.shape[-1], num_heads=q.shape[-2],
+                     num_kv_heads=k.shape[-2], block_size=moba_chunk_size,
+                     top_k=moba_topk, dtype=_infer_dtype(q), layout="batched",
+                     causal=causal)
+    return _like(q, kernel(q, k, v))
+
+
+def _like(reference, out):
+    """Returns `out` as the kind of array `reference` is (numpy or torch)."""
+    if isinstance(reference, np.ndarray):
+        return out
+    import torch
+    if reference.dtype == torch.bfloat16:
+        return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(out)
+
+
+try:  # the autograd wrapper exists where torch does
+    import torch as _torch
+
+    class MobaAttention(_torch.autograd.Function):
+        """moba_attn_varlen as a torch.autograd.Function."""
+
+        @staticmethod
+        def forward(ctx, q, k, v, cu_seqlens, max_seqlen, moba_chunk_size,
+                    moba_topk):
+            return moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen,
+                                    moba_chunk_size, moba_topk)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            raise NotImplementedError(
+                "moba-mlir has no backward kernels yet: MoBA training "
+                "through moba is not supported until the backward issue lands")
+
+    __all__.append("MobaAttention")
+except ImportError:
+    pass

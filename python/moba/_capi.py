@@ -1,0 +1,123 @@
+"""ctypes binding of libMobaC.so (include/moba-c/Moba.h).
+
+ctypes rather than a compiled extension: the same package works on any
+CPython (3.11 here, 3.12 on the GPU machines) with no build step, and the
+library it loads carries its own MLIR and LLVM.
+"""
+import ctypes
+import os
+
+_DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
+_TARGETS = {"cpu": 0, "sm_80": 1, "sm_90a": 2}
+_STAGES = {"fused": 0, "tiled": 1, "decomposed": 2}
+
+
+class MobaConfig(ctypes.Structure):
+    _fields_ = [
+        ("head_dim", ctypes.c_int64),
+        ("num_heads", ctypes.c_int64),
+        ("num_kv_heads", ctypes.c_int64),
+        ("block_size", ctypes.c_int64),
+        ("top_k", ctypes.c_int64),
+        ("causal", ctypes.c_int32),
+        ("scale", ctypes.c_float),
+        ("dtype", ctypes.c_int),
+        ("target", ctypes.c_int),
+        ("stage", ctypes.c_int),
+        ("tile_q", ctypes.c_int64),
+        ("tile_k", ctypes.c_int64),
+        ("cache_dir", ctypes.c_char_p),
+        ("dump_dir", ctypes.c_char_p),
+    ]
+
+
+def _library_path():
+    explicit = os.environ.get("MOBA_LIBRARY")
+    if explicit:
+        return explicit
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "libMobaC.so")
+
+
+def _load():
+    path = _library_path()
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise ImportError(
+            f"moba: cannot load the compiler library {path!r} ({e}). Build it "
+            "with scripts/build.sh, or point MOBA_LIBRARY at libMobaC.so.")
+    char_pp = ctypes.POINTER(ctypes.c_void_p)  # char **, freed by us
+    lib.mobaVersion.restype = ctypes.c_char_p
+    lib.mobaVersion.argtypes = []
+    lib.mobaConfigInit.restype = None
+    lib.mobaConfigInit.argtypes = [ctypes.POINTER(MobaConfig)]
+    lib.mobaCompile.restype = ctypes.c_void_p
+    lib.mobaCompile.argtypes = [ctypes.POINTER(MobaConfig),
+                                ctypes.POINTER(ctypes.c_int32), char_pp]
+    lib.mobaRun.restype = ctypes.c_int32
+    lib.mobaRun.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4 + [
+        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+        char_pp]
+    lib.mobaDestroy.restype = None
+    lib.mobaDestroy.argtypes = [ctypes.c_void_p]
+    lib.mobaFreeString.restype = None
+    lib.mobaFreeString.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+_lib = _load()
+
+
+class CompileError(RuntimeError):
+    """The compiler rejected or failed on a configuration."""
+
+
+def version():
+    return _lib.mobaVersion().decode()
+
+
+def _take_error(address):
+    """The message at `address` (a char * the library allocated), freed."""
+    if not address:
+        return "unknown error"
+    text = ctypes.cast(address, ctypes.c_char_p).value.decode(errors="replace")
+    _lib.mobaFreeString(address)
+    return text
+
+
+def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
+                   causal, scale, dtype, target, stage, tile_q, tile_k,
+                   cache_dir, dump_dir):
+    """Returns (handle, from_cache); raises CompileError."""
+    config = MobaConfig()
+    _lib.mobaConfigInit(ctypes.byref(config))
+    config.head_dim, config.num_heads = head_dim, num_heads
+    config.num_kv_heads, config.block_size = num_kv_heads, block_size
+    config.top_k, config.causal = top_k, 1 if causal else 0
+    config.scale = 0.0 if scale is None else scale
+    config.dtype, config.target = _DTYPES[dtype], _TARGETS[target]
+    config.stage = _STAGES[stage]
+    config.tile_q, config.tile_k = tile_q or 0, tile_k or 0
+    config.cache_dir = cache_dir.encode() if cache_dir else None
+    config.dump_dir = dump_dir.encode() if dump_dir else None
+    from_cache = ctypes.c_int32(0)
+    error = ctypes.c_void_p()
+    handle = _lib.mobaCompile(ctypes.byref(config), ctypes.byref(from_cache),
+                              ctypes.byref(error))
+    if not handle:
+        raise CompileError(_take_error(error.value))
+    return handle, bool(from_cache.value)
+
+
+def run_kernel(handle, q, k, v, cu_seqlens, num_sequences, tokens, out, lse):
+    """Pointers in, raises RuntimeError with the runner's message."""
+    error = ctypes.c_void_p()
+    status = _lib.mobaRun(handle, q, k, v, cu_seqlens, num_sequences, tokens,
+                          out, lse, ctypes.byref(error))
+    if status != 0:
+        raise RuntimeError(_take_error(error.value))
+
+
+def destroy(handle):
+    _lib.mobaDestroy(handle)
