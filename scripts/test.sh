@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds moba-mlir (installing missing Debian packages first) and runs every
-# test: the lit suite (check-moba). Prints one closing line,
+# test: the lit suite (check-moba), then the Python package's pytest suite
+# with Debian's python3 (which has numpy and pytest). Prints one closing line,
 # "tests: N passed, M failed", and exits non-zero on any failure.
 #
 #   scripts/test.sh [build-dir]
@@ -24,5 +25,20 @@ if [ "$passed" -eq 0 ] && [ "$status" -eq 0 ]; then
   echo "test.sh: lit ran no test" >&2
   status=1
 fi
-echo "tests: $passed passed, $failed failed"
+
+# pytest on the CPU: the package as built in $build/python.
+pystatus=0
+PYTHONPATH="$build/python:$root/python/tests" /usr/bin/python3 -m pytest \
+  -p no:cacheprovider -q "$root/python/tests" 2>&1 | tee "$log" || pystatus=$?
+pypassed=$(grep -Eo '[0-9]+ passed' "$log" | tail -n1 | grep -Eo '[0-9]+' || true)
+pyfailed=$(grep -Eo '[0-9]+ (failed|errors?)' "$log" | awk '{ n += $1 } END { print n + 0 }')
+pypassed=${pypassed:-0}
+pyfailed=${pyfailed:-0}
+if [ "$pypassed" -eq 0 ]; then
+  echo "test.sh: pytest ran no test" >&2
+  pystatus=1
+fi
+[ "$pystatus" -eq 0 ] || status=$pystatus
+
+echo "tests: $((passed + pypassed)) passed, $((failed + pyfailed)) failed"
 exit "$status"

@@ -98,6 +98,7 @@ def _as_numpy(name, x):
     module = type(x).__module__
     if module.startswith("torch"):
         import torch  # only reached with torch inputs
+        x = x.detach()
         if x.dtype == torch.bfloat16:
             return x.view(torch.int16).numpy().view(np.uint16)
         return x.numpy()

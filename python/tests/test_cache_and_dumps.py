@@ -1,0 +1,71 @@
+"""The disk cache, the IR dumps and the library's version."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import moba
+
+COMPILE = textwrap.dedent("""
+    import time, moba
+    start = time.perf_counter()
+    k = moba.compile(head_dim=64, num_heads=8, num_kv_heads=2, block_size=64,
+                     top_k=3, dtype="bf16")
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    moba.compile(head_dim=64, num_heads=8, num_kv_heads=2, block_size=64,
+                 top_k=3, dtype="bf16")
+    memory = time.perf_counter() - start
+    print(k.from_cache, cold, memory)
+""")
+
+
+def run_fresh_process(env):
+    out = subprocess.run([sys.executable, "-c", COMPILE], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    return out[0] == "True", float(out[1]), float(out[2])
+
+
+def test_disk_cache(tmp_path):
+    env = dict(os.environ, MOBA_CACHE_DIR=str(tmp_path / "cache"))
+    cached, cold, _ = run_fresh_process(env)
+    assert not cached
+    files = os.listdir(tmp_path / "cache")
+    assert len(files) == 1 and moba.version() in files[0]
+    cached, warm, memory = run_fresh_process(env)
+    assert cached
+    assert warm < cold
+    print(f"cold compile {cold * 1e3:.1f} ms, from disk {warm * 1e3:.2f} ms, "
+          f"from memory {memory * 1e6:.1f} us")
+
+
+def test_cache_can_be_disabled(tmp_path):
+    env = dict(os.environ, MOBA_CACHE_DIR="", HOME=str(tmp_path))
+    cached, _, _ = run_fresh_process(env)
+    assert not cached
+    cached, _, _ = run_fresh_process(env)
+    assert not cached
+    assert not (tmp_path / ".cache").exists()
+
+
+def test_ir_dumps(tmp_path):
+    env = dict(os.environ, MOBA_DUMP_IR=str(tmp_path / "ir"))
+    run_fresh_process(env)
+    names = sorted(os.listdir(tmp_path / "ir"))
+    assert [n.rsplit(".", 2)[1] for n in names] == ["llvm", "loops", "moba"]
+    moba_ir = (tmp_path / "ir" / names[2]).read_text()
+    assert "moba.attention" in moba_ir
+    assert "llvm.func @_mlir_ciface_moba_attention" in (
+        tmp_path / "ir" / names[0]).read_text()
+
+
+def test_same_arguments_same_kernel():
+    a = moba.compile(head_dim=16, num_heads=2, num_kv_heads=1, block_size=8,
+                     top_k=2, dtype="f32")
+    b = moba.compile(head_dim=16, num_heads=2, num_kv_heads=1, block_size=8,
+                     top_k=2, dtype="float32")
+    assert a is b
+
+
+def test_version():
+    assert moba.version().startswith("0.1.0+")

@@ -1,0 +1,175 @@
+"""Bad input raises ValueError or TypeError naming the argument and value:
+one test per rule."""
+import numpy as np
+import pytest
+
+import moba
+
+D, HQ, HKV = 16, 4, 2
+
+
+def kernel(**overrides):
+    args = dict(head_dim=D, num_heads=HQ, num_kv_heads=HKV, block_size=16,
+                top_k=2, dtype="f32")
+    args.update(overrides)
+    return moba.compile(**args)
+
+
+def inputs(tokens=32):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((tokens, HQ, D), dtype=np.float32)
+    k = rng.standard_normal((tokens, HKV, D), dtype=np.float32)
+    return q, k, k.copy(), np.array([0, tokens], dtype=np.int32)
+
+
+class FakeCudaArray:
+    """Anything that says it lives on a GPU."""
+    __cuda_array_interface__ = {"shape": (2,), "typestr": "<i4",
+                                "data": (0, False), "version": 3}
+
+
+def test_wrong_dtype():
+    q, k, v, cu = inputs()
+    with pytest.raises(TypeError, match="q has dtype float64"):
+        kernel()(q.astype(np.float64), k, v, cu)
+
+
+def test_bf16_needs_bits():
+    q, k, v, cu = inputs()
+    with pytest.raises(TypeError, match="q has dtype float32, the kernel takes bf16"):
+        kernel(dtype="bf16")(q, k, v, cu)
+
+
+def test_non_contiguous():
+    q, k, v, cu = inputs()
+    strided = np.repeat(q, 2, axis=0)[::2]
+    with pytest.raises(ValueError, match="q is not contiguous"):
+        kernel()(strided, k, v, cu)
+
+
+def test_k_v_shapes_differ():
+    q, k, v, cu = inputs()
+    with pytest.raises(ValueError, match=r"k has shape \(32, 2, 16\) but v has \(31, 2, 16\)"):
+        kernel()(q, k, v[:31], cu)
+
+
+def test_q_heads_wrong():
+    q, k, v, cu = inputs()
+    with pytest.raises(ValueError, match="q has shape .* expected 4 heads of head_dim 16"):
+        kernel()(q[:, :3].copy(), k, v, cu)
+
+
+def test_token_counts_differ():
+    q, k, v, cu = inputs()
+    with pytest.raises(ValueError, match="leading dims must agree"):
+        kernel()(q[:20].copy(), k, v, cu)
+
+
+def test_rank():
+    q, k, v, cu = inputs()
+    with pytest.raises(ValueError, match="q must have rank 3"):
+        kernel()(q[None], k, v, cu)
+
+
+def test_heads_not_multiple():
+    with pytest.raises(ValueError, match=r"num_heads \(6\) must be a multiple of num_kv_heads \(4\)"):
+        moba.compile(head_dim=D, num_heads=6, num_kv_heads=4, block_size=16,
+                     top_k=2, dtype="f32")
+
+
+def test_cu_seqlens_not_monotonic():
+    q, k, v, _ = inputs()
+    with pytest.raises(ValueError, match=r"cu_seqlens is not monotonic: cu_seqlens\[2\]=10 < cu_seqlens\[1\]=20"):
+        kernel()(q, k, v, np.array([0, 20, 10, 32], dtype=np.int32))
+
+
+def test_cu_seqlens_wrong_end():
+    q, k, v, _ = inputs()
+    with pytest.raises(ValueError, match="cu_seqlens must end at the token count 32, got 30"):
+        kernel()(q, k, v, np.array([0, 30], dtype=np.int32))
+
+
+def test_cu_seqlens_wrong_start():
+    q, k, v, _ = inputs()
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0, got 2"):
+        kernel()(q, k, v, np.array([2, 32], dtype=np.int32))
+
+
+def test_cu_seqlens_on_gpu():
+    q, k, v, _ = inputs()
+    with pytest.raises(ValueError, match="cu_seqlens is on a GPU"):
+        kernel()(q, k, v, FakeCudaArray())
+
+
+def test_cu_seqlens_float():
+    q, k, v, _ = inputs()
+    with pytest.raises(TypeError, match="cu_seqlens must be a 1-D integer array, got dtype float32"):
+        kernel()(q, k, v, np.array([0, 32], dtype=np.float32))
+
+
+def test_cu_seqlens_missing():
+    q, k, v, _ = inputs()
+    with pytest.raises(ValueError, match="cu_seqlens is required"):
+        kernel()(q, k, v)
+
+
+def test_max_seqlen_too_small():
+    q, k, v, cu = inputs()
+    with pytest.raises(ValueError, match="max_seqlen is 16 but the longest sequence has 32 tokens"):
+        kernel()(q, k, v, cu, max_seqlen=16)
+
+
+@pytest.mark.parametrize("name", ["block_size", "top_k", "head_dim",
+                                  "num_heads", "num_kv_heads"])
+def test_counts_below_one(name):
+    with pytest.raises(ValueError, match=f"{name} must be at least 1, got 0"):
+        kernel(**{name: 0})
+
+
+def test_count_not_int():
+    with pytest.raises(TypeError, match="block_size must be an int, got 1.5"):
+        kernel(block_size=1.5)
+
+
+def test_gpu_target_without_gpu():
+    with pytest.raises(ValueError, match="target 'sm_90a': GPU kernels are not implemented yet"):
+        kernel(target="sm_90a")
+
+
+def test_unknown_target():
+    with pytest.raises(ValueError, match="target must be one of auto, cpu, sm_80, sm_90a, got 'tpu'"):
+        kernel(target="tpu")
+
+
+def test_unknown_dtype():
+    with pytest.raises(ValueError, match="dtype must be one of f32, f16, bf16, got 'int8'"):
+        kernel(dtype="int8")
+
+
+def test_unknown_layout():
+    with pytest.raises(ValueError, match="layout must be 'varlen' or 'batched', got 'paged'"):
+        kernel(layout="paged")
+
+
+def test_bad_scale():
+    with pytest.raises(ValueError, match="scale must be a positive finite number, got -1.0"):
+        kernel(scale=-1.0)
+
+
+def test_gpu_input():
+    _, k, v, cu = inputs()
+    with pytest.raises(ValueError, match="q is on a GPU"):
+        kernel()(FakeCudaArray(), k, v, cu)
+
+
+def test_not_an_array():
+    _, k, v, cu = inputs()
+    with pytest.raises(TypeError, match="q must be a numpy array or a torch tensor, got list"):
+        kernel()([[1.0]], k, v, cu)
+
+
+def test_batched_takes_no_cu_seqlens():
+    q = np.zeros((1, 8, HQ, D), np.float32)
+    k = np.zeros((1, 8, HKV, D), np.float32)
+    with pytest.raises(ValueError, match="cu_seqlens is only for layout='varlen'"):
+        kernel(layout="batched")(q, k, k, np.array([0, 8], np.int32))
