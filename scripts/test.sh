@@ -31,7 +31,8 @@ pystatus=0
 PYTHONPATH="$build/python:$root/python/tests" /usr/bin/python3 -m pytest \
   -p no:cacheprovider -q "$root/python/tests" 2>&1 | tee "$log" || pystatus=$?
 pypassed=$(grep -Eo '[0-9]+ passed' "$log" | tail -n1 | grep -Eo '[0-9]+' || true)
-pyfailed=$(grep -Eo '[0-9]+ (failed|errors?)' "$log" | awk '{ n += $1 } END { print n + 0 }')
+pyfailed=$( (grep -Eo '[0-9]+ (failed|errors?)' "$log" || true) |
+  awk '{ n += $1 } END { print n + 0 }')
 pypassed=${pypassed:-0}
 pyfailed=${pyfailed:-0}
 if [ "$pypassed" -eq 0 ]; then

@@ -57,6 +57,19 @@ llvm::Error AttentionConfig::validate() const {
     return e;
   if (auto e = atLeastOne("top_k", topK))
     return e;
+  // Rows of head_dim and the running top-k live in vector registers; past
+  // these sizes the code grows without bound for no real model.
+  auto atMost = [](const char *name, int64_t value) -> llvm::Error {
+    if (value <= kMaxVectorWidth)
+      return llvm::Error::success();
+    return llvm::createStringError("%s must be at most %lld, got %lld", name,
+                                   static_cast<long long>(kMaxVectorWidth),
+                                   static_cast<long long>(value));
+  };
+  if (auto e = atMost("head_dim", headDim))
+    return e;
+  if (auto e = atMost("top_k", topK))
+    return e;
   if (numHeads % numKvHeads != 0)
     return llvm::createStringError(
         "num_heads (%lld) must be a multiple of num_kv_heads (%lld)",

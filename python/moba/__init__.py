@@ -40,6 +40,8 @@ _DTYPE_NAMES = {
 }
 _NUMPY_DTYPE = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16)}
 _TARGETS = ("auto", "cpu", "sm_80", "sm_90a")
+# head_dim and top_k become vector widths in the kernels (kMaxVectorWidth).
+_MAX_VECTOR_WIDTH = 1024
 _LAYOUTS = ("varlen", "batched")
 
 
@@ -241,6 +243,10 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     num_kv_heads = _positive_int("num_kv_heads", num_kv_heads)
     block_size = _positive_int("block_size", block_size)
     top_k = _positive_int("top_k", top_k)
+    for name_, value in (("head_dim", head_dim), ("top_k", top_k)):
+        if value > _MAX_VECTOR_WIDTH:
+            raise ValueError(f"{name_} must be at most {_MAX_VECTOR_WIDTH}, "
+                             f"got {value}")
     if num_heads % num_kv_heads:
         raise ValueError(f"num_heads ({num_heads}) must be a multiple of "
                          f"num_kv_heads ({num_kv_heads})")

@@ -173,3 +173,9 @@ def test_batched_takes_no_cu_seqlens():
     k = np.zeros((1, 8, HKV, D), np.float32)
     with pytest.raises(ValueError, match="cu_seqlens is only for layout='varlen'"):
         kernel(layout="batched")(q, k, k, np.array([0, 8], np.int32))
+
+
+@pytest.mark.parametrize("name", ["head_dim", "top_k"])
+def test_vector_widths_too_large(name):
+    with pytest.raises(ValueError, match=f"{name} must be at most 1024, got 4096"):
+        kernel(**{name: 4096})

@@ -1,5 +1,9 @@
 """Runs moba-opt on damaged versions of MLIR files and reports crashes.
 
+Each version goes through the whole --moba-to-loops pipeline (decompose,
+canonicalize, fuse, tile, lower to loops), so the transformations see every
+input the parser and verifiers accept.
+
 Damage: every prefix at a stride of bytes (truncated text), and the whole
 file with one whitespace-separated token removed. A run passes when it exits
 0, or exits 1 having printed an `error:` diagnostic and no stack dump.
@@ -30,7 +34,7 @@ def main():
             total += 1
             try:
                 proc = subprocess.run(
-                    [tool, "-", "--moba-decompose", "--canonicalize", "-o", "/dev/null"],
+                    [tool, "-", "--moba-to-loops", "-o", "/dev/null"],
                     input=variant.encode(), capture_output=True, timeout=60)
             except subprocess.TimeoutExpired:
                 crashes.append(("timeout", variant))

@@ -26,6 +26,10 @@ llvm::Expected<ElementType> parseElementType(llvm::StringRef name);
 /// Bytes per element.
 int64_t elementTypeBytes(ElementType type);
 
+/// The largest head_dim and top_k the loop lowerings accept: both become
+/// vector widths.
+constexpr int64_t kMaxVectorWidth = 1024;
+
 /// One MoBA attention configuration on the packed variable-length layout.
 /// Token and sequence counts are not part of it: one compiled kernel serves
 /// every batch.

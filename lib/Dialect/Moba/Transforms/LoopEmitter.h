@@ -124,7 +124,11 @@ std::pair<Value, Value> emitAttentionLoops(ImplicitLocOpBuilder &b,
 QueryResult finishSoftmax(ImplicitLocOpBuilder &b, Value m, Value l,
                           Value acc);
 
-/// Static sizes the loop lowerings need; a failure names the op and dim.
+/// The widest vector the loop lowerings build (head_dim, top_k).
+constexpr int64_t kMaxLoweredVectorWidth = 1024;
+
+/// Static sizes the loop lowerings need, and no innermost dim wider than
+/// kMaxLoweredVectorWidth; a failure names the op and the dim.
 LogicalResult checkStaticHeadsAndHeadDim(RewriterBase &rewriter,
                                          Operation *op, ValueRange tensors);
 

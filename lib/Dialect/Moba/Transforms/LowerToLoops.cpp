@@ -238,6 +238,8 @@ struct LowerTopK : OpRewritePattern<TopKOp> {
 
   LogicalResult matchAndRewrite(TopKOp op,
                                 PatternRewriter &rewriter) const override {
+    if (failed(checkStaticHeadsAndHeadDim(rewriter, op, {op.getInit()})))
+      return failure();
     ImplicitLocOpBuilder b(op.getLoc(), rewriter);
     Value scores = op.getScores();
     Value result = emitSelectionLoops(
@@ -258,7 +260,7 @@ struct LowerGateTopK : OpRewritePattern<GateTopKOp> {
   LogicalResult matchAndRewrite(GateTopKOp op,
                                 PatternRewriter &rewriter) const override {
     if (failed(checkStaticHeadsAndHeadDim(
-            rewriter, op, {op.getQueries(), op.getMeans()})))
+            rewriter, op, {op.getQueries(), op.getMeans(), op.getInit()})))
       return failure();
     ImplicitLocOpBuilder b(op.getLoc(), rewriter);
     int64_t group = op.getQueries().getType().getDimSize(1) /
@@ -287,8 +289,10 @@ struct LowerSparseAttention : OpRewritePattern<SparseAttentionOp> {
 
   LogicalResult matchAndRewrite(SparseAttentionOp op,
                                 PatternRewriter &rewriter) const override {
-    if (failed(checkStaticHeadsAndHeadDim(rewriter, op,
-                                          {op.getQ(), op.getK(), op.getV()})))
+    SmallVector<Value> shaped = {op.getQ(), op.getK(), op.getV()};
+    if (op.getSelected())
+      shaped.push_back(op.getSelected());
+    if (failed(checkStaticHeadsAndHeadDim(rewriter, op, shaped)))
       return failure();
     ImplicitLocOpBuilder b(op.getLoc(), rewriter);
     int64_t blockSize = op.getBlockSize();

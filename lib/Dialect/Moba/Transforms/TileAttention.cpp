@@ -32,8 +32,10 @@ struct TileSparseAttention : OpRewritePattern<SparseAttentionOp> {
 
   LogicalResult matchAndRewrite(SparseAttentionOp op,
                                 PatternRewriter &rewriter) const override {
-    if (failed(checkStaticHeadsAndHeadDim(rewriter, op,
-                                          {op.getQ(), op.getK(), op.getV()})))
+    SmallVector<Value> shaped = {op.getQ(), op.getK(), op.getV()};
+    if (op.getSelected())
+      shaped.push_back(op.getSelected());
+    if (failed(checkStaticHeadsAndHeadDim(rewriter, op, shaped)))
       return failure();
     ImplicitLocOpBuilder b(op.getLoc(), rewriter);
     int64_t blockSize = op.getBlockSize();
