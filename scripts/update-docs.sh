@@ -6,4 +6,5 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-$root/build}
 cmake --build "$build" --target mlir-doc
 mkdir -p "$root/docs/Dialects"
-cp "$build"/docs/Dialects/Moba.md "$build"/docs/Dialects/MobaPasses.md "$root/docs/Dialects/"
+cp "$build"/docs/Dialects/Moba.md "$build"/docs/Dialects/MobaPasses.md \
+   "$build"/docs/Dialects/MobaConversionPasses.md "$root/docs/Dialects/"

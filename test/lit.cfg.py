@@ -36,3 +36,14 @@ llvm_config.use_default_substitutions()
 tool_dirs = [config.moba_tools_dir, config.llvm_tools_dir]
 tools = [ToolSubst("moba-opt", unresolved="fatal")]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
+
+# The GPU pipelines serialize kernels with the CUDA toolkit's ptxas
+# (gpu-module-to-binary finds it on PATH). Tests that need it say
+# REQUIRES: ptxas.
+import shutil
+cuda_bin = os.environ.get("CUDA_HOME", "/usr/local/cuda") + "/bin"
+if os.path.exists(os.path.join(cuda_bin, "ptxas")):
+    llvm_config.with_environment("PATH", cuda_bin, append_path=True)
+    config.available_features.add("ptxas")
+elif shutil.which("ptxas"):
+    config.available_features.add("ptxas")

@@ -105,8 +105,9 @@ llvm::StringRef mlir::moba::compilerVersion() { return MOBA_VERSION; }
 std::string mlir::moba::cacheKey(const AttentionConfig &config,
                                  const CpuCompileOptions &options) {
   static const char *stages[] = {"decomposed", "tiled", "fused"};
-  return llvm::formatv("cpu-{0}-{1}-q{2}-k{3}-O{4}-{5}-{6}", config.key(),
-                       stages[static_cast<int>(options.stage)], options.tileQ,
+  return llvm::formatv("cpu-{0}-{1}{2}-q{3}-k{4}-O{5}-{6}-{7}", config.key(),
+                       stages[static_cast<int>(options.stage)],
+                       options.parallel ? "-parallel" : "", options.tileQ,
                        options.tileK, options.optLevel, compilerVersion(),
                        llvm::sys::getHostCPUName())
       .str();
@@ -219,6 +220,7 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
   pipeline.stage = options.stage;
   pipeline.tileQ = options.tileQ;
   pipeline.tileK = options.tileK;
+  pipeline.parallel = options.parallel;
   PassManager toLoops(&context);
   buildMobaToLoopsPipeline(toLoops, pipeline);
   if (failed(toLoops.run(*module)))

@@ -6,6 +6,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "moba/Conversion/Passes.h"
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
 #include "moba/Dialect/Moba/Transforms/Passes.h"
 #include "moba/Pipelines/Pipelines.h"
@@ -14,17 +15,21 @@
 #include "mlir/InitAllDialects.h"
 #include "mlir/InitAllExtensions.h"
 #include "mlir/InitAllPasses.h"
+#include "mlir/Target/LLVMIR/Dialect/All.h"
 #include "mlir/Tools/mlir-opt/MlirOptMain.h"
 
 int main(int argc, char **argv) {
   mlir::registerAllPasses();
   mlir::moba::registerMobaPasses();
+  mlir::moba::registerMobaConversionPasses();
   mlir::moba::registerMobaPipelines();
 
   mlir::DialectRegistry registry;
   registry.insert<mlir::moba::MobaDialect>();
   mlir::registerAllDialects(registry);
   mlir::registerAllExtensions(registry);
+  // gpu-module-to-binary translates kernels to LLVM IR and on to PTX.
+  mlir::registerAllToLLVMIRTranslations(registry);
 
   return mlir::asMainReturnCode(mlir::MlirOptMain(
       argc, argv, "moba-mlir optimizer driver\n", registry));

@@ -56,6 +56,9 @@ static cl::opt<int64_t> tileQ("tile-q", cl::init(32), cl::cat(category),
                               cl::desc("Queries per tile"));
 static cl::opt<int64_t> tileK("tile-k", cl::init(16), cl::cat(category),
                               cl::desc("Keys per online-softmax update"));
+static cl::opt<bool> parallel(
+    "parallel", cl::init(false), cl::cat(category),
+    cl::desc("Lower through scf.forall over rows (the GPU form)"));
 static cl::opt<int> repeat("repeat", cl::init(3), cl::cat(category),
                            cl::desc("Timed runs (the median is printed)"));
 static cl::opt<bool> noCheck("no-check", cl::init(false), cl::cat(category),
@@ -235,6 +238,7 @@ int main(int argc, char **argv) {
   options.tileQ = tileQ;
   options.tileK = tileK;
   options.cacheDir = cacheDir;
+  options.parallel = parallel;
   ref::Mutation mutate;
   if (!ref::parseMutation(mutation, mutate))
     return fail(llvm::createStringError(
@@ -327,6 +331,7 @@ int main(int argc, char **argv) {
   std::sort(times.begin(), times.end());
 
   llvm::outs() << "config: " << config.key() << " stage=" << stage
+               << (parallel ? " parallel" : "")
                << " tile-q=" << tileQ << " tile-k=" << tileK << "\n";
   llvm::outs() << "sequences: " << lengths.size() << " (";
   llvm::interleaveComma(lengths, llvm::outs());

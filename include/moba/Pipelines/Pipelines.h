@@ -45,11 +45,20 @@ struct CpuPipelineOptions : public PassPipelineOptions<CpuPipelineOptions> {
       *this, "tile-k",
       llvm::cl::desc("Keys scored before each online-softmax update"),
       llvm::cl::init(16)};
+  PassOptions::Option<bool> parallel{
+      *this, "parallel",
+      llvm::cl::desc("Emit scf.forall over independent rows (the GPU form); "
+                     "on the CPU they run as serial loops"),
+      llvm::cl::init(false)};
 };
 
 /// moba.attention -> loops on tensors, per `options.stage`.
 void buildMobaToLoopsPipeline(OpPassManager &pm,
                               const CpuPipelineOptions &options);
+
+/// Loops on tensors -> loops on buffers: empty-tensor elimination (results
+/// land in the caller's buffers), one-shot bufferization, deallocation.
+void buildBufferizationPipeline(OpPassManager &pm);
 
 /// Loops on tensors -> LLVM dialect for the host CPU: bufferization, buffer
 /// deallocation, vector and scf lowering, bf16 emulation, LLVM conversion.
@@ -59,7 +68,39 @@ void buildLoopsToLLVMPipeline(OpPassManager &pm);
 void buildMobaCpuPipeline(OpPassManager &pm,
                           const CpuPipelineOptions &options);
 
-/// Registers `moba-to-loops` and `moba-cpu-pipeline` with the pass registry.
+struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
+  PassOptions::Option<std::string> chip{
+      *this, "chip", llvm::cl::desc("GPU to compile for: sm_80, sm_90a, ..."),
+      llvm::cl::init("sm_80")};
+  PassOptions::Option<std::string> features{
+      *this, "features", llvm::cl::desc("PTX features, e.g. +ptx80"),
+      llvm::cl::init("+ptx80")};
+  PassOptions::Option<std::string> format{
+      *this, "format",
+      llvm::cl::desc("What gpu-module-to-binary emits: isa (PTX text), bin "
+                     "(cubin, assembled by ptxas), fatbin"),
+      llvm::cl::init("bin")};
+  PassOptions::Option<int64_t> threadsPerBlock{
+      *this, "threads-per-block", llvm::cl::desc("Threads of each block"),
+      llvm::cl::init(128)};
+  PassOptions::Option<std::string> toolkit{
+      *this, "toolkit",
+      llvm::cl::desc("CUDA toolkit holding ptxas and libdevice (default: "
+                     "$CUDA_HOME, else /usr/local/cuda)"),
+      llvm::cl::init("")};
+  PassOptions::Option<int64_t> tileK{
+      *this, "tile-k",
+      llvm::cl::desc("Keys scored before each online-softmax update"),
+      llvm::cl::init(16)};
+};
+
+/// moba.attention -> host LLVM code launching NVVM kernels, with the GPU
+/// binary (PTX or cubin for `options.chip`) embedded. The SIMT baseline:
+/// one thread per (token, head), no tensor cores yet.
+void buildMobaGpuPipeline(OpPassManager &pm, const GpuPipelineOptions &options);
+
+/// Registers `moba-to-loops`, `moba-cpu-pipeline` and `moba-gpu-pipeline`
+/// with the pass registry.
 void registerMobaPipelines();
 
 } // namespace moba

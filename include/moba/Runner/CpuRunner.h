@@ -30,6 +30,8 @@ struct CpuCompileOptions {
   CpuStage stage = CpuStage::Fused;
   int64_t tileQ = 32;
   int64_t tileK = 16;
+  /// Lower through scf.forall (the GPU form), run serially.
+  bool parallel = false;
   /// LLVM optimization level of the JIT (0-3).
   unsigned optLevel = 3;
   /// When set, called with a stage name and the module's text after each

@@ -356,3 +356,146 @@ LogicalResult mlir::moba::checkStaticHeadsAndHeadDim(RewriterBase &rewriter,
   }
   return success();
 }
+
+SmallVector<Value> LoopEmitter::forall(ArrayRef<OpFoldResult> ubs,
+                                       ValueRange outs, ParallelBody body) {
+  auto loop = scf::ForallOp::create(b, ubs, outs, std::nullopt);
+  Block *block = loop.getBody();
+  scf::InParallelOp terminator = loop.getTerminator();
+  SmallVector<SliceWrite> writes;
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPoint(terminator);
+    writes = body(b, loop.getInductionVars(), loop.getRegionIterArgs());
+    b.setInsertionPointToEnd(terminator.getBody());
+    for (SliceWrite &w : writes) {
+      SmallVector<OpFoldResult> strides(w.offsets.size(), b.getIndexAttr(1));
+      tensor::ParallelInsertSliceOp::create(b, w.slice, w.dest, w.offsets,
+                                            w.sizes, strides);
+    }
+  }
+  (void)block;
+  return SmallVector<Value>(loop.getResults());
+}
+
+Sequence LoopEmitter::locateToken(Value cuSeqlens, int64_t blockSize,
+                                  Value token) {
+  Value numSequences = arith::SubIOp::create(
+      b, tensor::DimOp::create(b, cuSeqlens, 0), index(1));
+  Value block = index(blockSize);
+  // Carried: start, end, block offset of the match; running block offset.
+  SmallVector<Value> found = forLoop(
+      index(0), numSequences,
+      ValueRange{index(0), index(0), index(0), index(0)},
+      [&](ImplicitLocOpBuilder &nb, Value s, ValueRange c) {
+        LoopEmitter e(nb);
+        Value start = e.extractIndex(cuSeqlens, s);
+        Value end = e.extractIndex(
+            cuSeqlens, Value(arith::AddIOp::create(nb, s, e.index(1))));
+        Value inside = arith::AndIOp::create(
+            nb,
+            arith::CmpIOp::create(nb, arith::CmpIPredicate::ule, start, token),
+            arith::CmpIOp::create(nb, arith::CmpIPredicate::ult, token, end));
+        Value blocks = arith::CeilDivUIOp::create(
+            nb, arith::SubIOp::create(nb, end, start), block);
+        return SmallVector<Value>{
+            arith::SelectOp::create(nb, inside, start, c[0]),
+            arith::SelectOp::create(nb, inside, end, c[1]),
+            arith::SelectOp::create(nb, inside, c[3], c[2]),
+            arith::AddIOp::create(nb, c[3], blocks)};
+      });
+  Sequence seq;
+  seq.start = found[0];
+  seq.end = found[1];
+  seq.blockOffset = found[2];
+  seq.numBlocks = arith::CeilDivUIOp::create(
+      b, arith::SubIOp::create(b, seq.end, seq.start), block);
+  return seq;
+}
+
+Sequence LoopEmitter::locateBlockRow(Value cuSeqlens, int64_t blockSize,
+                                     Value row, Value &blockIndex,
+                                     Value &valid) {
+  Value numSequences = arith::SubIOp::create(
+      b, tensor::DimOp::create(b, cuSeqlens, 0), index(1));
+  Value block = index(blockSize);
+  Value no = arith::ConstantOp::create(b, b.getBoolAttr(false));
+  // Carried: start, end, block offset of the match, found; running offset.
+  SmallVector<Value> found = forLoop(
+      index(0), numSequences,
+      ValueRange{index(0), index(0), index(0), no, index(0)},
+      [&](ImplicitLocOpBuilder &nb, Value s, ValueRange c) {
+        LoopEmitter e(nb);
+        Value start = e.extractIndex(cuSeqlens, s);
+        Value end = e.extractIndex(
+            cuSeqlens, Value(arith::AddIOp::create(nb, s, e.index(1))));
+        Value blocks = arith::CeilDivUIOp::create(
+            nb, arith::SubIOp::create(nb, end, start), block);
+        Value next = arith::AddIOp::create(nb, c[4], blocks);
+        Value inside = arith::AndIOp::create(
+            nb,
+            arith::CmpIOp::create(nb, arith::CmpIPredicate::ule, c[4], row),
+            arith::CmpIOp::create(nb, arith::CmpIPredicate::ult, row, next));
+        return SmallVector<Value>{
+            arith::SelectOp::create(nb, inside, start, c[0]),
+            arith::SelectOp::create(nb, inside, end, c[1]),
+            arith::SelectOp::create(nb, inside, c[4], c[2]),
+            arith::OrIOp::create(nb, inside, c[3]), next};
+      });
+  Sequence seq;
+  seq.start = found[0];
+  seq.end = found[1];
+  seq.blockOffset = found[2];
+  seq.numBlocks = arith::CeilDivUIOp::create(
+      b, arith::SubIOp::create(b, seq.end, seq.start), block);
+  valid = found[3];
+  blockIndex = arith::SubIOp::create(b, row, seq.blockOffset);
+  return seq;
+}
+
+std::pair<Value, Value>
+mlir::moba::emitParallelAttention(ImplicitLocOpBuilder &b, SparseAttentionOp op,
+                                  QueryBody body) {
+  LoopEmitter e(b);
+  auto qType = op.getQ().getType();
+  int64_t numHeads = qType.getDimSize(1), headDim = qType.getDimSize(2);
+  int64_t group = numHeads / op.getK().getType().getDimSize(1);
+  Value q = op.getQ(), selected = op.getSelected();
+  OpFoldResult tokens = tensor::getMixedSize(b, b.getLoc(), q, 0);
+  SmallVector<Value> results = e.forall(
+      {tokens, b.getIndexAttr(numHeads)},
+      ValueRange{op.getOutInit(), op.getLseInit()},
+      [&](ImplicitLocOpBuilder &nb, ValueRange ivs,
+          ValueRange outs) -> SmallVector<SliceWrite> {
+        LoopEmitter ne(nb);
+        Value t = ivs[0], h = ivs[1];
+        Sequence seq = ne.locateToken(op.getCuSeqlens(), op.getBlockSize(), t);
+        Value kvHead = arith::DivUIOp::create(nb, h, ne.index(group));
+        Value queryRow = ne.readRow(q, {t, h});
+        Value selectedRow;
+        if (selected) {
+          int64_t k = cast<RankedTensorType>(selected.getType()).getShape().back();
+          selectedRow = vector::TransferReadOp::create(
+              nb, VectorType::get({k}, nb.getI32Type()), selected,
+              ValueRange{t, h, ne.index(0)}, ne.i32(-1), ArrayRef<bool>{true});
+        }
+        QueryResult r = body(nb, seq, t, kvHead, queryRow, selectedRow);
+        OpFoldResult one = nb.getIndexAttr(1), zero = nb.getIndexAttr(0);
+        SmallVector<OpFoldResult> rowOffsets = {t, h, zero};
+        SmallVector<OpFoldResult> rowSizes = {one, one,
+                                              nb.getIndexAttr(headDim)};
+        Value outSlice = tensor::ExtractSliceOp::create(
+            nb, outs[0], rowOffsets, rowSizes,
+            SmallVector<OpFoldResult>(3, one));
+        outSlice = ne.writeRow(r.row, outSlice, {ne.index(0), ne.index(0)});
+        SmallVector<OpFoldResult> lseOffsets = {t, h}, lseSizes = {one, one};
+        Value lseSlice = tensor::ExtractSliceOp::create(
+            nb, outs[1], lseOffsets, lseSizes,
+            SmallVector<OpFoldResult>(2, one));
+        lseSlice = tensor::InsertOp::create(
+            nb, r.lse, lseSlice, ValueRange{ne.index(0), ne.index(0)});
+        return {{outSlice, outs[0], rowOffsets, rowSizes},
+                {lseSlice, outs[1], lseOffsets, lseSizes}};
+      });
+  return {results[0], results[1]};
+}

@@ -36,6 +36,16 @@ using SequenceBody = function_ref<SmallVector<Value>(
 using KeyRangeBody = function_ref<SmallVector<Value>(
     ImplicitLocOpBuilder &, Value first, Value last, ValueRange)>;
 
+/// One write of a parallel loop iteration: `slice` goes to
+/// `dest[offsets][sizes]` (unit strides) in the loop's terminator.
+struct SliceWrite {
+  Value slice;
+  Value dest;
+  SmallVector<OpFoldResult> offsets, sizes;
+};
+using ParallelBody = function_ref<SmallVector<SliceWrite>(
+    ImplicitLocOpBuilder &, ValueRange ivs, ValueRange outs)>;
+
 /// Running top-k state: K scores (best first) and their block indices.
 struct TopKState {
   Value scores;  ///< vector<K x f32>, -inf where empty.
@@ -61,6 +71,19 @@ public:
   /// Loops over the sequences of `cuSeqlens` with blocks of `blockSize`.
   SmallVector<Value> forEachSequence(Value cuSeqlens, int64_t blockSize,
                                      ValueRange inits, SequenceBody body);
+
+  /// scf.forall over [0, ubs) sharing `outs`: every iteration is
+  /// independent and writes the slices `body` returns.
+  SmallVector<Value> forall(ArrayRef<OpFoldResult> ubs, ValueRange outs,
+                            ParallelBody body);
+  /// The sequence that holds packed token `token`, found by a branch-free
+  /// scan over `cuSeqlens` (for parallel loops, which have no sequence loop
+  /// around them).
+  Sequence locateToken(Value cuSeqlens, int64_t blockSize, Value token);
+  /// The sequence and local block index of packed block row `row`; `valid`
+  /// is false for rows past the batch's last block.
+  Sequence locateBlockRow(Value cuSeqlens, int64_t blockSize, Value row,
+                          Value &block, Value &valid);
 
   /// The f32 vector of `tensor[indices..., 0 : n]` (n = the innermost dim,
   /// static), extended from f16/bf16 when needed.
@@ -118,6 +141,12 @@ using QueryBody = function_ref<QueryResult(
 std::pair<Value, Value> emitAttentionLoops(ImplicitLocOpBuilder &b,
                                            SparseAttentionOp op, int64_t tileQ,
                                            QueryBody body);
+
+/// The same computation as one scf.forall over (token, query head), for
+/// targets that run the iterations in parallel (GPU threads).
+std::pair<Value, Value> emitParallelAttention(ImplicitLocOpBuilder &b,
+                                              SparseAttentionOp op,
+                                              QueryBody body);
 
 /// Finishes an online-softmax state: out = acc / l and lse = m + log(l), or
 /// out = 0 and lse = -inf when no key was attended (l = 0).

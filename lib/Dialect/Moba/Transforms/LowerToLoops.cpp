@@ -28,12 +28,21 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
+/// A lowering pattern that emits serial loops (sequences, then tokens or
+/// blocks) or, when `parallel`, one scf.forall over independent rows.
+template <typename OpTy>
+struct LoweringPattern : OpRewritePattern<OpTy> {
+  LoweringPattern(MLIRContext *context, bool parallel)
+      : OpRewritePattern<OpTy>(context), parallel(parallel) {}
+  bool parallel;
+};
+
 //===----------------------------------------------------------------------===//
 // moba.block_pool
 //===----------------------------------------------------------------------===//
 
-struct LowerBlockPool : OpRewritePattern<BlockPoolOp> {
-  using OpRewritePattern::OpRewritePattern;
+struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
+  using LoweringPattern::LoweringPattern;
 
   LogicalResult matchAndRewrite(BlockPoolOp op,
                                 PatternRewriter &rewriter) const override {
@@ -47,6 +56,65 @@ struct LowerBlockPool : OpRewritePattern<BlockPoolOp> {
     int64_t headDim = op.getKeys().getType().getDimSize(2);
     Value keys = op.getKeys();
     Value zeros = e.splat(e.f32(0.0), headDim);
+    // The mean of keys [first, last) of key/value head g.
+    auto mean = [&](ImplicitLocOpBuilder &gb, Value first, Value last,
+                    Value g) {
+      LoopEmitter ge(gb);
+      Value count = arith::UIToFPOp::create(
+          gb, gb.getF32Type(),
+          arith::IndexCastUIOp::create(gb, gb.getI64Type(),
+                                       arith::SubIOp::create(gb, last, first)));
+      Value sum = ge.forLoop(first, last, ValueRange{zeros},
+                             [&](ImplicitLocOpBuilder &kb, Value s,
+                                 ValueRange acc) -> SmallVector<Value> {
+                               LoopEmitter ke(kb);
+                               return {arith::AddFOp::create(
+                                   kb, acc[0], ke.readRow(keys, {s, g}))};
+                             })[0];
+      return arith::DivFOp::create(gb, sum, ge.splat(count, headDim))
+          .getResult();
+    };
+
+    if (parallel) {
+      OpFoldResult rows = tensor::getMixedSize(b, b.getLoc(), op.getInit(), 0);
+      SmallVector<Value> result = e.forall(
+          {rows, b.getIndexAttr(kvHeads)}, ValueRange{op.getInit()},
+          [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+              ValueRange outs) -> SmallVector<SliceWrite> {
+            LoopEmitter pe(pb);
+            Value row = ivs[0], g = ivs[1], j, valid;
+            Sequence seq = pe.locateBlockRow(op.getCuSeqlens(), blockSize, row,
+                                             j, valid);
+            OpFoldResult one = pb.getIndexAttr(1);
+            SmallVector<OpFoldResult> offsets = {row, g, pb.getIndexAttr(0)};
+            SmallVector<OpFoldResult> sizes = {one, one,
+                                               pb.getIndexAttr(headDim)};
+            Value slice = tensor::ExtractSliceOp::create(
+                pb, outs[0], offsets, sizes, SmallVector<OpFoldResult>(3, one));
+            // Rows past the last block keep the init's values.
+            auto ifOp = scf::IfOp::create(
+                pb, valid,
+                [&](OpBuilder &tb, Location loc) {
+                  ImplicitLocOpBuilder ib(loc, tb);
+                  LoopEmitter ie(ib);
+                  Value first = arith::AddIOp::create(
+                      ib, seq.start,
+                      arith::MulIOp::create(ib, j, ie.index(blockSize)));
+                  Value last = arith::MinUIOp::create(
+                      ib, arith::AddIOp::create(ib, first, ie.index(blockSize)),
+                      seq.end);
+                  scf::YieldOp::create(
+                      ib, ie.writeRow(mean(ib, first, last, g), slice,
+                                      {ie.index(0), ie.index(0)}));
+                },
+                [&](OpBuilder &eb, Location loc) {
+                  scf::YieldOp::create(eb, loc, slice);
+                });
+            return {{ifOp.getResult(0), outs[0], offsets, sizes}};
+          });
+      rewriter.replaceOp(op, result);
+      return success();
+    }
 
     SmallVector<Value> result = e.forEachSequence(
         op.getCuSeqlens(), blockSize, ValueRange{op.getInit()},
@@ -62,28 +130,13 @@ struct LowerBlockPool : OpRewritePattern<BlockPoolOp> {
                 Value last = arith::MinUIOp::create(
                     jb, arith::AddIOp::create(jb, first, je.index(blockSize)),
                     seq.end);
-                Value count = arith::UIToFPOp::create(
-                    jb, jb.getF32Type(),
-                    arith::IndexCastUIOp::create(
-                        jb, jb.getI64Type(),
-                        arith::SubIOp::create(jb, last, first)));
                 Value row = arith::AddIOp::create(jb, seq.blockOffset, j);
                 return je.forLoop(
                     je.index(0), je.index(kvHeads), jc,
                     [&](ImplicitLocOpBuilder &gb, Value g, ValueRange gc) {
                       LoopEmitter ge(gb);
-                      Value sum =
-                          ge.forLoop(first, last, ValueRange{zeros},
-                                     [&](ImplicitLocOpBuilder &kb, Value s,
-                                         ValueRange acc) -> SmallVector<Value> {
-                                       LoopEmitter ke(kb);
-                                       return {arith::AddFOp::create(
-                                           kb, acc[0], ke.readRow(keys, {s, g}))};
-                                     })[0];
-                      Value mean = arith::DivFOp::create(
-                          gb, sum, ge.splat(count, headDim));
-                      return SmallVector<Value>{
-                          ge.writeRow(mean, gc[0], {row, g})};
+                      return SmallVector<Value>{ge.writeRow(
+                          mean(gb, first, last, g), gc[0], {row, g})};
                     });
               });
         });
@@ -146,10 +199,39 @@ using ScoreFn = function_ref<Value(ImplicitLocOpBuilder &, const Sequence &,
                                    Value queryRow, Value block)>;
 Value emitSelectionLoops(ImplicitLocOpBuilder &b, Value queries, Value cu,
                          Value init, int64_t blockSize, bool causal,
-                         int64_t group, ScoreFn score) {
+                         int64_t group, bool parallel, ScoreFn score) {
   LoopEmitter e(b);
   auto initType = cast<RankedTensorType>(init.getType());
   int64_t numHeads = initType.getDimSize(1), k = initType.getDimSize(2);
+  if (parallel) {
+    OpFoldResult tokens = tensor::getMixedSize(b, b.getLoc(), init, 0);
+    return e.forall(
+        {tokens, b.getIndexAttr(numHeads)}, ValueRange{init},
+        [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+            ValueRange outs) -> SmallVector<SliceWrite> {
+          LoopEmitter pe(pb);
+          Value t = ivs[0], h = ivs[1];
+          Sequence seq = pe.locateToken(cu, blockSize, t);
+          Value kvHead = arith::DivUIOp::create(pb, h, pe.index(group));
+          Value queryRow = queries ? pe.readRow(queries, {t, h}) : Value();
+          Value chosen = selectBlocks(
+              pb, seq, t, blockSize, k, causal,
+              [&](ImplicitLocOpBuilder &jb, Value j) {
+                return score(jb, seq, t, h, kvHead, queryRow, j);
+              });
+          OpFoldResult one = pb.getIndexAttr(1);
+          SmallVector<OpFoldResult> offsets = {t, h, pb.getIndexAttr(0)};
+          SmallVector<OpFoldResult> sizes = {one, one, pb.getIndexAttr(k)};
+          Value slice = tensor::ExtractSliceOp::create(
+              pb, outs[0], offsets, sizes, SmallVector<OpFoldResult>(3, one));
+          slice = vector::TransferWriteOp::create(
+                      pb, chosen, slice,
+                      ValueRange{pe.index(0), pe.index(0), pe.index(0)},
+                      ArrayRef<bool>{true})
+                      .getResult();
+          return {{slice, outs[0], offsets, sizes}};
+        })[0];
+  }
   return e.forEachSequence(
       cu, blockSize, ValueRange{init},
       [&](ImplicitLocOpBuilder &sb, const Sequence &seq, ValueRange c) {
@@ -182,11 +264,15 @@ Value emitSelectionLoops(ImplicitLocOpBuilder &b, Value queries, Value cu,
       })[0];
 }
 
-struct LowerGate : OpRewritePattern<GateOp> {
-  using OpRewritePattern::OpRewritePattern;
+struct LowerGate : LoweringPattern<GateOp> {
+  using LoweringPattern::LoweringPattern;
 
   LogicalResult matchAndRewrite(GateOp op,
                                 PatternRewriter &rewriter) const override {
+    if (parallel)
+      return op.emitOpError(
+          "parallel lowering materializes no score tensor: fuse the gate "
+          "into its top-k first (moba-fuse-gate-topk)");
     if (failed(checkStaticHeadsAndHeadDim(
             rewriter, op, {op.getQueries(), op.getMeans()})))
       return failure();
@@ -233,8 +319,8 @@ struct LowerGate : OpRewritePattern<GateOp> {
   }
 };
 
-struct LowerTopK : OpRewritePattern<TopKOp> {
-  using OpRewritePattern::OpRewritePattern;
+struct LowerTopK : LoweringPattern<TopKOp> {
+  using LoweringPattern::LoweringPattern;
 
   LogicalResult matchAndRewrite(TopKOp op,
                                 PatternRewriter &rewriter) const override {
@@ -244,7 +330,7 @@ struct LowerTopK : OpRewritePattern<TopKOp> {
     Value scores = op.getScores();
     Value result = emitSelectionLoops(
         b, Value(), op.getCuSeqlens(), op.getInit(), op.getBlockSize(),
-        op.getCausal(), /*group=*/1,
+        op.getCausal(), /*group=*/1, parallel,
         [&](ImplicitLocOpBuilder &jb, const Sequence &, Value t, Value h,
             Value, Value, Value j) -> Value {
           return tensor::ExtractOp::create(jb, scores, ValueRange{t, h, j});
@@ -254,8 +340,8 @@ struct LowerTopK : OpRewritePattern<TopKOp> {
   }
 };
 
-struct LowerGateTopK : OpRewritePattern<GateTopKOp> {
-  using OpRewritePattern::OpRewritePattern;
+struct LowerGateTopK : LoweringPattern<GateTopKOp> {
+  using LoweringPattern::LoweringPattern;
 
   LogicalResult matchAndRewrite(GateTopKOp op,
                                 PatternRewriter &rewriter) const override {
@@ -268,7 +354,7 @@ struct LowerGateTopK : OpRewritePattern<GateTopKOp> {
     Value means = op.getMeans();
     Value result = emitSelectionLoops(
         b, op.getQueries(), op.getCuSeqlens(), op.getInit(),
-        op.getBlockSize(), op.getCausal(), group,
+        op.getBlockSize(), op.getCausal(), group, parallel,
         [&](ImplicitLocOpBuilder &jb, const Sequence &seq, Value, Value,
             Value g, Value queryRow, Value j) -> Value {
           LoopEmitter je(jb);
@@ -284,8 +370,8 @@ struct LowerGateTopK : OpRewritePattern<GateTopKOp> {
 // moba.sparse_attention, untiled: exact two-pass softmax
 //===----------------------------------------------------------------------===//
 
-struct LowerSparseAttention : OpRewritePattern<SparseAttentionOp> {
-  using OpRewritePattern::OpRewritePattern;
+struct LowerSparseAttention : LoweringPattern<SparseAttentionOp> {
+  using LoweringPattern::LoweringPattern;
 
   LogicalResult matchAndRewrite(SparseAttentionOp op,
                                 PatternRewriter &rewriter) const override {
@@ -301,10 +387,8 @@ struct LowerSparseAttention : OpRewritePattern<SparseAttentionOp> {
     double scale = op.getScale().convertToDouble();
     Value keys = op.getK(), values = op.getV();
 
-    auto [out, lse] = emitAttentionLoops(
-        b, op, /*tileQ=*/0,
-        [&](ImplicitLocOpBuilder &qb, const Sequence &seq, Value t, Value g,
-            Value q, Value selectedRow) -> QueryResult {
+    auto body = [&](ImplicitLocOpBuilder &qb, const Sequence &seq, Value t,
+                    Value g, Value q, Value selectedRow) -> QueryResult {
           LoopEmitter e(qb);
           Value scaleValue = e.f32(scale);
           auto scoreAt = [&](ImplicitLocOpBuilder &kb, Value s) {
@@ -348,7 +432,9 @@ struct LowerSparseAttention : OpRewritePattern<SparseAttentionOp> {
                     });
               });
           return finishSoftmax(qb, m, sums[0], sums[1]);
-        });
+        };
+    auto [out, lse] = parallel ? emitParallelAttention(b, op, body)
+                               : emitAttentionLoops(b, op, /*tileQ=*/0, body);
     rewriter.replaceOp(op, {out, lse});
     return success();
   }
@@ -358,11 +444,14 @@ struct LowerSparseAttention : OpRewritePattern<SparseAttentionOp> {
 // moba.lse_merge
 //===----------------------------------------------------------------------===//
 
-struct LowerLseMerge : OpRewritePattern<LseMergeOp> {
-  using OpRewritePattern::OpRewritePattern;
+struct LowerLseMerge : LoweringPattern<LseMergeOp> {
+  using LoweringPattern::LoweringPattern;
 
   LogicalResult matchAndRewrite(LseMergeOp op,
                                 PatternRewriter &rewriter) const override {
+    if (parallel)
+      return op.emitOpError("parallel lowering of moba.lse_merge is not "
+                            "implemented yet");
     if (failed(checkStaticHeadsAndHeadDim(rewriter, op, {op.getOutInit()})) ||
         op.getPartials().getType().isDynamicDim(0))
       return rewriter.notifyMatchFailure(op, "dynamic partials or heads");
@@ -422,9 +511,11 @@ struct LowerLseMerge : OpRewritePattern<LseMergeOp> {
 
 struct MobaLowerToLoopsPass
     : public moba::impl::MobaLowerToLoopsBase<MobaLowerToLoopsPass> {
+  using MobaLowerToLoopsBase::MobaLowerToLoopsBase;
+
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
-    populateMobaLowerToLoopsPatterns(patterns);
+    populateMobaLowerToLoopsPatterns(patterns, parallel);
     walkAndApplyPatterns(getOperation(), std::move(patterns));
     // Whatever could not be lowered has said why (dynamic heads or
     // head_dim); the pass fails rather than leave moba ops behind.
@@ -441,8 +532,9 @@ struct MobaLowerToLoopsPass
 
 } // namespace
 
-void mlir::moba::populateMobaLowerToLoopsPatterns(
-    RewritePatternSet &patterns) {
+void mlir::moba::populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
+                                                  bool parallel) {
   patterns.add<LowerBlockPool, LowerGate, LowerTopK, LowerGateTopK,
-               LowerSparseAttention, LowerLseMerge>(patterns.getContext());
+               LowerSparseAttention, LowerLseMerge>(patterns.getContext(),
+                                                    parallel);
 }

@@ -27,8 +27,10 @@ namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 struct TileSparseAttention : OpRewritePattern<SparseAttentionOp> {
-  TileSparseAttention(MLIRContext *context, int64_t tileQ, int64_t tileK)
-      : OpRewritePattern(context), tileQ(tileQ), tileK(tileK) {}
+  TileSparseAttention(MLIRContext *context, int64_t tileQ, int64_t tileK,
+                      bool parallel)
+      : OpRewritePattern(context), tileQ(tileQ), tileK(tileK),
+        parallel(parallel) {}
 
   LogicalResult matchAndRewrite(SparseAttentionOp op,
                                 PatternRewriter &rewriter) const override {
@@ -45,10 +47,8 @@ struct TileSparseAttention : OpRewritePattern<SparseAttentionOp> {
     Value keys = op.getK(), values = op.getV();
     int64_t tk = tileK;
 
-    auto [out, lse] = emitAttentionLoops(
-        b, op, tileQ,
-        [&](ImplicitLocOpBuilder &qb, const Sequence &seq, Value t, Value g,
-            Value q, Value selectedRow) -> QueryResult {
+    auto body = [&](ImplicitLocOpBuilder &qb, const Sequence &seq, Value t,
+                    Value g, Value q, Value selectedRow) -> QueryResult {
           LoopEmitter e(qb);
           Value scaleValue = e.f32(scale);
           Value emptyTile = e.splat(e.f32(kNegInf), tk);
@@ -114,12 +114,15 @@ struct TileSparseAttention : OpRewritePattern<SparseAttentionOp> {
                     });
               });
           return finishSoftmax(qb, state[0], state[1], state[2]);
-        });
+        };
+    auto [out, lse] = parallel ? emitParallelAttention(b, op, body)
+                               : emitAttentionLoops(b, op, tileQ, body);
     rewriter.replaceOp(op, {out, lse});
     return success();
   }
 
   int64_t tileQ, tileK;
+  bool parallel;
 };
 
 struct MobaTileAttentionPass
@@ -134,7 +137,7 @@ struct MobaTileAttentionPass
       return signalPassFailure();
     }
     RewritePatternSet patterns(&getContext());
-    populateMobaTileAttentionPatterns(patterns, tileQ, tileK);
+    populateMobaTileAttentionPatterns(patterns, tileQ, tileK, parallel);
     walkAndApplyPatterns(getOperation(), std::move(patterns));
     WalkResult left = getOperation()->walk([](SparseAttentionOp) {
       return WalkResult::interrupt();
@@ -147,7 +150,8 @@ struct MobaTileAttentionPass
 } // namespace
 
 void mlir::moba::populateMobaTileAttentionPatterns(RewritePatternSet &patterns,
-                                                   int64_t tileQ,
-                                                   int64_t tileK) {
-  patterns.add<TileSparseAttention>(patterns.getContext(), tileQ, tileK);
+                                                   int64_t tileQ, int64_t tileK,
+                                                   bool parallel) {
+  patterns.add<TileSparseAttention>(patterns.getContext(), tileQ, tileK,
+                                    parallel);
 }

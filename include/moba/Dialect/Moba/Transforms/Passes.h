@@ -29,11 +29,15 @@ void populateMobaDecomposePatterns(RewritePatternSet &patterns);
 void populateMobaFuseGateTopKPatterns(RewritePatternSet &patterns);
 
 /// moba.sparse_attention -> tiled online-softmax loops.
+/// With `parallel`, one scf.forall over (token, head) instead.
 void populateMobaTileAttentionPatterns(RewritePatternSet &patterns,
-                                       int64_t tileQ, int64_t tileK);
+                                       int64_t tileQ, int64_t tileK,
+                                       bool parallel = false);
 
-/// The other decomposed ops (and untiled sparse attention) -> loops.
-void populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns);
+/// The other decomposed ops (and untiled sparse attention) -> loops; with
+/// `parallel`, scf.forall loops over independent rows.
+void populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
+                                      bool parallel = false);
 
 #define GEN_PASS_REGISTRATION
 #include "moba/Dialect/Moba/Transforms/Passes.h.inc"

@@ -80,6 +80,9 @@ def MobaTileAttention : Pass<"moba-tile-attention"> {
            "Queries per tile (the outer tiling of each sequence)">,
     Option<"tileK", "tile-k", "int64_t", /*default=*/"16",
            "Keys scored before each online-softmax update">,
+    Option<"parallel", "parallel", "bool", /*default=*/"false",
+           "One scf.forall over (token, head) instead of the serial nest "
+           "(tile-q then does not apply)">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",
@@ -101,7 +104,17 @@ def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
     bufferization. The running top-k of `moba.topk` and `moba.gate_topk` is a
     pair of `K`-wide vectors (scores, block indices) updated with a compare,
     a shift and a select per block, with no data-dependent branches.
+
+    With `parallel`, every op becomes one `scf.forall` over independent rows
+    ((token, head) for selection and attention, (block row, key/value head)
+    for pooling), each iteration finding its sequence by a scan of
+    `cu_seqlens`: the form a GPU maps onto threads. `moba.gate` (which would
+    store a score tensor) and `moba.lse_merge` have no parallel form yet.
   }];
+  let options = [
+    Option<"parallel", "parallel", "bool", /*default=*/"false",
+           "Emit scf.forall over independent rows instead of serial loops">,
+  ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",
     "::mlir::linalg::LinalgDialect",

@@ -1,0 +1,25 @@
+//===- Passes.h - moba conversion passes ------------------------*- C++ -*-===//
+//
+// Part of moba-mlir.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_CONVERSION_PASSES_H
+#define MOBA_CONVERSION_PASSES_H
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Pass/Pass.h"
+
+namespace mlir::moba {
+
+#define GEN_PASS_DECL
+#include "moba/Conversion/Passes.h.inc"
+
+#define GEN_PASS_REGISTRATION
+#include "moba/Conversion/Passes.h.inc"
+
+} // namespace mlir::moba
+
+#endif // MOBA_CONVERSION_PASSES_H
