@@ -42,9 +42,9 @@ func.func @gate_topk(%q: tensor<?x4x16xf32>, %means: tensor<?x2x16xf32>, %cu: te
 // CHECK-SAME: (%[[K:[^:]+]]: tensor<?x2x16xbf16>
 // CHECK: scf.for {{.+}} iter_args(%{{.+}} = %{{.+}}, %[[OFF:.+]] = %{{.+}})
 // CHECK:   scf.for %[[J:.+]] = {{.+}} iter_args
-// CHECK:     %[[COUNT:.+]] = arith.uitofp %{{.+}} : i64 to f32
 // CHECK:     %[[ROW:.+]] = arith.addi %[[OFF]], %[[J]] : index
 // CHECK:     scf.for %[[G:.+]] = {{.+}} iter_args
+// CHECK:       %[[COUNT:.+]] = arith.uitofp %{{.+}} : i64 to f32
 // CHECK:       %[[SUM:.+]] = scf.for %[[S:.+]] = {{.+}} iter_args(%[[ACC:.+]] = %{{.+}}) -> (vector<16xf32>)
 // CHECK:         %[[KROW:.+]] = vector.transfer_read %[[K]][%[[S]], %[[G]], %{{.+}}], {{.+}} : tensor<?x2x16xbf16>, vector<16xbf16>
 // CHECK:         %[[KF:.+]] = arith.extf %[[KROW]] : vector<16xbf16> to vector<16xf32>
