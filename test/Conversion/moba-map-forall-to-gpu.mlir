@@ -5,13 +5,16 @@
 
 // A 2-D parallel loop over (rows, 4) becomes one launch of 64-thread blocks
 // over the linearized space, with the iterations past the end masked off;
-// the host's scratch buffer becomes a device allocation.
+// the host's scratch buffer becomes a device allocation (on a stream of its
+// own, waited for, which is what gpu-to-llvm lowers).
 
 // CHECK-LABEL: func @rows
 // CHECK-SAME: (%[[OUT:[^:]+]]: memref<?x4xf32>, %[[N:[^:]+]]: index)
 // CHECK-DAG: %[[C64:.+]] = arith.constant 64 : index
 // CHECK-DAG: %[[C4:.+]] = arith.constant 4 : index
-// CHECK: %[[SCRATCH:.+]] = gpu.alloc  (%[[N]]) : memref<?x4xf32>
+// CHECK: %[[START:.+]] = gpu.wait async
+// CHECK: %[[SCRATCH:.+]], %[[READY:.+]] = gpu.alloc async [%[[START]]] (%[[N]]) : memref<?x4xf32>
+// CHECK: gpu.wait [%[[READY]]]
 // CHECK: %[[TOTAL:.+]] = arith.muli %[[N]], %[[C4]] : index
 // CHECK: %[[BLOCKS0:.+]] = arith.ceildivui %[[TOTAL]], %[[C64]] : index
 // CHECK: %[[BLOCKS:.+]] = arith.maxui %[[BLOCKS0]], %{{.+}} : index
@@ -25,7 +28,9 @@
 // CHECK:     memref.store %{{.+}}, %[[SCRATCH]][%[[ROW]], %[[H]]]
 // CHECK:     memref.store %{{.+}}, %[[OUT]][%[[ROW]], %[[H]]]
 // CHECK:   gpu.terminator
-// CHECK: gpu.dealloc  %[[SCRATCH]] : memref<?x4xf32>
+// CHECK: %[[FREE:.+]] = gpu.wait async
+// CHECK: %[[FREED:.+]] = gpu.dealloc async [%[[FREE]]] %[[SCRATCH]] : memref<?x4xf32>
+// CHECK: gpu.wait [%[[FREED]]]
 // CHECK-NOT: scf.forall
 func.func @rows(%out: memref<?x4xf32>, %n: index) {
   %scratch = memref.alloc(%n) : memref<?x4xf32>

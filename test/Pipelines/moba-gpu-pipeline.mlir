@@ -7,6 +7,10 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_80 format=isa" | FileCheck %s --check-prefix=PTX80
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa" | FileCheck %s --check-prefix=PTX90
 // RUN: not moba-opt %s --moba-gpu-pipeline="format=elf" 2>&1 | FileCheck %s --check-prefix=BAD
+// The host side translates to LLVM IR, calling exactly the runtime entry
+// points the project's CUDA runtime has to provide (the MLIR CUDA runtime
+// wrappers' ABI): streams, device allocation, module loading, launches.
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa" | mlir-translate --mlir-to-llvmir | FileCheck %s --check-prefix=HOST
 
 // Host code first, then three kernels: block pooling, the fused gate +
 // top-k, the tiled attention.
@@ -27,6 +31,17 @@
 // PTX90: .target sm_90a
 
 // BAD: error: moba-gpu-pipeline: format must be isa, bin or fatbin, got 'elf'
+
+// HOST-DAG: declare ptr @mgpuStreamCreate()
+// HOST-DAG: declare void @mgpuStreamSynchronize(ptr)
+// HOST-DAG: declare void @mgpuStreamDestroy(ptr)
+// HOST-DAG: declare ptr @mgpuMemAlloc(i64, ptr, i8)
+// HOST-DAG: declare void @mgpuMemFree(ptr, ptr)
+// HOST-DAG: declare ptr @mgpuModuleLoadJIT(ptr, i32)
+// HOST-DAG: declare void @mgpuModuleUnload(ptr)
+// HOST-DAG: declare ptr @mgpuModuleGetFunction(ptr, ptr)
+// HOST-DAG: declare void @mgpuLaunchKernel(ptr, i64, i64, i64, i64, i64, i64, i32, ptr, ptr, ptr, i64)
+// HOST-DAG: define void @_mlir_ciface_moba_attention(
 
 func.func @moba_attention(%q: memref<?x8x64xbf16>, %k: memref<?x2x64xbf16>, %v: memref<?x2x64xbf16>,
                           %cu: memref<?xi32>, %out: memref<?x8x64xbf16>,

@@ -18,8 +18,9 @@ def MobaMapForallToGpu : Pass<"moba-map-forall-to-gpu"> {
     as many blocks as it takes, each thread running one iteration (the ones
     past the end do nothing). Buffers the host function allocates
     (`memref.alloc`, the decomposition's scratch tensors such as block means
-    and selections) become device allocations (`gpu.alloc`), since only
-    kernels touch them.
+    and selections) become device allocations, since only kernels touch them:
+    `gpu.alloc async` on a stream of its own that is waited for (the form
+    gpu-to-llvm lowers to runtime calls), and likewise `gpu.dealloc`.
 
     This is the SIMT baseline of the GPU backend: one thread per (token,
     head) row, no tensor cores.

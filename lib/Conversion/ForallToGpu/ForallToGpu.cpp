@@ -117,18 +117,33 @@ struct MobaMapForallToGpuPass
       func.walk([&](gpu::LaunchOp) { launches = true; });
       if (!launches)
         return;
+      // Each allocation gets its own stream token and waits for it, the form
+      // gpu-to-llvm lowers to runtime calls (a synchronous gpu.alloc is left
+      // as it is in LLVM 22).
+      Type token = gpu::AsyncTokenType::get(&getContext());
       func.walk([&](memref::AllocOp alloc) {
         rewriter.setInsertionPoint(alloc);
+        Location loc = alloc.getLoc();
+        Value start = gpu::WaitOp::create(rewriter, loc, token, ValueRange())
+                          .getAsyncToken();
         auto device = gpu::AllocOp::create(
-            rewriter, alloc.getLoc(), alloc.getType(), /*asyncToken=*/Type(),
-            /*asyncDependencies=*/ValueRange(), alloc.getDynamicSizes(),
-            alloc.getSymbolOperands(), /*hostShared=*/false);
+            rewriter, loc, alloc.getType(), token, ValueRange{start},
+            alloc.getDynamicSizes(), alloc.getSymbolOperands(),
+            /*hostShared=*/false);
+        gpu::WaitOp::create(rewriter, loc, Type(),
+                            ValueRange{device.getAsyncToken()});
         rewriter.replaceOp(alloc, device.getMemref());
       });
       func.walk([&](memref::DeallocOp dealloc) {
         rewriter.setInsertionPoint(dealloc);
-        gpu::DeallocOp::create(rewriter, dealloc.getLoc(), Type(),
-                               ValueRange(), dealloc.getMemref());
+        Location loc = dealloc.getLoc();
+        Value start = gpu::WaitOp::create(rewriter, loc, token, ValueRange())
+                          .getAsyncToken();
+        auto done = gpu::DeallocOp::create(rewriter, loc, token,
+                                           ValueRange{start},
+                                           dealloc.getMemref());
+        gpu::WaitOp::create(rewriter, loc, Type(),
+                            ValueRange{done.getAsyncToken()});
         rewriter.eraseOp(dealloc);
       });
     });
