@@ -121,6 +121,17 @@ public:
            << hkv << " in " << kv.name << ")";
   }
 
+  /// K, the last dim of a selection init, must be static and at least 1.
+  LogicalResult selectionWidth(const Named &init) {
+    int64_t k = init.type.getShape().back();
+    if (ShapedType::isDynamic(k))
+      return op->emitOpError("K, the last dim of init, must be static");
+    if (k < 1)
+      return op->emitOpError()
+             << "K, the last dim of init, must be at least 1, got " << k;
+    return success();
+  }
+
   LogicalResult atLeastOne(StringRef attrName, int64_t value) {
     if (value >= 1)
       return success();
@@ -378,14 +389,10 @@ MutableOperandRange TopKOp::getDpsInitsMutable() { return getInitMutable(); }
 LogicalResult TopKOp::verify() {
   Checker c(*this);
   Named init("init", getInit());
-  if (failed(c.rank(init, 3, "[tokens, query heads, K]")))
+  if (failed(c.rank(init, 3, "[tokens, query heads, K]")) ||
+      failed(c.selectionWidth(init)))
     return failure();
   int64_t k = getK();
-  if (ShapedType::isDynamic(k))
-    return emitOpError("K, the last dim of init, must be static");
-  if (k < 1)
-    return emitOpError() << "K, the last dim of init, must be at least 1, got "
-                         << k;
   if (failed(c.atLeastOne("block_size", getBlockSize())) ||
       failed(c.cuSeqlens(getCuSeqlens(), init.dim(0))))
     return failure();
@@ -426,14 +433,9 @@ LogicalResult GateTopKOp::verify() {
       failed(c.positiveDim("number of key/value heads", means, 1)) ||
       failed(c.headGroups(q, 1, means, 1)) ||
       failed(c.atLeastOne("block_size", getBlockSize())) ||
-      failed(c.cuSeqlens(getCuSeqlens(), q.dim(0))))
+      failed(c.cuSeqlens(getCuSeqlens(), q.dim(0))) ||
+      failed(c.selectionWidth(init)))
     return failure();
-  int64_t k = getK();
-  if (ShapedType::isDynamic(k))
-    return emitOpError("K, the last dim of init, must be static");
-  if (k < 1)
-    return emitOpError() << "K, the last dim of init, must be at least 1, got "
-                         << k;
   return success();
 }
 
