@@ -43,7 +43,7 @@ def moba_reference(q, k, v, cu_seqlens, block_size, top_k, causal=True,
                 if 1 <= take < len(scored):
                     magnitude = max(m for _, _, m in scored)
                     gap = scored[take - 1][0] - scored[take][0]
-                    near_tie[t, h] = gap <= tie_tolerance * magnitude
+                    near_tie[t, h] = 0 < gap <= tie_tolerance * magnitude
                 keys = np.concatenate([
                     np.arange(bounds[j][0],
                               min(bounds[j][1], t + 1) if causal

@@ -116,7 +116,9 @@ Result attention(const Problem &p, Mutation mutation, double tieTolerance) {
           for (const Candidate &c : candidates)
             magnitude = std::max(magnitude, c.magnitude);
           double gap = candidates[take - 1].score - candidates[take].score;
-          if (gap <= tieTolerance * magnitude)
+          // An exact tie (identical scores, as from identical blocks) is not
+          // a near-tie: the rule "ties go to the later block" decides it.
+          if (gap > 0 && gap <= tieTolerance * magnitude)
             r.nearTie[t * Hq + h] = 1;
         }
 

@@ -45,8 +45,9 @@ struct Problem {
 struct Result {
   std::vector<double> out; ///< [T, Hq, D]
   std::vector<double> lse; ///< [T, Hq]
-  /// [T, Hq]: 1 where the k-th and (k+1)-th best candidate scores are so
-  /// close that rounding may swap them; the selection there is not unique.
+  /// [T, Hq]: 1 where the k-th and (k+1)-th best candidate scores differ,
+  /// but so little that rounding may swap them; the selection there is not
+  /// unique. Exactly equal scores are not near-ties: the tie rule applies.
   std::vector<uint8_t> nearTie;
 };
 

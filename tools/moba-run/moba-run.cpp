@@ -59,6 +59,11 @@ static cl::opt<int64_t> tileK("tile-k", cl::init(16), cl::cat(category),
 static cl::opt<bool> parallel(
     "parallel", cl::init(false), cl::cat(category),
     cl::desc("Lower through scf.forall over rows (the GPU form)"));
+static cl::opt<bool> duplicateBlocks(
+    "duplicate-key-blocks", cl::init(false), cl::cat(category),
+    cl::desc("Give every odd block of a sequence the keys of the block "
+             "before it (values stay random): exact gate ties, which the "
+             "kernel must break in favour of the later block"));
 static cl::opt<int> repeat("repeat", cl::init(3), cl::cat(category),
                            cl::desc("Timed runs (the median is printed)"));
 static cl::opt<bool> noCheck("no-check", cl::init(false), cl::cat(category),
@@ -303,6 +308,20 @@ int main(int argc, char **argv) {
     values->resize(buffer->size());
     for (size_t i = 0; i < buffer->size(); ++i)
       (*values)[i] = buffer->set(i, normal(rng));
+  }
+  if (duplicateBlocks) {
+    // Copy the keys of block 2i over block 2i+1 (full blocks only), in the
+    // kernel's buffer and in the reference's view of it.
+    const int64_t row = config.numKvHeads * config.headDim;
+    for (size_t b = 0; b + 1 < cu.size(); ++b)
+      for (int64_t first = cu[b] + config.blockSize;
+           first + config.blockSize <= cu[b + 1];
+           first += 2 * config.blockSize)
+        for (int64_t i = 0; i < config.blockSize * row; ++i) {
+          int64_t from = (first - config.blockSize) * row + i;
+          problem.k[first * row + i] = k.set(first * row + i,
+                                             float(problem.k[from]));
+        }
   }
   Buffer out(config.dtype, q.size());
   std::vector<float> lse(tokens * config.numHeads);
