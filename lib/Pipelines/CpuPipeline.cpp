@@ -28,6 +28,25 @@
 using namespace mlir;
 using namespace mlir::moba;
 
+llvm::StringRef mlir::moba::cpuStageName(CpuStage stage) {
+  switch (stage) {
+  case CpuStage::Decomposed:
+    return "decomposed";
+  case CpuStage::Tiled:
+    return "tiled";
+  case CpuStage::Fused:
+    return "fused";
+  }
+  llvm_unreachable("unknown CPU stage");
+}
+
+std::optional<CpuStage> mlir::moba::parseCpuStage(llvm::StringRef name) {
+  for (CpuStage stage : {CpuStage::Decomposed, CpuStage::Tiled, CpuStage::Fused})
+    if (name == cpuStageName(stage))
+      return stage;
+  return std::nullopt;
+}
+
 void mlir::moba::buildMobaToLoopsPipeline(OpPassManager &pm,
                                           const CpuPipelineOptions &options) {
   pm.addPass(createMobaDecompose());

@@ -104,9 +104,8 @@ llvm::StringRef mlir::moba::compilerVersion() { return MOBA_VERSION; }
 
 std::string mlir::moba::cacheKey(const AttentionConfig &config,
                                  const CpuCompileOptions &options) {
-  static const char *stages[] = {"decomposed", "tiled", "fused"};
   return llvm::formatv("cpu-{0}-{1}{2}-q{3}-k{4}-O{5}-{6}-{7}", config.key(),
-                       stages[static_cast<int>(options.stage)],
+                       cpuStageName(options.stage),
                        options.parallel ? "-parallel" : "", options.tileQ,
                        options.tileK, options.optLevel, compilerVersion(),
                        llvm::sys::getHostCPUName())

@@ -231,15 +231,11 @@ int main(int argc, char **argv) {
     return fail(std::move(e));
 
   CpuCompileOptions options;
-  if (stage == "decomposed")
-    options.stage = CpuStage::Decomposed;
-  else if (stage == "tiled")
-    options.stage = CpuStage::Tiled;
-  else if (stage == "fused")
-    options.stage = CpuStage::Fused;
-  else
+  std::optional<CpuStage> parsedStage = parseCpuStage(stage);
+  if (!parsedStage)
     return fail(llvm::createStringError(
         "--stage must be decomposed, tiled or fused; got '%s'", stage.c_str()));
+  options.stage = *parsedStage;
   options.tileQ = tileQ;
   options.tileK = tileK;
   options.cacheDir = cacheDir;

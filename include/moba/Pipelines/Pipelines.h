@@ -9,6 +9,7 @@
 
 #include "mlir/Pass/PassOptions.h"
 
+#include <optional>
 #include <string>
 
 namespace mlir {
@@ -27,6 +28,11 @@ enum class CpuStage {
   /// + moba-fuse-gate-topk (no score tensor). The default.
   Fused,
 };
+
+/// "decomposed", "tiled", "fused".
+llvm::StringRef cpuStageName(CpuStage stage);
+/// The stage named `name`, if it is one.
+std::optional<CpuStage> parseCpuStage(llvm::StringRef name);
 
 struct CpuPipelineOptions : public PassPipelineOptions<CpuPipelineOptions> {
   PassOptions::Option<CpuStage> stage{

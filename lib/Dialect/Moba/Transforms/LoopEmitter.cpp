@@ -79,6 +79,28 @@ SmallVector<Value> LoopEmitter::forEachSequence(Value cuSeqlens,
   return results;
 }
 
+SmallVector<Value> LoopEmitter::forEachTokenAndHead(Value cuSeqlens,
+                                                    int64_t blockSize,
+                                                    int64_t numHeads,
+                                                    ValueRange inits,
+                                                    TokenHeadBody body) {
+  return forEachSequence(
+      cuSeqlens, blockSize, inits,
+      [&](ImplicitLocOpBuilder &sb, const Sequence &seq, ValueRange c) {
+        LoopEmitter se(sb);
+        return se.forLoop(
+            seq.start, seq.end, c,
+            [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
+              LoopEmitter te(tb);
+              return te.forLoop(
+                  te.index(0), te.index(numHeads), tc,
+                  [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
+                    return body(hb, seq, t, h, hc);
+                  });
+            });
+      });
+}
+
 Value LoopEmitter::readRow(Value tensor, ValueRange indices) {
   auto type = cast<RankedTensorType>(tensor.getType());
   int64_t n = type.getShape().back();

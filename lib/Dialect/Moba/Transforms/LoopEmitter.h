@@ -72,6 +72,15 @@ public:
   SmallVector<Value> forEachSequence(Value cuSeqlens, int64_t blockSize,
                                      ValueRange inits, SequenceBody body);
 
+  /// Loops over every token of every sequence, then over `numHeads` heads,
+  /// carrying `inits`: the serial nest of the per-row lowerings.
+  using TokenHeadBody = function_ref<SmallVector<Value>(
+      ImplicitLocOpBuilder &, const Sequence &, Value token, Value head,
+      ValueRange)>;
+  SmallVector<Value> forEachTokenAndHead(Value cuSeqlens, int64_t blockSize,
+                                         int64_t numHeads, ValueRange inits,
+                                         TokenHeadBody body);
+
   /// scf.forall over [0, ubs) sharing `outs`: every iteration is
   /// independent and writes the slices `body` returns.
   SmallVector<Value> forall(ArrayRef<OpFoldResult> ubs, ValueRange outs,

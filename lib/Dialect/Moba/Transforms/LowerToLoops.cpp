@@ -203,6 +203,17 @@ Value emitSelectionLoops(ImplicitLocOpBuilder &b, Value queries, Value cu,
   LoopEmitter e(b);
   auto initType = cast<RankedTensorType>(init.getType());
   int64_t numHeads = initType.getDimSize(1), k = initType.getDimSize(2);
+  // The K-wide selection row of token t, head h.
+  auto chooseRow = [&](ImplicitLocOpBuilder &hb, const Sequence &seq, Value t,
+                       Value h) {
+    LoopEmitter he(hb);
+    Value kvHead = arith::DivUIOp::create(hb, h, he.index(group));
+    Value queryRow = queries ? he.readRow(queries, {t, h}) : Value();
+    return selectBlocks(hb, seq, t, blockSize, k, causal,
+                        [&](ImplicitLocOpBuilder &jb, Value j) {
+                          return score(jb, seq, t, h, kvHead, queryRow, j);
+                        });
+  };
   if (parallel) {
     OpFoldResult tokens = tensor::getMixedSize(b, b.getLoc(), init, 0);
     return e.forall(
@@ -211,14 +222,7 @@ Value emitSelectionLoops(ImplicitLocOpBuilder &b, Value queries, Value cu,
             ValueRange outs) -> SmallVector<SliceWrite> {
           LoopEmitter pe(pb);
           Value t = ivs[0], h = ivs[1];
-          Sequence seq = pe.locateToken(cu, blockSize, t);
-          Value kvHead = arith::DivUIOp::create(pb, h, pe.index(group));
-          Value queryRow = queries ? pe.readRow(queries, {t, h}) : Value();
-          Value chosen = selectBlocks(
-              pb, seq, t, blockSize, k, causal,
-              [&](ImplicitLocOpBuilder &jb, Value j) {
-                return score(jb, seq, t, h, kvHead, queryRow, j);
-              });
+          Value chosen = chooseRow(pb, pe.locateToken(cu, blockSize, t), t, h);
           OpFoldResult one = pb.getIndexAttr(1);
           SmallVector<OpFoldResult> offsets = {t, h, pb.getIndexAttr(0)};
           SmallVector<OpFoldResult> sizes = {one, one, pb.getIndexAttr(k)};
@@ -232,35 +236,17 @@ Value emitSelectionLoops(ImplicitLocOpBuilder &b, Value queries, Value cu,
           return {{slice, outs[0], offsets, sizes}};
         })[0];
   }
-  return e.forEachSequence(
-      cu, blockSize, ValueRange{init},
-      [&](ImplicitLocOpBuilder &sb, const Sequence &seq, ValueRange c) {
-        LoopEmitter se(sb);
-        return se.forLoop(
-            seq.start, seq.end, c,
-            [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
-              LoopEmitter te(tb);
-              return te.forLoop(
-                  te.index(0), te.index(numHeads), tc,
-                  [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
-                    LoopEmitter he(hb);
-                    Value kvHead =
-                        arith::DivUIOp::create(hb, h, he.index(group));
-                    Value queryRow =
-                        queries ? he.readRow(queries, {t, h}) : Value();
-                    Value chosen = selectBlocks(
-                        hb, seq, t, blockSize, k, causal,
-                        [&](ImplicitLocOpBuilder &jb, Value j) {
-                          return score(jb, seq, t, h, kvHead, queryRow, j);
-                        });
-                    Value written = vector::TransferWriteOp::create(
-                                        hb, chosen, hc[0],
-                                        ValueRange{t, h, he.index(0)},
-                                        ArrayRef<bool>{true})
-                                        .getResult();
-                    return SmallVector<Value>{written};
-                  });
-            });
+  return e.forEachTokenAndHead(
+      cu, blockSize, numHeads, ValueRange{init},
+      [&](ImplicitLocOpBuilder &hb, const Sequence &seq, Value t, Value h,
+          ValueRange hc) {
+        LoopEmitter he(hb);
+        Value written =
+            vector::TransferWriteOp::create(hb, chooseRow(hb, seq, t, h), hc[0],
+                                            ValueRange{t, h, he.index(0)},
+                                            ArrayRef<bool>{true})
+                .getResult();
+        return SmallVector<Value>{written};
       })[0];
 }
 
@@ -286,32 +272,21 @@ struct LowerGate : LoweringPattern<GateOp> {
     Value filled = linalg::FillOp::create(b, ValueRange{e.f32(kNegInf)},
                                           ValueRange{op.getInit()})
                        .getResult(0);
-    Value result = e.forEachSequence(
-        op.getCuSeqlens(), op.getBlockSize(), ValueRange{filled},
-        [&](ImplicitLocOpBuilder &sb, const Sequence &seq, ValueRange c) {
-          LoopEmitter se(sb);
-          return se.forLoop(
-              seq.start, seq.end, c,
-              [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
-                LoopEmitter te(tb);
-                return te.forLoop(
-                    te.index(0), te.index(numHeads), tc,
-                    [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
-                      LoopEmitter he(hb);
-                      Value g = arith::DivUIOp::create(hb, h, he.index(group));
-                      Value q = he.readRow(queries, {t, h});
-                      return he.forLoop(
-                          he.index(0), seq.numBlocks, hc,
-                          [&](ImplicitLocOpBuilder &jb, Value j,
-                              ValueRange jc) {
-                            LoopEmitter je(jb);
-                            Value row =
-                                arith::AddIOp::create(jb, seq.blockOffset, j);
-                            Value s = je.dot(q, je.readRow(means, {row, g}));
-                            return SmallVector<Value>{tensor::InsertOp::create(
-                                jb, s, jc[0], ValueRange{t, h, j})};
-                          });
-                    });
+    Value result = e.forEachTokenAndHead(
+        op.getCuSeqlens(), op.getBlockSize(), numHeads, ValueRange{filled},
+        [&](ImplicitLocOpBuilder &hb, const Sequence &seq, Value t, Value h,
+            ValueRange hc) {
+          LoopEmitter he(hb);
+          Value g = arith::DivUIOp::create(hb, h, he.index(group));
+          Value q = he.readRow(queries, {t, h});
+          return he.forLoop(
+              he.index(0), seq.numBlocks, hc,
+              [&](ImplicitLocOpBuilder &jb, Value j, ValueRange jc) {
+                LoopEmitter je(jb);
+                Value row = arith::AddIOp::create(jb, seq.blockOffset, j);
+                Value s = je.dot(q, je.readRow(means, {row, g}));
+                return SmallVector<Value>{tensor::InsertOp::create(
+                    jb, s, jc[0], ValueRange{t, h, j})};
               });
         })[0];
     rewriter.replaceOp(op, result);
