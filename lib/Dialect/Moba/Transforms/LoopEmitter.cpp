@@ -358,6 +358,14 @@ QueryResult mlir::moba::finishSoftmax(ImplicitLocOpBuilder &b, Value m,
   return {row, lse};
 }
 
+LogicalResult mlir::moba::checkLowerable(RewriterBase &rewriter,
+                                         SparseAttentionOp op) {
+  SmallVector<Value> shaped = {op.getQ(), op.getK(), op.getV()};
+  if (op.getSelected())
+    shaped.push_back(op.getSelected());
+  return checkStaticHeadsAndHeadDim(rewriter, op, shaped);
+}
+
 LogicalResult mlir::moba::checkStaticHeadsAndHeadDim(RewriterBase &rewriter,
                                                      Operation *op,
                                                      ValueRange tensors) {
@@ -400,77 +408,80 @@ SmallVector<Value> LoopEmitter::forall(ArrayRef<OpFoldResult> ubs,
   return SmallVector<Value>(loop.getResults());
 }
 
-Sequence LoopEmitter::locateToken(Value cuSeqlens, int64_t blockSize,
-                                  Value token) {
+Sequence LoopEmitter::findSequence(Value cuSeqlens, int64_t blockSize,
+                                   SequenceMatch matches, Value *found) {
   Value numSequences = arith::SubIOp::create(
       b, tensor::DimOp::create(b, cuSeqlens, 0), index(1));
   Value block = index(blockSize);
-  // Carried: start, end, block offset of the match; running block offset.
-  SmallVector<Value> found = forLoop(
-      index(0), numSequences,
-      ValueRange{index(0), index(0), index(0), index(0)},
+  // Carried: start, end and block offset of the match, whether a match was
+  // seen (only when the caller asks), and the running block offset.
+  SmallVector<Value> inits = {index(0), index(0), index(0)};
+  if (found)
+    inits.push_back(arith::ConstantOp::create(b, b.getBoolAttr(false)));
+  inits.push_back(index(0));
+  SmallVector<Value> state = forLoop(
+      index(0), numSequences, inits,
       [&](ImplicitLocOpBuilder &nb, Value s, ValueRange c) {
         LoopEmitter e(nb);
         Value start = e.extractIndex(cuSeqlens, s);
         Value end = e.extractIndex(
             cuSeqlens, Value(arith::AddIOp::create(nb, s, e.index(1))));
-        Value inside = arith::AndIOp::create(
-            nb,
-            arith::CmpIOp::create(nb, arith::CmpIPredicate::ule, start, token),
-            arith::CmpIOp::create(nb, arith::CmpIPredicate::ult, token, end));
         Value blocks = arith::CeilDivUIOp::create(
             nb, arith::SubIOp::create(nb, end, start), block);
-        return SmallVector<Value>{
+        Value running = c.back();
+        Value inside = matches(nb, start, end, running, blocks);
+        SmallVector<Value> next = {
             arith::SelectOp::create(nb, inside, start, c[0]),
             arith::SelectOp::create(nb, inside, end, c[1]),
-            arith::SelectOp::create(nb, inside, c[3], c[2]),
-            arith::AddIOp::create(nb, c[3], blocks)};
+            arith::SelectOp::create(nb, inside, running, c[2])};
+        if (found)
+          next.push_back(arith::OrIOp::create(nb, inside, c[3]));
+        next.push_back(arith::AddIOp::create(nb, running, blocks));
+        return next;
       });
   Sequence seq;
-  seq.start = found[0];
-  seq.end = found[1];
-  seq.blockOffset = found[2];
+  seq.start = state[0];
+  seq.end = state[1];
+  seq.blockOffset = state[2];
   seq.numBlocks = arith::CeilDivUIOp::create(
       b, arith::SubIOp::create(b, seq.end, seq.start), block);
+  if (found)
+    *found = state[3];
   return seq;
+}
+
+Sequence LoopEmitter::locateToken(Value cuSeqlens, int64_t blockSize,
+                                  Value token) {
+  return findSequence(
+      cuSeqlens, blockSize,
+      [&](ImplicitLocOpBuilder &nb, Value start, Value end, Value, Value) {
+        return arith::AndIOp::create(
+                   nb,
+                   arith::CmpIOp::create(nb, arith::CmpIPredicate::ule, start,
+                                         token),
+                   arith::CmpIOp::create(nb, arith::CmpIPredicate::ult, token,
+                                         end))
+            .getResult();
+      },
+      /*found=*/nullptr);
 }
 
 Sequence LoopEmitter::locateBlockRow(Value cuSeqlens, int64_t blockSize,
                                      Value row, Value &blockIndex,
                                      Value &valid) {
-  Value numSequences = arith::SubIOp::create(
-      b, tensor::DimOp::create(b, cuSeqlens, 0), index(1));
-  Value block = index(blockSize);
-  Value no = arith::ConstantOp::create(b, b.getBoolAttr(false));
-  // Carried: start, end, block offset of the match, found; running offset.
-  SmallVector<Value> found = forLoop(
-      index(0), numSequences,
-      ValueRange{index(0), index(0), index(0), no, index(0)},
-      [&](ImplicitLocOpBuilder &nb, Value s, ValueRange c) {
-        LoopEmitter e(nb);
-        Value start = e.extractIndex(cuSeqlens, s);
-        Value end = e.extractIndex(
-            cuSeqlens, Value(arith::AddIOp::create(nb, s, e.index(1))));
-        Value blocks = arith::CeilDivUIOp::create(
-            nb, arith::SubIOp::create(nb, end, start), block);
-        Value next = arith::AddIOp::create(nb, c[4], blocks);
-        Value inside = arith::AndIOp::create(
-            nb,
-            arith::CmpIOp::create(nb, arith::CmpIPredicate::ule, c[4], row),
-            arith::CmpIOp::create(nb, arith::CmpIPredicate::ult, row, next));
-        return SmallVector<Value>{
-            arith::SelectOp::create(nb, inside, start, c[0]),
-            arith::SelectOp::create(nb, inside, end, c[1]),
-            arith::SelectOp::create(nb, inside, c[4], c[2]),
-            arith::OrIOp::create(nb, inside, c[3]), next};
-      });
-  Sequence seq;
-  seq.start = found[0];
-  seq.end = found[1];
-  seq.blockOffset = found[2];
-  seq.numBlocks = arith::CeilDivUIOp::create(
-      b, arith::SubIOp::create(b, seq.end, seq.start), block);
-  valid = found[3];
+  Sequence seq = findSequence(
+      cuSeqlens, blockSize,
+      [&](ImplicitLocOpBuilder &nb, Value, Value, Value offset, Value blocks) {
+        return arith::AndIOp::create(
+                   nb,
+                   arith::CmpIOp::create(nb, arith::CmpIPredicate::ule, offset,
+                                         row),
+                   arith::CmpIOp::create(
+                       nb, arith::CmpIPredicate::ult, row,
+                       arith::AddIOp::create(nb, offset, blocks)))
+            .getResult();
+      },
+      &valid);
   blockIndex = arith::SubIOp::create(b, row, seq.blockOffset);
   return seq;
 }

@@ -127,6 +127,16 @@ public:
   TopKState insertTopK(TopKState state, Value score, Value blockIndex);
 
 private:
+  /// Says whether a sequence (its start, end, first block row and block
+  /// count) is the one sought.
+  using SequenceMatch = function_ref<Value(
+      ImplicitLocOpBuilder &, Value start, Value end, Value blockOffset,
+      Value numBlocks)>;
+  /// The sequence `matches` picks, by a branch-free scan of `cuSeqlens`;
+  /// `*found`, when asked for, says whether one did.
+  Sequence findSequence(Value cuSeqlens, int64_t blockSize,
+                        SequenceMatch matches, Value *found);
+
   ImplicitLocOpBuilder &b;
 };
 
@@ -164,6 +174,9 @@ QueryResult finishSoftmax(ImplicitLocOpBuilder &b, Value m, Value l,
 
 /// The widest vector the loop lowerings build (head_dim, top_k).
 constexpr int64_t kMaxLoweredVectorWidth = 1024;
+
+/// checkStaticHeadsAndHeadDim on the q, k, v and selection of `op`.
+LogicalResult checkLowerable(RewriterBase &rewriter, SparseAttentionOp op);
 
 /// Static sizes the loop lowerings need, and no innermost dim wider than
 /// kMaxLoweredVectorWidth; a failure names the op and the dim.

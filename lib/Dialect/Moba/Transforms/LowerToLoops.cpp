@@ -350,10 +350,7 @@ struct LowerSparseAttention : LoweringPattern<SparseAttentionOp> {
 
   LogicalResult matchAndRewrite(SparseAttentionOp op,
                                 PatternRewriter &rewriter) const override {
-    SmallVector<Value> shaped = {op.getQ(), op.getK(), op.getV()};
-    if (op.getSelected())
-      shaped.push_back(op.getSelected());
-    if (failed(checkStaticHeadsAndHeadDim(rewriter, op, shaped)))
+    if (failed(checkLowerable(rewriter, op)))
       return failure();
     ImplicitLocOpBuilder b(op.getLoc(), rewriter);
     int64_t blockSize = op.getBlockSize();
