@@ -16,12 +16,14 @@
 extern "C" {
 #endif
 
-#define MOBA_C_API_VERSION 1
+#define MOBA_C_API_VERSION 2
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
-/* Where a kernel runs. Only MOBA_TARGET_CPU is implemented so far; the GPU
- * targets fail to compile with a message saying so. */
+/* Where a kernel runs. GPU kernels compile on any machine (PTX, no GPU
+ * needed) and load into the calling thread's current CUDA context on their
+ * first run; sm_80 code runs on compute capability 8.0 and newer, sm_90a
+ * only on 9.0 (Hopper). */
 typedef enum MobaTarget {
   MOBA_TARGET_CPU = 0,
   MOBA_TARGET_SM80 = 1,
@@ -29,7 +31,7 @@ typedef enum MobaTarget {
 } MobaTarget;
 
 /* How far the CPU pipeline transforms the moba ops (see
- * docs/cpu-backend.md). */
+ * docs/cpu-backend.md). GPU targets take only MOBA_STAGE_FUSED. */
 typedef enum MobaStage { MOBA_STAGE_FUSED = 0, MOBA_STAGE_TILED = 1, MOBA_STAGE_DECOMPOSED = 2 } MobaStage;
 
 typedef struct MobaConfig {
@@ -39,8 +41,8 @@ typedef struct MobaConfig {
   MobaDtype dtype;
   MobaTarget target;
   MobaStage stage;
-  int64_t tile_q, tile_k; /* 0: defaults */
-  const char *cache_dir;  /* NULL or "": no disk cache */
+  int64_t tile_q, tile_k; /* 0: defaults; GPU targets use tile_k only */
+  const char *cache_dir;  /* NULL or "": no disk cache; CPU target only */
   const char *dump_dir;   /* NULL or "": no IR dumps */
 } MobaConfig;
 
@@ -57,13 +59,32 @@ void mobaConfigInit(MobaConfig *config);
 MobaKernel *mobaCompile(const MobaConfig *config, int32_t *from_cache,
                         char **error);
 
-/* Runs on contiguous host buffers: q [tokens, Hq, D]; k, v [tokens, Hkv, D];
+/* The target a kernel was compiled for. */
+MobaTarget mobaKernelTarget(const MobaKernel *kernel);
+
+/* The compute capability of the GPU the calling thread would run on (its
+ * current CUDA context's device, else device 0), e.g. 90 for 9.0; 0 and
+ * *error set when there is no driver or no GPU. */
+int32_t mobaGpuComputeCapability(char **error);
+
+/* Runs a CPU kernel on contiguous host buffers: q [tokens, Hq, D]; k, v [tokens, Hkv, D];
  * cu_seqlens [num_sequences + 1]; out [tokens, Hq, D]; lse [tokens, Hq]
  * (f32). Returns 0, or non-zero and sets *error. */
 int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
                 const void *v, const int32_t *cu_seqlens,
                 int64_t num_sequences, int64_t tokens, void *out, float *lse,
                 char **error);
+
+/* Runs a GPU kernel on contiguous device buffers (same shapes as mobaRun),
+ * ordered on `stream` (a CUstream; NULL: the legacy default stream). When
+ * `host_cu_seqlens` is not NULL it holds the same offsets in host memory and
+ * they are checked first; device offsets are never read back. Returns when
+ * the work is done. Returns 0, or non-zero and sets *error. */
+int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
+                      const void *v, const int32_t *cu_seqlens,
+                      int64_t num_sequences, int64_t tokens, void *out,
+                      float *lse, void *stream,
+                      const int32_t *host_cu_seqlens, char **error);
 
 void mobaDestroy(MobaKernel *kernel);
 void mobaFreeString(char *string);

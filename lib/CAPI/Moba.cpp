@@ -8,6 +8,8 @@
 #include "moba-c/Moba.h"
 
 #include "moba/Runner/CpuRunner.h"
+#include "moba/Runner/GpuRunner.h"
+#include "moba/Runtime/CudaDriver.h"
 
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Path.h"
@@ -19,7 +21,9 @@
 using namespace mlir::moba;
 
 struct MobaKernel {
-  std::unique_ptr<CpuAttentionKernel> cpu;
+  MobaTarget target;
+  std::unique_ptr<CpuAttentionKernel> cpu; ///< Set for MOBA_TARGET_CPU.
+  std::unique_ptr<GpuAttentionKernel> gpu; ///< Set for the GPU targets.
 };
 
 namespace {
@@ -46,6 +50,29 @@ dumpToDirectory(std::string dir, std::string key) {
     if (!ec)
       os << ir;
   };
+}
+
+MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
+                          int32_t *fromCache, char **error) {
+  if (c.stage != MOBA_STAGE_FUSED) {
+    setError(error, "GPU targets always use the fused stage");
+    return nullptr;
+  }
+  GpuCompileOptions options;
+  options.chip = c.target == MOBA_TARGET_SM80 ? "sm_80" : "sm_90a";
+  if (c.tile_k)
+    options.tileK = c.tile_k;
+  if (c.dump_dir && *c.dump_dir)
+    options.dumpIR = dumpToDirectory(
+        c.dump_dir, options.chip + "-" + config.key());
+  auto kernel = GpuAttentionKernel::compile(config, options);
+  if (!kernel) {
+    setError(error, llvm::toString(kernel.takeError()));
+    return nullptr;
+  }
+  if (fromCache)
+    *fromCache = 0;
+  return new MobaKernel{c.target, nullptr, std::move(*kernel)};
 }
 
 } // namespace
@@ -80,11 +107,9 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
     setError(error, "config is NULL");
     return nullptr;
   }
-  if (c->target != MOBA_TARGET_CPU) {
-    setError(error, c->target == MOBA_TARGET_SM80 || c->target == MOBA_TARGET_SM90A
-                        ? "GPU targets (sm_80, sm_90a) are not implemented "
-                          "yet; compile for the CPU"
-                        : "unknown target");
+  if (c->target != MOBA_TARGET_CPU && c->target != MOBA_TARGET_SM80 &&
+      c->target != MOBA_TARGET_SM90A) {
+    setError(error, "unknown target " + std::to_string(c->target));
     return nullptr;
   }
   AttentionConfig config;
@@ -137,6 +162,8 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
     options.dumpIR = dumpToDirectory(c->dump_dir, cacheKey(config, options));
   }
 
+  if (c->target != MOBA_TARGET_CPU)
+    return compileForGpu(config, *c, fromCache, error);
   auto kernel = CpuAttentionKernel::compile(config, options);
   if (!kernel) {
     setError(error, llvm::toString(kernel.takeError()));
@@ -144,7 +171,21 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
   }
   if (fromCache)
     *fromCache = (*kernel)->fromCache() ? 1 : 0;
-  return new MobaKernel{std::move(*kernel)};
+  return new MobaKernel{MOBA_TARGET_CPU, std::move(*kernel), nullptr};
+}
+
+MobaTarget mobaKernelTarget(const MobaKernel *kernel) {
+  return kernel ? kernel->target : MOBA_TARGET_CPU;
+}
+
+int32_t mobaGpuComputeCapability(char **error) {
+  cuda::DeviceInfo device;
+  auto context = cuda::currentContext(&device);
+  if (!context) {
+    setError(error, llvm::toString(context.takeError()));
+    return 0;
+  }
+  return device.computeCapability;
 }
 
 int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
@@ -152,6 +193,11 @@ int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
                 int64_t tokens, void *out, float *lse, char **error) {
   if (!kernel) {
     setError(error, "kernel is NULL");
+    return 1;
+  }
+  if (!kernel->cpu) {
+    setError(error, "this kernel runs on the GPU: call mobaRunDevice with "
+                    "device buffers");
     return 1;
   }
   AttentionBuffers buffers;
@@ -164,6 +210,29 @@ int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
   buffers.tokens = tokens;
   buffers.numSequences = numSequences;
   if (llvm::Error e = kernel->cpu->run(buffers)) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
+int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
+                      const void *v, const int32_t *cuSeqlens,
+                      int64_t numSequences, int64_t tokens, void *out,
+                      float *lse, void *stream, const int32_t *hostCuSeqlens,
+                      char **error) {
+  if (!kernel) {
+    setError(error, "kernel is NULL");
+    return 1;
+  }
+  if (!kernel->gpu) {
+    setError(error, "this kernel runs on the CPU: call mobaRun with host "
+                    "buffers");
+    return 1;
+  }
+  AttentionBuffers buffers{q, k, v, cuSeqlens, out, lse, tokens, numSequences};
+  GpuLaunch launch{stream, hostCuSeqlens};
+  if (llvm::Error e = kernel->gpu->run(buffers, launch)) {
     setError(error, llvm::toString(std::move(e)));
     return 1;
   }

@@ -6,6 +6,8 @@
 
 #include "moba/Runner/AttentionConfig.h"
 
+#include <limits>
+
 #include "llvm/Support/FormatVariadic.h"
 
 #include <cmath>
@@ -119,4 +121,37 @@ func.func @moba_attention(%q: memref<{0}>, %k: memref<{1}>, %v: memref<{1}>,
 }
 )mlir",
                        qt, kvt, lset, attrs);
+}
+
+llvm::Error mlir::moba::checkAttentionBuffers(const AttentionBuffers &b,
+                                              const int32_t *cu) {
+  if (!b.q || !b.k || !b.v || !b.cuSeqlens || !b.out || !b.lse)
+    return llvm::createStringError("a buffer pointer is null");
+  if (b.tokens < 0)
+    return llvm::createStringError("tokens must not be negative, got %lld",
+                                   static_cast<long long>(b.tokens));
+  if (b.tokens > std::numeric_limits<int32_t>::max())
+    return llvm::createStringError(
+        "%lld tokens do not fit the int32 offsets of cu_seqlens",
+        static_cast<long long>(b.tokens));
+  if (b.numSequences < 1)
+    return llvm::createStringError(
+        "need at least one sequence, got num_sequences=%lld",
+        static_cast<long long>(b.numSequences));
+  if (!cu)
+    return llvm::Error::success();
+  if (cu[0] != 0)
+    return llvm::createStringError("cu_seqlens[0] must be 0, got %d", cu[0]);
+  for (int64_t i = 1; i <= b.numSequences; ++i)
+    if (cu[i] < cu[i - 1])
+      return llvm::createStringError(
+          "cu_seqlens must not decrease: cu_seqlens[%lld]=%d < "
+          "cu_seqlens[%lld]=%d",
+          static_cast<long long>(i), cu[i], static_cast<long long>(i - 1),
+          cu[i - 1]);
+  if (cu[b.numSequences] != b.tokens)
+    return llvm::createStringError(
+        "cu_seqlens must end at the token count %lld, got %d",
+        static_cast<long long>(b.tokens), cu[b.numSequences]);
+  return llvm::Error::success();
 }

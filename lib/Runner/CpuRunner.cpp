@@ -6,6 +6,8 @@
 
 #include "moba/Runner/CpuRunner.h"
 
+#include "RunnerSupport.h"
+
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
 #include "moba/Version.h"
 
@@ -52,36 +54,9 @@
 
 using namespace mlir;
 using namespace mlir::moba;
+using namespace mlir::moba::detail;
 
 namespace {
-
-/// The C interface's view of a ranked memref (see CRunnerUtils.h); the
-/// element type only matters to the callee.
-template <int Rank>
-struct MemRefDescriptor {
-  const void *allocated;
-  const void *aligned;
-  int64_t offset;
-  int64_t sizes[Rank];
-  int64_t strides[Rank];
-};
-
-template <int Rank>
-MemRefDescriptor<Rank> contiguous(const void *data,
-                                  std::array<int64_t, Rank> sizes) {
-  MemRefDescriptor<Rank> d{data, data, 0, {}, {}};
-  int64_t stride = 1;
-  for (int i = Rank - 1; i >= 0; --i) {
-    d.sizes[i] = sizes[i];
-    d.strides[i] = stride;
-    stride *= sizes[i];
-  }
-  return d;
-}
-
-using EntryFn = void (*)(MemRefDescriptor<3> *, MemRefDescriptor<3> *,
-                         MemRefDescriptor<3> *, MemRefDescriptor<1> *,
-                         MemRefDescriptor<3> *, MemRefDescriptor<2> *);
 
 void initializeNativeTarget() {
   static std::once_flag once;
@@ -89,13 +64,6 @@ void initializeNativeTarget() {
     llvm::InitializeNativeTarget();
     llvm::InitializeNativeTargetAsmPrinter();
   });
-}
-
-std::string printModule(ModuleOp module) {
-  std::string text;
-  llvm::raw_string_ostream os(text);
-  module.print(os);
-  return text;
 }
 
 } // namespace
@@ -192,46 +160,23 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
   vector::registerBufferizableOpInterfaceExternalModels(registry);
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
-  kernel->context = std::make_unique<MLIRContext>(registry);
-  MLIRContext &context = *kernel->context;
-  context.disableMultithreading();
-
-  // Collect every diagnostic into the error we return.
-  std::string diagnostics;
-  ScopedDiagnosticHandler handler(&context, [&](Diagnostic &d) {
-    llvm::raw_string_ostream os(diagnostics);
-    os << d.getLocation() << ": " << d << "\n";
-    return success();
-  });
-  auto fail = [&](const char *what) {
-    return llvm::createStringError("%s failed for %s:\n%s", what,
-                                   config.key().c_str(), diagnostics.c_str());
-  };
-
-  OwningOpRef<ModuleOp> module = parseSourceString<ModuleOp>(
-      buildAttentionModule(config), ParserConfig(&context));
+  EntryCompiler compiler(registry, config, options.dumpIR);
+  auto module = compiler.parse();
   if (!module)
-    return fail("parsing the generated moba IR");
-  if (options.dumpIR)
-    options.dumpIR("moba", printModule(*module));
-
+    return module.takeError();
   CpuPipelineOptions pipeline;
   pipeline.stage = options.stage;
   pipeline.tileQ = options.tileQ;
   pipeline.tileK = options.tileK;
   pipeline.parallel = options.parallel;
-  PassManager toLoops(&context);
-  buildMobaToLoopsPipeline(toLoops, pipeline);
-  if (failed(toLoops.run(*module)))
-    return fail("lowering moba to loops");
-  if (options.dumpIR)
-    options.dumpIR("loops", printModule(*module));
-  PassManager toLLVM(&context);
-  buildLoopsToLLVMPipeline(toLLVM);
-  if (failed(toLLVM.run(*module)))
-    return fail("lowering loops to LLVM");
-  if (options.dumpIR)
-    options.dumpIR("llvm", printModule(*module));
+  if (llvm::Error e = compiler.run("lowering moba to loops", "loops",
+                                   [&](OpPassManager &pm) {
+                                     buildMobaToLoopsPipeline(pm, pipeline);
+                                   }))
+    return std::move(e);
+  if (llvm::Error e = compiler.run("lowering loops to LLVM", "llvm",
+                                   buildLoopsToLLVMPipeline))
+    return std::move(e);
 
   ExecutionEngineOptions engineOptions;
   engineOptions.transformer =
@@ -241,6 +186,7 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
       static_cast<llvm::CodeGenOptLevel>(options.optLevel);
   engineOptions.enableObjectDump = !cachePath.empty();
   auto engine = ExecutionEngine::create(*module, engineOptions);
+  kernel->context = compiler.takeContext();
   if (!engine)
     return llvm::createStringError("JIT compilation failed for %s: %s",
                                    config.key().c_str(),
@@ -266,36 +212,8 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
 }
 
 llvm::Error CpuAttentionKernel::run(const AttentionBuffers &b) const {
-  if (!b.q || !b.k || !b.v || !b.cuSeqlens || !b.out || !b.lse)
-    return llvm::createStringError("a buffer pointer is null");
-  if (b.tokens < 0)
-    return llvm::createStringError("tokens must not be negative, got %lld",
-                                   static_cast<long long>(b.tokens));
-  if (b.numSequences < 1)
-    return llvm::createStringError(
-        "need at least one sequence, got num_sequences=%lld",
-        static_cast<long long>(b.numSequences));
-  if (b.cuSeqlens[0] != 0)
-    return llvm::createStringError("cu_seqlens[0] must be 0, got %d",
-                                   b.cuSeqlens[0]);
-  for (int64_t i = 1; i <= b.numSequences; ++i)
-    if (b.cuSeqlens[i] < b.cuSeqlens[i - 1])
-      return llvm::createStringError(
-          "cu_seqlens must not decrease: cu_seqlens[%lld]=%d < "
-          "cu_seqlens[%lld]=%d",
-          static_cast<long long>(i), b.cuSeqlens[i],
-          static_cast<long long>(i - 1), b.cuSeqlens[i - 1]);
-  if (b.cuSeqlens[b.numSequences] != b.tokens)
-    return llvm::createStringError(
-        "cu_seqlens must end at the token count %lld, got %d",
-        static_cast<long long>(b.tokens), b.cuSeqlens[b.numSequences]);
-
-  auto q = contiguous<3>(b.q, {b.tokens, cfg.numHeads, cfg.headDim});
-  auto k = contiguous<3>(b.k, {b.tokens, cfg.numKvHeads, cfg.headDim});
-  auto v = contiguous<3>(b.v, {b.tokens, cfg.numKvHeads, cfg.headDim});
-  auto cu = contiguous<1>(b.cuSeqlens, {b.numSequences + 1});
-  auto out = contiguous<3>(b.out, {b.tokens, cfg.numHeads, cfg.headDim});
-  auto lse = contiguous<2>(b.lse, {b.tokens, cfg.numHeads});
-  reinterpret_cast<EntryFn>(entry)(&q, &k, &v, &cu, &out, &lse);
+  if (llvm::Error e = checkAttentionBuffers(b, b.cuSeqlens))
+    return e;
+  callAttentionEntry(entry, cfg, b);
   return llvm::Error::success();
 }

@@ -8,17 +8,20 @@
 
     out = moba.moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen,
                                 moba_chunk_size=64, moba_topk=3)
+    out = kernel(q_cuda, k_cuda, v_cuda, cu_seqlens_cuda)  # torch on a GPU
 
 Layouts: "varlen" q [T, Hq, D], k and v [T, Hkv, D] with cu_seqlens [B + 1];
 "batched" q [B, S, Hq, D], k and v [B, S, Hkv, D]. The log-sum-exp has q's
 shape without D. Semantics: docs/semantics.md.
 
 Environment:
-  MOBA_CACHE_DIR  where compiled kernels are kept (default
+  MOBA_CACHE_DIR  where compiled CPU kernels are kept (default
                   $XDG_CACHE_HOME/moba-mlir or ~/.cache/moba-mlir);
                   set it to an empty string to keep nothing on disk.
   MOBA_DUMP_IR    a directory: the IR after every stage of every compile is
-                  written there (moba, loops, llvm), and the cache is bypassed.
+                  written there (moba, loops, llvm; moba, gpu for GPU
+                  targets), and the cache is bypassed.
+  MOBA_CUDA_DRIVER  the CUDA driver library to open (default libcuda.so.1).
   MOBA_LIBRARY    the libMobaC.so to load (default: the one in this package).
 """
 import os
@@ -93,10 +96,6 @@ def _as_numpy(name, x):
     """numpy arrays as they are; CPU torch tensors viewed without a copy."""
     if isinstance(x, np.ndarray):
         return x
-    if _is_gpu_array(x):
-        raise ValueError(
-            f"{name} is on a GPU, but GPU kernels are not implemented yet: "
-            "pass host (numpy or CPU torch) arrays")
     module = type(x).__module__
     if module.startswith("torch"):
         import torch  # only reached with torch inputs
@@ -108,18 +107,66 @@ def _as_numpy(name, x):
                     f"{type(x).__name__}")
 
 
-class Kernel:
-    """A compiled MoBA attention configuration. Call it on arrays."""
+def _as_cuda_tensor(name, x):
+    """A torch CUDA tensor viewing `x`: torch tensors as they are, other
+    __cuda_array_interface__ or DLPack objects (cupy, ...) without a copy."""
+    try:
+        import torch
+    except ImportError:
+        raise TypeError(f"{name} is a GPU array: GPU inputs go through torch, "
+                        "which is not installed") from None
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if hasattr(x, "__cuda_array_interface__"):
+        return torch.as_tensor(x, device="cuda")
+    if hasattr(x, "__dlpack__"):
+        return torch.from_dlpack(x)
+    raise TypeError(f"{name} must be a torch tensor or expose "
+                    f"__cuda_array_interface__, got {type(x).__name__}")
 
-    def __init__(self, handle, config, from_cache, compile_seconds):
-        self._handle = handle
+
+def _dtype_name(x):
+    """The moba name of an array's element type (numpy or torch), or its
+    own spelling when moba has none."""
+    name = str(x.dtype).replace("torch.", "")
+    if name == "uint16":  # numpy arrays of bfloat16 bits
+        return "bf16"
+    return _DTYPE_NAMES.get(name, name)
+
+
+def _gpu_target_for(capability):
+    """The chip moba compiles for on a GPU of `capability` (e.g. 90)."""
+    if capability == 90:
+        return "sm_90a"
+    if capability >= 80:
+        return "sm_80"
+    raise ValueError(f"the GPU has compute capability {capability // 10}."
+                     f"{capability % 10}; moba's GPU kernels need 8.0 or "
+                     "newer")
+
+
+def _available_gpu_target():
+    """(chip, None) for this machine's GPU, or (None, why there is none)."""
+    capability, why = _capi.gpu_compute_capability()
+    if capability == 0:
+        return None, why
+    return _gpu_target_for(capability), None
+
+
+class Kernel:
+    """A compiled MoBA attention configuration. Call it on arrays: numpy or
+    CPU torch arrays run on the CPU, torch CUDA tensors (or other CUDA
+    arrays) on the GPU, on torch's current stream."""
+
+    def __init__(self, config, handles, from_cache, compile_seconds):
+        self._handles = handles  # "cpu" / "sm_80" / "sm_90a" -> handle
         self.config = config
         self.from_cache = from_cache
         self.compile_seconds = compile_seconds
 
     def __del__(self):
-        handle, self._handle = getattr(self, "_handle", None), None
-        if handle:
+        handles, self._handles = getattr(self, "_handles", None) or {}, {}
+        for handle in handles.values():
             _capi.destroy(handle)
 
     def __repr__(self):
@@ -130,46 +177,87 @@ class Kernel:
                 f"{c['dtype']!r}, layout={c['layout']!r}, causal="
                 f"{c['causal']}, target={c['target']!r})")
 
-    def _check_tensor(self, name, x, heads):
+    @property
+    def targets(self):
+        """The targets compiled so far."""
+        return tuple(self._handles)
+
+    def _handle_for(self, on_gpu, name):
+        """The handle that runs where the arrays are, compiled on first use
+        for target='auto'."""
+        requested = self.config["target"]
+        if on_gpu:
+            if requested == "cpu":
+                raise ValueError(f"{name} is on a GPU but the kernel was "
+                                 "compiled for target='cpu'")
+            if requested == "auto":
+                chip, why = _available_gpu_target()
+                if chip is None:
+                    raise ValueError(f"{name} is a GPU array but {why}")
+            else:
+                chip = requested
+        else:
+            if requested not in ("auto", "cpu"):
+                raise ValueError(
+                    f"{name} is in host memory but the kernel was compiled "
+                    f"for target={requested!r}: pass CUDA tensors")
+            chip = "cpu"
+        with _kernels_lock:
+            if chip not in self._handles:
+                self._handles[chip], _ = _compile_handle(self.config, chip)
+            return self._handles[chip]
+
+    def _check_tensor(self, name, x, heads, contiguous):
         c = self.config
-        want = _NUMPY_DTYPE.get(c["dtype"])
-        if c["dtype"] == "bf16":
-            ok = x.dtype == np.uint16 or (x.dtype.name == "bfloat16"
-                                          and x.dtype.itemsize == 2)
-            if not ok:
-                raise TypeError(
-                    f"{name} has dtype {x.dtype}, the kernel takes bf16: pass "
-                    "uint16 arrays of bfloat16 bits (moba.to_bf16) or "
-                    "bfloat16 torch tensors")
-        elif x.dtype != want:
+        if _dtype_name(x) != c["dtype"]:
+            hint = ""
+            if c["dtype"] == "bf16" and isinstance(x, np.ndarray):
+                hint = (": pass uint16 arrays of bfloat16 bits "
+                        "(moba.to_bf16) or bfloat16 torch tensors")
             raise TypeError(f"{name} has dtype {x.dtype}, the kernel takes "
-                            f"{c['dtype']} ({want})")
+                            f"{c['dtype']}{hint}")
+        shape = tuple(x.shape)
         rank = 3 if c["layout"] == "varlen" else 4
-        if x.ndim != rank:
+        if len(shape) != rank:
             layout = ("[tokens, heads, head_dim]" if rank == 3 else
                       "[batch, seq, heads, head_dim]")
             raise ValueError(f"{name} must have rank {rank} {layout}, got "
-                             f"shape {x.shape}")
-        if x.shape[-1] != c["head_dim"] or x.shape[-2] != heads:
+                             f"shape {shape}")
+        if shape[-1] != c["head_dim"] or shape[-2] != heads:
             raise ValueError(
-                f"{name} has shape {x.shape}: expected {heads} heads of "
+                f"{name} has shape {shape}: expected {heads} heads of "
                 f"head_dim {c['head_dim']} in its last two dims")
-        if not x.flags["C_CONTIGUOUS"]:
+        if not contiguous:
             raise ValueError(f"{name} is not contiguous (strides "
-                             f"{x.strides}); pass a C-contiguous array")
+                             f"{tuple(x.strides) if hasattr(x, 'strides') else x.stride()}); "
+                             "pass a contiguous array")
+
+    def _check_qkv(self, q, k, v, contiguous):
+        c = self.config
+        self._check_tensor("q", q, c["num_heads"], contiguous(q))
+        self._check_tensor("k", k, c["num_kv_heads"], contiguous(k))
+        self._check_tensor("v", v, c["num_kv_heads"], contiguous(v))
+        if tuple(k.shape) != tuple(v.shape):
+            raise ValueError(f"k has shape {tuple(k.shape)} but v has "
+                             f"{tuple(v.shape)}")
+        if tuple(q.shape[:-2]) != tuple(k.shape[:-2]):
+            raise ValueError(f"q has shape {tuple(q.shape)} but k has "
+                             f"{tuple(k.shape)}: their leading dims must "
+                             "agree")
 
     def __call__(self, q, k, v, cu_seqlens=None, *, max_seqlen=None,
-                 return_lse=False):
+                 return_lse=False, out=None, lse=None):
+        """Returns the output (and the log-sum-exp with return_lse=True).
+        `out` and `lse`, when given, are written instead of new arrays:
+        contiguous, q's shape and dtype, and q's shape without head_dim in
+        float32, on q's device."""
+        if any(_is_gpu_array(x) for x in (q, k, v)):
+            return self._call_gpu(q, k, v, cu_seqlens, max_seqlen, return_lse,
+                                  out, lse)
+        handle = self._handle_for(False, "q")
         c = self.config
         q, k, v = (_as_numpy(n, x) for n, x in (("q", q), ("k", k), ("v", v)))
-        self._check_tensor("q", q, c["num_heads"])
-        self._check_tensor("k", k, c["num_kv_heads"])
-        self._check_tensor("v", v, c["num_kv_heads"])
-        if k.shape != v.shape:
-            raise ValueError(f"k has shape {k.shape} but v has {v.shape}")
-        if q.shape[:-2] != k.shape[:-2]:
-            raise ValueError(f"q has shape {q.shape} but k has {k.shape}: "
-                             "their leading dims must agree")
+        self._check_qkv(q, k, v, lambda x: x.flags["C_CONTIGUOUS"])
 
         if c["layout"] == "batched":
             if cu_seqlens is not None:
@@ -179,23 +267,101 @@ class Kernel:
             tokens = batch * seq
         else:
             tokens = q.shape[0]
+            if _is_gpu_array(cu_seqlens):
+                raise ValueError("cu_seqlens is on a GPU but q is on the "
+                                 "host: they must be on the same device")
             cu = self._check_cu_seqlens(cu_seqlens, tokens, max_seqlen)
 
         cu32 = np.ascontiguousarray(cu, dtype=np.int32)
-        out = np.empty(q.shape, dtype=q.dtype)
-        lse = np.empty(q.shape[:-1], dtype=np.float32)
-        _capi.run_kernel(self._handle, q.ctypes.data, k.ctypes.data,
+        out = self._result("out", out, q.shape, q.dtype,
+                           lambda: np.empty(q.shape, dtype=q.dtype))
+        lse = self._result("lse", lse, q.shape[:-1], np.dtype(np.float32),
+                           lambda: np.empty(q.shape[:-1], dtype=np.float32))
+        out_array, lse_array = _as_numpy("out", out), _as_numpy("lse", lse)
+        _capi.run_kernel(handle, q.ctypes.data, k.ctypes.data,
                          v.ctypes.data, cu32.ctypes.data, len(cu32) - 1,
-                         tokens, out.ctypes.data, lse.ctypes.data)
+                         tokens, out_array.ctypes.data, lse_array.ctypes.data)
+        return (out, lse) if return_lse else out
+
+    @staticmethod
+    def _result(name, given, shape, dtype, make):
+        """The array a result goes to: `given`, checked, or a new one."""
+        if given is None:
+            return make()
+        if tuple(given.shape) != tuple(shape) or given.dtype != dtype:
+            raise ValueError(f"{name} has shape {tuple(given.shape)} and "
+                             f"dtype {given.dtype}; expected {tuple(shape)} "
+                             f"and {dtype}")
+        contiguous = (given.is_contiguous() if hasattr(given, "is_contiguous")
+                      else given.flags["C_CONTIGUOUS"])
+        if not contiguous:
+            raise ValueError(f"{name} is not contiguous")
+        return given
+
+    def _call_gpu(self, q, k, v, cu_seqlens, max_seqlen, return_lse,
+                  out=None, lse=None):
+        handle = self._handle_for(True, "q")
+        import torch
+        c = self.config
+        q, k, v = (_as_cuda_tensor(n, x) for n, x in (("q", q), ("k", k),
+                                                      ("v", v)))
+        for name, x in (("k", k), ("v", v)):
+            if x.device != q.device:
+                raise ValueError(f"{name} is on {x.device} but q is on "
+                                 f"{q.device}: they must be on the same "
+                                 "device")
+        self._check_qkv(q, k, v, lambda x: x.is_contiguous())
+
+        if c["layout"] == "batched":
+            if cu_seqlens is not None:
+                raise ValueError("cu_seqlens is only for layout='varlen'")
+            batch, seq = q.shape[:2]
+            tokens = batch * seq
+            host_cu = np.arange(batch + 1, dtype=np.int32) * seq
+            cu = torch.from_numpy(host_cu).to(q.device)
+        else:
+            tokens = q.shape[0]
+            if cu_seqlens is None:
+                raise ValueError("cu_seqlens is required for layout='varlen'")
+            if not _is_gpu_array(cu_seqlens):
+                raise ValueError("cu_seqlens is in host memory but q is on "
+                                 f"{q.device}: they must be on the same "
+                                 "device")
+            cu = _as_cuda_tensor("cu_seqlens", cu_seqlens)
+            if cu.device != q.device:
+                raise ValueError(f"cu_seqlens is on {cu.device} but q is on "
+                                 f"{q.device}: they must be on the same "
+                                 "device")
+            # The offsets are checked on the host: a bad one would make the
+            # kernels read and write out of bounds. This waits for them.
+            host_cu = self._check_cu_seqlens(cu.cpu().numpy(), tokens,
+                                             max_seqlen)
+            host_cu = np.ascontiguousarray(host_cu, dtype=np.int32)
+            cu = cu.to(torch.int32).contiguous()
+
+        for name, given in (("out", out), ("lse", lse)):
+            if given is not None and (not isinstance(given, torch.Tensor) or
+                                      given.device != q.device):
+                raise ValueError(f"{name} must be a torch tensor on "
+                                 f"{q.device}")
+        out = self._result("out", out, q.shape, q.dtype,
+                           lambda: torch.empty_like(q))
+        lse = self._result("lse", lse, q.shape[:-1], torch.float32,
+                           lambda: torch.empty(q.shape[:-1],
+                                               dtype=torch.float32,
+                                               device=q.device))
+        with torch.cuda.device(q.device):
+            stream = torch.cuda.current_stream(q.device).cuda_stream
+            _capi.run_kernel_on_device(
+                handle, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                cu.data_ptr(), len(host_cu) - 1, tokens, out.data_ptr(),
+                lse.data_ptr(), stream, host_cu.ctypes.data)
         return (out, lse) if return_lse else out
 
     @staticmethod
     def _check_cu_seqlens(cu_seqlens, tokens, max_seqlen):
         if cu_seqlens is None:
             raise ValueError("cu_seqlens is required for layout='varlen'")
-        if _is_gpu_array(cu_seqlens):
-            raise ValueError("cu_seqlens is on a GPU but q is on the host: "
-                             "they must be on the same device")
         cu = _as_numpy("cu_seqlens", cu_seqlens)
         if cu.ndim != 1 or not np.issubdtype(cu.dtype, np.integer):
             raise TypeError("cu_seqlens must be a 1-D integer array, got "
@@ -225,7 +391,17 @@ class Kernel:
 
 
 _kernels = {}
-_kernels_lock = threading.Lock()
+_kernels_lock = threading.RLock()
+
+
+def _compile_handle(config, target):
+    """Compiles `config` for `target`; returns (handle, from_cache)."""
+    c = config
+    return _capi.compile_kernel(
+        c["head_dim"], c["num_heads"], c["num_kv_heads"], c["block_size"],
+        c["top_k"], c["causal"], c["scale"], c["dtype"], target, c["stage"],
+        c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
+        os.environ.get("MOBA_DUMP_IR") or None)
 
 
 def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
@@ -233,10 +409,15 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             stage="fused", tile_q=None, tile_k=None):
     """Compiles one MoBA attention configuration and returns a Kernel.
 
-    Kernels are kept in memory (the same arguments give the same Kernel) and
-    on disk (see cache_dir()), keyed by the configuration and the compiler's
-    version. Raises ValueError or TypeError naming a bad argument, and
-    CompileError if the compiler fails.
+    target: "cpu"; "sm_80" (Ampere and newer) or "sm_90a" (Hopper), which
+    need a GPU; or "auto": the GPU's chip when there is a GPU, else the CPU
+    (the other is compiled when the kernel is first called with arrays
+    there).
+
+    Kernels are kept in memory (the same arguments give the same Kernel) and,
+    for the CPU, on disk (see cache_dir()), keyed by the configuration and
+    the compiler's version. Raises ValueError or TypeError naming a bad
+    argument, and CompileError if the compiler fails.
     """
     head_dim = _positive_int("head_dim", head_dim)
     num_heads = _positive_int("num_heads", num_heads)
@@ -260,10 +441,6 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if target not in _TARGETS:
         raise ValueError(f"target must be one of {', '.join(_TARGETS)}, got "
                          f"{target!r}")
-    if target in ("sm_80", "sm_90a"):
-        raise ValueError(f"target {target!r}: GPU kernels are not "
-                         "implemented yet; use target='cpu'")
-    target = "cpu"
     if scale is not None and not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number, got "
                          f"{scale!r}")
@@ -273,6 +450,15 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     for name_, tile in (("tile_q", tile_q), ("tile_k", tile_k)):
         if tile is not None:
             _positive_int(name_, tile)
+    first = target
+    if target in ("sm_80", "sm_90a", "auto"):
+        chip, why = _available_gpu_target()
+        if target != "auto" and chip is None:
+            raise ValueError(f"target {target!r} needs a GPU, but {why}")
+        first = (chip or "cpu") if target == "auto" else target
+    if first != "cpu" and stage != "fused":
+        raise ValueError(f"stage {stage!r} is for the CPU; GPU targets use "
+                         "'fused'")
 
     config = dict(head_dim=head_dim, num_heads=num_heads,
                   num_kv_heads=num_kv_heads, block_size=block_size,
@@ -287,11 +473,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
         if kernel is not None:
             return kernel
         start = time.perf_counter()
-        handle, from_cache = _capi.compile_kernel(
-            head_dim, num_heads, num_kv_heads, block_size, top_k,
-            bool(causal), scale, dtype, target, stage, tile_q, tile_k, disk,
-            dump)
-        kernel = Kernel(handle, config, from_cache,
+        handle, from_cache = _compile_handle(config, first)
+        kernel = Kernel(config, {first: handle}, from_cache,
                         time.perf_counter() - start)
         _kernels[key] = kernel
         return kernel
@@ -330,7 +513,7 @@ def moba_attn_batched(q, k, v, moba_chunk_size, moba_topk, causal=True):
 
 def _like(reference, out):
     """Returns `out` as the kind of array `reference` is (numpy or torch)."""
-    if isinstance(reference, np.ndarray):
+    if isinstance(reference, np.ndarray) or not isinstance(out, np.ndarray):
         return out
     import torch
     if reference.dtype == torch.bfloat16:

@@ -59,6 +59,11 @@ def _load():
     lib.mobaRun.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4 + [
         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
         char_pp]
+    lib.mobaRunDevice.restype = ctypes.c_int32
+    lib.mobaRunDevice.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4 + [
+        ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [char_pp]
+    lib.mobaGpuComputeCapability.restype = ctypes.c_int32
+    lib.mobaGpuComputeCapability.argtypes = [char_pp]
     lib.mobaDestroy.restype = None
     lib.mobaDestroy.argtypes = [ctypes.c_void_p]
     lib.mobaFreeString.restype = None
@@ -117,6 +122,26 @@ def run_kernel(handle, q, k, v, cu_seqlens, num_sequences, tokens, out, lse):
                           out, lse, ctypes.byref(error))
     if status != 0:
         raise RuntimeError(_take_error(error.value))
+
+
+def run_kernel_on_device(handle, q, k, v, cu_seqlens, num_sequences, tokens,
+                         out, lse, stream, host_cu_seqlens):
+    """Device pointers in; returns when the work on `stream` is done."""
+    error = ctypes.c_void_p()
+    status = _lib.mobaRunDevice(handle, q, k, v, cu_seqlens, num_sequences,
+                                tokens, out, lse, stream, host_cu_seqlens,
+                                ctypes.byref(error))
+    if status != 0:
+        raise RuntimeError(_take_error(error.value))
+
+
+def gpu_compute_capability():
+    """(capability, None), e.g. (90, None), or (0, why there is no GPU)."""
+    error = ctypes.c_void_p()
+    capability = _lib.mobaGpuComputeCapability(ctypes.byref(error))
+    if capability == 0:
+        return 0, _take_error(error.value)
+    return capability, None
 
 
 def destroy(handle):

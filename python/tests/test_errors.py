@@ -131,9 +131,40 @@ def test_count_not_int():
         kernel(block_size=1.5)
 
 
-def test_gpu_target_without_gpu():
-    with pytest.raises(ValueError, match="target 'sm_90a': GPU kernels are not implemented yet"):
-        kernel(target="sm_90a")
+@pytest.mark.skipif(moba._available_gpu_target()[0] is not None,
+                    reason="this machine has a GPU")
+@pytest.mark.parametrize("target", ["sm_80", "sm_90a"])
+def test_gpu_target_without_gpu(target):
+    with pytest.raises(ValueError, match=f"target '{target}' needs a GPU, but "
+                       "no CUDA driver: libcuda.so.1 could not be loaded"):
+        kernel(target=target)
+
+
+def test_gpu_target_with_a_missing_driver(monkeypatch):
+    # Works the same on a GPU machine: the driver library is not found.
+    monkeypatch.setenv("MOBA_CUDA_DRIVER", "/nonexistent/libcuda.so.1")
+    capability, why = moba._capi.gpu_compute_capability()
+    if capability:
+        pytest.skip("the driver was already loaded in this process")
+    assert "could not be loaded" in why
+
+
+def test_numpy_arrays_for_a_gpu_kernel():
+    # A GPU kernel compiled without a GPU (through the C API, which allows
+    # it): host arrays are refused before anything runs.
+    handle, _ = moba._capi.compile_kernel(16, 2, 1, 16, 2, True, None, "f32",
+                                          "sm_80", "fused", None, None, None,
+                                          None)
+    config = dict(head_dim=16, num_heads=2, num_kv_heads=1, block_size=16,
+                  top_k=2, dtype="f32", layout="varlen", causal=True,
+                  target="sm_80", scale=None, stage="fused", tile_q=None,
+                  tile_k=None)
+    k = moba.Kernel(config, {"sm_80": handle}, False, 0.0)
+    q = np.ones((4, 2, 16), np.float32)
+    kv = np.ones((4, 1, 16), np.float32)
+    with pytest.raises(ValueError, match="q is in host memory but the kernel "
+                       "was compiled for target='sm_80': pass CUDA tensors"):
+        k(q, kv, kv, np.array([0, 4], np.int32))
 
 
 def test_unknown_target():
@@ -156,10 +187,20 @@ def test_bad_scale():
         kernel(scale=-1.0)
 
 
-def test_gpu_input():
+@pytest.mark.skipif(moba._available_gpu_target()[0] is not None,
+                    reason="this machine has a GPU")
+def test_gpu_input_without_gpu():
     _, k, v, cu = inputs()
-    with pytest.raises(ValueError, match="q is on a GPU"):
+    with pytest.raises(ValueError, match="q is a GPU array but no CUDA "
+                       "driver"):
         kernel()(FakeCudaArray(), k, v, cu)
+
+
+def test_gpu_input_for_a_cpu_kernel():
+    _, k, v, cu = inputs()
+    with pytest.raises(ValueError, match="q is on a GPU but the kernel was "
+                       "compiled for target='cpu'"):
+        kernel(target="cpu")(FakeCudaArray(), k, v, cu)
 
 
 def test_not_an_array():

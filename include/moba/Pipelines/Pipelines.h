@@ -105,6 +105,13 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
 /// one thread per (token, head), no tensor cores yet.
 void buildMobaGpuPipeline(OpPassManager &pm, const GpuPipelineOptions &options);
 
+/// Why `options` cannot build a GPU pipeline, or "" when they can.
+std::string checkGpuPipelineOptions(const GpuPipelineOptions &options);
+
+/// The CUDA toolkit the GPU pipeline uses: `requested` when not empty, else
+/// $CUDA_HOME, else /usr/local/cuda.
+std::string cudaToolkitPath(llvm::StringRef requested);
+
 /// Registers `moba-to-loops`, `moba-cpu-pipeline` and `moba-gpu-pipeline`
 /// with the pass registry.
 void registerMobaPipelines();

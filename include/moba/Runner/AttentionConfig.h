@@ -49,6 +49,25 @@ struct AttentionConfig {
   std::string key() const;
 };
 
+/// The buffers of one call, all contiguous (row-major), in the memory the
+/// kernel runs on: host memory for the CPU target, device memory for GPUs.
+struct AttentionBuffers {
+  const void *q = nullptr;            ///< [tokens, Hq, D]
+  const void *k = nullptr;            ///< [tokens, Hkv, D]
+  const void *v = nullptr;            ///< [tokens, Hkv, D]
+  const int32_t *cuSeqlens = nullptr; ///< [numSequences + 1]
+  void *out = nullptr;                ///< [tokens, Hq, D]
+  float *lse = nullptr;               ///< [tokens, Hq]
+  int64_t tokens = 0;
+  int64_t numSequences = 0;
+};
+
+/// Checks the sizes of `buffers` and, when `hostCuSeqlens` is not null, the
+/// offsets there (start at 0, never decrease, end at the token count); the
+/// error names the first violation.
+llvm::Error checkAttentionBuffers(const AttentionBuffers &buffers,
+                                  const int32_t *hostCuSeqlens);
+
 /// The moba IR of `config`: a function `@moba_attention` taking the buffers
 /// q [T, Hq, D], k and v [T, Hkv, D], cu_seqlens [B + 1] (i32), out
 /// [T, Hq, D] and lse [T, Hq] (f32), with a C interface, whose body is one

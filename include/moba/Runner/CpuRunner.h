@@ -51,18 +51,6 @@ llvm::StringRef compilerVersion();
 std::string cacheKey(const AttentionConfig &config,
                      const CpuCompileOptions &options);
 
-/// Host buffers of one call, all contiguous (row-major).
-struct AttentionBuffers {
-  const void *q = nullptr;      ///< [tokens, Hq, D]
-  const void *k = nullptr;      ///< [tokens, Hkv, D]
-  const void *v = nullptr;      ///< [tokens, Hkv, D]
-  const int32_t *cuSeqlens = nullptr; ///< [numSequences + 1]
-  void *out = nullptr;          ///< [tokens, Hq, D]
-  float *lse = nullptr;         ///< [tokens, Hq]
-  int64_t tokens = 0;
-  int64_t numSequences = 0;
-};
-
 class CpuAttentionKernel {
 public:
   /// Compiles `config`; errors carry the pipeline's diagnostics.

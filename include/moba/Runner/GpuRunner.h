@@ -1,0 +1,94 @@
+//===- GpuRunner.h - JIT-compiled MoBA attention on NVIDIA GPUs -*- C++ -*-===//
+//
+// Part of moba-mlir. The GPU backend: compiles an AttentionConfig through
+// `moba-gpu-pipeline` into host code (JIT-compiled by MLIR's
+// ExecutionEngine) and kernels (PTX, loaded by the driver), and runs it on
+// the caller's device buffers and stream through the project's CUDA runtime.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_RUNNER_GPURUNNER_H
+#define MOBA_RUNNER_GPURUNNER_H
+
+#include "moba/Runner/AttentionConfig.h"
+
+#include "llvm/Support/Error.h"
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace mlir {
+class ExecutionEngine;
+class MLIRContext;
+namespace moba {
+
+struct GpuCompileOptions {
+  /// The GPU to compile for: "sm_80" (any Ampere or newer) or "sm_90a"
+  /// (Hopper only).
+  std::string chip = "sm_90a";
+  /// "isa": PTX, compiled by the driver when the kernel is loaded (needs no
+  /// ptxas); "bin": a cubin assembled by ptxas at compile time.
+  std::string format = "isa";
+  int64_t threadsPerBlock = 128;
+  int64_t tileK = 16;
+  /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
+  /// /usr/local/cuda.
+  std::string toolkit;
+  /// LLVM optimization level of the host code (0-3).
+  unsigned optLevel = 2;
+  /// When set, called with a stage name and the module's text after each
+  /// stage ("moba", "gpu": host LLVM code with the embedded kernels).
+  std::function<void(llvm::StringRef stage, llvm::StringRef ir)> dumpIR;
+};
+
+/// One call on the device: `buffers` hold device pointers.
+struct GpuLaunch {
+  /// The CUstream to run on; null is the legacy default stream.
+  void *stream = nullptr;
+  /// The offsets of buffers.cuSeqlens in host memory, when the caller has
+  /// them: they are then checked before the launch. Without them, offsets
+  /// must be valid (the device copy is never read back).
+  const int32_t *hostCuSeqlens = nullptr;
+};
+
+class GpuAttentionKernel {
+public:
+  /// Compiles `config`. Needs no GPU: kernels are loaded on first use.
+  static llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
+  compile(const AttentionConfig &config, const GpuCompileOptions &options);
+  ~GpuAttentionKernel();
+
+  /// Loads the kernels into the calling thread's current CUDA context (or
+  /// device 0's primary context), after checking that the device runs
+  /// code for the kernel's chip. Done by the first run() if not before.
+  llvm::Error load() const;
+
+  /// Runs on device buffers, ordered on `launch.stream`. Returns once the
+  /// work is done (the runtime synchronizes the stream after each launch).
+  llvm::Error run(const AttentionBuffers &buffers,
+                  const GpuLaunch &launch) const;
+
+  const AttentionConfig &config() const { return cfg; }
+  llvm::StringRef chip() const { return chipName; }
+
+private:
+  GpuAttentionKernel(AttentionConfig config, std::string chip);
+
+  AttentionConfig cfg;
+  std::string chipName;
+  std::unique_ptr<MLIRContext> context;
+  std::unique_ptr<ExecutionEngine> engine;
+  void *entry = nullptr;
+  /// The CUcontext the kernels were loaded into; null before load().
+  mutable std::mutex loadMutex;
+  mutable void *loadedContext = nullptr;
+  /// Why loading failed for good (the modules are loaded once per engine).
+  mutable std::string loadError;
+};
+
+} // namespace moba
+} // namespace mlir
+
+#endif // MOBA_RUNNER_GPURUNNER_H

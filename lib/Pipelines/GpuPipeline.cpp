@@ -1,0 +1,144 @@
+//===- GpuPipeline.cpp - moba.attention to host code and NVVM kernels -----===//
+//
+// Part of moba-mlir. The GPU pipeline reuses the CPU pipeline's lowering to
+// parallel loops and its bufferization, maps the loops onto GPU launches, and
+// then runs upstream's NVVM lowering and serialization, built pass by pass
+// (not parsed from text) so that it needs no pass registry: the runner and
+// the standalone C library build it too.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moba/Pipelines/Pipelines.h"
+
+#include "moba/Conversion/Passes.h"
+
+#include "mlir/Conversion/Passes.h"
+#include "mlir/Dialect/Arith/Transforms/Passes.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/GPU/Transforms/Passes.h"
+#include "mlir/Dialect/MemRef/Transforms/Passes.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Transforms/Passes.h"
+#include "llvm/Support/Regex.h"
+
+#include <cstdlib>
+
+using namespace mlir;
+using namespace mlir::moba;
+
+namespace {
+
+/// Stands in for a pipeline whose options are wrong: reports them as an
+/// error on the module instead of building passes from them (a pipeline
+/// builder cannot fail).
+struct RejectOptionsPass
+    : public PassWrapper<RejectOptionsPass, OperationPass<>> {
+  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(RejectOptionsPass)
+  explicit RejectOptionsPass(std::string message)
+      : message(std::move(message)) {}
+  StringRef getArgument() const override { return "moba-reject-options"; }
+  void runOnOperation() override {
+    getOperation()->emitError() << message;
+    signalPassFailure();
+  }
+  std::string message;
+};
+
+} // namespace
+
+std::string mlir::moba::checkGpuPipelineOptions(
+    const GpuPipelineOptions &options) {
+  static const llvm::Regex chip("^sm_[0-9]+[af]?$");
+  static const llvm::Regex features("^(\\+[a-z0-9]+)*$");
+  static const char *formats[] = {"isa", "bin", "fatbin"};
+  if (!chip.match(options.chip))
+    return "moba-gpu-pipeline: chip must look like sm_80 or sm_90a, got '" +
+           options.chip + "'";
+  if (!features.match(options.features))
+    return "moba-gpu-pipeline: features must look like +ptx80, got '" +
+           options.features + "'";
+  if (!llvm::is_contained(formats, StringRef(options.format)))
+    return "moba-gpu-pipeline: format must be isa, bin or fatbin, got '" +
+           options.format + "'";
+  if (options.threadsPerBlock < 1 || options.threadsPerBlock > 1024)
+    return "moba-gpu-pipeline: threads-per-block must be in [1, 1024], got " +
+           std::to_string(options.threadsPerBlock);
+  static const llvm::Regex path("^[A-Za-z0-9_./+-]*$");
+  if (!path.match(options.toolkit))
+    return "moba-gpu-pipeline: toolkit must be a plain path, got '" +
+           options.toolkit + "'";
+  if (options.tileK < 1)
+    return "moba-gpu-pipeline: tile-k must be at least 1, got " +
+           std::to_string(options.tileK);
+  return "";
+}
+
+std::string mlir::moba::cudaToolkitPath(llvm::StringRef requested) {
+  if (!requested.empty())
+    return requested.str();
+  const char *home = std::getenv("CUDA_HOME");
+  return home && *home ? home : "/usr/local/cuda";
+}
+
+void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
+                                      const GpuPipelineOptions &options) {
+  if (std::string problem = checkGpuPipelineOptions(options);
+      !problem.empty()) {
+    pm.addPass(std::make_unique<RejectOptionsPass>(problem));
+    return;
+  }
+  CpuPipelineOptions loops;
+  loops.stage = CpuStage::Fused;
+  loops.parallel = true;
+  loops.tileK = options.tileK;
+  buildMobaToLoopsPipeline(pm, loops);
+  buildBufferizationPipeline(pm);
+  pm.addPass(createMobaMapForallToGpu(
+      MobaMapForallToGpuOptions{options.threadsPerBlock}));
+  pm.addPass(createCanonicalizerPass());
+  // What the upstream NVVM pipeline does not lower itself: ceil-division and
+  // unsigned min/max (arith-expand), and vector transfers (to scf + loads).
+  pm.addPass(arith::createArithExpandOpsPass());
+  pm.addPass(createConvertVectorToSCFPass());
+  pm.addPass(memref::createExpandStridedMetadataPass());
+  pm.addPass(createLowerAffinePass());
+
+  // Outline, lower to NVVM, and serialize, in the order of upstream's
+  // gpu-lower-to-nvvm-pipeline, plus a reconcile-unrealized-casts on the GPU
+  // modules right before serialization: in LLVM 22 the outlined kernels keep
+  // dead casts of unused arguments, which the NVVM translation rejects.
+  pm.addPass(createGpuKernelOutliningPass());
+  pm.addPass(createSCFToControlFlowPass());
+  pm.addPass(createConvertNVVMToLLVMPass());
+  pm.addPass(createConvertFuncToLLVMPass());
+  pm.addPass(memref::createExpandStridedMetadataPass());
+  GpuNVVMAttachTargetOptions target;
+  target.chip = options.chip;
+  target.features = options.features;
+  target.optLevel = 3;
+  pm.addPass(createGpuNVVMAttachTarget(target));
+  pm.addPass(createLowerAffinePass());
+  pm.addPass(createArithToLLVMConversionPass());
+  pm.addPass(createConvertIndexToLLVMPass());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+  OpPassManager &kernels = pm.nest<gpu::GPUModuleOp>();
+  kernels.addPass(createConvertGpuOpsToNVVMOps());
+  kernels.addPass(createCanonicalizerPass());
+  kernels.addPass(createCSEPass());
+  kernels.addPass(createReconcileUnrealizedCastsPass());
+  pm.addPass(createGpuToLLVMConversionPass());
+  pm.addPass(createReconcileUnrealizedCastsPass());
+  pm.addNestedPass<gpu::GPUModuleOp>(createReconcileUnrealizedCastsPass());
+  // libdevice (exp, log) is linked from the toolkit, and ptxas (format=bin
+  // or fatbin) found there; format=isa needs neither ptxas nor a toolkit
+  // unless a kernel calls libdevice.
+  GpuModuleToBinaryPassOptions binary;
+  binary.compilationTarget = options.format;
+  binary.toolkitPath = cudaToolkitPath(options.toolkit);
+  pm.addPass(createGpuModuleToBinaryPass(binary));
+  pm.addPass(createConvertMathToLLVMPass());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+  pm.addPass(createReconcileUnrealizedCastsPass());
+}

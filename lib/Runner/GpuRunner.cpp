@@ -1,0 +1,226 @@
+//===- GpuRunner.cpp - JIT-compiled MoBA attention on NVIDIA GPUs ---------===//
+//
+// Part of moba-mlir.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moba/Runner/GpuRunner.h"
+
+#include "RunnerSupport.h"
+
+#include "moba/Dialect/Moba/IR/MobaDialect.h"
+#include "moba/Pipelines/Pipelines.h"
+#include "moba/Runtime/CudaDriver.h"
+#include "moba/Runtime/GpuRuntime.h"
+
+#include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
+#include "mlir/Conversion/ControlFlowToLLVM/ControlFlowToLLVM.h"
+#include "mlir/Conversion/FuncToLLVM/ConvertFuncToLLVM.h"
+#include "mlir/Conversion/GPUCommon/GPUToLLVM.h"
+#include "mlir/Conversion/GPUToNVVM/GPUToNVVM.h"
+#include "mlir/Conversion/IndexToLLVM/IndexToLLVM.h"
+#include "mlir/Conversion/MathToLLVM/MathToLLVM.h"
+#include "mlir/Conversion/MemRefToLLVM/MemRefToLLVM.h"
+#include "mlir/Conversion/NVVMToLLVM/NVVMToLLVM.h"
+#include "mlir/Conversion/UBToLLVM/UBToLLVM.h"
+#include "mlir/Conversion/VectorToLLVM/ConvertVectorToLLVM.h"
+#include "mlir/Dialect/Affine/IR/AffineOps.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Arith/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/Bufferization/IR/Bufferization.h"
+#include "mlir/Dialect/Bufferization/Transforms/FuncBufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/Index/IR/IndexDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Linalg/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/MemRef/Transforms/AllocationOpInterfaceImpl.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/SCF/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Dialect/Tensor/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/Dialect/UB/IR/UBOps.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/Dialect/Vector/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/ExecutionEngine/ExecutionEngine.h"
+#include "mlir/ExecutionEngine/OptUtils.h"
+#include "mlir/Target/LLVM/NVVM/Target.h"
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/GPU/GPUToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/NVVM/NVVMToLLVMIRTranslation.h"
+#include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/TargetSelect.h"
+
+using namespace mlir;
+using namespace mlir::moba;
+using namespace mlir::moba::detail;
+
+namespace {
+
+/// The dialects, interfaces and translations the GPU pipeline meets.
+DialectRegistry gpuRegistry() {
+  DialectRegistry registry;
+  registry.insert<MobaDialect, affine::AffineDialect, arith::ArithDialect,
+                  bufferization::BufferizationDialect, cf::ControlFlowDialect,
+                  func::FuncDialect, gpu::GPUDialect, index::IndexDialect,
+                  LLVM::LLVMDialect, linalg::LinalgDialect, math::MathDialect,
+                  memref::MemRefDialect, NVVM::NVVMDialect, scf::SCFDialect,
+                  tensor::TensorDialect, ub::UBDialect,
+                  vector::VectorDialect>();
+  arith::registerBufferizableOpInterfaceExternalModels(registry);
+  bufferization::func_ext::registerBufferizableOpInterfaceExternalModels(
+      registry);
+  linalg::registerBufferizableOpInterfaceExternalModels(registry);
+  memref::registerAllocationOpInterfaceExternalModels(registry);
+  scf::registerBufferizableOpInterfaceExternalModels(registry);
+  tensor::registerBufferizableOpInterfaceExternalModels(registry);
+  vector::registerBufferizableOpInterfaceExternalModels(registry);
+  // gpu-to-llvm and convert-gpu-to-nvvm convert every dialect they find
+  // through its ConvertToLLVMPatternInterface.
+  arith::registerConvertArithToLLVMInterface(registry);
+  cf::registerConvertControlFlowToLLVMInterface(registry);
+  registerConvertFuncToLLVMInterface(registry);
+  gpu::registerConvertGpuToLLVMInterface(registry);
+  NVVM::registerConvertGpuToNVVMInterface(registry);
+  index::registerConvertIndexToLLVMInterface(registry);
+  registerConvertMathToLLVMInterface(registry);
+  registerConvertMemRefToLLVMInterface(registry);
+  registerConvertNVVMToLLVMInterface(registry);
+  ub::registerConvertUBToLLVMInterface(registry);
+  vector::registerConvertVectorToLLVMInterface(registry);
+  // Serializing kernels (NVVM target), and translating the host module with
+  // its embedded binaries and launches.
+  NVVM::registerNVVMTargetInterfaceExternalModels(registry);
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  registerGPUDialectTranslation(registry);
+  registerNVVMDialectTranslation(registry);
+  gpu::registerOffloadingLLVMTranslationInterfaceExternalModels(registry);
+  return registry;
+}
+
+void initializeTargets() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    llvm::InitializeNativeTarget();
+    llvm::InitializeNativeTargetAsmPrinter();
+  });
+}
+
+} // namespace
+
+GpuAttentionKernel::GpuAttentionKernel(AttentionConfig config, std::string chip)
+    : cfg(std::move(config)), chipName(std::move(chip)) {}
+
+GpuAttentionKernel::~GpuAttentionKernel() = default;
+
+llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
+GpuAttentionKernel::compile(const AttentionConfig &config,
+                            const GpuCompileOptions &options) {
+  if (llvm::Error e = config.validate())
+    return std::move(e);
+  GpuPipelineOptions pipeline;
+  pipeline.chip = options.chip;
+  pipeline.format = options.format;
+  pipeline.threadsPerBlock = options.threadsPerBlock;
+  pipeline.tileK = options.tileK;
+  pipeline.toolkit = options.toolkit;
+  if (std::string problem = checkGpuPipelineOptions(pipeline);
+      !problem.empty())
+    return llvm::createStringError(problem);
+  if (auto chip = cuda::parseChip(options.chip); !chip)
+    return chip.takeError();
+  if (options.format == "fatbin")
+    return llvm::createStringError(
+        "format fatbin is for moba-opt; the GPU runner loads isa (PTX) or "
+        "bin (cubin)");
+  if (options.optLevel > 3)
+    return llvm::createStringError("opt_level must be 0-3, got %u",
+                                   options.optLevel);
+  initializeTargets();
+
+  std::unique_ptr<GpuAttentionKernel> kernel(
+      new GpuAttentionKernel(config, options.chip));
+  EntryCompiler compiler(gpuRegistry(), config, options.dumpIR);
+  auto module = compiler.parse();
+  if (!module)
+    return module.takeError();
+  if (llvm::Error e = compiler.run("the GPU pipeline", "gpu",
+                                   [&](OpPassManager &pm) {
+                                     buildMobaGpuPipeline(pm, pipeline);
+                                   }))
+    return std::move(e);
+
+  ExecutionEngineOptions engineOptions;
+  engineOptions.transformer =
+      makeOptimizingTransformer(options.optLevel, /*sizeLevel=*/0,
+                                /*targetMachine=*/nullptr);
+  engineOptions.jitCodeGenOptLevel =
+      static_cast<llvm::CodeGenOptLevel>(options.optLevel);
+  auto engine = ExecutionEngine::create(*module, engineOptions);
+  kernel->context = compiler.takeContext();
+  if (!engine)
+    return llvm::createStringError("JIT compilation failed for %s: %s",
+                                   config.key().c_str(),
+                                   llvm::toString(engine.takeError()).c_str());
+  kernel->engine = std::move(*engine);
+  // The host code calls the project's runtime, never a library's.
+  kernel->engine->registerSymbols(cuda::runtimeSymbols);
+  auto entry = kernel->engine->lookup("_mlir_ciface_moba_attention");
+  if (!entry)
+    return entry.takeError();
+  kernel->entry = *entry;
+  return kernel;
+}
+
+llvm::Error GpuAttentionKernel::load() const {
+  std::lock_guard<std::mutex> lock(loadMutex);
+  if (!loadError.empty())
+    return llvm::createStringError(loadError);
+  cuda::DeviceInfo device;
+  auto context = cuda::currentContext(&device);
+  if (!context)
+    return context.takeError();
+  if (loadedContext) {
+    if (loadedContext == *context)
+      return llvm::Error::success();
+    return llvm::createStringError(llvm::formatv(
+        "the {0} kernel was loaded into another CUDA context than the "
+        "current one (device {1}): compile one kernel per device",
+        cfg.key(), device.ordinal).str());
+  }
+  if (llvm::Error e = cuda::checkChipRunsOn(chipName, device))
+    return e;
+  // The host module's global constructors load its kernels (cuModuleLoad*),
+  // once: a failure here is final for this kernel.
+  cuda::LaunchScope scope(/*stream=*/nullptr);
+  engine->initialize();
+  if (llvm::Error e = scope.takeError()) {
+    loadError = "loading the kernels of " + cfg.key() + " on device " +
+                std::to_string(device.ordinal) + " (" + device.name +
+                ") failed: " + llvm::toString(std::move(e));
+    return llvm::createStringError(loadError);
+  }
+  loadedContext = *context;
+  return llvm::Error::success();
+}
+
+llvm::Error GpuAttentionKernel::run(const AttentionBuffers &buffers,
+                                    const GpuLaunch &launch) const {
+  if (llvm::Error e = checkAttentionBuffers(buffers, launch.hostCuSeqlens))
+    return e;
+  if (llvm::Error e = load())
+    return e;
+  cuda::LaunchScope scope(static_cast<cuda::CUstream>(launch.stream));
+  callAttentionEntry(entry, cfg, buffers);
+  if (llvm::Error e = scope.takeError())
+    return llvm::createStringError("running " + cfg.key() + " failed: " +
+                                   llvm::toString(std::move(e)));
+  return llvm::Error::success();
+}

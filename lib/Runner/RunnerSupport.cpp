@@ -1,0 +1,119 @@
+//===- RunnerSupport.cpp - What the CPU and GPU runners share -------------===//
+//
+// Part of moba-mlir.
+//
+//===----------------------------------------------------------------------===//
+
+#include "RunnerSupport.h"
+
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Parser/Parser.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <array>
+
+using namespace mlir;
+using namespace mlir::moba;
+using namespace mlir::moba::detail;
+
+namespace {
+
+/// The C interface's view of a ranked memref (see CRunnerUtils.h); the
+/// element type only matters to the callee.
+template <int Rank>
+struct MemRefDescriptor {
+  const void *allocated;
+  const void *aligned;
+  int64_t offset;
+  int64_t sizes[Rank];
+  int64_t strides[Rank];
+};
+
+template <int Rank>
+MemRefDescriptor<Rank> contiguous(const void *data,
+                                  std::array<int64_t, Rank> sizes) {
+  MemRefDescriptor<Rank> d{data, data, 0, {}, {}};
+  int64_t stride = 1;
+  for (int i = Rank - 1; i >= 0; --i) {
+    d.sizes[i] = sizes[i];
+    d.strides[i] = stride;
+    stride *= sizes[i];
+  }
+  return d;
+}
+
+using EntryFn = void (*)(MemRefDescriptor<3> *, MemRefDescriptor<3> *,
+                         MemRefDescriptor<3> *, MemRefDescriptor<1> *,
+                         MemRefDescriptor<3> *, MemRefDescriptor<2> *);
+
+std::string printModule(ModuleOp module) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  module.print(os);
+  return text;
+}
+
+} // namespace
+
+EntryCompiler::EntryCompiler(const DialectRegistry &registry,
+                             const AttentionConfig &config, DumpFn dump)
+    : config(config), dump(std::move(dump)),
+      context(std::make_unique<MLIRContext>(registry)) {
+  context->disableMultithreading();
+  handler = context->getDiagEngine().registerHandler([this](Diagnostic &d) {
+    llvm::raw_string_ostream os(diagnostics);
+    os << d.getLocation() << ": " << d << "\n";
+    return success();
+  });
+}
+
+EntryCompiler::~EntryCompiler() {
+  if (context)
+    context->getDiagEngine().eraseHandler(handler);
+}
+
+llvm::Error EntryCompiler::fail(llvm::StringRef what) const {
+  return llvm::createStringError("%s failed for %s:\n%s", what.str().c_str(),
+                                 config.key().c_str(), diagnostics.c_str());
+}
+
+llvm::Expected<ModuleOp> EntryCompiler::parse() {
+  module = parseSourceString<ModuleOp>(buildAttentionModule(config),
+                                       ParserConfig(context.get()));
+  if (!module)
+    return fail("parsing the generated moba IR");
+  if (dump)
+    dump("moba", printModule(*module));
+  return *module;
+}
+
+llvm::Error
+EntryCompiler::run(llvm::StringRef what, llvm::StringRef stage,
+                   llvm::function_ref<void(OpPassManager &)> build) {
+  PassManager pm(context.get());
+  build(pm);
+  if (failed(pm.run(*module)))
+    return fail(what);
+  if (dump)
+    dump(stage, printModule(*module));
+  return llvm::Error::success();
+}
+
+std::unique_ptr<MLIRContext> EntryCompiler::takeContext() {
+  // Diagnostics after compilation (from a JIT) must not reach this object.
+  context->getDiagEngine().eraseHandler(handler);
+  return std::move(context);
+}
+
+void mlir::moba::detail::callAttentionEntry(void *entry,
+                                            const AttentionConfig &cfg,
+                                            const AttentionBuffers &b) {
+  auto q = contiguous<3>(b.q, {b.tokens, cfg.numHeads, cfg.headDim});
+  auto k = contiguous<3>(b.k, {b.tokens, cfg.numKvHeads, cfg.headDim});
+  auto v = contiguous<3>(b.v, {b.tokens, cfg.numKvHeads, cfg.headDim});
+  auto cu = contiguous<1>(b.cuSeqlens, {b.numSequences + 1});
+  auto out = contiguous<3>(b.out, {b.tokens, cfg.numHeads, cfg.headDim});
+  auto lse = contiguous<2>(b.lse, {b.tokens, cfg.numHeads});
+  reinterpret_cast<EntryFn>(entry)(&q, &k, &v, &cu, &out, &lse);
+}

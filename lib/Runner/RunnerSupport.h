@@ -1,0 +1,65 @@
+//===- RunnerSupport.h - What the CPU and GPU runners share -----*- C++ -*-===//
+//
+// Part of moba-mlir. Private to lib/Runner: compiling the generated entry
+// function through pass pipelines with every diagnostic collected, and
+// calling its C interface.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_LIB_RUNNER_RUNNERSUPPORT_H
+#define MOBA_LIB_RUNNER_RUNNERSUPPORT_H
+
+#include "moba/Runner/AttentionConfig.h"
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/DialectRegistry.h"
+#include "mlir/IR/OwningOpRef.h"
+#include "mlir/Pass/PassManager.h"
+
+#include <functional>
+#include <memory>
+
+namespace mlir::moba::detail {
+
+/// Called with a stage name and the module's text after each stage.
+using DumpFn = std::function<void(llvm::StringRef stage, llvm::StringRef ir)>;
+
+/// One compilation of `config`'s entry function: owns the context, turns
+/// diagnostics into the errors it returns, dumps the IR after each stage.
+class EntryCompiler {
+public:
+  EntryCompiler(const DialectRegistry &registry, const AttentionConfig &config,
+                DumpFn dump);
+  ~EntryCompiler();
+
+  /// Parses the entry function (stage "moba").
+  llvm::Expected<ModuleOp> parse();
+  /// Runs the passes `build` adds on the parsed module, then dumps it as
+  /// `stage`; `what` says what failed ("lowering moba to loops").
+  llvm::Error run(llvm::StringRef what, llvm::StringRef stage,
+                  llvm::function_ref<void(OpPassManager &)> build);
+  /// An error "`what` failed for <config>" with the diagnostics so far.
+  llvm::Error fail(llvm::StringRef what) const;
+
+  /// The context and module, which the caller keeps alive while code JIT
+  /// compiled from them runs.
+  std::unique_ptr<MLIRContext> takeContext();
+  OwningOpRef<ModuleOp> takeModule() { return std::move(module); }
+
+private:
+  AttentionConfig config;
+  DumpFn dump;
+  std::unique_ptr<MLIRContext> context;
+  std::string diagnostics;
+  uint64_t handler = 0;
+  OwningOpRef<ModuleOp> module;
+};
+
+/// Calls the C interface `_mlir_ciface_moba_attention` at `entry` with
+/// contiguous memref descriptors of `buffers`.
+void callAttentionEntry(void *entry, const AttentionConfig &config,
+                        const AttentionBuffers &buffers);
+
+} // namespace mlir::moba::detail
+
+#endif // MOBA_LIB_RUNNER_RUNNERSUPPORT_H

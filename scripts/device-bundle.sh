@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# device-bundle: packs what the GPU machine runs into .device/ (git-ignored),
+# for the device tool to carry: the moba Python package with libMobaC.so
+# (self-contained: MLIR and LLVM linked in) compressed, since it is larger
+# than one call may carry, and the check script. Nothing is built there.
+#
+#   bash scripts/device-bundle.sh            # after scripts/build.sh
+#   on the device: bash .device/run.sh MODE   # see test/device/gpu_check.py
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${MOBA_BUILD_DIR:-$root/build}
+out=$root/.device
+rm -rf "$out" && mkdir -p "$out/moba"
+cp "$build"/python/moba/*.py "$out/moba/"
+gzip -9 -c "$build/python/moba/libMobaC.so" > "$out/moba/libMobaC.so.gz"
+cp "$root/test/device/gpu_check.py" "$out/"
+cat > "$out/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Unpacks the library once, then runs gpu_check.py with the given arguments.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+[ -f "$here/moba/libMobaC.so" ] || gunzip -k "$here/moba/libMobaC.so.gz"
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+exec python3 "$here/gpu_check.py" "$@"
+RUN
+chmod +x "$out/run.sh"
+du -sh "$out"

@@ -1,0 +1,289 @@
+"""Checks and times the GPU kernels on a CUDA machine (the H200 of
+docs/PERFORMANCE.md); CI has no GPU and never runs this.
+
+It builds nothing: it runs the `moba` package and the libMobaC.so built on
+the development machine (scripts/device-bundle.sh packs them), through the
+same Python API users call, on torch CUDA tensors.
+
+Each case draws fresh random inputs, fills the outputs with NaN, runs the
+kernel, and compares output and log-sum-exp with a float64 reference of
+docs/semantics.md computed by torch on the GPU. Rows whose top-k selection
+is not unique (the k-th and (k+1)-th gate scores closer than rounding) are
+skipped and counted; NaN never passes, skipped rows included.
+
+  gpu_check.py grid [--workers N]  the CPU suite's grid on the GPU
+  gpu_check.py long                8K and 32K tokens, bf16/fp16, MHA/GQA
+  gpu_check.py time                time and TFLOP/s on attended pairs
+  gpu_check.py small               a few cases (for compute-sanitizer)
+Exit status 1 when any case fails.
+"""
+import argparse
+import itertools
+import math
+import multiprocessing
+import os
+import sys
+import time
+
+import torch
+
+TOLERANCE = {"f32": (2e-5, 2e-4), "f16": (2e-3, 2e-3), "bf16": (1e-2, 1e-2)}
+TORCH_DTYPE = {"f32": torch.float32, "f16": torch.float16,
+               "bf16": torch.bfloat16}
+TIE_TOLERANCE = 4e-5
+
+
+def reference(q, k, v, cu, block, top_k, causal, scale=None):
+    """float64 MoBA attention: (out, lse, near_tie [T, Hq], pairs) where
+    pairs counts the attended (query, key) pairs."""
+    q, k, v = q.double(), k.double(), v.double()
+    tokens, hq, d = q.shape
+    group = hq // k.shape[1]
+    heads = torch.arange(hq, device=q.device) // group
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    out = torch.empty_like(q)
+    lse = torch.empty(tokens, hq, dtype=torch.float64, device=q.device)
+    near = torch.zeros(tokens, hq, dtype=torch.bool, device=q.device)
+    pairs = 0
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        n = end - start
+        if n == 0:
+            continue
+        nb = -(-n // block)
+        qs = q[start:end]
+        ks = k[start:end][:, heads]  # [n, Hq, D]
+        vs = v[start:end][:, heads]
+        pad = nb * block - n
+        padded = torch.nn.functional.pad(ks, (0, 0, 0, 0, 0, pad))
+        counts = torch.full((nb,), float(block), dtype=torch.float64,
+                            device=q.device)
+        counts[-1] = block - pad
+        means = padded.view(nb, block, hq, d).sum(1) / counts[:, None, None]
+        scores = torch.einsum("thd,bhd->thb", qs, means)
+        magnitude = torch.einsum("thd,bhd->thb", qs.abs(), means.abs())
+        t = torch.arange(n, device=q.device)
+        own = t // block
+        blocks = torch.arange(nb, device=q.device)
+        if causal:
+            candidate = blocks[None, :] < own[:, None]  # [n, nb]
+            take = top_k - 1
+        else:
+            candidate = torch.ones(n, nb, dtype=torch.bool, device=q.device)
+            take = top_k
+        candidate = candidate[:, None, :].expand(n, hq, nb)
+        masked = scores.masked_fill(~candidate, -math.inf)
+        # Higher score first; among equal scores the higher block index.
+        flipped = masked.flip(-1)
+        order_scores, order = torch.sort(flipped, dim=-1, descending=True,
+                                         stable=True)
+        order = nb - 1 - order
+        n_candidates = candidate.sum(-1)  # [n, Hq]
+        selected = torch.zeros(n, hq, nb, dtype=torch.bool, device=q.device)
+        if take > 0:
+            width = min(take, nb)
+            chosen = order[..., :width]
+            valid = torch.arange(width, device=q.device) < n_candidates[..., None]
+            selected.scatter_(-1, chosen, valid)
+            if take < nb:
+                has_gap = (n_candidates > take)
+                gap = order_scores[..., take - 1] - order_scores[..., take]
+                largest = magnitude.masked_fill(~candidate, 0).amax(-1)
+                near[start:end] = has_gap & (gap > 0) & (
+                    gap <= TIE_TOLERANCE * largest)
+        if causal:
+            selected.scatter_(-1, own[:, None, None].expand(n, hq, 1), True)
+        # Attention over the selected blocks, a chunk of queries at a time.
+        chunk = max(1, (1 << 27) // (n * hq))
+        key_block = t // block
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            allowed = selected[a:b][:, :, key_block]  # [c, Hq, n]
+            if causal:
+                allowed &= (t[None, None, :] <= t[a:b, None, None])
+            pairs += int(allowed.sum())
+            logits = scale * torch.einsum("thd,shd->ths", qs[a:b], ks)
+            logits = logits.masked_fill(~allowed, -math.inf)
+            row_lse = torch.logsumexp(logits, -1)
+            weights = torch.exp(logits - row_lse[..., None])
+            out[start + a:start + b] = torch.einsum("ths,shd->thd", weights,
+                                                    vs)
+            lse[start + a:start + b] = row_lse
+    return out, lse, near, pairs
+
+
+def random_case(seqlens, hq, hkv, d, dtype, generator):
+    cu = torch.tensor([0] + list(itertools.accumulate(seqlens)),
+                      dtype=torch.int32)
+    tokens = int(cu[-1])
+    shape = lambda h: (tokens, h, d)
+    make = lambda h: torch.randn(shape(h), generator=generator,
+                                 device="cuda").to(TORCH_DTYPE[dtype])
+    return make(hq), make(hkv), make(hkv), cu
+
+
+def check_case(moba, hq, hkv, d, block, top_k, causal, dtype, seqlens, seed):
+    """Runs one case; returns (ok, message, compared, skipped)."""
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v, cu = random_case(seqlens, hq, hkv, d, dtype, generator)
+    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                          block_size=block, top_k=top_k, dtype=dtype,
+                          causal=causal, target="auto")
+    # Poisoned outputs: the kernel must write every element.
+    out = torch.full_like(q, math.nan)
+    lse = torch.full(q.shape[:-1], math.nan, device="cuda")
+    kernel(q, k, v, cu.cuda(), out=out, lse=lse)
+    torch.cuda.synchronize()
+    ref_out, ref_lse, near, _ = reference(q, k, v, cu, block, top_k, causal)
+    out64, lse64 = out.double(), lse.double()
+    if torch.isnan(out64).any() or torch.isnan(lse64).any():
+        return False, "NaN in the output (unwritten or computed)", 0, 0
+    rows = ~near
+    atol, rtol = TOLERANCE[dtype]
+    diff = (out64 - ref_out).abs()
+    bad = (diff > atol + rtol * ref_out.abs()).any(-1) & rows
+    lse_bad = ((lse64 - ref_lse).abs() > 2e-4 + 2e-5 * ref_lse.abs()) & rows
+    compared, skipped = int(rows.sum()), int(near.sum())
+    rel = float((out64 - ref_out)[rows].norm() / ref_out[rows].norm())
+    if bad.any() or lse_bad.any():
+        return (False, f"{int(bad.sum())} rows wrong (output), "
+                f"{int(lse_bad.sum())} (lse); max |diff| "
+                f"{float(diff[rows].max()):.3g}; rel {rel:.3g}", compared,
+                skipped)
+    return True, f"rel {rel:.2e}", compared, skipped
+
+
+def grid_cases():
+    cases = []
+    for (hq, hkv), d, block, top_k, causal, dtype in itertools.product(
+            [(1, 1), (4, 4), (8, 2), (8, 1)], [16, 64, 128], [16, 64, 128],
+            [1, 2, 3, 8, 64], [True, False], ["f32", "bf16", "f16"]):
+        cases.append((hq, hkv, d, block, top_k, causal, dtype,
+                      [1, 5, 17, 130, 300, 777]))
+    return cases
+
+
+def long_cases():
+    return [(32, hkv, 128, 512, 3, True, dtype, [n])
+            for n in (8192, 32768) for hkv in (32, 8)
+            for dtype in ("bf16", "f16")]
+
+
+def small_cases():
+    return [(8, 2, 64, 16, 3, True, "bf16", [1, 17, 130]),
+            (4, 4, 128, 64, 2, False, "f16", [5, 300]),
+            (8, 1, 16, 16, 8, True, "f32", [77, 33])]
+
+
+def run_cases(cases, worker=0, workers=1, quiet=False):
+    import moba
+    failures, results = [], []
+    for i, case in enumerate(cases):
+        if i % workers != worker:
+            continue
+        hq, hkv, d, block, top_k, causal, dtype, seqlens = case
+        name = (f"Hq={hq} Hkv={hkv} D={d} block={block} top_k={top_k} "
+                f"causal={causal} {dtype} seqlens={seqlens}")
+        try:
+            ok, message, compared, skipped = check_case(
+                moba, hq, hkv, d, block, top_k, causal, dtype, seqlens,
+                seed=1000 + i)
+        except Exception as e:  # reported as a failure, never hidden
+            ok, message, compared, skipped = False, f"{type(e).__name__}: {e}", 0, 0
+        results.append((ok, compared, skipped))
+        if not ok:
+            failures.append(f"FAIL {name}: {message}")
+        if not quiet or not ok:
+            print(f"{'ok  ' if ok else 'FAIL'} {name}: {compared} rows, "
+                  f"{skipped} near-ties skipped; {message}", flush=True)
+    return failures, results
+
+
+def _worker(args):
+    worker, workers, cases = args
+    return run_cases(cases, worker, workers, quiet=True)
+
+
+def summarize(label, failures, results, seconds):
+    cases = len(results)
+    passed = sum(ok for ok, _, _ in results)
+    compared = sum(c for _, c, _ in results)
+    skipped = sum(s for _, _, s in results)
+    print(f"{label}: {passed}/{cases} cases passed, {compared} rows "
+          f"compared, {skipped} near-tie rows skipped, {seconds:.0f} s")
+    for f in failures[:20]:
+        print(f)
+    return not failures
+
+
+def time_case(moba, n, hq, hkv, d, block, top_k, dtype, repeats):
+    generator = torch.Generator(device="cuda").manual_seed(7)
+    q, k, v, cu = random_case([n], hq, hkv, d, dtype, generator)
+    cu_dev = cu.cuda()
+    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                          block_size=block, top_k=top_k, dtype=dtype,
+                          target="auto")
+    kernel(q, k, v, cu_dev)  # loads the kernels
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        stop = torch.cuda.Event(enable_timing=True)
+        start.record()
+        kernel(q, k, v, cu_dev)
+        stop.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(stop))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def attended_pairs(n, block, top_k, hq):
+    """Attended (query, key) pairs of causal MoBA on one sequence when every
+    query has top_k - 1 earlier blocks to choose (all full): the own block's
+    causal part plus (top_k - 1) whole blocks, fewer early on."""
+    total = 0
+    for t in range(n):
+        own = t // block
+        total += (t - own * block + 1) + min(top_k - 1, own) * block
+    return total * hq
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["grid", "long", "time", "small"])
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--limit", type=int, default=0,
+                   help="run only the first N cases of the grid")
+    a = p.parse_args()
+    start = time.time()
+    if a.mode == "grid":
+        cases = grid_cases()[:a.limit or None]
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(a.workers) as pool:
+            parts = pool.map(_worker, [(w, a.workers, cases)
+                                       for w in range(a.workers)])
+        failures = [f for fs, _ in parts for f in fs]
+        results = [r for _, rs in parts for r in rs]
+        ok = summarize("grid", failures, results, time.time() - start)
+    elif a.mode in ("long", "small"):
+        cases = long_cases() if a.mode == "long" else small_cases()
+        failures, results = run_cases(cases)
+        ok = summarize(a.mode, failures, results, time.time() - start)
+    else:
+        import moba
+        ok = True
+        print("| N | heads q/kv | block | top_k | time (ms) | attended pairs "
+              "| TFLOP/s on attended pairs |")
+        print("|---|---|---|---|---|---|---|")
+        for n in (8192, 32768):
+            for hkv in (32, 8):
+                ms = time_case(moba, n, 32, hkv, 128, 512, 3, "bf16",
+                                  repeats=5 if n > 8192 else 10)
+                pairs = attended_pairs(n, 512, 3, 32)
+                tflops = 4 * 128 * pairs / (ms * 1e-3) / 1e12
+                print(f"| {n} | 32/{hkv} | 512 | 3 | {ms:.2f} | {pairs} | "
+                      f"{tflops:.2f} |", flush=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
