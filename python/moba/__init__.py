@@ -86,10 +86,13 @@ def _positive_int(name, value):
 
 
 def _is_gpu_array(x):
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
     device = getattr(x, "device", None)
-    return getattr(device, "type", None) == "cuda"
+    if getattr(device, "type", None) == "cuda":
+        return True
+    try:  # torch raises RuntimeError here for tensors that require grad
+        return hasattr(x, "__cuda_array_interface__")
+    except RuntimeError:
+        return False
 
 
 def _as_numpy(name, x):

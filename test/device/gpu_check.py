@@ -15,6 +15,9 @@ skipped and counted; NaN never passes, skipped rows included.
   gpu_check.py long                8K and 32K tokens, bf16/fp16, MHA/GQA
   gpu_check.py time                time and TFLOP/s on attended pairs
   gpu_check.py small               a few cases (for compute-sanitizer)
+  gpu_check.py api                 the torch-facing API: moba_attn_varlen,
+                                   the batched form, MobaAttention, errors,
+                                   cold compile and cached lookup times
 Exit status 1 when any case fails.
 """
 import argparse
@@ -247,9 +250,123 @@ def attended_pairs(n, block, top_k, hq):
     return total * hq
 
 
+def api_checks():
+    """The Python API on torch CUDA tensors; returns the failures."""
+    import moba
+    failures = []
+
+    def expect(name, condition, detail=""):
+        print(f"{'ok  ' if condition else 'FAIL'} {name} {detail}", flush=True)
+        if not condition:
+            failures.append(name)
+
+    def raises(name, kind, text, call):
+        try:
+            call()
+        except kind as e:
+            expect(name, text in str(e), f"({type(e).__name__}: {e})")
+            return
+        except Exception as e:  # the wrong kind of error
+            expect(name, False, f"raised {type(e).__name__}: {e}")
+            return
+        expect(name, False, "raised nothing")
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    seqlens, hq, hkv, d, block, top_k = [700, 1, 300], 8, 2, 64, 64, 3
+    q, k, v, cu = random_case(seqlens, hq, hkv, d, "bf16", g)
+    ref_out, _, near, _ = reference(q, k, v, cu, block, top_k, True)
+    rows = ~near
+
+    # MoBA's reference signature, on the current stream of a side stream.
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        out = moba.moba_attn_varlen(q, k, v, cu.cuda(), max(seqlens), block,
+                                    top_k)
+    side.synchronize()
+    err = float((out.double() - ref_out)[rows].abs().max())
+    expect("moba_attn_varlen (side stream)", out.is_cuda and
+           out.dtype == torch.bfloat16 and err < 2e-2, f"max |diff| {err:.3g}")
+
+    # The batched form: [B, S, H, D] against the varlen reference per row.
+    qb, kb, vb = (x.view(3, 256, x.shape[1], d) for x in
+                  random_case([768], hq, hkv, d, "f16", g)[:3])
+    outb = moba.moba_attn_batched(qb, kb, vb, block, top_k)
+    cub = torch.tensor([0, 256, 512, 768], dtype=torch.int32)
+    refb, _, nearb, _ = reference(qb.reshape(768, hq, d),
+                                  kb.reshape(768, hkv, d),
+                                  vb.reshape(768, hkv, d), cub, block, top_k,
+                                  True)
+    errb = float((outb.reshape(768, hq, d).double() - refb)[~nearb]
+                 .abs().max())
+    expect("moba_attn_batched", outb.shape == qb.shape and errb < 4e-3,
+           f"max |diff| {errb:.3g}")
+
+    # The autograd wrapper runs forward, and says why backward cannot.
+    qg = q.detach().requires_grad_()
+    outg = moba.MobaAttention.apply(qg, k, v, cu.cuda(), max(seqlens), block,
+                                    top_k)
+    raises("MobaAttention backward", NotImplementedError, "no backward",
+           lambda: outg.float().sum().backward())
+
+    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                          block_size=block, top_k=top_k, dtype="bf16")
+    expect("target auto picks the GPU", kernel.targets == ("sm_90a",),
+           str(kernel.targets))
+    cu_dev = cu.cuda()
+    raises("cu_seqlens on the host", ValueError,
+           "cu_seqlens is in host memory", lambda: kernel(q, k, v, cu))
+    bad = cu_dev.clone()
+    bad[1] = bad[2] + 1
+    raises("cu_seqlens not monotonic", ValueError, "not monotonic",
+           lambda: kernel(q, k, v, bad))
+    raises("cu_seqlens not ending at T", ValueError, "end at the token count",
+           lambda: kernel(q, k, v, cu_dev[:-1]))
+    raises("wrong dtype", TypeError, "has dtype torch.float16",
+           lambda: kernel(q.half(), k, v, cu_dev))
+    raises("not contiguous", ValueError, "not contiguous",
+           lambda: kernel(q.transpose(0, 1).contiguous().transpose(0, 1),
+                          k, v, cu_dev))
+    raises("k on the host", ValueError, "k is on cpu",
+           lambda: kernel(q, k.cpu(), v, cu_dev))
+    raises("heads mismatch", ValueError, "expected 2 heads",
+           lambda: kernel(q, q, q, cu_dev))
+    raises("sm_80 kernel on a CPU array", ValueError, "in host memory",
+           lambda: moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                                block_size=block, top_k=top_k, dtype="bf16",
+                                target="sm_80")(q.cpu(), k.cpu(), v.cpu(),
+                                                cu))
+    # sm_80 PTX runs on Hopper too.
+    out80 = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                         block_size=block, top_k=top_k, dtype="bf16",
+                         target="sm_80")(q, k, v, cu_dev)
+    err80 = float((out80.double() - ref_out)[rows].abs().max())
+    expect("sm_80 kernel on the H200", err80 < 2e-2, f"max |diff| {err80:.3g}")
+
+    # Cold compile (a configuration not compiled before in this process)
+    # and the cached lookup.
+    start = time.perf_counter()
+    fresh = moba.compile(head_dim=128, num_heads=32, num_kv_heads=8,
+                         block_size=512, top_k=3, dtype="bf16")
+    cold = time.perf_counter() - start
+    qf, kf, vf, cuf = random_case([4096], 32, 8, 128, "bf16", g)
+    start = time.perf_counter()
+    fresh(qf, kf, vf, cuf.cuda())
+    torch.cuda.synchronize()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(100):
+        moba.compile(head_dim=128, num_heads=32, num_kv_heads=8,
+                     block_size=512, top_k=3, dtype="bf16")
+    cached = (time.perf_counter() - start) / 100
+    print(f"cold compile {cold * 1e3:.0f} ms; first call (driver loads the "
+          f"PTX) {first * 1e3:.0f} ms; cached moba.compile "
+          f"{cached * 1e6:.1f} us")
+    return failures
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["grid", "long", "time", "small"])
+    p.add_argument("mode", choices=["grid", "long", "time", "small", "api"])
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--limit", type=int, default=0,
                    help="run only the first N cases of the grid")
@@ -264,6 +381,10 @@ def main():
         failures = [f for fs, _ in parts for f in fs]
         results = [r for _, rs in parts for r in rs]
         ok = summarize("grid", failures, results, time.time() - start)
+    elif a.mode == "api":
+        failures = api_checks()
+        print(f"api: {'all passed' if not failures else failures}")
+        ok = not failures
     elif a.mode in ("long", "small"):
         cases = long_cases() if a.mode == "long" else small_cases()
         failures, results = run_cases(cases)
