@@ -50,6 +50,8 @@ void mlir::moba::buildMobaToLoopsPipeline(OpPassManager &pm,
   pm.addPass(createCanonicalizerPass());
   if (options.stage == CpuStage::Fused)
     pm.addPass(createMobaFuseGateTopK());
+  if (options.densify)
+    pm.addPass(createMobaDensifyAttention());
   if (options.stage != CpuStage::Decomposed)
     pm.addPass(createMobaTileAttention(MobaTileAttentionOptions{
         options.tileQ, options.tileK, options.parallel}));

@@ -91,6 +91,7 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   loops.stage = CpuStage::Fused;
   loops.parallel = true;
   loops.tileK = options.tileK;
+  loops.densify = options.densify;
   buildMobaToLoopsPipeline(pm, loops);
   buildBufferizationPipeline(pm);
   pm.addPass(createMobaMapForallToGpu(

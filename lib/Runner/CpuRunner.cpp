@@ -72,11 +72,12 @@ llvm::StringRef mlir::moba::compilerVersion() { return MOBA_VERSION; }
 
 std::string mlir::moba::cacheKey(const AttentionConfig &config,
                                  const CpuCompileOptions &options) {
-  return llvm::formatv("cpu-{0}-{1}{2}-q{3}-k{4}-O{5}-{6}-{7}", config.key(),
-                       cpuStageName(options.stage),
+  return llvm::formatv("cpu-{0}-{1}{2}{8}-q{3}-k{4}-O{5}-{6}-{7}",
+                       config.key(), cpuStageName(options.stage),
                        options.parallel ? "-parallel" : "", options.tileQ,
                        options.tileK, options.optLevel, compilerVersion(),
-                       llvm::sys::getHostCPUName())
+                       llvm::sys::getHostCPUName(),
+                       options.densify ? "-densify" : "")
       .str();
 }
 
@@ -169,6 +170,7 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
   pipeline.tileQ = options.tileQ;
   pipeline.tileK = options.tileK;
   pipeline.parallel = options.parallel;
+  pipeline.densify = options.densify;
   if (llvm::Error e = compiler.run("lowering moba to loops", "loops",
                                    [&](OpPassManager &pm) {
                                      buildMobaToLoopsPipeline(pm, pipeline);

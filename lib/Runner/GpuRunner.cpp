@@ -131,6 +131,7 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
   pipeline.threadsPerBlock = options.threadsPerBlock;
   pipeline.tileK = options.tileK;
   pipeline.toolkit = options.toolkit;
+  pipeline.densify = options.densify;
   if (std::string problem = checkGpuPipelineOptions(pipeline);
       !problem.empty())
     return llvm::createStringError(problem);

@@ -59,6 +59,10 @@ static cl::opt<int64_t> tileK("tile-k", cl::init(16), cl::cat(category),
 static cl::opt<bool> parallel(
     "parallel", cl::init(false), cl::cat(category),
     cl::desc("Lower through scf.forall over rows (the GPU form)"));
+static cl::opt<bool> densify(
+    "densify", cl::init(false), cl::cat(category),
+    cl::desc("Attention as per-block pieces grouped by key block, merged by "
+             "log-sum-exp (moba-densify-attention)"));
 static cl::opt<bool> duplicateBlocks(
     "duplicate-key-blocks", cl::init(false), cl::cat(category),
     cl::desc("Give every odd block of a sequence the keys of the block "
@@ -240,6 +244,7 @@ int main(int argc, char **argv) {
   options.tileK = tileK;
   options.cacheDir = cacheDir;
   options.parallel = parallel;
+  options.densify = densify;
   ref::Mutation mutate;
   if (!ref::parseMutation(mutation, mutate))
     return fail(llvm::createStringError(
@@ -347,6 +352,7 @@ int main(int argc, char **argv) {
 
   llvm::outs() << "config: " << config.key() << " stage=" << stage
                << (parallel ? " parallel" : "")
+               << (densify ? " densify" : "")
                << " tile-q=" << tileQ << " tile-k=" << tileK << "\n";
   llvm::outs() << "sequences: " << lengths.size() << " (";
   llvm::interleaveComma(lengths, llvm::outs());

@@ -56,6 +56,12 @@ struct CpuPipelineOptions : public PassPipelineOptions<CpuPipelineOptions> {
       llvm::cl::desc("Emit scf.forall over independent rows (the GPU form); "
                      "on the CPU they run as serial loops"),
       llvm::cl::init(false)};
+  PassOptions::Option<bool> densify{
+      *this, "densify",
+      llvm::cl::desc("Split the sparse attention into per-block pieces "
+                     "grouped by key block (moba-densify-attention) instead "
+                     "of tiling it per query"),
+      llvm::cl::init(false)};
 };
 
 /// moba.attention -> loops on tensors, per `options.stage`.
@@ -98,6 +104,11 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
       *this, "tile-k",
       llvm::cl::desc("Keys scored before each online-softmax update"),
       llvm::cl::init(16)};
+  PassOptions::Option<bool> densify{
+      *this, "densify",
+      llvm::cl::desc("Attention as per-block pieces grouped by key block "
+                     "(moba-densify-attention), merged by log-sum-exp"),
+      llvm::cl::init(false)};
 };
 
 /// moba.attention -> host LLVM code launching NVVM kernels, with the GPU

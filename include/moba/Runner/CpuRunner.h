@@ -32,6 +32,9 @@ struct CpuCompileOptions {
   int64_t tileK = 16;
   /// Lower through scf.forall (the GPU form), run serially.
   bool parallel = false;
+  /// Attention as per-block pieces grouped by key block, merged by
+  /// log-sum-exp (moba-densify-attention).
+  bool densify = false;
   /// LLVM optimization level of the JIT (0-3).
   unsigned optLevel = 3;
   /// When set, called with a stage name and the module's text after each

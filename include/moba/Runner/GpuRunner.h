@@ -33,6 +33,9 @@ struct GpuCompileOptions {
   std::string format = "isa";
   int64_t threadsPerBlock = 128;
   int64_t tileK = 16;
+  /// Attention as per-block pieces grouped by key block
+  /// (moba-densify-attention).
+  bool densify = false;
   /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
   /// /usr/local/cuda.
   std::string toolkit;

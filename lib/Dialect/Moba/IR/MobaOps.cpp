@@ -517,5 +517,86 @@ LogicalResult LseMergeOp::verify() {
   return success();
 }
 
+//===----------------------------------------------------------------------===//
+// GroupQueriesOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange GroupQueriesOp::getDpsInitsMutable() {
+  return trailingOperands(*this, 3);
+}
+
+namespace {
+
+/// starts and counts `[Hq, NB]`, entries `[Hq, T * K]` of a grouping of
+/// `selected` `[T, Hq, K]`.
+LogicalResult verifyGroups(Operation *op, Value selectedValue,
+                           Value startsValue, Value countsValue,
+                           Value entriesValue) {
+  Checker c(op);
+  Named sel("selected", selectedValue), starts("starts", startsValue),
+      counts("counts", countsValue), entries("entries", entriesValue);
+  if (failed(c.rank(sel, 3, "[tokens, query heads, K]")) ||
+      failed(c.positiveDim("K", sel, 2)) ||
+      failed(c.rank(starts, 2, "[query heads, block rows]")) ||
+      failed(c.rank(counts, 2, "[query heads, block rows]")) ||
+      failed(c.rank(entries, 2, "[query heads, tokens * K]")) ||
+      failed(c.sameShape(starts, counts)) ||
+      failed(c.sameDim("number of query heads", sel, 1, starts, 0)) ||
+      failed(c.sameDim("number of query heads", sel, 1, entries, 0)))
+    return failure();
+  int64_t t = sel.dim(0), k = sel.dim(2), e = entries.dim(1);
+  if (!ShapedType::isDynamic(t) && !ShapedType::isDynamic(k) &&
+      !ShapedType::isDynamic(e) && e != t * k)
+    return op->emitOpError()
+           << "entries must hold tokens * K = " << t << " * " << k << " = "
+           << t * k << " slots per head, got " << e;
+  return success();
+}
+
+} // namespace
+
+LogicalResult GroupQueriesOp::verify() {
+  Checker c(*this);
+  Named sel("selected", getSelected());
+  if (failed(c.atLeastOne("block_size", getBlockSize())) ||
+      failed(c.cuSeqlens(getCuSeqlens(), sel.dim(0))))
+    return failure();
+  return verifyGroups(*this, getSelected(), getStartsInit(), getCountsInit(),
+                      getEntriesInit());
+}
+
+//===----------------------------------------------------------------------===//
+// GroupedBlockAttentionOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange GroupedBlockAttentionOp::getDpsInitsMutable() {
+  return trailingOperands(*this, 2);
+}
+
+LogicalResult GroupedBlockAttentionOp::verify() {
+  if (failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
+                                           getCuSeqlens(), getSelected(),
+                                           getBlockSize(), getScaleAttr())) ||
+      failed(verifyGroups(*this, getSelected(), getStarts(), getCounts(),
+                          getEntries())))
+    return failure();
+  Checker c(*this);
+  Named q("q", getQ()), sel("selected", getSelected()),
+      out("partial_out_init", getPartialOutInit()),
+      lse("partial_lse_init", getPartialLseInit());
+  if (failed(c.rank(out, 4, "[K, tokens, query heads, head_dim]")) ||
+      failed(c.rank(lse, 3, "[K, tokens, query heads]")) ||
+      failed(c.sameDim("K", sel, 2, out, 0)) ||
+      failed(c.sameDim("K", sel, 2, lse, 0)))
+    return failure();
+  for (int64_t i = 0; i < 3; ++i)
+    if (failed(c.sameDim("dim " + std::to_string(i), q, i, out, i + 1)))
+      return failure();
+  for (int64_t i = 0; i < 2; ++i)
+    if (failed(c.sameDim("dim " + std::to_string(i), q, i, lse, i + 1)))
+      return failure();
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "moba/Dialect/Moba/IR/MobaOps.cpp.inc"

@@ -168,42 +168,15 @@ SmallVector<Value> LoopEmitter::forEachAttendedRange(
   if (!selectedRow)
     return visit(b, seq.start, seq.end, inits);
 
-  auto rowType = cast<VectorType>(selectedRow.getType());
-  int64_t k = rowType.getShape().front();
-  SmallVector<int32_t> slots(k);
-  for (int64_t i = 0; i < k; ++i)
-    slots[i] = i;
-  Value slotIds = arith::ConstantOp::create(
-      b, DenseElementsAttr::get(VectorType::get({k}, b.getI32Type()),
-                                ArrayRef<int32_t>(slots)));
+  int64_t k = cast<VectorType>(selectedRow.getType()).getShape().front();
   Value block = index(blockSize);
   return forLoop(
       index(0), index(k), inits,
       [&](ImplicitLocOpBuilder &nb, Value slot, ValueRange args) {
         LoopEmitter e(nb);
-        Value slotI32 = arith::IndexCastOp::create(nb, nb.getI32Type(), slot);
         Value blockI32 = vector::ExtractOp::create(nb, selectedRow,
                                                    OpFoldResult(slot));
-        // Listed earlier in the row: same block in a slot below this one.
-        Value same = arith::CmpIOp::create(nb, arith::CmpIPredicate::eq,
-                                           selectedRow, e.splat(blockI32, k));
-        Value earlier = arith::CmpIOp::create(nb, arith::CmpIPredicate::slt,
-                                              slotIds, e.splat(slotI32, k));
-        Value repeats = vector::ReductionOp::create(
-            nb, vector::CombiningKind::OR,
-            arith::AndIOp::create(nb, same, earlier));
-        Value numBlocksI32 =
-            arith::IndexCastOp::create(nb, nb.getI32Type(), seq.numBlocks);
-        Value valid = arith::AndIOp::create(
-            nb,
-            arith::CmpIOp::create(nb, arith::CmpIPredicate::sge, blockI32,
-                                  e.i32(0)),
-            arith::CmpIOp::create(nb, arith::CmpIPredicate::slt, blockI32,
-                                  numBlocksI32));
-        Value firstTime = arith::XOrIOp::create(
-            nb, repeats,
-            arith::ConstantOp::create(nb, nb.getBoolAttr(true)));
-        Value take = arith::AndIOp::create(nb, valid, firstTime);
+        Value take = e.slotAttends(seq, selectedRow, slot);
         auto ifOp = scf::IfOp::create(
             nb, take,
             [&](OpBuilder &tb, Location loc) {
@@ -466,6 +439,36 @@ Sequence LoopEmitter::locateToken(Value cuSeqlens, int64_t blockSize,
       /*found=*/nullptr);
 }
 
+Value LoopEmitter::slotAttends(const Sequence &seq, Value selectedRow,
+                               Value slot) {
+  int64_t k = cast<VectorType>(selectedRow.getType()).getShape().front();
+  SmallVector<int32_t> slots(k);
+  for (int64_t i = 0; i < k; ++i)
+    slots[i] = i;
+  Value slotIds = arith::ConstantOp::create(
+      b, DenseElementsAttr::get(VectorType::get({k}, b.getI32Type()),
+                                ArrayRef<int32_t>(slots)));
+  Value slotI32 = arith::IndexCastOp::create(b, b.getI32Type(), slot);
+  Value blockI32 =
+      vector::ExtractOp::create(b, selectedRow, OpFoldResult(slot));
+  // Listed earlier in the row: same block in a slot below this one.
+  Value same = arith::CmpIOp::create(b, arith::CmpIPredicate::eq, selectedRow,
+                                     splat(blockI32, k));
+  Value earlier = arith::CmpIOp::create(b, arith::CmpIPredicate::slt, slotIds,
+                                        splat(slotI32, k));
+  Value repeats = vector::ReductionOp::create(
+      b, vector::CombiningKind::OR, arith::AndIOp::create(b, same, earlier));
+  Value numBlocksI32 =
+      arith::IndexCastOp::create(b, b.getI32Type(), seq.numBlocks);
+  Value valid = arith::AndIOp::create(
+      b, arith::CmpIOp::create(b, arith::CmpIPredicate::sge, blockI32, i32(0)),
+      arith::CmpIOp::create(b, arith::CmpIPredicate::slt, blockI32,
+                            numBlocksI32));
+  Value firstTime = arith::XOrIOp::create(
+      b, repeats, arith::ConstantOp::create(b, b.getBoolAttr(true)));
+  return arith::AndIOp::create(b, valid, firstTime);
+}
+
 Sequence LoopEmitter::locateBlockRow(Value cuSeqlens, int64_t blockSize,
                                      Value row, Value &blockIndex,
                                      Value &valid) {
@@ -505,30 +508,44 @@ mlir::moba::emitParallelAttention(ImplicitLocOpBuilder &b, SparseAttentionOp op,
         Sequence seq = ne.locateToken(op.getCuSeqlens(), op.getBlockSize(), t);
         Value kvHead = arith::DivUIOp::create(nb, h, ne.index(group));
         Value queryRow = ne.readRow(q, {t, h});
-        Value selectedRow;
-        if (selected) {
-          int64_t k = cast<RankedTensorType>(selected.getType()).getShape().back();
-          selectedRow = vector::TransferReadOp::create(
-              nb, VectorType::get({k}, nb.getI32Type()), selected,
-              ValueRange{t, h, ne.index(0)}, ne.i32(-1), ArrayRef<bool>{true});
-        }
+        Value selectedRow =
+            selected ? ne.readSelectionRow(selected, t, h) : Value();
         QueryResult r = body(nb, seq, t, kvHead, queryRow, selectedRow);
-        OpFoldResult one = nb.getIndexAttr(1), zero = nb.getIndexAttr(0);
-        SmallVector<OpFoldResult> rowOffsets = {t, h, zero};
-        SmallVector<OpFoldResult> rowSizes = {one, one,
-                                              nb.getIndexAttr(headDim)};
-        Value outSlice = tensor::ExtractSliceOp::create(
-            nb, outs[0], rowOffsets, rowSizes,
-            SmallVector<OpFoldResult>(3, one));
-        outSlice = ne.writeRow(r.row, outSlice, {ne.index(0), ne.index(0)});
-        SmallVector<OpFoldResult> lseOffsets = {t, h}, lseSizes = {one, one};
-        Value lseSlice = tensor::ExtractSliceOp::create(
-            nb, outs[1], lseOffsets, lseSizes,
-            SmallVector<OpFoldResult>(2, one));
-        lseSlice = tensor::InsertOp::create(
-            nb, r.lse, lseSlice, ValueRange{ne.index(0), ne.index(0)});
-        return {{outSlice, outs[0], rowOffsets, rowSizes},
-                {lseSlice, outs[1], lseOffsets, lseSizes}};
+        return ne.rowAndScalarWrites(outs[0], outs[1], {t, h}, r.row, r.lse);
       });
   return {results[0], results[1]};
+}
+
+Value LoopEmitter::readSelectionRow(Value selected, Value t, Value h) {
+  int64_t k = cast<RankedTensorType>(selected.getType()).getShape().back();
+  return vector::TransferReadOp::create(
+      b, VectorType::get({k}, b.getI32Type()), selected,
+      ValueRange{t, h, index(0)}, i32(-1), ArrayRef<bool>{true});
+}
+
+SmallVector<SliceWrite> LoopEmitter::rowAndScalarWrites(Value rows,
+                                                        Value scalars,
+                                                        ValueRange indices,
+                                                        Value row,
+                                                        Value scalar) {
+  auto rowsType = cast<RankedTensorType>(rows.getType());
+  int64_t width = rowsType.getShape().back();
+  OpFoldResult one = b.getIndexAttr(1), zero = b.getIndexAttr(0);
+  SmallVector<OpFoldResult> rowOffsets = getAsOpFoldResult(indices);
+  rowOffsets.push_back(zero);
+  SmallVector<OpFoldResult> rowSizes(indices.size(), one);
+  rowSizes.push_back(b.getIndexAttr(width));
+  SmallVector<OpFoldResult> unit(rowOffsets.size(), one);
+  Value rowSlice =
+      tensor::ExtractSliceOp::create(b, rows, rowOffsets, rowSizes, unit);
+  SmallVector<Value> zeros(indices.size(), index(0));
+  rowSlice = writeRow(row, rowSlice, zeros);
+  SmallVector<OpFoldResult> scalarOffsets = getAsOpFoldResult(indices);
+  SmallVector<OpFoldResult> scalarSizes(indices.size(), one);
+  Value scalarSlice = tensor::ExtractSliceOp::create(
+      b, scalars, scalarOffsets, scalarSizes,
+      SmallVector<OpFoldResult>(indices.size(), one));
+  scalarSlice = tensor::InsertOp::create(b, scalar, scalarSlice, zeros);
+  return {{rowSlice, rows, rowOffsets, rowSizes},
+          {scalarSlice, scalars, scalarOffsets, scalarSizes}};
 }

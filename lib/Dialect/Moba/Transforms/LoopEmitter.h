@@ -119,6 +119,21 @@ public:
                                           Value queryToken, Value selectedRow,
                                           ValueRange inits, KeyRangeBody body);
 
+  /// Whether slot `slot` (index) of the selection row `selectedRow` names a
+  /// block the query attends: 0 <= block < seq.numBlocks, and no lower slot
+  /// of the row names the same block (a block listed twice counts once).
+  Value slotAttends(const Sequence &seq, Value selectedRow, Value slot);
+
+  /// The selection row `selected[t, h, :]` as a vector<K x i32>.
+  Value readSelectionRow(Value selected, Value t, Value h);
+
+  /// Two writes of a parallel iteration: the f32 `row` into `rows` at
+  /// `indices` (the row being the innermost dim), and the scalar `scalar`
+  /// into `scalars` at `indices`.
+  SmallVector<SliceWrite> rowAndScalarWrites(Value rows, Value scalars,
+                                             ValueRange indices, Value row,
+                                             Value scalar);
+
   /// An empty running top-k of `k` entries.
   TopKState emptyTopK(int64_t k);
   /// Inserts block `blockIndex` (i32) with `score` into `state`. Blocks

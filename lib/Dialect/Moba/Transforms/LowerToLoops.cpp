@@ -12,6 +12,7 @@
 #include "moba/Dialect/Moba/IR/MobaOps.h"
 #include "moba/Dialect/Moba/Transforms/Passes.h"
 
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Transforms/WalkPatternRewriteDriver.h"
 
 #include <limits>
@@ -345,6 +346,56 @@ struct LowerGateTopK : LoweringPattern<GateTopKOp> {
 // moba.sparse_attention, untiled: exact two-pass softmax
 //===----------------------------------------------------------------------===//
 
+/// Attention of query row `q` (f32, token `t`, key/value head `g`) to the
+/// key ranges of `selectedRow` (null: the whole sequence) with an exact
+/// two-pass softmax: the maximum score first, then the sum and the weighted
+/// values.
+QueryResult exactSoftmaxAttention(ImplicitLocOpBuilder &qb, const Sequence &seq,
+                                  Value t, Value g, Value q, Value selectedRow,
+                                  Value keys, Value values, int64_t blockSize,
+                                  bool causal, double scale) {
+  LoopEmitter e(qb);
+  int64_t headDim = cast<VectorType>(q.getType()).getShape().front();
+  Value scaleValue = e.f32(scale);
+  auto scoreAt = [&](ImplicitLocOpBuilder &kb, Value s) {
+    LoopEmitter ke(kb);
+    return arith::MulFOp::create(kb, ke.dot(q, ke.readRow(keys, {s, g})),
+                                 scaleValue)
+        .getResult();
+  };
+  // Pass 1: the maximum score.
+  Value m = e.forEachAttendedRange(
+      seq, blockSize, causal, t, selectedRow, ValueRange{e.f32(kNegInf)},
+      [&](ImplicitLocOpBuilder &rb, Value first, Value last, ValueRange c) {
+        LoopEmitter re(rb);
+        return re.forLoop(first, last, c,
+                          [&](ImplicitLocOpBuilder &kb, Value s,
+                              ValueRange kc) -> SmallVector<Value> {
+                            return {arith::MaximumFOp::create(
+                                kb, kc[0], scoreAt(kb, s))};
+                          });
+      })[0];
+  // Pass 2: the sum and the weighted values.
+  SmallVector<Value> sums = e.forEachAttendedRange(
+      seq, blockSize, causal, t, selectedRow,
+      ValueRange{e.f32(0.0), e.splat(e.f32(0.0), headDim)},
+      [&](ImplicitLocOpBuilder &rb, Value first, Value last, ValueRange c) {
+        LoopEmitter re(rb);
+        return re.forLoop(
+            first, last, c,
+            [&](ImplicitLocOpBuilder &kb, Value s,
+                ValueRange kc) -> SmallVector<Value> {
+              LoopEmitter ke(kb);
+              Value p = math::ExpOp::create(
+                  kb, arith::SubFOp::create(kb, scoreAt(kb, s), m));
+              Value acc = vector::FMAOp::create(
+                  kb, ke.splat(p, headDim), ke.readRow(values, {s, g}), kc[1]);
+              return {arith::AddFOp::create(kb, kc[0], p), acc};
+            });
+      });
+  return finishSoftmax(qb, m, sums[0], sums[1]);
+}
+
 struct LowerSparseAttention : LoweringPattern<SparseAttentionOp> {
   using LoweringPattern::LoweringPattern;
 
@@ -353,58 +404,13 @@ struct LowerSparseAttention : LoweringPattern<SparseAttentionOp> {
     if (failed(checkLowerable(rewriter, op)))
       return failure();
     ImplicitLocOpBuilder b(op.getLoc(), rewriter);
-    int64_t blockSize = op.getBlockSize();
-    int64_t headDim = op.getQ().getType().getDimSize(2);
-    bool causal = op.getCausal();
-    double scale = op.getScale().convertToDouble();
-    Value keys = op.getK(), values = op.getV();
-
     auto body = [&](ImplicitLocOpBuilder &qb, const Sequence &seq, Value t,
-                    Value g, Value q, Value selectedRow) -> QueryResult {
-          LoopEmitter e(qb);
-          Value scaleValue = e.f32(scale);
-          auto scoreAt = [&](ImplicitLocOpBuilder &kb, Value s) {
-            LoopEmitter ke(kb);
-            return arith::MulFOp::create(
-                       kb, ke.dot(q, ke.readRow(keys, {s, g})), scaleValue)
-                .getResult();
-          };
-          // Pass 1: the maximum score.
-          Value m = e.forEachAttendedRange(
-              seq, blockSize, causal, t, selectedRow,
-              ValueRange{e.f32(kNegInf)},
-              [&](ImplicitLocOpBuilder &rb, Value first, Value last,
-                  ValueRange c) {
-                LoopEmitter re(rb);
-                return re.forLoop(first, last, c,
-                                  [&](ImplicitLocOpBuilder &kb, Value s,
-                                      ValueRange kc) -> SmallVector<Value> {
-                                    return {arith::MaximumFOp::create(
-                                        kb, kc[0], scoreAt(kb, s))};
-                                  });
-              })[0];
-          // Pass 2: the sum and the weighted values.
-          SmallVector<Value> sums = e.forEachAttendedRange(
-              seq, blockSize, causal, t, selectedRow,
-              ValueRange{e.f32(0.0), e.splat(e.f32(0.0), headDim)},
-              [&](ImplicitLocOpBuilder &rb, Value first, Value last,
-                  ValueRange c) {
-                LoopEmitter re(rb);
-                return re.forLoop(
-                    first, last, c,
-                    [&](ImplicitLocOpBuilder &kb, Value s,
-                        ValueRange kc) -> SmallVector<Value> {
-                      LoopEmitter ke(kb);
-                      Value p = math::ExpOp::create(
-                          kb, arith::SubFOp::create(kb, scoreAt(kb, s), m));
-                      Value acc = vector::FMAOp::create(
-                          kb, ke.splat(p, headDim),
-                          ke.readRow(values, {s, g}), kc[1]);
-                      return {arith::AddFOp::create(kb, kc[0], p), acc};
-                    });
-              });
-          return finishSoftmax(qb, m, sums[0], sums[1]);
-        };
+                    Value g, Value q, Value selectedRow) {
+      return exactSoftmaxAttention(qb, seq, t, g, q, selectedRow, op.getK(),
+                                   op.getV(), op.getBlockSize(),
+                                   op.getCausal(),
+                                   op.getScale().convertToDouble());
+    };
     auto [out, lse] = parallel ? emitParallelAttention(b, op, body)
                                : emitAttentionLoops(b, op, /*tileQ=*/0, body);
     rewriter.replaceOp(op, {out, lse});
@@ -421,59 +427,450 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
 
   LogicalResult matchAndRewrite(LseMergeOp op,
                                 PatternRewriter &rewriter) const override {
-    if (parallel)
-      return op.emitOpError("parallel lowering of moba.lse_merge is not "
-                            "implemented yet");
-    if (failed(checkStaticHeadsAndHeadDim(rewriter, op, {op.getOutInit()})) ||
-        op.getPartials().getType().isDynamicDim(0))
-      return rewriter.notifyMatchFailure(op, "dynamic partials or heads");
+    if (failed(checkStaticHeadsAndHeadDim(rewriter, op, {op.getOutInit()})))
+      return failure();
+    if (op.getPartials().getType().isDynamicDim(0))
+      return op.emitOpError("lowering to loops needs a static number of "
+                            "partials (dim 0 of partials)");
     ImplicitLocOpBuilder b(op.getLoc(), rewriter);
     LoopEmitter e(b);
     Value parts = op.getPartials(), partLse = op.getPartialLse();
     int64_t numParts = op.getPartials().getType().getDimSize(0);
     int64_t numHeads = op.getOutInit().getType().getDimSize(1);
     int64_t headDim = op.getOutInit().getType().getDimSize(2);
-    Value tokens = tensor::DimOp::create(b, op.getOutInit(), 0);
+    // m = max_p lse_p; l = sum_p exp(lse_p - m); acc = sum_p exp(lse_p - m)
+    // * o_p; all -inf gives l = 0, hence zeros and -inf.
+    auto merge = [&](ImplicitLocOpBuilder &hb, Value t, Value h) {
+      LoopEmitter he(hb);
+      SmallVector<Value> lses;
+      Value m = he.f32(kNegInf);
+      for (int64_t p = 0; p < numParts; ++p) {
+        lses.push_back(tensor::ExtractOp::create(
+            hb, partLse, ValueRange{he.index(p), t, h}));
+        m = arith::MaximumFOp::create(hb, m, lses.back());
+      }
+      Value finite =
+          arith::CmpFOp::create(hb, arith::CmpFPredicate::OGT, m,
+                                he.f32(kNegInf));
+      Value shift = arith::SelectOp::create(hb, finite, m, he.f32(0.0));
+      Value l = he.f32(0.0);
+      Value acc = he.splat(he.f32(0.0), headDim);
+      for (int64_t p = 0; p < numParts; ++p) {
+        Value w = math::ExpOp::create(
+            hb, arith::SubFOp::create(hb, lses[p], shift));
+        l = arith::AddFOp::create(hb, l, w);
+        acc = vector::FMAOp::create(hb, he.splat(w, headDim),
+                                    he.readRow(parts, {he.index(p), t, h}),
+                                    acc);
+      }
+      return finishSoftmax(hb, shift, l, acc);
+    };
+
+    OpFoldResult tokens =
+        tensor::getMixedSize(b, b.getLoc(), op.getOutInit(), 0);
+    SmallVector<Value> results;
+    if (parallel) {
+      results = e.forall(
+          {tokens, b.getIndexAttr(numHeads)},
+          ValueRange{op.getOutInit(), op.getLseInit()},
+          [&](ImplicitLocOpBuilder &pb, ValueRange ivs, ValueRange outs) {
+            LoopEmitter pe(pb);
+            QueryResult r = merge(pb, ivs[0], ivs[1]);
+            return pe.rowAndScalarWrites(outs[0], outs[1], ivs, r.row, r.lse);
+          });
+    } else {
+      results = e.forLoop(
+          e.index(0), getValueOrCreateConstantIndexOp(b, b.getLoc(), tokens),
+          ValueRange{op.getOutInit(), op.getLseInit()},
+          [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
+            LoopEmitter te(tb);
+            return te.forLoop(
+                te.index(0), te.index(numHeads), tc,
+                [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
+                  LoopEmitter he(hb);
+                  QueryResult r = merge(hb, t, h);
+                  Value out = he.writeRow(r.row, hc[0], {t, h});
+                  Value lse = tensor::InsertOp::create(hb, r.lse, hc[1],
+                                                       ValueRange{t, h});
+                  return SmallVector<Value>{out, lse};
+                });
+          });
+    }
+    rewriter.replaceOp(op, results);
+    return success();
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// moba.group_queries
+//===----------------------------------------------------------------------===//
+
+/// t * K + s, the entry of slot s of token t (i32).
+Value slotEntry(ImplicitLocOpBuilder &b, Value t, Value s, int64_t k) {
+  LoopEmitter e(b);
+  return arith::IndexCastOp::create(
+      b, b.getI32Type(),
+      arith::AddIOp::create(b, arith::MulIOp::create(b, t, e.index(k)), s));
+}
+
+struct LowerGroupQueries : LoweringPattern<GroupQueriesOp> {
+  using LoweringPattern::LoweringPattern;
+
+  LogicalResult matchAndRewrite(GroupQueriesOp op,
+                                PatternRewriter &rewriter) const override {
+    auto selType = op.getSelected().getType();
+    if (selType.isDynamicDim(1) || selType.isDynamicDim(2))
+      return op.emitOpError("lowering to loops needs static query heads and "
+                            "K (dims 1 and 2 of selected)");
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    LoopEmitter e(b);
+    Value selected = op.getSelected(), cu = op.getCuSeqlens();
+    int64_t blockSize = op.getBlockSize();
+    int64_t numHeads = selType.getDimSize(1), k = selType.getDimSize(2);
+    SmallVector<Value> results =
+        parallel ? emitParallel(b, op, selected, cu, blockSize, numHeads, k)
+                 : emitSerial(b, op, selected, cu, blockSize, numHeads, k);
+    rewriter.replaceOp(op, results);
+    return success();
+  }
+
+private:
+  /// One pass over the tokens counts, a prefix sum places, a second pass
+  /// fills: each (h, r) keeps a cursor, so entries come out ordered by token
+  /// then slot.
+  SmallVector<Value> emitSerial(ImplicitLocOpBuilder &b, GroupQueriesOp op,
+                                Value selected, Value cu, int64_t blockSize,
+                                int64_t numHeads, int64_t k) const {
+    LoopEmitter e(b);
+    Value rows = tensor::DimOp::create(b, op.getCountsInit(), 1);
+    Value counts =
+        linalg::FillOp::create(b, ValueRange{e.i32(0)},
+                               ValueRange{op.getCountsInit()})
+            .getResult(0);
+    Value entries =
+        linalg::FillOp::create(b, ValueRange{e.i32(-1)},
+                               ValueRange{op.getEntriesInit()})
+            .getResult(0);
+    // Runs `visit` on every attending slot, in token, head, slot order.
+    using SlotVisit = function_ref<SmallVector<Value>(
+        ImplicitLocOpBuilder &, Value t, Value h, Value s, Value row,
+        ValueRange)>;
+    auto forEachSlot = [&](ValueRange inits, SlotVisit visit) {
+      return e.forEachTokenAndHead(
+          cu, blockSize, numHeads, inits,
+          [&](ImplicitLocOpBuilder &tb, const Sequence &seq, Value t, Value h,
+              ValueRange tc) {
+            LoopEmitter te(tb);
+            Value selRow = te.readSelectionRow(selected, t, h);
+            return te.forLoop(
+                te.index(0), te.index(k), tc,
+                [&](ImplicitLocOpBuilder &sb, Value s, ValueRange sc) {
+                  LoopEmitter se(sb);
+                  Value take = se.slotAttends(seq, selRow, s);
+                  Value j = arith::IndexCastOp::create(
+                      sb, sb.getIndexType(),
+                      vector::ExtractOp::create(sb, selRow, OpFoldResult(s)));
+                  auto ifOp = scf::IfOp::create(
+                      sb, take,
+                      [&](OpBuilder &ob, Location loc) {
+                        ImplicitLocOpBuilder ib(loc, ob);
+                        Value row = arith::AddIOp::create(ib, seq.blockOffset,
+                                                          j);
+                        scf::YieldOp::create(ib, visit(ib, t, h, s, row, sc));
+                      },
+                      [&](OpBuilder &ob, Location loc) {
+                        scf::YieldOp::create(ob, loc, sc);
+                      });
+                  return SmallVector<Value>(ifOp.getResults());
+                });
+          });
+    };
+    auto bump = [](ImplicitLocOpBuilder &ib, Value tensor, Value h, Value row,
+                   Value by) {
+      Value old = tensor::ExtractOp::create(ib, tensor, ValueRange{h, row});
+      return tensor::InsertOp::create(ib, arith::AddIOp::create(ib, old, by),
+                                      tensor, ValueRange{h, row})
+          .getResult();
+    };
+    counts = forEachSlot(
+        ValueRange{counts},
+        [&](ImplicitLocOpBuilder &ib, Value, Value h, Value, Value row,
+            ValueRange c) {
+          LoopEmitter ie(ib);
+          return SmallVector<Value>{bump(ib, c[0], h, row, ie.i32(1))};
+        })[0];
+    // starts[h, r] = sum_{r' < r} counts[h, r'].
+    Value starts = e.forLoop(
+        e.index(0), e.index(numHeads), ValueRange{op.getStartsInit()},
+        [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
+          LoopEmitter he(hb);
+          return SmallVector<Value>{he.forLoop(
+              he.index(0), rows, ValueRange{hc[0], he.i32(0)},
+              [&](ImplicitLocOpBuilder &rb, Value r, ValueRange rc) {
+                Value placed = tensor::InsertOp::create(rb, rc[1], rc[0],
+                                                        ValueRange{h, r});
+                Value count =
+                    tensor::ExtractOp::create(rb, counts, ValueRange{h, r});
+                return SmallVector<Value>{
+                    placed, arith::AddIOp::create(rb, rc[1], count)};
+              })[0]};
+        })[0];
+    entries = forEachSlot(
+        ValueRange{entries, starts},
+        [&](ImplicitLocOpBuilder &ib, Value t, Value h, Value s, Value row,
+            ValueRange c) {
+          LoopEmitter ie(ib);
+          Value cursor = tensor::ExtractOp::create(ib, c[1], ValueRange{h, row});
+          Value at = arith::IndexCastOp::create(ib, ib.getIndexType(), cursor);
+          Value filled = tensor::InsertOp::create(
+              ib, slotEntry(ib, t, s, k), c[0], ValueRange{h, at});
+          return SmallVector<Value>{filled, bump(ib, c[1], h, row, ie.i32(1))};
+        })[0];
+    return {starts, counts, entries};
+  }
+
+  /// Three parallel passes over (head, block row): count the block's
+  /// slots, place the group (a prefix sum over the head's earlier rows),
+  /// fill the group's entries; entries outside every group are -1.
+  SmallVector<Value> emitParallel(ImplicitLocOpBuilder &b, GroupQueriesOp op,
+                                  Value selected, Value cu, int64_t blockSize,
+                                  int64_t numHeads, int64_t k) const {
+    LoopEmitter e(b);
+    OpFoldResult rows =
+        tensor::getMixedSize(b, b.getLoc(), op.getCountsInit(), 1);
+    OpFoldResult width =
+        tensor::getMixedSize(b, b.getLoc(), op.getEntriesInit(), 1);
+    OpFoldResult heads = b.getIndexAttr(numHeads);
+    OpFoldResult one = b.getIndexAttr(1);
+    // Folds `visit` over the attending slots of block row `row` of head h:
+    // every slot of every token of the row's sequence naming its block.
+    using SlotVisit = function_ref<SmallVector<Value>(
+        ImplicitLocOpBuilder &, Value t, Value s, ValueRange)>;
+    auto foldRow = [&](ImplicitLocOpBuilder &pb, Value h, Value row,
+                       ValueRange inits, SlotVisit visit) {
+      LoopEmitter pe(pb);
+      Value j, valid;
+      Sequence seq = pe.locateBlockRow(cu, blockSize, row, j, valid);
+      Value jI32 = arith::IndexCastOp::create(pb, pb.getI32Type(), j);
+      // Rows past the batch's last block visit no token.
+      Value end = arith::SelectOp::create(pb, valid, seq.end, seq.start);
+      return pe.forLoop(
+          seq.start, end, inits,
+          [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
+            LoopEmitter te(tb);
+            Value selRow = te.readSelectionRow(selected, t, h);
+            return te.forLoop(
+                te.index(0), te.index(k), tc,
+                [&](ImplicitLocOpBuilder &sb, Value s, ValueRange sc) {
+                  LoopEmitter se(sb);
+                  Value named = arith::CmpIOp::create(
+                      sb, arith::CmpIPredicate::eq,
+                      vector::ExtractOp::create(sb, selRow, OpFoldResult(s)),
+                      jI32);
+                  Value take = arith::AndIOp::create(
+                      sb, named, se.slotAttends(seq, selRow, s));
+                  auto ifOp = scf::IfOp::create(
+                      sb, take,
+                      [&](OpBuilder &ob, Location loc) {
+                        ImplicitLocOpBuilder ib(loc, ob);
+                        scf::YieldOp::create(ib, visit(ib, t, s, sc));
+                      },
+                      [&](OpBuilder &ob, Location loc) {
+                        scf::YieldOp::create(ob, loc, sc);
+                      });
+                  return SmallVector<Value>(ifOp.getResults());
+                });
+          });
+    };
+    auto scalarWrite = [&](ImplicitLocOpBuilder &pb, Value value, Value dest,
+                           ValueRange ivs) -> SliceWrite {
+      LoopEmitter pe(pb);
+      SmallVector<OpFoldResult> offsets = getAsOpFoldResult(ivs);
+      SmallVector<OpFoldResult> sizes(2, one);
+      Value slice = tensor::ExtractSliceOp::create(
+          pb, dest, offsets, sizes, SmallVector<OpFoldResult>(2, one));
+      slice = tensor::InsertOp::create(pb, value, slice,
+                                       ValueRange{pe.index(0), pe.index(0)});
+      return {slice, dest, offsets, sizes};
+    };
+
+    Value counts =
+        e.forall({heads, rows}, ValueRange{op.getCountsInit()},
+                 [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+                     ValueRange outs) -> SmallVector<SliceWrite> {
+                   LoopEmitter pe(pb);
+                   Value n = foldRow(
+                       pb, ivs[0], ivs[1], ValueRange{pe.i32(0)},
+                       [&](ImplicitLocOpBuilder &ib, Value, Value,
+                           ValueRange c) -> SmallVector<Value> {
+                         LoopEmitter ie(ib);
+                         return {arith::AddIOp::create(ib, c[0], ie.i32(1))};
+                       })[0];
+                   return {scalarWrite(pb, n, outs[0], ivs)};
+                 })[0];
+    Value starts =
+        e.forall({heads, rows}, ValueRange{op.getStartsInit()},
+                 [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+                     ValueRange outs) -> SmallVector<SliceWrite> {
+                   LoopEmitter pe(pb);
+                   Value start = pe.forLoop(
+                       pe.index(0), ivs[1], ValueRange{pe.i32(0)},
+                       [&](ImplicitLocOpBuilder &rb, Value r,
+                           ValueRange c) -> SmallVector<Value> {
+                         return {arith::AddIOp::create(
+                             rb, c[0],
+                             tensor::ExtractOp::create(
+                                 rb, counts, ValueRange{ivs[0], r}))};
+                       })[0];
+                   return {scalarWrite(pb, start, outs[0], ivs)};
+                 })[0];
+    Value unfilled =
+        e.forall({heads, width}, ValueRange{op.getEntriesInit()},
+                 [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+                     ValueRange outs) -> SmallVector<SliceWrite> {
+                   LoopEmitter pe(pb);
+                   return {scalarWrite(pb, pe.i32(-1), outs[0], ivs)};
+                 })[0];
+    Value entries = e.forall(
+        {heads, rows}, ValueRange{unfilled},
+        [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+            ValueRange outs) -> SmallVector<SliceWrite> {
+          LoopEmitter pe(pb);
+          Value h = ivs[0], row = ivs[1];
+          Value count = arith::IndexCastOp::create(
+              pb, pb.getIndexType(),
+              tensor::ExtractOp::create(pb, counts, ValueRange{h, row}));
+          Value start = arith::IndexCastOp::create(
+              pb, pb.getIndexType(),
+              tensor::ExtractOp::create(pb, starts, ValueRange{h, row}));
+          SmallVector<OpFoldResult> offsets = {h, start};
+          SmallVector<OpFoldResult> sizes = {one, count};
+          // The group's slice of the head's entries, filled in order.
+          Value group = tensor::ExtractSliceOp::create(
+              pb, RankedTensorType::get({ShapedType::kDynamic},
+                                        pb.getI32Type()),
+              outs[0], offsets, sizes, SmallVector<OpFoldResult>(2, one));
+          Value filled = foldRow(
+              pb, h, row, ValueRange{group, pe.index(0)},
+              [&](ImplicitLocOpBuilder &ib, Value t, Value s,
+                  ValueRange c) -> SmallVector<Value> {
+                LoopEmitter ie(ib);
+                return {tensor::InsertOp::create(ib, slotEntry(ib, t, s, k),
+                                                 c[0], ValueRange{c[1]}),
+                        arith::AddIOp::create(ib, c[1], ie.index(1))};
+              })[0];
+          return {{filled, outs[0], offsets, sizes}};
+        })[0];
+    return {starts, counts, entries};
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// moba.grouped_block_attention
+//===----------------------------------------------------------------------===//
+
+struct LowerGroupedBlockAttention
+    : LoweringPattern<GroupedBlockAttentionOp> {
+  using LoweringPattern::LoweringPattern;
+
+  LogicalResult matchAndRewrite(GroupedBlockAttentionOp op,
+                                PatternRewriter &rewriter) const override {
+    if (failed(checkStaticHeadsAndHeadDim(
+            rewriter, op,
+            {op.getQ(), op.getK(), op.getV(), op.getSelected()})))
+      return failure();
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    LoopEmitter e(b);
+    int64_t blockSize = op.getBlockSize();
+    bool causal = op.getCausal();
+    double scale = op.getScale().convertToDouble();
+    auto qType = op.getQ().getType();
+    int64_t numHeads = qType.getDimSize(1), headDim = qType.getDimSize(2);
+    int64_t group = numHeads / op.getK().getType().getDimSize(1);
+    int64_t k = op.getSelected().getType().getDimSize(2);
+    Value cu = op.getCuSeqlens();
+    // The partial of token t, head h over local block j (i32; -1 or any
+    // invalid index attends nothing).
+    auto attendBlock = [&](ImplicitLocOpBuilder &ab, const Sequence &seq,
+                           Value t, Value h, Value j) {
+      LoopEmitter ae(ab);
+      Value g = arith::DivUIOp::create(ab, h, ae.index(group));
+      Value row = vector::BroadcastOp::create(
+          ab, VectorType::get({1}, ab.getI32Type()), j);
+      return exactSoftmaxAttention(ab, seq, t, g, ae.readRow(op.getQ(), {t, h}),
+                                   row, op.getK(), op.getV(), blockSize,
+                                   causal, scale);
+    };
+
+    if (parallel) {
+      // One iteration per slot, reading the selection: the SIMT form.
+      OpFoldResult tokens = tensor::getMixedSize(b, b.getLoc(), op.getQ(), 0);
+      SmallVector<Value> results = e.forall(
+          {b.getIndexAttr(k), tokens, b.getIndexAttr(numHeads)},
+          ValueRange{op.getPartialOutInit(), op.getPartialLseInit()},
+          [&](ImplicitLocOpBuilder &pb, ValueRange ivs, ValueRange outs) {
+            LoopEmitter pe(pb);
+            Value s = ivs[0], t = ivs[1], h = ivs[2];
+            Sequence seq = pe.locateToken(cu, blockSize, t);
+            Value selRow = pe.readSelectionRow(op.getSelected(), t, h);
+            Value j = arith::SelectOp::create(
+                pb, pe.slotAttends(seq, selRow, s),
+                vector::ExtractOp::create(pb, selRow, OpFoldResult(s)),
+                pe.i32(-1));
+            QueryResult r = attendBlock(pb, seq, t, h, j);
+            return pe.rowAndScalarWrites(outs[0], outs[1], ivs, r.row, r.lse);
+          });
+      rewriter.replaceOp(op, results);
+      return success();
+    }
+
+    // Serial: every slot starts empty; then per (head, block row) the
+    // group's entries, as a tensor-core kernel walks them.
+    Value partialOut =
+        linalg::FillOp::create(b, ValueRange{e.f32(0.0)},
+                               ValueRange{op.getPartialOutInit()})
+            .getResult(0);
+    Value partialLse =
+        linalg::FillOp::create(b, ValueRange{e.f32(kNegInf)},
+                               ValueRange{op.getPartialLseInit()})
+            .getResult(0);
+    Value rows = tensor::DimOp::create(b, op.getCounts(), 1);
     SmallVector<Value> results = e.forLoop(
-        e.index(0), tokens, ValueRange{op.getOutInit(), op.getLseInit()},
-        [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
-          LoopEmitter te(tb);
-          return te.forLoop(
-              te.index(0), te.index(numHeads), tc,
-              [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
-                LoopEmitter he(hb);
-                // m = max_p lse_p; l = sum_p exp(lse_p - m);
-                // acc = sum_p exp(lse_p - m) * o_p.
-                Value m = he.f32(kNegInf);
-                for (int64_t p = 0; p < numParts; ++p)
-                  m = arith::MaximumFOp::create(
-                      hb, m,
-                      tensor::ExtractOp::create(
-                          hb, partLse, ValueRange{he.index(p), t, h}));
-                Value finite =
-                    arith::CmpFOp::create(hb, arith::CmpFPredicate::OGT, m,
-                                          he.f32(kNegInf));
-                Value shift = arith::SelectOp::create(hb, finite, m,
-                                                      he.f32(0.0));
-                Value l = he.f32(0.0);
-                Value acc = he.splat(he.f32(0.0), headDim);
-                for (int64_t p = 0; p < numParts; ++p) {
-                  Value w = math::ExpOp::create(
-                      hb, arith::SubFOp::create(
-                              hb,
-                              tensor::ExtractOp::create(
-                                  hb, partLse, ValueRange{he.index(p), t, h}),
-                              shift));
-                  l = arith::AddFOp::create(hb, l, w);
-                  acc = vector::FMAOp::create(
-                      hb, he.splat(w, headDim),
-                      he.readRow(parts, {he.index(p), t, h}), acc);
-                }
-                QueryResult r = finishSoftmax(hb, shift, l, acc);
-                Value out = he.writeRow(r.row, hc[0], {t, h});
-                Value lse = tensor::InsertOp::create(hb, r.lse, hc[1],
-                                                     ValueRange{t, h});
-                return SmallVector<Value>{out, lse};
+        e.index(0), e.index(numHeads), ValueRange{partialOut, partialLse},
+        [&](ImplicitLocOpBuilder &hb, Value h, ValueRange hc) {
+          LoopEmitter he(hb);
+          return he.forLoop(
+              he.index(0), rows, hc,
+              [&](ImplicitLocOpBuilder &rb, Value row, ValueRange rc) {
+                LoopEmitter re(rb);
+                Value j, valid;
+                Sequence seq = re.locateBlockRow(cu, blockSize, row, j, valid);
+                Value jI32 = arith::IndexCastOp::create(rb, rb.getI32Type(), j);
+                Value start = arith::IndexCastOp::create(
+                    rb, rb.getIndexType(),
+                    tensor::ExtractOp::create(rb, op.getStarts(),
+                                              ValueRange{h, row}));
+                Value count = arith::IndexCastOp::create(
+                    rb, rb.getIndexType(),
+                    tensor::ExtractOp::create(rb, op.getCounts(),
+                                              ValueRange{h, row}));
+                Value end = arith::AddIOp::create(rb, start, count);
+                return re.forLoop(
+                    start, end, rc,
+                    [&](ImplicitLocOpBuilder &ib, Value at, ValueRange ic) {
+                      LoopEmitter ie(ib);
+                      Value entry = arith::IndexCastOp::create(
+                          ib, ib.getIndexType(),
+                          tensor::ExtractOp::create(ib, op.getEntries(),
+                                                    ValueRange{h, at}));
+                      Value t = arith::DivUIOp::create(ib, entry, ie.index(k));
+                      Value s = arith::RemUIOp::create(ib, entry, ie.index(k));
+                      QueryResult r = attendBlock(ib, seq, t, h, jI32);
+                      Value out = ie.writeRow(r.row, ic[0], {s, t, h});
+                      Value lse = tensor::InsertOp::create(
+                          ib, r.lse, ic[1], ValueRange{s, t, h});
+                      return SmallVector<Value>{out, lse};
+                    });
               });
         });
     rewriter.replaceOp(op, results);
@@ -493,7 +890,7 @@ struct MobaLowerToLoopsPass
     // head_dim); the pass fails rather than leave moba ops behind.
     WalkResult left = getOperation()->walk([](Operation *op) {
       return isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
-                 LseMergeOp>(op)
+                 LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp>(op)
                  ? WalkResult::interrupt()
                  : WalkResult::advance();
     });
@@ -507,6 +904,6 @@ struct MobaLowerToLoopsPass
 void mlir::moba::populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
                                                   bool parallel) {
   patterns.add<LowerBlockPool, LowerGate, LowerTopK, LowerGateTopK,
-               LowerSparseAttention, LowerLseMerge>(patterns.getContext(),
-                                                    parallel);
+               LowerSparseAttention, LowerLseMerge, LowerGroupQueries,
+               LowerGroupedBlockAttention>(patterns.getContext(), parallel);
 }

@@ -467,4 +467,129 @@ def Moba_LseMergeOp : Moba_DpsOp<"lse_merge",
   let hasVerifier = 1;
 }
 
+def Moba_GroupQueriesOp : Moba_DpsOp<"group_queries",
+    [AllTypesMatch<["starts_init", "starts"]>,
+     AllTypesMatch<["counts_init", "counts"]>,
+     AllTypesMatch<["entries_init", "entries"]>]> {
+  let summary = "Group the selection slots of the queries by the block they chose";
+  let description = [{
+    Inverts a selection: for every query head `h` and block row `r` (the
+    blocks of all sequences in order, as `moba.block_pool` numbers them),
+    lists the (query, slot) pairs whose selection chose block `r`:
+
+    ```
+    G(h, r)      = [(t, s) : t in the sequence of r, r is its block j,
+                              selected[t, h, s] = j, and no slot s' < s of t
+                              holds j], ordered by t, then s
+    counts[h, r] = |G(h, r)|
+    starts[h, r] = sum_{r' < r} counts[h, r']
+    entries[h, starts[h, r] + i] = t * K + s    (the i-th pair of G(h, r))
+    entries[h, e] = -1                          (e >= sum_r counts[h, r])
+    ```
+
+    `NB`, the block-row dim of `starts` and `counts`, may exceed the batch's
+    block count (it is an upper bound); rows past the last block are empty.
+    `E`, the last dim of `entries`, must be `T * K`: room for every slot.
+    The groups are what tensor-core attention tiles: the queries that chose
+    one key block, side by side, attend to it as one dense tile ("collect
+    and densify").
+
+    Example:
+
+    ```mlir
+    %starts, %counts, %entries = moba.group_queries
+        selected(%sel : tensor<4096x32x3xi32>) cu_seqlens(%cu : tensor<3xi32>)
+        outs(%s : tensor<32x10xi32>, %c : tensor<32x10xi32>,
+             %e : tensor<32x12288xi32>) {block_size = 512}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_IndexTensor:$selected,
+    Moba_CuSeqlens:$cu_seqlens,
+    Moba_IndexTensor:$starts_init,
+    Moba_IndexTensor:$counts_init,
+    Moba_IndexTensor:$entries_init,
+    I64Attr:$block_size
+  );
+  let results = (outs Moba_IndexTensor:$starts, Moba_IndexTensor:$counts,
+                      Moba_IndexTensor:$entries);
+  let assemblyFormat = [{
+    `selected` `(` $selected `:` type($selected) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    `outs` `(` $starts_init `:` type($starts_init) `,`
+               $counts_init `:` type($counts_init) `,`
+               $entries_init `:` type($entries_init) `)` attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+def Moba_GroupedBlockAttentionOp : Moba_DpsOp<"grouped_block_attention",
+    [AllTypesMatch<["partial_out_init", "partial_out"]>,
+     AllTypesMatch<["partial_lse_init", "partial_lse"]>]> {
+  let summary = "Attention of each selection slot to its one block";
+  let description = [{
+    The per-(query, block) pieces of `moba.sparse_attention`: for every
+    token `t`, query head `h` and selection slot `s`, attention of the query
+    to the keys of the one block `j = selected[t, h, s]`, as an unnormalized
+    partial that `moba.lse_merge` combines over `s`:
+
+    ```
+    K(t, s)              = keys of block j of the sequence of t (causal:
+                           positions <= p(t)), when 0 <= j < its block count
+                           and no slot s' < s of t holds j; else empty
+    partial_lse[s, t, h] = log(sum_{x in K(t,s)} exp(scale * q[t,h,:] . k[x,g,:]))
+    partial_out[s,t,h,:] = sum_{x in K(t,s)} exp(scale * q[t,h,:] . k[x,g,:]
+                                                 - partial_lse[s,t,h]) * v[x,g,:]
+    ```
+
+    with `g = h / (Hq / Hkv)`; an empty `K(t, s)` gives `-inf` and zeros.
+    `starts`, `counts` and `entries` must be `moba.group_queries` of the same
+    `selected` and `cu_seqlens`: the same function indexed by key block,
+    which lowerings that tile queries densely per block iterate over (the
+    result is undefined if they disagree). Partials are f32.
+
+    Example:
+
+    ```mlir
+    %po, %pl = moba.grouped_block_attention q(%q : tensor<4096x32x128xbf16>)
+        k(%k : tensor<4096x8x128xbf16>) v(%v : tensor<4096x8x128xbf16>)
+        cu_seqlens(%cu : tensor<3xi32>) selected(%sel : tensor<4096x32x3xi32>)
+        groups(%starts : tensor<32x10xi32>, %counts : tensor<32x10xi32>,
+               %entries : tensor<32x12288xi32>)
+        outs(%o : tensor<3x4096x32x128xf32>, %l : tensor<3x4096x32xf32>)
+        {block_size = 512, scale = 0.0883883461 : f32}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$q,
+    Moba_QKVTensor:$k,
+    Moba_QKVTensor:$v,
+    Moba_CuSeqlens:$cu_seqlens,
+    Moba_IndexTensor:$selected,
+    Moba_IndexTensor:$starts,
+    Moba_IndexTensor:$counts,
+    Moba_IndexTensor:$entries,
+    Moba_F32Tensor:$partial_out_init,
+    Moba_F32Tensor:$partial_lse_init,
+    I64Attr:$block_size,
+    F32Attr:$scale,
+    DefaultValuedAttr<BoolAttr, "true">:$causal
+  );
+  let results = (outs Moba_F32Tensor:$partial_out, Moba_F32Tensor:$partial_lse);
+  let assemblyFormat = [{
+    `q` `(` $q `:` type($q) `)`
+    `k` `(` $k `:` type($k) `)`
+    `v` `(` $v `:` type($v) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    `selected` `(` $selected `:` type($selected) `)`
+    `groups` `(` $starts `:` type($starts) `,` $counts `:` type($counts) `,`
+                 $entries `:` type($entries) `)`
+    `outs` `(` $partial_out_init `:` type($partial_out_init) `,`
+               $partial_lse_init `:` type($partial_lse_init) `)` attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
 #endif // MOBA_DIALECT_MOBA_IR_MOBAOPS_TD

@@ -28,6 +28,10 @@ void populateMobaDecomposePatterns(RewritePatternSet &patterns);
 /// moba.topk(moba.gate(...)) -> moba.gate_topk(...).
 void populateMobaFuseGateTopKPatterns(RewritePatternSet &patterns);
 
+/// moba.sparse_attention (with a selection) -> moba.group_queries +
+/// moba.grouped_block_attention + moba.lse_merge.
+void populateMobaDensifyAttentionPatterns(RewritePatternSet &patterns);
+
 /// moba.sparse_attention -> tiled online-softmax loops.
 /// With `parallel`, one scf.forall over (token, head) instead.
 void populateMobaTileAttentionPatterns(RewritePatternSet &patterns,

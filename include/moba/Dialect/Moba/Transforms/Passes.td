@@ -55,6 +55,31 @@ def MobaFuseGateTopK : Pass<"moba-fuse-gate-topk"> {
   }];
 }
 
+def MobaDensifyAttention : Pass<"moba-densify-attention"> {
+  let summary = "Split block-sparse attention into dense per-block pieces";
+  let description = [{
+    Rewrites every `moba.sparse_attention` that has a selection (with a
+    static `K`) into the "collect and densify" form that tensor cores can
+    tile:
+    1. `moba.group_queries` — per query head and key block, the list of the
+       (query, slot) pairs that chose the block;
+    2. `moba.grouped_block_attention` — attention of every slot to its one
+       block, an f32 partial (output and log-sum-exp) per slot; a kernel can
+       walk the lists, so that the queries that chose one block attend to it
+       as one dense tile, whatever the routing;
+    3. `moba.lse_merge` — the `K` partials of each query combined through
+       their log-sum-exp into the output and its log-sum-exp.
+    The own block of causal MoBA is one of the slots: it is the same dense
+    tile with the causal cut. Block rows are bounded by
+    `tokens floordiv block_size + sequences`, the most a batch can have.
+    Dense attention (no selection) is left alone.
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect",
+    "::mlir::tensor::TensorDialect",
+  ];
+}
+
 def MobaTileAttention : Pass<"moba-tile-attention"> {
   let summary = "Tile moba.sparse_attention into an online-softmax loop nest";
   let description = [{
@@ -109,7 +134,12 @@ def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
     ((token, head) for selection and attention, (block row, key/value head)
     for pooling), each iteration finding its sequence by a scan of
     `cu_seqlens`: the form a GPU maps onto threads. `moba.gate` (which would
-    store a score tensor) and `moba.lse_merge` have no parallel form yet.
+    store a score tensor) has no parallel form.
+    The densified ops: `moba.group_queries` counts, places and fills the
+    groups (serially with one cursor per group; in parallel with three
+    passes over (head, block row)); `moba.grouped_block_attention` walks the
+    groups serially, or runs one iteration per (slot, token, head) reading
+    the selection in parallel; `moba.lse_merge` merges per (token, head).
   }];
   let options = [
     Option<"parallel", "parallel", "bool", /*default=*/"false",

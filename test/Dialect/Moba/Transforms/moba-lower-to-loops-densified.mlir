@@ -1,0 +1,68 @@
+// RUN: moba-opt %s --moba-lower-to-loops --canonicalize --cse | FileCheck %s --check-prefix=SERIAL
+// RUN: moba-opt %s --moba-lower-to-loops="parallel=true" --canonicalize --cse | FileCheck %s --check-prefix=PARALLEL
+
+// moba.group_queries, serially: counts by one pass over the slots, starts
+// by a prefix sum, entries by a second pass with one cursor per group.
+// SERIAL-LABEL: func.func @group_queries
+// SERIAL: linalg.fill ins(%c0_i32 : i32) outs(%{{.+}} : tensor<4x?xi32>)
+// SERIAL: linalg.fill ins(%c-1_i32 : i32) outs(%{{.+}} : tensor<4x?xi32>)
+// SERIAL-COUNT-3: scf.for
+
+// In parallel: three passes over (head, block row) -- count, place, fill --
+// after one over the entries that marks them empty (-1). The fill writes the
+// group's slice [start, start + count) of the head's entries.
+// PARALLEL-LABEL: func.func @group_queries
+// PARALLEL: %[[COUNTS:.+]] = scf.forall (%{{.+}}, %{{.+}}) in (4, %[[ROWS:.+]]) shared_outs(%{{.+}} = %[[C0:[^)]+]])
+// PARALLEL: %[[STARTS:.+]] = scf.forall (%[[H:.+]], %[[R:.+]]) in (4, %[[ROWS]]) shared_outs(%{{.+}} = %{{[^)]+}})
+// PARALLEL:   scf.for %[[RR:.+]] = %c0 to %[[R]]
+// PARALLEL:     tensor.extract %[[COUNTS]][%[[H]], %[[RR]]]
+// PARALLEL: %[[EMPTY:.+]] = scf.forall (%{{.+}}, %{{.+}}) in (4, %{{.+}}) shared_outs(%{{.+}} = %{{[^)]+}})
+// PARALLEL:   tensor.insert %c-1_i32
+// PARALLEL: scf.forall (%[[H2:.+]], %[[R2:.+]]) in (4, %[[ROWS]]) shared_outs(%[[E:.+]] = %[[EMPTY]])
+// PARALLEL:   %[[N:.+]] = tensor.extract %[[COUNTS]][%[[H2]], %[[R2]]]
+// PARALLEL:   %[[S:.+]] = tensor.extract %[[STARTS]][%[[H2]], %[[R2]]]
+// PARALLEL:   tensor.extract_slice %[[E]][%[[H2]], %{{.+}}] [1, %{{.+}}] [1, 1] : tensor<4x?xi32> to tensor<?xi32>
+// PARALLEL:   scf.forall.in_parallel
+// PARALLEL:     tensor.parallel_insert_slice %{{.+}} into %[[E]][%[[H2]], %{{.+}}] [1, %{{.+}}] [1, 1] : tensor<?xi32> into tensor<4x?xi32>
+func.func @group_queries(%sel: tensor<?x4x2xi32>, %cu: tensor<?xi32>, %s: tensor<4x?xi32>,
+                         %c: tensor<4x?xi32>, %e: tensor<4x?xi32>)
+    -> (tensor<4x?xi32>, tensor<4x?xi32>, tensor<4x?xi32>) {
+  %g:3 = moba.group_queries selected(%sel : tensor<?x4x2xi32>) cu_seqlens(%cu : tensor<?xi32>)
+      outs(%s : tensor<4x?xi32>, %c : tensor<4x?xi32>, %e : tensor<4x?xi32>) {block_size = 16}
+  return %g#0, %g#1, %g#2 : tensor<4x?xi32>, tensor<4x?xi32>, tensor<4x?xi32>
+}
+
+// moba.grouped_block_attention, serially: every slot starts empty (0,
+// -inf), then per (head, block row) the group's entries t * K + s are
+// decoded and attended.
+// SERIAL-LABEL: func.func @grouped_block_attention
+// SERIAL: linalg.fill ins(%cst{{.*}} : f32) outs(%{{.+}} : tensor<2x?x4x16xf32>)
+// SERIAL: linalg.fill ins(%cst{{.*}} : f32) outs(%{{.+}} : tensor<2x?x4xf32>)
+// SERIAL: arith.divui %{{.+}}, %c2
+// SERIAL: arith.remui %{{.+}}, %c2
+// In parallel: one iteration per (slot, token, head), reading the selection.
+// PARALLEL-LABEL: func.func @grouped_block_attention
+// PARALLEL: scf.forall (%[[S:.+]], %[[T:.+]], %[[H:.+]]) in (2, %{{.+}}, 4)
+// PARALLEL:   tensor.parallel_insert_slice %{{.+}} into %{{.+}}[%[[S]], %[[T]], %[[H]], 0] [1, 1, 1, 16] [1, 1, 1, 1]
+// PARALLEL:   tensor.parallel_insert_slice %{{.+}} into %{{.+}}[%[[S]], %[[T]], %[[H]]] [1, 1, 1] [1, 1, 1]
+func.func @grouped_block_attention(%q: tensor<?x4x16xf32>, %kv: tensor<?x2x16xf32>, %cu: tensor<?xi32>,
+                                   %sel: tensor<?x4x2xi32>, %s: tensor<4x?xi32>, %e: tensor<4x?xi32>,
+                                   %o: tensor<2x?x4x16xf32>, %l: tensor<2x?x4xf32>)
+    -> (tensor<2x?x4x16xf32>, tensor<2x?x4xf32>) {
+  %p:2 = moba.grouped_block_attention q(%q : tensor<?x4x16xf32>) k(%kv : tensor<?x2x16xf32>)
+      v(%kv : tensor<?x2x16xf32>) cu_seqlens(%cu : tensor<?xi32>) selected(%sel : tensor<?x4x2xi32>)
+      groups(%s : tensor<4x?xi32>, %s : tensor<4x?xi32>, %e : tensor<4x?xi32>)
+      outs(%o : tensor<2x?x4x16xf32>, %l : tensor<2x?x4xf32>) {block_size = 16, scale = 0.25 : f32}
+  return %p#0, %p#1 : tensor<2x?x4x16xf32>, tensor<2x?x4xf32>
+}
+
+// moba.lse_merge in parallel: one iteration per (token, head).
+// PARALLEL-LABEL: func.func @lse_merge
+// PARALLEL: scf.forall (%[[T:.+]], %[[H:.+]]) in (%{{.+}}, 4)
+// PARALLEL-COUNT-2: tensor.extract %{{.+}}[%c{{[01]}}, %[[T]], %[[H]]] : tensor<2x?x4xf32>
+func.func @lse_merge(%po: tensor<2x?x4x16xf32>, %pl: tensor<2x?x4xf32>, %o: tensor<?x4x16xbf16>,
+                     %l: tensor<?x4xf32>) -> (tensor<?x4x16xbf16>, tensor<?x4xf32>) {
+  %r:2 = moba.lse_merge partials(%po : tensor<2x?x4x16xf32>) partial_lse(%pl : tensor<2x?x4xf32>)
+      outs(%o : tensor<?x4x16xbf16>, %l : tensor<?x4xf32>)
+  return %r#0, %r#1 : tensor<?x4x16xbf16>, tensor<?x4xf32>
+}

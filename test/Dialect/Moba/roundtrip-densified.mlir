@@ -1,0 +1,43 @@
+// RUN: moba-opt %s | moba-opt | FileCheck %s
+// RUN: moba-opt %s --mlir-print-op-generic | moba-opt | FileCheck %s
+
+// The densified form of block-sparse attention: the selection grouped by
+// key block, the per-(query, block) partials, and their merge.
+
+// CHECK-LABEL: func.func @densified
+// CHECK: %[[S:.*]], %[[C:.*]], %[[E:.*]] = moba.group_queries selected(%{{.*}} : tensor<4096x32x3xi32>) cu_seqlens(%{{.*}} : tensor<3xi32>) outs(%{{.*}} : tensor<32x10xi32>, %{{.*}} : tensor<32x10xi32>, %{{.*}} : tensor<32x12288xi32>) {block_size = 512 : i64}
+// CHECK: moba.grouped_block_attention q(%{{.*}} : tensor<4096x32x128xbf16>) k(%{{.*}} : tensor<4096x8x128xbf16>) v(%{{.*}} : tensor<4096x8x128xbf16>) cu_seqlens(%{{.*}} : tensor<3xi32>) selected(%{{.*}} : tensor<4096x32x3xi32>) groups(%[[S]] : tensor<32x10xi32>, %[[C]] : tensor<32x10xi32>, %[[E]] : tensor<32x12288xi32>) outs(%{{.*}} : tensor<3x4096x32x128xf32>, %{{.*}} : tensor<3x4096x32xf32>) {block_size = 512 : i64, causal = false, scale = 0.0883883461 : f32}
+func.func @densified(%q: tensor<4096x32x128xbf16>, %k: tensor<4096x8x128xbf16>,
+                     %v: tensor<4096x8x128xbf16>, %cu: tensor<3xi32>,
+                     %sel: tensor<4096x32x3xi32>)
+    -> (tensor<3x4096x32x128xf32>, tensor<3x4096x32xf32>) {
+  %s = tensor.empty() : tensor<32x10xi32>
+  %c = tensor.empty() : tensor<32x10xi32>
+  %e = tensor.empty() : tensor<32x12288xi32>
+  %g:3 = moba.group_queries selected(%sel : tensor<4096x32x3xi32>)
+      cu_seqlens(%cu : tensor<3xi32>)
+      outs(%s : tensor<32x10xi32>, %c : tensor<32x10xi32>, %e : tensor<32x12288xi32>)
+      {block_size = 512}
+  %o = tensor.empty() : tensor<3x4096x32x128xf32>
+  %l = tensor.empty() : tensor<3x4096x32xf32>
+  %p:2 = moba.grouped_block_attention q(%q : tensor<4096x32x128xbf16>)
+      k(%k : tensor<4096x8x128xbf16>) v(%v : tensor<4096x8x128xbf16>)
+      cu_seqlens(%cu : tensor<3xi32>) selected(%sel : tensor<4096x32x3xi32>)
+      groups(%g#0 : tensor<32x10xi32>, %g#1 : tensor<32x10xi32>, %g#2 : tensor<32x12288xi32>)
+      outs(%o : tensor<3x4096x32x128xf32>, %l : tensor<3x4096x32xf32>)
+      {block_size = 512, scale = 0.0883883461 : f32, causal = false}
+  return %p#0, %p#1 : tensor<3x4096x32x128xf32>, tensor<3x4096x32xf32>
+}
+
+// Dynamic tokens and block rows.
+// CHECK-LABEL: func.func @dynamic
+// CHECK: moba.group_queries selected(%{{.*}} : tensor<?x8x2xi32>)
+func.func @dynamic(%sel: tensor<?x8x2xi32>, %cu: tensor<?xi32>,
+                   %s: tensor<8x?xi32>, %c: tensor<8x?xi32>, %e: tensor<8x?xi32>)
+    -> tensor<8x?xi32> {
+  %g:3 = moba.group_queries selected(%sel : tensor<?x8x2xi32>)
+      cu_seqlens(%cu : tensor<?xi32>)
+      outs(%s : tensor<8x?xi32>, %c : tensor<8x?xi32>, %e : tensor<8x?xi32>)
+      {block_size = 64}
+  return %g#2 : tensor<8x?xi32>
+}
