@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define MOBA_C_API_VERSION 2
+#define MOBA_C_API_VERSION 3
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -34,6 +34,17 @@ typedef enum MobaTarget {
  * docs/cpu-backend.md). GPU targets take only MOBA_STAGE_FUSED. */
 typedef enum MobaStage { MOBA_STAGE_FUSED = 0, MOBA_STAGE_TILED = 1, MOBA_STAGE_DECOMPOSED = 2 } MobaStage;
 
+/* The GPU attention kernels (docs/gpu-backend.md). */
+typedef enum MobaGpuAttention {
+  /* The queries grouped by the key block they chose, each group attending
+   * to its block in 16-query tiles on tensor cores (mma.sync), partials
+   * merged by log-sum-exp; f32 or head_dims the tensor-core kernel does not
+   * take fall back to one thread per slot. */
+  MOBA_GPU_ATTENTION_MMA = 0,
+  /* One thread per (token, head) walking its selected blocks. */
+  MOBA_GPU_ATTENTION_SIMT = 1,
+} MobaGpuAttention;
+
 typedef struct MobaConfig {
   int64_t head_dim, num_heads, num_kv_heads, block_size, top_k;
   int32_t causal;     /* non-zero: causal */
@@ -44,6 +55,8 @@ typedef struct MobaConfig {
   int64_t tile_q, tile_k; /* 0: defaults; GPU targets use tile_k only */
   const char *cache_dir;  /* NULL or "": no disk cache; CPU target only */
   const char *dump_dir;   /* NULL or "": no IR dumps */
+  /* GPU targets: how the attention runs. */
+  MobaGpuAttention gpu_attention;
 } MobaConfig;
 
 typedef struct MobaKernel MobaKernel;

@@ -62,9 +62,22 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
   options.chip = c.target == MOBA_TARGET_SM80 ? "sm_80" : "sm_90a";
   if (c.tile_k)
     options.tileK = c.tile_k;
+  switch (c.gpu_attention) {
+  case MOBA_GPU_ATTENTION_MMA:
+    options.densify = options.mma = true;
+    break;
+  case MOBA_GPU_ATTENTION_SIMT:
+    options.densify = options.mma = false;
+    break;
+  default:
+    setError(error, "unknown gpu_attention " +
+                        std::to_string(static_cast<int>(c.gpu_attention)));
+    return nullptr;
+  }
   if (c.dump_dir && *c.dump_dir)
     options.dumpIR = dumpToDirectory(
-        c.dump_dir, options.chip + "-" + config.key());
+        c.dump_dir, options.chip + (options.mma ? "-mma-" : "-simt-") +
+                        config.key());
   auto kernel = GpuAttentionKernel::compile(config, options);
   if (!kernel) {
     setError(error, llvm::toString(kernel.takeError()));
@@ -99,6 +112,7 @@ void mobaConfigInit(MobaConfig *config) {
   config->stage = MOBA_STAGE_FUSED;
   config->tile_q = options.tileQ;
   config->tile_k = options.tileK;
+  config->gpu_attention = MOBA_GPU_ATTENTION_MMA;
 }
 
 MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,

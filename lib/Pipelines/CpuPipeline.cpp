@@ -55,7 +55,8 @@ void mlir::moba::buildMobaToLoopsPipeline(OpPassManager &pm,
   if (options.stage != CpuStage::Decomposed)
     pm.addPass(createMobaTileAttention(MobaTileAttentionOptions{
         options.tileQ, options.tileK, options.parallel}));
-  pm.addPass(createMobaLowerToLoops(MobaLowerToLoopsOptions{options.parallel}));
+  pm.addPass(createMobaLowerToLoops(MobaLowerToLoopsOptions{
+      options.parallel, options.keepMmaCompatibleAttention}));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
 }

@@ -67,6 +67,9 @@ std::string mlir::moba::checkGpuPipelineOptions(
   if (!path.match(options.toolkit))
     return "moba-gpu-pipeline: toolkit must be a plain path, got '" +
            options.toolkit + "'";
+  if (options.mma && !options.densify)
+    return "moba-gpu-pipeline: mma needs densify (the tensor-core kernel "
+           "attends the densified groups)";
   if (options.tileK < 1)
     return "moba-gpu-pipeline: tile-k must be at least 1, got " +
            std::to_string(options.tileK);
@@ -92,8 +95,11 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   loops.parallel = true;
   loops.tileK = options.tileK;
   loops.densify = options.densify;
+  loops.keepMmaCompatibleAttention = options.densify && options.mma;
   buildMobaToLoopsPipeline(pm, loops);
   buildBufferizationPipeline(pm);
+  if (options.densify && options.mma)
+    pm.addPass(createMobaConvertGroupedAttentionToNVVM());
   pm.addPass(createMobaMapForallToGpu(
       MobaMapForallToGpuOptions{options.threadsPerBlock}));
   pm.addPass(createCanonicalizerPass());

@@ -9,6 +9,7 @@
 #include "RunnerSupport.h"
 
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
+#include "moba/Dialect/Moba/Transforms/BufferizableOpInterfaceImpl.h"
 #include "moba/Version.h"
 
 #include "mlir/ExecutionEngine/ExecutionEngine.h"
@@ -159,6 +160,7 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
   scf::registerBufferizableOpInterfaceExternalModels(registry);
   tensor::registerBufferizableOpInterfaceExternalModels(registry);
   vector::registerBufferizableOpInterfaceExternalModels(registry);
+  moba::registerBufferizableOpInterfaceExternalModels(registry);
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
   EntryCompiler compiler(registry, config, options.dumpIR);

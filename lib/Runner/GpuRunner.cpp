@@ -9,6 +9,7 @@
 #include "RunnerSupport.h"
 
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
+#include "moba/Dialect/Moba/Transforms/BufferizableOpInterfaceImpl.h"
 #include "moba/Pipelines/Pipelines.h"
 #include "moba/Runtime/CudaDriver.h"
 #include "moba/Runtime/GpuRuntime.h"
@@ -81,6 +82,7 @@ DialectRegistry gpuRegistry() {
   scf::registerBufferizableOpInterfaceExternalModels(registry);
   tensor::registerBufferizableOpInterfaceExternalModels(registry);
   vector::registerBufferizableOpInterfaceExternalModels(registry);
+  moba::registerBufferizableOpInterfaceExternalModels(registry);
   // gpu-to-llvm and convert-gpu-to-nvvm convert every dialect they find
   // through its ConvertToLLVMPatternInterface.
   arith::registerConvertArithToLLVMInterface(registry);
@@ -132,6 +134,7 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
   pipeline.tileK = options.tileK;
   pipeline.toolkit = options.toolkit;
   pipeline.densify = options.densify;
+  pipeline.mma = options.mma;
   if (std::string problem = checkGpuPipelineOptions(pipeline);
       !problem.empty())
     return llvm::createStringError(problem);

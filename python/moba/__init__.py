@@ -404,12 +404,12 @@ def _compile_handle(config, target):
         c["head_dim"], c["num_heads"], c["num_kv_heads"], c["block_size"],
         c["top_k"], c["causal"], c["scale"], c["dtype"], target, c["stage"],
         c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
-        os.environ.get("MOBA_DUMP_IR") or None)
+        os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"])
 
 
 def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             layout="varlen", causal=True, target="auto", *, scale=None,
-            stage="fused", tile_q=None, tile_k=None):
+            stage="fused", tile_q=None, tile_k=None, gpu_attention="mma"):
     """Compiles one MoBA attention configuration and returns a Kernel.
 
     target: "cpu"; "sm_80" (Ampere and newer) or "sm_90a" (Hopper), which
@@ -421,6 +421,11 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     for the CPU, on disk (see cache_dir()), keyed by the configuration and
     the compiler's version. Raises ValueError or TypeError naming a bad
     argument, and CompileError if the compiler fails.
+
+    gpu_attention: "mma" (default): the queries grouped by the key block they
+    chose, attended in 16-query tiles on tensor cores, partials merged by
+    log-sum-exp (f32 and head_dims other than multiples of 16 up to 128 run
+    the grouped form on plain threads); "simt": one thread per (token, head).
     """
     head_dim = _positive_int("head_dim", head_dim)
     num_heads = _positive_int("num_heads", num_heads)
@@ -447,6 +452,9 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if scale is not None and not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number, got "
                          f"{scale!r}")
+    if gpu_attention not in ("mma", "simt"):
+        raise ValueError(f"gpu_attention must be 'mma' or 'simt', got "
+                         f"{gpu_attention!r}")
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
@@ -467,7 +475,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                   num_kv_heads=num_kv_heads, block_size=block_size,
                   top_k=top_k, dtype=dtype, layout=layout,
                   causal=bool(causal), target=target, scale=scale,
-                  stage=stage, tile_q=tile_q, tile_k=tile_k)
+                  stage=stage, tile_q=tile_q, tile_k=tile_k,
+                  gpu_attention=gpu_attention)
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)

@@ -10,6 +10,7 @@ import os
 _DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
 _TARGETS = {"cpu": 0, "sm_80": 1, "sm_90a": 2}
 _STAGES = {"fused": 0, "tiled": 1, "decomposed": 2}
+_GPU_ATTENTION = {"mma": 0, "simt": 1}
 
 
 class MobaConfig(ctypes.Structure):
@@ -28,6 +29,7 @@ class MobaConfig(ctypes.Structure):
         ("tile_k", ctypes.c_int64),
         ("cache_dir", ctypes.c_char_p),
         ("dump_dir", ctypes.c_char_p),
+        ("gpu_attention", ctypes.c_int),
     ]
 
 
@@ -93,7 +95,7 @@ def _take_error(address):
 
 def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
                    causal, scale, dtype, target, stage, tile_q, tile_k,
-                   cache_dir, dump_dir):
+                   cache_dir, dump_dir, gpu_attention="mma"):
     """Returns (handle, from_cache); raises CompileError."""
     config = MobaConfig()
     _lib.mobaConfigInit(ctypes.byref(config))
@@ -106,6 +108,7 @@ def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
     config.tile_q, config.tile_k = tile_q or 0, tile_k or 0
     config.cache_dir = cache_dir.encode() if cache_dir else None
     config.dump_dir = dump_dir.encode() if dump_dir else None
+    config.gpu_attention = _GPU_ATTENTION[gpu_attention]
     from_cache = ctypes.c_int32(0)
     error = ctypes.c_void_p()
     handle = _lib.mobaCompile(ctypes.byref(config), ctypes.byref(from_cache),

@@ -158,7 +158,7 @@ def test_numpy_arrays_for_a_gpu_kernel():
     config = dict(head_dim=16, num_heads=2, num_kv_heads=1, block_size=16,
                   top_k=2, dtype="f32", layout="varlen", causal=True,
                   target="sm_80", scale=None, stage="fused", tile_q=None,
-                  tile_k=None)
+                  tile_k=None, gpu_attention="mma")
     k = moba.Kernel(config, {"sm_80": handle}, False, 0.0)
     q = np.ones((4, 2, 16), np.float32)
     kv = np.ones((4, 1, 16), np.float32)

@@ -15,6 +15,7 @@ skipped and counted; NaN never passes, skipped rows included.
   gpu_check.py long                8K and 32K tokens, bf16/fp16, MHA/GQA
   gpu_check.py time                time and TFLOP/s on attended pairs
   gpu_check.py small               a few cases (for compute-sanitizer)
+  MOBA_GPU_ATTENTION=mma|simt picks the kernels checked (default mma).
   gpu_check.py api                 the torch-facing API: moba_attn_varlen,
                                    the batched form, MobaAttention, errors,
                                    cold compile and cached lookup times
@@ -124,13 +125,17 @@ def random_case(seqlens, hq, hkv, d, dtype, generator):
     return make(hq), make(hkv), make(hkv), cu
 
 
+GPU_ATTENTION = os.environ.get("MOBA_GPU_ATTENTION", "mma")
+
+
 def check_case(moba, hq, hkv, d, block, top_k, causal, dtype, seqlens, seed):
     """Runs one case; returns (ok, message, compared, skipped)."""
     generator = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v, cu = random_case(seqlens, hq, hkv, d, dtype, generator)
     kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
                           block_size=block, top_k=top_k, dtype=dtype,
-                          causal=causal, target="auto")
+                          causal=causal, target="auto",
+                          gpu_attention=GPU_ATTENTION)
     # Poisoned outputs: the kernel must write every element.
     out = torch.full_like(q, math.nan)
     lse = torch.full(q.shape[:-1], math.nan, device="cuda")
@@ -218,13 +223,14 @@ def summarize(label, failures, results, seconds):
     return not failures
 
 
-def time_case(moba, n, hq, hkv, d, block, top_k, dtype, repeats):
+def time_case(moba, n, hq, hkv, d, block, top_k, dtype, repeats,
+              gpu_attention):
     generator = torch.Generator(device="cuda").manual_seed(7)
     q, k, v, cu = random_case([n], hq, hkv, d, dtype, generator)
     cu_dev = cu.cuda()
     kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
                           block_size=block, top_k=top_k, dtype=dtype,
-                          target="auto")
+                          target="auto", gpu_attention=gpu_attention)
     kernel(q, k, v, cu_dev)  # loads the kernels
     times = []
     for _ in range(repeats):
@@ -237,6 +243,35 @@ def time_case(moba, n, hq, hkv, d, block, top_k, dtype, repeats):
         times.append(start.elapsed_time(stop))
     times.sort()
     return times[len(times) // 2]
+
+
+def profile_kernels(moba):
+    """Device time of each kernel of one 32K call (torch's profiler). With
+    gpu_attention="mma" the launch order is: block pooling, gate + top-k,
+    group counts, group starts, entries cleared, entries filled, partials
+    cleared, attention (mma.sync), merge."""
+    from torch.profiler import ProfilerActivity, profile
+    generator = torch.Generator(device="cuda").manual_seed(7)
+    q, k, v, cu = random_case([32768], 32, 32, 128, "bf16", generator)
+    cu_dev = cu.cuda()
+    kernel = moba.compile(head_dim=128, num_heads=32, num_kv_heads=32,
+                          block_size=512, top_k=3, dtype="bf16")
+    kernel(q, k, v, cu_dev)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        kernel(q, k, v, cu_dev)
+        torch.cuda.synchronize()
+    # Every outlined kernel is named moba_attention_kernel (one per GPU
+    # module): list them in launch order.
+    kernels = [e for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA and
+               "kernel" in e.name]
+    kernels.sort(key=lambda e: e.time_range.start)
+    total = sum(e.device_time for e in kernels)
+    print(f"{len(kernels)} kernels, {total / 1e3:.2f} ms of device time:")
+    for i, e in enumerate(kernels):
+        print(f"  #{i}: {e.device_time / 1e3:8.3f} ms "
+              f"({100 * e.device_time / total:4.1f}%)")
 
 
 def attended_pairs(n, block, top_k, hq):
@@ -368,6 +403,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["grid", "long", "time", "small", "api"])
     p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--profile", action="store_true",
+                   help="with `time`: each kernel's share of a 32K call")
+    p.add_argument("--time-kernels", default="mma,simt",
+                   help="the gpu_attention variants `time` measures")
     p.add_argument("--limit", type=int, default=0,
                    help="run only the first N cases of the grid")
     a = p.parse_args()
@@ -392,17 +431,21 @@ def main():
     else:
         import moba
         ok = True
-        print("| N | heads q/kv | block | top_k | time (ms) | attended pairs "
-              "| TFLOP/s on attended pairs |")
-        print("|---|---|---|---|---|---|---|")
-        for n in (8192, 32768):
-            for hkv in (32, 8):
-                ms = time_case(moba, n, 32, hkv, 128, 512, 3, "bf16",
-                                  repeats=5 if n > 8192 else 10)
-                pairs = attended_pairs(n, 512, 3, 32)
-                tflops = 4 * 128 * pairs / (ms * 1e-3) / 1e12
-                print(f"| {n} | 32/{hkv} | 512 | 3 | {ms:.2f} | {pairs} | "
-                      f"{tflops:.2f} |", flush=True)
+        print("| kernels | N | heads q/kv | block | top_k | time (ms) | "
+              "attended pairs | TFLOP/s on attended pairs |")
+        print("|---|---|---|---|---|---|---|---|")
+        for attention in a.time_kernels.split(","):
+            for n in (8192, 32768):
+                for hkv in (32, 8):
+                    ms = time_case(moba, n, 32, hkv, 128, 512, 3, "bf16",
+                                   repeats=5 if attention == "simt" else 20,
+                                   gpu_attention=attention)
+                    pairs = attended_pairs(n, 512, 3, 32)
+                    tflops = 4 * 128 * pairs / (ms * 1e-3) / 1e12
+                    print(f"| {attention} | {n} | 32/{hkv} | 512 | 3 | "
+                          f"{ms:.2f} | {pairs} | {tflops:.2f} |", flush=True)
+        if a.profile:
+            profile_kernels(moba)
     sys.exit(0 if ok else 1)
 
 

@@ -8,6 +8,7 @@
 
 #include "moba/Conversion/Passes.h"
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
+#include "moba/Dialect/Moba/Transforms/BufferizableOpInterfaceImpl.h"
 #include "moba/Dialect/Moba/Transforms/Passes.h"
 #include "moba/Pipelines/Pipelines.h"
 
@@ -28,6 +29,7 @@ int main(int argc, char **argv) {
   registry.insert<mlir::moba::MobaDialect>();
   mlir::registerAllDialects(registry);
   mlir::registerAllExtensions(registry);
+  mlir::moba::registerBufferizableOpInterfaceExternalModels(registry);
   // gpu-module-to-binary translates kernels to LLVM IR and on to PTX.
   mlir::registerAllToLLVMIRTranslations(registry);
 

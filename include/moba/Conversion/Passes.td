@@ -36,4 +36,32 @@ def MobaMapForallToGpu : Pass<"moba-map-forall-to-gpu"> {
   ];
 }
 
+def MobaConvertGroupedAttentionToNVVM
+    : Pass<"moba-convert-grouped-attention-to-nvvm"> {
+  let summary = "Grouped block attention on tensor cores (mma.sync)";
+  let description = [{
+    Lowers every `moba.grouped_block_attention` on buffers (after
+    bufferization) to two `gpu.launch`es: one that writes every slot's
+    partial as empty (zeros, -inf), and the attention kernel, where each
+    warp takes 16 consecutive entries of one group (16 queries that chose
+    the same key block), computes `Q K^T` and `P V` with `nvvm.mma.sync`
+    m16n8k16 (f16 or bf16 operands, f32 accumulation) 16 keys at a time,
+    keeps the online softmax in the accumulator fragments, and writes each
+    query's normalized partial and log-sum-exp to its slot. Needs f16 or
+    bf16, head_dim a static multiple of 16 up to 128, static heads and K;
+    runs on sm_80 and newer. Operands are read from global memory (no
+    shared-memory staging yet).
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect",
+    "::mlir::gpu::GPUDialect",
+    "::mlir::LLVM::LLVMDialect",
+    "::mlir::math::MathDialect",
+    "::mlir::memref::MemRefDialect",
+    "::mlir::NVVM::NVVMDialect",
+    "::mlir::scf::SCFDialect",
+    "::mlir::vector::VectorDialect",
+  ];
+}
+
 #endif // MOBA_CONVERSION_PASSES_TD

@@ -62,6 +62,9 @@ struct CpuPipelineOptions : public PassPipelineOptions<CpuPipelineOptions> {
                      "grouped by key block (moba-densify-attention) instead "
                      "of tiling it per query"),
       llvm::cl::init(false)};
+  /// Not a textual option: the GPU pipeline sets it to leave the per-block
+  /// attention to its tensor-core lowering.
+  bool keepMmaCompatibleAttention = false;
 };
 
 /// moba.attention -> loops on tensors, per `options.stage`.
@@ -108,6 +111,12 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
       *this, "densify",
       llvm::cl::desc("Attention as per-block pieces grouped by key block "
                      "(moba-densify-attention), merged by log-sum-exp"),
+      llvm::cl::init(false)};
+  PassOptions::Option<bool> mma{
+      *this, "mma",
+      llvm::cl::desc("With densify: the per-block attention on tensor cores "
+                     "(moba-convert-grouped-attention-to-nvvm, mma.sync) "
+                     "where the element type and head_dim allow"),
       llvm::cl::init(false)};
 };
 

@@ -36,6 +36,9 @@ struct GpuCompileOptions {
   /// Attention as per-block pieces grouped by key block
   /// (moba-densify-attention).
   bool densify = false;
+  /// With densify: the per-block attention on tensor cores (mma.sync) where
+  /// the element type and head_dim allow.
+  bool mma = false;
   /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
   /// /usr/local/cuda.
   std::string toolkit;

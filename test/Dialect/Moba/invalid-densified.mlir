@@ -46,7 +46,7 @@ func.func @group_cu_end() {
 
 func.func @partials_k(%q: tensor<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %cu: tensor<2xi32>, %sel: tensor<64x8x3xi32>, %s: tensor<8x4xi32>, %e: tensor<8x192xi32>, %o: tensor<2x64x8x32xf32>, %l: tensor<3x64x8xf32>) {
   // expected-error @+1 {{K of selected (3) and partial_out_init (2) disagree}}
-  %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<2x64x8x32xf32>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32}
+  %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<2x64x8x32xf32>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32} -> tensor<2x64x8x32xf32>, tensor<3x64x8xf32>
   return
 }
 
@@ -54,7 +54,7 @@ func.func @partials_k(%q: tensor<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %cu: te
 
 func.func @partials_dims(%q: tensor<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %cu: tensor<2xi32>, %sel: tensor<64x8x3xi32>, %s: tensor<8x4xi32>, %e: tensor<8x192xi32>, %o: tensor<3x64x8x16xf32>, %l: tensor<3x64x8xf32>) {
   // expected-error @+1 {{dim 2 of q (32) and partial_out_init (16) disagree}}
-  %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x16xf32>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32}
+  %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x16xf32>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32} -> tensor<3x64x8x16xf32>, tensor<3x64x8xf32>
   return
 }
 
@@ -62,7 +62,7 @@ func.func @partials_dims(%q: tensor<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %cu:
 
 func.func @partial_lse_rank(%q: tensor<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %cu: tensor<2xi32>, %sel: tensor<64x8x3xi32>, %s: tensor<8x4xi32>, %e: tensor<8x192xi32>, %o: tensor<3x64x8x32xf32>, %l: tensor<64x8xf32>) {
   // expected-error @+1 {{expects partial_lse_init of rank 3 ([K, tokens, query heads]), got rank 2 ([64, 8])}}
-  %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x32xf32>, %l : tensor<64x8xf32>) {block_size = 16, scale = 0.5 : f32}
+  %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x32xf32>, %l : tensor<64x8xf32>) {block_size = 16, scale = 0.5 : f32} -> tensor<3x64x8x32xf32>, tensor<64x8xf32>
   return
 }
 
@@ -70,6 +70,22 @@ func.func @partial_lse_rank(%q: tensor<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %
 
 func.func @grouped_heads(%q: tensor<64x8x32xf16>, %kv: tensor<64x3x32xf16>, %cu: tensor<2xi32>, %sel: tensor<64x8x3xi32>, %s: tensor<8x4xi32>, %e: tensor<8x192xi32>, %o: tensor<3x64x8x32xf32>, %l: tensor<3x64x8xf32>) {
   // expected-error @+1 {{number of query heads (Hq = 8 in q) is not a multiple of the number of key/value heads (Hkv = 3 in k)}}
-  %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x3x32xf16>) v(%kv : tensor<64x3x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x32xf32>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32}
+  %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x3x32xf16>) v(%kv : tensor<64x3x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x32xf32>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32} -> tensor<3x64x8x32xf32>, tensor<3x64x8xf32>
+  return
+}
+
+// -----
+
+func.func @mixed_forms(%q: memref<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %cu: tensor<2xi32>, %sel: tensor<64x8x3xi32>, %s: tensor<8x4xi32>, %e: tensor<8x192xi32>, %o: tensor<3x64x8x32xf32>, %l: tensor<3x64x8xf32>) {
+  // expected-error @+1 {{operands must be all tensors or all memrefs}}
+  moba.grouped_block_attention q(%q : memref<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x32xf32>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32}
+  return
+}
+
+// -----
+
+func.func @tensor_form_without_results(%q: tensor<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %cu: tensor<2xi32>, %sel: tensor<64x8x3xi32>, %s: tensor<8x4xi32>, %e: tensor<8x192xi32>, %o: tensor<3x64x8x32xf32>, %l: tensor<3x64x8xf32>) {
+  // expected-error @+1 {{on tensors, expects two results of the types of partial_out_init and partial_lse_init}}
+  moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x32xf32>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32}
   return
 }

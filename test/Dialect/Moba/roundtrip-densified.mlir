@@ -25,7 +25,7 @@ func.func @densified(%q: tensor<4096x32x128xbf16>, %k: tensor<4096x8x128xbf16>,
       cu_seqlens(%cu : tensor<3xi32>) selected(%sel : tensor<4096x32x3xi32>)
       groups(%g#0 : tensor<32x10xi32>, %g#1 : tensor<32x10xi32>, %g#2 : tensor<32x12288xi32>)
       outs(%o : tensor<3x4096x32x128xf32>, %l : tensor<3x4096x32xf32>)
-      {block_size = 512, scale = 0.0883883461 : f32, causal = false}
+      {block_size = 512, scale = 0.0883883461 : f32, causal = false} -> tensor<3x4096x32x128xf32>, tensor<3x4096x32xf32>
   return %p#0, %p#1 : tensor<3x4096x32x128xf32>, tensor<3x4096x32xf32>
 }
 
@@ -40,4 +40,18 @@ func.func @dynamic(%sel: tensor<?x8x2xi32>, %cu: tensor<?xi32>,
       outs(%s : tensor<8x?xi32>, %c : tensor<8x?xi32>, %e : tensor<8x?xi32>)
       {block_size = 64}
   return %g#2 : tensor<8x?xi32>
+}
+
+// The memref form (after bufferization): no results, the inits written.
+// CHECK-LABEL: func.func @on_buffers
+// CHECK: moba.grouped_block_attention q(%{{.*}} : memref<?x8x64xf16>) {{.*}} outs(%{{.*}} : memref<2x?x8x64xf32>, %{{.*}} : memref<2x?x8xf32>) {block_size = 16 : i64, scale = 1.250000e-01 : f32}
+// CHECK-NEXT: return
+func.func @on_buffers(%q: memref<?x8x64xf16>, %kv: memref<?x2x64xf16>, %cu: memref<?xi32>,
+                      %sel: memref<?x8x2xi32>, %s: memref<8x?xi32>, %e: memref<8x?xi32>,
+                      %o: memref<2x?x8x64xf32>, %l: memref<2x?x8xf32>) {
+  moba.grouped_block_attention q(%q : memref<?x8x64xf16>) k(%kv : memref<?x2x64xf16>)
+      v(%kv : memref<?x2x64xf16>) cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x8x2xi32>)
+      groups(%s : memref<8x?xi32>, %s : memref<8x?xi32>, %e : memref<8x?xi32>)
+      outs(%o : memref<2x?x8x64xf32>, %l : memref<2x?x8xf32>) {block_size = 16, scale = 0.125 : f32}
+  return
 }

@@ -48,9 +48,9 @@ bool dimsAgree(int64_t a, int64_t b) {
 /// A named tensor operand or result, for messages.
 struct Named {
   StringRef name;
-  RankedTensorType type;
+  ShapedType type;
   Named(StringRef name, Value v)
-      : name(name), type(cast<RankedTensorType>(v.getType())) {}
+      : name(name), type(cast<ShapedType>(v.getType())) {}
   int64_t dim(int64_t i) const { return type.getDimSize(i); }
 };
 
@@ -153,8 +153,8 @@ public:
   /// When it is a constant, its values must start at 0, never decrease, and
   /// end at `tokens` (when static).
   LogicalResult cuSeqlens(Value cu, int64_t tokens) {
-    auto type = dyn_cast<RankedTensorType>(cu.getType());
-    if (!type || type.getRank() != 1 ||
+    auto type = dyn_cast<ShapedType>(cu.getType());
+    if (!type || !type.hasRank() || type.getRank() != 1 ||
         !isa<IntegerType>(type.getElementType()))
       return op->emitOpError()
              << "expects cu_seqlens to be a rank-1 tensor of integers "
@@ -573,7 +573,46 @@ MutableOperandRange GroupedBlockAttentionOp::getDpsInitsMutable() {
   return trailingOperands(*this, 2);
 }
 
+void GroupedBlockAttentionOp::getEffects(
+    SmallVectorImpl<SideEffects::EffectInstance<MemoryEffects::Effect>>
+        &effects) {
+  // On tensors the op is pure; on buffers it reads its inputs and writes
+  // its inits.
+  for (OpOperand &operand : getOperation()->getOpOperands()) {
+    if (!isa<MemRefType>(operand.get().getType()))
+      continue;
+    if (isDpsInit(&operand))
+      effects.emplace_back(MemoryEffects::Write::get(), &operand,
+                           SideEffects::DefaultResource::get());
+    else
+      effects.emplace_back(MemoryEffects::Read::get(), &operand,
+                           SideEffects::DefaultResource::get());
+  }
+}
+
+bool GroupedBlockAttentionOp::isMmaSyncCompatible() {
+  auto q = cast<ShapedType>(getQ().getType());
+  int64_t d = q.getShape().back();
+  return q.getElementType().isF16() || q.getElementType().isBF16()
+             ? !ShapedType::isDynamic(d) && d % 16 == 0 && d <= 128
+             : false;
+}
+
 LogicalResult GroupedBlockAttentionOp::verify() {
+  // All operands on tensors with two results tied to the inits, or all on
+  // buffers with none.
+  bool onTensors = isa<RankedTensorType>(getQ().getType());
+  for (Value operand : getOperation()->getOperands())
+    if (isa<RankedTensorType, UnrankedTensorType>(operand.getType()) !=
+        onTensors)
+      return emitOpError("operands must be all tensors or all memrefs");
+  if (onTensors && (getResults().size() != 2 ||
+                    getResults()[0].getType() != getPartialOutInit().getType() ||
+                    getResults()[1].getType() != getPartialLseInit().getType()))
+    return emitOpError("on tensors, expects two results of the types of "
+                       "partial_out_init and partial_lse_init");
+  if (!onTensors && !getResults().empty())
+    return emitOpError("on memrefs, has no results");
   if (failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
                                            getCuSeqlens(), getSelected(),
                                            getBlockSize(), getScaleAttr())) ||

@@ -771,10 +771,18 @@ private:
 
 struct LowerGroupedBlockAttention
     : LoweringPattern<GroupedBlockAttentionOp> {
-  using LoweringPattern::LoweringPattern;
+  LowerGroupedBlockAttention(MLIRContext *context, bool parallel,
+                             bool keepMmaCompatible)
+      : LoweringPattern(context, parallel),
+        keepMmaCompatible(keepMmaCompatible) {}
+  bool keepMmaCompatible;
 
   LogicalResult matchAndRewrite(GroupedBlockAttentionOp op,
                                 PatternRewriter &rewriter) const override {
+    if (!isa<RankedTensorType>(op.getQ().getType()))
+      return rewriter.notifyMatchFailure(op, "on buffers");
+    if (keepMmaCompatible && op.isMmaSyncCompatible())
+      return rewriter.notifyMatchFailure(op, "left for the mma.sync lowering");
     if (failed(checkStaticHeadsAndHeadDim(
             rewriter, op,
             {op.getQ(), op.getK(), op.getV(), op.getSelected()})))
@@ -784,10 +792,12 @@ struct LowerGroupedBlockAttention
     int64_t blockSize = op.getBlockSize();
     bool causal = op.getCausal();
     double scale = op.getScale().convertToDouble();
-    auto qType = op.getQ().getType();
-    int64_t numHeads = qType.getDimSize(1), headDim = qType.getDimSize(2);
-    int64_t group = numHeads / op.getK().getType().getDimSize(1);
-    int64_t k = op.getSelected().getType().getDimSize(2);
+    auto qType = cast<RankedTensorType>(op.getQ().getType());
+    int64_t numHeads = qType.getDimSize(1);
+    int64_t group =
+        numHeads / cast<RankedTensorType>(op.getK().getType()).getDimSize(1);
+    int64_t k =
+        cast<RankedTensorType>(op.getSelected().getType()).getDimSize(2);
     Value cu = op.getCuSeqlens();
     // The partial of token t, head h over local block j (i32; -1 or any
     // invalid index attends nothing).
@@ -884,11 +894,15 @@ struct MobaLowerToLoopsPass
 
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
-    populateMobaLowerToLoopsPatterns(patterns, parallel);
+    populateMobaLowerToLoopsPatterns(patterns, parallel,
+                                     keepMmaCompatibleAttention);
     walkAndApplyPatterns(getOperation(), std::move(patterns));
     // Whatever could not be lowered has said why (dynamic heads or
     // head_dim); the pass fails rather than leave moba ops behind.
-    WalkResult left = getOperation()->walk([](Operation *op) {
+    WalkResult left = getOperation()->walk([&](Operation *op) {
+      if (auto grouped = dyn_cast<GroupedBlockAttentionOp>(op))
+        if (keepMmaCompatibleAttention && grouped.isMmaSyncCompatible())
+          return WalkResult::advance();
       return isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
                  LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp>(op)
                  ? WalkResult::interrupt()
@@ -902,8 +916,11 @@ struct MobaLowerToLoopsPass
 } // namespace
 
 void mlir::moba::populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
-                                                  bool parallel) {
+                                                  bool parallel,
+                                                  bool keepMmaCompatible) {
   patterns.add<LowerBlockPool, LowerGate, LowerTopK, LowerGateTopK,
-               LowerSparseAttention, LowerLseMerge, LowerGroupQueries,
-               LowerGroupedBlockAttention>(patterns.getContext(), parallel);
+               LowerSparseAttention, LowerLseMerge, LowerGroupQueries>(
+      patterns.getContext(), parallel);
+  patterns.add<LowerGroupedBlockAttention>(patterns.getContext(), parallel,
+                                           keepMmaCompatible);
 }

@@ -52,7 +52,7 @@ func.func @grouped_block_attention(%q: tensor<?x4x16xf32>, %kv: tensor<?x2x16xf3
   %p:2 = moba.grouped_block_attention q(%q : tensor<?x4x16xf32>) k(%kv : tensor<?x2x16xf32>)
       v(%kv : tensor<?x2x16xf32>) cu_seqlens(%cu : tensor<?xi32>) selected(%sel : tensor<?x4x2xi32>)
       groups(%s : tensor<4x?xi32>, %s : tensor<4x?xi32>, %e : tensor<4x?xi32>)
-      outs(%o : tensor<2x?x4x16xf32>, %l : tensor<2x?x4xf32>) {block_size = 16, scale = 0.25 : f32}
+      outs(%o : tensor<2x?x4x16xf32>, %l : tensor<2x?x4xf32>) {block_size = 16, scale = 0.25 : f32} -> tensor<2x?x4x16xf32>, tensor<2x?x4xf32>
   return %p#0, %p#1 : tensor<2x?x4x16xf32>, tensor<2x?x4xf32>
 }
 

@@ -70,4 +70,10 @@ def Moba_CuSeqlens : TensorOf<[AnyType]>;
 /// Selected block indices, local to each query's sequence; -1 pads.
 def Moba_IndexTensor : RankedTensorOf<[I32]>;
 
+/// Operands of the ops that also exist on buffers (after bufferization).
+def Moba_QKVShaped : AnyTypeOf<[Moba_QKVTensor, MemRefOf<[F16, BF16, F32]>]>;
+def Moba_F32Shaped : AnyTypeOf<[Moba_F32Tensor, MemRefOf<[F32]>]>;
+def Moba_IndexShaped : AnyTypeOf<[Moba_IndexTensor, MemRefOf<[I32]>]>;
+def Moba_CuSeqlensShaped : AnyTypeOf<[Moba_CuSeqlens, MemRefOf<[AnyType]>]>;
+
 #endif // MOBA_DIALECT_MOBA_IR_MOBADIALECT_TD

@@ -524,9 +524,9 @@ def Moba_GroupQueriesOp : Moba_DpsOp<"group_queries",
   let hasVerifier = 1;
 }
 
-def Moba_GroupedBlockAttentionOp : Moba_DpsOp<"grouped_block_attention",
-    [AllTypesMatch<["partial_out_init", "partial_out"]>,
-     AllTypesMatch<["partial_lse_init", "partial_lse"]>]> {
+def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
+    [DeclareOpInterfaceMethods<DestinationStyleOpInterface>,
+     DeclareOpInterfaceMethods<MemoryEffectsOpInterface>]> {
   let summary = "Attention of each selection slot to its one block";
   let description = [{
     The per-(query, block) pieces of `moba.sparse_attention`: for every
@@ -549,6 +549,12 @@ def Moba_GroupedBlockAttentionOp : Moba_DpsOp<"grouped_block_attention",
     which lowerings that tile queries densely per block iterate over (the
     result is undefined if they disagree). Partials are f32.
 
+    Like linalg ops, it exists on tensors (two results, tied to the inits)
+    and, after bufferization, on memrefs (no results, the inits written in
+    place): the tensor-core lowering (`moba-convert-grouped-attention-to-nvvm`)
+    works on buffers, since its warps share fragments that no tensor value
+    describes.
+
     Example:
 
     ```mlir
@@ -563,21 +569,21 @@ def Moba_GroupedBlockAttentionOp : Moba_DpsOp<"grouped_block_attention",
   }];
 
   let arguments = (ins
-    Moba_QKVTensor:$q,
-    Moba_QKVTensor:$k,
-    Moba_QKVTensor:$v,
-    Moba_CuSeqlens:$cu_seqlens,
-    Moba_IndexTensor:$selected,
-    Moba_IndexTensor:$starts,
-    Moba_IndexTensor:$counts,
-    Moba_IndexTensor:$entries,
-    Moba_F32Tensor:$partial_out_init,
-    Moba_F32Tensor:$partial_lse_init,
+    Moba_QKVShaped:$q,
+    Moba_QKVShaped:$k,
+    Moba_QKVShaped:$v,
+    Moba_CuSeqlensShaped:$cu_seqlens,
+    Moba_IndexShaped:$selected,
+    Moba_IndexShaped:$starts,
+    Moba_IndexShaped:$counts,
+    Moba_IndexShaped:$entries,
+    Moba_F32Shaped:$partial_out_init,
+    Moba_F32Shaped:$partial_lse_init,
     I64Attr:$block_size,
     F32Attr:$scale,
     DefaultValuedAttr<BoolAttr, "true">:$causal
   );
-  let results = (outs Moba_F32Tensor:$partial_out, Moba_F32Tensor:$partial_lse);
+  let results = (outs Variadic<Moba_F32Tensor>:$results);
   let assemblyFormat = [{
     `q` `(` $q `:` type($q) `)`
     `k` `(` $k `:` type($k) `)`
@@ -588,6 +594,15 @@ def Moba_GroupedBlockAttentionOp : Moba_DpsOp<"grouped_block_attention",
                  $entries `:` type($entries) `)`
     `outs` `(` $partial_out_init `:` type($partial_out_init) `,`
                $partial_lse_init `:` type($partial_lse_init) `)` attr-dict
+    (`->` type($results)^)?
+  }];
+  let extraClassDeclaration = [{
+    /// The results of the tensor form.
+    ::mlir::Value getPartialOut() { return getResults()[0]; }
+    ::mlir::Value getPartialLse() { return getResults()[1]; }
+    /// head_dim and the element type allow the mma.sync lowering: f16 or
+    /// bf16, head_dim a static multiple of 16 up to 128.
+    bool isMmaSyncCompatible();
   }];
   let hasVerifier = 1;
 }

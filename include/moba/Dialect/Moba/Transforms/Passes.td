@@ -144,6 +144,11 @@ def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
   let options = [
     Option<"parallel", "parallel", "bool", /*default=*/"false",
            "Emit scf.forall over independent rows instead of serial loops">,
+    Option<"keepMmaCompatibleAttention", "keep-mma-compatible-attention",
+           "bool", /*default=*/"false",
+           "Leave moba.grouped_block_attention (f16/bf16, head_dim a "
+           "multiple of 16 up to 128) for the tensor-core lowering, which "
+           "runs after bufferization">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",

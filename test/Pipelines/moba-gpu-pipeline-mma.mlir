@@ -1,0 +1,38 @@
+// REQUIRES: ptxas
+// The tensor-core form of the GPU pipeline: densify, lower all but the
+// grouped attention to parallel loops, bufferize, then the grouped attention
+// to mma.sync kernels. ptxas assembles every kernel for sm_80 and sm_90a.
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_80 format=bin densify=true mma=true" | FileCheck %s --check-prefix=BIN
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true" | FileCheck %s --check-prefix=BIN
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" | FileCheck %s --check-prefix=PTX
+// RUN: not moba-opt %s --moba-gpu-pipeline="mma=true" 2>&1 | FileCheck %s --check-prefix=BAD
+
+// Nine kernels: pooling, gate + top-k, group counts, starts, entries
+// cleared, entries filled, partials cleared, attention, merge.
+// BIN-COUNT-9: gpu.launch_func
+// BIN-NOT: gpu.launch_func
+// BIN-COUNT-9: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
+
+// The attention kernel: bf16 mma.sync m16n8k16 with f32 accumulators,
+// quad shuffles for the softmax rows, and no local memory.
+// PTX: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+// PTX: shfl.sync.bfly.b32
+
+// BAD: error: moba-gpu-pipeline: mma needs densify
+
+func.func @moba_attention(%q: memref<?x8x64xbf16>, %k: memref<?x2x64xbf16>, %v: memref<?x2x64xbf16>,
+                          %cu: memref<?xi32>, %out: memref<?x8x64xbf16>,
+                          %lse: memref<?x8xf32>) attributes {llvm.emit_c_interface} {
+  %qt = bufferization.to_tensor %q restrict : memref<?x8x64xbf16> to tensor<?x8x64xbf16>
+  %kt = bufferization.to_tensor %k restrict : memref<?x2x64xbf16> to tensor<?x2x64xbf16>
+  %vt = bufferization.to_tensor %v restrict : memref<?x2x64xbf16> to tensor<?x2x64xbf16>
+  %cut = bufferization.to_tensor %cu restrict : memref<?xi32> to tensor<?xi32>
+  %o, %l = moba.attention q(%qt : tensor<?x8x64xbf16>) k(%kt : tensor<?x2x64xbf16>)
+      v(%vt : tensor<?x2x64xbf16>) cu_seqlens(%cut : tensor<?xi32>) {block_size = 64, top_k = 3}
+      -> tensor<?x8x64xbf16>, tensor<?x8xf32>
+  bufferization.materialize_in_destination %o in restrict writable %out
+      : (tensor<?x8x64xbf16>, memref<?x8x64xbf16>) -> ()
+  bufferization.materialize_in_destination %l in restrict writable %lse
+      : (tensor<?x8xf32>, memref<?x8xf32>) -> ()
+  return
+}
