@@ -7,11 +7,12 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" | FileCheck %s --check-prefix=PTX
 // RUN: not moba-opt %s --moba-gpu-pipeline="mma=true" 2>&1 | FileCheck %s --check-prefix=BAD
 
-// Nine kernels: pooling, gate + top-k, group counts, starts, entries
-// cleared, entries filled, partials cleared, attention, merge.
-// BIN-COUNT-9: gpu.launch_func
+// Ten kernels: pooling, gate + top-k, group counts per chunk, per row,
+// starts, entries cleared, entries filled, partials cleared, attention,
+// merge.
+// BIN-COUNT-10: gpu.launch_func
 // BIN-NOT: gpu.launch_func
-// BIN-COUNT-9: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
+// BIN-COUNT-10: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
 
 // The attention kernel: bf16 mma.sync m16n8k16 with f32 accumulators,
 // quad shuffles for the softmax rows, and no local memory.

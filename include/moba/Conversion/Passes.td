@@ -41,8 +41,9 @@ def MobaConvertGroupedAttentionToNVVM
   let summary = "Grouped block attention on tensor cores (mma.sync)";
   let description = [{
     Lowers every `moba.grouped_block_attention` on buffers (after
-    bufferization) to two `gpu.launch`es: one that writes every slot's
-    partial as empty (zeros, -inf), and the attention kernel, where each
+    bufferization) to two `gpu.launch`es: one that marks every slot's
+    partial empty (log-sum-exp -inf; the output rows of empty slots are
+    never read), and the attention kernel, where each
     warp takes 16 consecutive entries of one group (16 queries that chose
     the same key block), computes `Q K^T` and `P V` with `nvvm.mma.sync`
     m16n8k16 (f16 or bf16 operands, f32 accumulation) 16 keys at a time,

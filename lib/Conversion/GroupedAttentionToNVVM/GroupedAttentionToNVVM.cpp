@@ -3,8 +3,9 @@
 // Part of moba-mlir. Implements `moba-convert-grouped-attention-to-nvvm`:
 // moba.grouped_block_attention on buffers becomes two GPU launches.
 //
-//  * An initializing kernel writes every slot's partial as empty (zeros,
-//    -inf): slots no group lists keep that.
+//  * An initializing kernel marks every slot's partial empty (log-sum-exp
+//    -inf): slots no group lists keep that, and their output rows, which
+//    moba.lse_merge does not read, are never written.
 //  * The attention kernel gives each warp one tile: 16 consecutive entries
 //    of one group (head h, key block r) -- 16 queries that all chose block
 //    r. The warp computes S = Q K^T for 16 keys at a time with
@@ -167,9 +168,10 @@ void launch(ImplicitLocOpBuilder &b, Value blocks, int64_t threads,
   gpu::TerminatorOp::create(b);
 }
 
-/// Every slot's partial written empty: zeros and -inf.
-void emitInitKernel(ImplicitLocOpBuilder &b, Value partialOut,
-                    Value partialLse, Value slots, int64_t headDim,
+/// Every slot's partial marked empty: log-sum-exp -inf. The output rows of
+/// empty slots are left as they are: nothing reads them (moba.lse_merge
+/// skips -inf partials).
+void emitInitKernel(ImplicitLocOpBuilder &b, Value partialLse, Value slots,
                     int64_t numHeads, Value tokens) {
   KernelBuilder k{b, b.getF32Type()};
   int64_t threads = 128;
@@ -188,14 +190,6 @@ void emitInitKernel(ImplicitLocOpBuilder &b, Value partialOut,
     Value s = e.div(rest, tokens);
     memref::StoreOp::create(kb, e.f32(kNegInf), partialLse,
                             ValueRange{s, t, h});
-    Value zero = e.f32(0.0);
-    scf::ForOp::create(kb, e.index(0), e.index(headDim), e.index(1),
-                       ValueRange{},
-                       [&](OpBuilder &fb, Location loc, Value d, ValueRange) {
-                         memref::StoreOp::create(fb, loc, zero, partialOut,
-                                                 ValueRange{s, t, h, d});
-                         scf::YieldOp::create(fb, loc);
-                       });
   });
 }
 
@@ -503,8 +497,7 @@ struct MobaConvertGroupedAttentionToNVVMPass
           b, tokens,
           arith::ConstantIndexOp::create(b, kernel.numHeads *
                                                 kernel.slotsPerToken));
-      emitInitKernel(b, kernel.partialOut, kernel.partialLse, slots,
-                     kernel.headDim, kernel.numHeads, tokens);
+      emitInitKernel(b, kernel.partialLse, slots, kernel.numHeads, tokens);
       kernel.emit(b);
       rewriter.eraseOp(op);
     }

@@ -77,19 +77,21 @@ struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
     };
 
     if (parallel) {
+      // One iteration per (block row, key/value head, dim): neighbouring
+      // iterations (a GPU warp) read neighbouring elements of each key row.
       OpFoldResult rows = tensor::getMixedSize(b, b.getLoc(), op.getInit(), 0);
       SmallVector<Value> result = e.forall(
-          {rows, b.getIndexAttr(kvHeads)}, ValueRange{op.getInit()},
+          {rows, b.getIndexAttr(kvHeads), b.getIndexAttr(headDim)},
+          ValueRange{op.getInit()},
           [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
               ValueRange outs) -> SmallVector<SliceWrite> {
             LoopEmitter pe(pb);
-            Value row = ivs[0], g = ivs[1], j, valid;
+            Value row = ivs[0], g = ivs[1], d = ivs[2], j, valid;
             Sequence seq = pe.locateBlockRow(op.getCuSeqlens(), blockSize, row,
                                              j, valid);
             OpFoldResult one = pb.getIndexAttr(1);
-            SmallVector<OpFoldResult> offsets = {row, g, pb.getIndexAttr(0)};
-            SmallVector<OpFoldResult> sizes = {one, one,
-                                               pb.getIndexAttr(headDim)};
+            SmallVector<OpFoldResult> offsets = {row, g, d};
+            SmallVector<OpFoldResult> sizes = {one, one, one};
             Value slice = tensor::ExtractSliceOp::create(
                 pb, outs[0], offsets, sizes, SmallVector<OpFoldResult>(3, one));
             // Rows past the last block keep the init's values.
@@ -104,9 +106,27 @@ struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
                   Value last = arith::MinUIOp::create(
                       ib, arith::AddIOp::create(ib, first, ie.index(blockSize)),
                       seq.end);
+                  Value sum = ie.forLoop(
+                      first, last, ValueRange{ie.f32(0.0)},
+                      [&](ImplicitLocOpBuilder &kb, Value s,
+                          ValueRange acc) -> SmallVector<Value> {
+                        Value x = tensor::ExtractOp::create(
+                            kb, keys, ValueRange{s, g, d});
+                        if (x.getType() != kb.getF32Type())
+                          x = arith::ExtFOp::create(kb, kb.getF32Type(), x);
+                        return {arith::AddFOp::create(kb, acc[0], x)};
+                      })[0];
+                  Value count = arith::UIToFPOp::create(
+                      ib, ib.getF32Type(),
+                      arith::IndexCastUIOp::create(
+                          ib, ib.getI64Type(),
+                          arith::SubIOp::create(ib, last, first)));
+                  Value mean = arith::DivFOp::create(ib, sum, count);
                   scf::YieldOp::create(
-                      ib, ie.writeRow(mean(ib, first, last, g), slice,
-                                      {ie.index(0), ie.index(0)}));
+                      ib, ValueRange{tensor::InsertOp::create(
+                              ib, mean, slice,
+                              ValueRange{ie.index(0), ie.index(0),
+                                         ie.index(0)})});
                 },
                 [&](OpBuilder &eb, Location loc) {
                   scf::YieldOp::create(eb, loc, slice);
@@ -216,13 +236,15 @@ Value emitSelectionLoops(ImplicitLocOpBuilder &b, Value queries, Value cu,
                         });
   };
   if (parallel) {
+    // Heads outer, tokens inner: neighbouring iterations (a GPU warp) score
+    // the same block means, so those loads are shared.
     OpFoldResult tokens = tensor::getMixedSize(b, b.getLoc(), init, 0);
     return e.forall(
-        {tokens, b.getIndexAttr(numHeads)}, ValueRange{init},
+        {b.getIndexAttr(numHeads), tokens}, ValueRange{init},
         [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
             ValueRange outs) -> SmallVector<SliceWrite> {
           LoopEmitter pe(pb);
-          Value t = ivs[0], h = ivs[1];
+          Value h = ivs[0], t = ivs[1];
           Value chosen = chooseRow(pb, pe.locateToken(cu, blockSize, t), t, h);
           OpFoldResult one = pb.getIndexAttr(1);
           SmallVector<OpFoldResult> offsets = {t, h, pb.getIndexAttr(0)};
@@ -455,13 +477,17 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
       Value shift = arith::SelectOp::create(hb, finite, m, he.f32(0.0));
       Value l = he.f32(0.0);
       Value acc = he.splat(he.f32(0.0), headDim);
+      Value zeros = he.splat(he.f32(0.0), headDim);
       for (int64_t p = 0; p < numParts; ++p) {
         Value w = math::ExpOp::create(
             hb, arith::SubFOp::create(hb, lses[p], shift));
         l = arith::AddFOp::create(hb, l, w);
-        acc = vector::FMAOp::create(hb, he.splat(w, headDim),
-                                    he.readRow(parts, {he.index(p), t, h}),
-                                    acc);
+        // A -inf partial contributes nothing, whatever its row holds.
+        Value attended = arith::CmpFOp::create(hb, arith::CmpFPredicate::OGT,
+                                               lses[p], he.f32(kNegInf));
+        Value row = arith::SelectOp::create(
+            hb, attended, he.readRow(parts, {he.index(p), t, h}), zeros);
+        acc = vector::FMAOp::create(hb, he.splat(w, headDim), row, acc);
       }
       return finishSoftmax(hb, shift, l, acc);
     };
@@ -504,6 +530,9 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
 //===----------------------------------------------------------------------===//
 // moba.group_queries
 //===----------------------------------------------------------------------===//
+
+/// Tokens each parallel iteration of moba.group_queries scans.
+constexpr int64_t kGroupChunkTokens = 256;
 
 /// t * K + s, the entry of slot s of token t (i32).
 Value slotEntry(ImplicitLocOpBuilder &b, Value t, Value s, int64_t k) {
@@ -629,9 +658,11 @@ private:
     return {starts, counts, entries};
   }
 
-  /// Three parallel passes over (head, block row): count the block's
-  /// slots, place the group (a prefix sum over the head's earlier rows),
-  /// fill the group's entries; entries outside every group are -1.
+  /// Parallel passes: count each (head, block row, chunk of tokens); sum a
+  /// row's chunks; place the group (a prefix sum over the head's earlier
+  /// rows); clear the entries (-1); fill each chunk's slots at the group's
+  /// start plus the earlier chunks' counts. Chunks keep every iteration's
+  /// scan short, whatever the sequence length.
   SmallVector<Value> emitParallel(ImplicitLocOpBuilder &b, GroupQueriesOp op,
                                   Value selected, Value cu, int64_t blockSize,
                                   int64_t numHeads, int64_t k) const {
@@ -642,20 +673,33 @@ private:
         tensor::getMixedSize(b, b.getLoc(), op.getEntriesInit(), 1);
     OpFoldResult heads = b.getIndexAttr(numHeads);
     OpFoldResult one = b.getIndexAttr(1);
-    // Folds `visit` over the attending slots of block row `row` of head h:
-    // every slot of every token of the row's sequence naming its block.
+    Value tokens = tensor::DimOp::create(b, selected, 0);
+    Value chunks = arith::CeilDivUIOp::create(
+        b, tokens, e.index(kGroupChunkTokens));
+    // Folds `visit` over the attending slots of chunk `chunk` of block row
+    // `row` of head h: the chunk's tokens of the row's sequence whose
+    // selection names the row's block.
     using SlotVisit = function_ref<SmallVector<Value>(
         ImplicitLocOpBuilder &, Value t, Value s, ValueRange)>;
-    auto foldRow = [&](ImplicitLocOpBuilder &pb, Value h, Value row,
-                       ValueRange inits, SlotVisit visit) {
+    auto foldChunk = [&](ImplicitLocOpBuilder &pb, Value h, Value row,
+                         Value chunk, ValueRange inits, SlotVisit visit) {
       LoopEmitter pe(pb);
       Value j, valid;
       Sequence seq = pe.locateBlockRow(cu, blockSize, row, j, valid);
       Value jI32 = arith::IndexCastOp::create(pb, pb.getI32Type(), j);
+      Value first = arith::MinUIOp::create(
+          pb,
+          arith::AddIOp::create(
+              pb, seq.start,
+              arith::MulIOp::create(pb, chunk, pe.index(kGroupChunkTokens))),
+          seq.end);
+      Value last = arith::MinUIOp::create(
+          pb, arith::AddIOp::create(pb, first, pe.index(kGroupChunkTokens)),
+          seq.end);
       // Rows past the batch's last block visit no token.
-      Value end = arith::SelectOp::create(pb, valid, seq.end, seq.start);
+      last = arith::SelectOp::create(pb, valid, last, first);
       return pe.forLoop(
-          seq.start, end, inits,
+          first, last, inits,
           [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
             LoopEmitter te(tb);
             Value selRow = te.readSelectionRow(selected, t, h);
@@ -686,21 +730,40 @@ private:
                            ValueRange ivs) -> SliceWrite {
       LoopEmitter pe(pb);
       SmallVector<OpFoldResult> offsets = getAsOpFoldResult(ivs);
-      SmallVector<OpFoldResult> sizes(2, one);
-      Value slice = tensor::ExtractSliceOp::create(
-          pb, dest, offsets, sizes, SmallVector<OpFoldResult>(2, one));
-      slice = tensor::InsertOp::create(pb, value, slice,
-                                       ValueRange{pe.index(0), pe.index(0)});
+      SmallVector<OpFoldResult> sizes(ivs.size(), one);
+      SmallVector<OpFoldResult> unit(ivs.size(), one);
+      Value slice =
+          tensor::ExtractSliceOp::create(pb, dest, offsets, sizes, unit);
+      SmallVector<Value> zeros(ivs.size(), pe.index(0));
+      slice = tensor::InsertOp::create(pb, value, slice, zeros);
       return {slice, dest, offsets, sizes};
     };
+    // sum_{i < n} tensor[h, r, i] (or tensor[h, i] without r).
+    auto prefix = [](ImplicitLocOpBuilder &pb, Value tensor, Value h, Value r,
+                     Value n) {
+      LoopEmitter pe(pb);
+      return pe.forLoop(pe.index(0), n, ValueRange{pe.i32(0)},
+                        [&](ImplicitLocOpBuilder &rb, Value i,
+                            ValueRange c) -> SmallVector<Value> {
+                          SmallVector<Value> at = {h};
+                          if (r)
+                            at.push_back(r);
+                          at.push_back(i);
+                          return {arith::AddIOp::create(
+                              rb, c[0], tensor::ExtractOp::create(rb, tensor,
+                                                                  at))};
+                        })[0];
+    };
 
-    Value counts =
-        e.forall({heads, rows}, ValueRange{op.getCountsInit()},
+    Value chunkCountsInit = tensor::EmptyOp::create(
+        b, SmallVector<OpFoldResult>{heads, rows, chunks}, b.getI32Type());
+    Value chunkCounts =
+        e.forall({heads, rows, chunks}, ValueRange{chunkCountsInit},
                  [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
                      ValueRange outs) -> SmallVector<SliceWrite> {
                    LoopEmitter pe(pb);
-                   Value n = foldRow(
-                       pb, ivs[0], ivs[1], ValueRange{pe.i32(0)},
+                   Value n = foldChunk(
+                       pb, ivs[0], ivs[1], ivs[2], ValueRange{pe.i32(0)},
                        [&](ImplicitLocOpBuilder &ib, Value, Value,
                            ValueRange c) -> SmallVector<Value> {
                          LoopEmitter ie(ib);
@@ -708,20 +771,18 @@ private:
                        })[0];
                    return {scalarWrite(pb, n, outs[0], ivs)};
                  })[0];
+    Value counts =
+        e.forall({heads, rows}, ValueRange{op.getCountsInit()},
+                 [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+                     ValueRange outs) -> SmallVector<SliceWrite> {
+                   Value n = prefix(pb, chunkCounts, ivs[0], ivs[1], chunks);
+                   return {scalarWrite(pb, n, outs[0], ivs)};
+                 })[0];
     Value starts =
         e.forall({heads, rows}, ValueRange{op.getStartsInit()},
                  [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
                      ValueRange outs) -> SmallVector<SliceWrite> {
-                   LoopEmitter pe(pb);
-                   Value start = pe.forLoop(
-                       pe.index(0), ivs[1], ValueRange{pe.i32(0)},
-                       [&](ImplicitLocOpBuilder &rb, Value r,
-                           ValueRange c) -> SmallVector<Value> {
-                         return {arith::AddIOp::create(
-                             rb, c[0],
-                             tensor::ExtractOp::create(
-                                 rb, counts, ValueRange{ivs[0], r}))};
-                       })[0];
+                   Value start = prefix(pb, counts, ivs[0], Value(), ivs[1]);
                    return {scalarWrite(pb, start, outs[0], ivs)};
                  })[0];
     Value unfilled =
@@ -732,26 +793,28 @@ private:
                    return {scalarWrite(pb, pe.i32(-1), outs[0], ivs)};
                  })[0];
     Value entries = e.forall(
-        {heads, rows}, ValueRange{unfilled},
+        {heads, rows, chunks}, ValueRange{unfilled},
         [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
             ValueRange outs) -> SmallVector<SliceWrite> {
           LoopEmitter pe(pb);
-          Value h = ivs[0], row = ivs[1];
+          Value h = ivs[0], row = ivs[1], chunk = ivs[2];
           Value count = arith::IndexCastOp::create(
               pb, pb.getIndexType(),
-              tensor::ExtractOp::create(pb, counts, ValueRange{h, row}));
+              tensor::ExtractOp::create(pb, chunkCounts, ivs));
           Value start = arith::IndexCastOp::create(
               pb, pb.getIndexType(),
-              tensor::ExtractOp::create(pb, starts, ValueRange{h, row}));
+              arith::AddIOp::create(
+                  pb, tensor::ExtractOp::create(pb, starts, ValueRange{h, row}),
+                  prefix(pb, chunkCounts, h, row, chunk)));
           SmallVector<OpFoldResult> offsets = {h, start};
           SmallVector<OpFoldResult> sizes = {one, count};
-          // The group's slice of the head's entries, filled in order.
-          Value group = tensor::ExtractSliceOp::create(
+          // The chunk's part of the group, filled in token, slot order.
+          Value part = tensor::ExtractSliceOp::create(
               pb, RankedTensorType::get({ShapedType::kDynamic},
                                         pb.getI32Type()),
               outs[0], offsets, sizes, SmallVector<OpFoldResult>(2, one));
-          Value filled = foldRow(
-              pb, h, row, ValueRange{group, pe.index(0)},
+          Value filled = foldChunk(
+              pb, h, row, chunk, ValueRange{part, pe.index(0)},
               [&](ImplicitLocOpBuilder &ib, Value t, Value s,
                   ValueRange c) -> SmallVector<Value> {
                 LoopEmitter ie(ib);

@@ -8,22 +8,28 @@
 // SERIAL: linalg.fill ins(%c-1_i32 : i32) outs(%{{.+}} : tensor<4x?xi32>)
 // SERIAL-COUNT-3: scf.for
 
-// In parallel: three passes over (head, block row) -- count, place, fill --
-// after one over the entries that marks them empty (-1). The fill writes the
-// group's slice [start, start + count) of the head's entries.
+// In parallel: counts per (head, block row, chunk of 256 tokens), summed
+// per row; starts by a prefix sum over the head's rows; entries cleared
+// (-1); then each chunk fills its part of the group, at the group's start
+// plus the earlier chunks' counts.
 // PARALLEL-LABEL: func.func @group_queries
-// PARALLEL: %[[COUNTS:.+]] = scf.forall (%{{.+}}, %{{.+}}) in (4, %[[ROWS:.+]]) shared_outs(%{{.+}} = %[[C0:[^)]+]])
-// PARALLEL: %[[STARTS:.+]] = scf.forall (%[[H:.+]], %[[R:.+]]) in (4, %[[ROWS]]) shared_outs(%{{.+}} = %{{[^)]+}})
+// PARALLEL: %[[CHUNKS:.+]] = arith.ceildivui %{{.+}}, %c256
+// PARALLEL: %[[PER_CHUNK:.+]] = scf.forall (%{{.+}}, %{{.+}}, %{{.+}}) in (4, %[[ROWS:.+]], %[[CHUNKS]])
+// PARALLEL: %[[COUNTS:.+]] = scf.forall (%[[H0:.+]], %[[R0:.+]]) in (4, %[[ROWS]])
+// PARALLEL:   scf.for %[[C0:.+]] = %c0 to %[[CHUNKS]]
+// PARALLEL:     tensor.extract %[[PER_CHUNK]][%[[H0]], %[[R0]], %[[C0]]]
+// PARALLEL: %[[STARTS:.+]] = scf.forall (%[[H:.+]], %[[R:.+]]) in (4, %[[ROWS]])
 // PARALLEL:   scf.for %[[RR:.+]] = %c0 to %[[R]]
 // PARALLEL:     tensor.extract %[[COUNTS]][%[[H]], %[[RR]]]
-// PARALLEL: %[[EMPTY:.+]] = scf.forall (%{{.+}}, %{{.+}}) in (4, %{{.+}}) shared_outs(%{{.+}} = %{{[^)]+}})
+// PARALLEL: %[[EMPTY:.+]] = scf.forall (%{{.+}}, %{{.+}}) in (4, %{{.+}})
 // PARALLEL:   tensor.insert %c-1_i32
-// PARALLEL: scf.forall (%[[H2:.+]], %[[R2:.+]]) in (4, %[[ROWS]]) shared_outs(%[[E:.+]] = %[[EMPTY]])
-// PARALLEL:   %[[N:.+]] = tensor.extract %[[COUNTS]][%[[H2]], %[[R2]]]
-// PARALLEL:   %[[S:.+]] = tensor.extract %[[STARTS]][%[[H2]], %[[R2]]]
+// PARALLEL: scf.forall (%[[H2:.+]], %[[R2:.+]], %[[C2:.+]]) in (4, %[[ROWS]], %[[CHUNKS]]) shared_outs(%[[E:.+]] = %[[EMPTY]])
+// PARALLEL:   tensor.extract %[[PER_CHUNK]][%[[H2]], %[[R2]], %[[C2]]]
+// PARALLEL:   tensor.extract %[[STARTS]][%[[H2]], %[[R2]]]
 // PARALLEL:   tensor.extract_slice %[[E]][%[[H2]], %{{.+}}] [1, %{{.+}}] [1, 1] : tensor<4x?xi32> to tensor<?xi32>
 // PARALLEL:   scf.forall.in_parallel
 // PARALLEL:     tensor.parallel_insert_slice %{{.+}} into %[[E]][%[[H2]], %{{.+}}] [1, %{{.+}}] [1, 1] : tensor<?xi32> into tensor<4x?xi32>
+
 func.func @group_queries(%sel: tensor<?x4x2xi32>, %cu: tensor<?xi32>, %s: tensor<4x?xi32>,
                          %c: tensor<4x?xi32>, %e: tensor<4x?xi32>)
     -> (tensor<4x?xi32>, tensor<4x?xi32>, tensor<4x?xi32>) {

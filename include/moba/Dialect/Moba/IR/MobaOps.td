@@ -437,8 +437,9 @@ def Moba_LseMergeOp : Moba_DpsOp<"lse_merge",
     ```
 
     A partial with `partial_lse = -inf` (no key attended) contributes
-    nothing; when every partial is `-inf` the merged `lse` is `-inf` and the
-    output 0. This is how the own-block and chosen-block parts of MoBA, the
+    nothing, and its `partial_out` row is not read (it may hold anything,
+    NaN included); when every partial is `-inf` the merged `lse` is `-inf`
+    and the output 0. This is how the own-block and chosen-block parts of MoBA, the
     splits of a split-K decode, and the shards of context parallelism come
     together.
 
@@ -543,7 +544,10 @@ def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
                                                  - partial_lse[s,t,h]) * v[x,g,:]
     ```
 
-    with `g = h / (Hq / Hkv)`; an empty `K(t, s)` gives `-inf` and zeros.
+    with `g = h / (Hq / Hkv)`; an empty `K(t, s)` gives `partial_lse = -inf`
+    and leaves its `partial_out` row unspecified (a lowering may skip
+    writing it): `moba.lse_merge` never reads the output of a `-inf`
+    partial.
     `starts`, `counts` and `entries` must be `moba.group_queries` of the same
     `selected` and `cu_seqlens`: the same function indexed by key block,
     which lowerings that tile queries densely per block iterate over (the
