@@ -67,6 +67,11 @@ void mlir::moba::buildBufferizationPipeline(OpPassManager &pm) {
   pm.addPass(bufferization::createEmptyTensorEliminationPass());
   bufferization::OneShotBufferizePassOptions bufferize;
   bufferize.bufferizeFunctionBoundaries = true;
+  // Tensor arguments become plain row-major buffers (the C interface the
+  // runners call passes such buffers), not buffers of unknown strides:
+  // kernels that load pairs of elements as one word need contiguous rows.
+  bufferize.functionBoundaryTypeConversion =
+      bufferization::LayoutMapOption::IdentityLayoutMap;
   pm.addPass(bufferization::createOneShotBufferizePass(bufferize));
   // Row slices of parallel loops bufferize to copies of a view onto itself;
   // CSE makes the two views one, and the canonicalizer drops the copy.
