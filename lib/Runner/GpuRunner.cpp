@@ -66,23 +66,8 @@ namespace {
 
 /// The dialects, interfaces and translations the GPU pipeline meets.
 DialectRegistry gpuRegistry() {
-  DialectRegistry registry;
-  registry.insert<MobaDialect, affine::AffineDialect, arith::ArithDialect,
-                  bufferization::BufferizationDialect, cf::ControlFlowDialect,
-                  func::FuncDialect, gpu::GPUDialect, index::IndexDialect,
-                  LLVM::LLVMDialect, linalg::LinalgDialect, math::MathDialect,
-                  memref::MemRefDialect, NVVM::NVVMDialect, scf::SCFDialect,
-                  tensor::TensorDialect, ub::UBDialect,
-                  vector::VectorDialect>();
-  arith::registerBufferizableOpInterfaceExternalModels(registry);
-  bufferization::func_ext::registerBufferizableOpInterfaceExternalModels(
-      registry);
-  linalg::registerBufferizableOpInterfaceExternalModels(registry);
-  memref::registerAllocationOpInterfaceExternalModels(registry);
-  scf::registerBufferizableOpInterfaceExternalModels(registry);
-  tensor::registerBufferizableOpInterfaceExternalModels(registry);
-  vector::registerBufferizableOpInterfaceExternalModels(registry);
-  moba::registerBufferizableOpInterfaceExternalModels(registry);
+  DialectRegistry registry = loopPipelineRegistry();
+  registry.insert<gpu::GPUDialect, NVVM::NVVMDialect, ub::UBDialect>();
   // gpu-to-llvm and convert-gpu-to-nvvm convert every dialect they find
   // through its ConvertToLLVMPatternInterface.
   arith::registerConvertArithToLLVMInterface(registry);
@@ -99,8 +84,6 @@ DialectRegistry gpuRegistry() {
   // Serializing kernels (NVVM target), and translating the host module with
   // its embedded binaries and launches.
   NVVM::registerNVVMTargetInterfaceExternalModels(registry);
-  registerBuiltinDialectTranslation(registry);
-  registerLLVMDialectTranslation(registry);
   registerGPUDialectTranslation(registry);
   registerNVVMDialectTranslation(registry);
   gpu::registerOffloadingLLVMTranslationInterfaceExternalModels(registry);

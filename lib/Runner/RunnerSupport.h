@@ -21,6 +21,12 @@
 
 namespace mlir::moba::detail {
 
+/// The dialects, bufferization models and LLVM IR translations both
+/// pipelines meet on the way to loops on buffers and host code -- exactly
+/// those rather than all of MLIR, which keeps the standalone libMobaC.so
+/// small.
+DialectRegistry loopPipelineRegistry();
+
 /// Called with a stage name and the module's text after each stage.
 using DumpFn = std::function<void(llvm::StringRef stage, llvm::StringRef ir)>;
 

@@ -153,47 +153,66 @@ SmallVector<Value> LoopEmitter::forEachAttendedRange(
           nb, last, arith::AddIOp::create(nb, queryToken, e.index(1)));
     Value nonEmpty =
         arith::CmpIOp::create(nb, arith::CmpIPredicate::ult, first, last);
-    auto ifOp = scf::IfOp::create(
-        nb, nonEmpty,
-        [&](OpBuilder &tb, Location loc) {
-          ImplicitLocOpBuilder ib(loc, tb);
-          scf::YieldOp::create(ib, body(ib, first, last, args));
-        },
-        [&](OpBuilder &eb, Location loc) {
-          scf::YieldOp::create(eb, loc, args);
-        });
-    return SmallVector<Value>(ifOp.getResults());
+    return e.ifThen(nonEmpty, args, [&](ImplicitLocOpBuilder &ib) {
+      return body(ib, first, last, args);
+    });
   };
 
   if (!selectedRow)
     return visit(b, seq.start, seq.end, inits);
 
-  int64_t k = cast<VectorType>(selectedRow.getType()).getShape().front();
   Value block = index(blockSize);
+  return forEachAttendingSlot(
+      seq, selectedRow, /*block=*/Value(), inits,
+      [&](ImplicitLocOpBuilder &ib, Value slot, ValueRange args) {
+        Value j = arith::IndexCastOp::create(
+            ib, ib.getIndexType(),
+            vector::ExtractOp::create(ib, selectedRow, OpFoldResult(slot)));
+        Value first = arith::AddIOp::create(
+            ib, seq.start, arith::MulIOp::create(ib, j, block));
+        Value last = arith::MinUIOp::create(
+            ib, arith::AddIOp::create(ib, first, block), seq.end);
+        return visit(ib, first, last, args);
+      });
+}
+
+SmallVector<Value> LoopEmitter::ifThen(
+    Value condition, ValueRange carried,
+    function_ref<SmallVector<Value>(ImplicitLocOpBuilder &)> then) {
+  auto ifOp = scf::IfOp::create(
+      b, condition,
+      [&](OpBuilder &tb, Location loc) {
+        ImplicitLocOpBuilder ib(loc, tb);
+        scf::YieldOp::create(ib, then(ib));
+      },
+      [&](OpBuilder &eb, Location loc) {
+        scf::YieldOp::create(eb, loc, carried);
+      });
+  return SmallVector<Value>(ifOp.getResults());
+}
+
+SmallVector<Value> LoopEmitter::forEachAttendingSlot(const Sequence &seq,
+                                                     Value selectedRow,
+                                                     Value block,
+                                                     ValueRange inits,
+                                                     SlotBody body) {
+  int64_t k = cast<VectorType>(selectedRow.getType()).getShape().front();
   return forLoop(
       index(0), index(k), inits,
       [&](ImplicitLocOpBuilder &nb, Value slot, ValueRange args) {
         LoopEmitter e(nb);
-        Value blockI32 = vector::ExtractOp::create(nb, selectedRow,
-                                                   OpFoldResult(slot));
         Value take = e.slotAttends(seq, selectedRow, slot);
-        auto ifOp = scf::IfOp::create(
-            nb, take,
-            [&](OpBuilder &tb, Location loc) {
-              ImplicitLocOpBuilder ib(loc, tb);
-              LoopEmitter te(ib);
-              Value j = arith::IndexCastOp::create(ib, ib.getIndexType(),
-                                                   blockI32);
-              Value first = arith::AddIOp::create(
-                  ib, seq.start, arith::MulIOp::create(ib, j, block));
-              Value last = arith::MinUIOp::create(
-                  ib, arith::AddIOp::create(ib, first, block), seq.end);
-              scf::YieldOp::create(ib, visit(ib, first, last, args));
-            },
-            [&](OpBuilder &eb, Location loc) {
-              scf::YieldOp::create(eb, loc, args);
-            });
-        return SmallVector<Value>(ifOp.getResults());
+        if (block)
+          take = arith::AndIOp::create(
+              nb, take,
+              arith::CmpIOp::create(
+                  nb, arith::CmpIPredicate::eq,
+                  vector::ExtractOp::create(nb, selectedRow,
+                                            OpFoldResult(slot)),
+                  block));
+        return e.ifThen(take, args, [&](ImplicitLocOpBuilder &ib) {
+          return body(ib, slot, args);
+        });
       });
 }
 

@@ -124,6 +124,21 @@ public:
   /// of the row names the same block (a block listed twice counts once).
   Value slotAttends(const Sequence &seq, Value selectedRow, Value slot);
 
+  /// Runs `then` when `condition` holds, else passes `carried` through;
+  /// returns what was yielded (an scf.if with results).
+  SmallVector<Value>
+  ifThen(Value condition, ValueRange carried,
+         function_ref<SmallVector<Value>(ImplicitLocOpBuilder &)> then);
+
+  /// Runs `body` on each slot of the selection row `selectedRow` that
+  /// attends (slotAttends) and, when `block` (i32) is given, names that
+  /// block; slots in order, carrying `inits`.
+  using SlotBody = function_ref<SmallVector<Value>(ImplicitLocOpBuilder &,
+                                                  Value slot, ValueRange)>;
+  SmallVector<Value> forEachAttendingSlot(const Sequence &seq,
+                                          Value selectedRow, Value block,
+                                          ValueRange inits, SlotBody body);
+
   /// The selection row `selected[t, h, :]` as a vector<K x i32>.
   Value readSelectionRow(Value selected, Value t, Value h);
 

@@ -590,27 +590,15 @@ private:
           [&](ImplicitLocOpBuilder &tb, const Sequence &seq, Value t, Value h,
               ValueRange tc) {
             LoopEmitter te(tb);
-            Value selRow = te.readSelectionRow(selected, t, h);
-            return te.forLoop(
-                te.index(0), te.index(k), tc,
-                [&](ImplicitLocOpBuilder &sb, Value s, ValueRange sc) {
-                  LoopEmitter se(sb);
-                  Value take = se.slotAttends(seq, selRow, s);
+            return te.forEachAttendingSlot(
+                seq, te.readSelectionRow(selected, t, h), /*block=*/Value(),
+                tc, [&](ImplicitLocOpBuilder &ib, Value s, ValueRange sc) {
                   Value j = arith::IndexCastOp::create(
-                      sb, sb.getIndexType(),
-                      vector::ExtractOp::create(sb, selRow, OpFoldResult(s)));
-                  auto ifOp = scf::IfOp::create(
-                      sb, take,
-                      [&](OpBuilder &ob, Location loc) {
-                        ImplicitLocOpBuilder ib(loc, ob);
-                        Value row = arith::AddIOp::create(ib, seq.blockOffset,
-                                                          j);
-                        scf::YieldOp::create(ib, visit(ib, t, h, s, row, sc));
-                      },
-                      [&](OpBuilder &ob, Location loc) {
-                        scf::YieldOp::create(ob, loc, sc);
-                      });
-                  return SmallVector<Value>(ifOp.getResults());
+                      ib, ib.getIndexType(),
+                      tensor::ExtractOp::create(ib, selected,
+                                                ValueRange{t, h, s}));
+                  Value row = arith::AddIOp::create(ib, seq.blockOffset, j);
+                  return visit(ib, t, h, s, row, sc);
                 });
           });
     };
@@ -702,27 +690,10 @@ private:
           first, last, inits,
           [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
             LoopEmitter te(tb);
-            Value selRow = te.readSelectionRow(selected, t, h);
-            return te.forLoop(
-                te.index(0), te.index(k), tc,
-                [&](ImplicitLocOpBuilder &sb, Value s, ValueRange sc) {
-                  LoopEmitter se(sb);
-                  Value named = arith::CmpIOp::create(
-                      sb, arith::CmpIPredicate::eq,
-                      vector::ExtractOp::create(sb, selRow, OpFoldResult(s)),
-                      jI32);
-                  Value take = arith::AndIOp::create(
-                      sb, named, se.slotAttends(seq, selRow, s));
-                  auto ifOp = scf::IfOp::create(
-                      sb, take,
-                      [&](OpBuilder &ob, Location loc) {
-                        ImplicitLocOpBuilder ib(loc, ob);
-                        scf::YieldOp::create(ib, visit(ib, t, s, sc));
-                      },
-                      [&](OpBuilder &ob, Location loc) {
-                        scf::YieldOp::create(ob, loc, sc);
-                      });
-                  return SmallVector<Value>(ifOp.getResults());
+            return te.forEachAttendingSlot(
+                seq, te.readSelectionRow(selected, t, h), jI32, tc,
+                [&](ImplicitLocOpBuilder &ib, Value s, ValueRange sc) {
+                  return visit(ib, t, s, sc);
                 });
           });
     };
