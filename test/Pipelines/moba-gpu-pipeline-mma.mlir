@@ -7,12 +7,12 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" | FileCheck %s --check-prefix=PTX
 // RUN: not moba-opt %s --moba-gpu-pipeline="mma=true" 2>&1 | FileCheck %s --check-prefix=BAD
 
-// Ten kernels: pooling, gate + top-k, group counts per chunk, per row,
+// Eleven kernels: pooling, gate + top-k, group counts per chunk, per row,
 // starts, entries cleared, entries filled, partials cleared, attention,
-// merge.
-// BIN-COUNT-10: gpu.launch_func
+// merged log-sum-exp, merged output.
+// BIN-COUNT-11: gpu.launch_func
 // BIN-NOT: gpu.launch_func
-// BIN-COUNT-10: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
+// BIN-COUNT-11: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
 
 // The attention kernel: bf16 mma.sync m16n8k16 with f32 accumulators,
 // quad shuffles for the softmax rows, and no local memory.

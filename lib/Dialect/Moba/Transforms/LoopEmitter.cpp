@@ -568,3 +568,15 @@ SmallVector<SliceWrite> LoopEmitter::rowAndScalarWrites(Value rows,
   return {{rowSlice, rows, rowOffsets, rowSizes},
           {scalarSlice, scalars, scalarOffsets, scalarSizes}};
 }
+
+SliceWrite LoopEmitter::scalarWrite(Value value, Value dest,
+                                    ValueRange indices) {
+  OpFoldResult one = b.getIndexAttr(1);
+  SmallVector<OpFoldResult> offsets = getAsOpFoldResult(indices);
+  SmallVector<OpFoldResult> sizes(indices.size(), one);
+  Value slice = tensor::ExtractSliceOp::create(
+      b, dest, offsets, sizes, SmallVector<OpFoldResult>(indices.size(), one));
+  SmallVector<Value> zeros(indices.size(), index(0));
+  slice = tensor::InsertOp::create(b, value, slice, zeros);
+  return {slice, dest, offsets, sizes};
+}

@@ -142,6 +142,10 @@ public:
   /// The selection row `selected[t, h, :]` as a vector<K x i32>.
   Value readSelectionRow(Value selected, Value t, Value h);
 
+  /// One write of a parallel iteration: the scalar `value` into `dest` at
+  /// `indices` (one per dim of dest).
+  SliceWrite scalarWrite(Value value, Value dest, ValueRange indices);
+
   /// Two writes of a parallel iteration: the f32 `row` into `rows` at
   /// `indices` (the row being the innermost dim), and the scalar `scalar`
   /// into `scalars` at `indices`.

@@ -461,8 +461,13 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
     int64_t numHeads = op.getOutInit().getType().getDimSize(1);
     int64_t headDim = op.getOutInit().getType().getDimSize(2);
     // m = max_p lse_p; l = sum_p exp(lse_p - m); acc = sum_p exp(lse_p - m)
-    // * o_p; all -inf gives l = 0, hence zeros and -inf.
-    auto merge = [&](ImplicitLocOpBuilder &hb, Value t, Value h) {
+    // * o_p; all -inf gives l = 0, hence zeros and -inf. A -inf partial
+    // contributes nothing, whatever its row holds.
+    struct Weights {
+      Value shift, l;
+      SmallVector<Value> w, attended;
+    };
+    auto weightsAt = [&](ImplicitLocOpBuilder &hb, Value t, Value h) {
       LoopEmitter he(hb);
       SmallVector<Value> lses;
       Value m = he.f32(kNegInf);
@@ -471,39 +476,86 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
             hb, partLse, ValueRange{he.index(p), t, h}));
         m = arith::MaximumFOp::create(hb, m, lses.back());
       }
-      Value finite =
-          arith::CmpFOp::create(hb, arith::CmpFPredicate::OGT, m,
-                                he.f32(kNegInf));
-      Value shift = arith::SelectOp::create(hb, finite, m, he.f32(0.0));
-      Value l = he.f32(0.0);
+      Weights weights;
+      Value finite = arith::CmpFOp::create(hb, arith::CmpFPredicate::OGT, m,
+                                           he.f32(kNegInf));
+      weights.shift = arith::SelectOp::create(hb, finite, m, he.f32(0.0));
+      weights.l = he.f32(0.0);
+      for (int64_t p = 0; p < numParts; ++p) {
+        weights.w.push_back(math::ExpOp::create(
+            hb, arith::SubFOp::create(hb, lses[p], weights.shift)));
+        weights.l = arith::AddFOp::create(hb, weights.l, weights.w.back());
+        weights.attended.push_back(arith::CmpFOp::create(
+            hb, arith::CmpFPredicate::OGT, lses[p], he.f32(kNegInf)));
+      }
+      return weights;
+    };
+    auto merge = [&](ImplicitLocOpBuilder &hb, Value t, Value h) {
+      LoopEmitter he(hb);
+      Weights weights = weightsAt(hb, t, h);
       Value acc = he.splat(he.f32(0.0), headDim);
       Value zeros = he.splat(he.f32(0.0), headDim);
       for (int64_t p = 0; p < numParts; ++p) {
-        Value w = math::ExpOp::create(
-            hb, arith::SubFOp::create(hb, lses[p], shift));
-        l = arith::AddFOp::create(hb, l, w);
-        // A -inf partial contributes nothing, whatever its row holds.
-        Value attended = arith::CmpFOp::create(hb, arith::CmpFPredicate::OGT,
-                                               lses[p], he.f32(kNegInf));
         Value row = arith::SelectOp::create(
-            hb, attended, he.readRow(parts, {he.index(p), t, h}), zeros);
-        acc = vector::FMAOp::create(hb, he.splat(w, headDim), row, acc);
+            hb, weights.attended[p], he.readRow(parts, {he.index(p), t, h}),
+            zeros);
+        acc = vector::FMAOp::create(hb, he.splat(weights.w[p], headDim), row,
+                                    acc);
       }
-      return finishSoftmax(hb, shift, l, acc);
+      return finishSoftmax(hb, weights.shift, weights.l, acc);
     };
 
     OpFoldResult tokens =
         tensor::getMixedSize(b, b.getLoc(), op.getOutInit(), 0);
     SmallVector<Value> results;
     if (parallel) {
-      results = e.forall(
-          {tokens, b.getIndexAttr(numHeads)},
-          ValueRange{op.getOutInit(), op.getLseInit()},
-          [&](ImplicitLocOpBuilder &pb, ValueRange ivs, ValueRange outs) {
+      // The log-sum-exp per (token, head); the output per (token, head,
+      // dim), so that neighbouring iterations (a GPU warp) read neighbouring
+      // elements of the partial rows.
+      Value lse = e.forall(
+          {tokens, b.getIndexAttr(numHeads)}, ValueRange{op.getLseInit()},
+          [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+              ValueRange outs) -> SmallVector<SliceWrite> {
             LoopEmitter pe(pb);
-            QueryResult r = merge(pb, ivs[0], ivs[1]);
-            return pe.rowAndScalarWrites(outs[0], outs[1], ivs, r.row, r.lse);
-          });
+            Weights weights = weightsAt(pb, ivs[0], ivs[1]);
+            Value any = arith::CmpFOp::create(pb, arith::CmpFPredicate::OGT,
+                                              weights.l, pe.f32(0.0));
+            Value value = arith::SelectOp::create(
+                pb, any,
+                arith::AddFOp::create(pb, weights.shift,
+                                      math::LogOp::create(pb, weights.l)),
+                pe.f32(kNegInf));
+            return {pe.scalarWrite(value, outs[0], ivs)};
+          })[0];
+      Type outType = op.getOutInit().getType().getElementType();
+      Value out = e.forall(
+          {tokens, b.getIndexAttr(numHeads), b.getIndexAttr(headDim)},
+          ValueRange{op.getOutInit()},
+          [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+              ValueRange outs) -> SmallVector<SliceWrite> {
+            LoopEmitter pe(pb);
+            Value t = ivs[0], h = ivs[1], d = ivs[2];
+            Weights weights = weightsAt(pb, t, h);
+            Value acc = pe.f32(0.0);
+            for (int64_t p = 0; p < numParts; ++p) {
+              Value x = tensor::ExtractOp::create(
+                  pb, parts, ValueRange{pe.index(p), t, h, d});
+              if (x.getType() != pb.getF32Type())
+                x = arith::ExtFOp::create(pb, pb.getF32Type(), x);
+              x = arith::SelectOp::create(pb, weights.attended[p], x,
+                                          pe.f32(0.0));
+              acc = math::FmaOp::create(pb, weights.w[p], x, acc);
+            }
+            Value any = arith::CmpFOp::create(pb, arith::CmpFPredicate::OGT,
+                                              weights.l, pe.f32(0.0));
+            Value value = arith::SelectOp::create(
+                pb, any, arith::DivFOp::create(pb, acc, weights.l),
+                pe.f32(0.0));
+            if (outType != pb.getF32Type())
+              value = arith::TruncFOp::create(pb, outType, value);
+            return {pe.scalarWrite(value, outs[0], ivs)};
+          })[0];
+      results = {out, lse};
     } else {
       results = e.forLoop(
           e.index(0), getValueOrCreateConstantIndexOp(b, b.getLoc(), tokens),
@@ -697,18 +749,6 @@ private:
                 });
           });
     };
-    auto scalarWrite = [&](ImplicitLocOpBuilder &pb, Value value, Value dest,
-                           ValueRange ivs) -> SliceWrite {
-      LoopEmitter pe(pb);
-      SmallVector<OpFoldResult> offsets = getAsOpFoldResult(ivs);
-      SmallVector<OpFoldResult> sizes(ivs.size(), one);
-      SmallVector<OpFoldResult> unit(ivs.size(), one);
-      Value slice =
-          tensor::ExtractSliceOp::create(pb, dest, offsets, sizes, unit);
-      SmallVector<Value> zeros(ivs.size(), pe.index(0));
-      slice = tensor::InsertOp::create(pb, value, slice, zeros);
-      return {slice, dest, offsets, sizes};
-    };
     // sum_{i < n} tensor[h, r, i] (or tensor[h, i] without r).
     auto prefix = [](ImplicitLocOpBuilder &pb, Value tensor, Value h, Value r,
                      Value n) {
@@ -740,28 +780,28 @@ private:
                          LoopEmitter ie(ib);
                          return {arith::AddIOp::create(ib, c[0], ie.i32(1))};
                        })[0];
-                   return {scalarWrite(pb, n, outs[0], ivs)};
+                   return {pe.scalarWrite(n, outs[0], ivs)};
                  })[0];
     Value counts =
         e.forall({heads, rows}, ValueRange{op.getCountsInit()},
                  [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
                      ValueRange outs) -> SmallVector<SliceWrite> {
                    Value n = prefix(pb, chunkCounts, ivs[0], ivs[1], chunks);
-                   return {scalarWrite(pb, n, outs[0], ivs)};
+                   return {LoopEmitter(pb).scalarWrite(n, outs[0], ivs)};
                  })[0];
     Value starts =
         e.forall({heads, rows}, ValueRange{op.getStartsInit()},
                  [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
                      ValueRange outs) -> SmallVector<SliceWrite> {
                    Value start = prefix(pb, counts, ivs[0], Value(), ivs[1]);
-                   return {scalarWrite(pb, start, outs[0], ivs)};
+                   return {LoopEmitter(pb).scalarWrite(start, outs[0], ivs)};
                  })[0];
     Value unfilled =
         e.forall({heads, width}, ValueRange{op.getEntriesInit()},
                  [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
                      ValueRange outs) -> SmallVector<SliceWrite> {
                    LoopEmitter pe(pb);
-                   return {scalarWrite(pb, pe.i32(-1), outs[0], ivs)};
+                   return {pe.scalarWrite(pe.i32(-1), outs[0], ivs)};
                  })[0];
     Value entries = e.forall(
         {heads, rows, chunks}, ValueRange{unfilled},

@@ -62,10 +62,18 @@ func.func @grouped_block_attention(%q: tensor<?x4x16xf32>, %kv: tensor<?x2x16xf3
   return %p#0, %p#1 : tensor<2x?x4x16xf32>, tensor<2x?x4xf32>
 }
 
-// moba.lse_merge in parallel: one iteration per (token, head).
+// moba.lse_merge in parallel: the log-sum-exp per (token, head), then the
+// output per (token, head, dim), each partial's element weighted by
+// exp(lse_p - max) unless its lse is -inf.
 // PARALLEL-LABEL: func.func @lse_merge
-// PARALLEL: scf.forall (%[[T:.+]], %[[H:.+]]) in (%{{.+}}, 4)
+// PARALLEL: %[[LSE:.+]] = scf.forall (%[[T:.+]], %[[H:.+]]) in (%{{.+}}, 4)
 // PARALLEL-COUNT-2: tensor.extract %{{.+}}[%c{{[01]}}, %[[T]], %[[H]]] : tensor<2x?x4xf32>
+// PARALLEL: math.log
+// PARALLEL: %[[OUT:.+]] = scf.forall (%[[T2:.+]], %[[H2:.+]], %[[D:.+]]) in (%{{.+}}, 4, 16)
+// PARALLEL:   tensor.extract %{{.+}}[%c0, %[[T2]], %[[H2]], %[[D]]] : tensor<2x?x4x16xf32>
+// PARALLEL:   math.fma
+// PARALLEL:   arith.truncf %{{.+}} : f32 to bf16
+// PARALLEL: return %[[OUT]], %[[LSE]]
 func.func @lse_merge(%po: tensor<2x?x4x16xf32>, %pl: tensor<2x?x4xf32>, %o: tensor<?x4x16xbf16>,
                      %l: tensor<?x4xf32>) -> (tensor<?x4x16xbf16>, tensor<?x4xf32>) {
   %r:2 = moba.lse_merge partials(%po : tensor<2x?x4x16xf32>) partial_lse(%pl : tensor<2x?x4xf32>)
