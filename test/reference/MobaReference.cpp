@@ -115,10 +115,20 @@ Result attention(const Problem &p, Mutation mutation, double tieTolerance) {
           double magnitude = 0;
           for (const Candidate &c : candidates)
             magnitude = std::max(magnitude, c.magnitude);
-          double gap = candidates[take - 1].score - candidates[take].score;
-          // An exact tie (identical scores, as from identical blocks) is not
-          // a near-tie: the rule "ties go to the later block" decides it.
-          if (gap > 0 && gap <= tieTolerance * magnitude)
+          // The choice is fragile when a chosen and a passed-over score are
+          // different but closer than rounding. An exact tie (identical
+          // scores, as from identical blocks) is not fragile by itself: the
+          // rule "ties go to the later block" decides it; but then the
+          // nearest *different* score on either side of the tied value
+          // matters, since rounding could move it across the tie.
+          double boundary = candidates[take - 1].score;
+          double gap = std::numeric_limits<double>::infinity();
+          for (const Candidate &c : candidates)
+            if (c.score != boundary)
+              gap = std::min(gap, std::fabs(c.score - boundary));
+          if (candidates[take].score != boundary)
+            gap = boundary - candidates[take].score;
+          if (gap <= tieTolerance * magnitude)
             r.nearTie[t * Hq + h] = 1;
         }
 
