@@ -11,7 +11,6 @@
 #include "moba/Version.h"
 
 #include "mlir/ExecutionEngine/ExecutionEngine.h"
-#include "mlir/ExecutionEngine/OptUtils.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/Parser/Parser.h"
@@ -138,19 +137,10 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
                                    buildLoopsToLLVMPipeline))
     return std::move(e);
 
-  ExecutionEngineOptions engineOptions;
-  engineOptions.transformer =
-      makeOptimizingTransformer(options.optLevel, /*sizeLevel=*/0,
-                                /*targetMachine=*/nullptr);
-  engineOptions.jitCodeGenOptLevel =
-      static_cast<llvm::CodeGenOptLevel>(options.optLevel);
-  engineOptions.enableObjectDump = !cachePath.empty();
-  auto engine = ExecutionEngine::create(*module, engineOptions);
+  auto engine = compiler.jit(options.optLevel, !cachePath.empty());
   kernel->context = compiler.takeContext();
   if (!engine)
-    return llvm::createStringError("JIT compilation failed for %s: %s",
-                                   config.key().c_str(),
-                                   llvm::toString(engine.takeError()).c_str());
+    return engine.takeError();
   kernel->engine = std::move(*engine);
   auto entry = kernel->engine->lookup("_mlir_ciface_moba_attention");
   if (!entry)

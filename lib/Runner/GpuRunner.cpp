@@ -49,7 +49,6 @@
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/Dialect/Vector/Transforms/BufferizableOpInterfaceImpl.h"
 #include "mlir/ExecutionEngine/ExecutionEngine.h"
-#include "mlir/ExecutionEngine/OptUtils.h"
 #include "mlir/Target/LLVM/NVVM/Target.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/GPU/GPUToLLVMIRTranslation.h"
@@ -144,18 +143,10 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
                                    }))
     return std::move(e);
 
-  ExecutionEngineOptions engineOptions;
-  engineOptions.transformer =
-      makeOptimizingTransformer(options.optLevel, /*sizeLevel=*/0,
-                                /*targetMachine=*/nullptr);
-  engineOptions.jitCodeGenOptLevel =
-      static_cast<llvm::CodeGenOptLevel>(options.optLevel);
-  auto engine = ExecutionEngine::create(*module, engineOptions);
+  auto engine = compiler.jit(options.optLevel, /*keepObject=*/false);
   kernel->context = compiler.takeContext();
   if (!engine)
-    return llvm::createStringError("JIT compilation failed for %s: %s",
-                                   config.key().c_str(),
-                                   llvm::toString(engine.takeError()).c_str());
+    return engine.takeError();
   kernel->engine = std::move(*engine);
   // The host code calls the project's runtime, never a library's.
   kernel->engine->registerSymbols(cuda::runtimeSymbols);

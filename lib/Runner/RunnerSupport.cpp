@@ -29,6 +29,8 @@
 #include "mlir/Dialect/Tensor/Transforms/BufferizableOpInterfaceImpl.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/Dialect/Vector/Transforms/BufferizableOpInterfaceImpl.h"
+#include "mlir/ExecutionEngine/ExecutionEngine.h"
+#include "mlir/ExecutionEngine/OptUtils.h"
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
@@ -145,6 +147,21 @@ EntryCompiler::run(llvm::StringRef what, llvm::StringRef stage,
   if (dump)
     dump(stage, printModule(*module));
   return llvm::Error::success();
+}
+
+llvm::Expected<std::unique_ptr<ExecutionEngine>>
+EntryCompiler::jit(unsigned optLevel, bool keepObject) {
+  ExecutionEngineOptions options;
+  options.transformer = makeOptimizingTransformer(optLevel, /*sizeLevel=*/0,
+                                                  /*targetMachine=*/nullptr);
+  options.jitCodeGenOptLevel = static_cast<llvm::CodeGenOptLevel>(optLevel);
+  options.enableObjectDump = keepObject;
+  auto engine = ExecutionEngine::create(*module, options);
+  if (!engine)
+    return llvm::createStringError("JIT compilation failed for %s: %s",
+                                   config.key().c_str(),
+                                   llvm::toString(engine.takeError()).c_str());
+  return std::move(*engine);
 }
 
 std::unique_ptr<MLIRContext> EntryCompiler::takeContext() {

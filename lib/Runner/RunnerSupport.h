@@ -19,6 +19,10 @@
 #include <functional>
 #include <memory>
 
+namespace mlir {
+class ExecutionEngine;
+} // namespace mlir
+
 namespace mlir::moba::detail {
 
 /// The dialects, bufferization models and LLVM IR translations both
@@ -46,6 +50,11 @@ public:
                   llvm::function_ref<void(OpPassManager &)> build);
   /// An error "`what` failed for <config>" with the diagnostics so far.
   llvm::Error fail(llvm::StringRef what) const;
+
+  /// JIT-compiles the module at LLVM `optLevel` (0-3); with `keepObject`,
+  /// the object code stays available to ExecutionEngine::dumpToObjectFile.
+  llvm::Expected<std::unique_ptr<ExecutionEngine>> jit(unsigned optLevel,
+                                                       bool keepObject);
 
   /// The context and module, which the caller keeps alive while code JIT
   /// compiled from them runs.

@@ -161,19 +161,25 @@ SmallVector<Value> LoopEmitter::forEachAttendedRange(
   if (!selectedRow)
     return visit(b, seq.start, seq.end, inits);
 
-  Value block = index(blockSize);
   return forEachAttendingSlot(
       seq, selectedRow, /*block=*/Value(), inits,
       [&](ImplicitLocOpBuilder &ib, Value slot, ValueRange args) {
         Value j = arith::IndexCastOp::create(
             ib, ib.getIndexType(),
             vector::ExtractOp::create(ib, selectedRow, OpFoldResult(slot)));
-        Value first = arith::AddIOp::create(
-            ib, seq.start, arith::MulIOp::create(ib, j, block));
-        Value last = arith::MinUIOp::create(
-            ib, arith::AddIOp::create(ib, first, block), seq.end);
+        auto [first, last] = LoopEmitter(ib).blockKeys(seq, j, blockSize);
         return visit(ib, first, last, args);
       });
+}
+
+std::pair<Value, Value> LoopEmitter::blockKeys(const Sequence &seq, Value j,
+                                               int64_t blockSize) {
+  Value block = index(blockSize);
+  Value first =
+      arith::AddIOp::create(b, seq.start, arith::MulIOp::create(b, j, block));
+  Value last = arith::MinUIOp::create(
+      b, arith::AddIOp::create(b, first, block), seq.end);
+  return {first, last};
 }
 
 SmallVector<Value> LoopEmitter::ifThen(
@@ -513,7 +519,7 @@ mlir::moba::emitParallelAttention(ImplicitLocOpBuilder &b, SparseAttentionOp op,
                                   QueryBody body) {
   LoopEmitter e(b);
   auto qType = op.getQ().getType();
-  int64_t numHeads = qType.getDimSize(1), headDim = qType.getDimSize(2);
+  int64_t numHeads = qType.getDimSize(1);
   int64_t group = numHeads / op.getK().getType().getDimSize(1);
   Value q = op.getQ(), selected = op.getSelected();
   OpFoldResult tokens = tensor::getMixedSize(b, b.getLoc(), q, 0);

@@ -124,6 +124,11 @@ public:
   /// of the row names the same block (a block listed twice counts once).
   Value slotAttends(const Sequence &seq, Value selectedRow, Value slot);
 
+  /// The keys [first, last) of local block `j` (index) of `seq`: blocks of
+  /// `blockSize` from the sequence's start, the last one cut at its end.
+  std::pair<Value, Value> blockKeys(const Sequence &seq, Value j,
+                                    int64_t blockSize);
+
   /// Runs `then` when `condition` holds, else passes `carried` through;
   /// returns what was yielded (an scf.if with results).
   SmallVector<Value>

@@ -100,12 +100,7 @@ struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
                 [&](OpBuilder &tb, Location loc) {
                   ImplicitLocOpBuilder ib(loc, tb);
                   LoopEmitter ie(ib);
-                  Value first = arith::AddIOp::create(
-                      ib, seq.start,
-                      arith::MulIOp::create(ib, j, ie.index(blockSize)));
-                  Value last = arith::MinUIOp::create(
-                      ib, arith::AddIOp::create(ib, first, ie.index(blockSize)),
-                      seq.end);
+                  auto [first, last] = ie.blockKeys(seq, j, blockSize);
                   Value sum = ie.forLoop(
                       first, last, ValueRange{ie.f32(0.0)},
                       [&](ImplicitLocOpBuilder &kb, Value s,
@@ -145,12 +140,9 @@ struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
               se.index(0), seq.numBlocks, c,
               [&](ImplicitLocOpBuilder &jb, Value j, ValueRange jc) {
                 LoopEmitter je(jb);
-                Value first = arith::AddIOp::create(
-                    jb, seq.start,
-                    arith::MulIOp::create(jb, j, je.index(blockSize)));
-                Value last = arith::MinUIOp::create(
-                    jb, arith::AddIOp::create(jb, first, je.index(blockSize)),
-                    seq.end);
+                // Captured by the loop body below: no structured binding.
+                Value first, last;
+                std::tie(first, last) = je.blockKeys(seq, j, blockSize);
                 Value row = arith::AddIOp::create(jb, seq.blockOffset, j);
                 return je.forLoop(
                     je.index(0), je.index(kvHeads), jc,
