@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define MOBA_C_API_VERSION 3
+#define MOBA_C_API_VERSION 4
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -91,8 +91,12 @@ int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
 /* Runs a GPU kernel on contiguous device buffers (same shapes as mobaRun),
  * ordered on `stream` (a CUstream; NULL: the legacy default stream). When
  * `host_cu_seqlens` is not NULL it holds the same offsets in host memory and
- * they are checked first; device offsets are never read back. Returns when
- * the work is done. Returns 0, or non-zero and sets *error. */
+ * they are checked first; device offsets are never read back. Returns once
+ * the work is queued on `stream`, like any CUDA library call: synchronize
+ * the stream before reading the results on the host. Scratch memory comes
+ * from a stream-ordered pool that moba keeps between calls. Returns 0, or
+ * non-zero and sets *error (an error of a kernel itself shows at the next
+ * synchronizing call). */
 int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
                       const void *v, const int32_t *cu_seqlens,
                       int64_t num_sequences, int64_t tokens, void *out,

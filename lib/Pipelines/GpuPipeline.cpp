@@ -99,7 +99,9 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   buildMobaToLoopsPipeline(pm, loops);
   buildBufferizationPipeline(pm);
   if (options.densify && options.mma)
-    pm.addPass(createMobaConvertGroupedAttentionToNVVM());
+    pm.addPass(createMobaConvertGroupedAttentionToNVVM(
+        MobaConvertGroupedAttentionToNVVMOptions{options.mmaWarps,
+                                                 options.mmaKeyChunk}));
   pm.addPass(createMobaMapForallToGpu(
       MobaMapForallToGpuOptions{options.threadsPerBlock}));
   pm.addPass(createCanonicalizerPass());
@@ -109,6 +111,9 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   pm.addPass(createConvertVectorToSCFPass());
   pm.addPass(memref::createExpandStridedMetadataPass());
   pm.addPass(createLowerAffinePass());
+  // The tensor-core kernel's ldmatrix and cp.async (nvgpu) become NVVM
+  // before outlining, as in upstream's gpu-lower-to-nvvm-pipeline.
+  pm.addPass(createConvertNVGPUToNVVMPass());
 
   // Outline, lower to NVVM, and serialize, in the order of upstream's
   // gpu-lower-to-nvvm-pipeline, plus a reconcile-unrealized-casts on the GPU

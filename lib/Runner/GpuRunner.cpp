@@ -193,6 +193,17 @@ llvm::Error GpuAttentionKernel::run(const AttentionBuffers &buffers,
                                     const GpuLaunch &launch) const {
   if (llvm::Error e = checkAttentionBuffers(buffers, launch.hostCuSeqlens))
     return e;
+  // The tensor-core kernel copies K and V rows 16 bytes at a time
+  // (cp.async), the others read pairs and vectors of elements.
+  const std::pair<const char *, const void *> rowBuffers[] = {
+      {"q", buffers.q}, {"k", buffers.k}, {"v", buffers.v},
+      {"out", buffers.out}};
+  for (auto [name, pointer] : rowBuffers)
+    if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0)
+      return llvm::createStringError(llvm::formatv(
+          "{0} at {1} is not 16-byte aligned: the GPU kernels need "
+          "16-byte aligned q, k, v and out",
+          name, pointer).str());
   if (llvm::Error e = load())
     return e;
   cuda::LaunchScope scope(static_cast<cuda::CUstream>(launch.stream));

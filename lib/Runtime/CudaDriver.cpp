@@ -71,8 +71,11 @@ LoadedDriver load() {
   resolve(library, "cuCtxSetCurrent", a.cuCtxSetCurrent, e);
   resolve(library, "cuCtxGetDevice", a.cuCtxGetDevice, e);
   resolve(library, "cuStreamSynchronize", a.cuStreamSynchronize, e);
-  resolve(library, "cuMemAlloc_v2", a.cuMemAlloc, e);
-  resolve(library, "cuMemFree_v2", a.cuMemFree, e);
+  resolve(library, "cuMemPoolCreate", a.cuMemPoolCreate, e);
+  resolve(library, "cuMemPoolSetAttribute", a.cuMemPoolSetAttribute, e);
+  resolve(library, "cuMemAllocFromPoolAsync", a.cuMemAllocFromPoolAsync, e);
+  resolve(library, "cuMemFreeAsync", a.cuMemFreeAsync, e);
+  resolve(library, "cuFuncSetAttribute", a.cuFuncSetAttribute, e);
   resolve(library, "cuModuleLoadDataEx", a.cuModuleLoadDataEx, e);
   resolve(library, "cuModuleUnload", a.cuModuleUnload, e);
   resolve(library, "cuModuleGetFunction", a.cuModuleGetFunction, e);

@@ -11,6 +11,8 @@
 #include "llvm/Support/FormatVariadic.h"
 
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
 
 using namespace mlir::moba;
@@ -50,14 +52,44 @@ bool ok(CUresult result, llvm::function_ref<std::string()> call) {
 
 CUstream streamCreate() { return state.stream; }
 
-void streamSynchronize(CUstream stream) {
-  if (const DriverApi *api = ready())
-    ok(api->cuStreamSynchronize(stream), [] { return "cuStreamSynchronize"; });
-}
+// The host code synchronizes after every launch (upstream's synchronous
+// gpu.launch form). Here that would stall the caller's stream for nothing:
+// every launch and allocation of a call is ordered on that one stream, so
+// the call returns once its work is queued, as a CUDA library call does.
+void streamSynchronize(CUstream) {}
 
 void streamDestroy(CUstream) {}
 
-void *memAlloc(uint64_t bytes, CUstream, bool hostShared) {
+/// The stream-ordered pool of the current context's device, created on
+/// first use. It keeps what it was given (no release threshold): the
+/// scratch of one call is reused by the next without cuMemAlloc's cost and
+/// implicit synchronization, the way torch's caching allocator does.
+CUmemoryPool devicePool(const DriverApi &api) {
+  static std::mutex mutex;
+  static std::map<CUdevice, CUmemoryPool> pools;
+  CUdevice device = 0;
+  if (!ok(api.cuCtxGetDevice(&device), [] { return "cuCtxGetDevice"; }))
+    return nullptr;
+  std::lock_guard<std::mutex> lock(mutex);
+  CUmemoryPool &pool = pools[device];
+  if (pool)
+    return pool;
+  CUmemPoolProps props = {};
+  props.allocType = 1;    // pinned device memory
+  props.locationType = 1; // on a device
+  props.locationId = device;
+  if (!ok(api.cuMemPoolCreate(&pool, &props), [&] {
+        return llvm::formatv("cuMemPoolCreate(device {0})", device).str();
+      }))
+    return pool = nullptr;
+  constexpr int kReleaseThreshold = 4; // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
+  uint64_t keepAll = UINT64_MAX;
+  ok(api.cuMemPoolSetAttribute(pool, kReleaseThreshold, &keepAll),
+     [] { return "cuMemPoolSetAttribute(release threshold)"; });
+  return pool;
+}
+
+void *memAlloc(uint64_t bytes, CUstream stream, bool hostShared) {
   const DriverApi *api = ready();
   if (!api || bytes == 0)
     return nullptr;
@@ -66,24 +98,29 @@ void *memAlloc(uint64_t bytes, CUstream, bool hostShared) {
                   "gpu.alloc host_shared reached it)";
     return nullptr;
   }
+  CUmemoryPool pool = devicePool(*api);
+  if (!pool)
+    return nullptr;
   CUdeviceptr pointer = 0;
-  if (!ok(api->cuMemAlloc(&pointer, bytes), [&] {
-        return llvm::formatv("cuMemAlloc({0} bytes)", bytes).str();
+  if (!ok(api->cuMemAllocFromPoolAsync(&pointer, bytes, pool, stream), [&] {
+        return llvm::formatv("cuMemAllocFromPoolAsync({0} bytes)", bytes)
+            .str();
       }))
     return nullptr;
   return reinterpret_cast<void *>(pointer);
 }
 
-void memFree(void *pointer, CUstream) {
-  // Frees even after an error, so that a failed call leaks nothing.
+void memFree(void *pointer, CUstream stream) {
+  // Frees even after an error, so that a failed call leaks nothing; the
+  // memory returns to the pool once the stream's work before it is done.
   auto api = driver();
   if (!api) {
     llvm::consumeError(api.takeError());
     return;
   }
   if (pointer)
-    ok(api->cuMemFree(reinterpret_cast<CUdeviceptr>(pointer)),
-       [] { return "cuMemFree"; });
+    ok(api->cuMemFreeAsync(reinterpret_cast<CUdeviceptr>(pointer), stream),
+       [] { return "cuMemFreeAsync"; });
 }
 
 CUmodule moduleLoadWithLog(const void *data, int optLevel, const char *what) {
@@ -154,6 +191,18 @@ void launchKernel(CUfunction function, intptr_t gridX, intptr_t gridY,
     return;
   // An empty batch (no tokens) gives an empty grid: nothing to run.
   if (gridX == 0 || gridY == 0 || gridZ == 0)
+    return;
+  // Past 48 KiB of dynamic shared memory a kernel must opt in.
+  constexpr int kDefaultSharedBytes = 48 * 1024;
+  constexpr int kMaxDynamicShared = 8; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_...
+  if (sharedBytes > kDefaultSharedBytes &&
+      !ok(api->cuFuncSetAttribute(function, kMaxDynamicShared, sharedBytes),
+          [&] {
+            return llvm::formatv("cuFuncSetAttribute(max dynamic shared "
+                                 "memory, {0} bytes)",
+                                 sharedBytes)
+                .str();
+          }))
     return;
   ok(api->cuLaunchKernel(function, gridX, gridY, gridZ, blockX, blockY, blockZ,
                          sharedBytes, stream, params, extra),

@@ -321,7 +321,13 @@ class Kernel:
             batch, seq = q.shape[:2]
             tokens = batch * seq
             host_cu = np.arange(batch + 1, dtype=np.int32) * seq
-            cu = torch.from_numpy(host_cu).to(q.device)
+            # Uploaded once per shape and device: a copy from pageable host
+            # memory would wait for the stream on every call.
+            uploads = self.__dict__.setdefault("_batched_offsets", {})
+            cu = uploads.get((batch, seq, q.device))
+            if cu is None:
+                cu = torch.from_numpy(host_cu).to(q.device)
+                uploads[(batch, seq, q.device)] = cu
         else:
             tokens = q.shape[0]
             if cu_seqlens is None:
@@ -335,11 +341,7 @@ class Kernel:
                 raise ValueError(f"cu_seqlens is on {cu.device} but q is on "
                                  f"{q.device}: they must be on the same "
                                  "device")
-            # The offsets are checked on the host: a bad one would make the
-            # kernels read and write out of bounds. This waits for them.
-            host_cu = self._check_cu_seqlens(cu.cpu().numpy(), tokens,
-                                             max_seqlen)
-            host_cu = np.ascontiguousarray(host_cu, dtype=np.int32)
+            host_cu = self._host_offsets(cu, tokens, max_seqlen)
             cu = cu.to(torch.int32).contiguous()
 
         for name, given in (("out", out), ("lse", lse)):
@@ -360,6 +362,26 @@ class Kernel:
                 cu.data_ptr(), len(host_cu) - 1, tokens, out.data_ptr(),
                 lse.data_ptr(), stream, host_cu.ctypes.data)
         return (out, lse) if return_lse else out
+
+    def _host_offsets(self, cu, tokens, max_seqlen):
+        """The checked host copy of the device offsets `cu`.
+
+        The offsets are checked on the host: a bad one would make the kernels
+        read and write out of bounds. Reading them waits for the stream, so
+        the copy is kept for the same tensor while torch reports it unchanged
+        (its version counter; writes that bypass torch are not seen).
+        """
+        import weakref
+        key = (tokens, max_seqlen)
+        cached = getattr(self, "_offsets", None)
+        if cached is not None:
+            ref, version, cached_key, host_cu = cached
+            if ref() is cu and version == cu._version and cached_key == key:
+                return host_cu
+        host_cu = self._check_cu_seqlens(cu.cpu().numpy(), tokens, max_seqlen)
+        host_cu = np.ascontiguousarray(host_cu, dtype=np.int32)
+        self._offsets = (weakref.ref(cu), cu._version, key, host_cu)
+        return host_cu
 
     @staticmethod
     def _check_cu_seqlens(cu_seqlens, tokens, max_seqlen):

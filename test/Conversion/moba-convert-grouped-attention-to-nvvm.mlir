@@ -1,29 +1,75 @@
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm --verify-diagnostics | FileCheck %s
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="warps=2 key-chunk=32" --verify-diagnostics | FileCheck %s --check-prefix=SHAPE
+// RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="key-chunk=24" 2>&1 | FileCheck %s --check-prefix=BADCHUNK
+// RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="warps=0" 2>&1 | FileCheck %s --check-prefix=BADWARPS
 
-// Two launches: every slot's partial cleared to -inf, then the attention,
-// one warp per 16-entry tile of a group: the group found by a scan of the
-// counts, the block's keys by a scan of cu_seqlens, Q loaded once as A
-// fragments, then per 16 keys S = Q K^T (two n-halves x head_dim / 16
-// k-steps of mma.sync), the online softmax reduced over each quad by xor
-// shuffles, and P V (head_dim / 8 mma.sync).
+// The tile shape options: 2 warps (64 threads), 32 keys per stage.
+// SHAPE-LABEL: func.func @bf16
+// SHAPE: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c64{{.*}}, {{.+}}) dynamic_shared_memory_size %c18432_i32
+// SHAPE: memref.view {{.+}} to memref<2x2x32x72xbf16, #gpu.address_space<workgroup>>
+// BADCHUNK: key-chunk must be a multiple of 16 in [16, 256], got 24
+// BADWARPS: warps must be in [1, 16], got 0
+
+// Three launches: every slot's partial cleared to -inf; the tile list (one
+// warp per head: prefix sums of the groups' CTA tiles by shuffles, each
+// tile's block row, tile of the row and keys); then the attention, a CTA
+// of four warps per 64-entry tile of a group. K and V pass through two
+// shared-memory buffers (dynamic shared memory, 2 x 2 x key-chunk x
+// (head_dim + 8) elements) filled by cp.async, one group per chunk, so that
+// chunk c + 1 is copied while chunk c is multiplied: ldmatrix for K,
+// ldmatrix.trans for V, mma.sync for S = Q K^T and P V. Causally the CTA
+// finds its first and last query (shuffles, then shared memory) to skip
+// the chunks past the last and to mask only the chunks that reach a query
+// or the block's end (a second loop).
 
 // CHECK-LABEL: func.func @bf16
 // CHECK: gpu.launch
 // CHECK:   memref.store %{{.+}}, %{{.+}}[%{{.+}}, %{{.+}}, %{{.+}}] : memref<2x?x8xf32>
-// CHECK: gpu.launch
-// CHECK:   scf.for {{.+}} -> (index, index, index)
+// CHECK: %[[LIST:.+]] = memref.alloc(%{{.+}}) : memref<8x?x4xi32>
+// CHECK: gpu.launch blocks({{.+}}) in (%{{.+}} = %c8{{.*}}, {{.+}}) threads({{.+}}) in (%{{.+}} = %c32{{.*}}, {{.+}})
+// CHECK-COUNT-5: gpu.shuffle  up
+// CHECK:   gpu.shuffle  idx
+// CHECK:   memref.store {{.+}}, %[[LIST]]
+// CHECK: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c128{{.*}}, {{.+}}) dynamic_shared_memory_size %c36864_i32
+// CHECK-SAME: workgroup(%[[REDUCE:.+]] : memref<8xindex, #gpu.address_space<workgroup>>)
+// CHECK:   gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
+// CHECK:   %[[STAGE:.+]] = memref.view {{.+}} to memref<2x2x64x72xbf16, #gpu.address_space<workgroup>>
+// CHECK:   memref.load %[[LIST]]
 // CHECK:   scf.if
-// CHECK:     scf.for {{.+}} -> (index, index, index, index)
+// CHECK-COUNT-10: gpu.shuffle  xor
+// CHECK:     memref.store {{.+}}, %[[REDUCE]]
+// CHECK:     gpu.barrier
 // CHECK-COUNT-8: vector.load {{.+}} : memref<?x8x64xbf16>, vector<2xbf16>
+// CHECK:     nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]][{{.+}}], 8 {bypassL1}
+// CHECK:     nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]][{{.+}}], 8 {bypassL1}
+// CHECK:     nvvm.cp.async.commit.group
+// The loop without masks, then the one with.
 // CHECK:     scf.for
-// CHECK-COUNT-8: nvvm.mma.sync A[{{.+}}] B[{{.+}}] C[{{.+}}] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// CHECK:       nvvm.cp.async.commit.group
+// CHECK-NEXT:  nvvm.cp.async.wait.group 1
+// CHECK-NEXT:  gpu.barrier
+// CHECK:       nvgpu.ldmatrix %[[STAGE]][{{.+}}] {numTiles = 4 : i32, transpose = false}
+// CHECK:       nvvm.mma.sync A[{{.+}}] B[{{.+}}] C[{{.+}}] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// CHECK-NOT:   arith.select {{.+}} : f32
+// CHECK:       llvm.intr.maxnum
 // CHECK:       gpu.shuffle  xor %{{.+}}, %c1_i32{{.*}}, %c32_i32{{.*}} : f32
 // CHECK:       gpu.shuffle  xor %{{.+}}, %c2_i32{{.*}}, %c32_i32{{.*}} : f32
-// CHECK-COUNT-8: nvvm.mma.sync
+// CHECK:       math.fma
+// CHECK:       math.exp2
+// CHECK:       nvgpu.ldmatrix %[[STAGE]][{{.+}}] {numTiles = 4 : i32, transpose = true}
+// CHECK:       nvvm.mma.sync
+// CHECK:       gpu.barrier
+// CHECK-NEXT:  scf.yield
+// CHECK:     scf.for
+// CHECK:       nvvm.mma.sync
+// CHECK:       arith.select {{.+}} : f32
+// CHECK:       math.exp2
 // CHECK:       scf.yield
+// CHECK:     nvvm.cp.async.wait.group 0
 // CHECK:     scf.if
-// CHECK:       math.log
-// CHECK:       memref.store {{.+}} : memref<2x?x8x64xf32>
+// CHECK:       math.log2
+// CHECK:       vector.store {{.+}} : memref<2x?x8x64xf32>, vector<2xf32>
+// CHECK: memref.dealloc %[[LIST]]
 // CHECK-NOT: moba.grouped_block_attention
 func.func @bf16(%q: memref<?x8x64xbf16>, %kv: memref<?x2x64xbf16>, %cu: memref<?xi32>,
                 %sel: memref<?x8x2xi32>, %s: memref<8x?xi32>, %e: memref<8x?xi32>,

@@ -7,16 +7,20 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" | FileCheck %s --check-prefix=PTX
 // RUN: not moba-opt %s --moba-gpu-pipeline="mma=true" 2>&1 | FileCheck %s --check-prefix=BAD
 
-// Eleven kernels: pooling, gate + top-k, group counts per chunk, per row,
-// starts, entries cleared, entries filled, partials cleared, attention,
-// merged log-sum-exp, merged output.
-// BIN-COUNT-11: gpu.launch_func
+// Twelve kernels: pooling, gate + top-k, group counts per chunk, per row,
+// starts, entries cleared, entries filled, partials cleared, the attention's
+// tile list, attention, merged log-sum-exp, merged output.
+// BIN-COUNT-12: gpu.launch_func
 // BIN-NOT: gpu.launch_func
-// BIN-COUNT-11: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
+// BIN-COUNT-12: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
 
-// The attention kernel: bf16 mma.sync m16n8k16 with f32 accumulators,
-// quad shuffles for the softmax rows, and no local memory.
+// The attention kernel: K and V staged by cp.async, operands by ldmatrix
+// (.trans for V), bf16 mma.sync m16n8k16 with f32 accumulators, quad
+// shuffles for the softmax rows.
+// PTX: cp.async.cg.shared.global
+// PTX: ldmatrix.sync.aligned.m8n8.x4.shared.b16
 // PTX: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+// PTX: ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
 // PTX: shfl.sync.bfly.b32
 
 // BAD: error: moba-gpu-pipeline: mma needs densify

@@ -43,22 +43,34 @@ def MobaConvertGroupedAttentionToNVVM
     Lowers every `moba.grouped_block_attention` on buffers (after
     bufferization) to two `gpu.launch`es: one that marks every slot's
     partial empty (log-sum-exp -inf; the output rows of empty slots are
-    never read), and the attention kernel, where each
-    warp takes 16 consecutive entries of one group (16 queries that chose
-    the same key block), computes `Q K^T` and `P V` with `nvvm.mma.sync`
-    m16n8k16 (f16 or bf16 operands, f32 accumulation) 16 keys at a time,
-    keeps the online softmax in the accumulator fragments, and writes each
-    query's normalized partial and log-sum-exp to its slot. Needs f16 or
-    bf16, head_dim a static multiple of 16 up to 128, static heads and K;
-    runs on sm_80 and newer. Operands are read from global memory (no
-    shared-memory staging yet).
+    never read), and the attention kernel. There a CTA of `warps` warps
+    takes 16 x `warps` consecutive entries of one group (queries that chose
+    the same key block), each warp 16 of them. K and V of the block pass
+    through shared memory `key-chunk` keys at a time, two buffers filled by
+    `cp.async` (`nvgpu.device_async_copy`) so that the next chunk is in
+    flight while this one is multiplied; the warps read their operands with
+    `ldmatrix` (`.trans` for V), compute `Q K^T` and `P V` with
+    `nvvm.mma.sync` m16n8k16 (f16 or bf16 operands, f32 accumulation), keep
+    the online softmax (base 2) in the accumulator fragments, and write each
+    query's normalized partial and log-sum-exp to its slot. Causally, the
+    chunks past a tile's last query are skipped. Needs f16 or bf16,
+    head_dim a static multiple of 16 up to 128, static heads and K; runs on
+    sm_80 and newer. The shared memory (2 x 2 x key-chunk x (head_dim + 8)
+    elements) may exceed 48 KiB: the runtime opts the kernel in.
   }];
+  let options = [
+    Option<"warps", "warps", "int64_t", /*default=*/"4",
+           "Warps per CTA (16 queries each)">,
+    Option<"keyChunk", "key-chunk", "int64_t", /*default=*/"64",
+           "Keys staged in shared memory per step (a multiple of 16)">,
+  ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",
     "::mlir::gpu::GPUDialect",
     "::mlir::LLVM::LLVMDialect",
     "::mlir::math::MathDialect",
     "::mlir::memref::MemRefDialect",
+    "::mlir::nvgpu::NVGPUDialect",
     "::mlir::NVVM::NVVMDialect",
     "::mlir::scf::SCFDialect",
     "::mlir::vector::VectorDialect",

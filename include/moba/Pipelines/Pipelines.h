@@ -118,6 +118,15 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
                      "(moba-convert-grouped-attention-to-nvvm, mma.sync) "
                      "where the element type and head_dim allow"),
       llvm::cl::init(false)};
+  PassOptions::Option<int64_t> mmaWarps{
+      *this, "mma-warps",
+      llvm::cl::desc("With mma: warps per CTA of the tensor-core kernel (16 "
+                     "queries each)"),
+      llvm::cl::init(4)};
+  PassOptions::Option<int64_t> mmaKeyChunk{
+      *this, "mma-key-chunk",
+      llvm::cl::desc("With mma: keys staged in shared memory per step"),
+      llvm::cl::init(64)};
 };
 
 /// moba.attention -> host LLVM code launching NVVM kernels, with the GPU

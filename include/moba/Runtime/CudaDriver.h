@@ -27,6 +27,20 @@ using CUcontext = struct CUctx_st *;
 using CUmodule = struct CUmod_st *;
 using CUfunction = struct CUfunc_st *;
 using CUstream = struct CUstream_st *;
+using CUmemoryPool = struct CUmemPoolHandle_st *;
+
+/// CUmemPoolProps of cuda.h (CUDA 12 and 13 share its layout).
+struct CUmemPoolProps {
+  int allocType;   ///< CU_MEM_ALLOCATION_TYPE_PINNED = 1
+  int handleTypes; ///< CU_MEM_HANDLE_TYPE_NONE = 0
+  int locationType; ///< CU_MEM_LOCATION_TYPE_DEVICE = 1
+  int locationId;   ///< the device ordinal
+  void *win32SecurityAttributes;
+  size_t maxSize;
+  unsigned short usage;
+  unsigned char reserved[54];
+};
+static_assert(sizeof(CUmemPoolProps) == 88, "cuda.h's CUmemPoolProps");
 
 /// The driver entry points the runtime calls, resolved once per process.
 struct DriverApi {
@@ -41,8 +55,12 @@ struct DriverApi {
   CUresult (*cuCtxSetCurrent)(CUcontext);
   CUresult (*cuCtxGetDevice)(CUdevice *);
   CUresult (*cuStreamSynchronize)(CUstream);
-  CUresult (*cuMemAlloc)(CUdeviceptr *, size_t);
-  CUresult (*cuMemFree)(CUdeviceptr);
+  CUresult (*cuMemPoolCreate)(CUmemoryPool *, const CUmemPoolProps *);
+  CUresult (*cuMemPoolSetAttribute)(CUmemoryPool, int, void *);
+  CUresult (*cuMemAllocFromPoolAsync)(CUdeviceptr *, size_t, CUmemoryPool,
+                                      CUstream);
+  CUresult (*cuMemFreeAsync)(CUdeviceptr, CUstream);
+  CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
   CUresult (*cuModuleLoadDataEx)(CUmodule *, const void *, unsigned, int *,
                                  void **);
   CUresult (*cuModuleUnload)(CUmodule);

@@ -10,6 +10,12 @@
 //  * No stream of their own: "creating" a stream yields the caller's stream
 //    (set by a LaunchScope), and destroying it does nothing, so every launch
 //    and allocation of one call is ordered on the stream the user passed.
+//  * No waiting: synchronizing does nothing (one stream orders everything),
+//    and scratch comes from a stream-ordered pool (cuMemAllocFromPoolAsync,
+//    cuMemFreeAsync) that keeps its memory between calls; a call returns
+//    once its work is queued.
+//  * Kernels with more than 48 KiB of dynamic shared memory are opted in
+//    (cuFuncSetAttribute) at launch.
 //  * No aborts: the first failing driver call is recorded, with its name, in
 //    the LaunchScope; the calls after it do nothing, and the runner turns the
 //    record into an error when the entry function returns.
