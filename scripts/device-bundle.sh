@@ -13,7 +13,11 @@ out=$root/.device
 rm -rf "$out" && mkdir -p "$out/moba"
 cp "$build"/python/moba/*.py "$out/moba/"
 gzip -9 -c "$build/python/moba/libMobaC.so" > "$out/moba/libMobaC.so.gz"
-cp "$root/test/device/gpu_check.py" "$out/"
+cp "$root/test/device/gpu_check.py" "$root"/bench/*.py "$out/"
+# The peers' code (../shared/bench) travels with the bundle when it is there.
+if [ -d "$root/../shared/bench" ]; then
+  mkdir -p "$out/peers" && cp "$root"/../shared/bench/*.py "$out/peers/"
+fi
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Unpacks the library once, then runs gpu_check.py with the given arguments.
@@ -23,5 +27,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 exec python3 "$here/gpu_check.py" "$@"
 RUN
-chmod +x "$out/run.sh"
+# bench.sh and tune.sh: the same environment for bench/moba_bench.py and
+# bench/tune.py.
+for tool in bench:moba_bench tune:tune; do
+  sed -e "s|gpu_check.py|${tool#*:}.py|" \
+      -e "s|runs gpu_check.py|runs ${tool#*:}.py|" "$out/run.sh" \
+      > "$out/${tool%%:*}.sh"
+done
+sed -i 's|exec python3|export MOBA_PEERS="$here/peers"\nexec python3|' \
+  "$out/bench.sh"
+chmod +x "$out"/*.sh
 du -sh "$out"

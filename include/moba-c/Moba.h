@@ -57,6 +57,10 @@ typedef struct MobaConfig {
   const char *dump_dir;   /* NULL or "": no IR dumps */
   /* GPU targets: how the attention runs. */
   MobaGpuAttention gpu_attention;
+  /* MOBA_GPU_ATTENTION_MMA: warps per CTA (16 queries each) and keys staged
+   * in shared memory per step of the tensor-core kernel; 0: the tuning
+   * table's choice for the configuration (docs/tuning.md). */
+  int64_t mma_warps, mma_key_chunk;
 } MobaConfig;
 
 typedef struct MobaKernel MobaKernel;

@@ -62,6 +62,15 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
   options.chip = c.target == MOBA_TARGET_SM80 ? "sm_80" : "sm_90a";
   if (c.tile_k)
     options.tileK = c.tile_k;
+  if (c.mma_warps < 0 || c.mma_key_chunk < 0) {
+    setError(error, "mma_warps and mma_key_chunk must be 0 (tuned) or "
+                    "positive, got " +
+                        std::to_string(c.mma_warps) + " and " +
+                        std::to_string(c.mma_key_chunk));
+    return nullptr;
+  }
+  options.mmaWarps = c.mma_warps;
+  options.mmaKeyChunk = c.mma_key_chunk;
   switch (c.gpu_attention) {
   case MOBA_GPU_ATTENTION_MMA:
     options.densify = options.mma = true;

@@ -70,6 +70,14 @@ std::string mlir::moba::checkGpuPipelineOptions(
   if (options.mma && !options.densify)
     return "moba-gpu-pipeline: mma needs densify (the tensor-core kernel "
            "attends the densified groups)";
+  if (options.mmaWarps < 1 || options.mmaWarps > 16)
+    return "moba-gpu-pipeline: mma-warps must be in [1, 16], got " +
+           std::to_string(options.mmaWarps);
+  if (options.mmaKeyChunk < 16 || options.mmaKeyChunk > 256 ||
+      options.mmaKeyChunk % 16 != 0)
+    return "moba-gpu-pipeline: mma-key-chunk must be a multiple of 16 in "
+           "[16, 256], got " +
+           std::to_string(options.mmaKeyChunk);
   if (options.tileK < 1)
     return "moba-gpu-pipeline: tile-k must be at least 1, got " +
            std::to_string(options.tileK);

@@ -10,6 +10,7 @@
 
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
 #include "moba/Dialect/Moba/Transforms/BufferizableOpInterfaceImpl.h"
+#include "moba/Pipelines/MmaTuning.h"
 #include "moba/Pipelines/Pipelines.h"
 #include "moba/Runtime/CudaDriver.h"
 #include "moba/Runtime/GpuRuntime.h"
@@ -117,6 +118,12 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
   pipeline.toolkit = options.toolkit;
   pipeline.densify = options.densify;
   pipeline.mma = options.mma;
+  MmaTileShapeChoice tuned = tunedMmaTileShape(
+      options.chip, elementTypeName(config.dtype), config.headDim,
+      config.numHeads / config.numKvHeads, config.blockSize);
+  pipeline.mmaWarps = options.mmaWarps ? options.mmaWarps : tuned.warps;
+  pipeline.mmaKeyChunk =
+      options.mmaKeyChunk ? options.mmaKeyChunk : tuned.keyChunk;
   if (std::string problem = checkGpuPipelineOptions(pipeline);
       !problem.empty())
     return llvm::createStringError(problem);

@@ -426,12 +426,14 @@ def _compile_handle(config, target):
         c["head_dim"], c["num_heads"], c["num_kv_heads"], c["block_size"],
         c["top_k"], c["causal"], c["scale"], c["dtype"], target, c["stage"],
         c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
-        os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"])
+        os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"],
+        c["mma_warps"], c["mma_key_chunk"])
 
 
 def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             layout="varlen", causal=True, target="auto", *, scale=None,
-            stage="fused", tile_q=None, tile_k=None, gpu_attention="mma"):
+            stage="fused", tile_q=None, tile_k=None, gpu_attention="mma",
+            mma_warps=None, mma_key_chunk=None):
     """Compiles one MoBA attention configuration and returns a Kernel.
 
     target: "cpu"; "sm_80" (Ampere and newer) or "sm_90a" (Hopper), which
@@ -448,6 +450,9 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     chose, attended in 16-query tiles on tensor cores, partials merged by
     log-sum-exp (f32 and head_dims other than multiples of 16 up to 128 run
     the grouped form on plain threads); "simt": one thread per (token, head).
+    mma_warps, mma_key_chunk: the tensor-core kernel's warps per CTA and keys
+    per shared-memory stage; None takes the tuning table's choice
+    (docs/tuning.md).
     """
     head_dim = _positive_int("head_dim", head_dim)
     num_heads = _positive_int("num_heads", num_heads)
@@ -480,7 +485,9 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
-    for name_, tile in (("tile_q", tile_q), ("tile_k", tile_k)):
+    for name_, tile in (("tile_q", tile_q), ("tile_k", tile_k),
+                        ("mma_warps", mma_warps),
+                        ("mma_key_chunk", mma_key_chunk)):
         if tile is not None:
             _positive_int(name_, tile)
     first = target
@@ -498,7 +505,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                   top_k=top_k, dtype=dtype, layout=layout,
                   causal=bool(causal), target=target, scale=scale,
                   stage=stage, tile_q=tile_q, tile_k=tile_k,
-                  gpu_attention=gpu_attention)
+                  gpu_attention=gpu_attention, mma_warps=mma_warps,
+                  mma_key_chunk=mma_key_chunk)
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)

@@ -30,6 +30,8 @@ class MobaConfig(ctypes.Structure):
         ("cache_dir", ctypes.c_char_p),
         ("dump_dir", ctypes.c_char_p),
         ("gpu_attention", ctypes.c_int),
+        ("mma_warps", ctypes.c_int64),
+        ("mma_key_chunk", ctypes.c_int64),
     ]
 
 
@@ -95,7 +97,8 @@ def _take_error(address):
 
 def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
                    causal, scale, dtype, target, stage, tile_q, tile_k,
-                   cache_dir, dump_dir, gpu_attention="mma"):
+                   cache_dir, dump_dir, gpu_attention="mma", mma_warps=None,
+                   mma_key_chunk=None):
     """Returns (handle, from_cache); raises CompileError."""
     config = MobaConfig()
     _lib.mobaConfigInit(ctypes.byref(config))
@@ -109,6 +112,7 @@ def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
     config.cache_dir = cache_dir.encode() if cache_dir else None
     config.dump_dir = dump_dir.encode() if dump_dir else None
     config.gpu_attention = _GPU_ATTENTION[gpu_attention]
+    config.mma_warps, config.mma_key_chunk = mma_warps or 0, mma_key_chunk or 0
     from_cache = ctypes.c_int32(0)
     error = ctypes.c_void_p()
     handle = _lib.mobaCompile(ctypes.byref(config), ctypes.byref(from_cache),

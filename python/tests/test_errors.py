@@ -220,3 +220,27 @@ def test_batched_takes_no_cu_seqlens():
 def test_vector_widths_too_large(name):
     with pytest.raises(ValueError, match=f"{name} must be at most 1024, got 4096"):
         kernel(**{name: 4096})
+
+
+def test_mma_tile_shape_must_be_positive():
+    with pytest.raises(ValueError, match="mma_warps must be at least 1, "
+                       "got 0"):
+        kernel(mma_warps=0)
+
+
+def test_mma_key_chunk_the_kernel_cannot_take():
+    # Through the C API: GPU kernels compile without a GPU.
+    with pytest.raises(moba.CompileError, match="mma-key-chunk must be a "
+                       "multiple of 16 in \\[16, 256\\], got 40"):
+        moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
+                                  "sm_90a", "fused", None, None, None, None,
+                                  "mma", mma_warps=2, mma_key_chunk=40)
+
+
+def test_mma_tile_shape_compiles():
+    handle, _ = moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
+                                          "sm_90a", "fused", None, None, None,
+                                          None, "mma", mma_warps=2,
+                                          mma_key_chunk=32)
+    assert handle
+    moba._capi.destroy(handle)

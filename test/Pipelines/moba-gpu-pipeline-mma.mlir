@@ -6,6 +6,8 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true" | FileCheck %s --check-prefix=BIN
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" | FileCheck %s --check-prefix=PTX
 // RUN: not moba-opt %s --moba-gpu-pipeline="mma=true" 2>&1 | FileCheck %s --check-prefix=BAD
+// RUN: not moba-opt %s --moba-gpu-pipeline="densify=true mma=true mma-key-chunk=40" 2>&1 | FileCheck %s --check-prefix=BADCHUNK
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-warps=8 mma-key-chunk=128" | FileCheck %s --check-prefix=SHAPE
 
 // Twelve kernels: pooling, gate + top-k, group counts per chunk, per row,
 // starts, entries cleared, entries filled, partials cleared, the attention's
@@ -24,6 +26,12 @@
 // PTX: shfl.sync.bfly.b32
 
 // BAD: error: moba-gpu-pipeline: mma needs densify
+// BADCHUNK: error: moba-gpu-pipeline: mma-key-chunk must be a multiple of 16 in [16, 256], got 40
+
+// The tile shape options reach the kernel: 8 warps (256 threads), 128 keys
+// per stage (2 x 2 x 128 x 72 bf16 = 73728 bytes of shared memory).
+// SHAPE: llvm.mlir.constant(73728 : i32)
+// SHAPE: maxntid 256, 1, 1
 
 func.func @moba_attention(%q: memref<?x8x64xbf16>, %k: memref<?x2x64xbf16>, %v: memref<?x2x64xbf16>,
                           %cu: memref<?xi32>, %out: memref<?x8x64xbf16>,

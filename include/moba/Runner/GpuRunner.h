@@ -39,6 +39,10 @@ struct GpuCompileOptions {
   /// With densify: the per-block attention on tensor cores (mma.sync) where
   /// the element type and head_dim allow.
   bool mma = false;
+  /// With mma: the kernel's warps per CTA and keys per shared-memory stage;
+  /// 0 takes the tuning table's choice (include/moba/Pipelines/MmaTuning.h).
+  int64_t mmaWarps = 0;
+  int64_t mmaKeyChunk = 0;
   /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
   /// /usr/local/cuda.
   std::string toolkit;

@@ -1,0 +1,145 @@
+"""Tunes the tensor-core attention kernel's tile shape on this GPU.
+
+For each configuration (head layout, head_dim, block size, top-k, dtype) it
+compiles every candidate shape -- warps per CTA (16 queries each) and keys
+staged in shared memory per step -- checks the candidate's output against
+the float64 reference (on a shorter sequence, sampled rows), times it on the
+full length with triton.testing.do_bench, and keeps the fastest. The winners
+are written as lib/Pipelines/MmaTuningTable.inc, the table the GPU runner
+takes its default shape from (include/moba/Pipelines/MmaTuning.h); copy the
+file into the repository and rebuild. docs/tuning.md has the steps.
+
+On the device, after `bash scripts/device-bundle.sh`:
+    bash .device/tune.sh [--configs N:HQ:HKV:D:BLOCK:TOPK[:DTYPE],...]
+The table goes to $OUT/MmaTuningTable.inc (or the current folder).
+"""
+import argparse
+import math
+import os
+import time
+
+import torch
+import triton.testing
+
+DEFAULT_CONFIGS = [  # N, Hq, Hkv, D, block, top_k, dtype
+    (32768, 32, 32, 128, 512, 3, "bf16"),
+    (32768, 32, 8, 128, 512, 3, "bf16"),
+    (32768, 32, 32, 128, 128, 8, "bf16"),
+    (131072, 32, 8, 128, 4096, 8, "bf16"),
+]
+WARPS = (2, 4, 8)
+KEY_CHUNKS = (32, 64, 128)
+MAX_SHARED = 227 * 1024
+CHECK_TOKENS = 16384
+
+
+def parse(text):
+    configs = []
+    for item in text.split(","):
+        fields = item.split(":")
+        dtype = fields[6] if len(fields) > 6 else "bf16"
+        configs.append(tuple(int(x) for x in fields[:6]) + (dtype,))
+    return configs
+
+
+def shared_bytes(key_chunk, d):
+    return 2 * 2 * key_chunk * (d + 8) * 2
+
+
+def tensors(n, hq, hkv, d, dtype, seed):
+    import gpu_check
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v, cu = gpu_check.random_case([n], hq, hkv, d, dtype, generator)
+    return q, k, v, cu
+
+
+def check(moba, config, warps, key_chunk):
+    """The candidate's output on a shorter sequence against the reference."""
+    import gpu_check
+    n, hq, hkv, d, block, top_k, dtype = config
+    n = min(n, max(CHECK_TOKENS, 2 * block))
+    q, k, v, cu = tensors(n, hq, hkv, d, dtype, seed=1)
+    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                          block_size=block, top_k=top_k, dtype=dtype,
+                          mma_warps=warps, mma_key_chunk=key_chunk)
+    out = torch.full_like(q, math.nan)
+    lse = torch.full(q.shape[:-1], math.nan, device="cuda")
+    kernel(q, k, v, cu.cuda(), out=out, lse=lse)
+    torch.cuda.synchronize()
+    rows = torch.unique(torch.randint(0, n, (512,), device="cuda"))
+    ref_out, ref_lse, near, _ = gpu_check.reference(
+        q, k, v, cu, block, top_k, True, rows=rows)
+    ok, message, _, _ = gpu_check.compare(out, lse, ref_out, ref_lse, near,
+                                          dtype)
+    return ok, message
+
+
+def time_candidate(moba, config, warps, key_chunk, data):
+    n, hq, hkv, d, block, top_k, dtype = config
+    q, k, v, cu = data
+    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                          block_size=block, top_k=top_k, dtype=dtype,
+                          mma_warps=warps, mma_key_chunk=key_chunk)
+    kernel(q, k, v, cu)
+    torch.cuda.synchronize()
+    return triton.testing.do_bench(lambda: kernel(q, k, v, cu), warmup=10,
+                                   rep=100, return_mode="median")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--configs", type=parse, default=DEFAULT_CONFIGS)
+    a = p.parse_args()
+    import moba
+    major, minor = torch.cuda.get_device_capability()
+    chip = "sm_90a" if (major, minor) == (9, 0) else "sm_80"
+    out_dir = os.environ.get("OUT", ".")
+    rows = []
+    start = time.time()
+    for config in a.configs:
+        n, hq, hkv, d, block, top_k, dtype = config
+        data = tensors(n, hq, hkv, d, dtype, seed=2)
+        data = data[:3] + (data[3].cuda(),)
+        timings = {}
+        for warps in WARPS:
+            for key_chunk in KEY_CHUNKS:
+                if shared_bytes(key_chunk, d) > MAX_SHARED:
+                    continue
+                ok, message = check(moba, config, warps, key_chunk)
+                if not ok:
+                    print(f"  {config} warps {warps} key_chunk {key_chunk}: "
+                          f"WRONG ({message}); not a candidate", flush=True)
+                    continue
+                ms = time_candidate(moba, config, warps, key_chunk, data)
+                timings[(warps, key_chunk)] = ms
+                print(f"  {config} warps {warps} key_chunk {key_chunk}: "
+                      f"{ms:.3f} ms ({message})", flush=True)
+        if not timings:
+            raise SystemExit(f"no candidate of {config} was right")
+        (warps, key_chunk), best = min(timings.items(), key=lambda t: t[1])
+        default = timings.get((4, 64))
+        print(f"{config}: warps {warps}, key_chunk {key_chunk}: {best:.3f} ms"
+              f" (default 4 x 64: {default:.3f} ms)", flush=True)
+        rows.append(f'MOBA_MMA_TUNED("{chip}", "{dtype}", {d}, {hq // hkv}, '
+                    f"{block}, {warps}, {key_chunk}) "
+                    f"// N={n} {hq}/{hkv} top-{top_k}: {best:.3f} ms, "
+                    f"default {default:.3f} ms")
+        del data
+        torch.cuda.empty_cache()
+    header = (
+        "// Tuned tile shapes of the tensor-core attention kernel, written by\n"
+        "// bench/tune.py on the device (see docs/tuning.md): one row per\n"
+        "// configuration, MOBA_MMA_TUNED(chip, dtype, head_dim, query heads "
+        "per KV\n// head, block_size, warps, key_chunk). Configurations "
+        "without a row use\n// 4 warps and 64 keys.\n"
+        f"// Measured on {torch.cuda.get_device_name()} with moba "
+        f"{moba.version()}.\n")
+    text = header + "".join(row + "\n" for row in rows)
+    with open(os.path.join(out_dir, "MmaTuningTable.inc"), "w") as f:
+        f.write(text)
+    print(text)
+    print(f"{time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

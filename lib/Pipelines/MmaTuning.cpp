@@ -1,0 +1,49 @@
+//===- MmaTuning.cpp - Tuned tile shapes of the tensor-core kernel --------===//
+//
+// Part of moba-mlir.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moba/Pipelines/MmaTuning.h"
+
+using namespace mlir::moba;
+
+namespace {
+
+struct TunedRow {
+  const char *chip;
+  const char *dtype;
+  int64_t headDim, headsPerKvHead, blockSize, warps, keyChunk;
+};
+
+// The rows bench/tune.py wrote, one MOBA_MMA_TUNED(...) each.
+constexpr TunedRow kTable[] = {
+#define MOBA_MMA_TUNED(chip, dtype, headDim, group, block, warps, keyChunk)   \
+  {chip, dtype, headDim, group, block, warps, keyChunk},
+#include "MmaTuningTable.inc"
+#undef MOBA_MMA_TUNED
+    // A sentinel, so that an empty table still compiles; it matches nothing.
+    {"", "", 0, 0, 0, 4, 64},
+};
+
+} // namespace
+
+MmaTileShapeChoice mlir::moba::tunedMmaTileShape(llvm::StringRef chip,
+                                                 llvm::StringRef dtype,
+                                                 int64_t headDim,
+                                                 int64_t headsPerKvHead,
+                                                 int64_t blockSize) {
+  const TunedRow *other = nullptr;
+  for (const TunedRow &row : kTable) {
+    if (chip != row.chip || dtype != row.dtype || row.headDim != headDim ||
+        row.blockSize != blockSize)
+      continue;
+    if (row.headsPerKvHead == headsPerKvHead)
+      return {row.warps, row.keyChunk, /*tuned=*/true};
+    if (!other)
+      other = &row;
+  }
+  if (other)
+    return {other->warps, other->keyChunk, /*tuned=*/true};
+  return {};
+}
