@@ -9,12 +9,13 @@
 // RUN: not moba-opt %s --moba-gpu-pipeline="densify=true mma=true mma-key-chunk=40" 2>&1 | FileCheck %s --check-prefix=BADCHUNK
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-warps=8 mma-key-chunk=128" | FileCheck %s --check-prefix=SHAPE
 
-// Twelve kernels: pooling, gate + top-k, group counts per chunk, per row,
-// starts, entries cleared, entries filled, partials cleared, the attention's
-// tile list, attention, merged log-sum-exp, merged output.
-// BIN-COUNT-12: gpu.launch_func
+// Thirteen kernels: pooling, gate + top-k, group counts per chunk, per row
+// (with each chunk's offset), starts, each chunk's entries sorted by row,
+// entries cleared, the chunks' parts copied, partials cleared, the
+// attention's tile list, attention, merged log-sum-exp, merged output.
+// BIN-COUNT-13: gpu.launch_func
 // BIN-NOT: gpu.launch_func
-// BIN-COUNT-12: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
+// BIN-COUNT-13: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
 
 // The attention kernel: K and V staged by cp.async, operands by ldmatrix
 // (.trans for V), bf16 mma.sync m16n8k16 with f32 accumulators, quad

@@ -285,10 +285,11 @@ def print_device_times(times):
 
 def profile_kernels(moba):
     """Device time of each kernel of one 32K call. With gpu_attention="mma"
-    the launch order is: block pooling, gate + top-k, group counts (per
-    chunk, per row), group starts, entries cleared, entries filled, partials
-    cleared, the attention's tile list, attention (mma.sync), merged
-    log-sum-exp, merged output."""
+    the launch order is: block pooling, gate + top-k, group counts per
+    chunk, per row, group starts, each chunk's entries sorted by row,
+    entries cleared, the chunks' parts copied, partials cleared, the
+    attention's tile list, attention (mma.sync), merged log-sum-exp, merged
+    output."""
     generator = torch.Generator(device="cuda").manual_seed(7)
     q, k, v, cu = random_case([32768], 32, 32, 128, "bf16", generator)
     cu_dev = cu.cuda()

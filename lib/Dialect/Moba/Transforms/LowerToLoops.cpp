@@ -690,11 +690,15 @@ private:
     return {starts, counts, entries};
   }
 
-  /// Parallel passes: count each (head, block row, chunk of tokens); sum a
-  /// row's chunks; place the group (a prefix sum over the head's earlier
-  /// rows); clear the entries (-1); fill each chunk's slots at the group's
-  /// start plus the earlier chunks' counts. Chunks keep every iteration's
-  /// scan short, whatever the sequence length.
+  /// Parallel passes, linear in the slots (heads x tokens x K): count the
+  /// slots of each (head, chunk of tokens) per block row; per (head, row),
+  /// sum the chunks (the group's size) and note each chunk's offset in the
+  /// group; place the groups (a prefix sum over the head's earlier rows);
+  /// sort each (head, chunk)'s entries by row into a chunk-local list (a
+  /// counting sort by the chunk's counts); clear the entries (-1); copy each
+  /// (head, row, chunk) part of a local list to its place in the group.
+  /// Entries come out ordered by token then slot in every group, as in the
+  /// serial form, and no iteration scans more than one chunk of tokens.
   SmallVector<Value> emitParallel(ImplicitLocOpBuilder &b, GroupQueriesOp op,
                                   Value selected, Value cu, int64_t blockSize,
                                   int64_t numHeads, int64_t k) const {
@@ -704,90 +708,187 @@ private:
     OpFoldResult width =
         tensor::getMixedSize(b, b.getLoc(), op.getEntriesInit(), 1);
     OpFoldResult heads = b.getIndexAttr(numHeads);
-    OpFoldResult one = b.getIndexAttr(1);
+    OpFoldResult zero = b.getIndexAttr(0), one = b.getIndexAttr(1);
     Value tokens = tensor::DimOp::create(b, selected, 0);
     Value chunks = arith::CeilDivUIOp::create(
         b, tokens, e.index(kGroupChunkTokens));
-    // Folds `visit` over the attending slots of chunk `chunk` of block row
-    // `row` of head h: the chunk's tokens of the row's sequence whose
-    // selection names the row's block.
+    OpFoldResult localWidth = b.getIndexAttr(kGroupChunkTokens * k);
+    // The 1-D slice dest[offsets][sizes]: sizes are 1 but for the last one
+    // that is not (or the last).
+    auto slice = [&](ImplicitLocOpBuilder &pb, Value dest,
+                     ArrayRef<OpFoldResult> offsets,
+                     ArrayRef<OpFoldResult> sizes) -> Value {
+      // Static sizes are attributes; a Value size is dynamic even when it
+      // is a constant (ExtractSliceOp keeps it as an operand).
+      auto staticSize = [](OpFoldResult size) -> std::optional<int64_t> {
+        if (auto attr = dyn_cast<Attribute>(size))
+          return cast<IntegerAttr>(attr).getInt();
+        return std::nullopt;
+      };
+      OpFoldResult length = sizes.back();
+      for (OpFoldResult size : sizes)
+        if (staticSize(size) != std::optional<int64_t>(1))
+          length = size;
+      int64_t extent = staticSize(length).value_or(ShapedType::kDynamic);
+      return tensor::ExtractSliceOp::create(
+          pb, RankedTensorType::get({extent}, pb.getI32Type()), dest,
+          offsets, sizes, SmallVector<OpFoldResult>(offsets.size(), one));
+    };
+    // Folds `visit` over the attending slots of the tokens of chunk
+    // `chunk`, in token then slot order; `row` is the slot's block row.
     using SlotVisit = function_ref<SmallVector<Value>(
-        ImplicitLocOpBuilder &, Value t, Value s, ValueRange)>;
-    auto foldChunk = [&](ImplicitLocOpBuilder &pb, Value h, Value row,
-                         Value chunk, ValueRange inits, SlotVisit visit) {
+        ImplicitLocOpBuilder &, Value t, Value s, Value row, ValueRange)>;
+    auto foldChunk = [&](ImplicitLocOpBuilder &pb, Value h, Value chunk,
+                         ValueRange inits, SlotVisit visit) {
       LoopEmitter pe(pb);
-      Value j, valid;
-      Sequence seq = pe.locateBlockRow(cu, blockSize, row, j, valid);
-      Value jI32 = arith::IndexCastOp::create(pb, pb.getI32Type(), j);
-      Value first = arith::MinUIOp::create(
-          pb,
-          arith::AddIOp::create(
-              pb, seq.start,
-              arith::MulIOp::create(pb, chunk, pe.index(kGroupChunkTokens))),
-          seq.end);
+      Value first =
+          arith::MulIOp::create(pb, chunk, pe.index(kGroupChunkTokens));
       Value last = arith::MinUIOp::create(
           pb, arith::AddIOp::create(pb, first, pe.index(kGroupChunkTokens)),
-          seq.end);
-      // Rows past the batch's last block visit no token.
-      last = arith::SelectOp::create(pb, valid, last, first);
+          tokens);
       return pe.forLoop(
           first, last, inits,
           [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
             LoopEmitter te(tb);
+            Sequence seq = te.locateToken(cu, blockSize, t);
             return te.forEachAttendingSlot(
-                seq, te.readSelectionRow(selected, t, h), jI32, tc,
+                seq, te.readSelectionRow(selected, t, h), /*block=*/Value(),
+                tc,
                 [&](ImplicitLocOpBuilder &ib, Value s, ValueRange sc) {
-                  return visit(ib, t, s, sc);
+                  Value j = arith::IndexCastOp::create(
+                      ib, ib.getIndexType(),
+                      tensor::ExtractOp::create(ib, selected,
+                                                ValueRange{t, h, s}));
+                  Value row = arith::AddIOp::create(ib, seq.blockOffset, j);
+                  return visit(ib, t, s, row, sc);
                 });
           });
     };
-    // sum_{i < n} tensor[h, r, i] (or tensor[h, i] without r).
-    auto prefix = [](ImplicitLocOpBuilder &pb, Value tensor, Value h, Value r,
-                     Value n) {
-      LoopEmitter pe(pb);
-      return pe.forLoop(pe.index(0), n, ValueRange{pe.i32(0)},
-                        [&](ImplicitLocOpBuilder &rb, Value i,
-                            ValueRange c) -> SmallVector<Value> {
-                          SmallVector<Value> at = {h};
-                          if (r)
-                            at.push_back(r);
-                          at.push_back(i);
-                          return {arith::AddIOp::create(
-                              rb, c[0], tensor::ExtractOp::create(rb, tensor,
-                                                                  at))};
-                        })[0];
+    // tensor[at] += by, for 1-D tensors.
+    auto bump = [](ImplicitLocOpBuilder &ib, Value tensor, Value at,
+                   Value by) -> Value {
+      Value old = tensor::ExtractOp::create(ib, tensor, ValueRange{at});
+      return tensor::InsertOp::create(ib, arith::AddIOp::create(ib, old, by),
+                                      tensor, ValueRange{at});
+    };
+    auto emptyOf = [&](ArrayRef<OpFoldResult> sizes) -> Value {
+      return tensor::EmptyOp::create(b, sizes, b.getI32Type());
     };
 
-    Value chunkCountsInit = tensor::EmptyOp::create(
-        b, SmallVector<OpFoldResult>{heads, rows, chunks}, b.getI32Type());
-    Value chunkCounts =
-        e.forall({heads, rows, chunks}, ValueRange{chunkCountsInit},
-                 [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
-                     ValueRange outs) -> SmallVector<SliceWrite> {
-                   LoopEmitter pe(pb);
-                   Value n = foldChunk(
-                       pb, ivs[0], ivs[1], ivs[2], ValueRange{pe.i32(0)},
-                       [&](ImplicitLocOpBuilder &ib, Value, Value,
-                           ValueRange c) -> SmallVector<Value> {
-                         LoopEmitter ie(ib);
-                         return {arith::AddIOp::create(ib, c[0], ie.i32(1))};
-                       })[0];
-                   return {pe.scalarWrite(n, outs[0], ivs)};
-                 })[0];
-    Value counts =
-        e.forall({heads, rows}, ValueRange{op.getCountsInit()},
-                 [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
-                     ValueRange outs) -> SmallVector<SliceWrite> {
-                   Value n = prefix(pb, chunkCounts, ivs[0], ivs[1], chunks);
-                   return {LoopEmitter(pb).scalarWrite(n, outs[0], ivs)};
-                 })[0];
-    Value starts =
-        e.forall({heads, rows}, ValueRange{op.getStartsInit()},
-                 [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
-                     ValueRange outs) -> SmallVector<SliceWrite> {
-                   Value start = prefix(pb, counts, ivs[0], Value(), ivs[1]);
-                   return {LoopEmitter(pb).scalarWrite(start, outs[0], ivs)};
-                 })[0];
+    // [h, chunk, row]: the chunk's slots that chose the row.
+    Value chunkCounts = e.forall(
+        {heads, chunks}, ValueRange{emptyOf({heads, chunks, rows})},
+        [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+            ValueRange outs) -> SmallVector<SliceWrite> {
+          LoopEmitter pe(pb);
+          Value h = ivs[0], chunk = ivs[1];
+          SmallVector<OpFoldResult> offsets = {h, chunk, zero};
+          SmallVector<OpFoldResult> sizes = {one, one, rows};
+          Value perRow = slice(pb, outs[0], offsets, sizes);
+          Value rowCount = tensor::DimOp::create(pb, perRow, 0);
+          perRow = pe.forLoop(pe.index(0), rowCount, ValueRange{perRow},
+                              [&](ImplicitLocOpBuilder &rb, Value r,
+                                  ValueRange c) -> SmallVector<Value> {
+                                LoopEmitter re(rb);
+                                return {tensor::InsertOp::create(
+                                    rb, re.i32(0), c[0], ValueRange{r})};
+                              })[0];
+          perRow = foldChunk(pb, h, chunk, ValueRange{perRow},
+                             [&](ImplicitLocOpBuilder &ib, Value, Value,
+                                 Value row,
+                                 ValueRange c) -> SmallVector<Value> {
+                               LoopEmitter ie(ib);
+                               return {bump(ib, c[0], row, ie.i32(1))};
+                             })[0];
+          return {{perRow, outs[0], offsets, sizes}};
+        })[0];
+    // counts[h, row] = the sum over the chunks; chunkOffsets[h, chunk, row]
+    // = the earlier chunks' part of it.
+    SmallVector<Value> summed = e.forall(
+        {heads, rows},
+        ValueRange{op.getCountsInit(), emptyOf({heads, chunks, rows})},
+        [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+            ValueRange outs) -> SmallVector<SliceWrite> {
+          LoopEmitter pe(pb);
+          Value h = ivs[0], row = ivs[1];
+          SmallVector<OpFoldResult> offsets = {h, zero, row};
+          SmallVector<OpFoldResult> sizes = {one, chunks, one};
+          Value column = slice(pb, outs[1], offsets, sizes);
+          SmallVector<Value> done = pe.forLoop(
+              pe.index(0), chunks, ValueRange{column, pe.i32(0)},
+              [&](ImplicitLocOpBuilder &cb, Value c,
+                  ValueRange carried) -> SmallVector<Value> {
+                Value placed = tensor::InsertOp::create(cb, carried[1],
+                                                        carried[0],
+                                                        ValueRange{c});
+                Value n = tensor::ExtractOp::create(cb, chunkCounts,
+                                                    ValueRange{h, c, row});
+                return {placed, arith::AddIOp::create(cb, carried[1], n)};
+              });
+          return {pe.scalarWrite(done[1], outs[0], ivs),
+                  {done[0], outs[1], offsets, sizes}};
+        });
+    Value counts = summed[0], chunkOffsets = summed[1];
+    // starts[h, r] = sum_{r' < r} counts[h, r'].
+    Value starts = e.forall(
+        {heads, rows}, ValueRange{op.getStartsInit()},
+        [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+            ValueRange outs) -> SmallVector<SliceWrite> {
+          LoopEmitter pe(pb);
+          Value h = ivs[0];
+          Value start = pe.forLoop(
+              pe.index(0), ivs[1], ValueRange{pe.i32(0)},
+              [&](ImplicitLocOpBuilder &rb, Value r,
+                  ValueRange c) -> SmallVector<Value> {
+                return {arith::AddIOp::create(
+                    rb, c[0],
+                    tensor::ExtractOp::create(rb, counts,
+                                              ValueRange{h, r}))};
+              })[0];
+          return {pe.scalarWrite(start, outs[0], ivs)};
+        })[0];
+    // Each (head, chunk)'s entries sorted by row into its local list; the
+    // cursors end at each row's end there.
+    SmallVector<Value> sorted = e.forall(
+        {heads, chunks},
+        ValueRange{emptyOf({heads, chunks, localWidth}),
+                   emptyOf({heads, chunks, rows})},
+        [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+            ValueRange outs) -> SmallVector<SliceWrite> {
+          LoopEmitter pe(pb);
+          Value h = ivs[0], chunk = ivs[1];
+          SmallVector<OpFoldResult> listOffsets = {h, chunk, zero};
+          SmallVector<OpFoldResult> listSizes = {one, one, localWidth};
+          SmallVector<OpFoldResult> rowSizes = {one, one, rows};
+          Value cursor = slice(pb, outs[1], listOffsets, rowSizes);
+          Value rowCount = tensor::DimOp::create(pb, cursor, 0);
+          cursor = pe.forLoop(
+              pe.index(0), rowCount, ValueRange{cursor, pe.i32(0)},
+              [&](ImplicitLocOpBuilder &rb, Value r,
+                  ValueRange c) -> SmallVector<Value> {
+                Value placed =
+                    tensor::InsertOp::create(rb, c[1], c[0], ValueRange{r});
+                Value n = tensor::ExtractOp::create(rb, chunkCounts,
+                                                    ValueRange{h, chunk, r});
+                return {placed, arith::AddIOp::create(rb, c[1], n)};
+              })[0];
+          Value list = slice(pb, outs[0], listOffsets, listSizes);
+          SmallVector<Value> done = foldChunk(
+              pb, h, chunk, ValueRange{list, cursor},
+              [&](ImplicitLocOpBuilder &ib, Value t, Value s, Value row,
+                  ValueRange c) -> SmallVector<Value> {
+                LoopEmitter ie(ib);
+                Value at = arith::IndexCastOp::create(
+                    ib, ib.getIndexType(),
+                    tensor::ExtractOp::create(ib, c[1], ValueRange{row}));
+                return {tensor::InsertOp::create(ib, slotEntry(ib, t, s, k),
+                                                 c[0], ValueRange{at}),
+                        bump(ib, c[1], row, ie.i32(1))};
+              });
+          return {{done[0], outs[0], listOffsets, listSizes},
+                  {done[1], outs[1], listOffsets, rowSizes}};
+        });
+    Value lists = sorted[0], ends = sorted[1];
     Value unfilled =
         e.forall({heads, width}, ValueRange{op.getEntriesInit()},
                  [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
@@ -795,37 +896,33 @@ private:
                    LoopEmitter pe(pb);
                    return {pe.scalarWrite(pe.i32(-1), outs[0], ivs)};
                  })[0];
+    // Each (head, row, chunk) part copied to the group.
     Value entries = e.forall(
         {heads, rows, chunks}, ValueRange{unfilled},
         [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
             ValueRange outs) -> SmallVector<SliceWrite> {
           LoopEmitter pe(pb);
           Value h = ivs[0], row = ivs[1], chunk = ivs[2];
-          Value count = arith::IndexCastOp::create(
-              pb, pb.getIndexType(),
-              tensor::ExtractOp::create(pb, chunkCounts, ivs));
-          Value start = arith::IndexCastOp::create(
-              pb, pb.getIndexType(),
-              arith::AddIOp::create(
-                  pb, tensor::ExtractOp::create(pb, starts, ValueRange{h, row}),
-                  prefix(pb, chunkCounts, h, row, chunk)));
+          Value count = pe.extractIndex(chunkCounts, {h, chunk, row});
+          Value start = arith::AddIOp::create(
+              pb, pe.extractIndex(starts, {h, row}),
+              pe.extractIndex(chunkOffsets, {h, chunk, row}));
+          Value from = arith::SubIOp::create(
+              pb, pe.extractIndex(ends, {h, chunk, row}), count);
           SmallVector<OpFoldResult> offsets = {h, start};
           SmallVector<OpFoldResult> sizes = {one, count};
-          // The chunk's part of the group, filled in token, slot order.
-          Value part = tensor::ExtractSliceOp::create(
-              pb, RankedTensorType::get({ShapedType::kDynamic},
-                                        pb.getI32Type()),
-              outs[0], offsets, sizes, SmallVector<OpFoldResult>(2, one));
-          Value filled = foldChunk(
-              pb, h, row, chunk, ValueRange{part, pe.index(0)},
-              [&](ImplicitLocOpBuilder &ib, Value t, Value s,
+          Value part = slice(pb, outs[0], offsets, sizes);
+          part = pe.forLoop(
+              pe.index(0), count, ValueRange{part},
+              [&](ImplicitLocOpBuilder &ib, Value i,
                   ValueRange c) -> SmallVector<Value> {
-                LoopEmitter ie(ib);
-                return {tensor::InsertOp::create(ib, slotEntry(ib, t, s, k),
-                                                 c[0], ValueRange{c[1]}),
-                        arith::AddIOp::create(ib, c[1], ie.index(1))};
+                Value entry = tensor::ExtractOp::create(
+                    ib, lists,
+                    ValueRange{h, chunk, arith::AddIOp::create(ib, from, i)});
+                return {tensor::InsertOp::create(ib, entry, c[0],
+                                                 ValueRange{i})};
               })[0];
-          return {{filled, outs[0], offsets, sizes}};
+          return {{part, outs[0], offsets, sizes}};
         })[0];
     return {starts, counts, entries};
   }
