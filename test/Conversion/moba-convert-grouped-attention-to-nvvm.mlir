@@ -5,7 +5,7 @@
 
 // The tile shape options: 2 warps (64 threads), 32 keys per stage.
 // SHAPE-LABEL: func.func @bf16
-// SHAPE: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c64{{.*}}, {{.+}}) dynamic_shared_memory_size %c18432_i32
+// SHAPE: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c64{{.*}}, {{.+}}) dynamic_shared_memory_size %c18448_i32
 // SHAPE: memref.view {{.+}} to memref<2x2x32x72xbf16, #gpu.address_space<workgroup>>
 // BADCHUNK: key-chunk must be a multiple of 16 in [16, 256], got 24
 // BADWARPS: warps must be in [1, 16], got 0
@@ -30,10 +30,12 @@
 // CHECK-COUNT-5: gpu.shuffle  up
 // CHECK:   gpu.shuffle  idx
 // CHECK:   memref.store {{.+}}, %[[LIST]]
-// CHECK: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c128{{.*}}, {{.+}}) dynamic_shared_memory_size %c36864_i32
-// CHECK-SAME: workgroup(%[[REDUCE:.+]] : memref<8xindex, #gpu.address_space<workgroup>>)
-// CHECK:   gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
-// CHECK:   %[[STAGE:.+]] = memref.view {{.+}} to memref<2x2x64x72xbf16, #gpu.address_space<workgroup>>
+// All shared memory is one dynamic region: the stages, then each warp's
+// first and last token (a static buffer would overlap the region).
+// CHECK: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c128{{.*}}, {{.+}}) dynamic_shared_memory_size %c36896_i32 {
+// CHECK:   %[[RAW:.+]] = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
+// CHECK:   %[[STAGE:.+]] = memref.view %[[RAW]][%c0{{.*}}][] : memref<?xi8, #gpu.address_space<workgroup>> to memref<2x2x64x72xbf16, #gpu.address_space<workgroup>>
+// CHECK:   %[[REDUCE:.+]] = memref.view %[[RAW]][%c36864{{.*}}][] : memref<?xi8, #gpu.address_space<workgroup>> to memref<8xi32, #gpu.address_space<workgroup>>
 // CHECK:   memref.load %[[LIST]]
 // CHECK:   scf.if
 // CHECK-COUNT-10: gpu.shuffle  xor

@@ -59,18 +59,29 @@ constexpr int64_t kTileRows = 16; // queries per warp (mma M)
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 /// The shared memory one CTA may use on sm_80 and sm_90 (227 KiB).
 constexpr int64_t kMaxSharedBytes = 227 * 1024;
-/// What a CTA may use without opting in (cuFuncSetAttribute).
-constexpr int64_t kDefaultSharedBytes = 48 * 1024;
 
 /// The work of one CTA: `warps` warps of 16 queries each, over K and V
 /// staged `keyChunk` keys at a time through two shared-memory buffers.
+///
+/// All of the CTA's shared memory is carved out of the one dynamic region:
+/// `gpu.dynamic_shared_memory` lowers to a `.shared` symbol at whose address
+/// the launch's dynamic bytes begin, so a static workgroup buffer placed
+/// after that symbol would lie inside the region (compute-sanitizer's
+/// racecheck caught cp.async overwriting such a buffer while warps still
+/// read it).
 struct MmaTileShape {
   int64_t warps;
   int64_t keyChunk;
 
-  int64_t sharedBytes(int64_t headDim, Type element) const {
+  /// K and V, two buffers each, rows padded to head_dim + 8 elements.
+  int64_t stageBytes(int64_t headDim, Type element) const {
     return 2 * 2 * keyChunk * (headDim + 8) *
            (element.getIntOrFloatBitWidth() / 8);
+  }
+  /// After the stages: each warp's first and last token (i32).
+  int64_t reduceBytes() const { return 2 * warps * 4; }
+  int64_t sharedBytes(int64_t headDim, Type element) const {
+    return stageBytes(headDim, element) + reduceBytes();
   }
 };
 
@@ -281,12 +292,8 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
 
   Value ctas = arith::MaxUIOp::create(
       b, e.mul(tilesPerHead, e.index(numHeads)), e.index(1));
-  auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
-                                              gpu::AddressSpace::Workgroup);
-  auto reduceType = MemRefType::get({2 * shape.warps}, b.getIndexType(),
-                                    MemRefLayoutAttrInterface(), workgroup);
   int64_t sharedBytes = shape.sharedBytes(headDim, element());
-  launch(b, ctas, threads(), e.i32(sharedBytes), {reduceType},
+  launch(b, ctas, threads(), e.i32(sharedBytes), /*workgroup=*/{},
          [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp launchOp) {
            KernelBuilder ke{kb, e.element};
            Value cta = launchOp.getBlockIds().x;
@@ -427,7 +434,6 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
   KernelBuilder e{b, element()};
   Value tid = launch.getThreadIds().x;
   Value warp = e.div(tid, e.index(32)), lane = e.rem(tid, e.index(32));
-  Value reduceBuffer = launch.getWorkgroupAttributions()[0];
   auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
                                               gpu::AddressSpace::Workgroup);
   Value raw = gpu::DynamicSharedMemoryOp::create(
@@ -440,6 +446,12 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
                       MemRefLayoutAttrInterface(), workgroup);
   Value stageBuffer =
       memref::ViewOp::create(b, stageType, raw, e.index(0), ValueRange{});
+  // [warp's last token..., warp's first token...] behind the stages.
+  auto reduceType = MemRefType::get({2 * shape.warps}, b.getI32Type(),
+                                    MemRefLayoutAttrInterface(), workgroup);
+  Value reduceBuffer = memref::ViewOp::create(
+      b, reduceType, raw, e.index(shape.stageBytes(headDim, element())),
+      ValueRange{});
 
   // The tile's group and keys, from the tile list (the same for every
   // thread: the barriers inside the branch are reached by all).
@@ -502,20 +514,20 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
     {
       OpBuilder::InsertionGuard leaderGuard(b);
       b.setInsertionPointToStart(&leader.getThenRegion().front());
-      memref::StoreOp::create(b, latest, reduceBuffer, ValueRange{warp});
-      memref::StoreOp::create(b, earliest, reduceBuffer,
+      auto toI32 = [&](Value x) -> Value {
+        return arith::IndexCastOp::create(b, b.getI32Type(), x);
+      };
+      memref::StoreOp::create(b, toI32(latest), reduceBuffer,
+                              ValueRange{warp});
+      memref::StoreOp::create(b, toI32(earliest), reduceBuffer,
                               ValueRange{e.add(warp, e.index(shape.warps))});
     }
     gpu::BarrierOp::create(b);
-    Value last = memref::LoadOp::create(b, reduceBuffer, e.index(0));
-    Value firstToken =
-        memref::LoadOp::create(b, reduceBuffer, e.index(shape.warps));
+    auto reduced = [&](int64_t i) { return e.loadIndex(reduceBuffer, {e.index(i)}); };
+    Value last = reduced(0), firstToken = reduced(shape.warps);
     for (int64_t w = 1; w < shape.warps; ++w) {
-      last = arith::MaxUIOp::create(
-          b, last, memref::LoadOp::create(b, reduceBuffer, e.index(w)));
-      firstToken = e.minU(firstToken,
-                          memref::LoadOp::create(
-                              b, reduceBuffer, e.index(shape.warps + w)));
+      last = arith::MaxUIOp::create(b, last, reduced(w));
+      firstToken = e.minU(firstToken, reduced(shape.warps + w));
     }
     keyLimit = arith::MaxUIOp::create(
         b, keyFirst, e.minU(keyLast, e.add(last, e.index(1))));
