@@ -69,3 +69,30 @@ def test_same_arguments_same_kernel():
 
 def test_version():
     assert moba.version().startswith("0.1.0+")
+
+
+def _attention_threads(tmp_path, **shape):
+    """The block size of the tensor-core attention kernel compiled for
+    sm_90a (32/8 heads, head_dim 128, block 512, bf16), read from the dumped
+    PTX: 32 threads per warp."""
+    import re
+    handle, _ = moba._capi.compile_kernel(
+        128, 32, 8, 512, 3, True, None, "bf16", "sm_90a", "fused", None, None,
+        None, str(tmp_path), "mma", **shape)
+    moba._capi.destroy(handle)
+    (dump,) = tmp_path.glob("*.gpu.mlir")
+    # The kernel that stages K/V by cp.async is the attention.
+    ptx = [p for p in dump.read_text().split("gpu.binary")
+           if "cp.async" in p]
+    assert len(ptx) == 1
+    return int(re.search(r"maxntid (\d+)", ptx[0]).group(1))
+
+
+def test_tuned_tile_shape_is_the_default(tmp_path):
+    # lib/Pipelines/MmaTuningTable.inc tunes this configuration to 8 warps.
+    assert _attention_threads(tmp_path / "tuned") == 256
+
+
+def test_explicit_tile_shape_wins_over_the_table(tmp_path):
+    assert _attention_threads(tmp_path / "explicit", mma_warps=4,
+                              mma_key_chunk=64) == 128
