@@ -1,4 +1,4 @@
-//===- MmaTuning.h - Tuned tile shapes of the tensor-core kernel -*- C++ -*-===//
+//===- MmaTuning.h - Tuned tile shapes of the mma kernel --------*- C++ -*-===//
 //
 // Part of moba-mlir. The tensor-core attention kernel
 // (moba-convert-grouped-attention-to-nvvm) takes a tile shape: warps per CTA

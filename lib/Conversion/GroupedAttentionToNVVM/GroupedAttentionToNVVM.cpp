@@ -1,28 +1,36 @@
 //===- GroupedAttentionToNVVM.cpp - Grouped attention on tensor cores -----===//
 //
 // Part of moba-mlir. Implements `moba-convert-grouped-attention-to-nvvm`:
-// moba.grouped_block_attention on buffers becomes two GPU launches.
+// moba.grouped_block_attention on buffers becomes three GPU launches.
 //
 //  * An initializing kernel marks every slot's partial empty (log-sum-exp
 //    -inf): slots no group lists keep that, and their output rows, which
 //    moba.lse_merge does not read, are never written.
-//  * The attention kernel gives each warp one tile: 16 consecutive entries
-//    of one group (head h, key block r) -- 16 queries that all chose block
-//    r. The warp computes S = Q K^T for 16 keys at a time with
-//    `nvvm.mma.sync` m16n8k16 (f16 or bf16 operands, f32 accumulators),
-//    masks keys past the block's end and, causally, past each query, runs
-//    the online softmax on the accumulator fragments (row max and sum over
-//    the four lanes that share a row, by xor shuffles), reuses the
-//    probabilities as the A operand of P V (the m16n8 accumulator layout of
-//    two key halves is the m16n8k16 A layout), and writes each row's
-//    normalized partial and log-sum-exp to its slot.
+//  * The tile list: one warp per head turns the groups' sizes into CTA
+//    tiles (prefix sums by shuffles) and writes each tile's block row, its
+//    tile in the row and the block's key range, so that no CTA scans.
+//  * The attention kernel gives each CTA (MmaTileShape: `warps` warps) one
+//    tile: 16 x warps consecutive entries of one group (head h, key block
+//    r), queries that all chose block r; each warp takes 16. The block's K
+//    and V pass through shared memory `keyChunk` keys at a time, two
+//    buffers filled by cp.async, so that the next chunk is in flight while
+//    this one is multiplied. Per chunk each warp computes S = Q K^T with
+//    `nvvm.mma.sync` m16n8k16 (f16 or bf16 operands, f32 accumulators; K
+//    fragments by ldmatrix), runs the online softmax (base 2) on the
+//    accumulator fragments (row max and sum over the four lanes that share
+//    a row, by xor shuffles), reuses the probabilities as the A operand of
+//    P V (the m16n8 accumulator layout of two key tiles is the m16n8k16 A
+//    layout; V fragments by ldmatrix.trans), and at the end writes each
+//    row's normalized partial and log-sum-exp to its slot. Causally the
+//    chunks past the tile's last query are skipped and only the chunks that
+//    reach a query or the block's end are masked (a second copy of the
+//    loop).
 //
 // Fragments follow the PTX ISA's layouts for mma.m16n8k16 (row-major A,
 // column-major B): with group g = lane / 4 and c = lane % 4, lane holds
 // A[g][2c..2c+1], A[g+8][2c..], A[g][2c+8..], A[g+8][2c+8..];
 // B[2c..2c+1][g], B[2c+8..2c+9][g]; C[g][2c..2c+1], C[g+8][2c..2c+1].
-// Operands come straight from global memory (L1 and L2 serve the reuse):
-// the first tensor-core form, before shared-memory staging and TMA.
+// The next form is sm_90a's wgmma fed by TMA (docs/gpu-backend.md).
 //
 //===----------------------------------------------------------------------===//
 
@@ -523,7 +531,9 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
                               ValueRange{e.add(warp, e.index(shape.warps))});
     }
     gpu::BarrierOp::create(b);
-    auto reduced = [&](int64_t i) { return e.loadIndex(reduceBuffer, {e.index(i)}); };
+    auto reduced = [&](int64_t i) {
+      return e.loadIndex(reduceBuffer, {e.index(i)});
+    };
     Value last = reduced(0), firstToken = reduced(shape.warps);
     for (int64_t w = 1; w < shape.warps; ++w) {
       last = arith::MaxUIOp::create(b, last, reduced(w));
@@ -577,120 +587,121 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
   auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
                        bool masked) {
     return scf::ForOp::create(
-      b, from, to, e.index(1), loopInits,
-      [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
-        ImplicitLocOpBuilder ib(loc, fb);
-        KernelBuilder ie{ib, e.element};
-        Value next = ie.add(chunk, ie.index(1));
-        {
-          auto more = scf::IfOp::create(ib, ie.ult(next, chunks), false);
-          OpBuilder::InsertionGuard moreGuard(ib);
-          ib.setInsertionPointToStart(&more.getThenRegion().front());
-          emitStage(ib, stageBuffer, ie.rem(next, ie.index(2)),
-                    ie.add(keyFirst, ie.mul(next, chunkKeys)), lastKey, g,
-                    tid);
-        }
-        NVVM::CpAsyncCommitGroupOp::create(ib);
-        NVVM::CpAsyncWaitGroupOp::create(ib, 1);
-        gpu::BarrierOp::create(ib);
+        b, from, to, e.index(1), loopInits,
+        [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
+          ImplicitLocOpBuilder ib(loc, fb);
+          KernelBuilder ie{ib, e.element};
+          Value next = ie.add(chunk, ie.index(1));
+          {
+            auto more = scf::IfOp::create(ib, ie.ult(next, chunks), false);
+            OpBuilder::InsertionGuard moreGuard(ib);
+            ib.setInsertionPointToStart(&more.getThenRegion().front());
+            emitStage(ib, stageBuffer, ie.rem(next, ie.index(2)),
+                      ie.add(keyFirst, ie.mul(next, chunkKeys)), lastKey, g,
+                      tid);
+          }
+          NVVM::CpAsyncCommitGroupOp::create(ib);
+          NVVM::CpAsyncWaitGroupOp::create(ib, 1);
+          gpu::BarrierOp::create(ib);
 
-        Value buffer = ie.rem(chunk, ie.index(2));
-        Value base = ie.add(keyFirst, ie.mul(chunk, chunkKeys));
-        Value lane8 = ie.rem(lane, ie.index(8));
-        Value laneMatrix = ie.div(lane, ie.index(8));
-        // S = Q K^T, 8 keys per n-tile; K fragments by ldmatrix: lanes
-        // 8j..8j+7 address the rows of matrix j (x4: two k-steps).
-        // The k-steps outside, the n-tiles inside: nTiles independent
-        // accumulator chains for the scheduler to interleave.
-        SmallVector<SmallVector<Value>> scores(
-            nTiles, SmallVector<Value>(4, ie.f32(0.0)));
-        for (int64_t kk = 0; kk < kSteps; kk += 2) {
-          bool pair = kk + 1 < kSteps;
-          Value matrix = pair ? laneMatrix : ie.rem(laneMatrix, ie.index(2));
-          Value col = ie.add(ie.index(kk * 16), ie.mul(matrix, ie.index(8)));
-          for (int64_t nt = 0; nt < nTiles; ++nt) {
-            Value keyRow = ie.add(ie.index(nt * 8), lane8);
-            SmallVector<Value> frag = ie.ldmatrix(
-                stageBuffer, {buffer, ie.index(0), keyRow, col}, pair ? 4 : 2,
-                /*transpose=*/false);
-            scores[nt] = ie.mma(qFrag[kk], {frag[0], frag[1]}, scores[nt]);
-            if (pair)
-              scores[nt] =
-                  ie.mma(qFrag[kk + 1], {frag[2], frag[3]}, scores[nt]);
-          }
-        }
-        // Masked to -inf: keys past keyLimit and, causally, past the row's
-        // query.
-        if (masked)
-          for (int64_t nt = 0; nt < nTiles; ++nt)
-            for (int64_t i = 0; i < 4; ++i) {
-              Value keyAt = ie.add(
-                  base, ie.add(ie.index(8 * nt + i % 2), pairCol));
-              Value keep = ie.ult(keyAt, keyLimit);
-              if (causal)
-                keep = arith::AndIOp::create(ib, keep,
-                                             ie.ule(keyAt, token[i / 2]));
-              scores[nt][i] = ie.select(keep, scores[nt][i], ie.f32(kNegInf));
-            }
-        // Online softmax per row (values i = 0, 1 are row 0; 2, 3 row 1).
-        SmallVector<Value> results(c.begin(), c.end());
-        SmallVector<Value> alpha(2);
-        for (int64_t r = 0; r < 2; ++r) {
-          Value localMax = ie.f32(kNegInf);
-          for (int64_t nt = 0; nt < nTiles; ++nt)
-            for (int64_t i = 0; i < 2; ++i)
-              localMax = ie.fmax(localMax, scores[nt][2 * r + i]);
-          // The scores are unscaled: scale * log2(e) > 0 keeps the max.
-          Value newMax = ie.fmax(
-              c[r], ie.fmul(ie.quadReduce(localMax, true), ie.f32(scaleLog2)));
-          Value finite = arith::CmpFOp::create(ib, arith::CmpFPredicate::OGT,
-                                               newMax, ie.f32(kNegInf));
-          Value shift = ie.select(finite, newMax, ie.f32(0.0));
-          alpha[r] = ie.exp2(arith::SubFOp::create(ib, c[r], shift));
-          Value localSum = ie.f32(0.0);
-          for (int64_t nt = 0; nt < nTiles; ++nt)
-            for (int64_t i = 0; i < 2; ++i) {
-              Value p = ie.exp2(math::FmaOp::create(
-                  ib, scores[nt][2 * r + i], ie.f32(scaleLog2),
-                  arith::NegFOp::create(ib, shift)));
-              scores[nt][2 * r + i] = p;
-              localSum = ie.fadd(localSum, p);
-            }
-          results[r] = newMax;
-          results[2 + r] = ie.fadd(ie.fmul(c[2 + r], alpha[r]), localSum);
-        }
-        // O = O * alpha + P V: P (two n-tiles) is the A operand of one
-        // k-step; V fragments by ldmatrix.trans (x4: two d-tiles).
-        for (int64_t i = 0; i < dTiles * 4; ++i)
-          results[4 + i] = ie.fmul(c[4 + i], alpha[(i % 4) / 2]);
-        Value vRow = ie.add(lane8, ie.mul(ie.rem(laneMatrix, ie.index(2)),
-                                          ie.index(8)));
-        Value vCol = ie.mul(ie.div(lane, ie.index(16)), ie.index(8));
-        for (int64_t kv = 0; kv < nTiles / 2; ++kv) {
-          const SmallVector<Value> &lo = scores[2 * kv],
-                                   &hi = scores[2 * kv + 1];
-          SmallVector<Value> pFrag = {
-              ie.pack(lo[0], lo[1]), ie.pack(lo[2], lo[3]),
-              ie.pack(hi[0], hi[1]), ie.pack(hi[2], hi[3])};
-          Value keyRow = ie.add(ie.index(kv * 16), vRow);
-          for (int64_t dn = 0; dn < dTiles; dn += 2) {
-            SmallVector<Value> frag = ie.ldmatrix(
-                stageBuffer,
-                {buffer, ie.index(1), keyRow, ie.add(ie.index(dn * 8), vCol)},
-                4, /*transpose=*/true);
-            for (int64_t t = 0; t < 2; ++t) {
-              SmallVector<Value> acc(results.begin() + 4 + (dn + t) * 4,
-                                     results.begin() + 8 + (dn + t) * 4);
-              SmallVector<Value> out =
-                  ie.mma(pFrag, {frag[2 * t], frag[2 * t + 1]}, acc);
-              llvm::copy(out, results.begin() + 4 + (dn + t) * 4);
+          Value buffer = ie.rem(chunk, ie.index(2));
+          Value base = ie.add(keyFirst, ie.mul(chunk, chunkKeys));
+          Value lane8 = ie.rem(lane, ie.index(8));
+          Value laneMatrix = ie.div(lane, ie.index(8));
+          // S = Q K^T, 8 keys per n-tile; K fragments by ldmatrix: lanes
+          // 8j..8j+7 address the rows of matrix j (x4: two k-steps). The
+          // k-steps outside, the n-tiles inside: nTiles independent
+          // accumulator chains for the scheduler to interleave.
+          SmallVector<SmallVector<Value>> scores(
+              nTiles, SmallVector<Value>(4, ie.f32(0.0)));
+          for (int64_t kk = 0; kk < kSteps; kk += 2) {
+            bool pair = kk + 1 < kSteps;
+            Value matrix = pair ? laneMatrix : ie.rem(laneMatrix, ie.index(2));
+            Value col = ie.add(ie.index(kk * 16), ie.mul(matrix, ie.index(8)));
+            for (int64_t nt = 0; nt < nTiles; ++nt) {
+              Value keyRow = ie.add(ie.index(nt * 8), lane8);
+              SmallVector<Value> frag = ie.ldmatrix(
+                  stageBuffer, {buffer, ie.index(0), keyRow, col}, pair ? 4 : 2,
+                  /*transpose=*/false);
+              scores[nt] = ie.mma(qFrag[kk], {frag[0], frag[1]}, scores[nt]);
+              if (pair)
+                scores[nt] =
+                    ie.mma(qFrag[kk + 1], {frag[2], frag[3]}, scores[nt]);
             }
           }
-        }
-        // Every warp is done with this buffer before it is refilled.
-        gpu::BarrierOp::create(ib);
-        scf::YieldOp::create(ib, results);
-      });
+          // Masked to -inf: keys past keyLimit and, causally, past the row's
+          // query.
+          if (masked)
+            for (int64_t nt = 0; nt < nTiles; ++nt)
+              for (int64_t i = 0; i < 4; ++i) {
+                Value keyAt = ie.add(
+                    base, ie.add(ie.index(8 * nt + i % 2), pairCol));
+                Value keep = ie.ult(keyAt, keyLimit);
+                if (causal)
+                  keep = arith::AndIOp::create(ib, keep,
+                                               ie.ule(keyAt, token[i / 2]));
+                scores[nt][i] = ie.select(keep, scores[nt][i], ie.f32(kNegInf));
+              }
+          // Online softmax per row (values i = 0, 1 are row 0; 2, 3 row 1).
+          SmallVector<Value> results(c.begin(), c.end());
+          SmallVector<Value> alpha(2);
+          for (int64_t r = 0; r < 2; ++r) {
+            Value localMax = ie.f32(kNegInf);
+            for (int64_t nt = 0; nt < nTiles; ++nt)
+              for (int64_t i = 0; i < 2; ++i)
+                localMax = ie.fmax(localMax, scores[nt][2 * r + i]);
+            // The scores are unscaled: scale * log2(e) > 0 keeps the max.
+            Value newMax = ie.fmax(
+                c[r],
+                ie.fmul(ie.quadReduce(localMax, true), ie.f32(scaleLog2)));
+            Value finite = arith::CmpFOp::create(ib, arith::CmpFPredicate::OGT,
+                                                 newMax, ie.f32(kNegInf));
+            Value shift = ie.select(finite, newMax, ie.f32(0.0));
+            alpha[r] = ie.exp2(arith::SubFOp::create(ib, c[r], shift));
+            Value localSum = ie.f32(0.0);
+            for (int64_t nt = 0; nt < nTiles; ++nt)
+              for (int64_t i = 0; i < 2; ++i) {
+                Value p = ie.exp2(math::FmaOp::create(
+                    ib, scores[nt][2 * r + i], ie.f32(scaleLog2),
+                    arith::NegFOp::create(ib, shift)));
+                scores[nt][2 * r + i] = p;
+                localSum = ie.fadd(localSum, p);
+              }
+            results[r] = newMax;
+            results[2 + r] = ie.fadd(ie.fmul(c[2 + r], alpha[r]), localSum);
+          }
+          // O = O * alpha + P V: P (two n-tiles) is the A operand of one
+          // k-step; V fragments by ldmatrix.trans (x4: two d-tiles).
+          for (int64_t i = 0; i < dTiles * 4; ++i)
+            results[4 + i] = ie.fmul(c[4 + i], alpha[(i % 4) / 2]);
+          Value vRow = ie.add(lane8, ie.mul(ie.rem(laneMatrix, ie.index(2)),
+                                            ie.index(8)));
+          Value vCol = ie.mul(ie.div(lane, ie.index(16)), ie.index(8));
+          for (int64_t kv = 0; kv < nTiles / 2; ++kv) {
+            const SmallVector<Value> &lo = scores[2 * kv],
+                                     &hi = scores[2 * kv + 1];
+            SmallVector<Value> pFrag = {
+                ie.pack(lo[0], lo[1]), ie.pack(lo[2], lo[3]),
+                ie.pack(hi[0], hi[1]), ie.pack(hi[2], hi[3])};
+            Value keyRow = ie.add(ie.index(kv * 16), vRow);
+            for (int64_t dn = 0; dn < dTiles; dn += 2) {
+              SmallVector<Value> frag = ie.ldmatrix(
+                  stageBuffer,
+                  {buffer, ie.index(1), keyRow, ie.add(ie.index(dn * 8), vCol)},
+                  4, /*transpose=*/true);
+              for (int64_t t = 0; t < 2; ++t) {
+                SmallVector<Value> acc(results.begin() + 4 + (dn + t) * 4,
+                                       results.begin() + 8 + (dn + t) * 4);
+                SmallVector<Value> out =
+                    ie.mma(pFrag, {frag[2 * t], frag[2 * t + 1]}, acc);
+                llvm::copy(out, results.begin() + 4 + (dn + t) * 4);
+              }
+            }
+          }
+          // Every warp is done with this buffer before it is refilled.
+          gpu::BarrierOp::create(ib);
+          scf::YieldOp::create(ib, results);
+        });
   };
   auto plain = chunkLoop(e.index(0), unmasked, inits, /*masked=*/false);
   auto loop = chunkLoop(unmasked, chunks, plain.getResults(), /*masked=*/true);
@@ -787,7 +798,8 @@ struct MobaConvertGroupedAttentionToNVVMPass
       if (sharedBytes > kMaxSharedBytes) {
         op.emitOpError() << "needs " << sharedBytes
                          << " bytes of shared memory with key-chunk "
-                         << static_cast<int64_t>(keyChunk) << " (at most " << kMaxSharedBytes
+                         << static_cast<int64_t>(keyChunk) << " (at most "
+                         << kMaxSharedBytes
                          << "): use a smaller key-chunk";
         return signalPassFailure();
       }
