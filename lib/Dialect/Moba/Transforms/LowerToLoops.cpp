@@ -774,6 +774,21 @@ private:
     auto emptyOf = [&](ArrayRef<OpFoldResult> sizes) -> Value {
       return tensor::EmptyOp::create(b, sizes, b.getI32Type());
     };
+    // Writes the exclusive prefix sums of valueAt(0), ..., valueAt(n - 1)
+    // (i32) into the 1-D `into`; returns it and the total.
+    using ValueAt = function_ref<Value(ImplicitLocOpBuilder &, Value)>;
+    auto exclusiveScan = [](ImplicitLocOpBuilder &pb, Value into, Value n,
+                            ValueAt valueAt) {
+      LoopEmitter pe(pb);
+      return pe.forLoop(
+          pe.index(0), n, ValueRange{into, pe.i32(0)},
+          [&](ImplicitLocOpBuilder &cb, Value i,
+              ValueRange c) -> SmallVector<Value> {
+            Value placed =
+                tensor::InsertOp::create(cb, c[1], c[0], ValueRange{i});
+            return {placed, arith::AddIOp::create(cb, c[1], valueAt(cb, i))};
+          });
+    };
 
     // [h, chunk, row]: the chunk's slots that chose the row.
     Value chunkCounts = e.forall(
@@ -813,17 +828,11 @@ private:
           Value h = ivs[0], row = ivs[1];
           SmallVector<OpFoldResult> offsets = {h, zero, row};
           SmallVector<OpFoldResult> sizes = {one, chunks, one};
-          Value column = slice(pb, outs[1], offsets, sizes);
-          SmallVector<Value> done = pe.forLoop(
-              pe.index(0), chunks, ValueRange{column, pe.i32(0)},
-              [&](ImplicitLocOpBuilder &cb, Value c,
-                  ValueRange carried) -> SmallVector<Value> {
-                Value placed = tensor::InsertOp::create(cb, carried[1],
-                                                        carried[0],
-                                                        ValueRange{c});
-                Value n = tensor::ExtractOp::create(cb, chunkCounts,
-                                                    ValueRange{h, c, row});
-                return {placed, arith::AddIOp::create(cb, carried[1], n)};
+          SmallVector<Value> done = exclusiveScan(
+              pb, slice(pb, outs[1], offsets, sizes), chunks,
+              [&](ImplicitLocOpBuilder &cb, Value c) -> Value {
+                return tensor::ExtractOp::create(cb, chunkCounts,
+                                                 ValueRange{h, c, row});
               });
           return {pe.scalarWrite(done[1], outs[0], ivs),
                   {done[0], outs[1], offsets, sizes}};
@@ -861,16 +870,11 @@ private:
           SmallVector<OpFoldResult> listSizes = {one, one, localWidth};
           SmallVector<OpFoldResult> rowSizes = {one, one, rows};
           Value cursor = slice(pb, outs[1], listOffsets, rowSizes);
-          Value rowCount = tensor::DimOp::create(pb, cursor, 0);
-          cursor = pe.forLoop(
-              pe.index(0), rowCount, ValueRange{cursor, pe.i32(0)},
-              [&](ImplicitLocOpBuilder &rb, Value r,
-                  ValueRange c) -> SmallVector<Value> {
-                Value placed =
-                    tensor::InsertOp::create(rb, c[1], c[0], ValueRange{r});
-                Value n = tensor::ExtractOp::create(rb, chunkCounts,
-                                                    ValueRange{h, chunk, r});
-                return {placed, arith::AddIOp::create(rb, c[1], n)};
+          cursor = exclusiveScan(
+              pb, cursor, tensor::DimOp::create(pb, cursor, 0),
+              [&](ImplicitLocOpBuilder &rb, Value r) -> Value {
+                return tensor::ExtractOp::create(rb, chunkCounts,
+                                                 ValueRange{h, chunk, r});
               })[0];
           Value list = slice(pb, outs[0], listOffsets, listSizes);
           SmallVector<Value> done = foldChunk(
