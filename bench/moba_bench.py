@@ -93,7 +93,8 @@ def run_config(moba, gpu_check, peers, n, hq, hkv, block, top_k, which,
     result = dict(N=n, Hq=hq, Hkv=hkv, block=block, top_k=top_k)
 
     kernel = moba.compile(head_dim=D, num_heads=hq, num_kv_heads=hkv,
-                          block_size=block, top_k=top_k, dtype="bf16")
+                          block_size=block, top_k=top_k, dtype="bf16",
+                          **gpu_check.mma_options())
     ok, message = check(moba, gpu_check, kernel, q, k, v, cu, block, top_k,
                         seed)
     result["check"] = message

@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define MOBA_C_API_VERSION 4
+#define MOBA_C_API_VERSION 5
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -45,6 +45,17 @@ typedef enum MobaGpuAttention {
   MOBA_GPU_ATTENTION_SIMT = 1,
 } MobaGpuAttention;
 
+typedef enum MobaMmaInstruction {
+  /* The tuning table's choice with the table's shape; mma.sync when the
+   * caller names mma_warps or mma_key_chunk. */
+  MOBA_MMA_INSTRUCTION_TUNED = 0,
+  /* mma.sync m16n8k16 (sm_80 and newer). */
+  MOBA_MMA_INSTRUCTION_MMA_SYNC = 1,
+  /* sm_90a's wgmma: mma_warps a multiple of 4, mma_key_chunk a multiple of
+   * 64; head_dims other than 64 and 128 keep mma.sync. */
+  MOBA_MMA_INSTRUCTION_WGMMA = 2,
+} MobaMmaInstruction;
+
 typedef struct MobaConfig {
   int64_t head_dim, num_heads, num_kv_heads, block_size, top_k;
   int32_t causal;     /* non-zero: causal */
@@ -61,6 +72,8 @@ typedef struct MobaConfig {
    * in shared memory per step of the tensor-core kernel; 0: the tuning
    * table's choice for the configuration (docs/tuning.md). */
   int64_t mma_warps, mma_key_chunk;
+  /* MOBA_GPU_ATTENTION_MMA: the matrix instruction. */
+  MobaMmaInstruction mma_instruction;
 } MobaConfig;
 
 typedef struct MobaKernel MobaKernel;

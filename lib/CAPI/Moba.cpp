@@ -71,6 +71,20 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
   }
   options.mmaWarps = c.mma_warps;
   options.mmaKeyChunk = c.mma_key_chunk;
+  switch (c.mma_instruction) {
+  case MOBA_MMA_INSTRUCTION_TUNED:
+    break;
+  case MOBA_MMA_INSTRUCTION_MMA_SYNC:
+    options.mmaInstruction = "mma.sync";
+    break;
+  case MOBA_MMA_INSTRUCTION_WGMMA:
+    options.mmaInstruction = "wgmma";
+    break;
+  default:
+    setError(error, "unknown mma_instruction " +
+                        std::to_string(static_cast<int>(c.mma_instruction)));
+    return nullptr;
+  }
   switch (c.gpu_attention) {
   case MOBA_GPU_ATTENTION_MMA:
     options.densify = options.mma = true;

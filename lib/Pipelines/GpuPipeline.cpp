@@ -78,6 +78,23 @@ std::string mlir::moba::checkGpuPipelineOptions(
     return "moba-gpu-pipeline: mma-key-chunk must be a multiple of 16 in "
            "[16, 256], got " +
            std::to_string(options.mmaKeyChunk);
+  if (options.mmaInstruction != "mma.sync" &&
+      options.mmaInstruction != "wgmma")
+    return "moba-gpu-pipeline: mma-instruction must be mma.sync or wgmma, "
+           "got '" +
+           options.mmaInstruction + "'";
+  if (options.mmaInstruction == "wgmma") {
+    if (!llvm::StringRef(options.chip).ends_with("a") ||
+        llvm::StringRef(options.chip) < "sm_90a")
+      return "moba-gpu-pipeline: mma-instruction=wgmma needs an sm_90a "
+             "class chip (architecture-specific features), got '" +
+             options.chip + "'";
+    if (options.mmaWarps % 4 != 0 || options.mmaKeyChunk % 64 != 0)
+      return "moba-gpu-pipeline: mma-instruction=wgmma needs mma-warps a "
+             "multiple of 4 and mma-key-chunk a multiple of 64, got " +
+             std::to_string(options.mmaWarps) + " and " +
+             std::to_string(options.mmaKeyChunk);
+  }
   if (options.tileK < 1)
     return "moba-gpu-pipeline: tile-k must be at least 1, got " +
            std::to_string(options.tileK);
@@ -108,8 +125,8 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   buildBufferizationPipeline(pm);
   if (options.densify && options.mma)
     pm.addPass(createMobaConvertGroupedAttentionToNVVM(
-        MobaConvertGroupedAttentionToNVVMOptions{options.mmaWarps,
-                                                 options.mmaKeyChunk}));
+        MobaConvertGroupedAttentionToNVVMOptions{
+            options.mmaWarps, options.mmaKeyChunk, options.mmaInstruction}));
   pm.addPass(createMobaMapForallToGpu(
       MobaMapForallToGpuOptions{options.threadsPerBlock}));
   pm.addPass(createCanonicalizerPass());

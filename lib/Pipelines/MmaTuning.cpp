@@ -13,17 +13,20 @@ namespace {
 struct TunedRow {
   const char *chip;
   const char *dtype;
-  int64_t headDim, headsPerKvHead, blockSize, warps, keyChunk;
+  int64_t headDim, headsPerKvHead, blockSize;
+  const char *instruction;
+  int64_t warps, keyChunk;
 };
 
 // The rows bench/tune.py wrote, one MOBA_MMA_TUNED(...) each.
 constexpr TunedRow kTable[] = {
-#define MOBA_MMA_TUNED(chip, dtype, headDim, group, block, warps, keyChunk)   \
-  {chip, dtype, headDim, group, block, warps, keyChunk},
+#define MOBA_MMA_TUNED(chip, dtype, headDim, group, block, instruction,       \
+                       warps, keyChunk)                                        \
+  {chip, dtype, headDim, group, block, instruction, warps, keyChunk},
 #include "MmaTuningTable.inc"
 #undef MOBA_MMA_TUNED
     // A sentinel, so that an empty table still compiles; it matches nothing.
-    {"", "", 0, 0, 0, 4, 64},
+    {"", "", 0, 0, 0, "mma.sync", 4, 64},
 };
 
 } // namespace
@@ -39,11 +42,12 @@ MmaTileShapeChoice mlir::moba::tunedMmaTileShape(llvm::StringRef chip,
         row.blockSize != blockSize)
       continue;
     if (row.headsPerKvHead == headsPerKvHead)
-      return {row.warps, row.keyChunk, /*tuned=*/true};
+      return {row.warps, row.keyChunk, row.instruction, /*tuned=*/true};
     if (!other)
       other = &row;
   }
   if (other)
-    return {other->warps, other->keyChunk, /*tuned=*/true};
+    return {other->warps, other->keyChunk, other->instruction,
+            /*tuned=*/true};
   return {};
 }

@@ -124,6 +124,13 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
   pipeline.mmaWarps = options.mmaWarps ? options.mmaWarps : tuned.warps;
   pipeline.mmaKeyChunk =
       options.mmaKeyChunk ? options.mmaKeyChunk : tuned.keyChunk;
+  // The table's instruction goes with the table's shape: a caller who
+  // names a shape and no instruction gets mma.sync, which takes any shape.
+  bool tunedShape = !options.mmaWarps && !options.mmaKeyChunk;
+  pipeline.mmaInstruction =
+      !options.mmaInstruction.empty() ? options.mmaInstruction
+      : tunedShape                    ? std::string(tuned.instruction)
+                                      : std::string("mma.sync");
   if (std::string problem = checkGpuPipelineOptions(pipeline);
       !problem.empty())
     return llvm::createStringError(problem);

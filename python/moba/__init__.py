@@ -427,13 +427,13 @@ def _compile_handle(config, target):
         c["top_k"], c["causal"], c["scale"], c["dtype"], target, c["stage"],
         c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
         os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"],
-        c["mma_warps"], c["mma_key_chunk"])
+        c["mma_warps"], c["mma_key_chunk"], c["mma_instruction"])
 
 
 def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             layout="varlen", causal=True, target="auto", *, scale=None,
             stage="fused", tile_q=None, tile_k=None, gpu_attention="mma",
-            mma_warps=None, mma_key_chunk=None):
+            mma_warps=None, mma_key_chunk=None, mma_instruction=None):
     """Compiles one MoBA attention configuration and returns a Kernel.
 
     target: "cpu"; "sm_80" (Ampere and newer) or "sm_90a" (Hopper), which
@@ -453,6 +453,11 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     mma_warps, mma_key_chunk: the tensor-core kernel's warps per CTA and keys
     per shared-memory stage; None takes the tuning table's choice
     (docs/tuning.md).
+    mma_instruction: "mma.sync" (sm_80 and newer) or "wgmma" (sm_90a only;
+    mma_warps a multiple of 4, mma_key_chunk a multiple of 64; head_dims
+    other than 64 and 128 keep mma.sync); None takes the tuning table's
+    choice with its shape, and mma.sync when mma_warps or mma_key_chunk is
+    given.
     """
     head_dim = _positive_int("head_dim", head_dim)
     num_heads = _positive_int("num_heads", num_heads)
@@ -482,6 +487,9 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if gpu_attention not in ("mma", "simt"):
         raise ValueError(f"gpu_attention must be 'mma' or 'simt', got "
                          f"{gpu_attention!r}")
+    if mma_instruction not in (None, "mma.sync", "wgmma"):
+        raise ValueError(f"mma_instruction must be 'mma.sync', 'wgmma' or "
+                         f"None, got {mma_instruction!r}")
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
@@ -506,7 +514,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                   causal=bool(causal), target=target, scale=scale,
                   stage=stage, tile_q=tile_q, tile_k=tile_k,
                   gpu_attention=gpu_attention, mma_warps=mma_warps,
-                  mma_key_chunk=mma_key_chunk)
+                  mma_key_chunk=mma_key_chunk,
+                  mma_instruction=mma_instruction)
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)

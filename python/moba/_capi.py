@@ -11,6 +11,7 @@ _DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
 _TARGETS = {"cpu": 0, "sm_80": 1, "sm_90a": 2}
 _STAGES = {"fused": 0, "tiled": 1, "decomposed": 2}
 _GPU_ATTENTION = {"mma": 0, "simt": 1}
+_MMA_INSTRUCTIONS = {None: 0, "mma.sync": 1, "wgmma": 2}
 
 
 class MobaConfig(ctypes.Structure):
@@ -32,6 +33,7 @@ class MobaConfig(ctypes.Structure):
         ("gpu_attention", ctypes.c_int),
         ("mma_warps", ctypes.c_int64),
         ("mma_key_chunk", ctypes.c_int64),
+        ("mma_instruction", ctypes.c_int),
     ]
 
 
@@ -98,7 +100,7 @@ def _take_error(address):
 def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
                    causal, scale, dtype, target, stage, tile_q, tile_k,
                    cache_dir, dump_dir, gpu_attention="mma", mma_warps=None,
-                   mma_key_chunk=None):
+                   mma_key_chunk=None, mma_instruction=None):
     """Returns (handle, from_cache); raises CompileError."""
     config = MobaConfig()
     _lib.mobaConfigInit(ctypes.byref(config))
@@ -113,6 +115,7 @@ def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
     config.dump_dir = dump_dir.encode() if dump_dir else None
     config.gpu_attention = _GPU_ATTENTION[gpu_attention]
     config.mma_warps, config.mma_key_chunk = mma_warps or 0, mma_key_chunk or 0
+    config.mma_instruction = _MMA_INSTRUCTIONS[mma_instruction]
     from_cache = ctypes.c_int32(0)
     error = ctypes.c_void_p()
     handle = _lib.mobaCompile(ctypes.byref(config), ctypes.byref(from_cache),

@@ -34,13 +34,13 @@
 // first and last token (a static buffer would overlap the region).
 // CHECK: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c128{{.*}}, {{.+}}) dynamic_shared_memory_size %c36896_i32 {
 // CHECK:   %[[RAW:.+]] = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
-// CHECK:   %[[STAGE:.+]] = memref.view %[[RAW]][%c0{{.*}}][] : memref<?xi8, #gpu.address_space<workgroup>> to memref<2x2x64x72xbf16, #gpu.address_space<workgroup>>
 // CHECK:   %[[REDUCE:.+]] = memref.view %[[RAW]][%c36864{{.*}}][] : memref<?xi8, #gpu.address_space<workgroup>> to memref<8xi32, #gpu.address_space<workgroup>>
 // CHECK:   memref.load %[[LIST]]
 // CHECK:   scf.if
 // CHECK-COUNT-10: gpu.shuffle  xor
 // CHECK:     memref.store {{.+}}, %[[REDUCE]]
 // CHECK:     gpu.barrier
+// CHECK:     %[[STAGE:.+]] = memref.view %[[RAW]][%c0{{.*}}][] : memref<?xi8, #gpu.address_space<workgroup>> to memref<2x2x64x72xbf16, #gpu.address_space<workgroup>>
 // CHECK-COUNT-8: vector.load {{.+}} : memref<?x8x64xbf16>, vector<2xbf16>
 // CHECK:     nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]][{{.+}}], 8 {bypassL1}
 // CHECK:     nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]][{{.+}}], 8 {bypassL1}

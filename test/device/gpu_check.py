@@ -133,6 +133,18 @@ def random_case(seqlens, hq, hkv, d, dtype, generator):
 GPU_ATTENTION = os.environ.get("MOBA_GPU_ATTENTION", "mma")
 
 
+def mma_options():
+    """The tensor-core kernel's form from the environment, for checking one
+    form on purpose: MOBA_MMA_INSTRUCTION (mma.sync or wgmma),
+    MOBA_MMA_WARPS, MOBA_MMA_KEY_CHUNK; unset: the tuning table's."""
+    env = os.environ.get
+    options = dict(mma_instruction=env("MOBA_MMA_INSTRUCTION") or None)
+    for name in ("warps", "key_chunk"):
+        value = env("MOBA_MMA_" + name.upper())
+        options["mma_" + name] = int(value) if value else None
+    return options
+
+
 def check_case(moba, hq, hkv, d, block, top_k, causal, dtype, seqlens, seed):
     """Runs one case; returns (ok, message, compared, skipped)."""
     generator = torch.Generator(device="cuda").manual_seed(seed)
@@ -140,7 +152,7 @@ def check_case(moba, hq, hkv, d, block, top_k, causal, dtype, seqlens, seed):
     kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
                           block_size=block, top_k=top_k, dtype=dtype,
                           causal=causal, target="auto",
-                          gpu_attention=GPU_ATTENTION)
+                          gpu_attention=GPU_ATTENTION, **mma_options())
     # Poisoned outputs: the kernel must write every element.
     out = torch.full_like(q, math.nan)
     lse = torch.full(q.shape[:-1], math.nan, device="cuda")
@@ -243,7 +255,8 @@ def time_case(moba, n, hq, hkv, d, block, top_k, dtype, repeats,
     cu_dev = cu.cuda()
     kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
                           block_size=block, top_k=top_k, dtype=dtype,
-                          target="auto", gpu_attention=gpu_attention)
+                          target="auto", gpu_attention=gpu_attention,
+                          **mma_options())
     kernel(q, k, v, cu_dev)  # loads the kernels
     times = []
     for _ in range(repeats):
@@ -294,7 +307,8 @@ def profile_kernels(moba):
     q, k, v, cu = random_case([32768], 32, 32, 128, "bf16", generator)
     cu_dev = cu.cuda()
     kernel = moba.compile(head_dim=128, num_heads=32, num_kv_heads=32,
-                          block_size=512, top_k=3, dtype="bf16")
+                          block_size=512, top_k=3, dtype="bf16",
+                          **mma_options())
     print_device_times(device_times(lambda: kernel(q, k, v, cu_dev)))
 
 

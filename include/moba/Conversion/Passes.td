@@ -63,6 +63,10 @@ def MobaConvertGroupedAttentionToNVVM
            "Warps per CTA (16 queries each)">,
     Option<"keyChunk", "key-chunk", "int64_t", /*default=*/"64",
            "Keys staged in shared memory per step (a multiple of 16)">,
+    Option<"instruction", "instruction", "std::string",
+           /*default=*/"\"mma.sync\"",
+           "The matrix instruction: mma.sync (sm_80 and newer) or wgmma "
+           "(sm_90a; head_dim 64 or 128, other ops keep mma.sync)">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",

@@ -22,13 +22,15 @@ namespace mlir::moba {
 struct MmaTileShapeChoice {
   int64_t warps = 4;     ///< warps per CTA, 16 queries each
   int64_t keyChunk = 64; ///< keys staged in shared memory per step
-  bool tuned = false;    ///< from the table, not the default
+  /// The matrix instruction: "mma.sync" or "wgmma" (sm_90a).
+  const char *instruction = "mma.sync";
+  bool tuned = false; ///< from the table, not the default
 };
 
 /// The table's shape for (chip, dtype, head_dim, query heads per KV head,
 /// block_size); a row with another head ratio stands in when the exact one
 /// is missing (the kernel's work per CTA does not depend on it). The default
-/// (4 warps, 64 keys) when the table has neither.
+/// (mma.sync, 4 warps, 64 keys) when the table has neither.
 MmaTileShapeChoice tunedMmaTileShape(llvm::StringRef chip,
                                      llvm::StringRef dtype, int64_t headDim,
                                      int64_t headsPerKvHead,

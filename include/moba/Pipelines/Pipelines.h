@@ -127,6 +127,11 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
       *this, "mma-key-chunk",
       llvm::cl::desc("With mma: keys staged in shared memory per step"),
       llvm::cl::init(64)};
+  PassOptions::Option<std::string> mmaInstruction{
+      *this, "mma-instruction",
+      llvm::cl::desc("With mma: mma.sync (sm_80 and newer) or wgmma (sm_90a; "
+                     "warps a multiple of 4, key chunk a multiple of 64)"),
+      llvm::cl::init("mma.sync")};
 };
 
 /// moba.attention -> host LLVM code launching NVVM kernels, with the GPU

@@ -43,6 +43,8 @@ struct GpuCompileOptions {
   /// 0 takes the tuning table's choice (include/moba/Pipelines/MmaTuning.h).
   int64_t mmaWarps = 0;
   int64_t mmaKeyChunk = 0;
+  /// With mma: "mma.sync" or "wgmma" (sm_90a); "" takes the tuning table's.
+  std::string mmaInstruction;
   /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
   /// /usr/local/cuda.
   std::string toolkit;

@@ -34,24 +34,13 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "AttentionKernel.h"
+
 #include "moba/Conversion/Passes.h"
 
-#include "moba/Dialect/Moba/IR/MobaOps.h"
-
-#include "mlir/Dialect/Arith/IR/Arith.h"
-#include "mlir/Dialect/GPU/IR/GPUDialect.h"
-#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
-#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
-#include "mlir/Dialect/Math/IR/Math.h"
-#include "mlir/Dialect/MemRef/IR/MemRef.h"
-#include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
-#include "mlir/Dialect/SCF/IR/SCF.h"
-#include "mlir/Dialect/Vector/IR/VectorOps.h"
-#include "mlir/IR/ImplicitLocOpBuilder.h"
 #include "mlir/IR/PatternMatch.h"
 
 #include <cmath>
-#include <limits>
 
 namespace mlir::moba {
 #define GEN_PASS_DEF_MOBACONVERTGROUPEDATTENTIONTONVVM
@@ -60,160 +49,12 @@ namespace mlir::moba {
 
 using namespace mlir;
 using namespace mlir::moba;
+using namespace mlir::moba::grouped_attention;
 
-namespace {
-
-constexpr int64_t kTileRows = 16; // queries per warp (mma M)
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-/// The shared memory one CTA may use on sm_80 and sm_90 (227 KiB).
-constexpr int64_t kMaxSharedBytes = 227 * 1024;
-
-/// The work of one CTA: `warps` warps of 16 queries each, over K and V
-/// staged `keyChunk` keys at a time through two shared-memory buffers.
-///
-/// All of the CTA's shared memory is carved out of the one dynamic region:
-/// `gpu.dynamic_shared_memory` lowers to a `.shared` symbol at whose address
-/// the launch's dynamic bytes begin, so a static workgroup buffer placed
-/// after that symbol would lie inside the region (compute-sanitizer's
-/// racecheck caught cp.async overwriting such a buffer while warps still
-/// read it).
-struct MmaTileShape {
-  int64_t warps;
-  int64_t keyChunk;
-
-  /// K and V, two buffers each, rows padded to head_dim + 8 elements.
-  int64_t stageBytes(int64_t headDim, Type element) const {
-    return 2 * 2 * keyChunk * (headDim + 8) *
-           (element.getIntOrFloatBitWidth() / 8);
-  }
-  /// After the stages: each warp's first and last token (i32).
-  int64_t reduceBytes() const { return 2 * warps * 4; }
-  int64_t sharedBytes(int64_t headDim, Type element) const {
-    return stageBytes(headDim, element) + reduceBytes();
-  }
-};
-
-/// Scalar and fragment helpers on one builder.
-struct KernelBuilder {
-  ImplicitLocOpBuilder &b;
-  Type element; ///< f16 or bf16
-
-  Value index(int64_t v) { return arith::ConstantIndexOp::create(b, v); }
-  Value i32(int64_t v) {
-    return arith::ConstantIntOp::create(b, b.getI32Type(), v);
-  }
-  Value f32(double v) {
-    return arith::ConstantOp::create(b, b.getF32FloatAttr(v));
-  }
-  Value add(Value x, Value y) { return arith::AddIOp::create(b, x, y); }
-  Value sub(Value x, Value y) { return arith::SubIOp::create(b, x, y); }
-  Value mul(Value x, Value y) { return arith::MulIOp::create(b, x, y); }
-  Value div(Value x, Value y) { return arith::DivUIOp::create(b, x, y); }
-  Value rem(Value x, Value y) { return arith::RemUIOp::create(b, x, y); }
-  Value minU(Value x, Value y) { return arith::MinUIOp::create(b, x, y); }
-  Value ult(Value x, Value y) {
-    return arith::CmpIOp::create(b, arith::CmpIPredicate::ult, x, y);
-  }
-  Value ule(Value x, Value y) {
-    return arith::CmpIOp::create(b, arith::CmpIPredicate::ule, x, y);
-  }
-  Value select(Value c, Value x, Value y) {
-    return arith::SelectOp::create(b, c, x, y);
-  }
-  /// max(x, y) as PTX's max.f32: llvm.maxnum, since arith's max ops are
-  /// expanded to compares and selects (arith-expand) for their NaN rules. A
-  /// NaN score still makes the output NaN, through exp2 and the sums.
-  Value fmax(Value x, Value y) { return LLVM::MaxNumOp::create(b, x, y); }
-  Value fadd(Value x, Value y) { return arith::AddFOp::create(b, x, y); }
-  Value fmul(Value x, Value y) { return arith::MulFOp::create(b, x, y); }
-  Value exp2(Value x) { return math::Exp2Op::create(b, x); }
-  /// An i32 element of `memref` as an index.
-  Value loadIndex(Value memref, ValueRange indices) {
-    return arith::IndexCastOp::create(
-        b, b.getIndexType(), memref::LoadOp::create(b, memref, indices));
-  }
-
-  /// The mma operand register type: two f16 as vector<2xf16>, two bf16 as
-  /// an i32.
-  Type operandType() {
-    return element.isF16() ? Type(VectorType::get({2}, element))
-                           : Type(b.getI32Type());
-  }
-  Value packPair(Value pair) {
-    if (element.isF16())
-      return pair;
-    Value bits = vector::BitCastOp::create(
-        b, VectorType::get({1}, b.getI32Type()), pair);
-    return vector::ExtractOp::create(b, bits, ArrayRef<int64_t>{0});
-  }
-  /// Two consecutive elements memref[..., last], memref[..., last + 1].
-  Value loadPair(Value memref, SmallVector<Value> indices) {
-    auto load = vector::LoadOp::create(b, VectorType::get({2}, element),
-                                       memref, indices);
-    load.setAlignment(4);
-    return packPair(load);
-  }
-  /// Two scalars (f32 or the element type) as one operand register.
-  Value pack(Value lo, Value hi) {
-    if (lo.getType() != element) {
-      lo = arith::TruncFOp::create(b, element, lo);
-      hi = arith::TruncFOp::create(b, element, hi);
-    }
-    return packPair(vector::FromElementsOp::create(
-        b, VectorType::get({2}, element), ValueRange{lo, hi}));
-  }
-
-  /// `num` 8x8 matrices from shared memory, one operand register each:
-  /// lanes 8j..8j+7 address the rows of matrix j (`transpose`: its
-  /// columns land in the registers, as the B operand of P V needs).
-  SmallVector<Value> ldmatrix(Value memref, ValueRange indices, int64_t num,
-                              bool transpose) {
-    auto type = VectorType::get({num, 2}, element);
-    Value tiles = nvgpu::LdMatrixOp::create(b, type, memref, indices,
-                                            transpose, num);
-    SmallVector<Value> registers;
-    for (int64_t i = 0; i < num; ++i)
-      registers.push_back(
-          packPair(vector::ExtractOp::create(b, tiles, ArrayRef<int64_t>{i})));
-    return registers;
-  }
-
-  /// D = A B + C for one m16n8k16 tile; C and D are four f32.
-  SmallVector<Value> mma(ValueRange a, ValueRange bOperand, ValueRange c) {
-    auto f32Type = b.getF32Type();
-    auto resultType = LLVM::LLVMStructType::getLiteral(
-        b.getContext(), {f32Type, f32Type, f32Type, f32Type});
-    NVVM::MMATypes type =
-        element.isF16() ? NVVM::MMATypes::f16 : NVVM::MMATypes::bf16;
-    auto op = NVVM::MmaOp::create(
-        b, resultType, a, bOperand, c, ArrayRef<int64_t>{16, 8, 16},
-        std::nullopt, std::nullopt, std::array<NVVM::MMATypes, 2>{type, type},
-        std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
-                                       NVVM::MMALayout::col});
-    SmallVector<Value> d;
-    for (int64_t i = 0; i < 4; ++i)
-      d.push_back(LLVM::ExtractValueOp::create(b, op, ArrayRef<int64_t>{i}));
-    return d;
-  }
-
-  /// `x` reduced over the four lanes of a quad (the lanes sharing a row).
-  Value quadReduce(Value x, bool isMax) {
-    for (int64_t offset : {1, 2}) {
-      Value other = gpu::ShuffleOp::create(b, x, offset, /*width=*/32,
-                                           gpu::ShuffleMode::XOR)
-                        .getShuffleResult();
-      x = isMax ? fmax(x, other) : fadd(x, other);
-    }
-    return x;
-  }
-};
-
-/// One gpu.launch of `blocks` x `threads` whose body `build` fills (the
-/// terminator is added after it), with `sharedBytes` (i32) of dynamic
-/// shared memory and static shared buffers of `workgroup` types.
-void launch(ImplicitLocOpBuilder &b, Value blocks, int64_t threads,
-            Value sharedBytes, TypeRange workgroup,
-            function_ref<void(ImplicitLocOpBuilder &, gpu::LaunchOp)> build) {
+void mlir::moba::grouped_attention::launch(
+    ImplicitLocOpBuilder &b, Value blocks, int64_t threads, Value sharedBytes,
+    TypeRange workgroup,
+    function_ref<void(ImplicitLocOpBuilder &, gpu::LaunchOp)> build) {
   Value one = arith::ConstantIndexOp::create(b, 1);
   Value threadCount = arith::ConstantIndexOp::create(b, threads);
   auto op = gpu::LaunchOp::create(b, blocks, one, one, threadCount, one, one,
@@ -224,6 +65,8 @@ void launch(ImplicitLocOpBuilder &b, Value blocks, int64_t threads,
   build(b, op);
   gpu::TerminatorOp::create(b);
 }
+
+namespace {
 
 /// Every slot's partial marked empty: log-sum-exp -inf. The output rows of
 /// empty slots are left as they are: nothing reads them (moba.lse_merge
@@ -251,38 +94,7 @@ void emitInitKernel(ImplicitLocOpBuilder &b, Value partialLse, Value slots,
   });
 }
 
-struct AttentionKernel {
-  GroupedBlockAttentionOp op;
-  Value q, k, v, cu, starts, counts, entries, partialOut, partialLse;
-  int64_t numHeads, group, headDim, slotsPerToken, blockSize;
-  bool causal;
-  double scale;
-  MmaTileShape shape;
-
-  void emit(ImplicitLocOpBuilder &b);
-
-private:
-  Type element() { return cast<MemRefType>(q.getType()).getElementType(); }
-  int64_t ctaRows() { return kTileRows * shape.warps; }
-  int64_t threads() { return 32 * shape.warps; }
-  /// Elements between two staged key rows: head_dim plus 8, so that the
-  /// eight row addresses of one ldmatrix phase fall in distinct banks.
-  int64_t pitch() { return headDim + 8; }
-
-  /// The tile list: for each head and CTA tile, [block row, tile of the
-  /// row, first key, end of the keys]; rows (past the end) when unused. One
-  /// warp per head scans the rows' counts 32 at a time (prefix sums by
-  /// shuffles), so that no CTA has to.
-  void emitTileList(ImplicitLocOpBuilder &b, Value tileList, Value rows,
-                    Value tilesPerHead);
-  /// The body of one CTA: tile `tile` of head `h`.
-  void emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch, Value h,
-               Value tile, Value rows, Value tileList);
-  /// Starts the cp.async copies of keys [base, base + keyChunk) of K and V
-  /// (rows past `lastKey` repeat it; the scores mask them) into `stage`.
-  void emitStage(ImplicitLocOpBuilder &b, Value stageBuffer, Value buffer,
-                 Value base, Value lastKey, Value g, Value tid);
-};
+} // namespace
 
 void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
   KernelBuilder e{b, element()};
@@ -440,26 +252,24 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
                               Value h, Value tile, Value rows,
                               Value tileList) {
   KernelBuilder e{b, element()};
-  Value tid = launch.getThreadIds().x;
-  Value warp = e.div(tid, e.index(32)), lane = e.rem(tid, e.index(32));
+  CtaTile t;
+  t.tid = launch.getThreadIds().x;
+  t.warp = e.div(t.tid, e.index(32));
+  t.lane = e.rem(t.tid, e.index(32));
+  t.h = h;
   auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
                                               gpu::AddressSpace::Workgroup);
-  Value raw = gpu::DynamicSharedMemoryOp::create(
+  t.sharedMemory = gpu::DynamicSharedMemoryOp::create(
       b, MemRefType::get({ShapedType::kDynamic}, b.getI8Type(),
                          MemRefLayoutAttrInterface(), workgroup));
-  // [buffer, K or V, key, dim]: two buffers, so that the copies of the next
-  // chunk run while this one is multiplied.
-  auto stageType =
-      MemRefType::get({2, 2, shape.keyChunk, pitch()}, element(),
-                      MemRefLayoutAttrInterface(), workgroup);
-  Value stageBuffer =
-      memref::ViewOp::create(b, stageType, raw, e.index(0), ValueRange{});
-  // [warp's last token..., warp's first token...] behind the stages.
+  // [warp's last token..., warp's first token...]: behind the stages of
+  // mma.sync, in front of wgmma's aligned operands.
   auto reduceType = MemRefType::get({2 * shape.warps}, b.getI32Type(),
                                     MemRefLayoutAttrInterface(), workgroup);
+  int64_t reduceOffset =
+      shape.isWgmma() ? 0 : shape.stageBytes(headDim, element());
   Value reduceBuffer = memref::ViewOp::create(
-      b, reduceType, raw, e.index(shape.stageBytes(headDim, element())),
-      ValueRange{});
+      b, reduceType, t.sharedMemory, e.index(reduceOffset), ValueRange{});
 
   // The tile's group and keys, from the tile list (the same for every
   // thread: the barriers inside the branch are reached by all).
@@ -473,34 +283,37 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
 
   Value count = e.loadIndex(counts, {h, row});
   Value tileRow = e.mul(field(1), e.index(ctaRows()));
-  Value first = e.add(e.loadIndex(starts, {h, row}), tileRow);
-  Value valid = e.minU(e.index(ctaRows()), e.sub(count, tileRow));
-  Value keyFirst = field(2), keyLast = field(3);
-  Value lastKey = e.sub(keyLast, e.index(1));
-  Value g = e.div(h, e.index(group));
+  t.first = e.add(e.loadIndex(starts, {h, row}), tileRow);
+  t.valid = e.minU(e.index(ctaRows()), e.sub(count, tileRow));
+  t.keyFirst = field(2);
+  Value keyLast = field(3);
+  t.lastKey = e.sub(keyLast, e.index(1));
+  t.g = e.div(h, e.index(group));
 
   // This lane's two rows of its warp's 16, and their (token, slot).
-  Value quadRow = e.div(lane, e.index(4)), quadCol = e.rem(lane, e.index(4));
-  Value pairCol = e.mul(quadCol, e.index(2));
-  Value warpRow = e.mul(warp, e.index(kTileRows));
-  SmallVector<Value> rowValid, token, slot;
+  t.quadRow = e.div(t.lane, e.index(4));
+  t.quadCol = e.rem(t.lane, e.index(4));
+  t.pairCol = e.mul(t.quadCol, e.index(2));
+  Value warpRow = e.mul(t.warp, e.index(kTileRows));
   for (int64_t half = 0; half < 2; ++half) {
-    Value i = e.add(warpRow, e.add(quadRow, e.index(8 * half)));
-    Value isValid = e.ult(i, valid);
-    Value at = e.add(first, e.select(isValid, i, e.index(0)));
+    Value i = e.add(warpRow, e.add(t.quadRow, e.index(8 * half)));
+    Value isValid = e.ult(i, t.valid);
+    Value at = e.add(t.first, e.select(isValid, i, e.index(0)));
     Value entry = e.loadIndex(entries, {h, at});
-    rowValid.push_back(isValid);
-    token.push_back(e.div(entry, e.index(slotsPerToken)));
-    slot.push_back(e.rem(entry, e.index(slotsPerToken)));
+    t.rowValid.push_back(isValid);
+    t.token.push_back(e.div(entry, e.index(slotsPerToken)));
+    t.slot.push_back(e.rem(entry, e.index(slotsPerToken)));
   }
 
   // Causally no query of the tile sees keys past its last token: the
   // chunks after it are skipped (half the own block, on average); and
   // chunks that end before its first token and before keyLimit need no
   // mask (all but the own block's diagonal).
-  Value keyLimit = keyLast, unmaskedEnd = keyLast;
+  t.keyLimit = keyLast;
+  Value unmaskedEnd = keyLast;
   if (causal) {
-    Value mine = e.add(first, e.select(e.ult(tid, valid), tid, e.index(0)));
+    Value mine =
+        e.add(t.first, e.select(e.ult(t.tid, t.valid), t.tid, e.index(0)));
     Value latest = e.div(e.loadIndex(entries, {h, mine}),
                          e.index(slotsPerToken));
     Value earliest = latest;
@@ -516,7 +329,7 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
       earliest = e.minU(earliest, other(earliest));
     }
     auto leader = scf::IfOp::create(
-        b, arith::CmpIOp::create(b, arith::CmpIPredicate::eq, lane,
+        b, arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.lane,
                                  e.index(0)),
         false);
     {
@@ -526,9 +339,9 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
         return arith::IndexCastOp::create(b, b.getI32Type(), x);
       };
       memref::StoreOp::create(b, toI32(latest), reduceBuffer,
-                              ValueRange{warp});
+                              ValueRange{t.warp});
       memref::StoreOp::create(b, toI32(earliest), reduceBuffer,
-                              ValueRange{e.add(warp, e.index(shape.warps))});
+                              ValueRange{e.add(t.warp, e.index(shape.warps))});
     }
     gpu::BarrierOp::create(b);
     auto reduced = [&](int64_t i) {
@@ -539,51 +352,157 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
       last = arith::MaxUIOp::create(b, last, reduced(w));
       firstToken = e.minU(firstToken, reduced(shape.warps + w));
     }
-    keyLimit = arith::MaxUIOp::create(
-        b, keyFirst, e.minU(keyLast, e.add(last, e.index(1))));
+    t.keyLimit = arith::MaxUIOp::create(
+        b, t.keyFirst, e.minU(keyLast, e.add(last, e.index(1))));
     unmaskedEnd = arith::MaxUIOp::create(
-        b, keyFirst, e.minU(keyLimit, e.add(firstToken, e.index(1))));
+        b, t.keyFirst, e.minU(t.keyLimit, e.add(firstToken, e.index(1))));
   }
+  t.chunks = arith::CeilDivUIOp::create(b, e.sub(t.keyLimit, t.keyFirst),
+                                        e.index(shape.keyChunk));
+  t.unmasked = e.minU(t.chunks, e.div(e.sub(unmaskedEnd, t.keyFirst),
+                                      e.index(shape.keyChunk)));
+
+  SmallVector<Value> finals =
+      shape.isWgmma() ? emitWgmmaChunks(b, t) : emitMmaSyncChunks(b, t);
+
+  // Normalize and write each valid row's partial and log-sum-exp.
+  int64_t dTiles = headDim / 8;
+  for (int64_t r = 0; r < 2; ++r) {
+    Value m = finals[r];
+    Value l = e.quadReduce(finals[2 + r], false);
+    auto write = scf::IfOp::create(b, t.rowValid[r], false);
+    OpBuilder::InsertionGuard rowGuard(b);
+    b.setInsertionPointToStart(&write.getThenRegion().front());
+    Value any = arith::CmpFOp::create(b, arith::CmpFPredicate::OGT, l,
+                                      e.f32(0.0));
+    Value inverse = e.select(any, arith::DivFOp::create(b, e.f32(1.0), l),
+                             e.f32(0.0));
+    Value lse = e.select(
+        any,
+        e.fmul(e.fadd(m, math::Log2Op::create(b, l)), e.f32(std::log(2.0))),
+        e.f32(kNegInf));
+    for (int64_t dn = 0; dn < dTiles; ++dn) {
+      Value col = e.add(e.index(dn * 8), t.pairCol);
+      Value pair = vector::FromElementsOp::create(
+          b, VectorType::get({2}, b.getF32Type()),
+          ValueRange{e.fmul(finals[4 + dn * 4 + 2 * r], inverse),
+                     e.fmul(finals[5 + dn * 4 + 2 * r], inverse)});
+      vector::StoreOp::create(b, pair, partialOut,
+                              ValueRange{t.slot[r], t.token[r], h, col})
+          .setAlignment(8);
+    }
+    auto firstLane = scf::IfOp::create(
+        b, arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.quadCol,
+                                 e.index(0)),
+        false);
+    OpBuilder::InsertionGuard laneGuard(b);
+    b.setInsertionPointToStart(&firstLane.getThenRegion().front());
+    memref::StoreOp::create(b, lse, partialLse,
+                            ValueRange{t.slot[r], t.token[r], h});
+  }
+}
+
+SmallVector<Value> AttentionKernel::chunkLoopInits(KernelBuilder &e) {
+  SmallVector<Value> inits = {e.f32(kNegInf), e.f32(kNegInf), e.f32(0.0),
+                              e.f32(0.0)};
+  for (int64_t i = 0; i < headDim / 8 * 4; ++i)
+    inits.push_back(e.f32(0.0));
+  return inits;
+}
+
+SmallVector<Value>
+AttentionKernel::softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
+                             SmallVector<SmallVector<Value>> &scores,
+                             ValueRange c, Value base, bool masked) {
+  KernelBuilder ie{ib, element()};
+  int64_t nTiles = scores.size();
+  // Masked to -inf: keys past keyLimit and, causally, past the row's
+  // query.
+  if (masked)
+    for (int64_t nt = 0; nt < nTiles; ++nt)
+      for (int64_t i = 0; i < 4; ++i) {
+        Value keyAt =
+            ie.add(base, ie.add(ie.index(8 * nt + i % 2), t.pairCol));
+        Value keep = ie.ult(keyAt, t.keyLimit);
+        if (causal)
+          keep = arith::AndIOp::create(ib, keep,
+                                       ie.ule(keyAt, t.token[i / 2]));
+        scores[nt][i] = ie.select(keep, scores[nt][i], ie.f32(kNegInf));
+      }
+  // The softmax runs in base 2: p = exp2(s * scale * log2(e) - max).
+  double scaleLog2 = scale / std::log(2.0);
+  // Per row (values i = 0, 1 are row 0; 2, 3 row 1).
+  SmallVector<Value> results(c.begin(), c.end());
+  SmallVector<Value> alpha(2);
+  for (int64_t r = 0; r < 2; ++r) {
+    Value localMax = ie.f32(kNegInf);
+    for (int64_t nt = 0; nt < nTiles; ++nt)
+      for (int64_t i = 0; i < 2; ++i)
+        localMax = ie.fmax(localMax, scores[nt][2 * r + i]);
+    // The scores are unscaled: scale * log2(e) > 0 keeps the max.
+    Value newMax = ie.fmax(
+        c[r], ie.fmul(ie.quadReduce(localMax, true), ie.f32(scaleLog2)));
+    Value finite = arith::CmpFOp::create(ib, arith::CmpFPredicate::OGT,
+                                         newMax, ie.f32(kNegInf));
+    Value shift = ie.select(finite, newMax, ie.f32(0.0));
+    alpha[r] = ie.exp2(arith::SubFOp::create(ib, c[r], shift));
+    Value localSum = ie.f32(0.0);
+    for (int64_t nt = 0; nt < nTiles; ++nt)
+      for (int64_t i = 0; i < 2; ++i) {
+        Value p = ie.exp2(math::FmaOp::create(
+            ib, scores[nt][2 * r + i], ie.f32(scaleLog2),
+            arith::NegFOp::create(ib, shift)));
+        scores[nt][2 * r + i] = p;
+        localSum = ie.fadd(localSum, p);
+      }
+    results[r] = newMax;
+    results[2 + r] = ie.fadd(ie.fmul(c[2 + r], alpha[r]), localSum);
+  }
+  for (int64_t i = 4; i < static_cast<int64_t>(results.size()); ++i)
+    results[i] = ie.fmul(c[i], alpha[((i - 4) % 4) / 2]);
+  return results;
+}
+
+SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
+                                                      const CtaTile &t) {
+  KernelBuilder e{b, element()};
+  auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
+                                              gpu::AddressSpace::Workgroup);
+  // [buffer, K or V, key, dim]: two buffers, so that the copies of the next
+  // chunk run while this one is multiplied.
+  auto stageType =
+      MemRefType::get({2, 2, shape.keyChunk, pitch()}, element(),
+                      MemRefLayoutAttrInterface(), workgroup);
+  Value stageBuffer = memref::ViewOp::create(b, stageType, t.sharedMemory,
+                                             e.index(0), ValueRange{});
 
   // Q as A fragments, once per tile.
   int64_t kSteps = headDim / 16, dTiles = headDim / 8;
   int64_t nTiles = shape.keyChunk / 8;
   SmallVector<SmallVector<Value>> qFrag;
   for (int64_t kk = 0; kk < kSteps; ++kk) {
-    Value col = e.add(e.index(kk * 16), pairCol);
+    Value col = e.add(e.index(kk * 16), t.pairCol);
     Value col8 = e.add(col, e.index(8));
-    qFrag.push_back({e.loadPair(q, {token[0], h, col}),
-                     e.loadPair(q, {token[1], h, col}),
-                     e.loadPair(q, {token[0], h, col8}),
-                     e.loadPair(q, {token[1], h, col8})});
+    qFrag.push_back({e.loadPair(q, {t.token[0], t.h, col}),
+                     e.loadPair(q, {t.token[1], t.h, col}),
+                     e.loadPair(q, {t.token[0], t.h, col8}),
+                     e.loadPair(q, {t.token[1], t.h, col8})});
   }
 
   // The software pipeline: chunk c + 1 is copied while chunk c is
   // multiplied. One cp.async group per chunk (empty past the last), so
   // that "all but the newest group done" always means "chunk c landed".
-  Value chunks = arith::CeilDivUIOp::create(b, e.sub(keyLimit, keyFirst),
-                                            e.index(shape.keyChunk));
   Value chunkKeys = e.index(shape.keyChunk);
   {
-    auto any = scf::IfOp::create(b, e.ult(e.index(0), chunks), false);
+    auto any = scf::IfOp::create(b, e.ult(e.index(0), t.chunks), false);
     OpBuilder::InsertionGuard anyGuard(b);
     b.setInsertionPointToStart(&any.getThenRegion().front());
-    emitStage(b, stageBuffer, e.index(0), keyFirst, lastKey, g, tid);
+    emitStage(b, stageBuffer, e.index(0), t.keyFirst, t.lastKey, t.g, t.tid);
   }
   NVVM::CpAsyncCommitGroupOp::create(b);
 
-  // The softmax runs in base 2: p = exp2(s * scale * log2(e) - max).
-  double scaleLog2 = scale / std::log(2.0);
-  // Carried: running max of both rows, this lane's part of their sums, and
-  // the output accumulators (dTiles x 4 f32, flattened).
-  SmallVector<Value> inits = {e.f32(kNegInf), e.f32(kNegInf), e.f32(0.0),
-                              e.f32(0.0)};
-  for (int64_t i = 0; i < dTiles * 4; ++i)
-    inits.push_back(e.f32(0.0));
   // Two loops over the chunks, the same but for the mask: chunks
   // [0, unmasked) need none, the rest (the block's end, the diagonal) do.
-  Value unmasked = e.minU(
-      chunks, e.div(e.sub(unmaskedEnd, keyFirst), e.index(shape.keyChunk)));
   auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
                        bool masked) {
     return scf::ForOp::create(
@@ -593,21 +512,21 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
           KernelBuilder ie{ib, e.element};
           Value next = ie.add(chunk, ie.index(1));
           {
-            auto more = scf::IfOp::create(ib, ie.ult(next, chunks), false);
+            auto more = scf::IfOp::create(ib, ie.ult(next, t.chunks), false);
             OpBuilder::InsertionGuard moreGuard(ib);
             ib.setInsertionPointToStart(&more.getThenRegion().front());
             emitStage(ib, stageBuffer, ie.rem(next, ie.index(2)),
-                      ie.add(keyFirst, ie.mul(next, chunkKeys)), lastKey, g,
-                      tid);
+                      ie.add(t.keyFirst, ie.mul(next, chunkKeys)), t.lastKey,
+                      t.g, t.tid);
           }
           NVVM::CpAsyncCommitGroupOp::create(ib);
           NVVM::CpAsyncWaitGroupOp::create(ib, 1);
           gpu::BarrierOp::create(ib);
 
           Value buffer = ie.rem(chunk, ie.index(2));
-          Value base = ie.add(keyFirst, ie.mul(chunk, chunkKeys));
-          Value lane8 = ie.rem(lane, ie.index(8));
-          Value laneMatrix = ie.div(lane, ie.index(8));
+          Value base = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
+          Value lane8 = ie.rem(t.lane, ie.index(8));
+          Value laneMatrix = ie.div(t.lane, ie.index(8));
           // S = Q K^T, 8 keys per n-tile; K fragments by ldmatrix: lanes
           // 8j..8j+7 address the rows of matrix j (x4: two k-steps). The
           // k-steps outside, the n-tiles inside: nTiles independent
@@ -629,54 +548,13 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
                     ie.mma(qFrag[kk + 1], {frag[2], frag[3]}, scores[nt]);
             }
           }
-          // Masked to -inf: keys past keyLimit and, causally, past the row's
-          // query.
-          if (masked)
-            for (int64_t nt = 0; nt < nTiles; ++nt)
-              for (int64_t i = 0; i < 4; ++i) {
-                Value keyAt = ie.add(
-                    base, ie.add(ie.index(8 * nt + i % 2), pairCol));
-                Value keep = ie.ult(keyAt, keyLimit);
-                if (causal)
-                  keep = arith::AndIOp::create(ib, keep,
-                                               ie.ule(keyAt, token[i / 2]));
-                scores[nt][i] = ie.select(keep, scores[nt][i], ie.f32(kNegInf));
-              }
-          // Online softmax per row (values i = 0, 1 are row 0; 2, 3 row 1).
-          SmallVector<Value> results(c.begin(), c.end());
-          SmallVector<Value> alpha(2);
-          for (int64_t r = 0; r < 2; ++r) {
-            Value localMax = ie.f32(kNegInf);
-            for (int64_t nt = 0; nt < nTiles; ++nt)
-              for (int64_t i = 0; i < 2; ++i)
-                localMax = ie.fmax(localMax, scores[nt][2 * r + i]);
-            // The scores are unscaled: scale * log2(e) > 0 keeps the max.
-            Value newMax = ie.fmax(
-                c[r],
-                ie.fmul(ie.quadReduce(localMax, true), ie.f32(scaleLog2)));
-            Value finite = arith::CmpFOp::create(ib, arith::CmpFPredicate::OGT,
-                                                 newMax, ie.f32(kNegInf));
-            Value shift = ie.select(finite, newMax, ie.f32(0.0));
-            alpha[r] = ie.exp2(arith::SubFOp::create(ib, c[r], shift));
-            Value localSum = ie.f32(0.0);
-            for (int64_t nt = 0; nt < nTiles; ++nt)
-              for (int64_t i = 0; i < 2; ++i) {
-                Value p = ie.exp2(math::FmaOp::create(
-                    ib, scores[nt][2 * r + i], ie.f32(scaleLog2),
-                    arith::NegFOp::create(ib, shift)));
-                scores[nt][2 * r + i] = p;
-                localSum = ie.fadd(localSum, p);
-              }
-            results[r] = newMax;
-            results[2 + r] = ie.fadd(ie.fmul(c[2 + r], alpha[r]), localSum);
-          }
+          SmallVector<Value> results =
+              softmaxStep(ib, t, scores, c, base, masked);
           // O = O * alpha + P V: P (two n-tiles) is the A operand of one
           // k-step; V fragments by ldmatrix.trans (x4: two d-tiles).
-          for (int64_t i = 0; i < dTiles * 4; ++i)
-            results[4 + i] = ie.fmul(c[4 + i], alpha[(i % 4) / 2]);
           Value vRow = ie.add(lane8, ie.mul(ie.rem(laneMatrix, ie.index(2)),
                                             ie.index(8)));
-          Value vCol = ie.mul(ie.div(lane, ie.index(16)), ie.index(8));
+          Value vCol = ie.mul(ie.div(t.lane, ie.index(16)), ie.index(8));
           for (int64_t kv = 0; kv < nTiles / 2; ++kv) {
             const SmallVector<Value> &lo = scores[2 * kv],
                                      &hi = scores[2 * kv + 1];
@@ -689,12 +567,12 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
                   stageBuffer,
                   {buffer, ie.index(1), keyRow, ie.add(ie.index(dn * 8), vCol)},
                   4, /*transpose=*/true);
-              for (int64_t t = 0; t < 2; ++t) {
-                SmallVector<Value> acc(results.begin() + 4 + (dn + t) * 4,
-                                       results.begin() + 8 + (dn + t) * 4);
+              for (int64_t s = 0; s < 2; ++s) {
+                SmallVector<Value> acc(results.begin() + 4 + (dn + s) * 4,
+                                       results.begin() + 8 + (dn + s) * 4);
                 SmallVector<Value> out =
-                    ie.mma(pFrag, {frag[2 * t], frag[2 * t + 1]}, acc);
-                llvm::copy(out, results.begin() + 4 + (dn + t) * 4);
+                    ie.mma(pFrag, {frag[2 * s], frag[2 * s + 1]}, acc);
+                llvm::copy(out, results.begin() + 4 + (dn + s) * 4);
               }
             }
           }
@@ -703,45 +581,15 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
           scf::YieldOp::create(ib, results);
         });
   };
-  auto plain = chunkLoop(e.index(0), unmasked, inits, /*masked=*/false);
-  auto loop = chunkLoop(unmasked, chunks, plain.getResults(), /*masked=*/true);
+  auto plain = chunkLoop(e.index(0), t.unmasked, chunkLoopInits(e),
+                         /*masked=*/false);
+  auto loop =
+      chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
   NVVM::CpAsyncWaitGroupOp::create(b, 0);
-
-  // Normalize and write each valid row's partial and log-sum-exp.
-  for (int64_t r = 0; r < 2; ++r) {
-    Value m = loop.getResult(r);
-    Value l = e.quadReduce(loop.getResult(2 + r), false);
-    auto write = scf::IfOp::create(b, rowValid[r], false);
-    OpBuilder::InsertionGuard rowGuard(b);
-    b.setInsertionPointToStart(&write.getThenRegion().front());
-    Value any = arith::CmpFOp::create(b, arith::CmpFPredicate::OGT, l,
-                                      e.f32(0.0));
-    Value inverse = e.select(any, arith::DivFOp::create(b, e.f32(1.0), l),
-                             e.f32(0.0));
-    Value lse = e.select(
-        any,
-        e.fmul(e.fadd(m, math::Log2Op::create(b, l)), e.f32(std::log(2.0))),
-        e.f32(kNegInf));
-    for (int64_t dn = 0; dn < dTiles; ++dn) {
-      Value col = e.add(e.index(dn * 8), pairCol);
-      Value pair = vector::FromElementsOp::create(
-          b, VectorType::get({2}, b.getF32Type()),
-          ValueRange{e.fmul(loop.getResult(4 + dn * 4 + 2 * r), inverse),
-                     e.fmul(loop.getResult(5 + dn * 4 + 2 * r), inverse)});
-      vector::StoreOp::create(b, pair, partialOut,
-                              ValueRange{slot[r], token[r], h, col})
-          .setAlignment(8);
-    }
-    auto firstLane = scf::IfOp::create(
-        b, arith::CmpIOp::create(b, arith::CmpIPredicate::eq, quadCol,
-                                 e.index(0)),
-        false);
-    OpBuilder::InsertionGuard laneGuard(b);
-    b.setInsertionPointToStart(&firstLane.getThenRegion().front());
-    memref::StoreOp::create(b, lse, partialLse,
-                            ValueRange{slot[r], token[r], h});
-  }
+  return SmallVector<Value>(loop.getResults());
 }
+
+namespace {
 
 struct MobaConvertGroupedAttentionToNVVMPass
     : public moba::impl::MobaConvertGroupedAttentionToNVVMBase<
@@ -770,6 +618,22 @@ struct MobaConvertGroupedAttentionToNVVMPass
           << static_cast<int64_t>(keyChunk);
       return signalPassFailure();
     }
+    if (instruction != "mma.sync" && instruction != "wgmma") {
+      getOperation()->emitError()
+          << "moba-convert-grouped-attention-to-nvvm: instruction must be "
+             "mma.sync or wgmma, got '"
+          << instruction << "'";
+      return signalPassFailure();
+    }
+    bool wantWgmma = instruction == "wgmma";
+    if (wantWgmma && (warps % 4 != 0 || keyChunk % 64 != 0)) {
+      getOperation()->emitError()
+          << "moba-convert-grouped-attention-to-nvvm: wgmma needs warps a "
+             "multiple of 4 (warpgroups) and key-chunk a multiple of 64, got "
+          << static_cast<int64_t>(warps) << " warps and key-chunk "
+          << static_cast<int64_t>(keyChunk);
+      return signalPassFailure();
+    }
     IRRewriter rewriter(&getContext());
     for (GroupedBlockAttentionOp op : ops) {
       if (!op.isMmaSyncCompatible()) {
@@ -793,8 +657,13 @@ struct MobaConvertGroupedAttentionToNVVMPass
                          "unit-stride innermost dim");
           return signalPassFailure();
         }
-      int64_t sharedBytes =
-          shape.sharedBytes(qType.getDimSize(2), qType.getElementType());
+      // wgmma takes head_dim in whole 64-column panels, and at most two
+      // (the output accumulators of 128 columns); other ops keep mma.sync.
+      int64_t headDim = qType.getDimSize(2);
+      shape.instruction = wantWgmma && (headDim == 64 || headDim == 128)
+                              ? MatrixInstruction::Wgmma
+                              : MatrixInstruction::MmaSync;
+      int64_t sharedBytes = shape.sharedBytes(headDim, qType.getElementType());
       if (sharedBytes > kMaxSharedBytes) {
         op.emitOpError() << "needs " << sharedBytes
                          << " bytes of shared memory with key-chunk "

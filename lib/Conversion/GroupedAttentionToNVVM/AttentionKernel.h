@@ -1,0 +1,288 @@
+//===- AttentionKernel.h - The grouped attention kernel's parts -*- C++ -*-===//
+//
+// Part of moba-mlir. What the two tensor-core forms of
+// moba-convert-grouped-attention-to-nvvm share: the CTA's tile shape and
+// shared-memory plan, scalar and fragment helpers, and the kernel's
+// emitter, whose chunk loop comes in two forms: mma.sync
+// (GroupedAttentionToNVVM.cpp, sm_80 and newer) and sm_90a's wgmma
+// (WgmmaChunkLoop.cpp).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOBA_LIB_CONVERSION_GROUPEDATTENTIONTONVVM_ATTENTIONKERNEL_H
+#define MOBA_LIB_CONVERSION_GROUPEDATTENTIONTONVVM_ATTENTIONKERNEL_H
+
+#include "moba/Dialect/Moba/IR/MobaOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/ImplicitLocOpBuilder.h"
+
+#include <limits>
+
+namespace mlir::moba::grouped_attention {
+
+constexpr int64_t kTileRows = 16; // queries per warp (mma M)
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+/// The shared memory one CTA may use on sm_80 and sm_90 (227 KiB).
+constexpr int64_t kMaxSharedBytes = 227 * 1024;
+
+/// The matrix instruction of the chunk loop.
+enum class MatrixInstruction {
+  /// mma.sync m16n8k16 on fragments read by ldmatrix (sm_80 and newer).
+  MmaSync,
+  /// sm_90a's wgmma, a warpgroup (4 warps, 64 queries) at a time, its
+  /// operands read from shared memory by the tensor cores.
+  Wgmma,
+};
+
+/// The work of one CTA: `warps` warps of 16 queries each, over K and V
+/// staged `keyChunk` keys at a time through two shared-memory buffers.
+///
+/// All of the CTA's shared memory is carved out of the one dynamic region:
+/// `gpu.dynamic_shared_memory` lowers to a `.shared` symbol at whose address
+/// the launch's dynamic bytes begin, so a static workgroup buffer placed
+/// after that symbol would lie inside the region (compute-sanitizer's
+/// racecheck caught cp.async overwriting such a buffer while warps still
+/// read it).
+///
+/// mma.sync: [K/V stages][causal bounds]; the stages' rows are padded to
+/// head_dim + 8 elements against bank conflicts.
+/// wgmma: [causal bounds][slack up to 1 KiB alignment][Q][K/V stages][P],
+/// every operand in 64-column panels of 128-byte rows with the 128-byte
+/// swizzle (wgmmaOperandLayout in WgmmaChunkLoop.cpp).
+struct MmaTileShape {
+  int64_t warps;
+  int64_t keyChunk;
+  MatrixInstruction instruction = MatrixInstruction::MmaSync;
+
+  bool isWgmma() const { return instruction == MatrixInstruction::Wgmma; }
+  int64_t warpgroups() const { return warps / 4; }
+  static int64_t bytesOf(Type element) {
+    return element.getIntOrFloatBitWidth() / 8;
+  }
+  /// K and V, two buffers each.
+  int64_t stageBytes(int64_t headDim, Type element) const {
+    int64_t rowElements = isWgmma() ? headDim : headDim + 8;
+    return 2 * 2 * keyChunk * rowElements * bytesOf(element);
+  }
+  /// Each warp's first and last token (i32).
+  int64_t reduceBytes() const { return 2 * warps * 4; }
+  /// wgmma: each warpgroup's 64 queries.
+  int64_t queryBytes(int64_t headDim, Type element) const {
+    return isWgmma() ? warpgroups() * 64 * headDim * bytesOf(element) : 0;
+  }
+  /// wgmma: each warpgroup's probabilities, 64 x keyChunk.
+  int64_t probabilityBytes(Type element) const {
+    return isWgmma() ? warpgroups() * 64 * keyChunk * bytesOf(element) : 0;
+  }
+  /// wgmma: room to align the operands to 1 KiB (the swizzle's period).
+  int64_t alignmentSlack() const { return isWgmma() ? 1024 : 0; }
+  int64_t sharedBytes(int64_t headDim, Type element) const {
+    return stageBytes(headDim, element) + reduceBytes() +
+           queryBytes(headDim, element) + probabilityBytes(element) +
+           alignmentSlack();
+  }
+};
+
+/// Scalar and fragment helpers on one builder.
+struct KernelBuilder {
+  ImplicitLocOpBuilder &b;
+  Type element; ///< f16 or bf16
+
+  Value index(int64_t v) { return arith::ConstantIndexOp::create(b, v); }
+  Value i32(int64_t v) {
+    return arith::ConstantIntOp::create(b, b.getI32Type(), v);
+  }
+  Value f32(double v) {
+    return arith::ConstantOp::create(b, b.getF32FloatAttr(v));
+  }
+  Value add(Value x, Value y) { return arith::AddIOp::create(b, x, y); }
+  Value sub(Value x, Value y) { return arith::SubIOp::create(b, x, y); }
+  Value mul(Value x, Value y) { return arith::MulIOp::create(b, x, y); }
+  Value div(Value x, Value y) { return arith::DivUIOp::create(b, x, y); }
+  Value rem(Value x, Value y) { return arith::RemUIOp::create(b, x, y); }
+  Value minU(Value x, Value y) { return arith::MinUIOp::create(b, x, y); }
+  Value ult(Value x, Value y) {
+    return arith::CmpIOp::create(b, arith::CmpIPredicate::ult, x, y);
+  }
+  Value ule(Value x, Value y) {
+    return arith::CmpIOp::create(b, arith::CmpIPredicate::ule, x, y);
+  }
+  Value select(Value c, Value x, Value y) {
+    return arith::SelectOp::create(b, c, x, y);
+  }
+  /// max(x, y) as PTX's max.f32: llvm.maxnum, since arith's max ops are
+  /// expanded to compares and selects (arith-expand) for their NaN rules. A
+  /// NaN score still makes the output NaN, through exp2 and the sums.
+  Value fmax(Value x, Value y) { return LLVM::MaxNumOp::create(b, x, y); }
+  Value fadd(Value x, Value y) { return arith::AddFOp::create(b, x, y); }
+  Value fmul(Value x, Value y) { return arith::MulFOp::create(b, x, y); }
+  Value exp2(Value x) { return math::Exp2Op::create(b, x); }
+  /// An i32 element of `memref` as an index.
+  Value loadIndex(Value memref, ValueRange indices) {
+    return arith::IndexCastOp::create(
+        b, b.getIndexType(), memref::LoadOp::create(b, memref, indices));
+  }
+
+  /// The mma operand register type: two f16 as vector<2xf16>, two bf16 as
+  /// an i32.
+  Type operandType() {
+    return element.isF16() ? Type(VectorType::get({2}, element))
+                           : Type(b.getI32Type());
+  }
+  Value packPair(Value pair) {
+    if (element.isF16())
+      return pair;
+    Value bits = vector::BitCastOp::create(
+        b, VectorType::get({1}, b.getI32Type()), pair);
+    return vector::ExtractOp::create(b, bits, ArrayRef<int64_t>{0});
+  }
+  /// Two consecutive elements memref[..., last], memref[..., last + 1].
+  Value loadPair(Value memref, SmallVector<Value> indices) {
+    auto load = vector::LoadOp::create(b, VectorType::get({2}, element),
+                                       memref, indices);
+    load.setAlignment(4);
+    return packPair(load);
+  }
+  /// Two scalars (f32 or the element type) as one operand register.
+  Value pack(Value lo, Value hi) {
+    if (lo.getType() != element) {
+      lo = arith::TruncFOp::create(b, element, lo);
+      hi = arith::TruncFOp::create(b, element, hi);
+    }
+    return packPair(vector::FromElementsOp::create(
+        b, VectorType::get({2}, element), ValueRange{lo, hi}));
+  }
+
+  /// `num` 8x8 matrices from shared memory, one operand register each:
+  /// lanes 8j..8j+7 address the rows of matrix j (`transpose`: its
+  /// columns land in the registers, as the B operand of P V needs).
+  SmallVector<Value> ldmatrix(Value memref, ValueRange indices, int64_t num,
+                              bool transpose) {
+    auto type = VectorType::get({num, 2}, element);
+    Value tiles = nvgpu::LdMatrixOp::create(b, type, memref, indices,
+                                            transpose, num);
+    SmallVector<Value> registers;
+    for (int64_t i = 0; i < num; ++i)
+      registers.push_back(
+          packPair(vector::ExtractOp::create(b, tiles, ArrayRef<int64_t>{i})));
+    return registers;
+  }
+
+  /// D = A B + C for one m16n8k16 tile; C and D are four f32.
+  SmallVector<Value> mma(ValueRange a, ValueRange bOperand, ValueRange c) {
+    auto f32Type = b.getF32Type();
+    auto resultType = LLVM::LLVMStructType::getLiteral(
+        b.getContext(), {f32Type, f32Type, f32Type, f32Type});
+    NVVM::MMATypes type =
+        element.isF16() ? NVVM::MMATypes::f16 : NVVM::MMATypes::bf16;
+    auto op = NVVM::MmaOp::create(
+        b, resultType, a, bOperand, c, ArrayRef<int64_t>{16, 8, 16},
+        std::nullopt, std::nullopt, std::array<NVVM::MMATypes, 2>{type, type},
+        std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
+                                       NVVM::MMALayout::col});
+    SmallVector<Value> d;
+    for (int64_t i = 0; i < 4; ++i)
+      d.push_back(LLVM::ExtractValueOp::create(b, op, ArrayRef<int64_t>{i}));
+    return d;
+  }
+
+  /// `x` reduced over the four lanes of a quad (the lanes sharing a row).
+  Value quadReduce(Value x, bool isMax) {
+    for (int64_t offset : {1, 2}) {
+      Value other = gpu::ShuffleOp::create(b, x, offset, /*width=*/32,
+                                           gpu::ShuffleMode::XOR)
+                        .getShuffleResult();
+      x = isMax ? fmax(x, other) : fadd(x, other);
+    }
+    return x;
+  }
+};
+
+/// One gpu.launch of `blocks` x `threads` whose body `build` fills (the
+/// terminator is added after it), with `sharedBytes` (i32) of dynamic
+/// shared memory and static shared buffers of `workgroup` types.
+void launch(ImplicitLocOpBuilder &b, Value blocks, int64_t threads,
+            Value sharedBytes, TypeRange workgroup,
+            function_ref<void(ImplicitLocOpBuilder &, gpu::LaunchOp)> build);
+
+/// One CTA's tile as every thread sees it, and this lane's two rows.
+struct CtaTile {
+  Value tid, warp, lane;
+  Value sharedMemory; ///< the dynamic region, i8
+  Value h, g;         ///< query head, KV head
+  Value first;        ///< the tile's first entry in `entries`
+  Value valid;        ///< entries of the tile in use
+  Value keyFirst, lastKey, keyLimit;
+  Value chunks;   ///< key chunks to attend
+  Value unmasked; ///< chunks [0, unmasked) need no mask
+  Value quadRow, quadCol, pairCol;
+  /// The lane's rows quadRow and quadRow + 8 of its warp's 16.
+  SmallVector<Value, 2> rowValid, token, slot;
+};
+
+struct AttentionKernel {
+  GroupedBlockAttentionOp op;
+  Value q, k, v, cu, starts, counts, entries, partialOut, partialLse;
+  int64_t numHeads, group, headDim, slotsPerToken, blockSize;
+  bool causal;
+  double scale;
+  MmaTileShape shape;
+
+  void emit(ImplicitLocOpBuilder &b);
+
+  Type element() { return cast<MemRefType>(q.getType()).getElementType(); }
+  int64_t ctaRows() { return kTileRows * shape.warps; }
+  int64_t threads() { return 32 * shape.warps; }
+  /// Elements between two staged key rows of the mma.sync form: head_dim
+  /// plus 8, so that the eight row addresses of one ldmatrix phase fall in
+  /// distinct banks.
+  int64_t pitch() { return headDim + 8; }
+
+  /// The tile list: for each head and CTA tile, [block row, tile of the
+  /// row, first key, end of the keys]; rows (past the end) when unused. One
+  /// warp per head scans the rows' counts 32 at a time (prefix sums by
+  /// shuffles), so that no CTA has to.
+  void emitTileList(ImplicitLocOpBuilder &b, Value tileList, Value rows,
+                    Value tilesPerHead);
+  /// The body of one CTA: tile `tile` of head `h`.
+  void emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch, Value h,
+               Value tile, Value rows, Value tileList);
+
+  /// mma.sync: starts the cp.async copies of keys [base, base + keyChunk)
+  /// of K and V (rows past `lastKey` repeat it; the scores mask them) into
+  /// stage `buffer`.
+  void emitStage(ImplicitLocOpBuilder &b, Value stageBuffer, Value buffer,
+                 Value base, Value lastKey, Value g, Value tid);
+
+  /// The chunk loops of each form. They return what the loops carry at
+  /// the end: the lane's two rows' running max (base 2, scaled), their
+  /// partial sums, and the output accumulators (head_dim / 8 tiles of 4
+  /// f32 in the m16n8 accumulator layout, flattened).
+  SmallVector<Value> emitMmaSyncChunks(ImplicitLocOpBuilder &b,
+                                       const CtaTile &t);
+  SmallVector<Value> emitWgmmaChunks(ImplicitLocOpBuilder &b,
+                                     const CtaTile &t);
+
+  /// The initial values the chunk loops carry.
+  SmallVector<Value> chunkLoopInits(KernelBuilder &e);
+  /// `scores` (nTiles x 4 f32, m16n8 accumulator layout) masked where
+  /// `masked`, then one online-softmax step: `scores` become the
+  /// probabilities; returns the new max and sums in `carried`'s first four
+  /// and the accumulators rescaled.
+  SmallVector<Value> softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
+                                 SmallVector<SmallVector<Value>> &scores,
+                                 ValueRange carried, Value base, bool masked);
+};
+
+} // namespace mlir::moba::grouped_attention
+
+#endif // MOBA_LIB_CONVERSION_GROUPEDATTENTIONTONVVM_ATTENTIONKERNEL_H

@@ -1,0 +1,388 @@
+//===- WgmmaChunkLoop.cpp - The attention chunk loop on sm_90a wgmma -----===//
+//
+// Part of moba-mlir. The wgmma form of the grouped attention kernel's chunk
+// loop (moba-convert-grouped-attention-to-nvvm{instruction=wgmma}).
+//
+// Each warpgroup (4 warps) of the CTA owns 64 consecutive entries of the
+// tile. Their queries are gathered once into shared memory; K and V pass
+// through two shared-memory buffers `keyChunk` keys at a time, filled by
+// cp.async while the previous chunk is multiplied. Per chunk and
+// warpgroup:
+//
+//   S = Q K^T   head_dim / 16 wgmma m64 n<keyChunk> k16, both operands
+//               K-major in shared memory;
+//   softmax     on the accumulators in registers, exactly the mma.sync
+//               form's code: a wgmma m64nN accumulator holds, in each warp,
+//               16 rows in the m16n8 layout, N / 8 tiles of 4 f32;
+//   P           stored as f16/bf16 into shared memory (wgmma's A operand
+//               comes from shared memory in the NVVM dialect);
+//   O += P V    keyChunk / 16 wgmma m64 n<head_dim> k16, V read transposed
+//               (its rows are keys: MN-major).
+//
+// Operand layout (wgmmaOperandLayout): every operand is cut into panels of
+// 64 columns (128 bytes of f16/bf16), rows 128 bytes apart, and the 16-byte
+// chunks of row r stored at chunk (c ^ r % 8): the 128-byte swizzle, which
+// keeps the eight rows a tensor core reads at once in distinct banks. Panels
+// start on 1 KiB boundaries (the swizzle's period), so the shared-memory
+// plan is aligned at run time. A matrix descriptor (PTX ISA, "Matrix
+// Descriptor Format") names such an operand by its start address, the
+// 1024-byte stride between groups of 8 rows, and, for MN-major V, the stride
+// between its panels; a k-step inside a panel advances the start by 32
+// bytes, as the hardware applies the swizzle to address bits.
+//
+// Ordering: cp.async and st.shared write through the generic proxy and
+// wgmma reads through the async proxy, so every writer fences
+// (fence.proxy.async.shared::cta) before the barrier that publishes the data
+// to the warpgroup (P: a named barrier of its 128 threads) or the CTA (Q,
+// K, V). Each batch of wgmma is committed and waited for before its
+// accumulators are read.
+//
+//===----------------------------------------------------------------------===//
+
+#include "AttentionKernel.h"
+
+using namespace mlir;
+using namespace mlir::moba;
+using namespace mlir::moba::grouped_attention;
+
+namespace {
+
+/// Bytes of one 64-row panel: 64 rows x 128 bytes.
+constexpr int64_t kPanelRowBytes = 128;
+constexpr int64_t kPanelColumns = 64;
+constexpr int64_t kSwizzleBytes = 1024;
+
+/// The element column of 16-byte chunk `chunk` (0..7) of panel row `row`
+/// under the 128-byte swizzle.
+Value swizzledColumn(KernelBuilder &e, Value row, Value chunk) {
+  Value swizzled =
+      arith::XOrIOp::create(e.b, chunk, e.rem(row, e.index(8)));
+  return e.mul(swizzled, e.index(8));
+}
+
+/// A wgmma matrix descriptor for a 128-byte-swizzled operand at shared
+/// address `address` (bytes): start address, leading and stride byte
+/// offsets, all in 16-byte units, and the swizzle mode (1: 128 bytes) in
+/// bits 62-63. Base offset 0: the panels are 1 KiB aligned.
+Value descriptor(KernelBuilder &e, Value address, int64_t leadingBytes,
+                 int64_t strideBytes) {
+  ImplicitLocOpBuilder &b = e.b;
+  auto i64 = [&](int64_t v) -> Value {
+    return arith::ConstantIntOp::create(b, b.getI64Type(), v);
+  };
+  Value bits = arith::IndexCastUIOp::create(b, b.getI64Type(), address);
+  Value start = arith::ShRUIOp::create(
+      b, arith::AndIOp::create(b, bits, i64(0x3FFFF)), i64(4));
+  int64_t fixed = ((leadingBytes >> 4) << 16) | ((strideBytes >> 4) << 32) |
+                  (int64_t(1) << 62);
+  return arith::OrIOp::create(b, start, i64(fixed));
+}
+
+/// `desc` moved `bytes` further (a multiple of 16; the start address field
+/// does not overflow below 256 KiB).
+Value advance(KernelBuilder &e, Value desc, Value bytes) {
+  Value units = arith::IndexCastUIOp::create(
+      e.b, e.b.getI64Type(), e.div(bytes, e.index(16)));
+  return arith::AddIOp::create(e.b, desc, units);
+}
+Value advance(KernelBuilder &e, Value desc, int64_t bytes) {
+  return advance(e, desc, e.index(bytes));
+}
+
+/// An LLVM struct of `n` f32: a thread's part of a wgmma m64 accumulator
+/// of 2n columns.
+Type accumulatorType(MLIRContext *context, int64_t n) {
+  return LLVM::LLVMStructType::getLiteral(
+      context, SmallVector<Type>(n, Float32Type::get(context)));
+}
+
+/// D = A B (+ D when `accumulate`): one wgmma m64 n`n` k16 on descriptors,
+/// A K-major, B K-major or (`transposeB`) MN-major.
+Value wgmma(KernelBuilder &e, Value acc, Value descA, Value descB, int64_t n,
+            bool transposeB, bool accumulate) {
+  MLIRContext *context = e.b.getContext();
+  NVVM::WGMMATypes type = e.element.isF16() ? NVVM::WGMMATypes::f16
+                                            : NVVM::WGMMATypes::bf16;
+  return NVVM::WgmmaMmaAsyncOp::create(
+      e.b, acc.getType(), acc, descA, descB,
+      NVVM::MMAShapeAttr::get(context, 64, n, 16), type, type,
+      NVVM::WGMMATypes::f32,
+      accumulate ? NVVM::WGMMAScaleOut::one : NVVM::WGMMAScaleOut::zero,
+      NVVM::WGMMAScaleIn::one, NVVM::WGMMAScaleIn::one,
+      NVVM::MMALayout::row,
+      transposeB ? NVVM::MMALayout::row : NVVM::MMALayout::col,
+      /*satfinite=*/nullptr);
+}
+
+/// Generic-proxy writes to shared memory made visible to wgmma (async
+/// proxy) reads; a barrier must follow.
+void fenceForWgmma(ImplicitLocOpBuilder &b) {
+  NVVM::FenceProxyOp::create(
+      b, NVVM::ProxyKind::async_shared,
+      NVVM::SharedSpaceAttr::get(b.getContext(),
+                                 NVVM::SharedSpace::shared_cta));
+}
+
+/// The shared-memory plan of the wgmma form, in bytes from the 1 KiB
+/// aligned start, and its views.
+struct WgmmaOperands {
+  Value queries; ///< [warpgroup, panel, row, swizzled column]
+  Value stages;  ///< [buffer, K or V, panel, key, swizzled column]
+  Value probabilities; ///< [warpgroup, key panel, row, swizzled column]
+  Value queryAddress, stageAddress, probabilityAddress; ///< shared, bytes
+};
+
+} // namespace
+
+SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
+                                                    const CtaTile &t) {
+  KernelBuilder e{b, element()};
+  MLIRContext *context = b.getContext();
+  auto workgroup =
+      gpu::AddressSpaceAttr::get(context, gpu::AddressSpace::Workgroup);
+  int64_t panels = headDim / kPanelColumns;
+  int64_t keyPanels = shape.keyChunk / kPanelColumns;
+  int64_t warpgroups = shape.warpgroups();
+  int64_t queryPanelBytes = 64 * kPanelRowBytes;
+  int64_t stagePanelBytes = shape.keyChunk * kPanelRowBytes;
+  int64_t bufferBytes = 2 * panels * stagePanelBytes;
+
+  // The plan starts at the first 1 KiB boundary after the causal bounds.
+  Value raw = t.sharedMemory;
+  Value base = memref::ExtractAlignedPointerAsIndexOp::create(b, raw);
+  Value afterBounds = e.add(base, e.index(shape.reduceBytes()));
+  Value aligned = e.mul(
+      arith::CeilDivUIOp::create(b, afterBounds, e.index(kSwizzleBytes)),
+      e.index(kSwizzleBytes));
+  WgmmaOperands ops;
+  auto view = [&](ArrayRef<int64_t> shapeOf, Value address) {
+    auto type = MemRefType::get(shapeOf, element(),
+                                MemRefLayoutAttrInterface(), workgroup);
+    return memref::ViewOp::create(b, type, raw, e.sub(address, base),
+                                  ValueRange{})
+        .getResult();
+  };
+  ops.queryAddress = aligned;
+  ops.stageAddress =
+      e.add(aligned, e.index(shape.queryBytes(headDim, element())));
+  ops.probabilityAddress = e.add(
+      ops.stageAddress, e.index(shape.stageBytes(headDim, element())));
+  ops.queries =
+      view({warpgroups, panels, 64, kPanelColumns}, ops.queryAddress);
+  ops.stages = view({2, 2, panels, shape.keyChunk, kPanelColumns},
+                    ops.stageAddress);
+  ops.probabilities = view({warpgroups, keyPanels, 64, kPanelColumns},
+                           ops.probabilityAddress);
+
+  // Copies are 16 bytes, head_dim / 8 per row. Thread tid always copies
+  // chunk tid % perRow of rows tid / perRow + i * rowStep, so that the
+  // chunk, its panel and (rowStep a multiple of 8) its swizzled column are
+  // computed once per thread, outside the chunk loop; the copies are
+  // unrolled.
+  int64_t perRow = headDim / 8;
+  int64_t rowStep = threads() / perRow;
+  Value firstRow = e.div(t.tid, e.index(perRow));
+  Value chunkOfRow = e.rem(t.tid, e.index(perRow));
+  Value panelOfChunk = e.div(chunkOfRow, e.index(8));
+  Value sourceColumn = e.mul(chunkOfRow, e.index(8));
+  Value fixedColumn =
+      swizzledColumn(e, firstRow, e.rem(chunkOfRow, e.index(8)));
+  auto copyRows = [&](ImplicitLocOpBuilder &cb, int64_t rows,
+                      function_ref<void(Value row, Value column)> copy) {
+    KernelBuilder ce{cb, e.element};
+    for (int64_t i = 0; i * rowStep < rows; ++i) {
+      Value row = ce.add(firstRow, ce.index(i * rowStep));
+      Value column =
+          rowStep % 8 == 0
+              ? fixedColumn
+              : swizzledColumn(ce, row, ce.rem(chunkOfRow, ce.index(8)));
+      if (rows % rowStep == 0) {
+        copy(row, column);
+        continue;
+      }
+      auto inside = scf::IfOp::create(cb, ce.ult(row, ce.index(rows)), false);
+      OpBuilder::InsertionGuard insideGuard(cb);
+      cb.setInsertionPointToStart(&inside.getThenRegion().front());
+      copy(row, column);
+    }
+  };
+
+  // The tile's queries, gathered once; rows past `valid` repeat the tile's
+  // first (never written out).
+  copyRows(b, ctaRows(), [&](Value i, Value column) {
+    Value at = e.add(t.first, e.select(e.ult(i, t.valid), i, e.index(0)));
+    Value token =
+        e.div(e.loadIndex(entries, {t.h, at}), e.index(slotsPerToken));
+    nvgpu::DeviceAsyncCopyOp::create(
+        b, ops.queries,
+        ValueRange{e.div(i, e.index(64)), panelOfChunk, e.rem(i, e.index(64)),
+                   column},
+        q, ValueRange{token, t.h, sourceColumn}, b.getIndexAttr(8),
+        /*srcElements=*/Value(), b.getUnitAttr());
+  });
+
+  // K and V of keys [keyBase, keyBase + keyChunk) into stage `buffer`;
+  // rows past lastKey repeat it (the scores mask them).
+  auto stage = [&](ImplicitLocOpBuilder &sb, Value buffer, Value keyBase) {
+    KernelBuilder se{sb, e.element};
+    Value sources[] = {k, v};
+    for (int64_t which = 0; which < 2; ++which)
+      copyRows(sb, shape.keyChunk, [&](Value key, Value column) {
+        Value from = se.minU(se.add(keyBase, key), t.lastKey);
+        nvgpu::DeviceAsyncCopyOp::create(
+            sb, ops.stages,
+            ValueRange{buffer, se.index(which), panelOfChunk, key, column},
+            sources[which], ValueRange{from, t.g, sourceColumn},
+            sb.getIndexAttr(8),
+            /*srcElements=*/Value(), sb.getUnitAttr());
+      });
+  };
+  Value chunkKeys = e.index(shape.keyChunk);
+  {
+    auto any = scf::IfOp::create(b, e.ult(e.index(0), t.chunks), false);
+    OpBuilder::InsertionGuard anyGuard(b);
+    b.setInsertionPointToStart(&any.getThenRegion().front());
+    stage(b, e.index(0), t.keyFirst);
+  }
+  // The queries ride in the first chunk's cp.async group.
+  NVVM::CpAsyncCommitGroupOp::create(b);
+
+  // This thread's warpgroup, and its place in it.
+  Value warpgroup = e.div(t.warp, e.index(4));
+  Value warpInGroup = e.rem(t.warp, e.index(4));
+  int64_t kSteps = headDim / 16, nTiles = shape.keyChunk / 8;
+  int64_t dTiles = headDim / 8;
+  Value queryDesc = advance(
+      e,
+      descriptor(e, ops.queryAddress, /*leadingBytes=*/16,
+                 /*strideBytes=*/8 * kPanelRowBytes),
+      e.mul(warpgroup, e.index(panels * queryPanelBytes)));
+  Value keyDesc = descriptor(e, ops.stageAddress, 16, 8 * kPanelRowBytes);
+  Value valueDesc = advance(
+      e,
+      descriptor(e, ops.stageAddress, /*leadingBytes=*/stagePanelBytes,
+                 /*strideBytes=*/8 * kPanelRowBytes),
+      panels * stagePanelBytes);
+  Value probabilityDesc = advance(
+      e, descriptor(e, ops.probabilityAddress, 16, 8 * kPanelRowBytes),
+      e.mul(warpgroup, e.index(keyPanels * queryPanelBytes)));
+  // The warpgroup's own barrier: the CTA's when it is one warpgroup, else
+  // ids 1..warpgroups (0 is the CTA's). An id in a register makes ptxas
+  // reserve all 16 barriers, which allows one CTA per SM: a one-warpgroup
+  // CTA, which could have two, keeps barrier 0; two warpgroups' registers
+  // (~250 a thread) allow one CTA anyway.
+  auto groupBarrier = [&](ImplicitLocOpBuilder &gb) {
+    if (warpgroups == 1) {
+      gpu::BarrierOp::create(gb);
+      return;
+    }
+    KernelBuilder ge{gb, e.element};
+    Value id = arith::IndexCastOp::create(gb, gb.getI32Type(),
+                                          ge.add(warpgroup, ge.index(1)));
+    NVVM::BarrierOp::create(gb, TypeRange{}, id, ge.i32(128),
+                            /*reductionOp=*/{}, Value());
+  };
+  // This lane's rows in its warpgroup's 64.
+  Value groupRow = e.add(e.mul(warpInGroup, e.index(kTileRows)), t.quadRow);
+
+  auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
+                       bool masked) {
+    return scf::ForOp::create(
+        b, from, to, e.index(1), loopInits,
+        [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
+          ImplicitLocOpBuilder ib(loc, fb);
+          KernelBuilder ie{ib, e.element};
+          Value next = ie.add(chunk, ie.index(1));
+          {
+            auto more = scf::IfOp::create(ib, ie.ult(next, t.chunks), false);
+            OpBuilder::InsertionGuard moreGuard(ib);
+            ib.setInsertionPointToStart(&more.getThenRegion().front());
+            stage(ib, ie.rem(next, ie.index(2)),
+                  ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
+          }
+          NVVM::CpAsyncCommitGroupOp::create(ib);
+          NVVM::CpAsyncWaitGroupOp::create(ib, 1);
+          fenceForWgmma(ib);
+          gpu::BarrierOp::create(ib);
+
+          Value bufferOffset =
+              ie.mul(ie.rem(chunk, ie.index(2)), ie.index(bufferBytes));
+          Value keyBase = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
+
+          // S = Q K^T over head_dim in k-steps of 16.
+          NVVM::WgmmaFenceAlignedOp::create(ib);
+          Value scoresAcc = LLVM::ZeroOp::create(
+              ib, accumulatorType(context, shape.keyChunk / 2));
+          Value keys = advance(ie, keyDesc, bufferOffset);
+          for (int64_t kk = 0; kk < kSteps; ++kk) {
+            int64_t inPanel = (kk % 4) * 32;
+            scoresAcc = wgmma(
+                ie, scoresAcc,
+                advance(ie, queryDesc, (kk / 4) * queryPanelBytes + inPanel),
+                advance(ie, keys, (kk / 4) * stagePanelBytes + inPanel),
+                shape.keyChunk, /*transposeB=*/false,
+                /*accumulate=*/kk > 0);
+          }
+          NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+          NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+          SmallVector<SmallVector<Value>> scores(nTiles);
+          for (int64_t nt = 0; nt < nTiles; ++nt)
+            for (int64_t i = 0; i < 4; ++i)
+              scores[nt].push_back(LLVM::ExtractValueOp::create(
+                  ib, scoresAcc, ArrayRef<int64_t>{4 * nt + i}));
+          SmallVector<Value> results =
+              softmaxStep(ib, t, scores, c, keyBase, masked);
+
+          // P to shared memory, the A operand of P V.
+          for (int64_t nt = 0; nt < nTiles; ++nt)
+            for (int64_t r = 0; r < 2; ++r) {
+              Value row = ie.add(groupRow, ie.index(8 * r));
+              Value column = ie.add(
+                  swizzledColumn(ie, row, ie.index(nt % 8)), t.pairCol);
+              Value pair = vector::FromElementsOp::create(
+                  ib, VectorType::get({2}, e.element),
+                  ValueRange{
+                      arith::TruncFOp::create(ib, e.element,
+                                              scores[nt][2 * r]),
+                      arith::TruncFOp::create(ib, e.element,
+                                              scores[nt][2 * r + 1])});
+              vector::StoreOp::create(
+                  ib, pair, ops.probabilities,
+                  ValueRange{warpgroup, ie.index(nt / 8), row, column})
+                  .setAlignment(4);
+            }
+          fenceForWgmma(ib);
+          groupBarrier(ib);
+
+          // O = O * alpha + P V over the chunk's keys in k-steps of 16.
+          Value outAcc =
+              LLVM::UndefOp::create(ib, accumulatorType(context, dTiles * 4));
+          for (int64_t i = 0; i < dTiles * 4; ++i)
+            outAcc = LLVM::InsertValueOp::create(ib, outAcc, results[4 + i],
+                                                 ArrayRef<int64_t>{i});
+          NVVM::WgmmaFenceAlignedOp::create(ib);
+          Value values = advance(ie, valueDesc, bufferOffset);
+          for (int64_t kv = 0; kv < shape.keyChunk / 16; ++kv)
+            outAcc = wgmma(
+                ie, outAcc,
+                advance(ie, probabilityDesc,
+                        (kv / 4) * queryPanelBytes + (kv % 4) * 32),
+                advance(ie, values, kv * 16 * kPanelRowBytes), headDim,
+                /*transposeB=*/true, /*accumulate=*/true);
+          NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+          NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+          for (int64_t i = 0; i < dTiles * 4; ++i)
+            results[4 + i] = LLVM::ExtractValueOp::create(
+                ib, outAcc, ArrayRef<int64_t>{i});
+          // Every warpgroup is done with this buffer before it is refilled.
+          gpu::BarrierOp::create(ib);
+          scf::YieldOp::create(ib, results);
+        });
+  };
+  auto plain = chunkLoop(e.index(0), t.unmasked, chunkLoopInits(e),
+                         /*masked=*/false);
+  auto loop =
+      chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
+  NVVM::CpAsyncWaitGroupOp::create(b, 0);
+  return SmallVector<Value>(loop.getResults());
+}
