@@ -38,7 +38,7 @@ def MobaMapForallToGpu : Pass<"moba-map-forall-to-gpu"> {
 
 def MobaConvertGroupedAttentionToNVVM
     : Pass<"moba-convert-grouped-attention-to-nvvm"> {
-  let summary = "Grouped block attention on tensor cores (mma.sync)";
+  let summary = "Grouped block attention on tensor cores (mma.sync or wgmma)";
   let description = [{
     Lowers every `moba.grouped_block_attention` on buffers (after
     bufferization) to two `gpu.launch`es: one that marks every slot's
@@ -57,6 +57,14 @@ def MobaConvertGroupedAttentionToNVVM
     head_dim a static multiple of 16 up to 128, static heads and K; runs on
     sm_80 and newer. The shared memory (2 x 2 x key-chunk x (head_dim + 8)
     elements) may exceed 48 KiB: the runtime opts the kernel in.
+
+    `instruction=wgmma` (sm_90a) runs the chunk loop on warpgroups instead:
+    each 4 warps own 64 queries, gathered once into shared memory; Q, K, V
+    and the probabilities P sit in shared memory in 64-column panels with
+    the 128-byte swizzle, and `Q K^T` and `P V` are `nvvm.wgmma.mma_async`
+    m64 k16 on matrix descriptors (V read MN-major), the softmax unchanged
+    on the accumulators. It needs `warps` a multiple of 4 and `key-chunk` a
+    multiple of 64; ops whose head_dim is not 64 or 128 keep mma.sync.
   }];
   let options = [
     Option<"warps", "warps", "int64_t", /*default=*/"4",
