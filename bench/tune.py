@@ -1,8 +1,9 @@
 """Tunes the tensor-core attention kernel's tile shape on this GPU.
 
 For each configuration (head layout, head_dim, block size, top-k, dtype) it
-compiles every candidate shape -- warps per CTA (16 queries each) and keys
-staged in shared memory per step -- checks the candidate's output against
+compiles every candidate -- the matrix instruction (mma.sync; on sm_90a also
+wgmma), warps per CTA (16 queries each) and keys staged in shared memory per
+step -- checks the candidate's output against
 the float64 reference (on a shorter sequence, sampled rows), times it on the
 full length with triton.testing.do_bench, and keeps the fastest. The winners
 are written as lib/Pipelines/MmaTuningTable.inc, the table the GPU runner
@@ -29,7 +30,24 @@ DEFAULT_CONFIGS = [  # N, Hq, Hkv, D, block, top_k, dtype
 ]
 WARPS = (2, 4, 8)
 KEY_CHUNKS = (32, 64, 128)
+# wgmma takes whole warpgroups and 64-key panels.
+WGMMA_WARPS = (4, 8)
+WGMMA_KEY_CHUNKS = (64, 128)
 CHECK_TOKENS = 16384
+
+
+def candidates(chip):
+    """(instruction, warps, key_chunk) to try on `chip`."""
+    found = [("mma.sync", w, c) for w in WARPS for c in KEY_CHUNKS]
+    if chip == "sm_90a":
+        found += [("wgmma", w, c) for w in WGMMA_WARPS
+                  for c in WGMMA_KEY_CHUNKS]
+    return found
+
+
+def default_candidate(chip):
+    """What the runner takes without a table row (MmaTuning.cpp)."""
+    return ("wgmma", 4, 64) if chip == "sm_90a" else ("mma.sync", 4, 64)
 
 
 def parse(text):
@@ -48,15 +66,22 @@ def tensors(n, hq, hkv, d, dtype, seed):
     return q, k, v, cu
 
 
-def check(moba, config, warps, key_chunk):
+def compile_candidate(moba, config, candidate):
+    n, hq, hkv, d, block, top_k, dtype = config
+    instruction, warps, key_chunk = candidate
+    return moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                        block_size=block, top_k=top_k, dtype=dtype,
+                        mma_instruction=instruction, mma_warps=warps,
+                        mma_key_chunk=key_chunk)
+
+
+def check(moba, config, candidate):
     """The candidate's output on a shorter sequence against the reference."""
     import gpu_check
     n, hq, hkv, d, block, top_k, dtype = config
     n = min(n, max(CHECK_TOKENS, 2 * block))
     q, k, v, cu = tensors(n, hq, hkv, d, dtype, seed=1)
-    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
-                          block_size=block, top_k=top_k, dtype=dtype,
-                          mma_warps=warps, mma_key_chunk=key_chunk)
+    kernel = compile_candidate(moba, config, candidate)
     out = torch.full_like(q, math.nan)
     lse = torch.full(q.shape[:-1], math.nan, device="cuda")
     kernel(q, k, v, cu.cuda(), out=out, lse=lse)
@@ -69,12 +94,9 @@ def check(moba, config, warps, key_chunk):
     return ok, message
 
 
-def time_candidate(moba, config, warps, key_chunk, data):
-    n, hq, hkv, d, block, top_k, dtype = config
+def time_candidate(moba, config, candidate, data):
     q, k, v, cu = data
-    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
-                          block_size=block, top_k=top_k, dtype=dtype,
-                          mma_warps=warps, mma_key_chunk=key_chunk)
+    kernel = compile_candidate(moba, config, candidate)
     kernel(q, k, v, cu)
     torch.cuda.synchronize()
     return triton.testing.do_bench(lambda: kernel(q, k, v, cu), warmup=10,
@@ -96,32 +118,32 @@ def main():
         data = tensors(n, hq, hkv, d, dtype, seed=2)
         data = data[:3] + (data[3].cuda(),)
         timings = {}
-        for warps in WARPS:
-            for key_chunk in KEY_CHUNKS:
-                # The compiler rejects shapes that do not fit (shared
-                # memory): they are no candidates.
-                try:
-                    ok, message = check(moba, config, warps, key_chunk)
-                except moba.CompileError as error:
-                    print(f"  {config} warps {warps} key_chunk {key_chunk}: "
-                          f"not compiled ({error})", flush=True)
-                    continue
-                if not ok:
-                    print(f"  {config} warps {warps} key_chunk {key_chunk}: "
-                          f"WRONG ({message}); not a candidate", flush=True)
-                    continue
-                ms = time_candidate(moba, config, warps, key_chunk, data)
-                timings[(warps, key_chunk)] = ms
-                print(f"  {config} warps {warps} key_chunk {key_chunk}: "
-                      f"{ms:.3f} ms ({message})", flush=True)
+        for candidate in candidates(chip):
+            name = "{} {} x {}".format(*candidate)
+            # The compiler rejects shapes that do not fit (shared memory):
+            # they are no candidates.
+            try:
+                ok, message = check(moba, config, candidate)
+            except moba.CompileError as error:
+                print(f"  {config} {name}: not compiled ({error})",
+                      flush=True)
+                continue
+            if not ok:
+                print(f"  {config} {name}: WRONG ({message}); not a "
+                      "candidate", flush=True)
+                continue
+            ms = time_candidate(moba, config, candidate, data)
+            timings[candidate] = ms
+            print(f"  {config} {name}: {ms:.3f} ms ({message})", flush=True)
         if not timings:
             raise SystemExit(f"no candidate of {config} was right")
-        (warps, key_chunk), best = min(timings.items(), key=lambda t: t[1])
-        default = timings.get((4, 64))
-        print(f"{config}: warps {warps}, key_chunk {key_chunk}: {best:.3f} ms"
-              f" (default 4 x 64: {default:.3f} ms)", flush=True)
+        (instruction, warps, key_chunk), best = min(timings.items(),
+                                                    key=lambda t: t[1])
+        default = timings.get(default_candidate(chip), math.nan)
+        print(f"{config}: {instruction} {warps} x {key_chunk}: {best:.3f} ms"
+              f" (default: {default:.3f} ms)", flush=True)
         rows.append(f'MOBA_MMA_TUNED("{chip}", "{dtype}", {d}, {hq // hkv}, '
-                    f"{block}, {warps}, {key_chunk}) "
+                    f'{block}, "{instruction}", {warps}, {key_chunk}) '
                     f"// N={n} {hq}/{hkv} top-{top_k}: {best:.3f} ms, "
                     f"default {default:.3f} ms")
         del data
@@ -130,8 +152,9 @@ def main():
         "// Tuned tile shapes of the tensor-core attention kernel, written by\n"
         "// bench/tune.py on the device (see docs/tuning.md): one row per\n"
         "// configuration, MOBA_MMA_TUNED(chip, dtype, head_dim, query heads "
-        "per KV\n// head, block_size, warps, key_chunk). Configurations "
-        "without a row use\n// 4 warps and 64 keys.\n"
+        "per KV\n// head, block_size, instruction, warps, key_chunk). "
+        "Configurations without a\n// row use wgmma on sm_90a, else "
+        "mma.sync, with 4 warps and 64 keys.\n"
         f"// Measured on {torch.cuda.get_device_name()} with moba "
         f"{moba.version()}.\n")
     text = header + "".join(row + "\n" for row in rows)

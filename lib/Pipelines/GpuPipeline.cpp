@@ -84,10 +84,10 @@ std::string mlir::moba::checkGpuPipelineOptions(
            "got '" +
            options.mmaInstruction + "'";
   if (options.mmaInstruction == "wgmma") {
-    if (!llvm::StringRef(options.chip).ends_with("a") ||
-        llvm::StringRef(options.chip) < "sm_90a")
-      return "moba-gpu-pipeline: mma-instruction=wgmma needs an sm_90a "
-             "class chip (architecture-specific features), got '" +
+    // wgmma is sm_90a's alone: later chips have other matrix instructions.
+    if (options.chip != "sm_90a")
+      return "moba-gpu-pipeline: mma-instruction=wgmma needs chip sm_90a, "
+             "got '" +
              options.chip + "'";
     if (options.mmaWarps % 4 != 0 || options.mmaKeyChunk % 64 != 0)
       return "moba-gpu-pipeline: mma-instruction=wgmma needs mma-warps a "

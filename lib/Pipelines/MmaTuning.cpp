@@ -49,5 +49,10 @@ MmaTileShapeChoice mlir::moba::tunedMmaTileShape(llvm::StringRef chip,
   if (other)
     return {other->warps, other->keyChunk, other->instruction,
             /*tuned=*/true};
-  return {};
+  // Untuned: wgmma where the chip has it (the pass keeps mma.sync for the
+  // head_dims wgmma does not take), 4 warps (one warpgroup) and 64 keys.
+  MmaTileShapeChoice fallback;
+  if (chip == "sm_90a")
+    fallback.instruction = "wgmma";
+  return fallback;
 }

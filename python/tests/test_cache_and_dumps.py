@@ -71,28 +71,47 @@ def test_version():
     assert moba.version().startswith("0.1.0+")
 
 
-def _attention_threads(tmp_path, **shape):
-    """The block size of the tensor-core attention kernel compiled for
-    sm_90a (32/8 heads, head_dim 128, block 512, bf16), read from the dumped
-    PTX: 32 threads per warp."""
+def _attention_kernel(tmp_path, block=4096, **shape):
+    """The tensor-core attention kernel compiled for sm_90a (32/8 heads,
+    head_dim 128, bf16), read from the dumped PTX: (threads per CTA, its
+    matrix instruction)."""
     import re
     handle, _ = moba._capi.compile_kernel(
-        128, 32, 8, 512, 3, True, None, "bf16", "sm_90a", "fused", None, None,
-        None, str(tmp_path), "mma", **shape)
+        128, 32, 8, block, 8, True, None, "bf16", "sm_90a", "fused", None,
+        None, None, str(tmp_path), "mma", **shape)
     moba._capi.destroy(handle)
     (dump,) = tmp_path.glob("*.gpu.mlir")
     # The kernel that stages K/V by cp.async is the attention.
     ptx = [p for p in dump.read_text().split("gpu.binary")
            if "cp.async" in p]
     assert len(ptx) == 1
-    return int(re.search(r"maxntid (\d+)", ptx[0]).group(1))
+    instruction = ("wgmma" if "wgmma.mma_async" in ptx[0] else
+                   "mma.sync" if "mma.sync.aligned" in ptx[0] else None)
+    return int(re.search(r"maxntid (\d+)", ptx[0]).group(1)), instruction
 
 
 def test_tuned_tile_shape_is_the_default(tmp_path):
-    # lib/Pipelines/MmaTuningTable.inc tunes this configuration to 8 warps.
-    assert _attention_threads(tmp_path / "tuned") == 256
+    # lib/Pipelines/MmaTuningTable.inc tunes this configuration (block
+    # 4096) to wgmma, 8 warps.
+    assert _attention_kernel(tmp_path / "tuned") == (256, "wgmma")
+
+
+def test_untuned_sm90a_default_is_wgmma_4_warps(tmp_path):
+    # No table row has block 256.
+    assert _attention_kernel(tmp_path / "untuned", block=256) == (128,
+                                                                  "wgmma")
 
 
 def test_explicit_tile_shape_wins_over_the_table(tmp_path):
-    assert _attention_threads(tmp_path / "explicit", mma_warps=4,
-                              mma_key_chunk=64) == 128
+    # A shape without an instruction takes mma.sync, which takes any shape.
+    assert _attention_kernel(tmp_path / "explicit", mma_warps=4,
+                             mma_key_chunk=64) == (128, "mma.sync")
+
+
+def test_explicit_instruction_wins_over_the_table(tmp_path):
+    assert _attention_kernel(tmp_path / "sync", mma_instruction="mma.sync",
+                             mma_warps=8, mma_key_chunk=64) == (256,
+                                                                "mma.sync")
+    assert _attention_kernel(tmp_path / "wgmma", mma_instruction="wgmma",
+                             mma_warps=4, mma_key_chunk=128) == (128,
+                                                                 "wgmma")

@@ -237,6 +237,30 @@ def test_mma_key_chunk_the_kernel_cannot_take():
                                   "mma", mma_warps=2, mma_key_chunk=40)
 
 
+def test_mma_instruction_must_be_known():
+    with pytest.raises(ValueError, match="mma_instruction must be "
+                       "'mma.sync', 'wgmma' or None, got 'hgmma'"):
+        kernel(mma_instruction="hgmma")
+
+
+def test_wgmma_needs_whole_warpgroups():
+    with pytest.raises(moba.CompileError, match="mma-instruction=wgmma needs "
+                       "mma-warps a multiple of 4 and mma-key-chunk a "
+                       "multiple of 64, got 2 and 64"):
+        moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
+                                  "sm_90a", "fused", None, None, None, None,
+                                  "mma", mma_warps=2, mma_key_chunk=64,
+                                  mma_instruction="wgmma")
+
+
+def test_wgmma_needs_sm90a():
+    with pytest.raises(moba.CompileError, match="mma-instruction=wgmma needs "
+                       "chip sm_90a, got 'sm_80'"):
+        moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
+                                  "sm_80", "fused", None, None, None, None,
+                                  "mma", mma_instruction="wgmma")
+
+
 def test_mma_tile_shape_compiles():
     handle, _ = moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
                                           "sm_90a", "fused", None, None, None,

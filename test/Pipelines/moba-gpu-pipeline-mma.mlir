@@ -8,6 +8,11 @@
 // RUN: not moba-opt %s --moba-gpu-pipeline="mma=true" 2>&1 | FileCheck %s --check-prefix=BAD
 // RUN: not moba-opt %s --moba-gpu-pipeline="densify=true mma=true mma-key-chunk=40" 2>&1 | FileCheck %s --check-prefix=BADCHUNK
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-warps=8 mma-key-chunk=128" | FileCheck %s --check-prefix=SHAPE
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma" | FileCheck %s --check-prefix=BIN
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-instruction=wgmma mma-warps=8" | FileCheck %s --check-prefix=WGMMA
+// RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_80 densify=true mma=true mma-instruction=wgmma" 2>&1 | FileCheck %s --check-prefix=BADCHIP
+// RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-warps=6" 2>&1 | FileCheck %s --check-prefix=BADWG
+// RUN: not moba-opt %s --moba-gpu-pipeline="densify=true mma=true mma-instruction=tcgen05" 2>&1 | FileCheck %s --check-prefix=BADINSTR
 
 // Thirteen kernels: pooling, gate + top-k, group counts per chunk, per row
 // (with each chunk's offset), starts, each chunk's entries sorted by row,
@@ -26,6 +31,24 @@
 // PTX: ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
 // PTX: shfl.sync.bfly.b32
 
+// The wgmma form, assembled by ptxas above (BIN): gathered queries and K/V
+// by cp.async, fences between the generic and async proxies, the
+// warpgroup MMAs (bf16, f32 accumulators; S = Q K^T with n = 64 keys, P V
+// with n = 64 = head_dim), the warpgroups' own barriers for P (8 warps: 2).
+// WGMMA: maxntid 256, 1, 1
+// WGMMA: cp.async.cg.shared.global
+// WGMMA: fence.proxy.async.shared::cta
+// WGMMA: wgmma.fence.sync.aligned
+// WGMMA: wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16
+// WGMMA: wgmma.commit_group.sync.aligned
+// WGMMA: wgmma.wait_group.sync.aligned
+// WGMMA: bar.sync
+// WGMMA: wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16
+// WGMMA-NOT: mma.sync.aligned.m16n8k16
+
+// BADCHIP: error: moba-gpu-pipeline: mma-instruction=wgmma needs chip sm_90a, got 'sm_80'
+// BADWG: error: moba-gpu-pipeline: mma-instruction=wgmma needs mma-warps a multiple of 4 and mma-key-chunk a multiple of 64, got 6 and 64
+// BADINSTR: error: moba-gpu-pipeline: mma-instruction must be mma.sync or wgmma, got 'tcgen05'
 // BAD: error: moba-gpu-pipeline: mma needs densify
 // BADCHUNK: error: moba-gpu-pipeline: mma-key-chunk must be a multiple of 16 in [16, 256], got 40
 

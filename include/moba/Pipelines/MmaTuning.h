@@ -30,7 +30,8 @@ struct MmaTileShapeChoice {
 /// The table's shape for (chip, dtype, head_dim, query heads per KV head,
 /// block_size); a row with another head ratio stands in when the exact one
 /// is missing (the kernel's work per CTA does not depend on it). The default
-/// (mma.sync, 4 warps, 64 keys) when the table has neither.
+/// when the table has neither: 4 warps and 64 keys, on wgmma for sm_90a and
+/// mma.sync otherwise.
 MmaTileShapeChoice tunedMmaTileShape(llvm::StringRef chip,
                                      llvm::StringRef dtype, int64_t headDim,
                                      int64_t headsPerKvHead,

@@ -1,0 +1,95 @@
+// The wgmma form of the grouped attention kernel (sm_90a).
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma warps=8 key-chunk=128" | FileCheck %s
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma" | FileCheck %s --check-prefix=ONE
+// RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma warps=2" 2>&1 | FileCheck %s --check-prefix=BADWARPS
+// RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-chunk=96" 2>&1 | FileCheck %s --check-prefix=BADCHUNK
+// RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=hgmma" 2>&1 | FileCheck %s --check-prefix=BADINSTR
+
+// BADWARPS: wgmma needs warps a multiple of 4 (warpgroups) and key-chunk a multiple of 64, got 2 warps and key-chunk 64
+// BADCHUNK: wgmma needs warps a multiple of 4 (warpgroups) and key-chunk a multiple of 64, got 4 warps and key-chunk 96
+// BADINSTR: instruction must be mma.sync or wgmma, got 'hgmma'
+
+// Two warpgroups of 64 entries, 128 keys per stage. Shared memory: the
+// causal bounds (16 x i32) first, then, from the next 1 KiB boundary
+// (found at run time: 1024 bytes of slack), Q (2 warpgroups x 1 panel x
+// 64 x 64), the K/V stages (2 x 2 x 1 panel x 128 x 64) and P (2
+// warpgroups x 2 key panels x 64 x 64): 64 + 1024 + 16384 + 65536 + 32768
+// = 115776 bytes.
+// CHECK-LABEL: func.func @bf16
+// CHECK: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c256{{.*}}, {{.+}}) dynamic_shared_memory_size %c115776_i32 {
+// CHECK:   %[[RAW:.+]] = gpu.dynamic_shared_memory
+// CHECK:   memref.view %[[RAW]][%c0{{.*}}][] : {{.+}} to memref<16xi32, #gpu.address_space<workgroup>>
+// CHECK:   memref.extract_aligned_pointer_as_index %[[RAW]]
+// CHECK:   %[[Q:.+]] = memref.view %[[RAW]][%{{.+}}][] : {{.+}} to memref<2x1x64x64xbf16, #gpu.address_space<workgroup>>
+// CHECK:   %[[STAGE:.+]] = memref.view %[[RAW]][%{{.+}}][] : {{.+}} to memref<2x2x1x128x64xbf16, #gpu.address_space<workgroup>>
+// CHECK:   %[[P:.+]] = memref.view %[[RAW]][%{{.+}}][] : {{.+}} to memref<2x2x64x64xbf16, #gpu.address_space<workgroup>>
+// The queries gathered by cp.async into 128-byte-swizzled rows (the 16-byte
+// chunk xor the row), then the first K/V chunk.
+// CHECK:   arith.xori
+// CHECK:   nvgpu.device_async_copy %arg0[{{.+}}], %[[Q]][{{.+}}], 8 {bypassL1}
+// CHECK:   nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]][{{.+}}], 8 {bypassL1}
+// CHECK:   nvvm.cp.async.commit.group
+// Per chunk: the next chunk's copies, this chunk's landed and published to
+// the async proxy, S = Q K^T as 4 k-steps of m64n128k16 (the first without
+// accumulating), the softmax, P stored to shared memory and published to
+// the warpgroup (barrier 1 + its index, 128 threads), O += P V as 8 k-steps
+// of m64n64k16 with V transposed (MN-major: layout row).
+// CHECK:   scf.for
+// CHECK:     nvvm.cp.async.wait.group 1
+// CHECK-NEXT: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
+// CHECK-NEXT: gpu.barrier
+// CHECK:     nvvm.wgmma.fence.aligned
+// CHECK:     llvm.mlir.zero
+// CHECK:     nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 128, k = 16>, D[<f32>, <zero>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
+// CHECK-COUNT-3: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 128, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
+// CHECK:     nvvm.wgmma.commit.group.sync.aligned
+// CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
+// CHECK:     math.exp2
+// CHECK:     vector.store {{.+}}, %[[P]][{{.+}}] {alignment = 4 : i64} : memref<2x2x64x64xbf16, #gpu.address_space<workgroup>>, vector<2xbf16>
+// CHECK:     nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
+// CHECK:     nvvm.barrier id = %{{.+}} number_of_threads = %c128_i32
+// CHECK:     nvvm.wgmma.fence.aligned
+// CHECK-COUNT-8: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <row>]
+// CHECK:     nvvm.wgmma.commit.group.sync.aligned
+// CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
+// CHECK:     gpu.barrier
+// CHECK:   scf.for
+// CHECK:     nvvm.wgmma.mma_async
+// CHECK:   nvvm.cp.async.wait.group 0
+// CHECK-NOT: moba.grouped_block_attention
+
+// One warpgroup (the default 4 warps, 64 keys): P is published by the
+// CTA's barrier, no named barrier (an id in a register would make ptxas
+// reserve all 16 and allow one CTA per SM).
+// ONE-LABEL: func.func @bf16
+// ONE: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c128{{.*}}, {{.+}}) dynamic_shared_memory_size
+// ONE-NOT: nvvm.barrier
+// ONE: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>
+// ONE-NOT: nvvm.barrier
+// ONE-LABEL: func.func @f16
+func.func @bf16(%q: memref<?x8x64xbf16>, %kv: memref<?x2x64xbf16>, %cu: memref<?xi32>,
+                %sel: memref<?x8x2xi32>, %s: memref<8x?xi32>, %e: memref<8x?xi32>,
+                %o: memref<2x?x8x64xf32>, %l: memref<2x?x8xf32>) {
+  moba.grouped_block_attention q(%q : memref<?x8x64xbf16>) k(%kv : memref<?x2x64xbf16>)
+      v(%kv : memref<?x2x64xbf16>) cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x8x2xi32>)
+      groups(%s : memref<8x?xi32>, %s : memref<8x?xi32>, %e : memref<8x?xi32>)
+      outs(%o : memref<2x?x8x64xf32>, %l : memref<2x?x8xf32>) {block_size = 16, scale = 0.125 : f32}
+  return
+}
+
+// -----
+
+// head_dim 16 is no whole 64-column panel: the op keeps mma.sync.
+// CHECK-LABEL: func.func @f16
+// CHECK-NOT: nvvm.wgmma
+// CHECK: nvvm.mma.sync {{.+}} shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (vector<2xf16>, vector<2xf16>, f32)
+// CHECK-NOT: nvvm.wgmma
+func.func @f16(%q: memref<?x4x16xf16>, %kv: memref<?x4x16xf16>, %cu: memref<?xi32>,
+               %sel: memref<?x4x3xi32>, %s: memref<4x?xi32>, %e: memref<4x?xi32>,
+               %o: memref<3x?x4x16xf32>, %l: memref<3x?x4xf32>) {
+  moba.grouped_block_attention q(%q : memref<?x4x16xf16>) k(%kv : memref<?x4x16xf16>)
+      v(%kv : memref<?x4x16xf16>) cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x4x3xi32>)
+      groups(%s : memref<4x?xi32>, %s : memref<4x?xi32>, %e : memref<4x?xi32>)
+      outs(%o : memref<3x?x4x16xf32>, %l : memref<3x?x4xf32>) {block_size = 64, scale = 0.25 : f32}
+  return
+}
