@@ -131,8 +131,33 @@ Value LoopEmitter::writeRow(Value row, Value tensor, ValueRange indices) {
 }
 
 Value LoopEmitter::dot(Value a, Value c) {
-  Value products = arith::MulFOp::create(b, a, c);
-  return vector::ReductionOp::create(b, vector::CombiningKind::ADD, products);
+  // Eight partial sums, lanes i, i + 8, i + 16, ... fused into lane i, then
+  // added: eight independent chains of n / 8 fmas instead of one chain of
+  // n - 1 dependent adds (a GPU thread scoring a block waited on 128 serial
+  // adds), with only 8 sums live. Shuffles, not extract_strided_slice: the
+  // GPU kernels' vector-to-LLVM conversion has no pattern for the latter.
+  constexpr int64_t kLanes = 8;
+  int64_t n = cast<VectorType>(a.getType()).getShape().front();
+  if (n % kLanes != 0 || n == kLanes)
+    return vector::ReductionOp::create(b, vector::CombiningKind::ADD,
+                                       arith::MulFOp::create(b, a, c));
+  auto slice = [&](Value v, int64_t offset) {
+    SmallVector<int64_t> lanes(kLanes);
+    for (int64_t i = 0; i < kLanes; ++i)
+      lanes[i] = offset + i;
+    return vector::ShuffleOp::create(b, v, v, lanes).getResult();
+  };
+  // Operands are built one statement at a time: the IR's order must not
+  // depend on the C++ compiler's order of evaluating arguments.
+  Value aLanes = slice(a, 0);
+  Value cLanes = slice(c, 0);
+  Value sums = arith::MulFOp::create(b, aLanes, cLanes);
+  for (int64_t offset = kLanes; offset < n; offset += kLanes) {
+    aLanes = slice(a, offset);
+    cLanes = slice(c, offset);
+    sums = vector::FMAOp::create(b, aLanes, cLanes, sums);
+  }
+  return vector::ReductionOp::create(b, vector::CombiningKind::ADD, sums);
 }
 
 Value LoopEmitter::splat(Value scalar, int64_t n) {

@@ -103,7 +103,7 @@ public:
   /// Scalar element `tensor[indices]` converted to index.
   Value extractIndex(Value tensor, ValueRange indices);
 
-  /// sum_i a[i] * b[i] in f32.
+  /// sum_i a[i] * b[i] in f32, in eight interleaved partial sums.
   Value dot(Value a, Value c);
   /// A vector of `n` copies of `scalar`.
   Value splat(Value scalar, int64_t n);

@@ -18,8 +18,15 @@
 // CHECK:       %[[LIST:.+]]:2 = scf.for %[[J:.+]] = %{{.+}} to %{{.+}} step %{{.+}} iter_args(%[[S:.+]] = %[[NEG_INF]], %[[B:.+]] = %[[NONE]]) -> (vector<2xf32>, vector<2xi32>)
 // CHECK:         %[[ROW:.+]] = arith.addi %[[OFF]], %[[J]] : index
 // CHECK:         %[[MEAN:.+]] = vector.transfer_read %[[M]][%[[ROW]], %[[G]], %{{.+}}]
-// CHECK:         %[[PROD:.+]] = arith.mulf %[[QROW]], %[[MEAN]] : vector<16xf32>
-// CHECK:         %[[SCORE:.+]] = vector.reduction <add>, %[[PROD]] : vector<16xf32> into f32
+// The dot product in eight interleaved partial sums: lanes 0-7 multiplied,
+// lanes 8-15 fused in, then the eight sums added.
+// CHECK:         %[[QLO:.+]] = vector.shuffle %[[QROW]], %[[QROW]] [0, 1, 2, 3, 4, 5, 6, 7] : vector<16xf32>, vector<16xf32>
+// CHECK:         %[[MLO:.+]] = vector.shuffle %[[MEAN]], %[[MEAN]] [0, 1, 2, 3, 4, 5, 6, 7] : vector<16xf32>, vector<16xf32>
+// CHECK:         %[[PROD:.+]] = arith.mulf %[[QLO]], %[[MLO]] : vector<8xf32>
+// CHECK:         %[[QHI:.+]] = vector.shuffle %[[QROW]], %[[QROW]] [8, 9, 10, 11, 12, 13, 14, 15] : vector<16xf32>, vector<16xf32>
+// CHECK:         %[[MHI:.+]] = vector.shuffle %[[MEAN]], %[[MEAN]] [8, 9, 10, 11, 12, 13, 14, 15] : vector<16xf32>, vector<16xf32>
+// CHECK:         %[[SUMS:.+]] = vector.fma %[[QHI]], %[[MHI]], %[[PROD]] : vector<8xf32>
+// CHECK:         %[[SCORE:.+]] = vector.reduction <add>, %[[SUMS]] : vector<8xf32> into f32
 // CHECK:         arith.cmpf ogt, %[[S]], %{{.+}} : vector<2xf32>
 // CHECK:         vector.reduction <add>, %{{.+}} : vector<2xi32> into i32
 // CHECK:         vector.shuffle %[[S]], %[[S]] [0, 0] : vector<2xf32>, vector<2xf32>
