@@ -130,6 +130,10 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   pm.addPass(createMobaMapForallToGpu(
       MobaMapForallToGpuOptions{options.threadsPerBlock}));
   pm.addPass(createCanonicalizerPass());
+  // Rows of q, k, v, out and of device allocations start 16-byte aligned
+  // (the runner checks the caller's): whole-row vector transfers become
+  // aligned loads and stores, 16 bytes per instruction in the kernels.
+  pm.addPass(createMobaAlignRowAccesses());
   // What the upstream NVVM pipeline does not lower itself: ceil-division and
   // unsigned min/max (arith-expand), and vector transfers (to scf + loads).
   pm.addPass(arith::createArithExpandOpsPass());
