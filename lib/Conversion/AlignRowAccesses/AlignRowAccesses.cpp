@@ -55,29 +55,26 @@ bool isAlignedRow(MemRefType memref, VectorType vector, ValueRange indices,
   return true;
 }
 
-struct AlignRead : OpRewritePattern<vector::TransferReadOp> {
-  AlignRead(MLIRContext *context, int64_t alignment)
-      : OpRewritePattern(context), alignment(alignment) {}
-  LogicalResult matchAndRewrite(vector::TransferReadOp op,
-                                PatternRewriter &rewriter) const override {
-    auto memref = dyn_cast<MemRefType>(op.getBase().getType());
-    if (!memref ||
-        !isAlignedRow(memref, op.getVectorType(), op.getIndices(),
-                      op.getPermutationMap(), op.getInBoundsAttr(),
-                      op.getMask(), alignment))
-      return failure();
-    rewriter.replaceOpWithNewOp<vector::LoadOp>(
-        op, op.getVectorType(), op.getBase(), op.getIndices(),
-        /*nontemporal=*/false, llvm::MaybeAlign(alignment));
-    return success();
-  }
-  int64_t alignment;
-};
+/// The aligned access that replaces `op`.
+Operation *alignedAccess(PatternRewriter &rewriter,
+                         vector::TransferReadOp op, int64_t alignment) {
+  return rewriter.replaceOpWithNewOp<vector::LoadOp>(
+      op, op.getVectorType(), op.getBase(), op.getIndices(),
+      /*nontemporal=*/false, llvm::MaybeAlign(alignment));
+}
+Operation *alignedAccess(PatternRewriter &rewriter,
+                         vector::TransferWriteOp op, int64_t alignment) {
+  return rewriter.replaceOpWithNewOp<vector::StoreOp>(
+      op, op.getVector(), op.getBase(), op.getIndices(),
+      /*nontemporal=*/false, llvm::MaybeAlign(alignment));
+}
 
-struct AlignWrite : OpRewritePattern<vector::TransferWriteOp> {
-  AlignWrite(MLIRContext *context, int64_t alignment)
-      : OpRewritePattern(context), alignment(alignment) {}
-  LogicalResult matchAndRewrite(vector::TransferWriteOp op,
+/// A transfer_read or transfer_write of an aligned row, as a load or store.
+template <typename TransferOp>
+struct AlignRow : OpRewritePattern<TransferOp> {
+  AlignRow(MLIRContext *context, int64_t alignment)
+      : OpRewritePattern<TransferOp>(context), alignment(alignment) {}
+  LogicalResult matchAndRewrite(TransferOp op,
                                 PatternRewriter &rewriter) const override {
     auto memref = dyn_cast<MemRefType>(op.getBase().getType());
     if (!memref ||
@@ -85,9 +82,7 @@ struct AlignWrite : OpRewritePattern<vector::TransferWriteOp> {
                       op.getPermutationMap(), op.getInBoundsAttr(),
                       op.getMask(), alignment))
       return failure();
-    rewriter.replaceOpWithNewOp<vector::StoreOp>(
-        op, op.getVector(), op.getBase(), op.getIndices(),
-        /*nontemporal=*/false, llvm::MaybeAlign(alignment));
+    alignedAccess(rewriter, op, alignment);
     return success();
   }
   int64_t alignment;
@@ -105,8 +100,9 @@ struct MobaAlignRowAccessesPass
       return signalPassFailure();
     }
     RewritePatternSet patterns(&getContext());
-    patterns.add<AlignRead, AlignWrite>(&getContext(),
-                                        static_cast<int64_t>(alignment));
+    patterns.add<AlignRow<vector::TransferReadOp>,
+                 AlignRow<vector::TransferWriteOp>>(
+        &getContext(), static_cast<int64_t>(alignment));
     if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
   }

@@ -272,6 +272,26 @@ struct AttentionKernel {
   SmallVector<Value> emitWgmmaChunks(ImplicitLocOpBuilder &b,
                                      const CtaTile &t);
 
+  /// Fills `buffer` (0 or 1) with the keys from `keyBase` on, by cp.async.
+  using StageFn =
+      function_ref<void(ImplicitLocOpBuilder &, Value buffer, Value keyBase)>;
+  /// One chunk's work on `buffer`, holding the keys from `keyBase`: returns
+  /// the new carried values.
+  using ChunkFn = function_ref<SmallVector<Value>(
+      ImplicitLocOpBuilder &, Value buffer, Value keyBase, ValueRange carried,
+      bool masked)>;
+  /// The software pipeline both forms share: chunk c + 1 is copied (`stage`,
+  /// one cp.async group per chunk, empty past the last, so that "all but
+  /// the newest group done" always means "chunk c landed") while chunk c is
+  /// multiplied (`body`), with a barrier before the chunk is read (after a
+  /// proxy fence when `asyncProxyReads`: wgmma reads through the async
+  /// proxy) and one before its buffer is refilled. Two loops, the same but
+  /// for the mask: chunks [0, unmasked) need none, the rest (the block's
+  /// end, the diagonal) do. Returns what they carry at the end.
+  SmallVector<Value> emitChunkLoops(ImplicitLocOpBuilder &b, const CtaTile &t,
+                                    bool asyncProxyReads, StageFn stage,
+                                    ChunkFn body);
+
   /// The initial values the chunk loops carry.
   SmallVector<Value> chunkLoopInits(KernelBuilder &e);
   /// `scores` (nTiles x 4 f32, m16n8 accumulator layout) masked where

@@ -489,20 +489,83 @@ SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
                      e.loadPair(q, {t.token[1], t.h, col8})});
   }
 
-  // The software pipeline: chunk c + 1 is copied while chunk c is
-  // multiplied. One cp.async group per chunk (empty past the last), so
-  // that "all but the newest group done" always means "chunk c landed".
+  return emitChunkLoops(
+      b, t, /*asyncProxyReads=*/false,
+      [&](ImplicitLocOpBuilder &sb, Value buffer, Value keyBase) {
+        emitStage(sb, stageBuffer, buffer, keyBase, t.lastKey, t.g, t.tid);
+      },
+      [&](ImplicitLocOpBuilder &ib, Value buffer, Value keyBase, ValueRange c,
+          bool masked) -> SmallVector<Value> {
+        KernelBuilder ie{ib, e.element};
+        Value lane8 = ie.rem(t.lane, ie.index(8));
+        Value laneMatrix = ie.div(t.lane, ie.index(8));
+        // S = Q K^T, 8 keys per n-tile; K fragments by ldmatrix: lanes
+        // 8j..8j+7 address the rows of matrix j (x4: two k-steps). The
+        // k-steps outside, the n-tiles inside: nTiles independent
+        // accumulator chains for the scheduler to interleave.
+        SmallVector<SmallVector<Value>> scores(
+            nTiles, SmallVector<Value>(4, ie.f32(0.0)));
+        for (int64_t kk = 0; kk < kSteps; kk += 2) {
+          bool pair = kk + 1 < kSteps;
+          Value matrix = pair ? laneMatrix : ie.rem(laneMatrix, ie.index(2));
+          Value col = ie.add(ie.index(kk * 16), ie.mul(matrix, ie.index(8)));
+          for (int64_t nt = 0; nt < nTiles; ++nt) {
+            Value keyRow = ie.add(ie.index(nt * 8), lane8);
+            SmallVector<Value> frag = ie.ldmatrix(
+                stageBuffer, {buffer, ie.index(0), keyRow, col}, pair ? 4 : 2,
+                /*transpose=*/false);
+            scores[nt] = ie.mma(qFrag[kk], {frag[0], frag[1]}, scores[nt]);
+            if (pair)
+              scores[nt] =
+                  ie.mma(qFrag[kk + 1], {frag[2], frag[3]}, scores[nt]);
+          }
+        }
+        SmallVector<Value> results =
+            softmaxStep(ib, t, scores, c, keyBase, masked);
+        // O = O * alpha + P V: P (two n-tiles) is the A operand of one
+        // k-step; V fragments by ldmatrix.trans (x4: two d-tiles).
+        Value vRow = ie.add(lane8, ie.mul(ie.rem(laneMatrix, ie.index(2)),
+                                          ie.index(8)));
+        Value vCol = ie.mul(ie.div(t.lane, ie.index(16)), ie.index(8));
+        for (int64_t kv = 0; kv < nTiles / 2; ++kv) {
+          const SmallVector<Value> &lo = scores[2 * kv],
+                                   &hi = scores[2 * kv + 1];
+          SmallVector<Value> pFrag = {
+              ie.pack(lo[0], lo[1]), ie.pack(lo[2], lo[3]),
+              ie.pack(hi[0], hi[1]), ie.pack(hi[2], hi[3])};
+          Value keyRow = ie.add(ie.index(kv * 16), vRow);
+          for (int64_t dn = 0; dn < dTiles; dn += 2) {
+            SmallVector<Value> frag = ie.ldmatrix(
+                stageBuffer,
+                {buffer, ie.index(1), keyRow, ie.add(ie.index(dn * 8), vCol)},
+                4, /*transpose=*/true);
+            for (int64_t s = 0; s < 2; ++s) {
+              SmallVector<Value> acc(results.begin() + 4 + (dn + s) * 4,
+                                     results.begin() + 8 + (dn + s) * 4);
+              SmallVector<Value> out =
+                  ie.mma(pFrag, {frag[2 * s], frag[2 * s + 1]}, acc);
+              llvm::copy(out, results.begin() + 4 + (dn + s) * 4);
+            }
+          }
+        }
+        return results;
+      });
+}
+
+SmallVector<Value> AttentionKernel::emitChunkLoops(ImplicitLocOpBuilder &b,
+                                                   const CtaTile &t,
+                                                   bool asyncProxyReads,
+                                                   StageFn stage,
+                                                   ChunkFn body) {
+  KernelBuilder e{b, element()};
   Value chunkKeys = e.index(shape.keyChunk);
   {
     auto any = scf::IfOp::create(b, e.ult(e.index(0), t.chunks), false);
     OpBuilder::InsertionGuard anyGuard(b);
     b.setInsertionPointToStart(&any.getThenRegion().front());
-    emitStage(b, stageBuffer, e.index(0), t.keyFirst, t.lastKey, t.g, t.tid);
+    stage(b, e.index(0), t.keyFirst);
   }
   NVVM::CpAsyncCommitGroupOp::create(b);
-
-  // Two loops over the chunks, the same but for the mask: chunks
-  // [0, unmasked) need none, the rest (the block's end, the diagonal) do.
   auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
                        bool masked) {
     return scf::ForOp::create(
@@ -515,67 +578,20 @@ SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
             auto more = scf::IfOp::create(ib, ie.ult(next, t.chunks), false);
             OpBuilder::InsertionGuard moreGuard(ib);
             ib.setInsertionPointToStart(&more.getThenRegion().front());
-            emitStage(ib, stageBuffer, ie.rem(next, ie.index(2)),
-                      ie.add(t.keyFirst, ie.mul(next, chunkKeys)), t.lastKey,
-                      t.g, t.tid);
+            stage(ib, ie.rem(next, ie.index(2)),
+                  ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
           }
           NVVM::CpAsyncCommitGroupOp::create(ib);
           NVVM::CpAsyncWaitGroupOp::create(ib, 1);
+          if (asyncProxyReads)
+            NVVM::FenceProxyOp::create(
+                ib, NVVM::ProxyKind::async_shared,
+                NVVM::SharedSpaceAttr::get(ib.getContext(),
+                                           NVVM::SharedSpace::shared_cta));
           gpu::BarrierOp::create(ib);
-
           Value buffer = ie.rem(chunk, ie.index(2));
-          Value base = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
-          Value lane8 = ie.rem(t.lane, ie.index(8));
-          Value laneMatrix = ie.div(t.lane, ie.index(8));
-          // S = Q K^T, 8 keys per n-tile; K fragments by ldmatrix: lanes
-          // 8j..8j+7 address the rows of matrix j (x4: two k-steps). The
-          // k-steps outside, the n-tiles inside: nTiles independent
-          // accumulator chains for the scheduler to interleave.
-          SmallVector<SmallVector<Value>> scores(
-              nTiles, SmallVector<Value>(4, ie.f32(0.0)));
-          for (int64_t kk = 0; kk < kSteps; kk += 2) {
-            bool pair = kk + 1 < kSteps;
-            Value matrix = pair ? laneMatrix : ie.rem(laneMatrix, ie.index(2));
-            Value col = ie.add(ie.index(kk * 16), ie.mul(matrix, ie.index(8)));
-            for (int64_t nt = 0; nt < nTiles; ++nt) {
-              Value keyRow = ie.add(ie.index(nt * 8), lane8);
-              SmallVector<Value> frag = ie.ldmatrix(
-                  stageBuffer, {buffer, ie.index(0), keyRow, col}, pair ? 4 : 2,
-                  /*transpose=*/false);
-              scores[nt] = ie.mma(qFrag[kk], {frag[0], frag[1]}, scores[nt]);
-              if (pair)
-                scores[nt] =
-                    ie.mma(qFrag[kk + 1], {frag[2], frag[3]}, scores[nt]);
-            }
-          }
-          SmallVector<Value> results =
-              softmaxStep(ib, t, scores, c, base, masked);
-          // O = O * alpha + P V: P (two n-tiles) is the A operand of one
-          // k-step; V fragments by ldmatrix.trans (x4: two d-tiles).
-          Value vRow = ie.add(lane8, ie.mul(ie.rem(laneMatrix, ie.index(2)),
-                                            ie.index(8)));
-          Value vCol = ie.mul(ie.div(t.lane, ie.index(16)), ie.index(8));
-          for (int64_t kv = 0; kv < nTiles / 2; ++kv) {
-            const SmallVector<Value> &lo = scores[2 * kv],
-                                     &hi = scores[2 * kv + 1];
-            SmallVector<Value> pFrag = {
-                ie.pack(lo[0], lo[1]), ie.pack(lo[2], lo[3]),
-                ie.pack(hi[0], hi[1]), ie.pack(hi[2], hi[3])};
-            Value keyRow = ie.add(ie.index(kv * 16), vRow);
-            for (int64_t dn = 0; dn < dTiles; dn += 2) {
-              SmallVector<Value> frag = ie.ldmatrix(
-                  stageBuffer,
-                  {buffer, ie.index(1), keyRow, ie.add(ie.index(dn * 8), vCol)},
-                  4, /*transpose=*/true);
-              for (int64_t s = 0; s < 2; ++s) {
-                SmallVector<Value> acc(results.begin() + 4 + (dn + s) * 4,
-                                       results.begin() + 8 + (dn + s) * 4);
-                SmallVector<Value> out =
-                    ie.mma(pFrag, {frag[2 * s], frag[2 * s + 1]}, acc);
-                llvm::copy(out, results.begin() + 4 + (dn + s) * 4);
-              }
-            }
-          }
+          Value keyBase = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
+          SmallVector<Value> results = body(ib, buffer, keyBase, c, masked);
           // Every warp is done with this buffer before it is refilled.
           gpu::BarrierOp::create(ib);
           scf::YieldOp::create(ib, results);

@@ -237,15 +237,6 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
             /*srcElements=*/Value(), sb.getUnitAttr());
       });
   };
-  Value chunkKeys = e.index(shape.keyChunk);
-  {
-    auto any = scf::IfOp::create(b, e.ult(e.index(0), t.chunks), false);
-    OpBuilder::InsertionGuard anyGuard(b);
-    b.setInsertionPointToStart(&any.getThenRegion().front());
-    stage(b, e.index(0), t.keyFirst);
-  }
-  // The queries ride in the first chunk's cp.async group.
-  NVVM::CpAsyncCommitGroupOp::create(b);
 
   // This thread's warpgroup, and its place in it.
   Value warpgroup = e.div(t.warp, e.index(4));
@@ -285,104 +276,79 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   // This lane's rows in its warpgroup's 64.
   Value groupRow = e.add(e.mul(warpInGroup, e.index(kTileRows)), t.quadRow);
 
-  auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
-                       bool masked) {
-    return scf::ForOp::create(
-        b, from, to, e.index(1), loopInits,
-        [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
-          ImplicitLocOpBuilder ib(loc, fb);
-          KernelBuilder ie{ib, e.element};
-          Value next = ie.add(chunk, ie.index(1));
-          {
-            auto more = scf::IfOp::create(ib, ie.ult(next, t.chunks), false);
-            OpBuilder::InsertionGuard moreGuard(ib);
-            ib.setInsertionPointToStart(&more.getThenRegion().front());
-            stage(ib, ie.rem(next, ie.index(2)),
-                  ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
+  // The queries ride in the first chunk's cp.async group.
+  return emitChunkLoops(
+      b, t, /*asyncProxyReads=*/true, stage,
+      [&](ImplicitLocOpBuilder &ib, Value buffer, Value keyBase, ValueRange c,
+          bool masked) -> SmallVector<Value> {
+        KernelBuilder ie{ib, e.element};
+        Value bufferOffset = ie.mul(buffer, ie.index(bufferBytes));
+
+        // S = Q K^T over head_dim in k-steps of 16.
+        NVVM::WgmmaFenceAlignedOp::create(ib);
+        Value scoresAcc = LLVM::ZeroOp::create(
+            ib, accumulatorType(context, shape.keyChunk / 2));
+        Value keys = advance(ie, keyDesc, bufferOffset);
+        for (int64_t kk = 0; kk < kSteps; ++kk) {
+          int64_t inPanel = (kk % 4) * 32;
+          scoresAcc = wgmma(
+              ie, scoresAcc,
+              advance(ie, queryDesc, (kk / 4) * queryPanelBytes + inPanel),
+              advance(ie, keys, (kk / 4) * stagePanelBytes + inPanel),
+              shape.keyChunk, /*transposeB=*/false,
+              /*accumulate=*/kk > 0);
+        }
+        NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+        NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+        SmallVector<SmallVector<Value>> scores(nTiles);
+        for (int64_t nt = 0; nt < nTiles; ++nt)
+          for (int64_t i = 0; i < 4; ++i)
+            scores[nt].push_back(LLVM::ExtractValueOp::create(
+                ib, scoresAcc, ArrayRef<int64_t>{4 * nt + i}));
+        SmallVector<Value> results =
+            softmaxStep(ib, t, scores, c, keyBase, masked);
+
+        // P to shared memory, the A operand of P V.
+        for (int64_t nt = 0; nt < nTiles; ++nt)
+          for (int64_t r = 0; r < 2; ++r) {
+            Value row = ie.add(groupRow, ie.index(8 * r));
+            Value column = ie.add(
+                swizzledColumn(ie, row, ie.index(nt % 8)), t.pairCol);
+            Value pair = vector::FromElementsOp::create(
+                ib, VectorType::get({2}, e.element),
+                ValueRange{
+                    arith::TruncFOp::create(ib, e.element,
+                                            scores[nt][2 * r]),
+                    arith::TruncFOp::create(ib, e.element,
+                                            scores[nt][2 * r + 1])});
+            vector::StoreOp::create(
+                ib, pair, ops.probabilities,
+                ValueRange{warpgroup, ie.index(nt / 8), row, column})
+                .setAlignment(4);
           }
-          NVVM::CpAsyncCommitGroupOp::create(ib);
-          NVVM::CpAsyncWaitGroupOp::create(ib, 1);
-          fenceForWgmma(ib);
-          gpu::BarrierOp::create(ib);
+        fenceForWgmma(ib);
+        groupBarrier(ib);
 
-          Value bufferOffset =
-              ie.mul(ie.rem(chunk, ie.index(2)), ie.index(bufferBytes));
-          Value keyBase = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
-
-          // S = Q K^T over head_dim in k-steps of 16.
-          NVVM::WgmmaFenceAlignedOp::create(ib);
-          Value scoresAcc = LLVM::ZeroOp::create(
-              ib, accumulatorType(context, shape.keyChunk / 2));
-          Value keys = advance(ie, keyDesc, bufferOffset);
-          for (int64_t kk = 0; kk < kSteps; ++kk) {
-            int64_t inPanel = (kk % 4) * 32;
-            scoresAcc = wgmma(
-                ie, scoresAcc,
-                advance(ie, queryDesc, (kk / 4) * queryPanelBytes + inPanel),
-                advance(ie, keys, (kk / 4) * stagePanelBytes + inPanel),
-                shape.keyChunk, /*transposeB=*/false,
-                /*accumulate=*/kk > 0);
-          }
-          NVVM::WgmmaGroupSyncAlignedOp::create(ib);
-          NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
-          SmallVector<SmallVector<Value>> scores(nTiles);
-          for (int64_t nt = 0; nt < nTiles; ++nt)
-            for (int64_t i = 0; i < 4; ++i)
-              scores[nt].push_back(LLVM::ExtractValueOp::create(
-                  ib, scoresAcc, ArrayRef<int64_t>{4 * nt + i}));
-          SmallVector<Value> results =
-              softmaxStep(ib, t, scores, c, keyBase, masked);
-
-          // P to shared memory, the A operand of P V.
-          for (int64_t nt = 0; nt < nTiles; ++nt)
-            for (int64_t r = 0; r < 2; ++r) {
-              Value row = ie.add(groupRow, ie.index(8 * r));
-              Value column = ie.add(
-                  swizzledColumn(ie, row, ie.index(nt % 8)), t.pairCol);
-              Value pair = vector::FromElementsOp::create(
-                  ib, VectorType::get({2}, e.element),
-                  ValueRange{
-                      arith::TruncFOp::create(ib, e.element,
-                                              scores[nt][2 * r]),
-                      arith::TruncFOp::create(ib, e.element,
-                                              scores[nt][2 * r + 1])});
-              vector::StoreOp::create(
-                  ib, pair, ops.probabilities,
-                  ValueRange{warpgroup, ie.index(nt / 8), row, column})
-                  .setAlignment(4);
-            }
-          fenceForWgmma(ib);
-          groupBarrier(ib);
-
-          // O = O * alpha + P V over the chunk's keys in k-steps of 16.
-          Value outAcc =
-              LLVM::UndefOp::create(ib, accumulatorType(context, dTiles * 4));
-          for (int64_t i = 0; i < dTiles * 4; ++i)
-            outAcc = LLVM::InsertValueOp::create(ib, outAcc, results[4 + i],
-                                                 ArrayRef<int64_t>{i});
-          NVVM::WgmmaFenceAlignedOp::create(ib);
-          Value values = advance(ie, valueDesc, bufferOffset);
-          for (int64_t kv = 0; kv < shape.keyChunk / 16; ++kv)
-            outAcc = wgmma(
-                ie, outAcc,
-                advance(ie, probabilityDesc,
-                        (kv / 4) * queryPanelBytes + (kv % 4) * 32),
-                advance(ie, values, kv * 16 * kPanelRowBytes), headDim,
-                /*transposeB=*/true, /*accumulate=*/true);
-          NVVM::WgmmaGroupSyncAlignedOp::create(ib);
-          NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
-          for (int64_t i = 0; i < dTiles * 4; ++i)
-            results[4 + i] = LLVM::ExtractValueOp::create(
-                ib, outAcc, ArrayRef<int64_t>{i});
-          // Every warpgroup is done with this buffer before it is refilled.
-          gpu::BarrierOp::create(ib);
-          scf::YieldOp::create(ib, results);
-        });
-  };
-  auto plain = chunkLoop(e.index(0), t.unmasked, chunkLoopInits(e),
-                         /*masked=*/false);
-  auto loop =
-      chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
-  NVVM::CpAsyncWaitGroupOp::create(b, 0);
-  return SmallVector<Value>(loop.getResults());
+        // O = O * alpha + P V over the chunk's keys in k-steps of 16.
+        Value outAcc =
+            LLVM::UndefOp::create(ib, accumulatorType(context, dTiles * 4));
+        for (int64_t i = 0; i < dTiles * 4; ++i)
+          outAcc = LLVM::InsertValueOp::create(ib, outAcc, results[4 + i],
+                                               ArrayRef<int64_t>{i});
+        NVVM::WgmmaFenceAlignedOp::create(ib);
+        Value values = advance(ie, valueDesc, bufferOffset);
+        for (int64_t kv = 0; kv < shape.keyChunk / 16; ++kv)
+          outAcc = wgmma(
+              ie, outAcc,
+              advance(ie, probabilityDesc,
+                      (kv / 4) * queryPanelBytes + (kv % 4) * 32),
+              advance(ie, values, kv * 16 * kPanelRowBytes), headDim,
+              /*transposeB=*/true, /*accumulate=*/true);
+        NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+        NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+        for (int64_t i = 0; i < dTiles * 4; ++i)
+          results[4 + i] = LLVM::ExtractValueOp::create(
+              ib, outAcc, ArrayRef<int64_t>{i});
+        return results;
+      });
 }
