@@ -195,6 +195,16 @@ struct KernelBuilder {
     return d;
   }
 
+  /// This thread's generic-proxy writes to shared memory (st.shared,
+  /// cp.async) ordered before async-proxy reads (wgmma); a barrier must
+  /// follow to publish them to other threads.
+  void fenceAsyncProxy() {
+    NVVM::FenceProxyOp::create(
+        b, NVVM::ProxyKind::async_shared,
+        NVVM::SharedSpaceAttr::get(b.getContext(),
+                                   NVVM::SharedSpace::shared_cta));
+  }
+
   /// `x` reduced over the four lanes of a quad (the lanes sharing a row).
   Value quadReduce(Value x, bool isMax) {
     for (int64_t offset : {1, 2}) {

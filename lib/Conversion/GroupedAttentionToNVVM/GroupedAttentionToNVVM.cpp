@@ -584,10 +584,7 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(ImplicitLocOpBuilder &b,
           NVVM::CpAsyncCommitGroupOp::create(ib);
           NVVM::CpAsyncWaitGroupOp::create(ib, 1);
           if (asyncProxyReads)
-            NVVM::FenceProxyOp::create(
-                ib, NVVM::ProxyKind::async_shared,
-                NVVM::SharedSpaceAttr::get(ib.getContext(),
-                                           NVVM::SharedSpace::shared_cta));
+            ie.fenceAsyncProxy();
           gpu::BarrierOp::create(ib);
           Value buffer = ie.rem(chunk, ie.index(2));
           Value keyBase = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));

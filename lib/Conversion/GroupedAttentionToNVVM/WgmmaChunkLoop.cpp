@@ -114,15 +114,6 @@ Value wgmma(KernelBuilder &e, Value acc, Value descA, Value descB, int64_t n,
       /*satfinite=*/nullptr);
 }
 
-/// Generic-proxy writes to shared memory made visible to wgmma (async
-/// proxy) reads; a barrier must follow.
-void fenceForWgmma(ImplicitLocOpBuilder &b) {
-  NVVM::FenceProxyOp::create(
-      b, NVVM::ProxyKind::async_shared,
-      NVVM::SharedSpaceAttr::get(b.getContext(),
-                                 NVVM::SharedSpace::shared_cta));
-}
-
 /// The shared-memory plan of the wgmma form, in bytes from the 1 KiB
 /// aligned start, and its views.
 struct WgmmaOperands {
@@ -326,7 +317,7 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
                 ValueRange{warpgroup, ie.index(nt / 8), row, column})
                 .setAlignment(4);
           }
-        fenceForWgmma(ib);
+        ie.fenceAsyncProxy();
         groupBarrier(ib);
 
         // O = O * alpha + P V over the chunk's keys in k-steps of 16.
