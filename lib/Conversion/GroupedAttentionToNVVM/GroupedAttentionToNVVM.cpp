@@ -30,7 +30,7 @@
 // column-major B): with group g = lane / 4 and c = lane % 4, lane holds
 // A[g][2c..2c+1], A[g+8][2c..], A[g][2c+8..], A[g+8][2c+8..];
 // B[2c..2c+1][g], B[2c+8..2c+9][g]; C[g][2c..2c+1], C[g+8][2c..2c+1].
-// The next form is sm_90a's wgmma fed by TMA (docs/gpu-backend.md).
+// The sm_90a form, on wgmma, is WgmmaChunkLoop.cpp (docs/gpu-backend.md).
 //
 //===----------------------------------------------------------------------===//
 
