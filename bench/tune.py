@@ -12,6 +12,7 @@ file into the repository and rebuild. docs/tuning.md has the steps.
 
 On the device, after `bash scripts/device-bundle.sh`:
     bash .device/tune.sh [--configs N:HQ:HKV:D:BLOCK:TOPK[:DTYPE],...]
+                         [--candidates INSTRUCTION:WARPS:KEY_CHUNK,...]
 The table goes to $OUT/MmaTuningTable.inc (or the current folder).
 """
 import argparse
@@ -48,6 +49,15 @@ def candidates(chip):
 def default_candidate(chip):
     """What the runner takes without a table row (MmaTuning.cpp)."""
     return ("wgmma", 4, 64) if chip == "sm_90a" else ("mma.sync", 4, 64)
+
+
+def parse_candidates(text):
+    """INSTRUCTION:WARPS:KEY_CHUNK,... (e.g. wgmma:8:128)."""
+    found = []
+    for item in text.split(","):
+        instruction, warps, key_chunk = item.split(":")
+        found.append((instruction, int(warps), int(key_chunk)))
+    return found
 
 
 def parse(text):
@@ -106,6 +116,9 @@ def time_candidate(moba, config, candidate, data):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--configs", type=parse, default=DEFAULT_CONFIGS)
+    p.add_argument("--candidates", type=parse_candidates, default=None,
+                   help="only these shapes, INSTRUCTION:WARPS:KEY_CHUNK,... "
+                        "(default: the whole search space)")
     a = p.parse_args()
     import moba
     major, minor = torch.cuda.get_device_capability()
@@ -118,7 +131,7 @@ def main():
         data = tensors(n, hq, hkv, d, dtype, seed=2)
         data = data[:3] + (data[3].cuda(),)
         timings = {}
-        for candidate in candidates(chip):
+        for candidate in a.candidates or candidates(chip):
             name = "{} {} x {}".format(*candidate)
             # The compiler rejects shapes that do not fit (shared memory):
             # they are no candidates.

@@ -24,16 +24,25 @@
 // CHECK:   %[[STAGE:.+]] = memref.view %[[RAW]][%{{.+}}][] : {{.+}} to memref<2x2x1x128x64xbf16, #gpu.address_space<workgroup>>
 // CHECK:   %[[P:.+]] = memref.view %[[RAW]][%{{.+}}][] : {{.+}} to memref<2x2x64x64xbf16, #gpu.address_space<workgroup>>
 // The queries gathered by cp.async into 128-byte-swizzled rows (the 16-byte
-// chunk xor the row), then the first K/V chunk.
+// chunk xor the row); P and the V buffer that the first chunk's P V reads
+// set to zeros; then the first K chunk.
 // CHECK:   arith.xori
 // CHECK:   nvgpu.device_async_copy %arg0[{{.+}}], %[[Q]][{{.+}}], 8 {bypassL1}
+// CHECK:   %[[ZEROS:.+]] = arith.constant dense<0.000000e+00> : vector<8xbf16>
+// CHECK:   scf.for
+// CHECK:     vector.store %[[ZEROS]]
+// CHECK:   scf.for
+// CHECK:     vector.store %[[ZEROS]]
 // CHECK:   nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]][{{.+}}], 8 {bypassL1}
 // CHECK:   nvvm.cp.async.commit.group
-// Per chunk: the next chunk's copies, this chunk's landed and published to
-// the async proxy, S = Q K^T as 4 k-steps of m64n128k16 (the first without
-// accumulating), the softmax, P stored to shared memory and published to
-// the warpgroup (barrier 1 + its index, 128 threads), O += P V as 8 k-steps
-// of m64n64k16 with V transposed (MN-major: layout row).
+// Per chunk: K of the next chunk and V of this one start copying (V lands
+// one chunk late); K of this chunk and V of the last have landed and are
+// published to the async proxy. S = Q K^T as 4 k-steps of m64n128k16 (the
+// first without accumulating) is issued, then O += P V of the last chunk as
+// 8 k-steps of m64n64k16 with V transposed (MN-major: layout row), each its
+// own group; the softmax waits for S only, and runs while the tensor cores
+// multiply P V. Then O is rescaled and P stored to shared memory for the
+// next chunk, fenced for the async proxy; the loop's barrier publishes it.
 // CHECK:   scf.for
 // CHECK:     nvvm.cp.async.wait.group 1
 // CHECK-NEXT: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
@@ -42,25 +51,31 @@
 // CHECK:     llvm.mlir.zero
 // CHECK:     nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 128, k = 16>, D[<f32>, <zero>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
 // CHECK-COUNT-3: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 128, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
-// CHECK:     nvvm.wgmma.commit.group.sync.aligned
-// CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
+// CHECK-NEXT: nvvm.wgmma.commit.group.sync.aligned
+// CHECK-NOT: nvvm.wgmma.wait
+// CHECK-COUNT-8: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <row>]
+// CHECK-NEXT: nvvm.wgmma.commit.group.sync.aligned
+// CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 1
 // CHECK:     math.exp2
+// CHECK:     nvvm.wgmma.wait.group.sync.aligned 0
+// CHECK:     arith.mulf
 // CHECK:     vector.store {{.+}}, %[[P]][{{.+}}] {alignment = 4 : i64} : memref<2x2x64x64xbf16, #gpu.address_space<workgroup>>, vector<2xbf16>
 // CHECK:     nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
-// CHECK:     nvvm.barrier id = %{{.+}} number_of_threads = %c128_i32
-// CHECK:     nvvm.wgmma.fence.aligned
-// CHECK-COUNT-8: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <row>]
-// CHECK:     nvvm.wgmma.commit.group.sync.aligned
-// CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
-// CHECK:     gpu.barrier
+// CHECK-NEXT: gpu.barrier
 // CHECK:   scf.for
 // CHECK:     nvvm.wgmma.mma_async
+// After the loops: the last V landed and published, the last P V.
 // CHECK:   nvvm.cp.async.wait.group 0
+// CHECK-NEXT: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
+// CHECK-NEXT: gpu.barrier
+// CHECK:   nvvm.wgmma.fence.aligned
+// CHECK-COUNT-8: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>
+// CHECK-NEXT: nvvm.wgmma.commit.group.sync.aligned
+// CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
 // CHECK-NOT: moba.grouped_block_attention
 
-// One warpgroup (the default 4 warps, 64 keys): P is published by the
-// CTA's barrier, no named barrier (an id in a register would make ptxas
-// reserve all 16 and allow one CTA per SM).
+// One warpgroup (the default 4 warps, 64 keys): no named barrier (an id
+// in a register would make ptxas reserve all 16 and allow one CTA per SM).
 // ONE-LABEL: func.func @bf16
 // ONE: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c128{{.*}}, {{.+}}) dynamic_shared_memory_size
 // ONE-NOT: nvvm.barrier

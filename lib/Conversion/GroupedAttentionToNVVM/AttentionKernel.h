@@ -33,6 +33,9 @@ constexpr int64_t kTileRows = 16; // queries per warp (mma M)
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 /// The shared memory one CTA may use on sm_80 and sm_90 (227 KiB).
 constexpr int64_t kMaxSharedBytes = 227 * 1024;
+/// An sm_90 SM's shared memory, and what the system reserves of it per CTA.
+constexpr int64_t kSharedBytesPerSM = 228 * 1024;
+constexpr int64_t kReservedSharedBytes = 1024;
 
 /// The matrix instruction of the chunk loop.
 enum class MatrixInstruction {
@@ -89,6 +92,18 @@ struct MmaTileShape {
     return stageBytes(headDim, element) + reduceBytes() +
            queryBytes(headDim, element) + probabilityBytes(element) +
            alignmentSlack();
+  }
+  /// wgmma: whether each chunk's softmax runs while the tensor cores
+  /// multiply the previous chunk's P V (WgmmaChunkLoop.cpp). Not when the
+  /// CTA is one warpgroup and two CTAs fit an SM's shared memory: there the
+  /// two CTAs' warpgroups already take turns on the tensor cores, and the
+  /// overlapped form's extra product (the first chunk's, of zeros) cost
+  /// 5% on the H200 (docs/PERFORMANCE.md).
+  bool overlapsSoftmax(int64_t headDim, Type element) const {
+    return isWgmma() &&
+           !(warpgroups() == 1 &&
+             2 * (sharedBytes(headDim, element) + kReservedSharedBytes) <=
+                 kSharedBytesPerSM);
   }
 };
 
@@ -268,10 +283,10 @@ struct AttentionKernel {
                Value tile, Value rows, Value tileList);
 
   /// mma.sync: starts the cp.async copies of keys [base, base + keyChunk)
-  /// of K and V (rows past `lastKey` repeat it; the scores mask them) into
-  /// stage `buffer`.
-  void emitStage(ImplicitLocOpBuilder &b, Value stageBuffer, Value buffer,
-                 Value base, Value lastKey, Value g, Value tid);
+  /// of K (`operand` 0) or V (1) (rows past `lastKey` repeat it; the scores
+  /// mask them) into stage `buffer`.
+  void emitStage(ImplicitLocOpBuilder &b, Value stageBuffer, int64_t operand,
+                 Value buffer, Value base, Value lastKey, Value g, Value tid);
 
   /// The chunk loops of each form. They return what the loops carry at
   /// the end: the lane's two rows' running max (base 2, scaled), their
@@ -282,14 +297,27 @@ struct AttentionKernel {
   SmallVector<Value> emitWgmmaChunks(ImplicitLocOpBuilder &b,
                                      const CtaTile &t);
 
-  /// Fills `buffer` (0 or 1) with the keys from `keyBase` on, by cp.async.
-  using StageFn =
-      function_ref<void(ImplicitLocOpBuilder &, Value buffer, Value keyBase)>;
-  /// One chunk's work on `buffer`, holding the keys from `keyBase`: returns
-  /// the new carried values.
+  /// Starts filling `buffer` (0 or 1) of K (`operand` 0) or V (1) with the
+  /// keys from `keyBase` on, by cp.async.
+  using StageFn = function_ref<void(ImplicitLocOpBuilder &, int64_t operand,
+                                    Value buffer, Value keyBase)>;
+  /// Chunk `chunk`'s work: K in buffer `buffer`, holding the keys from
+  /// `keyBase` on; returns the new carried values.
   using ChunkFn = function_ref<SmallVector<Value>(
-      ImplicitLocOpBuilder &, Value buffer, Value keyBase, ValueRange carried,
-      bool masked)>;
+      ImplicitLocOpBuilder &, Value chunk, Value buffer, Value keyBase,
+      ValueRange carried, bool masked)>;
+  /// How V is staged relative to K.
+  enum class ValueStaging {
+    /// V of chunk c lands with K of chunk c: the chunk's body multiplies
+    /// both.
+    WithKeys,
+    /// V of chunk c lands with K of chunk c + 1, in buffer c % 2: the body
+    /// of chunk c multiplies Q K_c^T and P_(c-1) V_(c-1), and the caller
+    /// multiplies the last chunk's P V after the loops (whose V has landed,
+    /// and been published by a barrier after a proxy fence, when they
+    /// return).
+    OneChunkLate,
+  };
   /// The software pipeline both forms share: chunk c + 1 is copied (`stage`,
   /// one cp.async group per chunk, empty past the last, so that "all but
   /// the newest group done" always means "chunk c landed") while chunk c is
@@ -299,18 +327,24 @@ struct AttentionKernel {
   /// for the mask: chunks [0, unmasked) need none, the rest (the block's
   /// end, the diagonal) do. Returns what they carry at the end.
   SmallVector<Value> emitChunkLoops(ImplicitLocOpBuilder &b, const CtaTile &t,
-                                    bool asyncProxyReads, StageFn stage,
-                                    ChunkFn body);
+                                    bool asyncProxyReads, ValueStaging values,
+                                    StageFn stage, ChunkFn body);
 
   /// The initial values the chunk loops carry.
   SmallVector<Value> chunkLoopInits(KernelBuilder &e);
   /// `scores` (nTiles x 4 f32, m16n8 accumulator layout) masked where
   /// `masked`, then one online-softmax step: `scores` become the
   /// probabilities; returns the new max and sums in `carried`'s first four
-  /// and the accumulators rescaled.
+  /// and the accumulators that follow them rescaled; `alpha`, when given,
+  /// receives the two rows' rescale factors.
   SmallVector<Value> softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
                                  SmallVector<SmallVector<Value>> &scores,
-                                 ValueRange carried, Value base, bool masked);
+                                 ValueRange carried, Value base, bool masked,
+                                 SmallVectorImpl<Value> *alpha = nullptr);
+  /// The output accumulators (m16n8 layout, flattened) times the rows'
+  /// rescale factors.
+  static void rescale(MutableArrayRef<Value> accumulators,
+                      ArrayRef<Value> alpha, KernelBuilder &e);
 };
 
 } // namespace mlir::moba::grouped_attention

@@ -222,30 +222,26 @@ void AttentionKernel::emitTileList(ImplicitLocOpBuilder &b, Value tileList,
 }
 
 void AttentionKernel::emitStage(ImplicitLocOpBuilder &b, Value stageBuffer,
-                                Value buffer, Value base, Value lastKey,
-                                Value g, Value tid) {
+                                int64_t operand, Value buffer, Value base,
+                                Value lastKey, Value g, Value tid) {
   KernelBuilder e{b, element()};
   // 16-byte copies: head_dim / 8 per key row, spread over the CTA.
   int64_t perRow = headDim / 8, copies = shape.keyChunk * perRow;
-  Value sources[] = {k, v};
-  for (auto [which, source] : llvm::enumerate(sources)) {
-    scf::ForOp::create(
-        b, tid, e.index(copies), e.index(threads()), ValueRange{},
-        [&, which = which, source = source](OpBuilder &fb, Location loc,
-                                            Value j, ValueRange) {
-          ImplicitLocOpBuilder ib(loc, fb);
-          KernelBuilder ie{ib, e.element};
-          Value key = ie.div(j, ie.index(perRow));
-          Value col = ie.mul(ie.rem(j, ie.index(perRow)), ie.index(8));
-          Value from = ie.minU(ie.add(base, key), lastKey);
-          nvgpu::DeviceAsyncCopyOp::create(
-              ib, stageBuffer,
-              ValueRange{buffer, ie.index(which), key, col}, source,
-              ValueRange{from, g, col}, ib.getIndexAttr(8),
-              /*srcElements=*/Value(), ib.getUnitAttr());
-          scf::YieldOp::create(ib);
-        });
-  }
+  Value source = operand == 0 ? k : v;
+  scf::ForOp::create(
+      b, tid, e.index(copies), e.index(threads()), ValueRange{},
+      [&](OpBuilder &fb, Location loc, Value j, ValueRange) {
+        ImplicitLocOpBuilder ib(loc, fb);
+        KernelBuilder ie{ib, e.element};
+        Value key = ie.div(j, ie.index(perRow));
+        Value col = ie.mul(ie.rem(j, ie.index(perRow)), ie.index(8));
+        Value from = ie.minU(ie.add(base, key), lastKey);
+        nvgpu::DeviceAsyncCopyOp::create(
+            ib, stageBuffer, ValueRange{buffer, ie.index(operand), key, col},
+            source, ValueRange{from, g, col}, ib.getIndexAttr(8),
+            /*srcElements=*/Value(), ib.getUnitAttr());
+        scf::YieldOp::create(ib);
+      });
 }
 
 void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
@@ -413,7 +409,8 @@ SmallVector<Value> AttentionKernel::chunkLoopInits(KernelBuilder &e) {
 SmallVector<Value>
 AttentionKernel::softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
                              SmallVector<SmallVector<Value>> &scores,
-                             ValueRange c, Value base, bool masked) {
+                             ValueRange c, Value base, bool masked,
+                             SmallVectorImpl<Value> *alphaOut) {
   KernelBuilder ie{ib, element()};
   int64_t nTiles = scores.size();
   // Masked to -inf: keys past keyLimit and, causally, past the row's
@@ -458,9 +455,18 @@ AttentionKernel::softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
     results[r] = newMax;
     results[2 + r] = ie.fadd(ie.fmul(c[2 + r], alpha[r]), localSum);
   }
-  for (int64_t i = 4; i < static_cast<int64_t>(results.size()); ++i)
-    results[i] = ie.fmul(c[i], alpha[((i - 4) % 4) / 2]);
+  rescale(MutableArrayRef<Value>(results).drop_front(4), alpha, ie);
+  if (alphaOut)
+    alphaOut->assign(alpha.begin(), alpha.end());
   return results;
+}
+
+void AttentionKernel::rescale(MutableArrayRef<Value> accumulators,
+                              ArrayRef<Value> alpha, KernelBuilder &e) {
+  // Values 0, 1 of each m16n8 tile are the lane's first row, 2, 3 its
+  // second.
+  for (size_t i = 0; i < accumulators.size(); ++i)
+    accumulators[i] = e.fmul(accumulators[i], alpha[(i % 4) / 2]);
 }
 
 SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
@@ -490,12 +496,14 @@ SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
   }
 
   return emitChunkLoops(
-      b, t, /*asyncProxyReads=*/false,
-      [&](ImplicitLocOpBuilder &sb, Value buffer, Value keyBase) {
-        emitStage(sb, stageBuffer, buffer, keyBase, t.lastKey, t.g, t.tid);
+      b, t, /*asyncProxyReads=*/false, ValueStaging::WithKeys,
+      [&](ImplicitLocOpBuilder &sb, int64_t operand, Value buffer,
+          Value keyBase) {
+        emitStage(sb, stageBuffer, operand, buffer, keyBase, t.lastKey, t.g,
+                  t.tid);
       },
-      [&](ImplicitLocOpBuilder &ib, Value buffer, Value keyBase, ValueRange c,
-          bool masked) -> SmallVector<Value> {
+      [&](ImplicitLocOpBuilder &ib, Value /*chunk*/, Value buffer,
+          Value keyBase, ValueRange c, bool masked) -> SmallVector<Value> {
         KernelBuilder ie{ib, e.element};
         Value lane8 = ie.rem(t.lane, ie.index(8));
         Value laneMatrix = ie.div(t.lane, ie.index(8));
@@ -552,18 +560,24 @@ SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
       });
 }
 
-SmallVector<Value> AttentionKernel::emitChunkLoops(ImplicitLocOpBuilder &b,
-                                                   const CtaTile &t,
-                                                   bool asyncProxyReads,
-                                                   StageFn stage,
-                                                   ChunkFn body) {
+SmallVector<Value> AttentionKernel::emitChunkLoops(
+    ImplicitLocOpBuilder &b, const CtaTile &t, bool asyncProxyReads,
+    ValueStaging values, StageFn stage, ChunkFn body) {
   KernelBuilder e{b, element()};
   Value chunkKeys = e.index(shape.keyChunk);
+  bool late = values == ValueStaging::OneChunkLate;
+  // K (and, unless late, V) of chunk `chunk` into buffer `buffer`.
+  auto stageChunk = [&](ImplicitLocOpBuilder &sb, Value buffer,
+                        Value keyBase) {
+    stage(sb, /*operand=*/0, buffer, keyBase);
+    if (!late)
+      stage(sb, /*operand=*/1, buffer, keyBase);
+  };
   {
     auto any = scf::IfOp::create(b, e.ult(e.index(0), t.chunks), false);
     OpBuilder::InsertionGuard anyGuard(b);
     b.setInsertionPointToStart(&any.getThenRegion().front());
-    stage(b, e.index(0), t.keyFirst);
+    stageChunk(b, e.index(0), t.keyFirst);
   }
   NVVM::CpAsyncCommitGroupOp::create(b);
   auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
@@ -574,21 +588,24 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(ImplicitLocOpBuilder &b,
           ImplicitLocOpBuilder ib(loc, fb);
           KernelBuilder ie{ib, e.element};
           Value next = ie.add(chunk, ie.index(1));
+          Value buffer = ie.rem(chunk, ie.index(2));
+          Value keyBase = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
           {
             auto more = scf::IfOp::create(ib, ie.ult(next, t.chunks), false);
             OpBuilder::InsertionGuard moreGuard(ib);
             ib.setInsertionPointToStart(&more.getThenRegion().front());
-            stage(ib, ie.rem(next, ie.index(2)),
-                  ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
+            stageChunk(ib, ie.rem(next, ie.index(2)),
+                       ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
           }
+          if (late)
+            stage(ib, /*operand=*/1, buffer, keyBase);
           NVVM::CpAsyncCommitGroupOp::create(ib);
           NVVM::CpAsyncWaitGroupOp::create(ib, 1);
           if (asyncProxyReads)
             ie.fenceAsyncProxy();
           gpu::BarrierOp::create(ib);
-          Value buffer = ie.rem(chunk, ie.index(2));
-          Value keyBase = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
-          SmallVector<Value> results = body(ib, buffer, keyBase, c, masked);
+          SmallVector<Value> results =
+              body(ib, chunk, buffer, keyBase, c, masked);
           // Every warp is done with this buffer before it is refilled.
           gpu::BarrierOp::create(ib);
           scf::YieldOp::create(ib, results);
@@ -599,6 +616,12 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(ImplicitLocOpBuilder &b,
   auto loop =
       chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
   NVVM::CpAsyncWaitGroupOp::create(b, 0);
+  if (late) {
+    // The last V, and the last P the body wrote, published.
+    if (asyncProxyReads)
+      e.fenceAsyncProxy();
+    gpu::BarrierOp::create(b);
+  }
   return SmallVector<Value>(loop.getResults());
 }
 

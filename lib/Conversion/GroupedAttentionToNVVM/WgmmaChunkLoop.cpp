@@ -137,6 +137,7 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   int64_t queryPanelBytes = 64 * kPanelRowBytes;
   int64_t stagePanelBytes = shape.keyChunk * kPanelRowBytes;
   int64_t bufferBytes = 2 * panels * stagePanelBytes;
+  int64_t bytesOfElement = MmaTileShape::bytesOf(element());
 
   // The plan starts at the first 1 KiB boundary after the causal bounds.
   Value raw = t.sharedMemory;
@@ -212,21 +213,20 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
         /*srcElements=*/Value(), b.getUnitAttr());
   });
 
-  // K and V of keys [keyBase, keyBase + keyChunk) into stage `buffer`;
-  // rows past lastKey repeat it (the scores mask them).
-  auto stage = [&](ImplicitLocOpBuilder &sb, Value buffer, Value keyBase) {
+  // K (`operand` 0) or V (1) of keys [keyBase, keyBase + keyChunk) into
+  // stage `buffer`; rows past lastKey repeat it (the scores mask them).
+  auto stage = [&](ImplicitLocOpBuilder &sb, int64_t operand, Value buffer,
+                   Value keyBase) {
     KernelBuilder se{sb, e.element};
-    Value sources[] = {k, v};
-    for (int64_t which = 0; which < 2; ++which)
-      copyRows(sb, shape.keyChunk, [&](Value key, Value column) {
-        Value from = se.minU(se.add(keyBase, key), t.lastKey);
-        nvgpu::DeviceAsyncCopyOp::create(
-            sb, ops.stages,
-            ValueRange{buffer, se.index(which), panelOfChunk, key, column},
-            sources[which], ValueRange{from, t.g, sourceColumn},
-            sb.getIndexAttr(8),
-            /*srcElements=*/Value(), sb.getUnitAttr());
-      });
+    Value source = operand == 0 ? k : v;
+    copyRows(sb, shape.keyChunk, [&](Value key, Value column) {
+      Value from = se.minU(se.add(keyBase, key), t.lastKey);
+      nvgpu::DeviceAsyncCopyOp::create(
+          sb, ops.stages,
+          ValueRange{buffer, se.index(operand), panelOfChunk, key, column},
+          source, ValueRange{from, t.g, sourceColumn}, sb.getIndexAttr(8),
+          /*srcElements=*/Value(), sb.getUnitAttr());
+    });
   };
 
   // This thread's warpgroup, and its place in it.
@@ -248,98 +248,197 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   Value probabilityDesc = advance(
       e, descriptor(e, ops.probabilityAddress, 16, 8 * kPanelRowBytes),
       e.mul(warpgroup, e.index(keyPanels * queryPanelBytes)));
-  // The warpgroup's own barrier: the CTA's when it is one warpgroup, else
-  // ids 1..warpgroups (0 is the CTA's). An id in a register makes ptxas
-  // reserve all 16 barriers, which allows one CTA per SM: a one-warpgroup
-  // CTA, which could have two, keeps barrier 0; two warpgroups' registers
-  // (~250 a thread) allow one CTA anyway.
-  auto groupBarrier = [&](ImplicitLocOpBuilder &gb) {
-    if (warpgroups == 1) {
-      gpu::BarrierOp::create(gb);
-      return;
-    }
-    KernelBuilder ge{gb, e.element};
-    Value id = arith::IndexCastOp::create(gb, gb.getI32Type(),
-                                          ge.add(warpgroup, ge.index(1)));
-    NVVM::BarrierOp::create(gb, TypeRange{}, id, ge.i32(128),
-                            /*reductionOp=*/{}, Value());
-  };
   // This lane's rows in its warpgroup's 64.
   Value groupRow = e.add(e.mul(warpInGroup, e.index(kTileRows)), t.quadRow);
 
-  // The queries ride in the first chunk's cp.async group.
-  return emitChunkLoops(
-      b, t, /*asyncProxyReads=*/true, stage,
-      [&](ImplicitLocOpBuilder &ib, Value buffer, Value keyBase, ValueRange c,
-          bool masked) -> SmallVector<Value> {
+  // O += P V over one chunk's keys in k-steps of 16: P from shared
+  // memory, V from `buffer`, issued but not waited for.
+  auto multiplyValues = [&](ImplicitLocOpBuilder &pb, Value outAcc,
+                            Value buffer) {
+    KernelBuilder pe{pb, e.element};
+    Value values = advance(pe, valueDesc, pe.mul(buffer, pe.index(bufferBytes)));
+    for (int64_t kv = 0; kv < shape.keyChunk / 16; ++kv)
+      outAcc = wgmma(pe, outAcc,
+                     advance(pe, probabilityDesc,
+                             (kv / 4) * queryPanelBytes + (kv % 4) * 32),
+                     advance(pe, values, kv * 16 * kPanelRowBytes), headDim,
+                     /*transposeB=*/true, /*accumulate=*/true);
+    return outAcc;
+  };
+  auto packAccumulators = [&](ImplicitLocOpBuilder &pb, ValueRange values) {
+    Value acc = LLVM::UndefOp::create(
+        pb, accumulatorType(context, static_cast<int64_t>(values.size())));
+    for (auto [i, value] : llvm::enumerate(values))
+      acc = LLVM::InsertValueOp::create(pb, acc, value,
+                                        ArrayRef<int64_t>{int64_t(i)});
+    return acc;
+  };
+  auto unpackAccumulators = [&](ImplicitLocOpBuilder &pb, Value acc,
+                                int64_t n) {
+    SmallVector<Value> values;
+    for (int64_t i = 0; i < n; ++i)
+      values.push_back(
+          LLVM::ExtractValueOp::create(pb, acc, ArrayRef<int64_t>{i}));
+    return values;
+  };
+
+  // S = Q K^T over head_dim in k-steps of 16 on K in `buffer`, issued
+  // and committed.
+  auto multiplyKeys = [&](ImplicitLocOpBuilder &ib, Value buffer) {
+    KernelBuilder ie{ib, e.element};
+    Value scoresAcc = LLVM::ZeroOp::create(
+        ib, accumulatorType(context, shape.keyChunk / 2));
+    Value keys = advance(ie, keyDesc, ie.mul(buffer, ie.index(bufferBytes)));
+    for (int64_t kk = 0; kk < kSteps; ++kk) {
+      int64_t inPanel = (kk % 4) * 32;
+      scoresAcc =
+          wgmma(ie, scoresAcc,
+                advance(ie, queryDesc, (kk / 4) * queryPanelBytes + inPanel),
+                advance(ie, keys, (kk / 4) * stagePanelBytes + inPanel),
+                shape.keyChunk, /*transposeB=*/false, /*accumulate=*/kk > 0);
+    }
+    NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+    return scoresAcc;
+  };
+  // The scores of a finished S in the m16n8 accumulator layout.
+  auto scoreTiles = [&](ImplicitLocOpBuilder &ib, Value scoresAcc) {
+    SmallVector<Value> flat =
+        unpackAccumulators(ib, scoresAcc, shape.keyChunk / 2);
+    SmallVector<SmallVector<Value>> scores(nTiles);
+    for (int64_t nt = 0; nt < nTiles; ++nt)
+      scores[nt].assign(flat.begin() + 4 * nt, flat.begin() + 4 * nt + 4);
+    return scores;
+  };
+  // P to shared memory, the A operand of P V, fenced for the async proxy;
+  // a barrier must publish it.
+  auto storeProbabilities = [&](ImplicitLocOpBuilder &ib,
+                                ArrayRef<SmallVector<Value>> scores) {
+    KernelBuilder ie{ib, e.element};
+    for (int64_t nt = 0; nt < nTiles; ++nt)
+      for (int64_t r = 0; r < 2; ++r) {
+        Value row = ie.add(groupRow, ie.index(8 * r));
+        Value column =
+            ie.add(swizzledColumn(ie, row, ie.index(nt % 8)), t.pairCol);
+        Value pair = vector::FromElementsOp::create(
+            ib, VectorType::get({2}, e.element),
+            ValueRange{
+                arith::TruncFOp::create(ib, e.element, scores[nt][2 * r]),
+                arith::TruncFOp::create(ib, e.element,
+                                        scores[nt][2 * r + 1])});
+        vector::StoreOp::create(
+            ib, pair, ops.probabilities,
+            ValueRange{warpgroup, ie.index(nt / 8), row, column})
+            .setAlignment(4);
+      }
+    ie.fenceAsyncProxy();
+  };
+
+  if (!shape.overlapsSoftmax(headDim, element())) {
+    // The warpgroup's own barrier: the CTA's when it is one warpgroup, else
+    // ids 1..warpgroups (0 is the CTA's). An id in a register makes ptxas
+    // reserve all 16 barriers, which allows one CTA per SM.
+    auto groupBarrier = [&](ImplicitLocOpBuilder &gb) {
+      if (warpgroups == 1) {
+        gpu::BarrierOp::create(gb);
+        return;
+      }
+      KernelBuilder ge{gb, e.element};
+      Value id = arith::IndexCastOp::create(gb, gb.getI32Type(),
+                                            ge.add(warpgroup, ge.index(1)));
+      NVVM::BarrierOp::create(gb, TypeRange{}, id, ge.i32(128),
+                              /*reductionOp=*/{}, Value());
+    };
+    // In order: S, the softmax, P through shared memory, O += P V; each
+    // product waited for. Two CTAs share an SM, and each one's softmax
+    // runs while the other's products occupy the tensor cores.
+    return emitChunkLoops(
+        b, t, /*asyncProxyReads=*/true, ValueStaging::WithKeys, stage,
+        [&](ImplicitLocOpBuilder &ib, Value /*chunk*/, Value buffer,
+            Value keyBase, ValueRange c,
+            bool masked) -> SmallVector<Value> {
+          NVVM::WgmmaFenceAlignedOp::create(ib);
+          Value scoresAcc = multiplyKeys(ib, buffer);
+          NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+          SmallVector<SmallVector<Value>> scores = scoreTiles(ib, scoresAcc);
+          SmallVector<Value> results =
+              softmaxStep(ib, t, scores, c, keyBase, masked);
+          storeProbabilities(ib, scores);
+          groupBarrier(ib);
+          Value outAcc = packAccumulators(ib, ValueRange(results).drop_front(4));
+          NVVM::WgmmaFenceAlignedOp::create(ib);
+          outAcc = multiplyValues(ib, outAcc, buffer);
+          NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+          NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+          SmallVector<Value> out =
+              unpackAccumulators(ib, outAcc, dTiles * 4);
+          std::copy(out.begin(), out.end(), results.begin() + 4);
+          return results;
+        });
+  }
+
+  // Overlapped: chunk c issues S_c = Q K_c^T and then O += P_(c-1) V_(c-1)
+  // (V is staged one chunk late for it), waits for S_c only, and runs the
+  // softmax while the tensor cores multiply P V; then it waits for P V,
+  // rescales O and stores P_c over P_(c-1).
+  //
+  // P and V buffer 1 start as zeros, which the first chunk's P V (of no
+  // keys) multiplies: wgmma in a branch would make ptxas serialize every
+  // wgmma of the kernel. The chunk loop's first barrier publishes them.
+  {
+    auto zeros = arith::ConstantOp::create(
+        b, DenseElementsAttr::get(VectorType::get({8}, element()),
+                                  b.getZeroAttr(element())));
+    auto zeroFill = [&](Value address, int64_t bytes) {
+      Value flat = view({bytes / bytesOfElement}, address);
+      scf::ForOp::create(
+          b, e.mul(t.tid, e.index(8)), e.index(bytes / bytesOfElement),
+          e.index(threads() * 8), ValueRange{},
+          [&](OpBuilder &fb, Location loc, Value i, ValueRange) {
+            ImplicitLocOpBuilder zb(loc, fb);
+            vector::StoreOp::create(zb, zeros, flat, ValueRange{i})
+                .setAlignment(16);
+            scf::YieldOp::create(zb);
+          });
+    };
+    zeroFill(ops.probabilityAddress, shape.probabilityBytes(element()));
+    zeroFill(e.add(ops.stageAddress,
+                   e.index(bufferBytes + panels * stagePanelBytes)),
+             panels * stagePanelBytes);
+  }
+  SmallVector<Value> finals = emitChunkLoops(
+      b, t, /*asyncProxyReads=*/true, ValueStaging::OneChunkLate, stage,
+      [&](ImplicitLocOpBuilder &ib, Value /*chunk*/, Value buffer,
+          Value keyBase, ValueRange c, bool masked) -> SmallVector<Value> {
         KernelBuilder ie{ib, e.element};
-        Value bufferOffset = ie.mul(buffer, ie.index(bufferBytes));
-
-        // S = Q K^T over head_dim in k-steps of 16.
+        Value outAcc = packAccumulators(ib, c.drop_front(4));
         NVVM::WgmmaFenceAlignedOp::create(ib);
-        Value scoresAcc = LLVM::ZeroOp::create(
-            ib, accumulatorType(context, shape.keyChunk / 2));
-        Value keys = advance(ie, keyDesc, bufferOffset);
-        for (int64_t kk = 0; kk < kSteps; ++kk) {
-          int64_t inPanel = (kk % 4) * 32;
-          scoresAcc = wgmma(
-              ie, scoresAcc,
-              advance(ie, queryDesc, (kk / 4) * queryPanelBytes + inPanel),
-              advance(ie, keys, (kk / 4) * stagePanelBytes + inPanel),
-              shape.keyChunk, /*transposeB=*/false,
-              /*accumulate=*/kk > 0);
-        }
+        Value scoresAcc = multiplyKeys(ib, buffer);
+        Value previous =
+            multiplyValues(ib, outAcc, ie.sub(ie.index(1), buffer));
         NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+        NVVM::WgmmaWaitGroupSyncOp::create(ib, 1);
+        SmallVector<SmallVector<Value>> scores = scoreTiles(ib, scoresAcc);
+        SmallVector<Value> alpha;
+        SmallVector<Value> results = softmaxStep(
+            ib, t, scores, c.take_front(4), keyBase, masked, &alpha);
         NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
-        SmallVector<SmallVector<Value>> scores(nTiles);
-        for (int64_t nt = 0; nt < nTiles; ++nt)
-          for (int64_t i = 0; i < 4; ++i)
-            scores[nt].push_back(LLVM::ExtractValueOp::create(
-                ib, scoresAcc, ArrayRef<int64_t>{4 * nt + i}));
-        SmallVector<Value> results =
-            softmaxStep(ib, t, scores, c, keyBase, masked);
-
-        // P to shared memory, the A operand of P V.
-        for (int64_t nt = 0; nt < nTiles; ++nt)
-          for (int64_t r = 0; r < 2; ++r) {
-            Value row = ie.add(groupRow, ie.index(8 * r));
-            Value column = ie.add(
-                swizzledColumn(ie, row, ie.index(nt % 8)), t.pairCol);
-            Value pair = vector::FromElementsOp::create(
-                ib, VectorType::get({2}, e.element),
-                ValueRange{
-                    arith::TruncFOp::create(ib, e.element,
-                                            scores[nt][2 * r]),
-                    arith::TruncFOp::create(ib, e.element,
-                                            scores[nt][2 * r + 1])});
-            vector::StoreOp::create(
-                ib, pair, ops.probabilities,
-                ValueRange{warpgroup, ie.index(nt / 8), row, column})
-                .setAlignment(4);
-          }
-        ie.fenceAsyncProxy();
-        groupBarrier(ib);
-
-        // O = O * alpha + P V over the chunk's keys in k-steps of 16.
-        Value outAcc =
-            LLVM::UndefOp::create(ib, accumulatorType(context, dTiles * 4));
-        for (int64_t i = 0; i < dTiles * 4; ++i)
-          outAcc = LLVM::InsertValueOp::create(ib, outAcc, results[4 + i],
-                                               ArrayRef<int64_t>{i});
-        NVVM::WgmmaFenceAlignedOp::create(ib);
-        Value values = advance(ie, valueDesc, bufferOffset);
-        for (int64_t kv = 0; kv < shape.keyChunk / 16; ++kv)
-          outAcc = wgmma(
-              ie, outAcc,
-              advance(ie, probabilityDesc,
-                      (kv / 4) * queryPanelBytes + (kv % 4) * 32),
-              advance(ie, values, kv * 16 * kPanelRowBytes), headDim,
-              /*transposeB=*/true, /*accumulate=*/true);
-        NVVM::WgmmaGroupSyncAlignedOp::create(ib);
-        NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
-        for (int64_t i = 0; i < dTiles * 4; ++i)
-          results[4 + i] = LLVM::ExtractValueOp::create(
-              ib, outAcc, ArrayRef<int64_t>{i});
+        SmallVector<Value> out = unpackAccumulators(ib, previous, dTiles * 4);
+        rescale(out, alpha, ie);
+        results.append(out);
+        // P_c, for the next chunk (or the loops' end); the loop's barrier
+        // publishes it.
+        storeProbabilities(ib, scores);
         return results;
       });
+
+  // The last chunk's P V (zeros times zeros when there was none).
+  Value outAcc = packAccumulators(b, ValueRange(finals).drop_front(4));
+  NVVM::WgmmaFenceAlignedOp::create(b);
+  Value last = multiplyValues(
+      b, outAcc, e.rem(e.add(t.chunks, e.index(1)), e.index(2)));
+  NVVM::WgmmaGroupSyncAlignedOp::create(b);
+  NVVM::WgmmaWaitGroupSyncOp::create(b, 0);
+  SmallVector<Value> out = unpackAccumulators(b, last, dTiles * 4);
+  std::copy(out.begin(), out.end(), finals.begin() + 4);
+  return finals;
 }
