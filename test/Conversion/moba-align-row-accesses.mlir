@@ -40,3 +40,53 @@ func.func @unaligned(%m: memref<?x128xf32>, %n: memref<?x3xf32>,
   %e = vector.transfer_read %m[%i, %c0], %pad {in_bounds = [true]} : memref<?x128xf32>, vector<3xf32>
   return %a, %b, %c, %e : vector<4xf32>, vector<3xf32>, vector<128xf32>, vector<3xf32>
 }
+
+// -----
+
+// Starts inside a row that are provably aligned: a column 4 * i (16 bytes
+// of f32), an affine 8 * i + 4 (16 bytes of bf16, 8 aligned), and a
+// subview of 1 x 1 x 4 at such a column (the merge's 8-byte bf16 store),
+// folded into the buffer first. A dynamic outer stride of an identity
+// layout is a multiple of the static sizes inside it (32 x 128).
+// CHECK-LABEL: func.func @columns
+// CHECK: %[[D:.+]] = arith.muli %{{.+}}, %c4
+// CHECK: vector.load %{{.+}}[%{{.+}}, %{{.+}}, %{{.+}}, %[[D]]] {alignment = 16 : i64} : memref<3x?x32x128xf32>, vector<4xf32>
+// CHECK: vector.load %{{.+}}[%{{.+}}, %{{.+}}] {alignment = 8 : i64} : memref<?x128xbf16>, vector<8xbf16>
+// CHECK: vector.store %{{.+}}, %{{.+}}[%{{.+}}, %{{.+}}, %[[D]]] {alignment = 8 : i64} : memref<?x32x128xbf16>, vector<4xbf16>
+// CHECK-NOT: vector.transfer
+// EIGHT-LABEL: func.func @columns
+// EIGHT: vector.load {{.+}} {alignment = 8 : i64} : memref<3x?x32x128xf32>, vector<4xf32>
+func.func @columns(%p: memref<3x?x32x128xf32>, %b: memref<?x128xbf16>, %o: memref<?x32x128xbf16>,
+                   %t: index, %h: index, %i: index) -> (vector<4xf32>, vector<8xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c4 = arith.constant 4 : index
+  %f = arith.constant 0.0 : f32
+  %g = arith.constant 0.0 : bf16
+  %d = arith.muli %i, %c4 : index
+  %r = vector.transfer_read %p[%c1, %t, %h, %d], %f {in_bounds = [true]} : memref<3x?x32x128xf32>, vector<4xf32>
+  %e = affine.apply affine_map<(x) -> (x * 8 + 4)>(%i)
+  %s = vector.transfer_read %b[%t, %e], %g {in_bounds = [true]} : memref<?x128xbf16>, vector<8xbf16>
+  %v = arith.truncf %r : vector<4xf32> to vector<4xbf16>
+  %slice = memref.subview %o[%t, %h, %d] [1, 1, 4] [1, 1, 1] : memref<?x32x128xbf16> to memref<1x1x4xbf16, strided<[4096, 128, 1], offset: ?>>
+  vector.transfer_write %v, %slice[%c0, %c0, %c0] {in_bounds = [true]} : vector<4xbf16>, memref<1x1x4xbf16, strided<[4096, 128, 1], offset: ?>>
+  return %r, %s : vector<4xf32>, vector<8xbf16>
+}
+
+// -----
+
+// Weaker starts: a column 2 * i of f32 is 8-byte aligned, no more; i + 4
+// is only 4-byte aligned (an element), left alone.
+// CHECK-LABEL: func.func @weak_columns
+// CHECK: vector.load %{{.+}} {alignment = 8 : i64} : memref<?x128xf32>, vector<4xf32>
+// CHECK: vector.transfer_read
+func.func @weak_columns(%m: memref<?x128xf32>, %t: index, %i: index) -> (vector<4xf32>, vector<4xf32>) {
+  %c2 = arith.constant 2 : index
+  %c4 = arith.constant 4 : index
+  %f = arith.constant 0.0 : f32
+  %d = arith.muli %i, %c2 : index
+  %a = vector.transfer_read %m[%t, %d], %f {in_bounds = [true]} : memref<?x128xf32>, vector<4xf32>
+  %e = arith.addi %i, %c4 : index
+  %b = vector.transfer_read %m[%t, %e], %f {in_bounds = [true]} : memref<?x128xf32>, vector<4xf32>
+  return %a, %b : vector<4xf32>, vector<4xf32>
+}

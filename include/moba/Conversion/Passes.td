@@ -37,16 +37,22 @@ def MobaMapForallToGpu : Pass<"moba-map-forall-to-gpu"> {
 }
 
 def MobaAlignRowAccesses : Pass<"moba-align-row-accesses"> {
-  let summary = "Whole-row vector transfers of buffers as aligned loads and stores";
+  let summary = "Vector transfers along buffer rows as aligned loads and stores";
   let description = [{
     Rewrites every 1-D, in-bounds, unmasked `vector.transfer_read` and
-    `vector.transfer_write` of a buffer that covers a row from its start
-    (innermost index 0) into `vector.load` / `vector.store` with
-    `alignment`, when the row is that aligned relative to the buffer's base:
-    the layout's offset and every stride but the unit innermost one are
-    static multiples of `alignment` bytes, and so is the vector. The NVPTX
-    backend then moves 16 bytes per instruction instead of one element (the
-    SIMT gate read every block mean, 128 f32, with 128 scalar loads).
+    `vector.transfer_write` along a buffer's innermost (unit-stride) dim
+    into `vector.load` / `vector.store` stating the largest alignment, up to
+    `alignment` bytes, that the pass proves for its start relative to the
+    buffer's base, when that is more than one element: the layout's offset,
+    the vector's bytes and each index times its dim's stride must be
+    multiples of it. Indices are known multiples through constants, sums,
+    products, shifts and affine maps (a column `4 * i` of f32 is 16-byte
+    aligned); a dynamic stride of an identity layout is a multiple of the
+    static sizes inside it. Transfers of `memref.subview`s are first folded
+    into transfers of the buffer (upstream's fold-memref-alias-ops
+    patterns). The NVPTX backend then moves 8 or 16 bytes per instruction
+    instead of one element: the SIMT gate read every block mean, 128 f32,
+    with 128 scalar loads; the merge read its f32 partials one by one.
 
     The buffers' base addresses must be `alignment`-aligned: the GPU
     pipeline runs this pass for kernels whose buffers are the caller's q, k,
@@ -56,16 +62,22 @@ def MobaAlignRowAccesses : Pass<"moba-align-row-accesses"> {
     ```mlir
     %r = vector.transfer_read %m[%i, %c0], %pad {in_bounds = [true]}
         : memref<?x128xf32>, vector<128xf32>
-    // becomes
+    %d = arith.muli %j, %c4 : index
+    %s = vector.transfer_read %m[%i, %d], %pad {in_bounds = [true]}
+        : memref<?x128xf32>, vector<4xf32>
+    // become
     %r = vector.load %m[%i, %c0] {alignment = 16 : i64}
         : memref<?x128xf32>, vector<128xf32>
+    %s = vector.load %m[%i, %d] {alignment = 16 : i64}
+        : memref<?x128xf32>, vector<4xf32>
     ```
   }];
   let options = [
     Option<"alignment", "alignment", "int64_t", /*default=*/"16",
            "The bytes every buffer base is aligned to (a power of two)">,
   ];
-  let dependentDialects = ["::mlir::vector::VectorDialect"];
+  let dependentDialects = ["::mlir::affine::AffineDialect",
+                           "::mlir::vector::VectorDialect"];
 }
 
 def MobaConvertGroupedAttentionToNVVM

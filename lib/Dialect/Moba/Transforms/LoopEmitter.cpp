@@ -600,6 +600,20 @@ SmallVector<SliceWrite> LoopEmitter::rowAndScalarWrites(Value rows,
           {scalarSlice, scalars, scalarOffsets, scalarSizes}};
 }
 
+SliceWrite LoopEmitter::vectorWrite(Value vector, Value dest,
+                                    ValueRange indices) {
+  OpFoldResult one = b.getIndexAttr(1);
+  int64_t width = cast<VectorType>(vector.getType()).getNumElements();
+  SmallVector<OpFoldResult> offsets = getAsOpFoldResult(indices);
+  SmallVector<OpFoldResult> sizes(indices.size() - 1, one);
+  sizes.push_back(b.getIndexAttr(width));
+  Value slice = tensor::ExtractSliceOp::create(
+      b, dest, offsets, sizes, SmallVector<OpFoldResult>(indices.size(), one));
+  SmallVector<Value> zeros(indices.size() - 1, index(0));
+  slice = writeRow(vector, slice, zeros);
+  return {slice, dest, offsets, sizes};
+}
+
 SliceWrite LoopEmitter::scalarWrite(Value value, Value dest,
                                     ValueRange indices) {
   OpFoldResult one = b.getIndexAttr(1);

@@ -150,6 +150,10 @@ public:
   /// One write of a parallel iteration: the scalar `value` into `dest` at
   /// `indices` (one per dim of dest).
   SliceWrite scalarWrite(Value value, Value dest, ValueRange indices);
+  /// One write of a parallel iteration: the 1-D `vector` (f32, truncated
+  /// to dest's element type) into `dest` from `indices` on, along its
+  /// innermost dim.
+  SliceWrite vectorWrite(Value vector, Value dest, ValueRange indices);
 
   /// Two writes of a parallel iteration: the f32 `row` into `rows` at
   /// `indices` (the row being the innermost dim), and the scalar `scalar`

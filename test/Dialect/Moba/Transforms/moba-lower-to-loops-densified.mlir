@@ -73,16 +73,21 @@ func.func @grouped_block_attention(%q: tensor<?x4x16xf32>, %kv: tensor<?x2x16xf3
 }
 
 // moba.lse_merge in parallel: the log-sum-exp per (token, head), then the
-// output per (token, head, dim), each partial's element weighted by
-// exp(lse_p - max) unless its lse is -inf.
+// output per (token, head, 4 dims: 16 bytes of each f32 partial), each
+// partial's elements weighted by exp(lse_p - max) unless its lse is -inf.
 // PARALLEL-LABEL: func.func @lse_merge
 // PARALLEL: %[[LSE:.+]] = scf.forall (%[[T:.+]], %[[H:.+]]) in (%{{.+}}, 4)
 // PARALLEL-COUNT-2: tensor.extract %{{.+}}[%c{{[01]}}, %[[T]], %[[H]]] : tensor<2x?x4xf32>
 // PARALLEL: math.log
-// PARALLEL: %[[OUT:.+]] = scf.forall (%[[T2:.+]], %[[H2:.+]], %[[D:.+]]) in (%{{.+}}, 4, 16)
-// PARALLEL:   tensor.extract %{{.+}}[%c0, %[[T2]], %[[H2]], %[[D]]] : tensor<2x?x4x16xf32>
-// PARALLEL:   math.fma
-// PARALLEL:   arith.truncf %{{.+}} : f32 to bf16
+// PARALLEL: %[[OUT:.+]] = scf.forall (%[[T2:.+]], %[[H2:.+]], %[[D4:.+]]) in (%{{.+}}, 4, 4)
+// PARALLEL:   %[[D:.+]] = arith.muli %[[D4]], %c4
+// PARALLEL:   vector.transfer_read %{{.+}}[%c0, %[[T2]], %[[H2]], %[[D]]], %{{.+}} {in_bounds = [true]} : tensor<2x?x4x16xf32>, vector<4xf32>
+// PARALLEL:   vector.fma {{.+}} : vector<4xf32>
+// PARALLEL:   vector.transfer_read %{{.+}}[%c1, %[[T2]], %[[H2]], %[[D]]], %{{.+}} {in_bounds = [true]} : tensor<2x?x4x16xf32>, vector<4xf32>
+// PARALLEL:   vector.fma {{.+}} : vector<4xf32>
+// PARALLEL:   arith.truncf %{{.+}} : vector<4xf32> to vector<4xbf16>
+// PARALLEL:   vector.transfer_write {{.+}} : vector<4xbf16>, tensor<1x1x4xbf16>
+// PARALLEL:   tensor.parallel_insert_slice %{{.+}} into %{{.+}}[%[[T2]], %[[H2]], %[[D]]] [1, 1, 4] [1, 1, 1] : tensor<1x1x4xbf16> into tensor<?x4x16xbf16>
 // PARALLEL: return %[[OUT]], %[[LSE]]
 func.func @lse_merge(%po: tensor<2x?x4x16xf32>, %pl: tensor<2x?x4xf32>, %o: tensor<?x4x16xbf16>,
                      %l: tensor<?x4xf32>) -> (tensor<?x4x16xbf16>, tensor<?x4xf32>) {
