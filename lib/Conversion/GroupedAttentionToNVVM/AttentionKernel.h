@@ -332,19 +332,28 @@ struct AttentionKernel {
 
   /// The initial values the chunk loops carry.
   SmallVector<Value> chunkLoopInits(KernelBuilder &e);
+  /// How far (base 2) a row's max may pass the running max before the
+  /// running max moves: probabilities stay below 2^8 (exact in f32 sums and
+  /// in f16/bf16 P).
+  static constexpr double kMaxSlack = 8.0;
+  /// One softmax step's rescale of the output accumulators.
+  struct Rescale {
+    SmallVector<Value, 2> alpha; ///< the lane's two rows' factors
+    Value moved; ///< i1: a row's running max moved (else both alphas are 1)
+  };
   /// `scores` (nTiles x 4 f32, m16n8 accumulator layout) masked where
   /// `masked`, then one online-softmax step: `scores` become the
   /// probabilities; returns the new max and sums in `carried`'s first four
-  /// and the accumulators that follow them rescaled; `alpha`, when given,
-  /// receives the two rows' rescale factors.
+  /// and the accumulators that follow them rescaled; `factors`, when given,
+  /// receives the rescale.
   SmallVector<Value> softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
                                  SmallVector<SmallVector<Value>> &scores,
                                  ValueRange carried, Value base, bool masked,
-                                 SmallVectorImpl<Value> *alpha = nullptr);
+                                 Rescale *factors = nullptr);
   /// The output accumulators (m16n8 layout, flattened) times the rows'
-  /// rescale factors.
+  /// rescale factors, skipped where no lane of the warp moved its max.
   static void rescale(MutableArrayRef<Value> accumulators,
-                      ArrayRef<Value> alpha, KernelBuilder &e);
+                      const Rescale &factors, KernelBuilder &e);
 };
 
 } // namespace mlir::moba::grouped_attention

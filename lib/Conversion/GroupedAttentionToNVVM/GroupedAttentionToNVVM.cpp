@@ -410,7 +410,7 @@ SmallVector<Value>
 AttentionKernel::softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
                              SmallVector<SmallVector<Value>> &scores,
                              ValueRange c, Value base, bool masked,
-                             SmallVectorImpl<Value> *alphaOut) {
+                             Rescale *factorsOut) {
   KernelBuilder ie{ib, element()};
   int64_t nTiles = scores.size();
   // Masked to -inf: keys past keyLimit and, causally, past the row's
@@ -431,14 +431,23 @@ AttentionKernel::softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
   // Per row (values i = 0, 1 are row 0; 2, 3 row 1).
   SmallVector<Value> results(c.begin(), c.end());
   SmallVector<Value> alpha(2);
+  Value moved;
   for (int64_t r = 0; r < 2; ++r) {
     Value localMax = ie.f32(kNegInf);
     for (int64_t nt = 0; nt < nTiles; ++nt)
       for (int64_t i = 0; i < 2; ++i)
         localMax = ie.fmax(localMax, scores[nt][2 * r + i]);
-    // The scores are unscaled: scale * log2(e) > 0 keeps the max.
-    Value newMax = ie.fmax(
-        c[r], ie.fmul(ie.quadReduce(localMax, true), ie.f32(scaleLog2)));
+    // The scores are unscaled: scale * log2(e) > 0 keeps the max. The
+    // running max moves only when the row's new max passes it by more than
+    // kMaxSlack: probabilities stay below 2^kMaxSlack, and most chunks then
+    // leave every row's max, so alpha is exactly 1 and the accumulators'
+    // rescale is skipped (rescale()).
+    Value rowMax = ie.fmul(ie.quadReduce(localMax, true), ie.f32(scaleLog2));
+    Value moves = arith::CmpFOp::create(
+        ib, arith::CmpFPredicate::OGT, rowMax,
+        ie.fadd(c[r], ie.f32(kMaxSlack)));
+    Value newMax = ie.select(moves, rowMax, c[r]);
+    moved = moved ? arith::OrIOp::create(ib, moved, moves).getResult() : moves;
     Value finite = arith::CmpFOp::create(ib, arith::CmpFPredicate::OGT,
                                          newMax, ie.f32(kNegInf));
     Value shift = ie.select(finite, newMax, ie.f32(0.0));
@@ -455,18 +464,38 @@ AttentionKernel::softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
     results[r] = newMax;
     results[2 + r] = ie.fadd(ie.fmul(c[2 + r], alpha[r]), localSum);
   }
-  rescale(MutableArrayRef<Value>(results).drop_front(4), alpha, ie);
-  if (alphaOut)
-    alphaOut->assign(alpha.begin(), alpha.end());
+  Rescale factors{{alpha[0], alpha[1]}, moved};
+  rescale(MutableArrayRef<Value>(results).drop_front(4), factors, ie);
+  if (factorsOut)
+    *factorsOut = factors;
   return results;
 }
 
 void AttentionKernel::rescale(MutableArrayRef<Value> accumulators,
-                              ArrayRef<Value> alpha, KernelBuilder &e) {
-  // Values 0, 1 of each m16n8 tile are the lane's first row, 2, 3 its
-  // second.
-  for (size_t i = 0; i < accumulators.size(); ++i)
-    accumulators[i] = e.fmul(accumulators[i], alpha[(i % 4) / 2]);
+                              const Rescale &factors, KernelBuilder &e) {
+  if (accumulators.empty())
+    return;
+  // Where no lane of the warp moved a max, every alpha is exactly 1: a
+  // uniform branch skips the multiplies (head_dim / 2 a lane).
+  ImplicitLocOpBuilder &b = e.b;
+  Value any = NVVM::VoteSyncOp::create(b, b.getI1Type(), e.i32(-1),
+                                       factors.moved, NVVM::VoteSyncKind::any);
+  SmallVector<Type> types(accumulators.size(), b.getF32Type());
+  auto multiply = scf::IfOp::create(b, types, any, /*withElseRegion=*/true);
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&multiply.getThenRegion().front());
+    // Values 0, 1 of each m16n8 tile are the lane's first row, 2, 3 its
+    // second.
+    SmallVector<Value> scaled;
+    for (size_t i = 0; i < accumulators.size(); ++i)
+      scaled.push_back(e.fmul(accumulators[i], factors.alpha[(i % 4) / 2]));
+    scf::YieldOp::create(b, scaled);
+    b.setInsertionPointToStart(&multiply.getElseRegion().front());
+    scf::YieldOp::create(b, SmallVector<Value>(accumulators.begin(),
+                                               accumulators.end()));
+  }
+  llvm::copy(multiply.getResults(), accumulators.begin());
 }
 
 SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,

@@ -418,12 +418,12 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
         NVVM::WgmmaGroupSyncAlignedOp::create(ib);
         NVVM::WgmmaWaitGroupSyncOp::create(ib, 1);
         SmallVector<SmallVector<Value>> scores = scoreTiles(ib, scoresAcc);
-        SmallVector<Value> alpha;
+        Rescale factors;
         SmallVector<Value> results = softmaxStep(
-            ib, t, scores, c.take_front(4), keyBase, masked, &alpha);
+            ib, t, scores, c.take_front(4), keyBase, masked, &factors);
         NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
         SmallVector<Value> out = unpackAccumulators(ib, previous, dTiles * 4);
-        rescale(out, alpha, ie);
+        rescale(out, factors, ie);
         results.append(out);
         // P_c, for the next chunk (or the loops' end); the loop's barrier
         // publishes it.
