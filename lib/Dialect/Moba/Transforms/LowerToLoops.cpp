@@ -587,7 +587,7 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
 //===----------------------------------------------------------------------===//
 
 /// Tokens each parallel iteration of moba.group_queries scans.
-constexpr int64_t kGroupChunkTokens = 256;
+constexpr int64_t kGroupChunkTokens = 64;
 
 /// t * K + s, the entry of slot s of token t (i32).
 Value slotEntry(ImplicitLocOpBuilder &b, Value t, Value s, int64_t k) {
@@ -788,17 +788,41 @@ private:
     // Writes the exclusive prefix sums of valueAt(0), ..., valueAt(n - 1)
     // (i32) into the 1-D `into`; returns it and the total.
     using ValueAt = function_ref<Value(ImplicitLocOpBuilder &, Value)>;
+    // Four values are read before any is placed, so that a GPU thread has
+    // four loads in flight instead of waiting on each in turn (the places
+    // may alias the values for all the compiler knows).
     auto exclusiveScan = [](ImplicitLocOpBuilder &pb, Value into, Value n,
                             ValueAt valueAt) {
+      constexpr int64_t kUnroll = 4;
       LoopEmitter pe(pb);
-      return pe.forLoop(
-          pe.index(0), n, ValueRange{into, pe.i32(0)},
-          [&](ImplicitLocOpBuilder &cb, Value i,
-              ValueRange c) -> SmallVector<Value> {
-            Value placed =
-                tensor::InsertOp::create(cb, c[1], c[0], ValueRange{i});
-            return {placed, arith::AddIOp::create(cb, c[1], valueAt(cb, i))};
-          });
+      Value whole = arith::MulIOp::create(
+          pb, arith::DivUIOp::create(pb, n, pe.index(kUnroll)),
+          pe.index(kUnroll));
+      auto step = [&](Value from, Value to, int64_t width, ValueRange inits) {
+        return pe.forLoop(
+            from, to, pe.index(width), inits,
+            [&](ImplicitLocOpBuilder &cb, Value i,
+                ValueRange c) -> SmallVector<Value> {
+              SmallVector<Value> at, values;
+              for (int64_t u = 0; u < width; ++u) {
+                at.push_back(u == 0 ? i
+                                    : arith::AddIOp::create(
+                                          cb, i, LoopEmitter(cb).index(u))
+                                          .getResult());
+                values.push_back(valueAt(cb, at.back()));
+              }
+              Value placed = c[0], sum = c[1];
+              for (int64_t u = 0; u < width; ++u) {
+                placed = tensor::InsertOp::create(cb, sum, placed,
+                                                  ValueRange{at[u]});
+                sum = arith::AddIOp::create(cb, sum, values[u]);
+              }
+              return {placed, sum};
+            });
+      };
+      SmallVector<Value> unrolled =
+          step(pe.index(0), whole, kUnroll, ValueRange{into, pe.i32(0)});
+      return step(whole, n, 1, unrolled);
     };
 
     // [h, chunk, row]: the chunk's slots that chose the row.

@@ -8,26 +8,30 @@
 // SERIAL: linalg.fill ins(%c-1_i32 : i32) outs(%{{.+}} : tensor<4x?xi32>)
 // SERIAL-COUNT-3: scf.for
 
-// In parallel, linear in the slots: counts per (head, chunk of 256 tokens)
+// In parallel, linear in the slots: counts per (head, chunk of 64 tokens)
 // for every block row at once; per (head, row) the sum over the chunks and
 // each chunk's offset in the group; starts by a prefix sum over the head's
 // rows; each (head, chunk)'s entries sorted by row into a local list of
-// 256 x K (a counting sort, one cursor per row); entries cleared (-1); then
+// 64 x K (a counting sort, one cursor per row); entries cleared (-1); then
 // each (head, row, chunk) part copied from its local list to the group.
 // PARALLEL-LABEL: func.func @group_queries
-// PARALLEL: %[[CHUNKS:.+]] = arith.ceildivui %{{.+}}, %c256
+// PARALLEL: %[[CHUNKS:.+]] = arith.ceildivui %{{.+}}, %c64
 // PARALLEL: %[[PER_CHUNK:.+]] = scf.forall (%[[H0:.+]], %[[C0:.+]]) in (4, %[[CHUNKS]])
 // PARALLEL:   tensor.extract_slice %{{.+}}[%[[H0]], %[[C0]], 0] [1, 1, %[[ROWS:.+]]] [1, 1, 1] : tensor<4x?x?xi32> to tensor<?xi32>
 // PARALLEL:   tensor.extract %arg0[%{{.+}}, %[[H0]], %{{.+}}] : tensor<?x4x2xi32>
 // PARALLEL: %[[SUMMED:.+]]:2 = scf.forall (%[[H1:.+]], %[[R1:.+]]) in (4, %[[ROWS]])
-// PARALLEL:   scf.for %[[C1:.+]] = %c0 to %[[CHUNKS]]
-// PARALLEL:     tensor.extract %[[PER_CHUNK]][%[[H1]], %[[C1]], %[[R1]]]
+// The sum over the chunks reads four counts before placing them.
+// PARALLEL:   %[[WHOLE:.+]] = arith.muli %{{.+}}, %c4
+// PARALLEL:   %[[PARTS:.+]]:2 = scf.for %[[C1:.+]] = %c0 to %[[WHOLE]] step %c4
+// PARALLEL-COUNT-4: tensor.extract %[[PER_CHUNK]][%[[H1]], %{{.+}}, %[[R1]]]
+// PARALLEL-COUNT-4: tensor.insert
+// PARALLEL:   scf.for %{{.+}} = %[[WHOLE]] to %[[CHUNKS]] step %c1 iter_args(%{{.+}} = %[[PARTS]]#0, %{{.+}} = %[[PARTS]]#1)
 // PARALLEL:     tensor.parallel_insert_slice %{{.+}} into %{{.+}}[%[[H1]], 0, %[[R1]]] [1, %[[CHUNKS]], 1] [1, 1, 1] : tensor<?xi32> into tensor<4x?x?xi32>
 // PARALLEL: %[[STARTS:.+]] = scf.forall (%[[H:.+]], %[[R:.+]]) in (4, %[[ROWS]])
 // PARALLEL:   scf.for %[[RR:.+]] = %c0 to %[[R]]
 // PARALLEL:     tensor.extract %[[SUMMED]]#0[%[[H]], %[[RR]]]
-// PARALLEL: %[[SORTED:.+]]:2 = scf.forall (%{{.+}}, %{{.+}}) in (4, %[[CHUNKS]]) {{.+}} -> (tensor<4x?x512xi32>, tensor<4x?x?xi32>)
-// PARALLEL:     tensor.parallel_insert_slice %{{.+}} : tensor<512xi32> into tensor<4x?x512xi32>
+// PARALLEL: %[[SORTED:.+]]:2 = scf.forall (%{{.+}}, %{{.+}}) in (4, %[[CHUNKS]]) {{.+}} -> (tensor<4x?x128xi32>, tensor<4x?x?xi32>)
+// PARALLEL:     tensor.parallel_insert_slice %{{.+}} : tensor<128xi32> into tensor<4x?x128xi32>
 // PARALLEL: %[[EMPTY:.+]] = scf.forall (%{{.+}}, %{{.+}}) in (4, %{{.+}})
 // PARALLEL:   tensor.insert %c-1_i32
 // PARALLEL: scf.forall (%[[H2:.+]], %[[R2:.+]], %[[C2:.+]]) in (4, %[[ROWS]], %[[CHUNKS]]) shared_outs(%[[E:.+]] = %[[EMPTY]])
@@ -36,7 +40,7 @@
 // PARALLEL:   tensor.extract %[[STARTS]][%[[H2]], %[[R2]]]
 // PARALLEL:   tensor.extract %[[SORTED]]#1[%[[H2]], %[[C2]], %[[R2]]]
 // PARALLEL:   tensor.extract_slice %[[E]][%[[H2]], %{{.+}}] [1, %{{.+}}] [1, 1] : tensor<4x?xi32> to tensor<?xi32>
-// PARALLEL:     tensor.extract %[[SORTED]]#0[%[[H2]], %[[C2]], %{{.+}}] : tensor<4x?x512xi32>
+// PARALLEL:     tensor.extract %[[SORTED]]#0[%[[H2]], %[[C2]], %{{.+}}] : tensor<4x?x128xi32>
 // PARALLEL:   scf.forall.in_parallel
 // PARALLEL:     tensor.parallel_insert_slice %{{.+}} into %[[E]][%[[H2]], %{{.+}}] [1, %{{.+}}] [1, 1] : tensor<?xi32> into tensor<4x?xi32>
 
