@@ -148,6 +148,15 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   // gpu-lower-to-nvvm-pipeline, plus a reconcile-unrealized-casts on the GPU
   // modules right before serialization: in LLVM 22 the outlined kernels keep
   // dead casts of unused arguments, which the NVVM translation rejects.
+  //
+  // Constants and index computations used in a launch body but defined
+  // outside it (the canonicalizer hoists every constant to the function's
+  // entry) are sunk into it first: outlining would otherwise pass each one
+  // as a kernel parameter, and the NVPTX backend, which cannot see through
+  // a parameter, would emit real 64-bit divisions and multiplications for
+  // what are divisions by 2 or 64 (the attention kernel took 59 parameters,
+  // 26 of them constants).
+  pm.addPass(createGpuLaunchSinkIndexComputationsPass());
   pm.addPass(createGpuKernelOutliningPass());
   pm.addPass(createSCFToControlFlowPass());
   pm.addPass(createConvertNVVMToLLVMPass());

@@ -13,6 +13,13 @@
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_80 densify=true mma=true mma-instruction=wgmma" 2>&1 | FileCheck %s --check-prefix=BADCHIP
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-warps=6" 2>&1 | FileCheck %s --check-prefix=BADWG
 // RUN: not moba-opt %s --moba-gpu-pipeline="densify=true mma=true mma-instruction=tcgen05" 2>&1 | FileCheck %s --check-prefix=BADINSTR
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=gpu-kernel-outlining -o /dev/null 2>&1 | FileCheck %s --check-prefix=OUTLINED
+
+// Constants are sunk into the launches before outlining, so that no kernel
+// takes one as a parameter (the backend could not fold it): every launch's
+// arguments are function arguments, buffers, dims and computed values, none
+// a %c... or %cst... constant.
+// OUTLINED-COUNT-13: gpu.launch_func {{.+}} args({{(%(arg|memref|dim|[0-9])[_0-9]* : ([^,(]|\([^)]*\))+(, )?)+}}){{$}}
 
 // Thirteen kernels: pooling, gate + top-k, group counts per chunk, per row
 // (with each chunk's offset), starts, each chunk's entries sorted by row,
