@@ -37,7 +37,7 @@ def MobaMapForallToGpu : Pass<"moba-map-forall-to-gpu"> {
 }
 
 def MobaAlignRowAccesses : Pass<"moba-align-row-accesses"> {
-  let summary = "Vector transfers along buffer rows as aligned loads and stores";
+  let summary = "Row-wise vector transfers as aligned loads and stores";
   let description = [{
     Rewrites every 1-D, in-bounds, unmasked `vector.transfer_read` and
     `vector.transfer_write` along a buffer's innermost (unit-stride) dim

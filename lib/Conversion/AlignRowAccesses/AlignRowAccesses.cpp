@@ -45,7 +45,9 @@ int64_t knownDivisor(Value value, int64_t cap, int depth = 0) {
   Operation *def = value.getDefiningOp();
   if (!def || depth > 8)
     return 1;
-  auto of = [&](Value operand) { return knownDivisor(operand, cap, depth + 1); };
+  auto of = [&](Value operand) {
+    return knownDivisor(operand, cap, depth + 1);
+  };
   if (isa<arith::AddIOp, arith::SubIOp>(def))
     return std::min(of(def->getOperand(0)), of(def->getOperand(1)));
   if (isa<arith::MulIOp>(def))

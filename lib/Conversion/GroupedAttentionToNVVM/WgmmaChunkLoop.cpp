@@ -37,6 +37,11 @@
 // K, V). Each batch of wgmma is committed and waited for before its
 // accumulators are read.
 //
+// When one CTA fills an SM (MmaTileShape::overlapsSoftmax), the loop is
+// overlapped instead: chunk c issues S_c and then P_(c-1) V_(c-1), waits for
+// S_c alone, and runs the softmax while the tensor cores multiply P V; V is
+// staged one chunk behind K for it, and the loop's CTA barrier publishes P.
+//
 //===----------------------------------------------------------------------===//
 
 #include "AttentionKernel.h"
@@ -256,7 +261,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   auto multiplyValues = [&](ImplicitLocOpBuilder &pb, Value outAcc,
                             Value buffer) {
     KernelBuilder pe{pb, e.element};
-    Value values = advance(pe, valueDesc, pe.mul(buffer, pe.index(bufferBytes)));
+    Value values =
+        advance(pe, valueDesc, pe.mul(buffer, pe.index(bufferBytes)));
     for (int64_t kv = 0; kv < shape.keyChunk / 16; ++kv)
       outAcc = wgmma(pe, outAcc,
                      advance(pe, probabilityDesc,
@@ -364,7 +370,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
               softmaxStep(ib, t, scores, c, keyBase, masked);
           storeProbabilities(ib, scores);
           groupBarrier(ib);
-          Value outAcc = packAccumulators(ib, ValueRange(results).drop_front(4));
+          Value outAcc =
+              packAccumulators(ib, ValueRange(results).drop_front(4));
           NVVM::WgmmaFenceAlignedOp::create(ib);
           outAcc = multiplyValues(ib, outAcc, buffer);
           NVVM::WgmmaGroupSyncAlignedOp::create(ib);
