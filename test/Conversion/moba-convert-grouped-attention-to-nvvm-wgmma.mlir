@@ -58,7 +58,12 @@
 // CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 1
 // CHECK:     math.exp2
 // CHECK:     nvvm.wgmma.wait.group.sync.aligned 0
-// CHECK:     arith.mulf
+// The rescale runs only when a lane of the warp moved its row's max (by
+// more than the 2^8 slack).
+// CHECK:     %[[MOVED:.+]] = nvvm.vote.sync any %{{.+}}, %{{.+}} -> i1
+// CHECK:     scf.if %[[MOVED]] -> (f32,
+// CHECK:       arith.mulf
+// CHECK:     } else {
 // CHECK:     vector.store {{.+}}, %[[P]][{{.+}}] {alignment = 4 : i64} : memref<2x2x64x64xbf16, #gpu.address_space<workgroup>>, vector<2xbf16>
 // CHECK:     nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
 // CHECK-NEXT: gpu.barrier
