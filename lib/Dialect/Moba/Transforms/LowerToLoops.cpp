@@ -803,14 +803,12 @@ private:
             from, to, pe.index(width), inits,
             [&](ImplicitLocOpBuilder &cb, Value i,
                 ValueRange c) -> SmallVector<Value> {
-              SmallVector<Value> at, values;
-              for (int64_t u = 0; u < width; ++u) {
-                at.push_back(u == 0 ? i
-                                    : arith::AddIOp::create(
-                                          cb, i, LoopEmitter(cb).index(u))
-                                          .getResult());
-                values.push_back(valueAt(cb, at.back()));
-              }
+              LoopEmitter ce(cb);
+              SmallVector<Value> at = {i}, values;
+              for (int64_t u = 1; u < width; ++u)
+                at.push_back(arith::AddIOp::create(cb, i, ce.index(u)));
+              for (Value index : at)
+                values.push_back(valueAt(cb, index));
               Value placed = c[0], sum = c[1];
               for (int64_t u = 0; u < width; ++u) {
                 placed = tensor::InsertOp::create(cb, sum, placed,
