@@ -56,7 +56,8 @@ void mlir::moba::buildMobaToLoopsPipeline(OpPassManager &pm,
     pm.addPass(createMobaTileAttention(MobaTileAttentionOptions{
         options.tileQ, options.tileK, options.parallel}));
   pm.addPass(createMobaLowerToLoops(MobaLowerToLoopsOptions{
-      options.parallel, options.keepMmaCompatibleAttention}));
+      options.parallel, options.keepMmaCompatibleAttention,
+      options.keepMmaCompatibleGate}));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
 }

@@ -121,8 +121,11 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   loops.tileK = options.tileK;
   loops.densify = options.densify;
   loops.keepMmaCompatibleAttention = options.densify && options.mma;
+  loops.keepMmaCompatibleGate = options.mma && options.mmaGate;
   buildMobaToLoopsPipeline(pm, loops);
   buildBufferizationPipeline(pm);
+  if (loops.keepMmaCompatibleGate)
+    pm.addPass(createMobaConvertGateTopKToNVVM());
   if (options.densify && options.mma)
     pm.addPass(createMobaConvertGroupedAttentionToNVVM(
         MobaConvertGroupedAttentionToNVVMOptions{

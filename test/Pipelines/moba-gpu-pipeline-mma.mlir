@@ -14,20 +14,23 @@
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-warps=6" 2>&1 | FileCheck %s --check-prefix=BADWG
 // RUN: not moba-opt %s --moba-gpu-pipeline="densify=true mma=true mma-instruction=tcgen05" 2>&1 | FileCheck %s --check-prefix=BADINSTR
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=gpu-kernel-outlining -o /dev/null 2>&1 | FileCheck %s --check-prefix=OUTLINED
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-gate-topk-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GATE
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-gate=false" --mlir-print-ir-after=moba-lower-to-loops -o /dev/null 2>&1 | FileCheck %s --check-prefix=SIMTGATE
 
 // Constants are sunk into the launches before outlining, so that no kernel
 // takes one as a parameter (the backend could not fold it): every launch's
 // arguments are function arguments, buffers, dims and computed values, none
 // a %c... or %cst... constant.
-// OUTLINED-COUNT-13: gpu.launch_func {{.+}} args({{(%(arg|memref|dim|[0-9])[_0-9]* : ([^,(]|\([^)]*\))+(, )?)+}}){{$}}
+// OUTLINED-COUNT-14: gpu.launch_func {{.+}} args({{(%(arg|memref|dim|[0-9])[_0-9]* : ([^,(]|\([^)]*\))+(, )?)+}}){{$}}
 
-// Thirteen kernels: pooling, gate + top-k, group counts per chunk, per row
-// (with each chunk's offset), starts, each chunk's entries sorted by row,
-// entries cleared, the chunks' parts copied, partials cleared, the
-// attention's tile list, attention, merged log-sum-exp, merged output.
-// BIN-COUNT-13: gpu.launch_func
+// Fourteen kernels: pooling, the means split into hi + lo halves, gate +
+// top-k, group counts per chunk, per row (with each chunk's offset),
+// starts, each chunk's entries sorted by row, entries cleared, the chunks'
+// parts copied, partials cleared, the attention's tile list, attention,
+// merged log-sum-exp, merged output.
+// BIN-COUNT-14: gpu.launch_func
 // BIN-NOT: gpu.launch_func
-// BIN-COUNT-13: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
+// BIN-COUNT-14: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
 
 // The attention kernel: K and V staged by cp.async, operands by ldmatrix
 // (.trans for V), bf16 mma.sync m16n8k16 with f32 accumulators, quad
@@ -37,6 +40,17 @@
 // PTX: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
 // PTX: ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
 // PTX: shfl.sync.bfly.b32
+
+// The gate + top-k is left to its tensor-core lowering by the loop
+// lowering (on buffers after bufferization) and becomes two launches: the
+// split, then the gate on mma.sync; mma-gate=false keeps the SIMT gate.
+// GATE-NOT: moba.gate_topk
+// GATE: gpu.launch
+// GATE: arith.truncf {{.*}} : vector<4xf32> to vector<4xbf16>
+// GATE: gpu.launch
+// GATE: nvvm.mma.sync
+// GATE: nvvm.vote.sync  any
+// SIMTGATE-NOT: moba.gate_topk
 
 // The wgmma form, assembled by ptxas above (BIN): gathered queries and K/V
 // by cp.async, fences between the generic and async proxies, the

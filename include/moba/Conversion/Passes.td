@@ -133,4 +133,50 @@ def MobaConvertGroupedAttentionToNVVM
   ];
 }
 
+def MobaConvertGateTopKToNVVM : Pass<"moba-convert-gate-topk-to-nvvm"> {
+  let summary = "Fused gate + top-k on tensor cores (mma.sync)";
+  let description = [{
+    Lowers every `moba.gate_topk` on buffers (after bufferization) to two
+    `gpu.launch`es. The first splits the f32 block means into two halves of
+    the query's element type, `hi = round(mean)` and
+    `lo = round(mean - hi)`, so that `q . hi + q . lo` (exact products, f32
+    sums) carries the f32 mean to about 2^-16 of its size where one bf16
+    operand would lose 2^-9: the selection then agrees with the f32 gate
+    except between scores closer than that.
+
+    The second kernel gives each CTA (4 warps) 64 consecutive tokens of one
+    query head; each warp's 16 rows are the `A` operand of
+    `nvvm.mma.sync` m16n8k16, held in registers for the whole kernel. The
+    CTA streams the block means of the key/value head, 8 blocks (one `n`
+    tile) a step, from the first block any of its rows may choose to the
+    last: `S = Q (hi + lo)^T` in four independent accumulator chains. Each
+    lane keeps a sorted running top-k of the scores it holds (two rows,
+    two columns of each tile), masked to each row's candidates (strictly
+    past blocks of its sequence when causal); a warp-uniform vote skips the
+    insertion when no lane's score beats its current k-th. At the end the
+    four lanes sharing a row merge their lists (k rounds of a quad argmax by
+    shuffles; ties to the later block), and one writes the row: the own
+    block first when causal, then the best past blocks, -1 where there are
+    fewer candidates than K. No score is ever stored.
+
+    The head_dim dimension is taken in a permuted order, the same for both
+    operands (a dot product does not care): lane `c` of a quad loads
+    elements `8c .. 8c+7` of each 32-wide slice of a row with one 16-byte
+    load and uses them as its `k = 2c, 2c+1, 2c+8, 2c+9` of two k-steps.
+
+    Needs f16 or bf16 queries, head_dim a static multiple of 16 up to 128,
+    static heads, and at most 16 blocks kept by score (K - 1 causal, K
+    otherwise); runs on sm_80 and newer.
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect",
+    "::mlir::gpu::GPUDialect",
+    "::mlir::LLVM::LLVMDialect",
+    "::mlir::memref::MemRefDialect",
+    "::mlir::NVVM::NVVMDialect",
+    "::mlir::scf::SCFDialect",
+    "::mlir::vector::VectorDialect",
+  ];
+}
+
 #endif // MOBA_CONVERSION_PASSES_TD

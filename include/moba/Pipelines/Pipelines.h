@@ -65,6 +65,8 @@ struct CpuPipelineOptions : public PassPipelineOptions<CpuPipelineOptions> {
   /// Not a textual option: the GPU pipeline sets it to leave the per-block
   /// attention to its tensor-core lowering.
   bool keepMmaCompatibleAttention = false;
+  /// Likewise for moba.gate_topk and its tensor-core lowering.
+  bool keepMmaCompatibleGate = false;
 };
 
 /// moba.attention -> loops on tensors, per `options.stage`.
@@ -132,6 +134,12 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
       llvm::cl::desc("With mma: mma.sync (sm_80 and newer) or wgmma (sm_90a; "
                      "warps a multiple of 4, key chunk a multiple of 64)"),
       llvm::cl::init("mma.sync")};
+  PassOptions::Option<bool> mmaGate{
+      *this, "mma-gate",
+      llvm::cl::desc("With mma: the fused gate + top-k on tensor cores too "
+                     "(moba-convert-gate-topk-to-nvvm) where the query type, "
+                     "head_dim and K allow; off: the SIMT gate"),
+      llvm::cl::init(true)};
 };
 
 /// moba.attention -> host LLVM code launching NVVM kernels, with the GPU

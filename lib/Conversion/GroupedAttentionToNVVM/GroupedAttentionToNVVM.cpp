@@ -51,21 +51,6 @@ using namespace mlir;
 using namespace mlir::moba;
 using namespace mlir::moba::grouped_attention;
 
-void mlir::moba::grouped_attention::launch(
-    ImplicitLocOpBuilder &b, Value blocks, int64_t threads, Value sharedBytes,
-    TypeRange workgroup,
-    function_ref<void(ImplicitLocOpBuilder &, gpu::LaunchOp)> build) {
-  Value one = arith::ConstantIndexOp::create(b, 1);
-  Value threadCount = arith::ConstantIndexOp::create(b, threads);
-  auto op = gpu::LaunchOp::create(b, blocks, one, one, threadCount, one, one,
-                                  sharedBytes, /*asyncTokenType=*/nullptr,
-                                  /*asyncDependencies=*/{}, workgroup);
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPointToStart(&op.getBody().front());
-  build(b, op);
-  gpu::TerminatorOp::create(b);
-}
-
 namespace {
 
 /// Every slot's partial marked empty: log-sum-exp -inf. The output rows of

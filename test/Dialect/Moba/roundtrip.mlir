@@ -123,3 +123,15 @@ func.func @fused_selection(%q: tensor<?x8x64xbf16>, %m: tensor<?x2x64xf32>, %cu:
       cu_seqlens(%cu : tensor<?xi32>) outs(%i0 : tensor<?x8x4xi32>) {block_size = 64, causal = false}
   return %sel : tensor<?x8x4xi32>
 }
+
+// After bufferization: on memrefs, no result, the selection written in place.
+// CHECK-LABEL: func.func @fused_selection_on_buffers
+func.func @fused_selection_on_buffers(%q: memref<?x8x64xbf16>, %m: memref<?x2x64xf32>,
+                                      %cu: memref<?xi32>, %i0: memref<?x8x4xi32>) {
+  // CHECK: moba.gate_topk queries(%{{.+}} : memref<?x8x64xbf16>) means(%{{.+}} : memref<?x2x64xf32>)
+  // CHECK-SAME: cu_seqlens(%{{.+}} : memref<?xi32>) outs(%{{.+}} : memref<?x8x4xi32>) {block_size = 64 : i64}
+  // CHECK-NEXT: return
+  moba.gate_topk queries(%q : memref<?x8x64xbf16>) means(%m : memref<?x2x64xf32>)
+      cu_seqlens(%cu : memref<?xi32>) outs(%i0 : memref<?x8x4xi32>) {block_size = 64}
+  return
+}

@@ -420,7 +420,43 @@ MutableOperandRange GateTopKOp::getDpsInitsMutable() {
   return getInitMutable();
 }
 
+void GateTopKOp::getEffects(
+    SmallVectorImpl<SideEffects::EffectInstance<MemoryEffects::Effect>>
+        &effects) {
+  // On tensors the op is pure; on buffers it reads its inputs and writes
+  // `init`.
+  for (OpOperand &operand : getOperation()->getOpOperands()) {
+    if (!isa<MemRefType>(operand.get().getType()))
+      continue;
+    if (isDpsInit(&operand))
+      effects.emplace_back(MemoryEffects::Write::get(), &operand,
+                           SideEffects::DefaultResource::get());
+    else
+      effects.emplace_back(MemoryEffects::Read::get(), &operand,
+                           SideEffects::DefaultResource::get());
+  }
+}
+
+bool GateTopKOp::isMmaSyncCompatible() {
+  auto q = cast<ShapedType>(getQueries().getType());
+  int64_t d = q.getShape().back();
+  return (q.getElementType().isF16() || q.getElementType().isBF16()) &&
+         !ShapedType::isDynamic(d) && d % 16 == 0 && d <= 128 &&
+         getKeptByScore() <= kMaxMmaKeptBlocks;
+}
+
 LogicalResult GateTopKOp::verify() {
+  bool onTensors = isa<RankedTensorType>(getQueries().getType());
+  for (Value operand : getOperation()->getOperands())
+    if (isa<RankedTensorType, UnrankedTensorType>(operand.getType()) !=
+        onTensors)
+      return emitOpError("operands must be all tensors or all memrefs");
+  if (onTensors ? getResults().size() != 1 ||
+                      getResults()[0].getType() != getInit().getType()
+                : !getResults().empty())
+    return emitOpError(onTensors ? "on tensors, expects one result of the "
+                                   "type of init"
+                                 : "on memrefs, has no results");
   Checker c(*this);
   Named q("queries", getQueries()), means("means", getMeans()),
       init("init", getInit());
@@ -636,6 +672,21 @@ LogicalResult GroupedBlockAttentionOp::verify() {
       return failure();
   return success();
 }
+
+//===----------------------------------------------------------------------===//
+// custom<ResultOfInit>: an op on tensors returns one value of its init's
+// type, on memrefs none; the assembly spells neither.
+//===----------------------------------------------------------------------===//
+
+static ParseResult parseResultOfInit(OpAsmParser &,
+                                     SmallVectorImpl<Type> &results,
+                                     Type initType) {
+  if (isa<RankedTensorType>(initType))
+    results.push_back(initType);
+  return success();
+}
+
+static void printResultOfInit(OpAsmPrinter &, Operation *, TypeRange, Type) {}
 
 #define GET_OP_CLASSES
 #include "moba/Dialect/Moba/IR/MobaOps.cpp.inc"

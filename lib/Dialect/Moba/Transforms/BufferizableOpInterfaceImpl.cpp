@@ -52,6 +52,36 @@ struct GroupedBlockAttentionBufferization
   }
 };
 
+/// moba.gate_topk writes every element of its selection (the K slots of
+/// every token and head): `init` is never read.
+struct GateTopKBufferization
+    : DstBufferizableOpInterfaceExternalModel<GateTopKBufferization,
+                                              GateTopKOp> {
+  bool bufferizesToMemoryRead(Operation *op, OpOperand &operand,
+                              const AnalysisState &) const {
+    return !cast<DestinationStyleOpInterface>(op).isDpsInit(&operand);
+  }
+
+  LogicalResult bufferize(Operation *op, RewriterBase &rewriter,
+                          const BufferizationOptions &options,
+                          BufferizationState &state) const {
+    auto gate = cast<GateTopKOp>(op);
+    SmallVector<Value> buffers;
+    for (Value operand : op->getOperands()) {
+      FailureOr<Value> buffer = getBuffer(rewriter, operand, options, state);
+      if (failed(buffer))
+        return failure();
+      buffers.push_back(*buffer);
+    }
+    rewriter.setInsertionPoint(op);
+    GateTopKOp::create(rewriter, op->getLoc(), TypeRange{}, buffers,
+                       op->getAttrs());
+    replaceOpWithBufferizedValues(
+        rewriter, op, {buffers[gate.getInitMutable().getOperandNumber()]});
+    return success();
+  }
+};
+
 } // namespace
 
 void mlir::moba::registerBufferizableOpInterfaceExternalModels(
@@ -59,5 +89,6 @@ void mlir::moba::registerBufferizableOpInterfaceExternalModels(
   registry.addExtension(+[](MLIRContext *context, MobaDialect *) {
     GroupedBlockAttentionOp::attachInterface<
         GroupedBlockAttentionBufferization>(*context);
+    GateTopKOp::attachInterface<GateTopKBufferization>(*context);
   });
 }

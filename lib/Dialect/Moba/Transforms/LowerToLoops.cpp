@@ -331,16 +331,24 @@ struct LowerTopK : LoweringPattern<TopKOp> {
 };
 
 struct LowerGateTopK : LoweringPattern<GateTopKOp> {
-  using LoweringPattern::LoweringPattern;
+  LowerGateTopK(MLIRContext *context, bool parallel, bool keepMmaCompatible)
+      : LoweringPattern(context, parallel),
+        keepMmaCompatible(keepMmaCompatible) {}
+  bool keepMmaCompatible;
 
   LogicalResult matchAndRewrite(GateTopKOp op,
                                 PatternRewriter &rewriter) const override {
+    if (!isa<RankedTensorType>(op.getQueries().getType()))
+      return rewriter.notifyMatchFailure(op, "on buffers");
+    if (keepMmaCompatible && op.isMmaSyncCompatible())
+      return rewriter.notifyMatchFailure(op, "left for the mma lowering");
     if (failed(checkStaticHeadsAndHeadDim(
             rewriter, op, {op.getQueries(), op.getMeans(), op.getInit()})))
       return failure();
     ImplicitLocOpBuilder b(op.getLoc(), rewriter);
-    int64_t group = op.getQueries().getType().getDimSize(1) /
-                    op.getMeans().getType().getDimSize(1);
+    int64_t group =
+        cast<ShapedType>(op.getQueries().getType()).getDimSize(1) /
+        cast<ShapedType>(op.getMeans().getType()).getDimSize(1);
     Value means = op.getMeans();
     Value result = emitSelectionLoops(
         b, op.getQueries(), op.getCuSeqlens(), op.getInit(),
@@ -1095,7 +1103,8 @@ struct MobaLowerToLoopsPass
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
     populateMobaLowerToLoopsPatterns(patterns, parallel,
-                                     keepMmaCompatibleAttention);
+                                     keepMmaCompatibleAttention,
+                                     keepMmaCompatibleGate);
     walkAndApplyPatterns(getOperation(), std::move(patterns));
     // Whatever could not be lowered has said why (dynamic heads or
     // head_dim); the pass fails rather than leave moba ops behind.
@@ -1103,10 +1112,19 @@ struct MobaLowerToLoopsPass
       if (auto grouped = dyn_cast<GroupedBlockAttentionOp>(op))
         if (keepMmaCompatibleAttention && grouped.isMmaSyncCompatible())
           return WalkResult::advance();
-      return isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
-                 LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp>(op)
-                 ? WalkResult::interrupt()
-                 : WalkResult::advance();
+      if (auto gate = dyn_cast<GateTopKOp>(op))
+        if (keepMmaCompatibleGate && gate.isMmaSyncCompatible())
+          return WalkResult::advance();
+      if (!isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
+               LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp>(op))
+        return WalkResult::advance();
+      // The ops that exist on buffers (after bufferization) have only their
+      // tensor-core lowerings there.
+      if (llvm::any_of(op->getOperandTypes(), llvm::IsaPred<MemRefType>))
+        op->emitOpError("on memrefs has no loop lowering: lower it on "
+                        "tensors, or with its tensor-core lowering after "
+                        "bufferization");
+      return WalkResult::interrupt();
     });
     if (left.wasInterrupted())
       signalPassFailure();
@@ -1117,10 +1135,13 @@ struct MobaLowerToLoopsPass
 
 void mlir::moba::populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
                                                   bool parallel,
-                                                  bool keepMmaCompatible) {
-  patterns.add<LowerBlockPool, LowerGate, LowerTopK, LowerGateTopK,
-               LowerSparseAttention, LowerLseMerge, LowerGroupQueries>(
-      patterns.getContext(), parallel);
+                                                  bool keepMmaCompatibleAttention,
+                                                  bool keepMmaCompatibleGate) {
+  patterns.add<LowerBlockPool, LowerGate, LowerTopK, LowerSparseAttention,
+               LowerLseMerge, LowerGroupQueries>(patterns.getContext(),
+                                                 parallel);
   patterns.add<LowerGroupedBlockAttention>(patterns.getContext(), parallel,
-                                           keepMmaCompatible);
+                                           keepMmaCompatibleAttention);
+  patterns.add<LowerGateTopK>(patterns.getContext(), parallel,
+                              keepMmaCompatibleGate);
 }

@@ -250,8 +250,9 @@ def Moba_TopKOp : Moba_DpsOp<"topk", [AllTypesMatch<["init", "result"]>]> {
   let hasCanonicalizer = 1;
 }
 
-def Moba_GateTopKOp : Moba_DpsOp<"gate_topk",
-    [AllTypesMatch<["init", "result"]>]> {
+def Moba_GateTopKOp : Moba_Op<"gate_topk",
+    [DeclareOpInterfaceMethods<DestinationStyleOpInterface>,
+     DeclareOpInterfaceMethods<MemoryEffectsOpInterface>]> {
   let summary = "Fused gate and block selection, streaming over the blocks";
   let description = [{
     The fusion of `moba.gate` and `moba.topk` that `moba-fuse-gate-topk`
@@ -268,6 +269,11 @@ def Moba_GateTopKOp : Moba_DpsOp<"gate_topk",
     keeps a running top-K as the blocks stream by, so no `[tokens, blocks]`
     tensor exists.
 
+    Like `moba.grouped_block_attention` it exists on tensors (one result, of
+    the type of `init`) and, after bufferization, on memrefs (no result,
+    `init` written in place): the tensor-core lowering
+    (`moba-convert-gate-topk-to-nvvm`) works on buffers.
+
     Example:
 
     ```mlir
@@ -278,23 +284,39 @@ def Moba_GateTopKOp : Moba_DpsOp<"gate_topk",
   }];
 
   let arguments = (ins
-    Moba_QKVTensor:$queries,
-    Moba_F32Tensor:$means,
-    Moba_CuSeqlens:$cu_seqlens,
-    Moba_IndexTensor:$init,
+    Moba_QKVShaped:$queries,
+    Moba_F32Shaped:$means,
+    Moba_CuSeqlensShaped:$cu_seqlens,
+    Moba_IndexShaped:$init,
     I64Attr:$block_size,
     DefaultValuedAttr<BoolAttr, "true">:$causal
   );
-  let results = (outs Moba_IndexTensor:$result);
+  // One result on tensors, none on memrefs: its type is `init`'s, so the
+  // assembly does not spell it.
+  let results = (outs Variadic<Moba_IndexTensor>:$results);
   let assemblyFormat = [{
     `queries` `(` $queries `:` type($queries) `)`
     `means` `(` $means `:` type($means) `)`
     `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
-    `outs` `(` $init `:` type($init) `)` attr-dict
+    `outs` `(` $init `:` type($init) `)`
+    custom<ResultOfInit>(type($results), ref(type($init))) attr-dict
   }];
   let extraClassDeclaration = [{
     /// K, the number of blocks selected per query and head.
-    int64_t getK() { return getInit().getType().getShape().back(); }
+    int64_t getK() {
+      return ::llvm::cast<::mlir::ShapedType>(getInit().getType())
+          .getShape().back();
+    }
+    /// The selection of the tensor form.
+    ::mlir::Value getResult() { return getResults()[0]; }
+    /// The blocks each query keeps by score: K - 1 when causal (the own
+    /// block is forced), else K.
+    int64_t getKeptByScore() { return getCausal() ? getK() - 1 : getK(); }
+    /// The operands allow the tensor-core lowering: f16 or bf16 queries,
+    /// head_dim a static multiple of 16 up to 128, and at most
+    /// kMaxMmaKeptBlocks blocks kept by score (they live in registers).
+    bool isMmaSyncCompatible();
+    static constexpr int64_t kMaxMmaKeptBlocks = 16;
   }];
   let hasVerifier = 1;
 }

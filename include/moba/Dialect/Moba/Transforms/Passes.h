@@ -40,11 +40,13 @@ void populateMobaTileAttentionPatterns(RewritePatternSet &patterns,
 
 /// The other decomposed ops (and untiled sparse attention) -> loops; with
 /// `parallel`, scf.forall loops over independent rows.
-/// With `keepMmaCompatible`, moba.grouped_block_attention ops that the
-/// mma.sync lowering handles are left as they are.
+/// With `keepMmaCompatibleAttention` (`keepMmaCompatibleGate`),
+/// moba.grouped_block_attention (moba.gate_topk) ops that the tensor-core
+/// lowerings handle are left as they are.
 void populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
                                       bool parallel = false,
-                                      bool keepMmaCompatible = false);
+                                      bool keepMmaCompatibleAttention = false,
+                                      bool keepMmaCompatibleGate = false);
 
 #define GEN_PASS_REGISTRATION
 #include "moba/Dialect/Moba/Transforms/Passes.h.inc"

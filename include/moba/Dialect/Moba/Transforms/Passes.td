@@ -149,6 +149,11 @@ def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
            "Leave moba.grouped_block_attention (f16/bf16, head_dim a "
            "multiple of 16 up to 128) for the tensor-core lowering, which "
            "runs after bufferization">,
+    Option<"keepMmaCompatibleGate", "keep-mma-compatible-gate",
+           "bool", /*default=*/"false",
+           "Leave moba.gate_topk (f16/bf16 queries, head_dim a multiple of "
+           "16 up to 128, at most 16 blocks kept by score) for the "
+           "tensor-core lowering, which runs after bufferization">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",
