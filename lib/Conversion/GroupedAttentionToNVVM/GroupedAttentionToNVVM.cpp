@@ -362,15 +362,21 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
         any,
         e.fmul(e.fadd(m, math::Log2Op::create(b, l)), e.f32(std::log(2.0))),
         e.f32(kNegInf));
+    // The partial rows are f32 or the element type of q (rounded here).
+    Type partialElement =
+        cast<MemRefType>(partialOut.getType()).getElementType();
+    auto pairType = VectorType::get({2}, partialElement);
     for (int64_t dn = 0; dn < dTiles; ++dn) {
       Value col = e.add(e.index(dn * 8), t.pairCol);
       Value pair = vector::FromElementsOp::create(
           b, VectorType::get({2}, b.getF32Type()),
           ValueRange{e.fmul(finals[4 + dn * 4 + 2 * r], inverse),
                      e.fmul(finals[5 + dn * 4 + 2 * r], inverse)});
+      if (!partialElement.isF32())
+        pair = arith::TruncFOp::create(b, pairType, pair);
       vector::StoreOp::create(b, pair, partialOut,
                               ValueRange{t.slot[r], t.token[r], h, col})
-          .setAlignment(8);
+          .setAlignment(2 * MmaTileShape::bytesOf(partialElement));
     }
     auto firstLane = scf::IfOp::create(
         b, arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.quadCol,

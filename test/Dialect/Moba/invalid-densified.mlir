@@ -89,3 +89,12 @@ func.func @tensor_form_without_results(%q: tensor<64x8x32xf16>, %kv: tensor<64x2
   moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x32xf32>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32}
   return
 }
+
+// -----
+
+// Partial rows are f32 or q's element type, never a third type.
+func.func @partials_type(%q: tensor<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %cu: tensor<2xi32>, %sel: tensor<64x8x3xi32>, %s: tensor<8x4xi32>, %e: tensor<8x192xi32>, %o: tensor<3x64x8x32xbf16>, %l: tensor<3x64x8xf32>) {
+  // expected-error @+1 {{partial_out_init must hold f32 or the element type of q ('f16'), got 'bf16'}}
+  %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x32xbf16>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32} -> tensor<3x64x8x32xbf16>, tensor<3x64x8xf32>
+  return
+}

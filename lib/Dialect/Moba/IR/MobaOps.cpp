@@ -659,6 +659,12 @@ LogicalResult GroupedBlockAttentionOp::verify() {
   Named q("q", getQ()), sel("selected", getSelected()),
       out("partial_out_init", getPartialOutInit()),
       lse("partial_lse_init", getPartialLseInit());
+  Type outElement = out.type.getElementType();
+  Type qElement = q.type.getElementType();
+  if (!outElement.isF32() && outElement != qElement)
+    return emitOpError() << "partial_out_init must hold f32 or the element "
+                            "type of q ("
+                         << qElement << "), got " << outElement;
   if (failed(c.rank(out, 4, "[K, tokens, query heads, head_dim]")) ||
       failed(c.rank(lse, 3, "[K, tokens, query heads]")) ||
       failed(c.sameDim("K", sel, 2, out, 0)) ||

@@ -89,8 +89,10 @@ struct DensifySparseAttention : OpRewritePattern<SparseAttentionOp> {
         selected, op.getCuSeqlens(), starts, counts, entries,
         op.getBlockSizeAttr());
 
-    Value partialOut =
-        emptyTensor(b, {k, tokens, numHeads, headDim}, tokenDims, f32);
+    // Partial rows in the element type of q: the merge's read of them, and
+    // the attention's writes, are half the bytes of f32 for f16/bf16.
+    Value partialOut = emptyTensor(b, {k, tokens, numHeads, headDim},
+                                   tokenDims, qType.getElementType());
     Value partialLse = emptyTensor(b, {k, tokens, numHeads}, tokenDims, f32);
     auto parts = GroupedBlockAttentionOp::create(
         b, TypeRange{partialOut.getType(), partialLse.getType()}, op.getQ(),

@@ -527,10 +527,14 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
                 pe.f32(kNegInf));
             return {pe.scalarWrite(value, outs[0], ivs)};
           })[0];
-      // Each iteration merges `width` neighbouring dims: 16 bytes of f32
-      // per partial, which moba-align-row-accesses turns into one vector
-      // load where the GPU pipeline runs it.
-      int64_t width = headDim % 4 == 0 ? 4 : 1;
+      // Each iteration merges `width` neighbouring dims: 16 bytes of each
+      // partial (4 f32 or 8 f16/bf16), which moba-align-row-accesses turns
+      // into one vector load where the GPU pipeline runs it.
+      Type partType = op.getPartials().getType().getElementType();
+      int64_t perLoad = 16 / (partType.getIntOrFloatBitWidth() / 8);
+      int64_t width = headDim % perLoad == 0 ? perLoad
+                      : headDim % 4 == 0     ? 4
+                                             : 1;
       auto vectorType = VectorType::get({width}, b.getF32Type());
       Value out = e.forall(
           {tokens, b.getIndexAttr(numHeads), b.getIndexAttr(headDim / width)},
@@ -543,7 +547,6 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
             Weights weights = weightsAt(pb, t, h);
             Value zeros = pe.splat(pe.f32(0.0), width);
             Value acc = zeros;
-            Type partType = op.getPartials().getType().getElementType();
             Value pad = arith::ConstantOp::create(pb, pb.getZeroAttr(partType));
             for (int64_t p = 0; p < numParts; ++p) {
               Value x = vector::TransferReadOp::create(
@@ -1044,9 +1047,14 @@ struct LowerGroupedBlockAttention
 
     // Serial: every slot starts empty; then per (head, block row) the
     // group's entries, as a tensor-core kernel walks them.
+    Type partialElement =
+        cast<ShapedType>(op.getPartialOutInit().getType()).getElementType();
     Value partialOut =
-        linalg::FillOp::create(b, ValueRange{e.f32(0.0)},
-                               ValueRange{op.getPartialOutInit()})
+        linalg::FillOp::create(
+            b,
+            ValueRange{arith::ConstantOp::create(
+                b, b.getZeroAttr(partialElement))},
+            ValueRange{op.getPartialOutInit()})
             .getResult(0);
     Value partialLse =
         linalg::FillOp::create(b, ValueRange{e.f32(kNegInf)},

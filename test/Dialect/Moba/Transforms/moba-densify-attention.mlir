@@ -9,10 +9,11 @@
 // CHECK-DAG: %[[S0:.+]] = tensor.empty() : tensor<32x10xi32>
 // CHECK-DAG: %[[E0:.+]] = tensor.empty() : tensor<32x12288xi32>
 // CHECK: %[[S:.+]], %[[C:.+]], %[[E:.+]] = moba.group_queries selected(%[[SEL]] : tensor<4096x32x3xi32>) cu_seqlens(%[[CU]] : tensor<3xi32>) outs(%{{.+}} : tensor<32x10xi32>, %{{.+}} : tensor<32x10xi32>, %[[E0]] : tensor<32x12288xi32>) {block_size = 512 : i64}
-// CHECK-DAG: %[[PO0:.+]] = tensor.empty() : tensor<3x4096x32x128xf32>
+// The partial rows take q's element type (bf16), the log-sum-exps f32.
+// CHECK-DAG: %[[PO0:.+]] = tensor.empty() : tensor<3x4096x32x128xbf16>
 // CHECK-DAG: %[[PL0:.+]] = tensor.empty() : tensor<3x4096x32xf32>
-// CHECK: %[[P:.+]]:2 = moba.grouped_block_attention q(%[[Q]] : {{.+}}) k(%[[K]] : {{.+}}) v(%[[V]] : {{.+}}) cu_seqlens(%[[CU]] : {{.+}}) selected(%[[SEL]] : {{.+}}) groups(%[[S]] : tensor<32x10xi32>, %[[C]] : tensor<32x10xi32>, %[[E]] : tensor<32x12288xi32>) outs(%[[PO0]] : tensor<3x4096x32x128xf32>, %[[PL0]] : tensor<3x4096x32xf32>) {block_size = 512 : i64, scale = 0.0883883461 : f32} -> tensor<3x4096x32x128xf32>, tensor<3x4096x32xf32>
-// CHECK: %[[OUT:.+]], %[[LSE:.+]] = moba.lse_merge partials(%[[P]]#0 : tensor<3x4096x32x128xf32>) partial_lse(%[[P]]#1 : tensor<3x4096x32xf32>) outs(%[[O]] : tensor<4096x32x128xbf16>, %[[L]] : tensor<4096x32xf32>)
+// CHECK: %[[P:.+]]:2 = moba.grouped_block_attention q(%[[Q]] : {{.+}}) k(%[[K]] : {{.+}}) v(%[[V]] : {{.+}}) cu_seqlens(%[[CU]] : {{.+}}) selected(%[[SEL]] : {{.+}}) groups(%[[S]] : tensor<32x10xi32>, %[[C]] : tensor<32x10xi32>, %[[E]] : tensor<32x12288xi32>) outs(%[[PO0]] : tensor<3x4096x32x128xbf16>, %[[PL0]] : tensor<3x4096x32xf32>) {block_size = 512 : i64, scale = 0.0883883461 : f32} -> tensor<3x4096x32x128xbf16>, tensor<3x4096x32xf32>
+// CHECK: %[[OUT:.+]], %[[LSE:.+]] = moba.lse_merge partials(%[[P]]#0 : tensor<3x4096x32x128xbf16>) partial_lse(%[[P]]#1 : tensor<3x4096x32xf32>) outs(%[[O]] : tensor<4096x32x128xbf16>, %[[L]] : tensor<4096x32xf32>)
 // CHECK: return %[[OUT]], %[[LSE]]
 // CHECK-NOT: moba.sparse_attention
 func.func @static_shapes(%q: tensor<4096x32x128xbf16>, %k: tensor<4096x8x128xbf16>,

@@ -573,7 +573,11 @@ def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
     `starts`, `counts` and `entries` must be `moba.group_queries` of the same
     `selected` and `cu_seqlens`: the same function indexed by key block,
     which lowerings that tile queries densely per block iterate over (the
-    result is undefined if they disagree). Partials are f32.
+    result is undefined if they disagree). `partial_lse` is f32;
+    `partial_out` is f32 or the element type of `q`, each row rounded once
+    to it after normalization (`moba-densify-attention` picks `q`'s: the
+    merge reads every partial row once, and half the bytes halve that read
+    and the attention's writes; the output is rounded to that type anyway).
 
     Like linalg ops, it exists on tensors (two results, tied to the inits)
     and, after bufferization, on memrefs (no results, the inits written in
@@ -603,13 +607,13 @@ def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
     Moba_IndexShaped:$starts,
     Moba_IndexShaped:$counts,
     Moba_IndexShaped:$entries,
-    Moba_F32Shaped:$partial_out_init,
+    Moba_QKVShaped:$partial_out_init,
     Moba_F32Shaped:$partial_lse_init,
     I64Attr:$block_size,
     F32Attr:$scale,
     DefaultValuedAttr<BoolAttr, "true">:$causal
   );
-  let results = (outs Variadic<Moba_F32Tensor>:$results);
+  let results = (outs Variadic<Moba_QKVTensor>:$results);
   let assemblyFormat = [{
     `q` `(` $q `:` type($q) `)`
     `k` `(` $k `:` type($k) `)`
