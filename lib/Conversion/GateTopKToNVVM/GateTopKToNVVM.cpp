@@ -264,17 +264,9 @@ void GateKernel::emitSplit(ImplicitLocOpBuilder &b, Value hi, Value lo,
   KernelBuilder e{b, element()};
   int64_t quadsPerRow = kvHeads() * headDim / 4;
   Value quads = e.mul(rows, e.index(quadsPerRow));
-  Value ctas = arith::MaxUIOp::create(
-      b, arith::CeilDivUIOp::create(b, quads, e.index(kSplitThreads)),
-      e.index(1));
-  launch(b, ctas, kSplitThreads, /*sharedBytes=*/nullptr, /*workgroup=*/{},
-         [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp op) {
+  nvvm_kernel::launchPerItem(b, quads, kSplitThreads,
+                             [&](ImplicitLocOpBuilder &kb, Value linear) {
     KernelBuilder ke{kb, e.element};
-    Value linear = ke.add(ke.mul(op.getBlockIds().x, ke.index(kSplitThreads)),
-                          op.getThreadIds().x);
-    auto inRange = scf::IfOp::create(kb, ke.ult(linear, quads), false);
-    OpBuilder::InsertionGuard guard(kb);
-    kb.setInsertionPointToStart(&inRange.getThenRegion().front());
     Value row = ke.div(linear, ke.index(quadsPerRow));
     Value rest = ke.rem(linear, ke.index(quadsPerRow));
     Value head = ke.div(rest, ke.index(headDim / 4));

@@ -58,18 +58,9 @@ namespace {
 /// skips -inf partials).
 void emitInitKernel(ImplicitLocOpBuilder &b, Value partialLse, Value slots,
                     int64_t numHeads, Value tokens) {
-  KernelBuilder k{b, b.getF32Type()};
-  int64_t threads = 128;
-  Value blocks = arith::MaxUIOp::create(
-      b, arith::CeilDivUIOp::create(b, slots, k.index(threads)), k.index(1));
-  launch(b, blocks, threads, /*sharedBytes=*/nullptr, /*workgroup=*/{},
-         [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp op) {
+  nvvm_kernel::launchPerItem(b, slots, /*threads=*/128,
+                             [&](ImplicitLocOpBuilder &kb, Value linear) {
     KernelBuilder e{kb, kb.getF32Type()};
-    Value linear = e.add(e.mul(op.getBlockIds().x, e.index(threads)),
-                         op.getThreadIds().x);
-    auto inRange = scf::IfOp::create(kb, e.ult(linear, slots), false);
-    OpBuilder::InsertionGuard guard(kb);
-    kb.setInsertionPointToStart(&inRange.getThenRegion().front());
     Value h = e.rem(linear, e.index(numHeads));
     Value rest = e.div(linear, e.index(numHeads));
     Value t = e.rem(rest, tokens);

@@ -22,3 +22,26 @@ void mlir::moba::nvvm_kernel::launch(
   build(b, op);
   gpu::TerminatorOp::create(b);
 }
+
+void mlir::moba::nvvm_kernel::launchPerItem(
+    ImplicitLocOpBuilder &b, Value count, int64_t threads,
+    function_ref<void(ImplicitLocOpBuilder &, Value)> build) {
+  Value perCta = arith::ConstantIndexOp::create(b, threads);
+  Value ctas = arith::MaxUIOp::create(
+      b, arith::CeilDivUIOp::create(b, count, perCta),
+      arith::ConstantIndexOp::create(b, 1));
+  launch(b, ctas, threads, /*sharedBytes=*/nullptr, /*workgroup=*/{},
+         [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp op) {
+           Value linear = arith::AddIOp::create(
+               kb, arith::MulIOp::create(kb, op.getBlockIds().x, perCta),
+               op.getThreadIds().x);
+           auto inRange = scf::IfOp::create(
+               kb,
+               arith::CmpIOp::create(kb, arith::CmpIPredicate::ult, linear,
+                                     count),
+               /*withElseRegion=*/false);
+           OpBuilder::InsertionGuard guard(kb);
+           kb.setInsertionPointToStart(&inRange.getThenRegion().front());
+           build(kb, linear);
+         });
+}

@@ -160,6 +160,13 @@ void launch(ImplicitLocOpBuilder &b, Value blocks, int64_t threads,
             Value sharedBytes, TypeRange workgroup,
             function_ref<void(ImplicitLocOpBuilder &, gpu::LaunchOp)> build);
 
+/// One gpu.launch with a thread per item of `count` (index), `threads` a
+/// CTA (at least one CTA, so that the launch is valid when `count` is 0):
+/// `build` emits item `linear`'s work, under a check that it is in range.
+void launchPerItem(ImplicitLocOpBuilder &b, Value count, int64_t threads,
+                   function_ref<void(ImplicitLocOpBuilder &, Value linear)>
+                       build);
+
 } // namespace mlir::moba::nvvm_kernel
 
 #endif // MOBA_LIB_CONVERSION_KERNELBUILDER_KERNELBUILDER_H

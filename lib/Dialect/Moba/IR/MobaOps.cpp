@@ -412,6 +412,25 @@ LogicalResult TopKOp::verify() {
   return success();
 }
 
+/// The effects of an op that exists on tensors and, after bufferization, on
+/// buffers: on tensors it is pure; on buffers it reads its inputs and writes
+/// its inits.
+static void addBufferFormEffects(
+    DestinationStyleOpInterface op,
+    SmallVectorImpl<SideEffects::EffectInstance<MemoryEffects::Effect>>
+        &effects) {
+  for (OpOperand &operand : op->getOpOperands()) {
+    if (!isa<MemRefType>(operand.get().getType()))
+      continue;
+    if (op.isDpsInit(&operand))
+      effects.emplace_back(MemoryEffects::Write::get(), &operand,
+                           SideEffects::DefaultResource::get());
+    else
+      effects.emplace_back(MemoryEffects::Read::get(), &operand,
+                           SideEffects::DefaultResource::get());
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // GateTopKOp
 //===----------------------------------------------------------------------===//
@@ -423,18 +442,7 @@ MutableOperandRange GateTopKOp::getDpsInitsMutable() {
 void GateTopKOp::getEffects(
     SmallVectorImpl<SideEffects::EffectInstance<MemoryEffects::Effect>>
         &effects) {
-  // On tensors the op is pure; on buffers it reads its inputs and writes
-  // `init`.
-  for (OpOperand &operand : getOperation()->getOpOperands()) {
-    if (!isa<MemRefType>(operand.get().getType()))
-      continue;
-    if (isDpsInit(&operand))
-      effects.emplace_back(MemoryEffects::Write::get(), &operand,
-                           SideEffects::DefaultResource::get());
-    else
-      effects.emplace_back(MemoryEffects::Read::get(), &operand,
-                           SideEffects::DefaultResource::get());
-  }
+  addBufferFormEffects(*this, effects);
 }
 
 bool GateTopKOp::isMmaSyncCompatible() {
@@ -612,18 +620,7 @@ MutableOperandRange GroupedBlockAttentionOp::getDpsInitsMutable() {
 void GroupedBlockAttentionOp::getEffects(
     SmallVectorImpl<SideEffects::EffectInstance<MemoryEffects::Effect>>
         &effects) {
-  // On tensors the op is pure; on buffers it reads its inputs and writes
-  // its inits.
-  for (OpOperand &operand : getOperation()->getOpOperands()) {
-    if (!isa<MemRefType>(operand.get().getType()))
-      continue;
-    if (isDpsInit(&operand))
-      effects.emplace_back(MemoryEffects::Write::get(), &operand,
-                           SideEffects::DefaultResource::get());
-    else
-      effects.emplace_back(MemoryEffects::Read::get(), &operand,
-                           SideEffects::DefaultResource::get());
-  }
+  addBufferFormEffects(*this, effects);
 }
 
 bool GroupedBlockAttentionOp::isMmaSyncCompatible() {

@@ -19,12 +19,18 @@ using namespace mlir::moba;
 
 namespace {
 
-struct GroupedBlockAttentionBufferization
-    : DstBufferizableOpInterfaceExternalModel<
-          GroupedBlockAttentionBufferization, GroupedBlockAttentionOp> {
-  /// Every slot of the partials is written (listed slots with their block's
-  /// attention, the others with zeros and -inf): the inits are never read,
-  /// so a fresh tensor.empty needs no copy.
+/// The ops that exist on tensors and, after bufferization, on buffers, and
+/// that write every element of their inits, so never read them (a fresh
+/// tensor.empty needs no copy):
+///  * moba.grouped_block_attention writes every slot of the partials
+///    (listed slots with their block's attention, the others -inf);
+///  * moba.gate_topk writes the K slots of every token and head.
+/// The op is re-created on its operands' buffers, with no results; its
+/// results become the init buffers.
+template <typename OpTy>
+struct WriteOnlyInitsBufferization
+    : DstBufferizableOpInterfaceExternalModel<WriteOnlyInitsBufferization<OpTy>,
+                                              OpTy> {
   bool bufferizesToMemoryRead(Operation *op, OpOperand &operand,
                               const AnalysisState &) const {
     return !cast<DestinationStyleOpInterface>(op).isDpsInit(&operand);
@@ -33,7 +39,6 @@ struct GroupedBlockAttentionBufferization
   LogicalResult bufferize(Operation *op, RewriterBase &rewriter,
                           const BufferizationOptions &options,
                           BufferizationState &state) const {
-    auto grouped = cast<GroupedBlockAttentionOp>(op);
     SmallVector<Value> buffers;
     for (Value operand : op->getOperands()) {
       FailureOr<Value> buffer = getBuffer(rewriter, operand, options, state);
@@ -42,42 +47,13 @@ struct GroupedBlockAttentionBufferization
       buffers.push_back(*buffer);
     }
     rewriter.setInsertionPoint(op);
-    GroupedBlockAttentionOp::create(rewriter, op->getLoc(), TypeRange{},
-                                    buffers, op->getAttrs());
-    replaceOpWithBufferizedValues(
-        rewriter, op,
-        {buffers[grouped.getPartialOutInitMutable().getOperandNumber()],
-         buffers[grouped.getPartialLseInitMutable().getOperandNumber()]});
-    return success();
-  }
-};
-
-/// moba.gate_topk writes every element of its selection (the K slots of
-/// every token and head): `init` is never read.
-struct GateTopKBufferization
-    : DstBufferizableOpInterfaceExternalModel<GateTopKBufferization,
-                                              GateTopKOp> {
-  bool bufferizesToMemoryRead(Operation *op, OpOperand &operand,
-                              const AnalysisState &) const {
-    return !cast<DestinationStyleOpInterface>(op).isDpsInit(&operand);
-  }
-
-  LogicalResult bufferize(Operation *op, RewriterBase &rewriter,
-                          const BufferizationOptions &options,
-                          BufferizationState &state) const {
-    auto gate = cast<GateTopKOp>(op);
-    SmallVector<Value> buffers;
-    for (Value operand : op->getOperands()) {
-      FailureOr<Value> buffer = getBuffer(rewriter, operand, options, state);
-      if (failed(buffer))
-        return failure();
-      buffers.push_back(*buffer);
-    }
-    rewriter.setInsertionPoint(op);
-    GateTopKOp::create(rewriter, op->getLoc(), TypeRange{}, buffers,
-                       op->getAttrs());
-    replaceOpWithBufferizedValues(
-        rewriter, op, {buffers[gate.getInitMutable().getOperandNumber()]});
+    OpTy::create(rewriter, op->getLoc(), TypeRange{}, buffers,
+                 op->getAttrs());
+    SmallVector<Value> inits;
+    for (OpOperand &init :
+         cast<DestinationStyleOpInterface>(op).getDpsInitsMutable())
+      inits.push_back(buffers[init.getOperandNumber()]);
+    replaceOpWithBufferizedValues(rewriter, op, inits);
     return success();
   }
 };
@@ -88,7 +64,8 @@ void mlir::moba::registerBufferizableOpInterfaceExternalModels(
     DialectRegistry &registry) {
   registry.addExtension(+[](MLIRContext *context, MobaDialect *) {
     GroupedBlockAttentionOp::attachInterface<
-        GroupedBlockAttentionBufferization>(*context);
-    GateTopKOp::attachInterface<GateTopKBufferization>(*context);
+        WriteOnlyInitsBufferization<GroupedBlockAttentionOp>>(*context);
+    GateTopKOp::attachInterface<WriteOnlyInitsBufferization<GateTopKOp>>(
+        *context);
   });
 }
