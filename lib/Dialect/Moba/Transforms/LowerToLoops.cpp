@@ -1141,10 +1141,9 @@ struct MobaLowerToLoopsPass
 
 } // namespace
 
-void mlir::moba::populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
-                                                  bool parallel,
-                                                  bool keepMmaCompatibleAttention,
-                                                  bool keepMmaCompatibleGate) {
+void mlir::moba::populateMobaLowerToLoopsPatterns(
+    RewritePatternSet &patterns, bool parallel,
+    bool keepMmaCompatibleAttention, bool keepMmaCompatibleGate) {
   patterns.add<LowerBlockPool, LowerGate, LowerTopK, LowerSparseAttention,
                LowerLseMerge, LowerGroupQueries>(patterns.getContext(),
                                                  parallel);
