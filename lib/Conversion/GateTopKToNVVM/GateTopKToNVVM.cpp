@@ -245,6 +245,8 @@ SmallVector<Value> GateKernel::mergeQuad(KernelBuilder &e, RunningTopK list) {
       block = e.select(better, otherBlock, block);
     }
     best.push_back(block);
+    if (round + 1 == n)
+      break;
     // The lane whose head won pops it (blocks are distinct across a quad;
     // lanes with empty lists "pop" empties).
     Value pop = arith::CmpIOp::create(b, arith::CmpIPredicate::eq,

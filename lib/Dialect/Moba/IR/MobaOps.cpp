@@ -412,6 +412,37 @@ LogicalResult TopKOp::verify() {
   return success();
 }
 
+/// An op that exists on tensors and, after bufferization, on buffers: all
+/// its operands on tensors with results of its inits' types (`results`
+/// names them for the diagnostic), or all on buffers with none.
+static LogicalResult verifyTensorOrBufferForm(DestinationStyleOpInterface op,
+                                              StringRef results) {
+  bool onTensors = isa<RankedTensorType>(op->getOperand(0).getType());
+  for (Value operand : op->getOperands())
+    if (isa<RankedTensorType, UnrankedTensorType>(operand.getType()) !=
+        onTensors)
+      return op->emitOpError("operands must be all tensors or all memrefs");
+  if (!onTensors)
+    return op->getNumResults() == 0
+               ? success()
+               : op->emitOpError("on memrefs, has no results");
+  if (op->getNumResults() != op.getNumDpsInits() ||
+      !llvm::all_of(op.getDpsInitsMutable(), [&](OpOperand &init) {
+        return op.getTiedOpResult(&init).getType() == init.get().getType();
+      }))
+    return op->emitOpError() << "on tensors, expects " << results;
+  return success();
+}
+
+/// f16 or bf16 queries with head_dim a static multiple of 16 up to 128: what
+/// the tensor-core lowerings take.
+static bool hasMmaCompatibleQueries(Value queries) {
+  auto q = cast<ShapedType>(queries.getType());
+  int64_t d = q.getShape().back();
+  return (q.getElementType().isF16() || q.getElementType().isBF16()) &&
+         !ShapedType::isDynamic(d) && d % 16 == 0 && d <= 128;
+}
+
 /// The effects of an op that exists on tensors and, after bufferization, on
 /// buffers: on tensors it is pure; on buffers it reads its inputs and writes
 /// its inits.
@@ -446,25 +477,14 @@ void GateTopKOp::getEffects(
 }
 
 bool GateTopKOp::isMmaSyncCompatible() {
-  auto q = cast<ShapedType>(getQueries().getType());
-  int64_t d = q.getShape().back();
-  return (q.getElementType().isF16() || q.getElementType().isBF16()) &&
-         !ShapedType::isDynamic(d) && d % 16 == 0 && d <= 128 &&
+  return hasMmaCompatibleQueries(getQueries()) &&
          getKeptByScore() <= kMaxMmaKeptBlocks;
 }
 
 LogicalResult GateTopKOp::verify() {
-  bool onTensors = isa<RankedTensorType>(getQueries().getType());
-  for (Value operand : getOperation()->getOperands())
-    if (isa<RankedTensorType, UnrankedTensorType>(operand.getType()) !=
-        onTensors)
-      return emitOpError("operands must be all tensors or all memrefs");
-  if (onTensors ? getResults().size() != 1 ||
-                      getResults()[0].getType() != getInit().getType()
-                : !getResults().empty())
-    return emitOpError(onTensors ? "on tensors, expects one result of the "
-                                   "type of init"
-                                 : "on memrefs, has no results");
+  if (failed(verifyTensorOrBufferForm(*this, "one result of the type of "
+                                             "init")))
+    return failure();
   Checker c(*this);
   Named q("queries", getQueries()), means("means", getMeans()),
       init("init", getInit());
@@ -624,29 +644,14 @@ void GroupedBlockAttentionOp::getEffects(
 }
 
 bool GroupedBlockAttentionOp::isMmaSyncCompatible() {
-  auto q = cast<ShapedType>(getQ().getType());
-  int64_t d = q.getShape().back();
-  return q.getElementType().isF16() || q.getElementType().isBF16()
-             ? !ShapedType::isDynamic(d) && d % 16 == 0 && d <= 128
-             : false;
+  return hasMmaCompatibleQueries(getQ());
 }
 
 LogicalResult GroupedBlockAttentionOp::verify() {
-  // All operands on tensors with two results tied to the inits, or all on
-  // buffers with none.
-  bool onTensors = isa<RankedTensorType>(getQ().getType());
-  for (Value operand : getOperation()->getOperands())
-    if (isa<RankedTensorType, UnrankedTensorType>(operand.getType()) !=
-        onTensors)
-      return emitOpError("operands must be all tensors or all memrefs");
-  if (onTensors && (getResults().size() != 2 ||
-                    getResults()[0].getType() != getPartialOutInit().getType() ||
-                    getResults()[1].getType() != getPartialLseInit().getType()))
-    return emitOpError("on tensors, expects two results of the types of "
-                       "partial_out_init and partial_lse_init");
-  if (!onTensors && !getResults().empty())
-    return emitOpError("on memrefs, has no results");
-  if (failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
+  if (failed(verifyTensorOrBufferForm(
+          *this, "two results of the types of partial_out_init and "
+                 "partial_lse_init")) ||
+      failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
                                            getCuSeqlens(), getSelected(),
                                            getBlockSize(), getScaleAttr())) ||
       failed(verifyGroups(*this, getSelected(), getStarts(), getCounts(),
