@@ -160,7 +160,7 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   // what are divisions by 2 or 64 (the attention kernel took 59 parameters,
   // 26 of them constants).
   pm.addPass(createGpuLaunchSinkIndexComputationsPass());
-  pm.addPass(createGpuKernelOutliningPass());
+  pm.addPass(createMobaGpuKernelOutlining());
   pm.addPass(createSCFToControlFlowPass());
   pm.addPass(createConvertNVVMToLLVMPass());
   pm.addPass(createConvertFuncToLLVMPass());

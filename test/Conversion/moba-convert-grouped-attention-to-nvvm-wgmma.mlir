@@ -12,7 +12,7 @@
 // Two warpgroups of 64 entries, 128 keys per stage. Shared memory: the
 // causal bounds (16 x i32) first, then, from the next 1 KiB boundary
 // (found at run time: 1024 bytes of slack), Q (2 warpgroups x 1 panel x
-// 64 x 64), the K/V stages (2 x 2 x 1 panel x 128 x 64) and P (2
+// 64 x 64), the K then V buffers (2 + 2 x 1 panel x 128 x 64) and P (2
 // warpgroups x 2 key panels x 64 x 64): 64 + 1024 + 16384 + 65536 + 32768
 // = 115776 bytes.
 // CHECK-LABEL: func.func @bf16
@@ -21,7 +21,7 @@
 // CHECK:   memref.view %[[RAW]][%c0{{.*}}][] : {{.+}} to memref<16xi32, #gpu.address_space<workgroup>>
 // CHECK:   memref.extract_aligned_pointer_as_index %[[RAW]]
 // CHECK:   %[[Q:.+]] = memref.view %[[RAW]][%{{.+}}][] : {{.+}} to memref<2x1x64x64xbf16, #gpu.address_space<workgroup>>
-// CHECK:   %[[STAGE:.+]] = memref.view %[[RAW]][%{{.+}}][] : {{.+}} to memref<2x2x1x128x64xbf16, #gpu.address_space<workgroup>>
+// CHECK:   %[[STAGE:.+]] = memref.view %[[RAW]][%{{.+}}][] : {{.+}} to memref<4x1x128x64xbf16, #gpu.address_space<workgroup>>
 // CHECK:   %[[P:.+]] = memref.view %[[RAW]][%{{.+}}][] : {{.+}} to memref<2x2x64x64xbf16, #gpu.address_space<workgroup>>
 // The queries gathered by cp.async into 128-byte-swizzled rows (the 16-byte
 // chunk xor the row); P and the V buffer that the first chunk's P V reads
@@ -77,6 +77,8 @@
 // CHECK-COUNT-8: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>
 // CHECK-NEXT: nvvm.wgmma.commit.group.sync.aligned
 // CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
+// One CTA fills an SM: no occupancy is stated.
+// CHECK-NOT: nvvm.minctasm
 // CHECK-NOT: moba.grouped_block_attention
 
 // One warpgroup (the default 4 warps, 64 keys): no named barrier (an id
@@ -86,6 +88,9 @@
 // ONE-NOT: nvvm.barrier
 // ONE: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>
 // ONE-NOT: nvvm.barrier
+// Four CTAs of 49 KiB fit an SM, but would leave 128 registers a thread,
+// too few for the kernel: no occupancy is stated, and V keeps two buffers.
+// ONE-NOT: nvvm.minctasm
 // ONE-LABEL: func.func @f16
 func.func @bf16(%q: memref<?x8x64xbf16>, %kv: memref<?x2x64xbf16>, %cu: memref<?xi32>,
                 %sel: memref<?x8x2xi32>, %s: memref<8x?xi32>, %e: memref<8x?xi32>,
@@ -111,5 +116,58 @@ func.func @f16(%q: memref<?x4x16xf16>, %kv: memref<?x4x16xf16>, %cu: memref<?xi3
       v(%kv : memref<?x4x16xf16>) cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x4x3xi32>)
       groups(%s : memref<4x?xi32>, %s : memref<4x?xi32>, %e : memref<4x?xi32>)
       outs(%o : memref<3x?x4x16xf32>, %l : memref<3x?x4xf32>) {block_size = 64, scale = 0.25 : f32}
+  return
+}
+
+// -----
+
+// head_dim 128, one warpgroup: K keeps two buffers and V gets one, so that
+// three CTAs of 73 KiB share an SM (two buffers of V: two CTAs of 89 KiB),
+// and the launch states that occupancy for ptxas (at most 168 registers).
+// Shared memory: 32 (bounds) + 1024 (slack) + 16384 (Q) + 3 x 16384 (K, K,
+// V) + 8192 (P) = 74784 bytes. The cp.async groups, in order: K_0, V_0,
+// then per chunk c, K_(c+1) at its start and V_(c+1) at its end.
+// CHECK-LABEL: func.func @single_value_buffer
+// ONE-LABEL: func.func @single_value_buffer
+// ONE: gpu.launch {{.+}} dynamic_shared_memory_size %c74784_i32 {
+// ONE: %[[STAGE:.+]] = memref.view {{.+}} to memref<3x2x64x64xbf16, #gpu.address_space<workgroup>>
+// ONE: nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]]
+// ONE: nvvm.cp.async.commit.group
+// ONE: nvgpu.device_async_copy %arg2[{{.+}}], %[[STAGE]]
+// ONE: nvvm.cp.async.commit.group
+// Chunk c: K_(c+1) starts; K_c has landed when all but the newest two
+// groups (V_c, K_(c+1)) have.
+// ONE: scf.for
+// ONE:   nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]]
+// ONE:   nvvm.cp.async.commit.group
+// ONE-NEXT: nvvm.cp.async.wait.group 2
+// ONE-NEXT: nvvm.fence.proxy
+// ONE-NEXT: gpu.barrier
+// ONE:   nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>, D[<f32>, <zero>]
+// ONE:   math.exp2
+// V_c has landed once all groups but K_(c+1) have; the fence after P's
+// stores and the barrier publish both to the async proxy.
+// ONE:   nvvm.cp.async.wait.group 1
+// ONE:   vector.store
+// ONE:   nvvm.fence.proxy
+// ONE-NEXT: gpu.barrier
+// ONE:   nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 128, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <row>]
+// ONE:   nvvm.wgmma.wait.group.sync.aligned 0
+// Every warp is done with V_c before V_(c+1) overwrites it.
+// ONE:   gpu.barrier
+// ONE-NEXT: arith.cmpi ult
+// ONE-NEXT: scf.if
+// ONE:     nvgpu.device_async_copy %arg2[{{.+}}], %[[STAGE]]
+// ONE:   nvvm.cp.async.commit.group
+// ONE-NEXT: scf.yield
+// ONE: } {nvvm.minctasm = 3 : i32}
+func.func @single_value_buffer(%q: memref<?x8x128xbf16>, %k: memref<?x2x128xbf16>,
+                               %v: memref<?x2x128xbf16>, %cu: memref<?xi32>,
+                               %sel: memref<?x8x3xi32>, %s: memref<8x?xi32>, %e: memref<8x?xi32>,
+                               %o: memref<3x?x8x128xbf16>, %l: memref<3x?x8xf32>) {
+  moba.grouped_block_attention q(%q : memref<?x8x128xbf16>) k(%k : memref<?x2x128xbf16>)
+      v(%v : memref<?x2x128xbf16>) cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x8x3xi32>)
+      groups(%s : memref<8x?xi32>, %s : memref<8x?xi32>, %e : memref<8x?xi32>)
+      outs(%o : memref<3x?x8x128xbf16>, %l : memref<3x?x8xf32>) {block_size = 512, scale = 0.088 : f32}
   return
 }

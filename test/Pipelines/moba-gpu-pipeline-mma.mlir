@@ -13,7 +13,7 @@
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_80 densify=true mma=true mma-instruction=wgmma" 2>&1 | FileCheck %s --check-prefix=BADCHIP
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-warps=6" 2>&1 | FileCheck %s --check-prefix=BADWG
 // RUN: not moba-opt %s --moba-gpu-pipeline="densify=true mma=true mma-instruction=tcgen05" 2>&1 | FileCheck %s --check-prefix=BADINSTR
-// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=gpu-kernel-outlining -o /dev/null 2>&1 | FileCheck %s --check-prefix=OUTLINED
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-gpu-kernel-outlining -o /dev/null 2>&1 | FileCheck %s --check-prefix=OUTLINED
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-gate-topk-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GATE
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-gate=false" --mlir-print-ir-after=moba-lower-to-loops -o /dev/null 2>&1 | FileCheck %s --check-prefix=SIMTGATE
 

@@ -179,4 +179,31 @@ def MobaConvertGateTopKToNVVM : Pass<"moba-convert-gate-topk-to-nvvm"> {
   ];
 }
 
+def MobaGpuKernelOutlining : Pass<"moba-gpu-kernel-outlining", "ModuleOp"> {
+  let summary = "Outline gpu.launch bodies, keeping their nvvm.* attributes";
+  let description = [{
+    Upstream's `gpu-kernel-outlining` (each `gpu.launch` becomes a
+    `gpu.func` in a `gpu.module` of its own and a `gpu.launch_func`), plus
+    one thing it does not do: the launch's discardable attributes of the
+    NVVM dialect (`nvvm.minctasm`, `nvvm.maxnreg`, ...) move onto the
+    outlined kernel, where `convert-gpu-to-nvvm` and the NVVM translation
+    turn them into PTX directives (`.minnctapersm`, `.maxnreg`).
+
+    The pass that builds a kernel knows its occupancy: the grouped
+    attention kernel states how many CTAs must share an SM
+    (`nvvm.minctasm`), which caps ptxas's register allocation so that the
+    shared memory it sized for that many CTAs is not wasted. Outlining is
+    what separates that pass from the `gpu.func`, so the attributes ride on
+    the `gpu.launch` across it.
+
+    Example: `gpu.launch ... { ... } {nvvm.minctasm = 3 : i32}` outlines to
+    `gpu.func @f_kernel(...) kernel attributes {nvvm.minctasm = 3 : i32,
+    ...}`.
+  }];
+  let dependentDialects = [
+    "::mlir::gpu::GPUDialect",
+    "::mlir::NVVM::NVVMDialect",
+  ];
+}
+
 #endif // MOBA_CONVERSION_PASSES_TD

@@ -41,8 +41,17 @@ enum class MatrixInstruction {
   Wgmma,
 };
 
+/// An sm_90 SM's registers, and the registers the wgmma form of the kernel
+/// needs per thread at head_dim 128 without spilling (ptxas 13.0: 173
+/// unconstrained, 168 with no spill, 160 spills 20 bytes). ptxas allocates
+/// registers in steps of 8.
+constexpr int64_t kRegistersPerSM = 64 * 1024;
+constexpr int64_t kWgmmaRegisters = 168;
+constexpr int64_t kRegisterStep = 8;
+
 /// The work of one CTA: `warps` warps of 16 queries each, over K and V
-/// staged `keyChunk` keys at a time through two shared-memory buffers.
+/// staged `keyChunk` keys at a time through shared-memory buffers: two for
+/// K, and two for V or (singleValueBuffer) one.
 ///
 /// All of the CTA's shared memory is carved out of the one dynamic region:
 /// `gpu.dynamic_shared_memory` lowers to a `.shared` symbol at whose address
@@ -53,9 +62,9 @@ enum class MatrixInstruction {
 ///
 /// mma.sync: [K/V stages][causal bounds]; the stages' rows are padded to
 /// head_dim + 8 elements against bank conflicts.
-/// wgmma: [causal bounds][slack up to 1 KiB alignment][Q][K/V stages][P],
-/// every operand in 64-column panels of 128-byte rows with the 128-byte
-/// swizzle (wgmmaOperandLayout in WgmmaChunkLoop.cpp).
+/// wgmma: [causal bounds][slack up to 1 KiB alignment][Q][K buffers]
+/// [V buffers][P], every operand in 64-column panels of 128-byte rows with
+/// the 128-byte swizzle (wgmmaOperandLayout in WgmmaChunkLoop.cpp).
 struct MmaTileShape {
   int64_t warps;
   int64_t keyChunk;
@@ -63,13 +72,34 @@ struct MmaTileShape {
 
   bool isWgmma() const { return instruction == MatrixInstruction::Wgmma; }
   int64_t warpgroups() const { return warps / 4; }
+  int64_t threads() const { return 32 * warps; }
   static int64_t bytesOf(Type element) {
     return element.getIntOrFloatBitWidth() / 8;
   }
-  /// K and V, two buffers each.
-  int64_t stageBytes(int64_t headDim, Type element) const {
+  /// One buffer of K or V: keyChunk rows.
+  int64_t operandBytes(int64_t headDim, Type element) const {
     int64_t rowElements = isWgmma() ? headDim : headDim + 8;
-    return 2 * 2 * keyChunk * rowElements * bytesOf(element);
+    return keyChunk * rowElements * bytesOf(element);
+  }
+  /// V's buffers: one where that lets one more CTA share an SM with the
+  /// registers the kernel needs (wgmma, one warpgroup, head_dim 128: three
+  /// CTAs of 73 KiB instead of two of 89). V is then loaded after each
+  /// chunk's P V, while the next chunk's S and softmax run (the chunk
+  /// loop's ValueStaging::AfterProducts).
+  int64_t valueBuffers(int64_t headDim, Type element) const {
+    return singleValueBuffer(headDim, element) ? 1 : 2;
+  }
+  bool singleValueBuffer(int64_t headDim, Type element) const {
+    if (!isWgmma() || warpgroups() != 1)
+      return false;
+    int64_t doubled = ctasPerSM(sharedBytesWith(2, headDim, element));
+    int64_t single = ctasPerSM(sharedBytesWith(1, headDim, element));
+    return doubled >= 2 && single > doubled &&
+           registerBudget(single) >= kWgmmaRegisters;
+  }
+  int64_t stageBytes(int64_t headDim, Type element) const {
+    return (2 + valueBuffers(headDim, element)) *
+           operandBytes(headDim, element);
   }
   /// Each warp's first and last token (i32).
   int64_t reduceBytes() const { return 2 * warps * 4; }
@@ -84,21 +114,48 @@ struct MmaTileShape {
   /// wgmma: room to align the operands to 1 KiB (the swizzle's period).
   int64_t alignmentSlack() const { return isWgmma() ? 1024 : 0; }
   int64_t sharedBytes(int64_t headDim, Type element) const {
-    return stageBytes(headDim, element) + reduceBytes() +
-           queryBytes(headDim, element) + probabilityBytes(element) +
-           alignmentSlack();
+    return sharedBytesWith(valueBuffers(headDim, element), headDim, element);
+  }
+  /// The CTAs of `sharedBytes` each that fit an SM's shared memory and
+  /// threads.
+  int64_t ctasPerSM(int64_t sharedBytes) const {
+    return std::min(kSharedBytesPerSM / (sharedBytes + kReservedSharedBytes),
+                    2048 / threads());
+  }
+  /// The registers per thread that `ctas` CTAs leave each thread.
+  int64_t registerBudget(int64_t ctas) const {
+    return kRegistersPerSM / (ctas * threads()) / kRegisterStep *
+           kRegisterStep;
+  }
+  /// The CTAs per SM the kernel states to ptxas (nvvm.minctasm, which
+  /// caps its registers at registerBudget), or 0 for none: for the wgmma
+  /// form, when more than one CTA fits the shared memory and as many leave
+  /// it the registers it needs. (The unconstrained kernel takes 173, five more
+  /// than three CTAs allow.)
+  int64_t statedCtasPerSM(int64_t headDim, Type element) const {
+    if (!isWgmma())
+      return 0;
+    int64_t ctas = ctasPerSM(sharedBytes(headDim, element));
+    return ctas >= 2 && registerBudget(ctas) >= kWgmmaRegisters ? ctas : 0;
   }
   /// wgmma: whether each chunk's softmax runs while the tensor cores
   /// multiply the previous chunk's P V (WgmmaChunkLoop.cpp). Not when the
   /// CTA is one warpgroup and two CTAs fit an SM's shared memory: there the
-  /// two CTAs' warpgroups already take turns on the tensor cores, and the
+  /// CTAs' warpgroups already take turns on the tensor cores, and the
   /// overlapped form's extra product (the first chunk's, of zeros) cost
   /// 5% on the H200 (docs/PERFORMANCE.md).
   bool overlapsSoftmax(int64_t headDim, Type element) const {
     return isWgmma() &&
            !(warpgroups() == 1 &&
-             2 * (sharedBytes(headDim, element) + kReservedSharedBytes) <=
-                 kSharedBytesPerSM);
+             ctasPerSM(sharedBytes(headDim, element)) >= 2);
+  }
+
+private:
+  int64_t sharedBytesWith(int64_t valueBuffers, int64_t headDim,
+                          Type element) const {
+    return (2 + valueBuffers) * operandBytes(headDim, element) +
+           reduceBytes() + queryBytes(headDim, element) +
+           probabilityBytes(element) + alignmentSlack();
   }
 };
 
@@ -180,6 +237,13 @@ struct AttentionKernel {
     /// and been published by a barrier after a proxy fence, when they
     /// return).
     OneChunkLate,
+    /// One V buffer (MmaTileShape::singleValueBuffer): V of chunk c + 1 is
+    /// copied after chunk c's body, whose P V is then done with the buffer;
+    /// it lands while chunk c + 1's S and softmax run. Its cp.async group
+    /// is the newest but one when chunk c + 1's body starts (K of chunk
+    /// c + 2 is newer), so the body waits for all groups but the newest and
+    /// publishes (proxy fence, barrier) before it multiplies P V.
+    AfterProducts,
   };
   /// The software pipeline both forms share: chunk c + 1 is copied (`stage`,
   /// one cp.async group per chunk, empty past the last, so that "all but

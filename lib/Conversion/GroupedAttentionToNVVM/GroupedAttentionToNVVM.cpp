@@ -89,8 +89,16 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
   Value ctas = arith::MaxUIOp::create(
       b, e.mul(tilesPerHead, e.index(numHeads)), e.index(1));
   int64_t sharedBytes = shape.sharedBytes(headDim, element());
+  int64_t statedCtas = shape.statedCtasPerSM(headDim, element());
   launch(b, ctas, threads(), e.i32(sharedBytes), /*workgroup=*/{},
          [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp launchOp) {
+           // The occupancy the shared memory was sized for, as a cap on
+           // ptxas's registers; moba-gpu-kernel-outlining carries it to
+           // the kernel.
+           if (statedCtas > 0)
+             launchOp->setAttr(
+                 NVVM::NVVMDialect::getMinctasmAttrName(),
+                 kb.getI32IntegerAttr(static_cast<int32_t>(statedCtas)));
            KernelBuilder ke{kb, e.element};
            Value cta = launchOp.getBlockIds().x;
            emitCta(kb, launchOp, ke.div(cta, tilesPerHead),
@@ -577,20 +585,34 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
   KernelBuilder e{b, element()};
   Value chunkKeys = e.index(shape.keyChunk);
   bool late = values == ValueStaging::OneChunkLate;
-  // K (and, unless late, V) of chunk `chunk` into buffer `buffer`.
+  bool afterProducts = values == ValueStaging::AfterProducts;
+  // K (and, WithKeys, V) of chunk `chunk` into buffer `buffer`.
   auto stageChunk = [&](ImplicitLocOpBuilder &sb, Value buffer,
                         Value keyBase) {
     stage(sb, /*operand=*/0, buffer, keyBase);
-    if (!late)
+    if (values == ValueStaging::WithKeys)
       stage(sb, /*operand=*/1, buffer, keyBase);
   };
-  {
-    auto any = scf::IfOp::create(b, e.ult(e.index(0), t.chunks), false);
-    OpBuilder::InsertionGuard anyGuard(b);
-    b.setInsertionPointToStart(&any.getThenRegion().front());
-    stageChunk(b, e.index(0), t.keyFirst);
-  }
+  // Chunk 0: K and, AfterProducts, V in a group of its own (the groups are
+  // then, in order: K_0, V_0, and per chunk c, K_(c+1) and V_(c+1)).
+  auto ifAny = [&](ImplicitLocOpBuilder &ib, Value chunk,
+                   function_ref<void(ImplicitLocOpBuilder &)> then) {
+    KernelBuilder ie{ib, e.element};
+    auto any = scf::IfOp::create(ib, ie.ult(chunk, t.chunks), false);
+    OpBuilder::InsertionGuard anyGuard(ib);
+    ib.setInsertionPointToStart(&any.getThenRegion().front());
+    then(ib);
+  };
+  ifAny(b, e.index(0), [&](ImplicitLocOpBuilder &ib) {
+    stageChunk(ib, e.index(0), t.keyFirst);
+  });
   NVVM::CpAsyncCommitGroupOp::create(b);
+  if (afterProducts) {
+    ifAny(b, e.index(0), [&](ImplicitLocOpBuilder &ib) {
+      stage(ib, /*operand=*/1, e.index(0), t.keyFirst);
+    });
+    NVVM::CpAsyncCommitGroupOp::create(b);
+  }
   auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
                        bool masked) {
     return scf::ForOp::create(
@@ -601,17 +623,16 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
           Value next = ie.add(chunk, ie.index(1));
           Value buffer = ie.rem(chunk, ie.index(2));
           Value keyBase = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
-          {
-            auto more = scf::IfOp::create(ib, ie.ult(next, t.chunks), false);
-            OpBuilder::InsertionGuard moreGuard(ib);
-            ib.setInsertionPointToStart(&more.getThenRegion().front());
-            stageChunk(ib, ie.rem(next, ie.index(2)),
-                       ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
-          }
+          Value nextBase = ie.add(t.keyFirst, ie.mul(next, chunkKeys));
+          ifAny(ib, next, [&](ImplicitLocOpBuilder &sb) {
+            stageChunk(sb, ie.rem(next, ie.index(2)), nextBase);
+          });
           if (late)
             stage(ib, /*operand=*/1, buffer, keyBase);
           NVVM::CpAsyncCommitGroupOp::create(ib);
-          NVVM::CpAsyncWaitGroupOp::create(ib, 1);
+          // Chunk c's K (and V unless AfterProducts) landed: all groups
+          // but K_(c+1) (and, AfterProducts, V_c) are done.
+          NVVM::CpAsyncWaitGroupOp::create(ib, afterProducts ? 2 : 1);
           if (asyncProxyReads)
             ie.fenceAsyncProxy();
           gpu::BarrierOp::create(ib);
@@ -619,6 +640,12 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
               body(ib, chunk, buffer, keyBase, c, masked);
           // Every warp is done with this buffer before it is refilled.
           gpu::BarrierOp::create(ib);
+          if (afterProducts) {
+            ifAny(ib, next, [&](ImplicitLocOpBuilder &sb) {
+              stage(sb, /*operand=*/1, ie.index(0), nextBase);
+            });
+            NVVM::CpAsyncCommitGroupOp::create(ib);
+          }
           scf::YieldOp::create(ib, results);
         });
   };

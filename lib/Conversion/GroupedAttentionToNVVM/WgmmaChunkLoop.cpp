@@ -5,9 +5,10 @@
 //
 // Each warpgroup (4 warps) of the CTA owns 64 consecutive entries of the
 // tile. Their queries are gathered once into shared memory; K and V pass
-// through two shared-memory buffers `keyChunk` keys at a time, filled by
-// cp.async while the previous chunk is multiplied. Per chunk and
-// warpgroup:
+// through shared-memory buffers `keyChunk` keys at a time, filled by
+// cp.async while the previous chunk is multiplied: two of each, or two of
+// K and one of V (MmaTileShape::singleValueBuffer), which V fills while S
+// and the softmax run. Per chunk and warpgroup:
 //
 //   S = Q K^T   head_dim / 16 wgmma m64 n<keyChunk> k16, both operands
 //               K-major in shared memory;
@@ -123,7 +124,8 @@ Value wgmma(KernelBuilder &e, Value acc, Value descA, Value descB, int64_t n,
 /// aligned start, and its views.
 struct WgmmaOperands {
   Value queries; ///< [warpgroup, panel, row, swizzled column]
-  Value stages;  ///< [buffer, K or V, panel, key, swizzled column]
+  /// [K buffers then V buffers, panel, key, swizzled column]
+  Value stages;
   Value probabilities; ///< [warpgroup, key panel, row, swizzled column]
   Value queryAddress, stageAddress, probabilityAddress; ///< shared, bytes
 };
@@ -141,7 +143,9 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   int64_t warpgroups = shape.warpgroups();
   int64_t queryPanelBytes = 64 * kPanelRowBytes;
   int64_t stagePanelBytes = shape.keyChunk * kPanelRowBytes;
-  int64_t bufferBytes = 2 * panels * stagePanelBytes;
+  int64_t bufferBytes = panels * stagePanelBytes; // one of K or V
+  bool singleValueBuffer = shape.singleValueBuffer(headDim, element());
+  int64_t stageSlots = 2 + shape.valueBuffers(headDim, element());
   int64_t bytesOfElement = MmaTileShape::bytesOf(element());
 
   // The plan starts at the first 1 KiB boundary after the causal bounds.
@@ -166,7 +170,7 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
       ops.stageAddress, e.index(shape.stageBytes(headDim, element())));
   ops.queries =
       view({warpgroups, panels, 64, kPanelColumns}, ops.queryAddress);
-  ops.stages = view({2, 2, panels, shape.keyChunk, kPanelColumns},
+  ops.stages = view({stageSlots, panels, shape.keyChunk, kPanelColumns},
                     ops.stageAddress);
   ops.probabilities = view({warpgroups, keyPanels, 64, kPanelColumns},
                            ops.probabilityAddress);
@@ -219,16 +223,17 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   });
 
   // K (`operand` 0) or V (1) of keys [keyBase, keyBase + keyChunk) into
-  // stage `buffer`; rows past lastKey repeat it (the scores mask them).
+  // its buffer `buffer`; rows past lastKey repeat it (the scores mask
+  // them).
   auto stage = [&](ImplicitLocOpBuilder &sb, int64_t operand, Value buffer,
                    Value keyBase) {
     KernelBuilder se{sb, e.element};
     Value source = operand == 0 ? k : v;
+    Value slot = operand == 0 ? buffer : se.add(buffer, se.index(2));
     copyRows(sb, shape.keyChunk, [&](Value key, Value column) {
       Value from = se.minU(se.add(keyBase, key), t.lastKey);
       nvgpu::DeviceAsyncCopyOp::create(
-          sb, ops.stages,
-          ValueRange{buffer, se.index(operand), panelOfChunk, key, column},
+          sb, ops.stages, ValueRange{slot, panelOfChunk, key, column},
           source, ValueRange{from, t.g, sourceColumn}, sb.getIndexAttr(8),
           /*srcElements=*/Value(), sb.getUnitAttr());
     });
@@ -249,7 +254,7 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
       e,
       descriptor(e, ops.stageAddress, /*leadingBytes=*/stagePanelBytes,
                  /*strideBytes=*/8 * kPanelRowBytes),
-      panels * stagePanelBytes);
+      2 * bufferBytes);
   Value probabilityDesc = advance(
       e, descriptor(e, ops.probabilityAddress, 16, 8 * kPanelRowBytes),
       e.mul(warpgroup, e.index(keyPanels * queryPanelBytes)));
@@ -358,7 +363,10 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
     // product waited for. Two CTAs share an SM, and each one's softmax
     // runs while the other's products occupy the tensor cores.
     return emitChunkLoops(
-        b, t, /*asyncProxyReads=*/true, ValueStaging::WithKeys, stage,
+        b, t, /*asyncProxyReads=*/true,
+        singleValueBuffer ? ValueStaging::AfterProducts
+                          : ValueStaging::WithKeys,
+        stage,
         [&](ImplicitLocOpBuilder &ib, Value /*chunk*/, Value buffer,
             Value keyBase, ValueRange c,
             bool masked) -> SmallVector<Value> {
@@ -368,12 +376,19 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
           SmallVector<SmallVector<Value>> scores = scoreTiles(ib, scoresAcc);
           SmallVector<Value> results =
               softmaxStep(ib, t, scores, c, keyBase, masked);
+          // One V buffer: V_c, copied during this chunk's S and softmax,
+          // has landed once all but the newest group (K_(c+1)) have; the
+          // proxy fence after P's stores and the barrier publish it too.
+          if (singleValueBuffer)
+            NVVM::CpAsyncWaitGroupOp::create(ib, 1);
           storeProbabilities(ib, scores);
           groupBarrier(ib);
           Value outAcc =
               packAccumulators(ib, ValueRange(results).drop_front(4));
           NVVM::WgmmaFenceAlignedOp::create(ib);
-          outAcc = multiplyValues(ib, outAcc, buffer);
+          KernelBuilder ie{ib, e.element};
+          outAcc = multiplyValues(
+              ib, outAcc, singleValueBuffer ? ie.index(0) : buffer);
           NVVM::WgmmaGroupSyncAlignedOp::create(ib);
           NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
           SmallVector<Value> out =
@@ -408,9 +423,7 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
           });
     };
     zeroFill(ops.probabilityAddress, shape.probabilityBytes(element()));
-    zeroFill(e.add(ops.stageAddress,
-                   e.index(bufferBytes + panels * stagePanelBytes)),
-             panels * stagePanelBytes);
+    zeroFill(e.add(ops.stageAddress, e.index(3 * bufferBytes)), bufferBytes);
   }
   SmallVector<Value> finals = emitChunkLoops(
       b, t, /*asyncProxyReads=*/true, ValueStaging::OneChunkLate, stage,
