@@ -35,18 +35,24 @@
 // CHECK:     vector.store %[[ZEROS]]
 // CHECK:   nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]][{{.+}}], 8 {bypassL1}
 // CHECK:   nvvm.cp.async.commit.group
-// Per chunk: K of the next chunk and V of this one start copying (V lands
-// one chunk late); K of this chunk and V of the last have landed and are
-// published to the async proxy. S = Q K^T as 4 k-steps of m64n128k16 (the
+// Per chunk: every copy has landed (K of this chunk, V of the last), and
+// one barrier publishes them to the async proxy and frees the buffers the
+// last chunk used; K of the next chunk and V of this one start copying
+// into those (V lands one chunk late). S = Q K^T as 4 k-steps of m64n128k16 (the
 // first without accumulating) is issued, then O += P V of the last chunk as
 // 8 k-steps of m64n64k16 with V transposed (MN-major: layout row), each its
 // own group; the softmax waits for S only, and runs while the tensor cores
 // multiply P V. Then O is rescaled and P stored to shared memory for the
-// next chunk, fenced for the async proxy; the loop's barrier publishes it.
+// next chunk, fenced for the async proxy; the next chunk's barrier
+// publishes it.
 // CHECK:   scf.for
-// CHECK:     nvvm.cp.async.wait.group 1
+// CHECK:     nvvm.cp.async.wait.group 0
 // CHECK-NEXT: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
 // CHECK-NEXT: gpu.barrier
+// CHECK:     scf.if
+// CHECK:       nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]]
+// CHECK:     nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]]
+// CHECK:     nvvm.cp.async.commit.group
 // CHECK:     nvvm.wgmma.fence.aligned
 // CHECK:     llvm.mlir.zero
 // CHECK:     nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 128, k = 16>, D[<f32>, <zero>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
@@ -56,7 +62,7 @@
 // CHECK-COUNT-8: nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <row>]
 // CHECK-NEXT: nvvm.wgmma.commit.group.sync.aligned
 // CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 1
-// CHECK:     math.exp2
+// CHECK:     llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
 // CHECK:     nvvm.wgmma.wait.group.sync.aligned 0
 // The rescale runs only when a lane of the warp moved its row's max (by
 // more than the 2^8 slack).
@@ -66,7 +72,8 @@
 // CHECK:     } else {
 // CHECK:     vector.store {{.+}}, %[[P]][{{.+}}] {alignment = 4 : i64} : memref<2x2x64x64xbf16, #gpu.address_space<workgroup>>, vector<2xbf16>
 // CHECK:     nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
-// CHECK-NEXT: gpu.barrier
+// CHECK-NOT: gpu.barrier
+// CHECK:     scf.yield
 // CHECK:   scf.for
 // CHECK:     nvvm.wgmma.mma_async
 // After the loops: the last V landed and published, the last P V.
@@ -125,26 +132,28 @@ func.func @f16(%q: memref<?x4x16xf16>, %kv: memref<?x4x16xf16>, %cu: memref<?xi3
 // three CTAs of 73 KiB share an SM (two buffers of V: two CTAs of 89 KiB),
 // and the launch states that occupancy for ptxas (at most 168 registers).
 // Shared memory: 32 (bounds) + 1024 (slack) + 16384 (Q) + 3 x 16384 (K, K,
-// V) + 8192 (P) = 74784 bytes. The cp.async groups, in order: K_0, V_0,
-// then per chunk c, K_(c+1) at its start and V_(c+1) at its end.
+// V) + 8192 (P) = 74784 bytes. The cp.async groups, in order: K_0 (with
+// the queries), then per chunk c, after its barrier, V_c and K_(c+1).
 // CHECK-LABEL: func.func @single_value_buffer
 // ONE-LABEL: func.func @single_value_buffer
 // ONE: gpu.launch {{.+}} dynamic_shared_memory_size %c74784_i32 {
 // ONE: %[[STAGE:.+]] = memref.view {{.+}} to memref<3x2x64x64xbf16, #gpu.address_space<workgroup>>
 // ONE: nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]]
 // ONE: nvvm.cp.async.commit.group
-// ONE: nvgpu.device_async_copy %arg2[{{.+}}], %[[STAGE]]
-// ONE: nvvm.cp.async.commit.group
-// Chunk c: K_(c+1) starts; K_c has landed when all but the newest two
-// groups (V_c, K_(c+1)) have.
+// ONE-NOT: nvgpu.device_async_copy %arg2
+// Chunk c: K_c has landed (every group has); the barrier publishes it and
+// certifies that chunk c - 1's P V is done with the V buffer; V_c and
+// K_(c+1) start.
 // ONE: scf.for
-// ONE:   nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]]
-// ONE:   nvvm.cp.async.commit.group
-// ONE-NEXT: nvvm.cp.async.wait.group 2
+// ONE:   nvvm.cp.async.wait.group 0
 // ONE-NEXT: nvvm.fence.proxy
 // ONE-NEXT: gpu.barrier
+// ONE:   nvgpu.device_async_copy %arg2[{{.+}}], %[[STAGE]]
+// ONE:   nvvm.cp.async.commit.group
+// ONE:   nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]]
+// ONE:   nvvm.cp.async.commit.group
 // ONE:   nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>, D[<f32>, <zero>]
-// ONE:   math.exp2
+// ONE:   llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
 // V_c has landed once all groups but K_(c+1) have; the fence after P's
 // stores and the barrier publish both to the async proxy.
 // ONE:   nvvm.cp.async.wait.group 1
@@ -153,13 +162,8 @@ func.func @f16(%q: memref<?x4x16xf16>, %kv: memref<?x4x16xf16>, %cu: memref<?xi3
 // ONE-NEXT: gpu.barrier
 // ONE:   nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 128, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <row>]
 // ONE:   nvvm.wgmma.wait.group.sync.aligned 0
-// Every warp is done with V_c before V_(c+1) overwrites it.
-// ONE:   gpu.barrier
-// ONE-NEXT: arith.cmpi ult
-// ONE-NEXT: scf.if
-// ONE:     nvgpu.device_async_copy %arg2[{{.+}}], %[[STAGE]]
-// ONE:   nvvm.cp.async.commit.group
-// ONE-NEXT: scf.yield
+// ONE-NOT: gpu.barrier
+// ONE:   scf.yield
 // ONE: } {nvvm.minctasm = 3 : i32}
 func.func @single_value_buffer(%q: memref<?x8x128xbf16>, %k: memref<?x2x128xbf16>,
                                %v: memref<?x2x128xbf16>, %cu: memref<?xi32>,

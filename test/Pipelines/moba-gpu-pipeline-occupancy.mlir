@@ -11,6 +11,8 @@
 // CHECK: gpu.binary @moba_attention_kernel_10
 // CHECK-SAME: .maxntid 128, 1, 1\0A.minnctapersm 3\0A
 // CHECK-SAME: wgmma.mma_async
+// The softmax's exponentials are one SFU instruction each (flush to zero).
+// CHECK-SAME: ex2.approx.ftz.f32
 // CHECK-NOT: minnctapersm
 // MMASYNC-NOT: minnctapersm
 func.func @moba_attention(%q: memref<?x32x128xbf16>, %k: memref<?x8x128xbf16>, %v: memref<?x8x128xbf16>,

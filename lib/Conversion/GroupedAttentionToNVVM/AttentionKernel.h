@@ -237,22 +237,23 @@ struct AttentionKernel {
     /// and been published by a barrier after a proxy fence, when they
     /// return).
     OneChunkLate,
-    /// One V buffer (MmaTileShape::singleValueBuffer): V of chunk c + 1 is
-    /// copied after chunk c's body, whose P V is then done with the buffer;
-    /// it lands while chunk c + 1's S and softmax run. Its cp.async group
-    /// is the newest but one when chunk c + 1's body starts (K of chunk
-    /// c + 2 is newer), so the body waits for all groups but the newest and
-    /// publishes (proxy fence, barrier) before it multiplies P V.
+    /// One V buffer (MmaTileShape::singleValueBuffer): V of chunk c is
+    /// copied at chunk c's top, when chunk c - 1's P V is done with the
+    /// buffer, and lands while chunk c's S and softmax run. Its cp.async
+    /// group is the newest but one (K of chunk c + 1 follows it), so the
+    /// body waits for all groups but the newest and publishes (proxy
+    /// fence, barrier) before it multiplies P V.
     AfterProducts,
   };
-  /// The software pipeline both forms share: chunk c + 1 is copied (`stage`,
-  /// one cp.async group per chunk, empty past the last, so that "all but
-  /// the newest group done" always means "chunk c landed") while chunk c is
-  /// multiplied (`body`), with a barrier before the chunk is read (after a
-  /// proxy fence when `asyncProxyReads`: wgmma reads through the async
-  /// proxy) and one before its buffer is refilled. Two loops, the same but
-  /// for the mask: chunks [0, unmasked) need none, the rest (the block's
-  /// end, the diagonal) do. Returns what they carry at the end.
+  /// The software pipeline both forms share. Each chunk starts with one
+  /// barrier, after every cp.async group has landed (and a proxy fence
+  /// when `asyncProxyReads`: wgmma reads through the async proxy): it
+  /// publishes the chunk's operands and certifies that every warp is done
+  /// with the chunk before, whose buffers the copies of the next chunk
+  /// (`stage`, one group per chunk, empty past the last) then refill while
+  /// this chunk is multiplied (`body`). Two loops, the same but for the
+  /// mask: chunks [0, unmasked) need none, the rest (the block's end, the
+  /// diagonal) do. Returns what they carry at the end.
   SmallVector<Value> emitChunkLoops(ImplicitLocOpBuilder &b, const CtaTile &t,
                                     bool asyncProxyReads, ValueStaging values,
                                     StageFn stage, ChunkFn body);

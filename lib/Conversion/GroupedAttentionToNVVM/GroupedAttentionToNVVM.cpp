@@ -593,8 +593,7 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
     if (values == ValueStaging::WithKeys)
       stage(sb, /*operand=*/1, buffer, keyBase);
   };
-  // Chunk 0: K and, AfterProducts, V in a group of its own (the groups are
-  // then, in order: K_0, V_0, and per chunk c, K_(c+1) and V_(c+1)).
+  // `then` when chunk `chunk` exists.
   auto ifAny = [&](ImplicitLocOpBuilder &ib, Value chunk,
                    function_ref<void(ImplicitLocOpBuilder &)> then) {
     KernelBuilder ie{ib, e.element};
@@ -603,16 +602,15 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
     ib.setInsertionPointToStart(&any.getThenRegion().front());
     then(ib);
   };
+  // Chunk 0's K (and, WithKeys, V): the first group, with whatever the
+  // caller started copying before (the queries).
   ifAny(b, e.index(0), [&](ImplicitLocOpBuilder &ib) {
     stageChunk(ib, e.index(0), t.keyFirst);
   });
   NVVM::CpAsyncCommitGroupOp::create(b);
-  if (afterProducts) {
-    ifAny(b, e.index(0), [&](ImplicitLocOpBuilder &ib) {
-      stage(ib, /*operand=*/1, e.index(0), t.keyFirst);
-    });
-    NVVM::CpAsyncCommitGroupOp::create(b);
-  }
+  // One barrier per chunk both publishes the chunk's operands and frees
+  // the buffers of the chunk before, so the copies into those start after
+  // it: chunk c + 1's copies run during chunk c's body.
   auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
                        bool masked) {
     return scf::ForOp::create(
@@ -623,29 +621,26 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
           Value next = ie.add(chunk, ie.index(1));
           Value buffer = ie.rem(chunk, ie.index(2));
           Value keyBase = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
-          Value nextBase = ie.add(t.keyFirst, ie.mul(next, chunkKeys));
+          // Chunk c's copies (started at chunk c - 1's top) have landed:
+          // every group has.
+          NVVM::CpAsyncWaitGroupOp::create(ib, 0);
+          if (asyncProxyReads)
+            ie.fenceAsyncProxy();
+          gpu::BarrierOp::create(ib);
+          // Every warp is done with chunk c - 1: its buffers refill.
+          if (afterProducts) {
+            stage(ib, /*operand=*/1, ie.index(0), keyBase);
+            NVVM::CpAsyncCommitGroupOp::create(ib);
+          }
           ifAny(ib, next, [&](ImplicitLocOpBuilder &sb) {
-            stageChunk(sb, ie.rem(next, ie.index(2)), nextBase);
+            stageChunk(sb, ie.rem(next, ie.index(2)),
+                       ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
           });
           if (late)
             stage(ib, /*operand=*/1, buffer, keyBase);
           NVVM::CpAsyncCommitGroupOp::create(ib);
-          // Chunk c's K (and V unless AfterProducts) landed: all groups
-          // but K_(c+1) (and, AfterProducts, V_c) are done.
-          NVVM::CpAsyncWaitGroupOp::create(ib, afterProducts ? 2 : 1);
-          if (asyncProxyReads)
-            ie.fenceAsyncProxy();
-          gpu::BarrierOp::create(ib);
           SmallVector<Value> results =
               body(ib, chunk, buffer, keyBase, c, masked);
-          // Every warp is done with this buffer before it is refilled.
-          gpu::BarrierOp::create(ib);
-          if (afterProducts) {
-            ifAny(ib, next, [&](ImplicitLocOpBuilder &sb) {
-              stage(sb, /*operand=*/1, ie.index(0), nextBase);
-            });
-            NVVM::CpAsyncCommitGroupOp::create(ib);
-          }
           scf::YieldOp::create(ib, results);
         });
   };
