@@ -148,7 +148,15 @@ func.func @f16(%q: memref<?x4x16xf16>, %kv: memref<?x4x16xf16>, %cu: memref<?xi3
 // ONE:   nvvm.cp.async.wait.group 0
 // ONE-NEXT: nvvm.fence.proxy
 // ONE-NEXT: gpu.barrier
-// ONE:   nvgpu.device_async_copy %arg2[{{.+}}], %[[STAGE]]
+// A chunk inside the block's keys is copied at constant offsets from its
+// first row; one that reaches past the last key clamps each row to it.
+// ONE:   arith.cmpi ule
+// ONE-NEXT: scf.if
+// ONE-NOT:  arith.minui
+// ONE:     nvgpu.device_async_copy %arg2[{{.+}}], %[[STAGE]]
+// ONE:   } else {
+// ONE:     arith.minui
+// ONE:     nvgpu.device_async_copy %arg2[{{.+}}], %[[STAGE]]
 // ONE:   nvvm.cp.async.commit.group
 // ONE:   nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]]
 // ONE:   nvvm.cp.async.commit.group

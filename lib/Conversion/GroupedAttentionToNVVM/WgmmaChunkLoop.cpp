@@ -224,19 +224,35 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
 
   // K (`operand` 0) or V (1) of keys [keyBase, keyBase + keyChunk) into
   // its buffer `buffer`; rows past lastKey repeat it (the scores mask
-  // them).
+  // them; another sequence's rows could hold a NaN that 0 x NaN would
+  // carry into P V). Only a chunk that reaches past lastKey needs the
+  // clamp: the others' copies differ from the first by constant offsets,
+  // which the backend folds into each cp.async's address.
   auto stage = [&](ImplicitLocOpBuilder &sb, int64_t operand, Value buffer,
                    Value keyBase) {
     KernelBuilder se{sb, e.element};
     Value source = operand == 0 ? k : v;
     Value slot = operand == 0 ? buffer : se.add(buffer, se.index(2));
-    copyRows(sb, shape.keyChunk, [&](Value key, Value column) {
-      Value from = se.minU(se.add(keyBase, key), t.lastKey);
-      nvgpu::DeviceAsyncCopyOp::create(
-          sb, ops.stages, ValueRange{slot, panelOfChunk, key, column},
-          source, ValueRange{from, t.g, sourceColumn}, sb.getIndexAttr(8),
-          /*srcElements=*/Value(), sb.getUnitAttr());
-    });
+    auto copies = [&](ImplicitLocOpBuilder &cb, bool clamped) {
+      KernelBuilder ce{cb, e.element};
+      copyRows(cb, shape.keyChunk, [&](Value key, Value column) {
+        Value from = ce.add(keyBase, key);
+        if (clamped)
+          from = ce.minU(from, t.lastKey);
+        nvgpu::DeviceAsyncCopyOp::create(
+            cb, ops.stages, ValueRange{slot, panelOfChunk, key, column},
+            source, ValueRange{from, t.g, sourceColumn}, cb.getIndexAttr(8),
+            /*srcElements=*/Value(), cb.getUnitAttr());
+      });
+    };
+    Value inside = se.ule(se.add(keyBase, se.index(shape.keyChunk - 1)),
+                          t.lastKey);
+    auto whole = scf::IfOp::create(sb, inside, /*withElseRegion=*/true);
+    OpBuilder::InsertionGuard guard(sb);
+    sb.setInsertionPointToStart(&whole.getThenRegion().front());
+    copies(sb, /*clamped=*/false);
+    sb.setInsertionPointToStart(&whole.getElseRegion().front());
+    copies(sb, /*clamped=*/true);
   };
 
   // This thread's warpgroup, and its place in it.
