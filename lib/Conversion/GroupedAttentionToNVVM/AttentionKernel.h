@@ -83,9 +83,9 @@ struct MmaTileShape {
   }
   /// V's buffers: one where that lets one more CTA share an SM with the
   /// registers the kernel needs (wgmma, one warpgroup, head_dim 128: three
-  /// CTAs of 73 KiB instead of two of 89). V is then loaded after each
-  /// chunk's P V, while the next chunk's S and softmax run (the chunk
-  /// loop's ValueStaging::AfterProducts).
+  /// CTAs of 73 KiB instead of two of 89). V of a chunk is then copied at
+  /// the chunk's top, once the last chunk's P V is done with the buffer,
+  /// while the chunk's S and softmax run (ValueStaging::AfterProducts).
   int64_t valueBuffers(int64_t headDim, Type element) const {
     return singleValueBuffer(headDim, element) ? 1 : 2;
   }
@@ -129,9 +129,9 @@ struct MmaTileShape {
   }
   /// The CTAs per SM the kernel states to ptxas (nvvm.minctasm, which
   /// caps its registers at registerBudget), or 0 for none: for the wgmma
-  /// form, when more than one CTA fits the shared memory and as many leave
-  /// it the registers it needs. (The unconstrained kernel takes 173, five more
-  /// than three CTAs allow.)
+  /// form, when more than one CTA fits the shared memory and as many
+  /// leave it the registers it needs. (Unconstrained, ptxas takes 173,
+  /// five more than three CTAs allow.)
   int64_t statedCtasPerSM(int64_t headDim, Type element) const {
     if (!isWgmma())
       return 0;
