@@ -186,7 +186,7 @@ struct AttentionKernel {
 
   Type element() { return cast<MemRefType>(q.getType()).getElementType(); }
   int64_t ctaRows() { return kTileRows * shape.warps; }
-  int64_t threads() { return 32 * shape.warps; }
+  int64_t threads() { return shape.threads(); }
   /// Elements between two staged key rows of the mma.sync form: head_dim
   /// plus 8, so that the eight row addresses of one ldmatrix phase fall in
   /// distinct banks.
