@@ -57,7 +57,7 @@ void mlir::moba::buildMobaToLoopsPipeline(OpPassManager &pm,
         options.tileQ, options.tileK, options.parallel}));
   pm.addPass(createMobaLowerToLoops(MobaLowerToLoopsOptions{
       options.parallel, options.keepMmaCompatibleAttention,
-      options.keepMmaCompatibleGate}));
+      options.keepMmaCompatibleGate, options.keepWarpCompatibleGrouping}));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
 }

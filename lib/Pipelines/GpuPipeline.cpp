@@ -122,8 +122,11 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   loops.densify = options.densify;
   loops.keepMmaCompatibleAttention = options.densify && options.mma;
   loops.keepMmaCompatibleGate = options.mma && options.mmaGate;
+  loops.keepWarpCompatibleGrouping = options.densify;
   buildMobaToLoopsPipeline(pm, loops);
   buildBufferizationPipeline(pm);
+  if (loops.keepWarpCompatibleGrouping)
+    pm.addPass(createMobaConvertGroupQueriesToNVVM());
   if (loops.keepMmaCompatibleGate)
     pm.addPass(createMobaConvertGateTopKToNVVM());
   if (options.densify && options.mma)

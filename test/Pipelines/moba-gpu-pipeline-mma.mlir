@@ -21,16 +21,15 @@
 // takes one as a parameter (the backend could not fold it): every launch's
 // arguments are function arguments, buffers, dims and computed values, none
 // a %c... or %cst... constant.
-// OUTLINED-COUNT-14: gpu.launch_func {{.+}} args({{(%(arg|memref|dim|[0-9])[_0-9]* : ([^,(]|\([^)]*\))+(, )?)+}}){{$}}
+// OUTLINED-COUNT-11: gpu.launch_func {{.+}} args({{(%(arg|memref|dim|[0-9])[_0-9]* : ([^,(]|\([^)]*\))+(, )?)+}}){{$}}
 
-// Fourteen kernels: pooling, the means split into hi + lo halves, gate +
-// top-k, group counts per chunk, per row (with each chunk's offset),
-// starts, each chunk's entries sorted by row, entries cleared, the chunks'
-// parts copied, partials cleared, the attention's tile list, attention,
-// merged log-sum-exp, merged output.
-// BIN-COUNT-14: gpu.launch_func
+// Eleven kernels: pooling, the means split into hi + lo halves, gate +
+// top-k, the grouping's count, scan and place
+// (moba-convert-group-queries-to-nvvm), partials cleared, the attention's
+// tile list, attention, merged log-sum-exp, merged output.
+// BIN-COUNT-11: gpu.launch_func
 // BIN-NOT: gpu.launch_func
-// BIN-COUNT-14: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
+// BIN-COUNT-11: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
 
 // The attention kernel: K and V staged by cp.async, operands by ldmatrix
 // (.trans for V), bf16 mma.sync m16n8k16 with f32 accumulators, quad

@@ -296,20 +296,24 @@ def print_device_times(times):
         print(f"  #{i}: {ms:8.3f} ms ({100 * ms / total:4.1f}%)")
 
 
-def profile_kernels(moba):
-    """Device time of each kernel of one 32K call. With gpu_attention="mma"
-    the launch order is: block pooling, gate + top-k, group counts per
-    chunk, per row, group starts, each chunk's entries sorted by row,
-    entries cleared, the chunks' parts copied, partials cleared, the
-    attention's tile list, attention (mma.sync), merged log-sum-exp, merged
-    output."""
-    generator = torch.Generator(device="cuda").manual_seed(7)
-    q, k, v, cu = random_case([32768], 32, 32, 128, "bf16", generator)
-    cu_dev = cu.cuda()
-    kernel = moba.compile(head_dim=128, num_heads=32, num_kv_heads=32,
-                          block_size=512, top_k=3, dtype="bf16",
-                          **mma_options())
-    print_device_times(device_times(lambda: kernel(q, k, v, cu_dev)))
+def profile_kernels(moba, configs):
+    """Device time of each kernel of one call per config (N, query heads,
+    KV heads, head_dim, block, top_k; bf16). With gpu_attention="mma" the
+    launch order is: block pooling, the gate's hi/lo split, gate + top-k,
+    the grouping's launches (counts per chunk, per row, starts, each
+    chunk's entries sorted by row, entries cleared, the chunks' parts
+    copied), partials cleared, the attention's tile list, attention,
+    merged log-sum-exp, merged output."""
+    for n, hq, hkv, d, block, top_k in configs:
+        generator = torch.Generator(device="cuda").manual_seed(7)
+        q, k, v, cu = random_case([n], hq, hkv, d, "bf16", generator)
+        cu_dev = cu.cuda()
+        kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                              block_size=block, top_k=top_k, dtype="bf16",
+                              **mma_options())
+        print(f"N={n} heads {hq}/{hkv} head_dim {d} block {block} "
+              f"top_k {top_k}:")
+        print_device_times(device_times(lambda: kernel(q, k, v, cu_dev)))
 
 
 def attended_pairs(n, block, top_k, hq):
@@ -442,7 +446,10 @@ def main():
     p.add_argument("mode", choices=["grid", "long", "time", "small", "api"])
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--profile", action="store_true",
-                   help="with `time`: each kernel's share of a 32K call")
+                   help="with `time`: each kernel's share of a call")
+    p.add_argument("--profile-configs", default="32768:32:32:128:512:3",
+                   help="the calls --profile lists, as "
+                        "N:HQ:HKV:D:BLOCK:TOPK,...")
     p.add_argument("--time-kernels", default="mma,simt",
                    help="the gpu_attention variants `time` measures")
     p.add_argument("--limit", type=int, default=0,
@@ -483,7 +490,9 @@ def main():
                     print(f"| {attention} | {n} | 32/{hkv} | 512 | 3 | "
                           f"{ms:.2f} | {pairs} | {tflops:.2f} |", flush=True)
         if a.profile:
-            profile_kernels(moba)
+            profile_kernels(moba, [
+                tuple(int(x) for x in c.split(":"))
+                for c in a.profile_configs.split(",")])
     sys.exit(0 if ok else 1)
 
 

@@ -179,6 +179,44 @@ def MobaConvertGateTopKToNVVM : Pass<"moba-convert-gate-topk-to-nvvm"> {
   ];
 }
 
+def MobaConvertGroupQueriesToNVVM
+    : Pass<"moba-convert-group-queries-to-nvvm"> {
+  let summary = "The query grouping as a stable counting sort on warps";
+  let description = [{
+    Lowers every `moba.group_queries` on buffers (after bufferization) to
+    three `gpu.launch`es, a stable counting sort of the selection slots by
+    (query head, block row), linked by a scratch buffer of cursors
+    `[heads, block rows, chunks]`:
+
+    * count: one warp per (head, chunk of consecutive tokens) walks the
+      chunk's tokens in order, lane `s` holding slot `s`; a slot attends when
+      its block exists in the token's sequence and no lower slot holds it
+      (`nvvm.match.sync` finds equal blocks); each attending slot adds 1 to
+      its (head, row, chunk) cursor;
+    * scan: one CTA per head replaces its cursors, taken row by row and
+      chunk by chunk, by their exclusive prefix sums, which makes each the
+      place in `entries` where that chunk's part of the row begins; then it
+      writes `starts`, `counts` and -1 into the entries past the last;
+    * place: the warps walk their chunks again and write each attending slot
+      `t * K + s` at the old value of an atomic increment of its cursor. A
+      warp barrier after every token keeps a warp's increments in token
+      order, so every group is ordered by token, then slot, as the op says.
+
+    A chunk is 64 tokens per 128 block rows (at least 64), which keeps the
+    cursors about as large as the entries. Needs static query heads and a
+    static K of at most 32 (one lane a slot); `moba-lower-to-loops`
+    (`keep-warp-compatible-grouping`) leaves exactly those ops for it. Runs
+    on sm_70 and newer (`match.sync`).
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect",
+    "::mlir::gpu::GPUDialect",
+    "::mlir::memref::MemRefDialect",
+    "::mlir::NVVM::NVVMDialect",
+    "::mlir::scf::SCFDialect",
+  ];
+}
+
 def MobaGpuKernelOutlining : Pass<"moba-gpu-kernel-outlining", "ModuleOp"> {
   let summary = "Outline gpu.launch bodies, keeping their nvvm.* attributes";
   let description = [{

@@ -67,6 +67,8 @@ struct CpuPipelineOptions : public PassPipelineOptions<CpuPipelineOptions> {
   bool keepMmaCompatibleAttention = false;
   /// Likewise for moba.gate_topk and its tensor-core lowering.
   bool keepMmaCompatibleGate = false;
+  /// Likewise for moba.group_queries and its warp lowering.
+  bool keepWarpCompatibleGrouping = false;
 };
 
 /// moba.attention -> loops on tensors, per `options.stage`.

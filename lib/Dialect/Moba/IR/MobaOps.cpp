@@ -619,7 +619,28 @@ LogicalResult verifyGroups(Operation *op, Value selectedValue,
 
 } // namespace
 
+void GroupQueriesOp::getAsmResultNames(
+    function_ref<void(Value, StringRef)> setNameFn) {
+  // One name per result, so that each prints on its own (%starts, %counts,
+  // %entries) rather than as one pack of three.
+  if (getNumResults() == 3) {
+    setNameFn(getStarts(), "starts");
+    setNameFn(getCounts(), "counts");
+    setNameFn(getEntries(), "entries");
+  }
+}
+
+void GroupQueriesOp::getEffects(
+    SmallVectorImpl<SideEffects::EffectInstance<MemoryEffects::Effect>>
+        &effects) {
+  addBufferFormEffects(*this, effects);
+}
+
 LogicalResult GroupQueriesOp::verify() {
+  if (failed(verifyTensorOrBufferForm(*this, "three results of the types of "
+                                             "starts_init, counts_init and "
+                                             "entries_init")))
+    return failure();
   Checker c(*this);
   Named sel("selected", getSelected());
   if (failed(c.atLeastOne("block_size", getBlockSize())) ||
@@ -695,6 +716,18 @@ static ParseResult parseResultOfInit(OpAsmParser &,
 }
 
 static void printResultOfInit(OpAsmPrinter &, Operation *, TypeRange, Type) {}
+
+/// The same for an op of several inits: one result per init on tensors.
+static ParseResult parseResultsOfInits(OpAsmParser &,
+                                       SmallVectorImpl<Type> &results,
+                                       Type first, Type second, Type third) {
+  if (isa<RankedTensorType>(first))
+    results.append({first, second, third});
+  return success();
+}
+
+static void printResultsOfInits(OpAsmPrinter &, Operation *, TypeRange, Type,
+                                Type, Type) {}
 
 #define GET_OP_CLASSES
 #include "moba/Dialect/Moba/IR/MobaOps.cpp.inc"

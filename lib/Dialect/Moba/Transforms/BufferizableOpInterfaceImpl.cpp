@@ -24,7 +24,9 @@ namespace {
 /// tensor.empty needs no copy):
 ///  * moba.grouped_block_attention writes every slot of the partials
 ///    (listed slots with their block's attention, the others -inf);
-///  * moba.gate_topk writes the K slots of every token and head.
+///  * moba.gate_topk writes the K slots of every token and head;
+///  * moba.group_queries writes every start and count, and every entry
+///    (listed, or -1 past the last).
 /// The op is re-created on its operands' buffers, with no results; its
 /// results become the init buffers.
 template <typename OpTy>
@@ -67,5 +69,7 @@ void mlir::moba::registerBufferizableOpInterfaceExternalModels(
         WriteOnlyInitsBufferization<GroupedBlockAttentionOp>>(*context);
     GateTopKOp::attachInterface<WriteOnlyInitsBufferization<GateTopKOp>>(
         *context);
+    GroupQueriesOp::attachInterface<
+        WriteOnlyInitsBufferization<GroupQueriesOp>>(*context);
   });
 }

@@ -609,11 +609,19 @@ Value slotEntry(ImplicitLocOpBuilder &b, Value t, Value s, int64_t k) {
 }
 
 struct LowerGroupQueries : LoweringPattern<GroupQueriesOp> {
-  using LoweringPattern::LoweringPattern;
+  LowerGroupQueries(MLIRContext *context, bool parallel,
+                    bool keepWarpCompatible)
+      : LoweringPattern(context, parallel),
+        keepWarpCompatible(keepWarpCompatible) {}
+  bool keepWarpCompatible;
 
   LogicalResult matchAndRewrite(GroupQueriesOp op,
                                 PatternRewriter &rewriter) const override {
-    auto selType = op.getSelected().getType();
+    if (!isa<RankedTensorType>(op.getSelected().getType()))
+      return rewriter.notifyMatchFailure(op, "on buffers");
+    if (keepWarpCompatible && op.isWarpCompatible())
+      return rewriter.notifyMatchFailure(op, "left for the warp lowering");
+    auto selType = cast<RankedTensorType>(op.getSelected().getType());
     if (selType.isDynamicDim(1) || selType.isDynamicDim(2))
       return op.emitOpError("lowering to loops needs static query heads and "
                             "K (dims 1 and 2 of selected)");
@@ -1112,7 +1120,8 @@ struct MobaLowerToLoopsPass
     RewritePatternSet patterns(&getContext());
     populateMobaLowerToLoopsPatterns(patterns, parallel,
                                      keepMmaCompatibleAttention,
-                                     keepMmaCompatibleGate);
+                                     keepMmaCompatibleGate,
+                                     keepWarpCompatibleGrouping);
     walkAndApplyPatterns(getOperation(), std::move(patterns));
     // Whatever could not be lowered has said why (dynamic heads or
     // head_dim); the pass fails rather than leave moba ops behind.
@@ -1122,6 +1131,9 @@ struct MobaLowerToLoopsPass
           return WalkResult::advance();
       if (auto gate = dyn_cast<GateTopKOp>(op))
         if (keepMmaCompatibleGate && gate.isMmaSyncCompatible())
+          return WalkResult::advance();
+      if (auto grouping = dyn_cast<GroupQueriesOp>(op))
+        if (keepWarpCompatibleGrouping && grouping.isWarpCompatible())
           return WalkResult::advance();
       if (!isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
                LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp>(op))
@@ -1143,10 +1155,12 @@ struct MobaLowerToLoopsPass
 
 void mlir::moba::populateMobaLowerToLoopsPatterns(
     RewritePatternSet &patterns, bool parallel,
-    bool keepMmaCompatibleAttention, bool keepMmaCompatibleGate) {
+    bool keepMmaCompatibleAttention, bool keepMmaCompatibleGate,
+    bool keepWarpCompatibleGrouping) {
   patterns.add<LowerBlockPool, LowerGate, LowerTopK, LowerSparseAttention,
-               LowerLseMerge, LowerGroupQueries>(patterns.getContext(),
-                                                 parallel);
+               LowerLseMerge>(patterns.getContext(), parallel);
+  patterns.add<LowerGroupQueries>(patterns.getContext(), parallel,
+                                  keepWarpCompatibleGrouping);
   patterns.add<LowerGroupedBlockAttention>(patterns.getContext(), parallel,
                                            keepMmaCompatibleAttention);
   patterns.add<LowerGateTopK>(patterns.getContext(), parallel,

@@ -9,6 +9,7 @@
 #define MOBA_DIALECT_MOBA_IR_MOBAOPS_TD
 
 include "moba/Dialect/Moba/IR/MobaDialect.td"
+include "mlir/IR/OpAsmInterface.td"
 include "mlir/Interfaces/DestinationStyleOpInterface.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
 
@@ -490,10 +491,10 @@ def Moba_LseMergeOp : Moba_DpsOp<"lse_merge",
   let hasVerifier = 1;
 }
 
-def Moba_GroupQueriesOp : Moba_DpsOp<"group_queries",
-    [AllTypesMatch<["starts_init", "starts"]>,
-     AllTypesMatch<["counts_init", "counts"]>,
-     AllTypesMatch<["entries_init", "entries"]>]> {
+def Moba_GroupQueriesOp : Moba_Op<"group_queries",
+    [DeclareOpInterfaceMethods<DestinationStyleOpInterface>,
+     DeclareOpInterfaceMethods<MemoryEffectsOpInterface>,
+     DeclareOpInterfaceMethods<OpAsmOpInterface, ["getAsmResultNames"]>]> {
   let summary = "Group the selection slots of the queries by the block they chose";
   let description = [{
     Inverts a selection: for every query head `h` and block row `r` (the
@@ -517,6 +518,12 @@ def Moba_GroupQueriesOp : Moba_DpsOp<"group_queries",
     one key block, side by side, attend to it as one dense tile ("collect
     and densify").
 
+    Like `moba.grouped_block_attention` it exists on tensors (three
+    results, of the types of the inits) and, after bufferization, on memrefs
+    (no results, the inits written in place): the GPU lowering
+    (`moba-convert-group-queries-to-nvvm`) works on buffers, since its warps
+    place entries through atomic cursors that no tensor value describes.
+
     Example:
 
     ```mlir
@@ -528,21 +535,43 @@ def Moba_GroupQueriesOp : Moba_DpsOp<"group_queries",
   }];
 
   let arguments = (ins
-    Moba_IndexTensor:$selected,
-    Moba_CuSeqlens:$cu_seqlens,
-    Moba_IndexTensor:$starts_init,
-    Moba_IndexTensor:$counts_init,
-    Moba_IndexTensor:$entries_init,
+    Moba_IndexShaped:$selected,
+    Moba_CuSeqlensShaped:$cu_seqlens,
+    Moba_IndexShaped:$starts_init,
+    Moba_IndexShaped:$counts_init,
+    Moba_IndexShaped:$entries_init,
     I64Attr:$block_size
   );
-  let results = (outs Moba_IndexTensor:$starts, Moba_IndexTensor:$counts,
-                      Moba_IndexTensor:$entries);
+  // Three results on tensors, none on memrefs: their types are the inits',
+  // so the assembly does not spell them.
+  let results = (outs Variadic<Moba_IndexTensor>:$results);
   let assemblyFormat = [{
     `selected` `(` $selected `:` type($selected) `)`
     `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
     `outs` `(` $starts_init `:` type($starts_init) `,`
                $counts_init `:` type($counts_init) `,`
-               $entries_init `:` type($entries_init) `)` attr-dict
+               $entries_init `:` type($entries_init) `)`
+    custom<ResultsOfInits>(type($results), ref(type($starts_init)),
+                           ref(type($counts_init)), ref(type($entries_init)))
+    attr-dict
+  }];
+  let extraClassDeclaration = [{
+    /// The results of the tensor form.
+    ::mlir::Value getStarts() { return getResults()[0]; }
+    ::mlir::Value getCounts() { return getResults()[1]; }
+    ::mlir::Value getEntries() { return getResults()[2]; }
+    /// K, the selection slots per token and head, when static.
+    int64_t getK() {
+      return ::llvm::cast<::mlir::ShapedType>(getSelected().getType())
+          .getShape().back();
+    }
+    /// The operands allow the GPU lowering: a static K of at most
+    /// kMaxWarpSlots, one lane a slot.
+    bool isWarpCompatible() {
+      return !::mlir::ShapedType::isDynamic(getK()) &&
+             getK() <= kMaxWarpSlots;
+    }
+    static constexpr int64_t kMaxWarpSlots = 32;
   }];
   let hasVerifier = 1;
 }

@@ -40,13 +40,15 @@ void populateMobaTileAttentionPatterns(RewritePatternSet &patterns,
 
 /// The other decomposed ops (and untiled sparse attention) -> loops; with
 /// `parallel`, scf.forall loops over independent rows.
-/// With `keepMmaCompatibleAttention` (`keepMmaCompatibleGate`),
-/// moba.grouped_block_attention (moba.gate_topk) ops that the tensor-core
-/// lowerings handle are left as they are.
+/// With `keepMmaCompatibleAttention` (`keepMmaCompatibleGate`,
+/// `keepWarpCompatibleGrouping`), moba.grouped_block_attention
+/// (moba.gate_topk, moba.group_queries) ops that the GPU lowerings handle
+/// are left as they are.
 void populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
                                       bool parallel = false,
                                       bool keepMmaCompatibleAttention = false,
-                                      bool keepMmaCompatibleGate = false);
+                                      bool keepMmaCompatibleGate = false,
+                                      bool keepWarpCompatibleGrouping = false);
 
 #define GEN_PASS_REGISTRATION
 #include "moba/Dialect/Moba/Transforms/Passes.h.inc"

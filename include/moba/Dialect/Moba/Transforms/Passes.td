@@ -154,6 +154,10 @@ def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
            "Leave moba.gate_topk (f16/bf16 queries, head_dim a multiple of "
            "16 up to 128, at most 16 blocks kept by score) for the "
            "tensor-core lowering, which runs after bufferization">,
+    Option<"keepWarpCompatibleGrouping", "keep-warp-compatible-grouping",
+           "bool", /*default=*/"false",
+           "Leave moba.group_queries (a static K of at most 32) for the GPU "
+           "lowering, which runs after bufferization">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",

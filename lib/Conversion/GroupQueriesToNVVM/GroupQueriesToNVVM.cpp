@@ -1,0 +1,466 @@
+//===- GroupQueriesToNVVM.cpp - The query grouping on warps ---------------===//
+//
+// Part of moba-mlir. Implements `moba-convert-group-queries-to-nvvm`:
+// moba.group_queries on buffers becomes three GPU launches, a stable
+// counting sort of the selection slots by (head, block row).
+//
+// The tokens are cut into chunks of C consecutive tokens, and one warp takes
+// one (head, chunk): it walks the chunk's tokens in order, a token per step,
+// lane s holding slot s (K <= 32). A slot attends when its block exists in
+// the token's sequence and no lower slot of the token holds the same block
+// (nvvm.match.sync finds the lanes of equal blocks), so one step touches
+// each block row at most once. A scratch buffer `cursors[h, row, chunk]`
+// (i32) links the passes:
+//
+//  * count: each warp zeroes its (h, :, chunk) column, then adds 1 to
+//    cursors[h, row, chunk] for every attending slot (atomics: the lanes of
+//    one step hit distinct rows, the steps follow each other);
+//  * scan: one CTA per head turns its cursors, read row by row and chunk by
+//    chunk, into their exclusive prefix sums in place: cursors[h, r, c]
+//    becomes where chunk c's entries of row r begin in entries[h, :], i.e.
+//    starts[h, r] plus the earlier chunks' share of the row. It then writes
+//    starts (cursors[h, r, 0]), counts (the next row's start minus this
+//    one's) and -1 into every entry past the head's last;
+//  * place: each warp walks its chunk again and writes slot s of token t
+//    as t * K + s at the old value of an atomic increment of its cursor.
+//    The steps of a warp follow one another (a warp barrier after each),
+//    so within a (row, chunk) the entries come out in token order, and the
+//    chunks of a row in chunk order: entries ordered by token, then slot,
+//    exactly as the op says.
+//
+// The generic parallel lowering (moba-lower-to-loops) sorts each chunk
+// into a local list with one thread per (head, chunk) and copies the lists
+// out: its threads' reads of the selection lie 64 tokens apart and their
+// cursors in device memory, which cost up to 4 ms a call at 128K tokens.
+// Here a warp's lanes read one token's K slots together and the work is
+// three launches instead of six.
+//
+// C grows with the block rows (64 tokens per 128 rows) so that the cursors
+// stay about as large as the entries, however small the blocks.
+//
+//===----------------------------------------------------------------------===//
+
+#include "KernelBuilder/KernelBuilder.h"
+
+#include "moba/Conversion/Passes.h"
+#include "moba/Dialect/Moba/IR/MobaOps.h"
+
+#include "mlir/IR/PatternMatch.h"
+
+namespace mlir::moba {
+#define GEN_PASS_DEF_MOBACONVERTGROUPQUERIESTONVVM
+#include "moba/Conversion/Passes.h.inc"
+} // namespace mlir::moba
+
+using namespace mlir;
+using namespace mlir::moba;
+using nvvm_kernel::KernelBuilder;
+using nvvm_kernel::launch;
+
+namespace {
+
+/// Warps per CTA of the count and place kernels.
+constexpr int64_t kWarpsPerCta = 4;
+/// Tokens a warp walks per 128 block rows (at least this many).
+constexpr int64_t kChunkTokens = 64;
+constexpr int64_t kRowsPerChunkStep = 128;
+/// Threads of the scan's CTA, and the elements each takes per tile.
+constexpr int64_t kScanThreads = 512;
+constexpr int64_t kScanPerThread = 4;
+
+/// The sequence a token lies in: [start, end) and the block row of its first
+/// block; all zero when it lies in none.
+struct TokenSequence {
+  Value start, end, blockOffset;
+};
+
+struct GroupingKernels {
+  GroupQueriesOp op;
+  Value selected, cu, starts, counts, entries;
+  int64_t heads, k, blockSize;
+  /// Host values.
+  Value tokens, rows, width, chunkTokens, chunks, cursors;
+
+  void emit(ImplicitLocOpBuilder &b);
+
+private:
+  /// The count (`place` false) or place (true) kernel.
+  void emitSlotWalk(ImplicitLocOpBuilder &b, bool place);
+  void emitScan(ImplicitLocOpBuilder &b);
+  /// The sequence of token `t`: a scan of cu_seqlens.
+  TokenSequence locate(ImplicitLocOpBuilder &b, Value t);
+};
+
+Value toI32(ImplicitLocOpBuilder &b, Value index) {
+  return arith::IndexCastOp::create(b, b.getI32Type(), index);
+}
+
+void GroupingKernels::emit(ImplicitLocOpBuilder &b) {
+  KernelBuilder e{b, b.getI32Type()};
+  tokens = memref::DimOp::create(b, selected, 0);
+  rows = memref::DimOp::create(b, counts, 1);
+  width = memref::DimOp::create(b, entries, 1);
+  Value steps = arith::MaxUIOp::create(
+      b, arith::CeilDivUIOp::create(b, rows, e.index(kRowsPerChunkStep)),
+      e.index(1));
+  chunkTokens = e.mul(steps, e.index(kChunkTokens));
+  chunks = arith::CeilDivUIOp::create(b, tokens, chunkTokens);
+  auto cursorType = MemRefType::get(
+      {heads, ShapedType::kDynamic, ShapedType::kDynamic}, b.getI32Type());
+  cursors = memref::AllocOp::create(b, cursorType, ValueRange{rows, chunks});
+  emitSlotWalk(b, /*place=*/false);
+  emitScan(b);
+  emitSlotWalk(b, /*place=*/true);
+  memref::DeallocOp::create(b, cursors);
+}
+
+TokenSequence GroupingKernels::locate(ImplicitLocOpBuilder &b, Value t) {
+  KernelBuilder e{b, b.getI32Type()};
+  Value sequences = e.sub(memref::DimOp::create(b, cu, 0), e.index(1));
+  Value zero = e.index(0);
+  auto scan = scf::ForOp::create(
+      b, zero, sequences, e.index(1), ValueRange{zero, zero, zero, zero},
+      [&](OpBuilder &fb, Location loc, Value i, ValueRange c) {
+        ImplicitLocOpBuilder sb(loc, fb);
+        KernelBuilder se{sb, sb.getI32Type()};
+        Value start = se.loadIndex(cu, {i});
+        Value end = se.loadIndex(cu, {se.add(i, se.index(1))});
+        Value blocks = arith::CeilDivUIOp::create(sb, se.sub(end, start),
+                                                  se.index(blockSize));
+        Value inside =
+            arith::AndIOp::create(sb, se.ule(start, t), se.ult(t, end));
+        scf::YieldOp::create(
+            sb, ValueRange{se.select(inside, start, c[0]),
+                           se.select(inside, end, c[1]),
+                           se.select(inside, c[3], c[2]),
+                           se.add(c[3], blocks)});
+      });
+  return {scan.getResult(0), scan.getResult(1), scan.getResult(2)};
+}
+
+void GroupingKernels::emitSlotWalk(ImplicitLocOpBuilder &b, bool place) {
+  KernelBuilder e{b, b.getI32Type()};
+  Value items = e.mul(e.index(heads), chunks);
+  Value ctas = arith::MaxUIOp::create(
+      b, arith::CeilDivUIOp::create(b, items, e.index(kWarpsPerCta)),
+      e.index(1));
+  launch(b, ctas, 32 * kWarpsPerCta, /*sharedBytes=*/nullptr,
+         /*workgroup=*/{}, [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp op) {
+    KernelBuilder ke{kb, kb.getI32Type()};
+    Value tid = op.getThreadIds().x;
+    Value lane = ke.rem(tid, ke.index(32));
+    Value item = ke.add(ke.mul(op.getBlockIds().x, ke.index(kWarpsPerCta)),
+                        ke.div(tid, ke.index(32)));
+    // Warp-uniform: the whole warp takes the branch or skips it.
+    auto inRange = scf::IfOp::create(kb, ke.ult(item, items), false);
+    OpBuilder::InsertionGuard guard(kb);
+    kb.setInsertionPointToStart(&inRange.getThenRegion().front());
+    Value h = ke.div(item, chunks), chunk = ke.rem(item, chunks);
+    Value allLanes = ke.i32(-1);
+    if (!place) {
+      scf::ForOp::create(
+          kb, lane, rows, ke.index(32), ValueRange{},
+          [&](OpBuilder &fb, Location loc, Value r, ValueRange) {
+            ImplicitLocOpBuilder zb(loc, fb);
+            KernelBuilder ze{zb, zb.getI32Type()};
+            memref::StoreOp::create(zb, ze.i32(0), cursors,
+                                    ValueRange{h, r, chunk});
+            scf::YieldOp::create(zb);
+          });
+      NVVM::SyncWarpOp::create(kb, allLanes);
+    }
+    Value first = ke.mul(chunk, chunkTokens);
+    Value last = ke.minU(ke.add(first, chunkTokens), tokens);
+    // Lanes below (1 << lane) - 1: the lower slots.
+    Value below = ke.sub(arith::ShLIOp::create(kb, ke.i32(1), toI32(kb, lane)),
+                         ke.i32(1));
+    Value active = ke.ult(lane, ke.index(k));
+    Value slot = ke.minU(lane, ke.index(k - 1));
+    // Where no lane attends, a distinct negative value per lane keeps
+    // match.sync from pairing it with anything.
+    Value unmatched = ke.sub(ke.i32(-1), toI32(kb, lane));
+    TokenSequence seq0 = locate(kb, first);
+    scf::ForOp::create(
+        kb, first, last, ke.index(1),
+        ValueRange{seq0.start, seq0.end, seq0.blockOffset},
+        [&](OpBuilder &fb, Location loc, Value t, ValueRange c) {
+          ImplicitLocOpBuilder tb(loc, fb);
+          KernelBuilder te{tb, tb.getI32Type()};
+          // A new sequence begins only at its start: re-scan then.
+          Value crossed = arith::OrIOp::create(tb, te.ule(c[1], t),
+                                               te.ult(t, c[0]));
+          auto moved = scf::IfOp::create(
+              tb, TypeRange{tb.getIndexType(), tb.getIndexType(),
+                            tb.getIndexType()},
+              crossed, /*withElseRegion=*/true);
+          {
+            OpBuilder::InsertionGuard ifGuard(tb);
+            tb.setInsertionPointToStart(&moved.getThenRegion().front());
+            TokenSequence found = locate(tb, t);
+            scf::YieldOp::create(
+                tb, ValueRange{found.start, found.end, found.blockOffset});
+            tb.setInsertionPointToStart(&moved.getElseRegion().front());
+            scf::YieldOp::create(tb, c);
+          }
+          Value start = moved.getResult(0), end = moved.getResult(1);
+          Value blockOffset = moved.getResult(2);
+          Value numBlocks = arith::CeilDivUIOp::create(
+              tb, te.sub(end, start), te.index(blockSize));
+          Value block = memref::LoadOp::create(tb, selected,
+                                               ValueRange{t, h, slot});
+          Value valid = arith::AndIOp::create(
+              tb, active,
+              arith::AndIOp::create(
+                  tb,
+                  arith::CmpIOp::create(tb, arith::CmpIPredicate::sge, block,
+                                        te.i32(0)),
+                  arith::CmpIOp::create(tb, arith::CmpIPredicate::slt, block,
+                                        toI32(tb, numBlocks))));
+          Value same = NVVM::MatchSyncOp::create(
+              tb, tb.getI32Type(), allLanes,
+              te.select(valid, block, unmatched), NVVM::MatchSyncKind::any);
+          Value firstTime = arith::CmpIOp::create(
+              tb, arith::CmpIPredicate::eq,
+              arith::AndIOp::create(tb, same, below), te.i32(0));
+          auto attends = scf::IfOp::create(
+              tb, arith::AndIOp::create(tb, valid, firstTime), false);
+          {
+            OpBuilder::InsertionGuard ifGuard(tb);
+            tb.setInsertionPointToStart(&attends.getThenRegion().front());
+            Value row = te.add(blockOffset, arith::IndexCastOp::create(
+                                                tb, tb.getIndexType(), block));
+            Value old = memref::AtomicRMWOp::create(
+                tb, arith::AtomicRMWKind::addi, te.i32(1), cursors,
+                ValueRange{h, row, chunk});
+            if (place) {
+              Value entry = toI32(tb, te.add(te.mul(t, te.index(k)), lane));
+              memref::StoreOp::create(
+                  tb, entry, entries,
+                  ValueRange{h, arith::IndexCastOp::create(
+                                    tb, tb.getIndexType(), old)});
+            }
+          }
+          // The next token's increments follow this one's.
+          NVVM::SyncWarpOp::create(tb, allLanes);
+          scf::YieldOp::create(tb, ValueRange{start, end, blockOffset});
+        });
+  });
+}
+
+void GroupingKernels::emitScan(ImplicitLocOpBuilder &b) {
+  KernelBuilder e{b, b.getI32Type()};
+  constexpr int64_t warps = kScanThreads / 32;
+  constexpr int64_t tile = kScanThreads * kScanPerThread;
+  // [0, warps): the warps' exclusive offsets in the tile; [32]: the tile's
+  // total.
+  auto totalsType = MemRefType::get(
+      {33}, b.getI32Type(), MemRefLayoutAttrInterface(),
+      gpu::AddressSpaceAttr::get(b.getContext(),
+                                 gpu::AddressSpace::Workgroup));
+  launch(b, e.index(heads), kScanThreads, /*sharedBytes=*/nullptr,
+         TypeRange{totalsType},
+         [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp op) {
+    KernelBuilder ke{kb, kb.getI32Type()};
+    Value totals = op.getWorkgroupAttributions()[0];
+    Value h = op.getBlockIds().x, tid = op.getThreadIds().x;
+    Value warp = ke.div(tid, ke.index(32)), lane = ke.rem(tid, ke.index(32));
+    Value length = ke.mul(rows, chunks);
+    Value zero = ke.i32(0);
+    // Inclusive prefix sums of `x` over the warp's lanes.
+    auto warpScan = [&](ImplicitLocOpBuilder &sb, Value x) {
+      KernelBuilder se{sb, sb.getI32Type()};
+      for (int64_t offset = 1; offset < 32; offset *= 2) {
+        auto up = gpu::ShuffleOp::create(sb, x, offset, 32,
+                                         gpu::ShuffleMode::UP);
+        x = se.add(x, se.select(up.getValid(), up.getShuffleResult(),
+                                se.i32(0)));
+      }
+      return x;
+    };
+    auto at = [&](ImplicitLocOpBuilder &ib, Value flat) {
+      KernelBuilder ie{ib, ib.getI32Type()};
+      return SmallVector<Value>{h, ie.div(flat, chunks),
+                                ie.rem(flat, chunks)};
+    };
+    auto tiles = scf::ForOp::create(
+        kb, ke.index(0), length, ke.index(tile), ValueRange{zero},
+        [&](OpBuilder &fb, Location loc, Value base, ValueRange c) {
+          ImplicitLocOpBuilder ib(loc, fb);
+          KernelBuilder ie{ib, ib.getI32Type()};
+          Value own = ie.add(base, ie.mul(tid, ie.index(kScanPerThread)));
+          SmallVector<Value> flat, inside, values;
+          for (int64_t i = 0; i < kScanPerThread; ++i) {
+            flat.push_back(ie.add(own, ie.index(i)));
+            inside.push_back(ie.ult(flat.back(), length));
+            auto read = scf::IfOp::create(ib, TypeRange{ib.getI32Type()},
+                                          inside.back(), true);
+            OpBuilder::InsertionGuard guard(ib);
+            ib.setInsertionPointToStart(&read.getThenRegion().front());
+            scf::YieldOp::create(
+                ib, memref::LoadOp::create(ib, cursors, at(ib, flat.back()))
+                        .getResult());
+            ib.setInsertionPointToStart(&read.getElseRegion().front());
+            scf::YieldOp::create(ib, zero);
+            values.push_back(read.getResult(0));
+          }
+          // The thread's own exclusive sums, then the warp's, then the
+          // CTA's (warp 0 scans the warps' totals).
+          SmallVector<Value> before = {zero};
+          for (int64_t i = 1; i < kScanPerThread; ++i)
+            before.push_back(ie.add(before.back(), values[i - 1]));
+          Value sum = ie.add(before.back(), values.back());
+          Value inclusive = warpScan(ib, sum);
+          auto lastLane = scf::IfOp::create(
+              ib, ie.ult(ie.index(30), lane), false);
+          {
+            OpBuilder::InsertionGuard guard(ib);
+            ib.setInsertionPointToStart(&lastLane.getThenRegion().front());
+            memref::StoreOp::create(ib, inclusive, totals, ValueRange{warp});
+          }
+          gpu::BarrierOp::create(ib);
+          auto firstWarp =
+              scf::IfOp::create(ib, ie.ult(warp, ie.index(1)), false);
+          {
+            OpBuilder::InsertionGuard guard(ib);
+            ib.setInsertionPointToStart(&firstWarp.getThenRegion().front());
+            KernelBuilder we{ib, ib.getI32Type()};
+            Value mine = we.ult(lane, we.index(warps));
+            auto read = scf::IfOp::create(ib, TypeRange{ib.getI32Type()},
+                                          mine, true);
+            {
+              OpBuilder::InsertionGuard readGuard(ib);
+              ib.setInsertionPointToStart(&read.getThenRegion().front());
+              scf::YieldOp::create(
+                  ib, memref::LoadOp::create(ib, totals, ValueRange{lane})
+                          .getResult());
+              ib.setInsertionPointToStart(&read.getElseRegion().front());
+              scf::YieldOp::create(ib, zero);
+            }
+            Value warpTotal = read.getResult(0);
+            Value scanned = warpScan(ib, warpTotal);
+            auto write = scf::IfOp::create(ib, mine, false);
+            {
+              OpBuilder::InsertionGuard writeGuard(ib);
+              ib.setInsertionPointToStart(&write.getThenRegion().front());
+              memref::StoreOp::create(ib, we.sub(scanned, warpTotal), totals,
+                                      ValueRange{lane});
+            }
+            auto tileTotal =
+                scf::IfOp::create(ib, we.ult(we.index(30), lane), false);
+            {
+              OpBuilder::InsertionGuard totalGuard(ib);
+              ib.setInsertionPointToStart(&tileTotal.getThenRegion().front());
+              memref::StoreOp::create(ib, scanned, totals,
+                                      ValueRange{we.index(32)});
+            }
+          }
+          gpu::BarrierOp::create(ib);
+          Value offset = ie.add(
+              ie.add(c[0], memref::LoadOp::create(ib, totals,
+                                                  ValueRange{warp})),
+              ie.sub(inclusive, sum));
+          for (int64_t i = 0; i < kScanPerThread; ++i) {
+            auto write = scf::IfOp::create(ib, inside[i], false);
+            OpBuilder::InsertionGuard guard(ib);
+            ib.setInsertionPointToStart(&write.getThenRegion().front());
+            memref::StoreOp::create(ib, ie.add(offset, before[i]), cursors,
+                                    at(ib, flat[i]));
+          }
+          Value next = ie.add(
+              c[0], memref::LoadOp::create(ib, totals,
+                                           ValueRange{ie.index(32)}));
+          // Every thread has read the totals before the next tile's
+          // overwrite them.
+          gpu::BarrierOp::create(ib);
+          scf::YieldOp::create(ib, next);
+        });
+    Value total = tiles.getResult(0);
+    // The cursors every thread wrote are visible to the CTA after a
+    // barrier (the loop's last, or none when there was no tile).
+    gpu::BarrierOp::create(kb);
+    auto startOf = [&](ImplicitLocOpBuilder &rb, Value r) -> Value {
+      KernelBuilder re{rb, rb.getI32Type()};
+      auto any = scf::IfOp::create(
+          rb, TypeRange{rb.getI32Type()},
+          arith::AndIOp::create(rb, re.ult(r, rows),
+                                re.ult(re.index(0), chunks)),
+          true);
+      OpBuilder::InsertionGuard guard(rb);
+      rb.setInsertionPointToStart(&any.getThenRegion().front());
+      scf::YieldOp::create(
+          rb, memref::LoadOp::create(rb, cursors,
+                                     ValueRange{h, r, re.index(0)})
+                  .getResult());
+      rb.setInsertionPointToStart(&any.getElseRegion().front());
+      // Past the last row every entry has been placed; with no chunks
+      // there are none.
+      scf::YieldOp::create(rb, total);
+      return any.getResult(0);
+    };
+    scf::ForOp::create(
+        kb, tid, rows, ke.index(kScanThreads), ValueRange{},
+        [&](OpBuilder &fb, Location loc, Value r, ValueRange) {
+          ImplicitLocOpBuilder rb(loc, fb);
+          KernelBuilder re{rb, rb.getI32Type()};
+          Value start = startOf(rb, r);
+          Value next = startOf(rb, re.add(r, re.index(1)));
+          memref::StoreOp::create(rb, start, starts, ValueRange{h, r});
+          memref::StoreOp::create(rb, re.sub(next, start), counts,
+                                  ValueRange{h, r});
+          scf::YieldOp::create(rb);
+        });
+    Value placed = arith::IndexCastOp::create(kb, kb.getIndexType(), total);
+    scf::ForOp::create(
+        kb, ke.add(placed, tid), width, ke.index(kScanThreads), ValueRange{},
+        [&](OpBuilder &fb, Location loc, Value i, ValueRange) {
+          ImplicitLocOpBuilder rb(loc, fb);
+          KernelBuilder re{rb, rb.getI32Type()};
+          memref::StoreOp::create(rb, re.i32(-1), entries, ValueRange{h, i});
+          scf::YieldOp::create(rb);
+        });
+  });
+}
+
+struct MobaConvertGroupQueriesToNVVMPass
+    : public moba::impl::MobaConvertGroupQueriesToNVVMBase<
+          MobaConvertGroupQueriesToNVVMPass> {
+  void runOnOperation() override {
+    SmallVector<GroupQueriesOp> ops;
+    getOperation()->walk([&](GroupQueriesOp op) {
+      if (isa<MemRefType>(op.getSelected().getType()))
+        ops.push_back(op);
+    });
+    IRRewriter rewriter(&getContext());
+    for (GroupQueriesOp op : ops) {
+      auto selType = cast<MemRefType>(op.getSelected().getType());
+      if (!op.isWarpCompatible() || selType.isDynamicDim(1)) {
+        op.emitOpError()
+            << "has no warp lowering: it needs static query heads and a "
+               "static K of at most "
+            << GroupQueriesOp::kMaxWarpSlots << ", got " << selType;
+        return signalPassFailure();
+      }
+      rewriter.setInsertionPoint(op);
+      ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+      GroupingKernels kernels{op,
+                              op.getSelected(),
+                              op.getCuSeqlens(),
+                              op.getStartsInit(),
+                              op.getCountsInit(),
+                              op.getEntriesInit(),
+                              selType.getDimSize(1),
+                              selType.getDimSize(2),
+                              static_cast<int64_t>(op.getBlockSize()),
+                              {},
+                              {},
+                              {},
+                              {},
+                              {},
+                              {}};
+      kernels.emit(b);
+      rewriter.eraseOp(op);
+    }
+  }
+};
+
+} // namespace
