@@ -144,6 +144,8 @@ void GroupingKernels::emitSlotWalk(ImplicitLocOpBuilder &b, bool place) {
   Value ctas = arith::MaxUIOp::create(
       b, arith::CeilDivUIOp::create(b, items, e.index(kWarpsPerCta)),
       e.index(1));
+  // Tokens a step: lane l holds slot l % K of token l / K.
+  int64_t perStep = 32 / k;
   launch(b, ctas, 32 * kWarpsPerCta, /*sharedBytes=*/nullptr,
          /*workgroup=*/{}, [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp op) {
     KernelBuilder ke{kb, kb.getI32Type()};
@@ -171,24 +173,40 @@ void GroupingKernels::emitSlotWalk(ImplicitLocOpBuilder &b, bool place) {
     }
     Value first = ke.mul(chunk, chunkTokens);
     Value last = ke.minU(ke.add(first, chunkTokens), tokens);
-    // Lanes below (1 << lane) - 1: the lower slots.
-    Value below = ke.sub(arith::ShLIOp::create(kb, ke.i32(1), toI32(kb, lane)),
-                         ke.i32(1));
-    Value active = ke.ult(lane, ke.index(k));
-    Value slot = ke.minU(lane, ke.index(k - 1));
-    // Where no lane attends, a distinct negative value per lane keeps
+    Value laneI32 = toI32(kb, lane);
+    auto bit = [&](ImplicitLocOpBuilder &ib, Value position) {
+      return arith::ShLIOp::create(ib, KernelBuilder{ib, ib.getI32Type()}
+                                           .i32(1), position);
+    };
+    // The lanes below this one, and those of its token.
+    Value below = ke.sub(bit(kb, laneI32), ke.i32(1));
+    Value sub = ke.div(lane, ke.index(k));
+    Value slot = ke.rem(lane, ke.index(k));
+    Value ofToken = arith::ShLIOp::create(
+        kb, ke.i32((int64_t(1) << k) - 1), toI32(kb, ke.mul(sub, ke.index(k))));
+    Value holdsSlot = ke.ult(sub, ke.index(perStep));
+    // Where a lane does not attend, a distinct negative value keeps
     // match.sync from pairing it with anything.
-    Value unmatched = ke.sub(ke.i32(-1), toI32(kb, lane));
-    TokenSequence seq0 = locate(kb, first);
+    Value unmatched = ke.sub(ke.i32(-1), laneI32);
+    auto popc = [&](ImplicitLocOpBuilder &ib, Value x) -> Value {
+      return LLVM::CtPopOp::create(ib, x);
+    };
+    TokenSequence seq0 = locate(kb, ke.add(first, sub));
+    Value steps = arith::CeilDivUIOp::create(kb, ke.sub(last, first),
+                                             ke.index(perStep));
     scf::ForOp::create(
-        kb, first, last, ke.index(1),
+        kb, ke.index(0), steps, ke.index(1),
         ValueRange{seq0.start, seq0.end, seq0.blockOffset},
-        [&](OpBuilder &fb, Location loc, Value t, ValueRange c) {
+        [&](OpBuilder &fb, Location loc, Value step, ValueRange c) {
           ImplicitLocOpBuilder tb(loc, fb);
           KernelBuilder te{tb, tb.getI32Type()};
-          // A new sequence begins only at its start: re-scan then.
-          Value crossed = arith::OrIOp::create(tb, te.ule(c[1], t),
-                                               te.ult(t, c[0]));
+          Value t = te.add(first, te.add(te.mul(step, te.index(perStep)), sub));
+          Value active = arith::AndIOp::create(tb, holdsSlot, te.ult(t, last));
+          // A new sequence begins only at its start: re-scan then (this
+          // lane alone).
+          Value crossed = arith::AndIOp::create(
+              tb, active,
+              arith::OrIOp::create(tb, te.ule(c[1], t), te.ult(t, c[0])));
           auto moved = scf::IfOp::create(
               tb, TypeRange{tb.getIndexType(), tb.getIndexType(),
                             tb.getIndexType()},
@@ -206,8 +224,19 @@ void GroupingKernels::emitSlotWalk(ImplicitLocOpBuilder &b, bool place) {
           Value blockOffset = moved.getResult(2);
           Value numBlocks = arith::CeilDivUIOp::create(
               tb, te.sub(end, start), te.index(blockSize));
-          Value block = memref::LoadOp::create(tb, selected,
-                                               ValueRange{t, h, slot});
+          auto read = scf::IfOp::create(tb, TypeRange{tb.getI32Type()}, active,
+                                        /*withElseRegion=*/true);
+          {
+            OpBuilder::InsertionGuard ifGuard(tb);
+            tb.setInsertionPointToStart(&read.getThenRegion().front());
+            scf::YieldOp::create(
+                tb, memref::LoadOp::create(tb, selected,
+                                           ValueRange{t, h, slot})
+                        .getResult());
+            tb.setInsertionPointToStart(&read.getElseRegion().front());
+            scf::YieldOp::create(tb, te.i32(-1));
+          }
+          Value block = read.getResult(0);
           Value valid = arith::AndIOp::create(
               tb, active,
               arith::AndIOp::create(
@@ -216,32 +245,65 @@ void GroupingKernels::emitSlotWalk(ImplicitLocOpBuilder &b, bool place) {
                                         te.i32(0)),
                   arith::CmpIOp::create(tb, arith::CmpIPredicate::slt, block,
                                         toI32(tb, numBlocks))));
-          Value same = NVVM::MatchSyncOp::create(
-              tb, tb.getI32Type(), allLanes,
-              te.select(valid, block, unmatched), NVVM::MatchSyncKind::any);
-          Value firstTime = arith::CmpIOp::create(
-              tb, arith::CmpIPredicate::eq,
-              arith::AndIOp::create(tb, same, below), te.i32(0));
-          auto attends = scf::IfOp::create(
-              tb, arith::AndIOp::create(tb, valid, firstTime), false);
+          Value row = te.add(blockOffset, arith::IndexCastOp::create(
+                                              tb, tb.getIndexType(), block));
+          auto matching = [&](Value taken) -> Value {
+            return NVVM::MatchSyncOp::create(
+                tb, tb.getI32Type(), allLanes,
+                te.select(taken, toI32(tb, row), unmatched),
+                NVVM::MatchSyncKind::any);
+          };
+          // A slot attends unless a lower slot of its token holds its
+          // block. The tokens of a step are distinct, so the lanes that
+          // share an attending row are distinct tokens, in token order.
+          Value repeated = arith::AndIOp::create(
+              tb, matching(valid), arith::AndIOp::create(tb, ofToken, below));
+          Value attends = arith::AndIOp::create(
+              tb, valid,
+              arith::CmpIOp::create(tb, arith::CmpIPredicate::eq, repeated,
+                                    te.i32(0)));
+          // One atomic per row and step, by the row's lowest lane, for
+          // all its lanes; a lane's place is the old cursor plus the
+          // lanes of its row below it.
+          Value peers = matching(attends);
+          Value leader = LLVM::CountTrailingZerosOp::create(tb, peers, false);
+          Value isLeader = arith::AndIOp::create(
+              tb, attends,
+              arith::CmpIOp::create(tb, arith::CmpIPredicate::eq, leader,
+                                    laneI32));
+          auto bump = scf::IfOp::create(tb, TypeRange{tb.getI32Type()},
+                                        isLeader, /*withElseRegion=*/true);
           {
             OpBuilder::InsertionGuard ifGuard(tb);
-            tb.setInsertionPointToStart(&attends.getThenRegion().front());
-            Value row = te.add(blockOffset, arith::IndexCastOp::create(
-                                                tb, tb.getIndexType(), block));
+            tb.setInsertionPointToStart(&bump.getThenRegion().front());
             Value old = memref::AtomicRMWOp::create(
-                tb, arith::AtomicRMWKind::addi, te.i32(1), cursors,
+                tb, arith::AtomicRMWKind::addi, popc(tb, peers), cursors,
                 ValueRange{h, row, chunk});
-            if (place) {
-              Value entry = toI32(tb, te.add(te.mul(t, te.index(k)), lane));
-              memref::StoreOp::create(
-                  tb, entry, entries,
-                  ValueRange{h, arith::IndexCastOp::create(
-                                    tb, tb.getIndexType(), old)});
-            }
+            scf::YieldOp::create(tb, old);
+            tb.setInsertionPointToStart(&bump.getElseRegion().front());
+            scf::YieldOp::create(tb, te.i32(0));
           }
-          // The next token's increments follow this one's.
-          NVVM::SyncWarpOp::create(tb, allLanes);
+          if (place) {
+            Value old = gpu::ShuffleOp::create(tb, bump.getResult(0),
+                                               te.select(attends, leader,
+                                                         laneI32),
+                                               te.i32(32),
+                                               gpu::ShuffleMode::IDX)
+                            .getShuffleResult();
+            auto write = scf::IfOp::create(tb, attends, false);
+            OpBuilder::InsertionGuard ifGuard(tb);
+            tb.setInsertionPointToStart(&write.getThenRegion().front());
+            Value at = te.add(old, popc(tb, arith::AndIOp::create(tb, peers,
+                                                                  below)));
+            Value entry = toI32(tb, te.add(te.mul(t, te.index(k)), slot));
+            memref::StoreOp::create(
+                tb, entry, entries,
+                ValueRange{h, arith::IndexCastOp::create(
+                                  tb, tb.getIndexType(), at)});
+          }
+          // The next step's increments follow this one's.
+          if (place)
+            NVVM::SyncWarpOp::create(tb, allLanes);
           scf::YieldOp::create(tb, ValueRange{start, end, blockOffset});
         });
   });
