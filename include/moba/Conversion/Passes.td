@@ -189,18 +189,20 @@ def MobaConvertGroupQueriesToNVVM
     `[heads, block rows, chunks]`:
 
     * count: one warp per (head, chunk of consecutive tokens) walks the
-      chunk's tokens in order, lane `s` holding slot `s`; a slot attends when
-      its block exists in the token's sequence and no lower slot holds it
-      (`nvvm.match.sync` finds equal blocks); each attending slot adds 1 to
-      its (head, row, chunk) cursor;
+      chunk's tokens in order, 32 / K a step, lane `l` holding slot `l % K`
+      of token `l / K`; a slot attends when its block exists in the token's
+      sequence and no lower slot of its token holds it; the attending slots
+      add to their (head, row, chunk) cursors, one atomic per row and step
+      (`nvvm.match.sync` groups the lanes of a row);
     * scan: one CTA per head replaces its cursors, taken row by row and
       chunk by chunk, by their exclusive prefix sums, which makes each the
       place in `entries` where that chunk's part of the row begins; then it
       writes `starts`, `counts` and -1 into the entries past the last;
-    * place: the warps walk their chunks again and write each attending slot
-      `t * K + s` at the old value of an atomic increment of its cursor. A
-      warp barrier after every token keeps a warp's increments in token
-      order, so every group is ordered by token, then slot, as the op says.
+    * place: the warps walk their chunks again; each attending slot
+      `t * K + s` goes to its row's old cursor plus its rank among the
+      row's lanes of the step (distinct tokens, in token order). A warp
+      barrier after every step orders the steps' atomics, so every group is
+      ordered by token, then slot, as the op says.
 
     A chunk is 64 tokens per 128 block rows (at least 64), which keeps the
     cursors about as large as the entries. Needs static query heads and a

@@ -5,16 +5,18 @@
 // counting sort of the selection slots by (head, block row).
 //
 // The tokens are cut into chunks of C consecutive tokens, and one warp takes
-// one (head, chunk): it walks the chunk's tokens in order, a token per step,
-// lane s holding slot s (K <= 32). A slot attends when its block exists in
-// the token's sequence and no lower slot of the token holds the same block
-// (nvvm.match.sync finds the lanes of equal blocks), so one step touches
-// each block row at most once. A scratch buffer `cursors[h, row, chunk]`
-// (i32) links the passes:
+// one (head, chunk). It walks the chunk 32 / K tokens a step, lane l holding
+// slot l % K of token l / K. A slot attends when its block exists in the
+// token's sequence and no lower slot of its token holds the same block;
+// nvvm.match.sync finds the lanes of equal block rows, so the lanes that
+// share an attending row in one step are distinct tokens, in token order.
+// The row's lowest lane makes one atomic add of their number for all of
+// them (a warp-aggregated atomic), and lane i of the row takes the old value
+// plus the row's lanes below it. A scratch buffer `cursors[h, row, chunk]`
+// (i32) links three passes:
 //
-//  * count: each warp zeroes its (h, :, chunk) column, then adds 1 to
-//    cursors[h, row, chunk] for every attending slot (atomics: the lanes of
-//    one step hit distinct rows, the steps follow each other);
+//  * count: each warp zeroes its (h, :, chunk) column, then adds every
+//    attending slot to its cursor;
 //  * scan: one CTA per head turns its cursors, read row by row and chunk by
 //    chunk, into their exclusive prefix sums in place: cursors[h, r, c]
 //    becomes where chunk c's entries of row r begin in entries[h, :], i.e.
@@ -22,18 +24,18 @@
 //    starts (cursors[h, r, 0]), counts (the next row's start minus this
 //    one's) and -1 into every entry past the head's last;
 //  * place: each warp walks its chunk again and writes slot s of token t
-//    as t * K + s at the old value of an atomic increment of its cursor.
-//    The steps of a warp follow one another (a warp barrier after each),
-//    so within a (row, chunk) the entries come out in token order, and the
-//    chunks of a row in chunk order: entries ordered by token, then slot,
-//    exactly as the op says.
+//    as t * K + s where its row's atomic and its rank among the row's lanes
+//    say. A warp barrier after each step orders the steps' atomics, so
+//    within a (row, chunk) the entries come out in token order, and the
+//    chunks of a row follow in chunk order: entries ordered by token, then
+//    slot, exactly as the op says.
 //
 // The generic parallel lowering (moba-lower-to-loops) sorts each chunk
 // into a local list with one thread per (head, chunk) and copies the lists
-// out: its threads' reads of the selection lie 64 tokens apart and their
-// cursors in device memory, which cost up to 4 ms a call at 128K tokens.
-// Here a warp's lanes read one token's K slots together and the work is
-// three launches instead of six.
+// out in six launches: its threads' reads of the selection lie 64 tokens
+// apart and each slot costs a read-modify-write of a cursor in device
+// memory (0.34 ms at 32K tokens, block 512, top-3; 4.1 ms at 128K, block
+// 4096, top-8; here 0.13 and 0.96 ms, docs/PERFORMANCE.md).
 //
 // C grows with the block rows (64 tokens per 128 rows) so that the cursors
 // stay about as large as the entries, however small the blocks.
