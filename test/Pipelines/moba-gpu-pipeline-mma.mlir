@@ -16,6 +16,17 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-gpu-kernel-outlining -o /dev/null 2>&1 | FileCheck %s --check-prefix=OUTLINED
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-gate-topk-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GATE
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-gate=false" --mlir-print-ir-after=moba-lower-to-loops -o /dev/null 2>&1 | FileCheck %s --check-prefix=SIMTGATE
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-group-queries-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GROUPING
+
+// The grouping reaches its warp lowering on buffers: three launches, the
+// rows' lanes found by match.sync, one atomic per row and step.
+// GROUPING-NOT: moba.group_queries
+// GROUPING: nvvm.match.sync any
+// GROUPING: memref.atomic_rmw addi
+// GROUPING: gpu.shuffle  up
+// GROUPING: nvvm.match.sync any
+// GROUPING: gpu.shuffle  idx
+// GROUPING-NOT: moba.group_queries
 
 // Constants are sunk into the launches before outlining, so that no kernel
 // takes one as a parameter (the backend could not fold it): every launch's

@@ -98,3 +98,19 @@ func.func @partials_type(%q: tensor<64x8x32xf16>, %kv: tensor<64x2x32xf16>, %cu:
   %p:2 = moba.grouped_block_attention q(%q : tensor<64x8x32xf16>) k(%kv : tensor<64x2x32xf16>) v(%kv : tensor<64x2x32xf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x8x3xi32>) groups(%s : tensor<8x4xi32>, %s : tensor<8x4xi32>, %e : tensor<8x192xi32>) outs(%o : tensor<3x64x8x32xbf16>, %l : tensor<3x64x8xf32>) {block_size = 16, scale = 0.5 : f32} -> tensor<3x64x8x32xbf16>, tensor<3x64x8xf32>
   return
 }
+
+// -----
+
+func.func @grouping_mixed(%sel: memref<64x8x3xi32>, %cu: tensor<2xi32>, %s: memref<8x4xi32>, %c: memref<8x4xi32>, %e: memref<8x192xi32>) {
+  // expected-error @+1 {{operands must be all tensors or all memrefs}}
+  moba.group_queries selected(%sel : memref<64x8x3xi32>) cu_seqlens(%cu : tensor<2xi32>) outs(%s : memref<8x4xi32>, %c : memref<8x4xi32>, %e : memref<8x192xi32>) {block_size = 16}
+  return
+}
+
+// -----
+
+func.func @grouping_result_types(%sel: tensor<64x8x3xi32>, %cu: tensor<2xi32>, %s: tensor<8x4xi32>, %c: tensor<8x4xi32>, %e: tensor<8x192xi32>) {
+  // expected-error @+1 {{on tensors, expects three results of the types of starts_init, counts_init and entries_init}}
+  %g:3 = "moba.group_queries"(%sel, %cu, %s, %c, %e) {block_size = 16 : i64} : (tensor<64x8x3xi32>, tensor<2xi32>, tensor<8x4xi32>, tensor<8x4xi32>, tensor<8x192xi32>) -> (tensor<8x4xi32>, tensor<8x5xi32>, tensor<8x192xi32>)
+  return
+}

@@ -55,3 +55,17 @@ func.func @on_buffers(%q: memref<?x8x64xf16>, %kv: memref<?x2x64xf16>, %cu: memr
       outs(%o : memref<2x?x8x64xf32>, %l : memref<2x?x8xf32>) {block_size = 16, scale = 0.125 : f32}
   return
 }
+
+// The grouping's memref form: no results, the inits written.
+// CHECK-LABEL: func.func @grouping_on_buffers
+// CHECK: moba.group_queries selected(%{{.*}} : memref<?x8x2xi32>) cu_seqlens(%{{.*}} : memref<?xi32>) outs(%{{.*}} : memref<8x?xi32>, %{{.*}} : memref<8x?xi32>, %{{.*}} : memref<8x?xi32>) {block_size = 64 : i64}
+// CHECK-NEXT: return
+func.func @grouping_on_buffers(%sel: memref<?x8x2xi32>, %cu: memref<?xi32>,
+                               %s: memref<8x?xi32>, %c: memref<8x?xi32>,
+                               %e: memref<8x?xi32>) {
+  moba.group_queries selected(%sel : memref<?x8x2xi32>)
+      cu_seqlens(%cu : memref<?xi32>)
+      outs(%s : memref<8x?xi32>, %c : memref<8x?xi32>, %e : memref<8x?xi32>)
+      {block_size = 64}
+  return
+}

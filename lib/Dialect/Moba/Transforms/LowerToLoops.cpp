@@ -1139,10 +1139,10 @@ struct MobaLowerToLoopsPass
                LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp>(op))
         return WalkResult::advance();
       // The ops that exist on buffers (after bufferization) have only their
-      // tensor-core lowerings there.
+      // GPU lowerings there.
       if (llvm::any_of(op->getOperandTypes(), llvm::IsaPred<MemRefType>))
         op->emitOpError("on memrefs has no loop lowering: lower it on "
-                        "tensors, or with its tensor-core lowering after "
+                        "tensors, or with its GPU lowering after "
                         "bufferization");
       return WalkResult::interrupt();
     });
