@@ -42,9 +42,6 @@ struct LoweringPattern : OpRewritePattern<OpTy> {
 // moba.block_pool
 //===----------------------------------------------------------------------===//
 
-/// Independent sums of the parallel block pooling (a power of two).
-constexpr int64_t kPoolChains = 8;
-
 struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
   using LoweringPattern::LoweringPattern;
 
@@ -104,51 +101,15 @@ struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
                   ImplicitLocOpBuilder ib(loc, tb);
                   LoopEmitter ie(ib);
                   auto [first, last] = ie.blockKeys(seq, j, blockSize);
-                  auto keyAt = [&](ImplicitLocOpBuilder &kb, Value s) {
-                    Value x = tensor::ExtractOp::create(kb, keys,
-                                                        ValueRange{s, g, d});
-                    if (x.getType() != kb.getF32Type())
-                      x = arith::ExtFOp::create(kb, kb.getF32Type(), x);
-                    return x;
-                  };
-                  // kPoolChains keys a step into as many sums, so that a
-                  // GPU thread has that many loads in flight instead of
-                  // waiting on each (the loop is bound by their latency:
-                  // 4096 keys a block at 128K tokens); then the rest.
-                  Value whole = arith::AddIOp::create(
-                      ib, first,
-                      arith::MulIOp::create(
-                          ib,
-                          arith::DivUIOp::create(
-                              ib, arith::SubIOp::create(ib, last, first),
-                              ie.index(kPoolChains)),
-                          ie.index(kPoolChains)));
-                  SmallVector<Value> chains = ie.forLoop(
-                      first, whole, ie.index(kPoolChains),
-                      SmallVector<Value>(kPoolChains, ie.f32(0.0)),
-                      [&](ImplicitLocOpBuilder &kb, Value s,
-                          ValueRange acc) -> SmallVector<Value> {
-                        SmallVector<Value> next;
-                        for (int64_t u = 0; u < kPoolChains; ++u)
-                          next.push_back(arith::AddFOp::create(
-                              kb, acc[u],
-                              keyAt(kb, arith::AddIOp::create(
-                                            kb, s,
-                                            arith::ConstantIndexOp::create(
-                                                kb, u)))));
-                        return next;
-                      });
-                  for (int64_t width = kPoolChains / 2; width > 0;
-                       width /= 2)
-                    for (int64_t u = 0; u < width; ++u)
-                      chains[u] = arith::AddFOp::create(ib, chains[u],
-                                                        chains[u + width]);
                   Value sum = ie.forLoop(
-                      whole, last, ValueRange{chains[0]},
+                      first, last, ValueRange{ie.f32(0.0)},
                       [&](ImplicitLocOpBuilder &kb, Value s,
                           ValueRange acc) -> SmallVector<Value> {
-                        return {arith::AddFOp::create(kb, acc[0],
-                                                      keyAt(kb, s))};
+                        Value x = tensor::ExtractOp::create(
+                            kb, keys, ValueRange{s, g, d});
+                        if (x.getType() != kb.getF32Type())
+                          x = arith::ExtFOp::create(kb, kb.getF32Type(), x);
+                        return {arith::AddFOp::create(kb, acc[0], x)};
                       })[0];
                   Value count = arith::UIToFPOp::create(
                       ib, ib.getF32Type(),
