@@ -77,7 +77,6 @@ struct TokenSequence {
 };
 
 struct GroupingKernels {
-  GroupQueriesOp op;
   Value selected, cu, starts, counts, entries;
   int64_t heads, k, blockSize;
   /// Host values.
@@ -506,21 +505,15 @@ struct MobaConvertGroupQueriesToNVVMPass
       }
       rewriter.setInsertionPoint(op);
       ImplicitLocOpBuilder b(op.getLoc(), rewriter);
-      GroupingKernels kernels{op,
-                              op.getSelected(),
+      // The host values (tokens, rows, ...) are set by emit().
+      GroupingKernels kernels{op.getSelected(),
                               op.getCuSeqlens(),
                               op.getStartsInit(),
                               op.getCountsInit(),
                               op.getEntriesInit(),
                               selType.getDimSize(1),
                               selType.getDimSize(2),
-                              static_cast<int64_t>(op.getBlockSize()),
-                              {},
-                              {},
-                              {},
-                              {},
-                              {},
-                              {}};
+                              static_cast<int64_t>(op.getBlockSize())};
       kernels.emit(b);
       rewriter.eraseOp(op);
     }
