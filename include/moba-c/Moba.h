@@ -56,6 +56,15 @@ typedef enum MobaMmaInstruction {
   MOBA_MMA_INSTRUCTION_WGMMA = 2,
 } MobaMmaInstruction;
 
+typedef enum MobaKeyValueLoads {
+  /* TMA with wgmma, cp.async with mma.sync. */
+  MOBA_KEY_VALUE_LOADS_DEFAULT = 0,
+  /* Every thread copies 16 bytes at a time (cp.async). */
+  MOBA_KEY_VALUE_LOADS_CP_ASYNC = 1,
+  /* TMA bulk copies on mbarriers; needs wgmma (sm_90a). */
+  MOBA_KEY_VALUE_LOADS_TMA = 2,
+} MobaKeyValueLoads;
+
 typedef struct MobaConfig {
   int64_t head_dim, num_heads, num_kv_heads, block_size, top_k;
   int32_t causal;     /* non-zero: causal */
@@ -74,6 +83,8 @@ typedef struct MobaConfig {
   int64_t mma_warps, mma_key_chunk;
   /* MOBA_GPU_ATTENTION_MMA: the matrix instruction. */
   MobaMmaInstruction mma_instruction;
+  /* MOBA_GPU_ATTENTION_MMA: how K and V reach shared memory. */
+  MobaKeyValueLoads mma_key_value_loads;
 } MobaConfig;
 
 typedef struct MobaKernel MobaKernel;

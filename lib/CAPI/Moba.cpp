@@ -85,6 +85,21 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
                         std::to_string(static_cast<int>(c.mma_instruction)));
     return nullptr;
   }
+  switch (c.mma_key_value_loads) {
+  case MOBA_KEY_VALUE_LOADS_DEFAULT:
+    break;
+  case MOBA_KEY_VALUE_LOADS_CP_ASYNC:
+    options.mmaKeyValueLoads = "cp.async";
+    break;
+  case MOBA_KEY_VALUE_LOADS_TMA:
+    options.mmaKeyValueLoads = "tma";
+    break;
+  default:
+    setError(error,
+             "unknown mma_key_value_loads " +
+                 std::to_string(static_cast<int>(c.mma_key_value_loads)));
+    return nullptr;
+  }
   switch (c.gpu_attention) {
   case MOBA_GPU_ATTENTION_MMA:
     options.densify = options.mma = true;

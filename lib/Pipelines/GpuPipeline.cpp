@@ -95,10 +95,42 @@ std::string mlir::moba::checkGpuPipelineOptions(
              std::to_string(options.mmaWarps) + " and " +
              std::to_string(options.mmaKeyChunk);
   }
+  if (options.mmaKeyValueLoads != "cp.async" &&
+      options.mmaKeyValueLoads != "tma")
+    return "moba-gpu-pipeline: mma-key-value-loads must be cp.async or tma, "
+           "got '" +
+           options.mmaKeyValueLoads + "'";
+  if (options.mmaKeyValueLoads == "tma" && options.mmaInstruction != "wgmma")
+    return "moba-gpu-pipeline: mma-key-value-loads=tma needs "
+           "mma-instruction=wgmma, got '" +
+           options.mmaInstruction + "'";
   if (options.tileK < 1)
     return "moba-gpu-pipeline: tile-k must be at least 1, got " +
            std::to_string(options.tileK);
   return "";
+}
+
+/// `features` (checked: "+a+b...") with its PTX ISA version raised to
+/// `version` (83: 8.3) where it names a lower one or none: the tensormap
+/// proxy fences of TMA (fence.proxy.tensormap::generic) need PTX 8.3.
+static std::string withPtxAtLeast(llvm::StringRef features, int version) {
+  SmallVector<StringRef> parts;
+  features.split(parts, '+', /*MaxSplit=*/-1, /*KeepEmpty=*/false);
+  std::string result;
+  bool named = false;
+  for (StringRef part : parts) {
+    StringRef digits = part;
+    int namedVersion = 0;
+    if (digits.consume_front("ptx") && !digits.getAsInteger(10, namedVersion)) {
+      named = true;
+      result += "+ptx" + std::to_string(std::max(namedVersion, version));
+      continue;
+    }
+    result += "+" + part.str();
+  }
+  if (!named)
+    result += "+ptx" + std::to_string(version);
+  return result;
 }
 
 std::string mlir::moba::cudaToolkitPath(llvm::StringRef requested) {
@@ -132,7 +164,8 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   if (options.densify && options.mma)
     pm.addPass(createMobaConvertGroupedAttentionToNVVM(
         MobaConvertGroupedAttentionToNVVMOptions{
-            options.mmaWarps, options.mmaKeyChunk, options.mmaInstruction}));
+            options.mmaWarps, options.mmaKeyChunk, options.mmaInstruction,
+            options.mmaKeyValueLoads}));
   pm.addPass(createMobaMapForallToGpu(
       MobaMapForallToGpuOptions{options.threadsPerBlock}));
   pm.addPass(createCanonicalizerPass());
@@ -170,7 +203,9 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   pm.addPass(memref::createExpandStridedMetadataPass());
   GpuNVVMAttachTargetOptions target;
   target.chip = options.chip;
-  target.features = options.features;
+  target.features = options.mmaKeyValueLoads == "tma"
+                        ? withPtxAtLeast(options.features, 83)
+                        : std::string(options.features);
   target.optLevel = 3;
   pm.addPass(createGpuNVVMAttachTarget(target));
   pm.addPass(createLowerAffinePass());

@@ -131,6 +131,11 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
       !options.mmaInstruction.empty() ? options.mmaInstruction
       : tunedShape                    ? std::string(tuned.instruction)
                                       : std::string("mma.sync");
+  pipeline.mmaKeyValueLoads =
+      !options.mmaKeyValueLoads.empty() ? options.mmaKeyValueLoads
+      : pipeline.mmaInstruction == "wgmma"
+          ? std::string(kDefaultWgmmaKeyValueLoads)
+          : std::string("cp.async");
   if (std::string problem = checkGpuPipelineOptions(pipeline);
       !problem.empty())
     return llvm::createStringError(problem);

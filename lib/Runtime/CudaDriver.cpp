@@ -82,6 +82,8 @@ LoadedDriver load() {
   resolve(library, "cuLaunchKernel", a.cuLaunchKernel, e);
   resolve(library, "cuGetErrorName", a.cuGetErrorName, e);
   resolve(library, "cuGetErrorString", a.cuGetErrorString, e);
+  a.cuTensorMapEncodeTiled = reinterpret_cast<decltype(
+      a.cuTensorMapEncodeTiled)>(dlsym(library, "cuTensorMapEncodeTiled"));
   if (!e.empty())
     return loaded;
 

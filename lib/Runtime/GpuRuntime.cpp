@@ -2,7 +2,9 @@
 //
 // Part of moba-mlir. The signatures are those of upstream's
 // mlir/lib/ExecutionEngine/CudaRuntimeWrappers.cpp, which the host code of
-// gpu-to-llvm calls; test/Pipelines/moba-gpu-pipeline.mlir pins them.
+// gpu-to-llvm calls; test/Pipelines/moba-gpu-pipeline.mlir pins them. One
+// is ours: mobaEncodeTensorMap, which the host code of
+// moba-convert-grouped-attention-to-nvvm{key-value-loads=tma} calls.
 //
 //===----------------------------------------------------------------------===//
 
@@ -215,6 +217,63 @@ void launchKernel(CUfunction function, intptr_t gridX, intptr_t gridY,
      });
 }
 
+/// The TMA descriptor of K or V (`name`), written to `map` (host memory,
+/// the 128 bytes of a CUtensorMap): it views the operand, [tokens, heads,
+/// headDim] with rows `tokenStride` and heads `headStride` elements apart,
+/// as boxes of `boxRows` tokens x 1 head x 64 columns (128 bytes: one panel
+/// of the kernel's shared memory) with the 128-byte swizzle. Keys past
+/// `tokens` read as zeros. `element` is 0 for f16 and 1 for bf16. Pure host
+/// work: the host code passes the bytes to a kernel as arguments, which
+/// puts them in device memory in stream order (a copy from pageable host
+/// memory could synchronize).
+void encodeTensorMap(int64_t map, int64_t address, int64_t tokens,
+                     int64_t heads, int64_t headDim, int64_t tokenStride,
+                     int64_t headStride, int64_t element, int64_t boxRows,
+                     int64_t operand) {
+  CUtensorMap encoded = {};
+  auto *out = reinterpret_cast<void *>(static_cast<intptr_t>(map));
+  const char *name = operand == 0 ? "K" : "V";
+  const DriverApi *api = ready();
+  if (api && tokens > 0 && !api->cuTensorMapEncodeTiled)
+    state.error = "the CUDA driver has no cuTensorMapEncodeTiled (it is "
+                  "older than CUDA 12.0): the kernels' TMA loads need it";
+  constexpr int64_t kElementBytes = 2, kPanelColumns = 64;
+  // TMA's own rules (cuTensorMapEncodeTiled): a 16-byte aligned base and
+  // strides in multiples of 16 bytes.
+  if (state.error.empty() && tokens > 0 &&
+      (address % 16 != 0 || (tokenStride * kElementBytes) % 16 != 0 ||
+       (headStride * kElementBytes) % 16 != 0))
+    state.error =
+        llvm::formatv("{0} cannot be loaded by TMA: its address (0x{1:x}) "
+                      "must be 16-byte aligned and its token and head "
+                      "strides ({2}, {3} elements) multiples of 8",
+                      name, address, tokenStride, headStride)
+            .str();
+  if (state.error.empty() && tokens > 0) {
+    constexpr int kFloat16 = 6, kBFloat16 = 9; // CU_TENSOR_MAP_DATA_TYPE_*
+    constexpr int kInterleaveNone = 0, kSwizzle128 = 3, kPromote256 = 3;
+    constexpr int kFillZeros = 0; // CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE
+    uint64_t dims[3] = {uint64_t(headDim), uint64_t(heads), uint64_t(tokens)};
+    uint64_t strides[2] = {uint64_t(headStride * kElementBytes),
+                           uint64_t(tokenStride * kElementBytes)};
+    unsigned box[3] = {unsigned(kPanelColumns), 1, unsigned(boxRows)};
+    unsigned unit[3] = {1, 1, 1};
+    ok(api->cuTensorMapEncodeTiled(
+           &encoded, element == 1 ? kBFloat16 : kFloat16, 3,
+           reinterpret_cast<void *>(address), dims, strides, box, unit,
+           kInterleaveNone, kSwizzle128, kPromote256, kFillZeros),
+       [&] {
+         return llvm::formatv("cuTensorMapEncodeTiled({0}: {1} tokens x {2} "
+                              "heads x {3}, box {4} rows)",
+                              name, tokens, heads, headDim, boxRows)
+             .str();
+       });
+  }
+  // Zeros when there is nothing to load or after an error (the launches
+  // that would read them are then skipped).
+  std::memcpy(out, &encoded, sizeof(encoded));
+}
+
 struct EntryPoint {
   llvm::StringRef name;
   void *address;
@@ -231,6 +290,7 @@ const EntryPoint kEntryPoints[] = {
     {"mgpuModuleUnload", reinterpret_cast<void *>(&moduleUnload)},
     {"mgpuModuleGetFunction", reinterpret_cast<void *>(&moduleGetFunction)},
     {"mgpuLaunchKernel", reinterpret_cast<void *>(&launchKernel)},
+    {"mobaEncodeTensorMap", reinterpret_cast<void *>(&encodeTensorMap)},
 };
 
 } // namespace

@@ -427,13 +427,15 @@ def _compile_handle(config, target):
         c["top_k"], c["causal"], c["scale"], c["dtype"], target, c["stage"],
         c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
         os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"],
-        c["mma_warps"], c["mma_key_chunk"], c["mma_instruction"])
+        c["mma_warps"], c["mma_key_chunk"], c["mma_instruction"],
+        c["mma_key_value_loads"])
 
 
 def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             layout="varlen", causal=True, target="auto", *, scale=None,
             stage="fused", tile_q=None, tile_k=None, gpu_attention="mma",
-            mma_warps=None, mma_key_chunk=None, mma_instruction=None):
+            mma_warps=None, mma_key_chunk=None, mma_instruction=None,
+            mma_key_value_loads=None):
     """Compiles one MoBA attention configuration and returns a Kernel.
 
     target: "cpu"; "sm_80" (Ampere and newer) or "sm_90a" (Hopper), which
@@ -458,6 +460,11 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     other than 64 and 128 keep mma.sync); None takes the tuning table's
     choice with its shape, and mma.sync when mma_warps or mma_key_chunk is
     given.
+    mma_key_value_loads: with wgmma, how K and V reach shared memory:
+    "tma" (TMA bulk copies on mbarriers, started by one thread) or
+    "cp.async" (every thread copies 16 bytes at a time); None: "tma" with
+    wgmma. "tma" needs K and V 16-byte aligned with strides of whole 16
+    bytes (a contiguous head_dim of 64 or 128 is).
     """
     head_dim = _positive_int("head_dim", head_dim)
     num_heads = _positive_int("num_heads", num_heads)
@@ -490,6 +497,12 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if mma_instruction not in (None, "mma.sync", "wgmma"):
         raise ValueError(f"mma_instruction must be 'mma.sync', 'wgmma' or "
                          f"None, got {mma_instruction!r}")
+    if mma_key_value_loads not in (None, "cp.async", "tma"):
+        raise ValueError(f"mma_key_value_loads must be 'cp.async', 'tma' or "
+                         f"None, got {mma_key_value_loads!r}")
+    if mma_key_value_loads == "tma" and mma_instruction == "mma.sync":
+        raise ValueError("mma_key_value_loads='tma' needs mma_instruction "
+                         "'wgmma' or None, got 'mma.sync'")
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
@@ -515,7 +528,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                   stage=stage, tile_q=tile_q, tile_k=tile_k,
                   gpu_attention=gpu_attention, mma_warps=mma_warps,
                   mma_key_chunk=mma_key_chunk,
-                  mma_instruction=mma_instruction)
+                  mma_instruction=mma_instruction,
+                  mma_key_value_loads=mma_key_value_loads)
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)

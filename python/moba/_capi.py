@@ -12,6 +12,7 @@ _TARGETS = {"cpu": 0, "sm_80": 1, "sm_90a": 2}
 _STAGES = {"fused": 0, "tiled": 1, "decomposed": 2}
 _GPU_ATTENTION = {"mma": 0, "simt": 1}
 _MMA_INSTRUCTIONS = {None: 0, "mma.sync": 1, "wgmma": 2}
+_KEY_VALUE_LOADS = {None: 0, "cp.async": 1, "tma": 2}
 
 
 class MobaConfig(ctypes.Structure):
@@ -34,6 +35,7 @@ class MobaConfig(ctypes.Structure):
         ("mma_warps", ctypes.c_int64),
         ("mma_key_chunk", ctypes.c_int64),
         ("mma_instruction", ctypes.c_int),
+        ("mma_key_value_loads", ctypes.c_int),
     ]
 
 
@@ -100,7 +102,8 @@ def _take_error(address):
 def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
                    causal, scale, dtype, target, stage, tile_q, tile_k,
                    cache_dir, dump_dir, gpu_attention="mma", mma_warps=None,
-                   mma_key_chunk=None, mma_instruction=None):
+                   mma_key_chunk=None, mma_instruction=None,
+                   mma_key_value_loads=None):
     """Returns (handle, from_cache); raises CompileError."""
     config = MobaConfig()
     _lib.mobaConfigInit(ctypes.byref(config))
@@ -116,6 +119,7 @@ def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
     config.gpu_attention = _GPU_ATTENTION[gpu_attention]
     config.mma_warps, config.mma_key_chunk = mma_warps or 0, mma_key_chunk or 0
     config.mma_instruction = _MMA_INSTRUCTIONS[mma_instruction]
+    config.mma_key_value_loads = _KEY_VALUE_LOADS[mma_key_value_loads]
     from_cache = ctypes.c_int32(0)
     error = ctypes.c_void_p()
     handle = _lib.mobaCompile(ctypes.byref(config), ctypes.byref(from_cache),

@@ -109,6 +109,16 @@ def MobaConvertGroupedAttentionToNVVM
     m64 k16 on matrix descriptors (V read MN-major), the softmax unchanged
     on the accumulators. It needs `warps` a multiple of 4 and `key-chunk` a
     multiple of 64; ops whose head_dim is not 64 or 128 keep mma.sync.
+
+    `key-value-loads=tma` (with wgmma, where the CTA is one warpgroup whose
+    softmax is not overlapped: the tuned shapes) loads K and V with TMA:
+    the host code encodes their tensor maps (`mobaEncodeTensorMap`
+    of the project's runtime) and a one-thread launch puts them in device
+    memory; in the kernel one thread starts each chunk's copies
+    (`nvvm.cp.async.bulk.tensor`, a 64-column panel each) on an mbarrier
+    of its buffer, and the warps wait on the barrier's phase parity instead
+    of on cp.async groups. Rows past the block's last key are zeroed in V
+    before P V reads them (TMA copies whatever lies there).
   }];
   let options = [
     Option<"warps", "warps", "int64_t", /*default=*/"4",
@@ -119,9 +129,16 @@ def MobaConvertGroupedAttentionToNVVM
            /*default=*/"\"mma.sync\"",
            "The matrix instruction: mma.sync (sm_80 and newer) or wgmma "
            "(sm_90a; head_dim 64 or 128, other ops keep mma.sync)">,
+    Option<"keyValueLoads", "key-value-loads", "std::string",
+           /*default=*/"\"cp.async\"",
+           "How K and V reach shared memory: cp.async (every thread copies "
+           "16 bytes at a time) or tma (one thread starts TMA bulk copies "
+           "that complete on mbarriers; the wgmma form with one warpgroup, "
+           "other shapes keep cp.async)">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",
+    "::mlir::func::FuncDialect",
     "::mlir::gpu::GPUDialect",
     "::mlir::LLVM::LLVMDialect",
     "::mlir::math::MathDialect",

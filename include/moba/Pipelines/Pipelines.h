@@ -136,6 +136,12 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
       llvm::cl::desc("With mma: mma.sync (sm_80 and newer) or wgmma (sm_90a; "
                      "warps a multiple of 4, key chunk a multiple of 64)"),
       llvm::cl::init("mma.sync")};
+  PassOptions::Option<std::string> mmaKeyValueLoads{
+      *this, "mma-key-value-loads",
+      llvm::cl::desc("With mma-instruction=wgmma: how K and V reach shared "
+                     "memory, cp.async or tma (TMA bulk copies on "
+                     "mbarriers, where the kernel is one warpgroup)"),
+      llvm::cl::init("cp.async")};
   PassOptions::Option<bool> mmaGate{
       *this, "mma-gate",
       llvm::cl::desc("With mma: the fused gate + top-k on tensor cores too "

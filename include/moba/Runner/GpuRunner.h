@@ -45,6 +45,9 @@ struct GpuCompileOptions {
   int64_t mmaKeyChunk = 0;
   /// With mma: "mma.sync" or "wgmma" (sm_90a); "" takes the tuning table's.
   std::string mmaInstruction;
+  /// With wgmma: how K and V reach shared memory, "cp.async" or "tma"; ""
+  /// takes the default, kDefaultWgmmaKeyValueLoads.
+  std::string mmaKeyValueLoads;
   /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
   /// /usr/local/cuda.
   std::string toolkit;
@@ -54,6 +57,10 @@ struct GpuCompileOptions {
   /// stage ("moba", "gpu": host LLVM code with the embedded kernels).
   std::function<void(llvm::StringRef stage, llvm::StringRef ir)> dumpIR;
 };
+
+/// How the wgmma kernel loads K and V when the caller does not say
+/// (docs/PERFORMANCE.md, seventh round, has the measurement behind it).
+inline constexpr const char *kDefaultWgmmaKeyValueLoads = "tma";
 
 /// One call on the device: `buffers` hold device pointers.
 struct GpuLaunch {

@@ -42,6 +42,13 @@ struct CUmemPoolProps {
 };
 static_assert(sizeof(CUmemPoolProps) == 88, "cuda.h's CUmemPoolProps");
 
+/// cuda.h's CUtensorMap: a TMA descriptor, 128 opaque bytes, 64-byte
+/// aligned.
+struct alignas(64) CUtensorMap {
+  uint64_t opaque[16];
+};
+static_assert(sizeof(CUtensorMap) == 128, "cuda.h's CUtensorMap");
+
 /// The driver entry points the runtime calls, resolved once per process.
 struct DriverApi {
   CUresult (*cuInit)(unsigned);
@@ -70,6 +77,12 @@ struct DriverApi {
                              void **, void **);
   CUresult (*cuGetErrorName)(CUresult, const char **);
   CUresult (*cuGetErrorString)(CUresult, const char **);
+  /// Since CUDA 12.0; nullptr in an older driver (which has no sm_90 either),
+  /// so that its absence fails only the calls that need it.
+  CUresult (*cuTensorMapEncodeTiled)(CUtensorMap *, int, unsigned, void *,
+                                     const uint64_t *, const uint64_t *,
+                                     const unsigned *, const unsigned *, int,
+                                     int, int, int);
 };
 
 /// The driver, loaded and initialized (cuInit) on first use. Fails with a

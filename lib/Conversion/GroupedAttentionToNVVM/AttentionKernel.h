@@ -62,13 +62,17 @@ constexpr int64_t kRegisterStep = 8;
 ///
 /// mma.sync: [K/V stages][causal bounds]; the stages' rows are padded to
 /// head_dim + 8 elements against bank conflicts.
-/// wgmma: [causal bounds][slack up to 1 KiB alignment][Q][K buffers]
-/// [V buffers][P], every operand in 64-column panels of 128-byte rows with
-/// the 128-byte swizzle (wgmmaOperandLayout in WgmmaChunkLoop.cpp).
+/// wgmma: [causal bounds][mbarriers, bulkLoads only][slack up to 1 KiB
+/// alignment][Q][K buffers][V buffers][P], every operand in 64-column
+/// panels of 128-byte rows with the 128-byte swizzle (wgmmaOperandLayout in
+/// WgmmaChunkLoop.cpp).
 struct MmaTileShape {
   int64_t warps;
   int64_t keyChunk;
   MatrixInstruction instruction = MatrixInstruction::MmaSync;
+  /// K and V by TMA on mbarriers (wgmma, one warpgroup, softmax not
+  /// overlapped: supportsBulkLoads) instead of cp.async.
+  bool bulkLoads = false;
 
   bool isWgmma() const { return instruction == MatrixInstruction::Wgmma; }
   int64_t warpgroups() const { return warps / 4; }
@@ -103,6 +107,16 @@ struct MmaTileShape {
   }
   /// Each warp's first and last token (i32).
   int64_t reduceBytes() const { return 2 * warps * 4; }
+  /// bulkLoads: the mbarriers on which the TMA copies of K (two buffers)
+  /// and V (one or two) complete, 8 bytes each, after the causal bounds.
+  static constexpr int64_t kBulkBarriers = 4;
+  int64_t barrierBytes() const { return bulkLoads ? kBulkBarriers * 8 : 0; }
+  /// Whether bulkLoads may be set: the TMA chunk loop is the wgmma form's
+  /// in-order one (WgmmaChunkLoop.cpp), for one warpgroup.
+  bool supportsBulkLoads(int64_t headDim, Type element) const {
+    return isWgmma() && warpgroups() == 1 &&
+           !overlapsSoftmax(headDim, element);
+  }
   /// wgmma: each warpgroup's 64 queries.
   int64_t queryBytes(int64_t headDim, Type element) const {
     return isWgmma() ? warpgroups() * 64 * headDim * bytesOf(element) : 0;
@@ -154,7 +168,7 @@ private:
   int64_t sharedBytesWith(int64_t valueBuffers, int64_t headDim,
                           Type element) const {
     return (2 + valueBuffers) * operandBytes(headDim, element) +
-           reduceBytes() + queryBytes(headDim, element) +
+           reduceBytes() + barrierBytes() + queryBytes(headDim, element) +
            probabilityBytes(element) + alignmentSlack();
   }
 };
@@ -181,6 +195,9 @@ struct AttentionKernel {
   bool causal;
   double scale;
   MmaTileShape shape;
+  /// shape.bulkLoads: the tensor maps of K and V in device memory
+  /// (memref<32xi64>, two CUtensorMaps), set by emitTensorMaps.
+  Value tensorMaps;
 
   void emit(ImplicitLocOpBuilder &b);
 
@@ -198,6 +215,12 @@ struct AttentionKernel {
   /// shuffles), so that no CTA has to.
   void emitTileList(ImplicitLocOpBuilder &b, Value tileList, Value rows,
                     Value tilesPerHead);
+  /// shape.bulkLoads: K's and V's tensor maps encoded by the host
+  /// (mobaEncodeKeyValueTensorMaps) and put into device memory by a
+  /// one-thread launch that takes their bytes as arguments, so that they
+  /// travel in stream order with no host-to-device copy; sets tensorMaps.
+  /// The caller deallocates it after the attention.
+  void emitTensorMaps(ImplicitLocOpBuilder &b);
   /// The body of one CTA: tile `tile` of head `h`.
   void emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch, Value h,
                Value tile, Value rows, Value tileList);
@@ -257,6 +280,13 @@ struct AttentionKernel {
   SmallVector<Value> emitChunkLoops(ImplicitLocOpBuilder &b, const CtaTile &t,
                                     bool asyncProxyReads, ValueStaging values,
                                     StageFn stage, ChunkFn body);
+  /// The TMA pipeline of the in-order wgmma loop (shape.bulkLoads): the
+  /// same plain and masked loops as emitChunkLoops, with copies started by
+  /// one thread on `issue` and waited for on mbarriers by `body`.
+  using IssueFn = function_ref<void(ImplicitLocOpBuilder &, Value chunk)>;
+  SmallVector<Value> emitBulkChunkLoops(ImplicitLocOpBuilder &b,
+                                        const CtaTile &t, IssueFn issue,
+                                        ChunkFn body);
 
   /// The initial values the chunk loops carry.
   SmallVector<Value> chunkLoopInits(KernelBuilder &e);

@@ -86,6 +86,8 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
       memref::AllocOp::create(b, listType, ValueRange{tilesPerHead});
   emitTileList(b, tileList, rows, tilesPerHead);
 
+  if (shape.bulkLoads)
+    emitTensorMaps(b);
   Value ctas = arith::MaxUIOp::create(
       b, e.mul(tilesPerHead, e.index(numHeads)), e.index(1));
   int64_t sharedBytes = shape.sharedBytes(headDim, element());
@@ -105,6 +107,60 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
                    ke.rem(cta, tilesPerHead), rows, tileList);
          });
   memref::DeallocOp::create(b, tileList);
+  if (tensorMaps)
+    memref::DeallocOp::create(b, tensorMaps);
+}
+
+void AttentionKernel::emitTensorMaps(ImplicitLocOpBuilder &b) {
+  KernelBuilder e{b, element()};
+  MLIRContext *context = b.getContext();
+  Type index = b.getIndexType();
+  // The runtime's encoder, declared once per module.
+  constexpr StringLiteral kEncoder = "mobaEncodeTensorMap";
+  auto module = op->getParentOfType<ModuleOp>();
+  if (!module.lookupSymbol(kEncoder)) {
+    OpBuilder mb = OpBuilder::atBlockBegin(module.getBody());
+    auto encoder = func::FuncOp::create(
+        mb, b.getLoc(), kEncoder,
+        FunctionType::get(context, SmallVector<Type>(10, index), {}));
+    encoder.setPrivate();
+  }
+  // Two CUtensorMaps of 16 words, encoded into host memory.
+  constexpr int64_t kMapWords = 16;
+  auto wordsType = MemRefType::get({2 * kMapWords}, b.getI64Type());
+  Value host = memref::AllocaOp::create(b, wordsType);
+  Value hostAddress = memref::ExtractAlignedPointerAsIndexOp::create(b, host);
+  int64_t bytes = MmaTileShape::bytesOf(element());
+  SmallVector<Value, 2> sources = {k, v};
+  for (auto [operand, source] : llvm::enumerate(sources)) {
+    auto meta = memref::ExtractStridedMetadataOp::create(b, source);
+    Value address =
+        e.add(memref::ExtractAlignedPointerAsIndexOp::create(b, source),
+              e.mul(meta.getOffset(), e.index(bytes)));
+    func::CallOp::create(
+        b, kEncoder, TypeRange{},
+        ValueRange{e.add(hostAddress, e.index(operand * kMapWords * 8)),
+                   address, meta.getSizes()[0], meta.getSizes()[1],
+                   meta.getSizes()[2], meta.getStrides()[0],
+                   meta.getStrides()[1],
+                   e.index(element().isBF16() ? 1 : 0),
+                   e.index(shape.keyChunk), e.index(operand)});
+  }
+  SmallVector<Value> words;
+  for (int64_t i = 0; i < 2 * kMapWords; ++i)
+    words.push_back(memref::LoadOp::create(b, host, ValueRange{e.index(i)}));
+  // Their bytes as a kernel's arguments, stored to device memory in stream
+  // order; the generic proxy's stores are released to the tensormap proxy
+  // that TMA reads them through.
+  tensorMaps = memref::AllocOp::create(b, wordsType);
+  launch(b, e.index(1), /*threads=*/1, /*sharedBytes=*/nullptr,
+         /*workgroup=*/{}, [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp) {
+           KernelBuilder ke{kb, e.element};
+           for (auto [i, word] : llvm::enumerate(words))
+             memref::StoreOp::create(kb, word, tensorMaps,
+                                     ValueRange{ke.index(i)});
+           NVVM::FenceProxyReleaseOp::create(kb, NVVM::MemScopeKind::GPU);
+         });
 }
 
 void AttentionKernel::emitTileList(ImplicitLocOpBuilder &b, Value tileList,
@@ -658,6 +714,43 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
   return SmallVector<Value>(loop.getResults());
 }
 
+SmallVector<Value> AttentionKernel::emitBulkChunkLoops(ImplicitLocOpBuilder &b,
+                                                       const CtaTile &t,
+                                                       IssueFn issue,
+                                                       ChunkFn body) {
+  KernelBuilder e{b, element()};
+  Value isIssuer =
+      arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.tid, e.index(0));
+  auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
+                       bool masked) {
+    return scf::ForOp::create(
+        b, from, to, e.index(1), loopInits,
+        [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
+          ImplicitLocOpBuilder ib(loc, fb);
+          KernelBuilder ie{ib, e.element};
+          Value buffer = ie.rem(chunk, ie.index(2));
+          Value keyBase =
+              ie.add(t.keyFirst, ie.mul(chunk, ie.index(shape.keyChunk)));
+          // Every warp is done with chunk c - 1: its buffers refill.
+          gpu::BarrierOp::create(ib);
+          auto issuer = scf::IfOp::create(ib, isIssuer, false);
+          {
+            OpBuilder::InsertionGuard guard(ib);
+            ib.setInsertionPointToStart(&issuer.getThenRegion().front());
+            issue(ib, chunk);
+          }
+          SmallVector<Value> results =
+              body(ib, chunk, buffer, keyBase, c, masked);
+          scf::YieldOp::create(ib, results);
+        });
+  };
+  auto plain = chunkLoop(e.index(0), t.unmasked, chunkLoopInits(e),
+                         /*masked=*/false);
+  auto loop =
+      chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
+  return SmallVector<Value>(loop.getResults());
+}
+
 namespace {
 
 struct MobaConvertGroupedAttentionToNVVMPass
@@ -694,7 +787,20 @@ struct MobaConvertGroupedAttentionToNVVMPass
           << instruction << "'";
       return signalPassFailure();
     }
+    if (keyValueLoads != "cp.async" && keyValueLoads != "tma") {
+      getOperation()->emitError()
+          << "moba-convert-grouped-attention-to-nvvm: key-value-loads must "
+             "be cp.async or tma, got '"
+          << keyValueLoads << "'";
+      return signalPassFailure();
+    }
     bool wantWgmma = instruction == "wgmma";
+    if (keyValueLoads == "tma" && !wantWgmma) {
+      getOperation()->emitError()
+          << "moba-convert-grouped-attention-to-nvvm: key-value-loads=tma "
+             "needs instruction=wgmma (TMA is sm_90's)";
+      return signalPassFailure();
+    }
     if (wantWgmma && (warps % 4 != 0 || keyChunk % 64 != 0)) {
       getOperation()->emitError()
           << "moba-convert-grouped-attention-to-nvvm: wgmma needs warps a "
@@ -732,6 +838,10 @@ struct MobaConvertGroupedAttentionToNVVMPass
       shape.instruction = wantWgmma && (headDim == 64 || headDim == 128)
                               ? MatrixInstruction::Wgmma
                               : MatrixInstruction::MmaSync;
+      shape.bulkLoads = false;
+      if (keyValueLoads == "tma")
+        shape.bulkLoads =
+            shape.supportsBulkLoads(headDim, qType.getElementType());
       int64_t sharedBytes = shape.sharedBytes(headDim, qType.getElementType());
       if (sharedBytes > kMaxSharedBytes) {
         op.emitOpError() << "needs " << sharedBytes
@@ -739,6 +849,12 @@ struct MobaConvertGroupedAttentionToNVVMPass
                          << static_cast<int64_t>(keyChunk) << " (at most "
                          << kMaxSharedBytes
                          << "): use a smaller key-chunk";
+        return signalPassFailure();
+      }
+      if (shape.bulkLoads && !op->getParentOfType<ModuleOp>()) {
+        op.emitOpError("key-value-loads=tma needs the op inside a module, "
+                       "where the host code declares the runtime's tensor "
+                       "map encoder");
         return signalPassFailure();
       }
       rewriter.setInsertionPoint(op);

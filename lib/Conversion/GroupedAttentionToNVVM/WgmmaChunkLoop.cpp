@@ -151,7 +151,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   // The plan starts at the first 1 KiB boundary after the causal bounds.
   Value raw = t.sharedMemory;
   Value base = memref::ExtractAlignedPointerAsIndexOp::create(b, raw);
-  Value afterBounds = e.add(base, e.index(shape.reduceBytes()));
+  Value barriers = e.add(base, e.index(shape.reduceBytes()));
+  Value afterBounds = e.add(barriers, e.index(shape.barrierBytes()));
   Value aligned = e.mul(
       arith::CeilDivUIOp::create(b, afterBounds, e.index(kSwizzleBytes)),
       e.index(kSwizzleBytes));
@@ -377,7 +378,205 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
     };
     // In order: S, the softmax, P through shared memory, O += P V; each
     // product waited for. Two CTAs share an SM, and each one's softmax
-    // runs while the other's products occupy the tensor cores.
+    // runs while the other's products occupy the tensor cores. K of the
+    // chunk is in `buffer` once `waitKeys` returns, V in `valueBuffer` once
+    // `waitValues` does.
+    using WaitFn = function_ref<void(ImplicitLocOpBuilder &)>;
+    auto inOrderChunk = [&](ImplicitLocOpBuilder &ib, Value buffer,
+                            Value valueBuffer, Value keyBase, ValueRange c,
+                            bool masked, WaitFn waitKeys,
+                            WaitFn waitValues) -> SmallVector<Value> {
+      waitKeys(ib);
+      NVVM::WgmmaFenceAlignedOp::create(ib);
+      Value scoresAcc = multiplyKeys(ib, buffer);
+      NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+      SmallVector<SmallVector<Value>> scores = scoreTiles(ib, scoresAcc);
+      SmallVector<Value> results =
+          softmaxStep(ib, t, scores, c, keyBase, masked);
+      waitValues(ib);
+      // The proxy fence after P's stores and the barrier publish V too.
+      storeProbabilities(ib, scores);
+      groupBarrier(ib);
+      Value outAcc = packAccumulators(ib, ValueRange(results).drop_front(4));
+      NVVM::WgmmaFenceAlignedOp::create(ib);
+      outAcc = multiplyValues(ib, outAcc, valueBuffer);
+      NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+      NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+      SmallVector<Value> out = unpackAccumulators(ib, outAcc, dTiles * 4);
+      std::copy(out.begin(), out.end(), results.begin() + 4);
+      return results;
+    };
+    if (shape.bulkLoads) {
+      // TMA: thread 0 starts each buffer's copies, a 64-column panel a
+      // copy, on the buffer's mbarrier (full[K0, K1, V0, V1], after the
+      // causal bounds; arrival count 1: its arrive.expect_tx, then the
+      // bytes), and the warps wait on the barrier's phase parity: the n-th
+      // fill of a buffer completes phase n.
+      auto pointer = [&](ImplicitLocOpBuilder &pb, Value address,
+                         unsigned space) -> Value {
+        return LLVM::IntToPtrOp::create(
+            pb, LLVM::LLVMPointerType::get(context, space),
+            arith::IndexCastUIOp::create(pb, pb.getI64Type(), address),
+            /*dereferenceable=*/nullptr);
+      };
+      auto fullBarrier = [&](ImplicitLocOpBuilder &pb, int64_t operand,
+                             Value buffer) {
+        KernelBuilder pe{pb, e.element};
+        Value which = pe.add(pe.index(2 * operand), buffer);
+        return pointer(pb, pe.add(barriers, pe.mul(which, pe.index(8))),
+                       /*space=*/3);
+      };
+      Value mapsAddress =
+          memref::ExtractAlignedPointerAsIndexOp::create(b, tensorMaps);
+      constexpr int64_t kMapBytes = 128;
+      SmallVector<Value, 2> maps = {
+          pointer(b, mapsAddress, 0),
+          pointer(b, e.add(mapsAddress, e.index(kMapBytes)), 0)};
+      Value isIssuer = arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
+                                             t.tid, e.index(0));
+      auto ifThen = [&](ImplicitLocOpBuilder &ib, Value condition,
+                        function_ref<void(ImplicitLocOpBuilder &)> then) {
+        auto branch = scf::IfOp::create(ib, condition, false);
+        OpBuilder::InsertionGuard guard(ib);
+        ib.setInsertionPointToStart(&branch.getThenRegion().front());
+        then(ib);
+      };
+      // The queries (cp.async) landed and fenced for wgmma, the barriers
+      // initialized, and the tensor maps, stored by an earlier kernel,
+      // acquired for the tensormap proxy; one CTA barrier publishes all.
+      NVVM::CpAsyncCommitGroupOp::create(b);
+      NVVM::CpAsyncWaitGroupOp::create(b, 0);
+      e.fenceAsyncProxy();
+      ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
+        KernelBuilder ie{ib, e.element};
+        for (int64_t i = 0; i < MmaTileShape::kBulkBarriers; ++i)
+          NVVM::MBarrierInitOp::create(
+              ib, fullBarrier(ib, i / 2, ie.index(i % 2)), ie.i32(1),
+              /*predicate=*/Value());
+        NVVM::FenceMbarrierInitOp::create(ib);
+        for (Value map : maps)
+          NVVM::FenceProxyAcquireOp::create(ib, NVVM::MemScopeKind::GPU, map,
+                                            ie.i32(kMapBytes));
+      });
+      gpu::BarrierOp::create(b);
+
+      // Keys [keyFirst + chunk * keyChunk, + keyChunk) of K (`operand` 0)
+      // or V (1) into `buffer`; keys past the last token read as zeros.
+      auto issue = [&](ImplicitLocOpBuilder &ib, int64_t operand,
+                       Value buffer, Value chunk) {
+        KernelBuilder ie{ib, e.element};
+        auto i32 = [&](Value x) -> Value {
+          return arith::IndexCastUIOp::create(ib, ib.getI32Type(), x);
+        };
+        Value barrier = fullBarrier(ib, operand, buffer);
+        NVVM::MBarrierArriveExpectTxOp::create(
+            ib, Type(), barrier, ie.i32(bufferBytes), NVVM::MemScopeKind::CTA,
+            /*relaxed=*/false, /*predicate=*/Value());
+        Value slot = operand == 0 ? buffer : ie.add(buffer, ie.index(2));
+        Value at = ie.add(ops.stageAddress, ie.mul(slot, ie.index(bufferBytes)));
+        Value key =
+            i32(ie.add(t.keyFirst, ie.mul(chunk, ie.index(shape.keyChunk))));
+        Value head = i32(t.g);
+        // The copy's destination is in the shared::cluster window (address
+        // space 7), where this CTA's shared memory keeps its addresses.
+        auto clusterPointer = [&](Value address) -> Value {
+          return LLVM::AddrSpaceCastOp::create(
+              ib, LLVM::LLVMPointerType::get(context, 7),
+              pointer(ib, address, 3));
+        };
+        for (int64_t panel = 0; panel < panels; ++panel)
+          NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
+              ib,
+              clusterPointer(ie.add(at, ie.index(panel * stagePanelBytes))),
+              maps[operand],
+              ValueRange{ie.i32(panel * kPanelColumns), head, key}, barrier,
+              /*im2colOffsets=*/ValueRange{}, /*multicastMask=*/Value(),
+              /*l2CacheHint=*/Value(), NVVM::TMALoadMode::TILE,
+              /*isCTAOnly=*/false, /*group=*/nullptr, /*predicate=*/Value());
+      };
+      // The `use`-th fill of `buffer` has landed.
+      constexpr int64_t kSuspendHintNs = 10'000'000;
+      auto wait = [&](ImplicitLocOpBuilder &ib, int64_t operand, Value buffer,
+                      Value use) {
+        KernelBuilder ie{ib, e.element};
+        Value parity = arith::IndexCastUIOp::create(
+            ib, ib.getI32Type(), ie.rem(use, ie.index(2)));
+        NVVM::MBarrierTryWaitParityOp::create(
+            ib, fullBarrier(ib, operand, buffer), parity,
+            ie.i32(kSuspendHintNs));
+      };
+      // Rows past lastKey of V's `slot` zeroed: TMA copies what lies there
+      // (the next sequence's keys, or another block's), which a masked
+      // probability of 0 would still carry into P V if it were NaN.
+      auto zeros = arith::ConstantOp::create(
+          b, DenseElementsAttr::get(VectorType::get({8}, element()),
+                                    b.getZeroAttr(element())));
+      auto clearPastLastKey = [&](ImplicitLocOpBuilder &ib, Value slot,
+                                  Value keyBase) {
+        KernelBuilder ie{ib, e.element};
+        Value past = ie.ult(
+            t.lastKey, ie.add(keyBase, ie.index(shape.keyChunk - 1)));
+        ifThen(ib, past, [&](ImplicitLocOpBuilder &pb) {
+          KernelBuilder pe{pb, e.element};
+          copyRows(pb, shape.keyChunk, [&](Value row, Value column) {
+            ifThen(pb, pe.ult(t.lastKey, pe.add(keyBase, row)),
+                   [&](ImplicitLocOpBuilder &zb) {
+                     vector::StoreOp::create(
+                         zb, zeros, ops.stages,
+                         ValueRange{slot, panelOfChunk, row, column})
+                         .setAlignment(16);
+                   });
+          });
+        });
+      };
+
+      // Chunk 0's K (and V, in two buffers).
+      ifThen(b, arith::AndIOp::create(b, isIssuer,
+                                      e.ult(e.index(0), t.chunks)),
+             [&](ImplicitLocOpBuilder &ib) {
+               KernelBuilder ie{ib, e.element};
+               issue(ib, 0, ie.index(0), ie.index(0));
+               if (!singleValueBuffer)
+                 issue(ib, 1, ie.index(0), ie.index(0));
+             });
+      return emitBulkChunkLoops(
+          b, t,
+          // At chunk c's top, every warp done with chunk c - 1: V_c into
+          // the one V buffer; K (and V in two buffers) of c + 1 into the
+          // buffers c - 1 used.
+          [&](ImplicitLocOpBuilder &ib, Value chunk) {
+            KernelBuilder ie{ib, e.element};
+            if (singleValueBuffer)
+              issue(ib, 1, ie.index(0), chunk);
+            Value next = ie.add(chunk, ie.index(1));
+            ifThen(ib, ie.ult(next, t.chunks), [&](ImplicitLocOpBuilder &nb) {
+              KernelBuilder ne{nb, e.element};
+              Value buffer = ne.rem(next, ne.index(2));
+              issue(nb, 0, buffer, next);
+              if (!singleValueBuffer)
+                issue(nb, 1, buffer, next);
+            });
+          },
+          [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer,
+              Value keyBase, ValueRange c,
+              bool masked) -> SmallVector<Value> {
+            KernelBuilder ie{ib, e.element};
+            Value twice = ie.div(chunk, ie.index(2));
+            Value valueBuffer = singleValueBuffer ? ie.index(0) : buffer;
+            Value valueUse = singleValueBuffer ? chunk : twice;
+            return inOrderChunk(
+                ib, buffer, valueBuffer, keyBase, c, masked,
+                [&](ImplicitLocOpBuilder &wb) { wait(wb, 0, buffer, twice); },
+                [&](ImplicitLocOpBuilder &wb) {
+                  KernelBuilder we{wb, e.element};
+                  wait(wb, 1, valueBuffer, valueUse);
+                  if (masked)
+                    clearPastLastKey(wb, we.add(valueBuffer, we.index(2)),
+                                     keyBase);
+                });
+          });
+    }
+    auto noWait = [](ImplicitLocOpBuilder &) {};
     return emitChunkLoops(
         b, t, /*asyncProxyReads=*/true,
         singleValueBuffer ? ValueStaging::AfterProducts
@@ -386,31 +585,16 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
         [&](ImplicitLocOpBuilder &ib, Value /*chunk*/, Value buffer,
             Value keyBase, ValueRange c,
             bool masked) -> SmallVector<Value> {
-          NVVM::WgmmaFenceAlignedOp::create(ib);
-          Value scoresAcc = multiplyKeys(ib, buffer);
-          NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
-          SmallVector<SmallVector<Value>> scores = scoreTiles(ib, scoresAcc);
-          SmallVector<Value> results =
-              softmaxStep(ib, t, scores, c, keyBase, masked);
-          // One V buffer: V_c, copied during this chunk's S and softmax,
-          // has landed once all but the newest group (K_(c+1)) have; the
-          // proxy fence after P's stores and the barrier publish it too.
-          if (singleValueBuffer)
-            NVVM::CpAsyncWaitGroupOp::create(ib, 1);
-          storeProbabilities(ib, scores);
-          groupBarrier(ib);
-          Value outAcc =
-              packAccumulators(ib, ValueRange(results).drop_front(4));
-          NVVM::WgmmaFenceAlignedOp::create(ib);
           KernelBuilder ie{ib, e.element};
-          outAcc = multiplyValues(
-              ib, outAcc, singleValueBuffer ? ie.index(0) : buffer);
-          NVVM::WgmmaGroupSyncAlignedOp::create(ib);
-          NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
-          SmallVector<Value> out =
-              unpackAccumulators(ib, outAcc, dTiles * 4);
-          std::copy(out.begin(), out.end(), results.begin() + 4);
-          return results;
+          // One V buffer: V_c, copied during this chunk's S and softmax,
+          // has landed once all but the newest group (K_(c+1)) have.
+          auto waitValues = [&](ImplicitLocOpBuilder &wb) {
+            if (singleValueBuffer)
+              NVVM::CpAsyncWaitGroupOp::create(wb, 1);
+          };
+          return inOrderChunk(ib, buffer,
+                              singleValueBuffer ? ie.index(0) : buffer,
+                              keyBase, c, masked, noWait, waitValues);
         });
   }
 
