@@ -201,7 +201,9 @@ struct AttentionKernel {
 
   void emit(ImplicitLocOpBuilder &b);
 
-  Type element() { return cast<MemRefType>(q.getType()).getElementType(); }
+  Type element() const {
+    return cast<MemRefType>(q.getType()).getElementType();
+  }
   int64_t ctaRows() { return kTileRows * shape.warps; }
   int64_t threads() { return shape.threads(); }
   /// Elements between two staged key rows of the mma.sync form: head_dim
@@ -221,6 +223,11 @@ struct AttentionKernel {
   /// travel in stream order with no host-to-device copy; sets tensorMaps.
   /// The caller deallocates it after the attention.
   void emitTensorMaps(ImplicitLocOpBuilder &b);
+  /// shape.bulkLoads: as soon as the CTA knows its block, thread 0
+  /// initializes the mbarriers and starts the TMA copies of chunk 0's K and
+  /// V (WgmmaChunkLoop.cpp), so that they land while the CTA reads its
+  /// entries and gathers its queries.
+  void startBulkLoads(ImplicitLocOpBuilder &b, const CtaTile &t);
   /// The body of one CTA: tile `tile` of head `h`.
   void emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch, Value h,
                Value tile, Value rows, Value tileList);

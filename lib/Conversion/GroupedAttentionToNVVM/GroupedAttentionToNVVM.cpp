@@ -325,6 +325,8 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
   Value keyLast = field(3);
   t.lastKey = e.sub(keyLast, e.index(1));
   t.g = e.div(h, e.index(group));
+  if (shape.bulkLoads)
+    startBulkLoads(b, t);
 
   // This lane's two rows of its warp's 16, and their (token, slot).
   t.quadRow = e.div(t.lane, e.index(4));

@@ -130,7 +130,156 @@ struct WgmmaOperands {
   Value queryAddress, stageAddress, probabilityAddress; ///< shared, bytes
 };
 
+/// The shared-memory addresses of the wgmma form (bytes, in the shared
+/// window): the region's start, the mbarriers after the causal bounds, and
+/// the operands from the first 1 KiB boundary after those.
+struct SharedPlan {
+  Value base, barriers, queryAddress, stageAddress, probabilityAddress;
+
+  SharedPlan(KernelBuilder &e, const AttentionKernel &kernel, Value raw) {
+    const MmaTileShape &shape = kernel.shape;
+    Type element = e.element;
+    base = memref::ExtractAlignedPointerAsIndexOp::create(e.b, raw);
+    barriers = e.add(base, e.index(shape.reduceBytes()));
+    Value afterBounds = e.add(barriers, e.index(shape.barrierBytes()));
+    queryAddress = e.mul(
+        arith::CeilDivUIOp::create(e.b, afterBounds, e.index(kSwizzleBytes)),
+        e.index(kSwizzleBytes));
+    stageAddress = e.add(
+        queryAddress, e.index(shape.queryBytes(kernel.headDim, element)));
+    probabilityAddress = e.add(
+        stageAddress, e.index(shape.stageBytes(kernel.headDim, element)));
+  }
+};
+
+/// K and V by TMA (MmaTileShape::bulkLoads). Thread 0 starts each
+/// buffer's copies, a 64-column panel a copy, on the buffer's mbarrier
+/// (full[K0, K1, V0, V1], after the causal bounds; arrival count 1: its
+/// arrive.expect_tx, then the bytes), and the warps wait on the barrier's
+/// phase parity: the n-th fill of a buffer completes phase n.
+class BulkLoader {
+public:
+  BulkLoader(const AttentionKernel &kernel, ImplicitLocOpBuilder &b,
+             const CtaTile &t)
+      : kernel(kernel), t(t) {
+    KernelBuilder e{b, kernel.element()};
+    SharedPlan plan(e, kernel, t.sharedMemory);
+    barriers = plan.barriers;
+    stageAddress = plan.stageAddress;
+    Value maps = memref::ExtractAlignedPointerAsIndexOp::create(
+        b, kernel.tensorMaps);
+    keyMap = pointer(b, maps, /*space=*/0);
+    valueMap = pointer(b, e.add(maps, e.index(kMapBytes)), /*space=*/0);
+  }
+
+  /// By thread 0 before any copy: the barriers initialized, and the tensor
+  /// maps, stored by an earlier kernel, acquired for the tensormap proxy.
+  /// A CTA barrier must publish the initialization to the other threads.
+  void initialize(ImplicitLocOpBuilder &b) {
+    KernelBuilder e{b, kernel.element()};
+    for (int64_t i = 0; i < MmaTileShape::kBulkBarriers; ++i)
+      NVVM::MBarrierInitOp::create(b, fullBarrier(b, i / 2, e.index(i % 2)),
+                                   e.i32(1), /*predicate=*/Value());
+    NVVM::FenceMbarrierInitOp::create(b);
+    for (Value map : {keyMap, valueMap})
+      NVVM::FenceProxyAcquireOp::create(b, NVVM::MemScopeKind::GPU, map,
+                                        e.i32(kMapBytes));
+  }
+
+  /// By thread 0: keys [keyFirst + chunk * keyChunk, + keyChunk) of K
+  /// (`operand` 0) or V (1) into `buffer`; keys past the last token read as
+  /// zeros.
+  void issue(ImplicitLocOpBuilder &b, int64_t operand, Value buffer,
+             Value chunk) {
+    KernelBuilder e{b, kernel.element()};
+    const MmaTileShape &shape = kernel.shape;
+    int64_t panels = kernel.headDim / kPanelColumns;
+    int64_t panelBytes = shape.keyChunk * kPanelRowBytes;
+    int64_t bufferBytes = panels * panelBytes;
+    auto i32 = [&](Value x) -> Value {
+      return arith::IndexCastUIOp::create(b, b.getI32Type(), x);
+    };
+    Value barrier = fullBarrier(b, operand, buffer);
+    NVVM::MBarrierArriveExpectTxOp::create(
+        b, Type(), barrier, e.i32(bufferBytes), NVVM::MemScopeKind::CTA,
+        /*relaxed=*/false, /*predicate=*/Value());
+    Value slot = operand == 0 ? buffer : e.add(buffer, e.index(2));
+    Value at = e.add(stageAddress, e.mul(slot, e.index(bufferBytes)));
+    Value key =
+        i32(e.add(t.keyFirst, e.mul(chunk, e.index(shape.keyChunk))));
+    Value head = i32(t.g);
+    for (int64_t panel = 0; panel < panels; ++panel) {
+      // The destination is in the shared::cluster window (address space
+      // 7), where this CTA's shared memory keeps its addresses.
+      Value destination = LLVM::AddrSpaceCastOp::create(
+          b, LLVM::LLVMPointerType::get(b.getContext(), 7),
+          pointer(b, e.add(at, e.index(panel * panelBytes)), /*space=*/3));
+      NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
+          b, destination, operand == 0 ? keyMap : valueMap,
+          ValueRange{e.i32(panel * kPanelColumns), head, key}, barrier,
+          /*im2colOffsets=*/ValueRange{}, /*multicastMask=*/Value(),
+          /*l2CacheHint=*/Value(), NVVM::TMALoadMode::TILE,
+          /*isCTAOnly=*/false, /*group=*/nullptr, /*predicate=*/Value());
+    }
+  }
+
+  /// The `use`-th fill of `buffer` of K (`operand` 0) or V (1) has landed.
+  void wait(ImplicitLocOpBuilder &b, int64_t operand, Value buffer,
+            Value use) {
+    KernelBuilder e{b, kernel.element()};
+    Value parity = arith::IndexCastUIOp::create(b, b.getI32Type(),
+                                                e.rem(use, e.index(2)));
+    NVVM::MBarrierTryWaitParityOp::create(b, fullBarrier(b, operand, buffer),
+                                          parity, e.i32(kSuspendHintNs));
+  }
+
+private:
+  static constexpr int64_t kMapBytes = 128;
+  static constexpr int64_t kSuspendHintNs = 10'000'000;
+
+  static Value pointer(ImplicitLocOpBuilder &b, Value address,
+                       unsigned space) {
+    return LLVM::IntToPtrOp::create(
+        b, LLVM::LLVMPointerType::get(b.getContext(), space),
+        arith::IndexCastUIOp::create(b, b.getI64Type(), address),
+        /*dereferenceable=*/nullptr);
+  }
+  Value fullBarrier(ImplicitLocOpBuilder &b, int64_t operand, Value buffer) {
+    KernelBuilder e{b, kernel.element()};
+    Value which = e.add(e.index(2 * operand), buffer);
+    return pointer(b, e.add(barriers, e.mul(which, e.index(8))),
+                   /*space=*/3);
+  }
+
+  const AttentionKernel &kernel;
+  const CtaTile &t;
+  Value barriers, stageAddress, keyMap, valueMap;
+};
+
+/// `then` in a branch taken where `condition` holds.
+void ifThen(ImplicitLocOpBuilder &b, Value condition,
+            function_ref<void(ImplicitLocOpBuilder &)> then) {
+  auto branch = scf::IfOp::create(b, condition, false);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(&branch.getThenRegion().front());
+  then(b);
+}
+
 } // namespace
+
+void AttentionKernel::startBulkLoads(ImplicitLocOpBuilder &b,
+                                     const CtaTile &t) {
+  KernelBuilder e{b, element()};
+  BulkLoader loader(*this, b, t);
+  Value isIssuer =
+      arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.tid, e.index(0));
+  ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
+    KernelBuilder ie{ib, e.element};
+    loader.initialize(ib);
+    loader.issue(ib, 0, ie.index(0), ie.index(0));
+    loader.issue(ib, 1, ie.index(0), ie.index(0));
+  });
+}
 
 SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
                                                     const CtaTile &t) {
@@ -150,12 +299,9 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
 
   // The plan starts at the first 1 KiB boundary after the causal bounds.
   Value raw = t.sharedMemory;
-  Value base = memref::ExtractAlignedPointerAsIndexOp::create(b, raw);
-  Value barriers = e.add(base, e.index(shape.reduceBytes()));
-  Value afterBounds = e.add(barriers, e.index(shape.barrierBytes()));
-  Value aligned = e.mul(
-      arith::CeilDivUIOp::create(b, afterBounds, e.index(kSwizzleBytes)),
-      e.index(kSwizzleBytes));
+  SharedPlan plan(e, *this, raw);
+  Value base = plan.base;
+  Value aligned = plan.queryAddress;
   WgmmaOperands ops;
   auto view = [&](ArrayRef<int64_t> shapeOf, Value address) {
     auto type = MemRefType::get(shapeOf, element(),
@@ -407,104 +553,14 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
       return results;
     };
     if (shape.bulkLoads) {
-      // TMA: thread 0 starts each buffer's copies, a 64-column panel a
-      // copy, on the buffer's mbarrier (full[K0, K1, V0, V1], after the
-      // causal bounds; arrival count 1: its arrive.expect_tx, then the
-      // bytes), and the warps wait on the barrier's phase parity: the n-th
-      // fill of a buffer completes phase n.
-      auto pointer = [&](ImplicitLocOpBuilder &pb, Value address,
-                         unsigned space) -> Value {
-        return LLVM::IntToPtrOp::create(
-            pb, LLVM::LLVMPointerType::get(context, space),
-            arith::IndexCastUIOp::create(pb, pb.getI64Type(), address),
-            /*dereferenceable=*/nullptr);
-      };
-      auto fullBarrier = [&](ImplicitLocOpBuilder &pb, int64_t operand,
-                             Value buffer) {
-        KernelBuilder pe{pb, e.element};
-        Value which = pe.add(pe.index(2 * operand), buffer);
-        return pointer(pb, pe.add(barriers, pe.mul(which, pe.index(8))),
-                       /*space=*/3);
-      };
-      Value mapsAddress =
-          memref::ExtractAlignedPointerAsIndexOp::create(b, tensorMaps);
-      constexpr int64_t kMapBytes = 128;
-      SmallVector<Value, 2> maps = {
-          pointer(b, mapsAddress, 0),
-          pointer(b, e.add(mapsAddress, e.index(kMapBytes)), 0)};
-      Value isIssuer = arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
-                                             t.tid, e.index(0));
-      auto ifThen = [&](ImplicitLocOpBuilder &ib, Value condition,
-                        function_ref<void(ImplicitLocOpBuilder &)> then) {
-        auto branch = scf::IfOp::create(ib, condition, false);
-        OpBuilder::InsertionGuard guard(ib);
-        ib.setInsertionPointToStart(&branch.getThenRegion().front());
-        then(ib);
-      };
-      // The queries (cp.async) landed and fenced for wgmma, the barriers
-      // initialized, and the tensor maps, stored by an earlier kernel,
-      // acquired for the tensormap proxy; one CTA barrier publishes all.
+      // startBulkLoads (emitCta) has started chunk 0's K and V. The queries
+      // (cp.async) landed and fenced for wgmma; one CTA barrier publishes
+      // them and the barriers' initialization.
+      BulkLoader loader(*this, b, t);
       NVVM::CpAsyncCommitGroupOp::create(b);
       NVVM::CpAsyncWaitGroupOp::create(b, 0);
       e.fenceAsyncProxy();
-      ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
-        KernelBuilder ie{ib, e.element};
-        for (int64_t i = 0; i < MmaTileShape::kBulkBarriers; ++i)
-          NVVM::MBarrierInitOp::create(
-              ib, fullBarrier(ib, i / 2, ie.index(i % 2)), ie.i32(1),
-              /*predicate=*/Value());
-        NVVM::FenceMbarrierInitOp::create(ib);
-        for (Value map : maps)
-          NVVM::FenceProxyAcquireOp::create(ib, NVVM::MemScopeKind::GPU, map,
-                                            ie.i32(kMapBytes));
-      });
       gpu::BarrierOp::create(b);
-
-      // Keys [keyFirst + chunk * keyChunk, + keyChunk) of K (`operand` 0)
-      // or V (1) into `buffer`; keys past the last token read as zeros.
-      auto issue = [&](ImplicitLocOpBuilder &ib, int64_t operand,
-                       Value buffer, Value chunk) {
-        KernelBuilder ie{ib, e.element};
-        auto i32 = [&](Value x) -> Value {
-          return arith::IndexCastUIOp::create(ib, ib.getI32Type(), x);
-        };
-        Value barrier = fullBarrier(ib, operand, buffer);
-        NVVM::MBarrierArriveExpectTxOp::create(
-            ib, Type(), barrier, ie.i32(bufferBytes), NVVM::MemScopeKind::CTA,
-            /*relaxed=*/false, /*predicate=*/Value());
-        Value slot = operand == 0 ? buffer : ie.add(buffer, ie.index(2));
-        Value at = ie.add(ops.stageAddress, ie.mul(slot, ie.index(bufferBytes)));
-        Value key =
-            i32(ie.add(t.keyFirst, ie.mul(chunk, ie.index(shape.keyChunk))));
-        Value head = i32(t.g);
-        // The copy's destination is in the shared::cluster window (address
-        // space 7), where this CTA's shared memory keeps its addresses.
-        auto clusterPointer = [&](Value address) -> Value {
-          return LLVM::AddrSpaceCastOp::create(
-              ib, LLVM::LLVMPointerType::get(context, 7),
-              pointer(ib, address, 3));
-        };
-        for (int64_t panel = 0; panel < panels; ++panel)
-          NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
-              ib,
-              clusterPointer(ie.add(at, ie.index(panel * stagePanelBytes))),
-              maps[operand],
-              ValueRange{ie.i32(panel * kPanelColumns), head, key}, barrier,
-              /*im2colOffsets=*/ValueRange{}, /*multicastMask=*/Value(),
-              /*l2CacheHint=*/Value(), NVVM::TMALoadMode::TILE,
-              /*isCTAOnly=*/false, /*group=*/nullptr, /*predicate=*/Value());
-      };
-      // The `use`-th fill of `buffer` has landed.
-      constexpr int64_t kSuspendHintNs = 10'000'000;
-      auto wait = [&](ImplicitLocOpBuilder &ib, int64_t operand, Value buffer,
-                      Value use) {
-        KernelBuilder ie{ib, e.element};
-        Value parity = arith::IndexCastUIOp::create(
-            ib, ib.getI32Type(), ie.rem(use, ie.index(2)));
-        NVVM::MBarrierTryWaitParityOp::create(
-            ib, fullBarrier(ib, operand, buffer), parity,
-            ie.i32(kSuspendHintNs));
-      };
       // Rows past lastKey of V's `slot` zeroed: TMA copies what lies there
       // (the next sequence's keys, or another block's), which a masked
       // probability of 0 would still carry into P V if it were NaN.
@@ -529,32 +585,25 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
           });
         });
       };
-
-      // Chunk 0's K (and V, in two buffers).
-      ifThen(b, arith::AndIOp::create(b, isIssuer,
-                                      e.ult(e.index(0), t.chunks)),
-             [&](ImplicitLocOpBuilder &ib) {
-               KernelBuilder ie{ib, e.element};
-               issue(ib, 0, ie.index(0), ie.index(0));
-               if (!singleValueBuffer)
-                 issue(ib, 1, ie.index(0), ie.index(0));
-             });
-      return emitBulkChunkLoops(
+      SmallVector<Value> finals = emitBulkChunkLoops(
           b, t,
           // At chunk c's top, every warp done with chunk c - 1: V_c into
-          // the one V buffer; K (and V in two buffers) of c + 1 into the
-          // buffers c - 1 used.
+          // the one V buffer (V_0 was started with K_0); K (and V in two
+          // buffers) of c + 1 into the buffers c - 1 used.
           [&](ImplicitLocOpBuilder &ib, Value chunk) {
             KernelBuilder ie{ib, e.element};
             if (singleValueBuffer)
-              issue(ib, 1, ie.index(0), chunk);
+              ifThen(ib, ie.ult(ie.index(0), chunk),
+                     [&](ImplicitLocOpBuilder &vb) {
+                       loader.issue(vb, 1, ie.index(0), chunk);
+                     });
             Value next = ie.add(chunk, ie.index(1));
             ifThen(ib, ie.ult(next, t.chunks), [&](ImplicitLocOpBuilder &nb) {
               KernelBuilder ne{nb, e.element};
               Value buffer = ne.rem(next, ne.index(2));
-              issue(nb, 0, buffer, next);
+              loader.issue(nb, 0, buffer, next);
               if (!singleValueBuffer)
-                issue(nb, 1, buffer, next);
+                loader.issue(nb, 1, buffer, next);
             });
           },
           [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer,
@@ -566,15 +615,27 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
             Value valueUse = singleValueBuffer ? chunk : twice;
             return inOrderChunk(
                 ib, buffer, valueBuffer, keyBase, c, masked,
-                [&](ImplicitLocOpBuilder &wb) { wait(wb, 0, buffer, twice); },
+                [&](ImplicitLocOpBuilder &wb) {
+                  loader.wait(wb, 0, buffer, twice);
+                },
                 [&](ImplicitLocOpBuilder &wb) {
                   KernelBuilder we{wb, e.element};
-                  wait(wb, 1, valueBuffer, valueUse);
+                  loader.wait(wb, 1, valueBuffer, valueUse);
                   if (masked)
                     clearPastLastKey(wb, we.add(valueBuffer, we.index(2)),
                                      keyBase);
                 });
           });
+      // A tile with no chunk to attend still waits for the copies of chunk
+      // 0, so that none is in flight when the CTA exits.
+      ifThen(b, arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.chunks,
+                                      e.index(0)),
+             [&](ImplicitLocOpBuilder &ib) {
+               KernelBuilder ie{ib, e.element};
+               loader.wait(ib, 0, ie.index(0), ie.index(0));
+               loader.wait(ib, 1, ie.index(0), ie.index(0));
+             });
+      return finals;
     }
     auto noWait = [](ImplicitLocOpBuilder &) {};
     return emitChunkLoops(
