@@ -2,8 +2,8 @@
 
 For each configuration (head layout, head_dim, block size, top-k, dtype) it
 compiles every candidate -- the matrix instruction (mma.sync; on sm_90a also
-wgmma), warps per CTA (16 queries each) and keys staged in shared memory per
-step -- checks the candidate's output against
+wgmma), warps per CTA (16 queries each), keys staged in shared memory per
+step and, for wgmma, how K and V are loaded (cp.async or TMA) -- checks the candidate's output against
 the float64 reference (on a shorter sequence, sampled rows), times it on the
 full length with triton.testing.do_bench, and keeps the fastest. The winners
 are written as lib/Pipelines/MmaTuningTable.inc, the table the GPU runner
@@ -12,7 +12,7 @@ file into the repository and rebuild. docs/tuning.md has the steps.
 
 On the device, after `bash scripts/device-bundle.sh`:
     bash .device/tune.sh [--configs N:HQ:HKV:D:BLOCK:TOPK[:DTYPE],...]
-                         [--candidates INSTRUCTION:WARPS:KEY_CHUNK,...]
+                         [--candidates INSTRUCTION:WARPS:KEY_CHUNK[:LOADS],...]
 The table goes to $OUT/MmaTuningTable.inc (or the current folder).
 """
 import argparse
@@ -34,29 +34,35 @@ KEY_CHUNKS = (32, 64, 128)
 # wgmma takes whole warpgroups and 64-key panels.
 WGMMA_WARPS = (4, 8)
 WGMMA_KEY_CHUNKS = (64, 128)
+# How wgmma's K and V reach shared memory (the kernel takes TMA only with
+# one warpgroup; other shapes compile to cp.async whatever is asked).
+WGMMA_LOADS = ("cp.async", "tma")
 CHECK_TOKENS = 16384
 
 
 def candidates(chip):
-    """(instruction, warps, key_chunk) to try on `chip`."""
-    found = [("mma.sync", w, c) for w in WARPS for c in KEY_CHUNKS]
+    """(instruction, warps, key_chunk, loads) to try on `chip`."""
+    found = [("mma.sync", w, c, "cp.async") for w in WARPS
+             for c in KEY_CHUNKS]
     if chip == "sm_90a":
-        found += [("wgmma", w, c) for w in WGMMA_WARPS
-                  for c in WGMMA_KEY_CHUNKS]
+        found += [("wgmma", w, c, loads) for w in WGMMA_WARPS
+                  for c in WGMMA_KEY_CHUNKS for loads in WGMMA_LOADS]
     return found
 
 
 def default_candidate(chip):
     """What the runner takes without a table row (MmaTuning.cpp)."""
-    return ("wgmma", 4, 64) if chip == "sm_90a" else ("mma.sync", 4, 64)
+    return (("wgmma", 4, 64, "cp.async") if chip == "sm_90a"
+            else ("mma.sync", 4, 64, "cp.async"))
 
 
 def parse_candidates(text):
-    """INSTRUCTION:WARPS:KEY_CHUNK,... (e.g. wgmma:8:128)."""
+    """INSTRUCTION:WARPS:KEY_CHUNK[:LOADS],... (e.g. wgmma:4:64:tma)."""
     found = []
     for item in text.split(","):
-        instruction, warps, key_chunk = item.split(":")
-        found.append((instruction, int(warps), int(key_chunk)))
+        fields = item.split(":")
+        loads = fields[3] if len(fields) > 3 else "cp.async"
+        found.append((fields[0], int(fields[1]), int(fields[2]), loads))
     return found
 
 
@@ -78,11 +84,11 @@ def tensors(n, hq, hkv, d, dtype, seed):
 
 def compile_candidate(moba, config, candidate):
     n, hq, hkv, d, block, top_k, dtype = config
-    instruction, warps, key_chunk = candidate
+    instruction, warps, key_chunk, loads = candidate
     return moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
                         block_size=block, top_k=top_k, dtype=dtype,
                         mma_instruction=instruction, mma_warps=warps,
-                        mma_key_chunk=key_chunk)
+                        mma_key_chunk=key_chunk, mma_key_value_loads=loads)
 
 
 def check(moba, config, candidate):
@@ -117,7 +123,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--configs", type=parse, default=DEFAULT_CONFIGS)
     p.add_argument("--candidates", type=parse_candidates, default=None,
-                   help="only these shapes, INSTRUCTION:WARPS:KEY_CHUNK,... "
+                   help="only these shapes, "
+                        "INSTRUCTION:WARPS:KEY_CHUNK[:LOADS],... "
                         "(default: the whole search space)")
     a = p.parse_args()
     import moba
@@ -132,7 +139,7 @@ def main():
         data = data[:3] + (data[3].cuda(),)
         timings = {}
         for candidate in a.candidates or candidates(chip):
-            name = "{} {} x {}".format(*candidate)
+            name = "{} {} x {} {}".format(*candidate)
             # The compiler rejects shapes that do not fit (shared memory):
             # they are no candidates.
             try:
@@ -150,13 +157,14 @@ def main():
             print(f"  {config} {name}: {ms:.3f} ms ({message})", flush=True)
         if not timings:
             raise SystemExit(f"no candidate of {config} was right")
-        (instruction, warps, key_chunk), best = min(timings.items(),
-                                                    key=lambda t: t[1])
+        (instruction, warps, key_chunk, loads), best = min(
+            timings.items(), key=lambda t: t[1])
         default = timings.get(default_candidate(chip), math.nan)
-        print(f"{config}: {instruction} {warps} x {key_chunk}: {best:.3f} ms"
-              f" (default: {default:.3f} ms)", flush=True)
+        print(f"{config}: {instruction} {warps} x {key_chunk} {loads}: "
+              f"{best:.3f} ms (default: {default:.3f} ms)", flush=True)
         rows.append(f'MOBA_MMA_TUNED("{chip}", "{dtype}", {d}, {hq // hkv}, '
-                    f'{block}, "{instruction}", {warps}, {key_chunk}) '
+                    f'{block}, "{instruction}", {warps}, {key_chunk}, '
+                    f'"{loads}") '
                     f"// N={n} {hq}/{hkv} top-{top_k}: {best:.3f} ms, "
                     f"default {default:.3f} ms")
         del data
@@ -165,9 +173,9 @@ def main():
         "// Tuned tile shapes of the tensor-core attention kernel, written by\n"
         "// bench/tune.py on the device (see docs/tuning.md): one row per\n"
         "// configuration, MOBA_MMA_TUNED(chip, dtype, head_dim, query heads "
-        "per KV\n// head, block_size, instruction, warps, key_chunk). "
-        "Configurations without a\n// row use wgmma on sm_90a, else "
-        "mma.sync, with 4 warps and 64 keys.\n"
+        "per KV\n// head, block_size, instruction, warps, key_chunk, K/V "
+        "loads). Configurations\n// without a row use wgmma on sm_90a, else "
+        "mma.sync, with 4 warps and 64\n// keys, K and V by cp.async.\n"
         f"// Measured on {torch.cuda.get_device_name()} with moba "
         f"{moba.version()}.\n")
     text = header + "".join(row + "\n" for row in rows)

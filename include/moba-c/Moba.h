@@ -57,7 +57,7 @@ typedef enum MobaMmaInstruction {
 } MobaMmaInstruction;
 
 typedef enum MobaKeyValueLoads {
-  /* TMA with wgmma, cp.async with mma.sync. */
+  /* The tuning table's choice with its shape; else cp.async. */
   MOBA_KEY_VALUE_LOADS_DEFAULT = 0,
   /* Every thread copies 16 bytes at a time (cp.async). */
   MOBA_KEY_VALUE_LOADS_CP_ASYNC = 1,

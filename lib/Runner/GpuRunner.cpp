@@ -131,10 +131,11 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
       !options.mmaInstruction.empty() ? options.mmaInstruction
       : tunedShape                    ? std::string(tuned.instruction)
                                       : std::string("mma.sync");
+  // The table's loads go with the table's shape and instruction.
   pipeline.mmaKeyValueLoads =
       !options.mmaKeyValueLoads.empty() ? options.mmaKeyValueLoads
-      : pipeline.mmaInstruction == "wgmma"
-          ? std::string(kDefaultWgmmaKeyValueLoads)
+      : tunedShape && pipeline.mmaInstruction == tuned.instruction
+          ? std::string(tuned.keyValueLoads)
           : std::string("cp.async");
   if (std::string problem = checkGpuPipelineOptions(pipeline);
       !problem.empty())

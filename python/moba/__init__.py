@@ -462,9 +462,10 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     given.
     mma_key_value_loads: with wgmma, how K and V reach shared memory:
     "tma" (TMA bulk copies on mbarriers, started by one thread) or
-    "cp.async" (every thread copies 16 bytes at a time); None: "tma" with
-    wgmma. "tma" needs K and V 16-byte aligned with strides of whole 16
-    bytes (a contiguous head_dim of 64 or 128 is).
+    "cp.async" (every thread copies 16 bytes at a time); None: the tuning
+    table's choice with its shape, else "cp.async". "tma" needs K and V
+    16-byte aligned with strides of whole 16 bytes (a contiguous head_dim
+    of 64 or 128 is).
     """
     head_dim = _positive_int("head_dim", head_dim)
     num_heads = _positive_int("num_heads", num_heads)

@@ -2,7 +2,8 @@
 //
 // Part of moba-mlir. The tensor-core attention kernel
 // (moba-convert-grouped-attention-to-nvvm) takes a tile shape: warps per CTA
-// and keys staged per step. bench/tune.py measures the candidates on a GPU
+// and keys staged per step, and (wgmma) how K and V are loaded.
+// bench/tune.py measures the candidates on a GPU
 // and writes the winners to lib/Pipelines/MmaTuningTable.inc; the GPU runner
 // uses that table when the caller names no shape. docs/tuning.md says how to
 // tune a new configuration.
@@ -24,6 +25,8 @@ struct MmaTileShapeChoice {
   int64_t keyChunk = 64; ///< keys staged in shared memory per step
   /// The matrix instruction: "mma.sync" or "wgmma" (sm_90a).
   const char *instruction = "mma.sync";
+  /// With wgmma: how K and V reach shared memory, "cp.async" or "tma".
+  const char *keyValueLoads = "cp.async";
   bool tuned = false; ///< from the table, not the default
 };
 

@@ -46,7 +46,7 @@ struct GpuCompileOptions {
   /// With mma: "mma.sync" or "wgmma" (sm_90a); "" takes the tuning table's.
   std::string mmaInstruction;
   /// With wgmma: how K and V reach shared memory, "cp.async" or "tma"; ""
-  /// takes the default, kDefaultWgmmaKeyValueLoads.
+  /// takes the tuning table's with its shape, else cp.async.
   std::string mmaKeyValueLoads;
   /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
   /// /usr/local/cuda.
@@ -57,10 +57,6 @@ struct GpuCompileOptions {
   /// stage ("moba", "gpu": host LLVM code with the embedded kernels).
   std::function<void(llvm::StringRef stage, llvm::StringRef ir)> dumpIR;
 };
-
-/// How the wgmma kernel loads K and V when the caller does not say
-/// (docs/PERFORMANCE.md, seventh round, has the measurement behind it).
-inline constexpr const char *kDefaultWgmmaKeyValueLoads = "tma";
 
 /// One call on the device: `buffers` hold device pointers.
 struct GpuLaunch {

@@ -73,6 +73,10 @@ struct MmaTileShape {
   /// K and V by TMA on mbarriers (wgmma, one warpgroup, softmax not
   /// overlapped: supportsBulkLoads) instead of cp.async.
   bool bulkLoads = false;
+  /// wgmma, in order: P stays in registers as the A operand of P V (the
+  /// register-A form of wgmma, WgmmaChunkLoop.cpp) instead of passing
+  /// through shared memory.
+  bool registerProbabilities = false;
 
   bool isWgmma() const { return instruction == MatrixInstruction::Wgmma; }
   int64_t warpgroups() const { return warps / 4; }
@@ -111,8 +115,8 @@ struct MmaTileShape {
   /// and V (one or two) complete, 8 bytes each, after the causal bounds.
   static constexpr int64_t kBulkBarriers = 4;
   int64_t barrierBytes() const { return bulkLoads ? kBulkBarriers * 8 : 0; }
-  /// Whether bulkLoads may be set: the TMA chunk loop is the wgmma form's
-  /// in-order one (WgmmaChunkLoop.cpp), for one warpgroup.
+  /// Whether bulkLoads (and registerProbabilities) may be set: the wgmma
+  /// form's in-order loop (WgmmaChunkLoop.cpp), for one warpgroup.
   bool supportsBulkLoads(int64_t headDim, Type element) const {
     return isWgmma() && warpgroups() == 1 &&
            !overlapsSoftmax(headDim, element);
@@ -123,7 +127,9 @@ struct MmaTileShape {
   }
   /// wgmma: each warpgroup's probabilities, 64 x keyChunk.
   int64_t probabilityBytes(Type element) const {
-    return isWgmma() ? warpgroups() * 64 * keyChunk * bytesOf(element) : 0;
+    return isWgmma() && !registerProbabilities
+               ? warpgroups() * 64 * keyChunk * bytesOf(element)
+               : 0;
   }
   /// wgmma: room to align the operands to 1 KiB (the swizzle's period).
   int64_t alignmentSlack() const { return isWgmma() ? 1024 : 0; }

@@ -844,6 +844,11 @@ struct MobaConvertGroupedAttentionToNVVMPass
       if (keyValueLoads == "tma")
         shape.bulkLoads =
             shape.supportsBulkLoads(headDim, qType.getElementType());
+      // The in-order wgmma loop keeps P in registers (it measured 4-9%
+      // faster at block 512 than P through shared memory, the same at 128:
+      // docs/PERFORMANCE.md, seventh round).
+      shape.registerProbabilities =
+          shape.supportsBulkLoads(headDim, qType.getElementType());
       int64_t sharedBytes = shape.sharedBytes(headDim, qType.getElementType());
       if (sharedBytes > kMaxSharedBytes) {
         op.emitOpError() << "needs " << sharedBytes

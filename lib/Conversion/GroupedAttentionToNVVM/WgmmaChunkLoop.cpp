@@ -483,6 +483,63 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
       scores[nt].assign(flat.begin() + 4 * nt, flat.begin() + 4 * nt + 4);
     return scores;
   };
+  // O += P V with P in registers (shape.registerProbabilities): the
+  // register-A form of wgmma, which the NVVM dialect lacks, as the
+  // project's one nvvm.inline_ptx. P's f32 scores (the m16n8 accumulator
+  // layout of S) packed in pairs are wgmma's A fragments: for k-step kv,
+  // key tiles 2kv and 2kv + 1, rows g and g + 8. The accumulators are
+  // read-only operands copied into the write-only results by movs that
+  // ptxas folds (nvvm.inline_ptx drops the values of read-write operands
+  // in LLVM 22); scale-d is a true predicate. Issued, not committed.
+  auto multiplyValuesFromRegisters =
+      [&](ImplicitLocOpBuilder &pb, ValueRange accumulators,
+          ArrayRef<SmallVector<Value>> scores,
+          Value buffer) -> SmallVector<Value> {
+    KernelBuilder pe{pb, e.element};
+    auto word = [&](Value lo, Value hi) -> Value {
+      Value pair = vector::FromElementsOp::create(
+          pb, VectorType::get({2}, e.element),
+          ValueRange{arith::TruncFOp::create(pb, e.element, lo),
+                     arith::TruncFOp::create(pb, e.element, hi)});
+      Value bits = vector::BitCastOp::create(
+          pb, VectorType::get({1}, pb.getI32Type()), pair);
+      return vector::ExtractOp::create(pb, bits, ArrayRef<int64_t>{0});
+    };
+    int64_t n = static_cast<int64_t>(accumulators.size());
+    int64_t kSteps = shape.keyChunk / 16;
+    Value values =
+        advance(pe, valueDesc, pe.mul(buffer, pe.index(bufferBytes)));
+    SmallVector<Value> operands(accumulators.begin(), accumulators.end());
+    for (int64_t kv = 0; kv < kSteps; ++kv)
+      for (int64_t tile : {2 * kv, 2 * kv + 1})
+        for (int64_t r = 0; r < 2; ++r)
+          operands.push_back(
+              word(scores[tile][2 * r], scores[tile][2 * r + 1]));
+    for (int64_t kv = 0; kv < kSteps; ++kv)
+      operands.push_back(advance(pe, values, kv * 16 * kPanelRowBytes));
+    // Operands: $0..$n-1 the results, then the accumulators, the A words
+    // (four a k-step) and the k-steps' descriptors of V.
+    std::string ptx = "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n";
+    auto operand = [](int64_t i) { return "$" + std::to_string(i); };
+    for (int64_t i = 0; i < n; ++i)
+      ptx += "mov.f32 " + operand(i) + ", " + operand(n + i) + ";\n";
+    std::string type = e.element.isF16() ? "f16" : "bf16";
+    for (int64_t kv = 0; kv < kSteps; ++kv) {
+      ptx += "wgmma.mma_async.sync.aligned.m64n" + std::to_string(headDim) +
+             "k16.f32." + type + "." + type + " {";
+      for (int64_t i = 0; i < n; ++i)
+        ptx += (i ? ", " : "") + operand(i);
+      int64_t a = 2 * n + 4 * kv;
+      ptx += "}, {" + operand(a) + ", " + operand(a + 1) + ", " +
+             operand(a + 2) + ", " + operand(a + 3) + "}, " +
+             operand(2 * n + 4 * kSteps + kv) + ", p, 1, 1, 1;\n";
+    }
+    ptx += "}";
+    auto product = NVVM::InlinePtxOp::create(
+        pb, SmallVector<Type>(n, pb.getF32Type()), operands, ValueRange{},
+        ptx, /*predicate=*/Value());
+    return SmallVector<Value>(product->getResults());
+  };
   // P to shared memory, the A operand of P V, fenced for the async proxy;
   // a barrier must publish it.
   auto storeProbabilities = [&](ImplicitLocOpBuilder &ib,
@@ -540,15 +597,32 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
       SmallVector<Value> results =
           softmaxStep(ib, t, scores, c, keyBase, masked);
       waitValues(ib);
-      // The proxy fence after P's stores and the barrier publish V too.
-      storeProbabilities(ib, scores);
-      groupBarrier(ib);
-      Value outAcc = packAccumulators(ib, ValueRange(results).drop_front(4));
-      NVVM::WgmmaFenceAlignedOp::create(ib);
-      outAcc = multiplyValues(ib, outAcc, valueBuffer);
-      NVVM::WgmmaGroupSyncAlignedOp::create(ib);
-      NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
-      SmallVector<Value> out = unpackAccumulators(ib, outAcc, dTiles * 4);
+      SmallVector<Value> out;
+      if (shape.registerProbabilities) {
+        // V copied by this CTA's threads (cp.async, one buffer) is
+        // published by a proxy fence and a barrier; TMA's V, and V that
+        // landed with K, are already visible.
+        if (singleValueBuffer && !shape.bulkLoads) {
+          KernelBuilder{ib, e.element}.fenceAsyncProxy();
+          groupBarrier(ib);
+        }
+        NVVM::WgmmaFenceAlignedOp::create(ib);
+        out = multiplyValuesFromRegisters(
+            ib, ValueRange(results).drop_front(4), scores, valueBuffer);
+        NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+        NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+      } else {
+        // The proxy fence after P's stores and the barrier publish V too.
+        storeProbabilities(ib, scores);
+        groupBarrier(ib);
+        Value outAcc =
+            packAccumulators(ib, ValueRange(results).drop_front(4));
+        NVVM::WgmmaFenceAlignedOp::create(ib);
+        outAcc = multiplyValues(ib, outAcc, valueBuffer);
+        NVVM::WgmmaGroupSyncAlignedOp::create(ib);
+        NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+        out = unpackAccumulators(ib, outAcc, dTiles * 4);
+      }
       std::copy(out.begin(), out.end(), results.begin() + 4);
       return results;
     };
@@ -583,6 +657,13 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
                          .setAlignment(16);
                    });
           });
+          // With P in shared memory its fence and barrier publish the
+          // zeros; with P in registers they need their own (the branch is
+          // the same for the whole CTA).
+          if (shape.registerProbabilities) {
+            pe.fenceAsyncProxy();
+            gpu::BarrierOp::create(pb);
+          }
         });
       };
       SmallVector<Value> finals = emitBulkChunkLoops(
