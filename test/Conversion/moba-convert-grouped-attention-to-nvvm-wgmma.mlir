@@ -132,11 +132,12 @@ func.func @f16(%q: memref<?x4x16xf16>, %kv: memref<?x4x16xf16>, %cu: memref<?xi3
 // three CTAs of 73 KiB share an SM (two buffers of V: two CTAs of 89 KiB),
 // and the launch states that occupancy for ptxas (at most 168 registers).
 // Shared memory: 32 (bounds) + 1024 (slack) + 16384 (Q) + 3 x 16384 (K, K,
-// V) + 8192 (P) = 74784 bytes. The cp.async groups, in order: K_0 (with
-// the queries), then per chunk c, after its barrier, V_c and K_(c+1).
+// V) = 66592 bytes (P stays in registers). The cp.async groups, in order:
+// K_0 (with the queries), then per chunk c, after its barrier, V_c and
+// K_(c+1).
 // CHECK-LABEL: func.func @single_value_buffer
 // ONE-LABEL: func.func @single_value_buffer
-// ONE: gpu.launch {{.+}} dynamic_shared_memory_size %c74784_i32 {
+// ONE: gpu.launch {{.+}} dynamic_shared_memory_size %c66592_i32 {
 // ONE: %[[STAGE:.+]] = memref.view {{.+}} to memref<3x2x64x64xbf16, #gpu.address_space<workgroup>>
 // ONE: nvgpu.device_async_copy %arg1[{{.+}}], %[[STAGE]]
 // ONE: nvvm.cp.async.commit.group
@@ -162,14 +163,23 @@ func.func @f16(%q: memref<?x4x16xf16>, %kv: memref<?x4x16xf16>, %cu: memref<?xi3
 // ONE:   nvvm.cp.async.commit.group
 // ONE:   nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>, D[<f32>, <zero>]
 // ONE:   llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
-// V_c has landed once all groups but K_(c+1) have; the fence after P's
-// stores and the barrier publish both to the async proxy.
+// V_c has landed once all groups but K_(c+1) have; a proxy fence and the
+// barrier publish it to the async proxy. P stays in registers: P V is
+// wgmma's register-A form (the one nvvm.inline_ptx), four k-steps of
+// m64n128k16 on the probabilities packed in bf16 pairs, the accumulators
+// moved into the results first, V's descriptor transposed (trans-b 1).
 // ONE:   nvvm.cp.async.wait.group 1
-// ONE:   vector.store
+// ONE-NOT: vector.store
 // ONE:   nvvm.fence.proxy
 // ONE-NEXT: gpu.barrier
-// ONE:   nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 128, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <row>]
-// ONE:   nvvm.wgmma.wait.group.sync.aligned 0
+// ONE-NEXT: nvvm.wgmma.fence.aligned
+// ONE:   nvvm.inline_ptx "{\0A.reg .pred p;\0Asetp.eq.u32 p, 1, 1;\0Amov.f32 $0, $64;
+// ONE-SAME: mov.f32 $63, $127;
+// ONE-SAME: wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {$0, $1, {{.+}}, $63}, {$128, $129, $130, $131}, $144, p, 1, 1, 1;
+// ONE-SAME: wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{.+}}, {$140, $141, $142, $143}, $147, p, 1, 1, 1;\0A}"
+// ONE-SAME: ro({{.+}} : f32, {{.+}}, f32, i32, {{.+}}, i32, i64, i64, i64, i64) -> f32,
+// ONE-NEXT: nvvm.wgmma.commit.group.sync.aligned
+// ONE-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
 // ONE-NOT: gpu.barrier
 // ONE:   scf.yield
 // ONE: } {nvvm.minctasm = 3 : i32}

@@ -1,13 +1,13 @@
 // The attention kernel's occupancy reaches ptxas: at head_dim 128 the wgmma
 // form sizes its shared memory for three CTAs per SM (V single-buffered,
-// 74784 bytes) and states it; moba-gpu-kernel-outlining carries the
+// P in registers: 66592 bytes) and states it; moba-gpu-kernel-outlining carries the
 // statement across outlining, and the PTX holds it as .minnctapersm, which
 // caps the kernel at 168 registers (unconstrained, ptxas takes 173 and two
 // CTAs fit). The mma.sync form states none.
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-instruction=wgmma" | FileCheck %s
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-instruction=mma.sync" | FileCheck %s --check-prefix=MMASYNC
 
-// CHECK: llvm.mlir.constant(74784 : i32)
+// CHECK: llvm.mlir.constant(66592 : i32)
 // CHECK: gpu.binary @moba_attention_kernel_7
 // CHECK-SAME: .maxntid 128, 1, 1\0A.minnctapersm 3\0A
 // CHECK-SAME: wgmma.mma_async
