@@ -71,23 +71,49 @@ def test_version():
     assert moba.version().startswith("0.1.0+")
 
 
-def _attention_kernel(tmp_path, block=4096, **shape):
-    """The tensor-core attention kernel compiled for sm_90a (32/8 heads,
-    head_dim 128, bf16), read from the dumped PTX: (threads per CTA, its
-    matrix instruction)."""
-    import re
+def _attention_ptx(tmp_path, block=4096, **shape):
+    """The PTX of the tensor-core attention kernel compiled for sm_90a
+    (32/8 heads, head_dim 128, bf16), from the dumped IR."""
     handle, _ = moba._capi.compile_kernel(
         128, 32, 8, block, 8, True, None, "bf16", "sm_90a", "fused", None,
         None, None, str(tmp_path), "mma", **shape)
     moba._capi.destroy(handle)
     (dump,) = tmp_path.glob("*.gpu.mlir")
-    # The kernel that stages K/V by cp.async is the attention.
+    # The kernel that stages its operands by cp.async (the queries, and K/V
+    # unless TMA loads them) is the attention.
     ptx = [p for p in dump.read_text().split("gpu.binary")
            if "cp.async" in p]
     assert len(ptx) == 1
-    instruction = ("wgmma" if "wgmma.mma_async" in ptx[0] else
-                   "mma.sync" if "mma.sync.aligned" in ptx[0] else None)
-    return int(re.search(r"maxntid (\d+)", ptx[0]).group(1)), instruction
+    return ptx[0]
+
+
+def _attention_kernel(tmp_path, block=4096, **shape):
+    """The attention kernel's (threads per CTA, matrix instruction)."""
+    import re
+    ptx = _attention_ptx(tmp_path, block, **shape)
+    instruction = ("wgmma" if "wgmma.mma_async" in ptx else
+                   "mma.sync" if "mma.sync.aligned" in ptx else None)
+    return int(re.search(r"maxntid (\d+)", ptx).group(1)), instruction
+
+
+def _key_value_loads(tmp_path, block=4096, **shape):
+    """How the attention kernel loads K and V: "tma" or "cp.async"."""
+    ptx = _attention_ptx(tmp_path, block, **shape)
+    return "tma" if "cp.async.bulk.tensor" in ptx else "cp.async"
+
+
+def test_tuned_row_loads_key_values_by_tma(tmp_path):
+    # The table's row for block 4096 chose TMA, the untuned default is
+    # cp.async: this tells the table from the default.
+    assert _key_value_loads(tmp_path / "tuned") == "tma"
+    assert _key_value_loads(tmp_path / "untuned", block=256) == "cp.async"
+
+
+def test_explicit_key_value_loads_win_over_the_table(tmp_path):
+    assert _key_value_loads(tmp_path / "cp", mma_key_value_loads="cp.async"
+                            ) == "cp.async"
+    assert _key_value_loads(tmp_path / "tma", block=256,
+                            mma_key_value_loads="tma") == "tma"
 
 
 def test_tuned_tile_shape_is_the_default(tmp_path):

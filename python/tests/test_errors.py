@@ -243,6 +243,25 @@ def test_mma_instruction_must_be_known():
         kernel(mma_instruction="hgmma")
 
 
+def test_mma_key_value_loads_must_be_known():
+    with pytest.raises(ValueError, match="mma_key_value_loads must be "
+                       "'cp.async', 'tma' or None, got 'ldg'"):
+        kernel(mma_key_value_loads="ldg")
+
+
+def test_tma_needs_wgmma():
+    with pytest.raises(ValueError, match="mma_key_value_loads='tma' needs "
+                       "mma_instruction 'wgmma' or None, got 'mma.sync'"):
+        kernel(mma_instruction="mma.sync", mma_key_value_loads="tma")
+    # Through the C API, the pipeline's own check.
+    with pytest.raises(moba.CompileError, match="mma-key-value-loads=tma "
+                       "needs mma-instruction=wgmma, got 'mma.sync'"):
+        moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
+                                  "sm_90a", "fused", None, None, None, None,
+                                  "mma", mma_instruction="mma.sync",
+                                  mma_key_value_loads="tma")
+
+
 def test_wgmma_needs_whole_warpgroups():
     with pytest.raises(moba.CompileError, match="mma-instruction=wgmma needs "
                        "mma-warps a multiple of 4 and mma-key-chunk a "

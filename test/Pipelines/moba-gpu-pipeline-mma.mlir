@@ -16,6 +16,9 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-gpu-kernel-outlining -o /dev/null 2>&1 | FileCheck %s --check-prefix=OUTLINED
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-gate-topk-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GATE
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-gate=false" --mlir-print-ir-after=moba-lower-to-loops -o /dev/null 2>&1 | FileCheck %s --check-prefix=SIMTGATE
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma features=+ptx80" | FileCheck %s --check-prefix=TMA
+// RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-key-value-loads=ldg" 2>&1 | FileCheck %s --check-prefix=BADLOADS
+// RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=TMASYNC
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-group-queries-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GROUPING
 
 // The grouping reaches its warp lowering on buffers: three launches, the
@@ -79,8 +82,26 @@
 
 // BADCHIP: error: moba-gpu-pipeline: mma-instruction=wgmma needs chip sm_90a, got 'sm_80'
 // BADWG: error: moba-gpu-pipeline: mma-instruction=wgmma needs mma-warps a multiple of 4 and mma-key-chunk a multiple of 64, got 6 and 64
+// BADLOADS: error: moba-gpu-pipeline: mma-key-value-loads must be cp.async or tma, got 'ldg'
+// TMASYNC: error: moba-gpu-pipeline: mma-key-value-loads=tma needs mma-instruction=wgmma, got 'mma.sync'
 // BADINSTR: error: moba-gpu-pipeline: mma-instruction must be mma.sync or wgmma, got 'tcgen05'
 // BAD: error: moba-gpu-pipeline: mma needs densify
+// K and V loaded by TMA, where the host code calls the runtime's encoder (the signature
+// lib/Runtime/GpuRuntime.cpp implements: ten i64) for K and for V, one more
+// kernel puts the maps on the device (twelve in all), and the attention
+// kernel's PTX, raised to ISA 8.3 whatever the features say (the
+// tensormap proxy fences need it), loads K and V by bulk tensor copies
+// completing on mbarriers and multiplies P V from registers.
+// TMA: llvm.func @mobaEncodeTensorMap(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64)
+// TMA: llvm.call @mobaEncodeTensorMap(
+// TMA: llvm.call @mobaEncodeTensorMap(
+// TMA: gpu.binary @moba_attention_kernel_8
+// TMA-SAME: .version 8.3
+// TMA-SAME: fence.proxy.tensormap::generic.acquire.gpu
+// TMA-SAME: cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
+// TMA-SAME: mbarrier.try_wait.parity
+// TMA-SAME: wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {
+// TMA-NOT: gpu.binary @moba_attention_kernel_11
 // BADCHUNK: error: moba-gpu-pipeline: mma-key-chunk must be a multiple of 16 in [16, 256], got 40
 
 // The tile shape options reach the kernel: 8 warps (256 threads), 128 keys

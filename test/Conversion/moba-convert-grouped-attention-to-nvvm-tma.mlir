@@ -1,0 +1,115 @@
+// The wgmma form with K and V loaded by TMA (key-value-loads=tma), and the
+// options' diagnostics.
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma" | FileCheck %s
+// RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tmx" 2>&1 | FileCheck %s --check-prefix=BADLOADS
+// RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=NOWGMMA
+
+// BADLOADS: key-value-loads must be cp.async or tma, got 'tmx'
+// NOWGMMA: key-value-loads=tma needs instruction=wgmma (TMA is sm_90's)
+
+// The host code: the runtime encodes K's and V's tensor maps into host
+// memory (address, sizes, strides, element kind 1 = bf16, boxes of 64 keys,
+// operand 0 = K, 1 = V), and a one-thread launch takes their 32 words as
+// arguments and stores them to device memory, released to the tensormap
+// proxy.
+// CHECK-LABEL: func.func private @mobaEncodeTensorMap(index, index, index, index, index, index, index, index, index, index)
+// CHECK-LABEL: func.func @single_value_buffer
+// CHECK: %[[HOST:.+]] = memref.alloca() : memref<32xi64>
+// CHECK: %[[KMETA:.+]], %{{.+}}, %[[KSIZES:.+]]:3, %[[KSTRIDES:.+]]:3 = memref.extract_strided_metadata %arg1
+// CHECK: call @mobaEncodeTensorMap(%{{.+}}, %{{.+}}, %[[KSIZES]]#0, %[[KSIZES]]#1, %[[KSIZES]]#2, %[[KSTRIDES]]#0, %[[KSTRIDES]]#1, %[[BF16:.+]], %[[BOX:.+]], %[[K:.+]])
+// CHECK: memref.extract_strided_metadata %arg2
+// CHECK: call @mobaEncodeTensorMap(
+// CHECK-COUNT-32: memref.load %[[HOST]]
+// CHECK: %[[MAPS:.+]] = memref.alloc() : memref<32xi64>
+// CHECK: gpu.launch {{.+}} in (%{{.+}} = %c1{{.*}}, %{{.+}} = %c1{{.*}}, %{{.+}} = %c1{{.*}}) threads
+// CHECK-COUNT-32: memref.store %{{.+}}, %[[MAPS]]
+// CHECK: nvvm.fence.proxy.release <gpu>
+// The attention kernel: 32 (bounds) + 32 (four mbarriers) + 1024 (slack) +
+// 16384 (Q) + 3 x 16384 (K, K, V) bytes, no P (registers).
+// CHECK: gpu.launch {{.+}} dynamic_shared_memory_size %c66624_i32 {
+// As soon as the CTA knows its block, thread 0 initializes the barriers
+// (count 1), acquires the maps and starts K_0 and V_0: per operand one
+// arrive.expect_tx of the buffer's 16384 bytes and a copy per 64-column
+// panel (columns 0 and 64, the KV head, the chunk's first key).
+// CHECK:   scf.if
+// CHECK-COUNT-4: nvvm.mbarrier.init %{{.+}}, %c1_i32{{.*}} : !llvm.ptr<3>, i32
+// CHECK:     nvvm.fence.mbarrier.init
+// CHECK:     nvvm.fence.proxy.acquire <gpu> %[[KMAP:.+]], %c128_i32
+// CHECK:     nvvm.fence.proxy.acquire <gpu> %[[VMAP:.+]], %c128_i32
+// CHECK:     nvvm.mbarrier.arrive.expect_tx %[[K0:.+]], %c16384_i32
+// CHECK:     nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.+}}, %[[KMAP]], %[[K0]], box[%c0_i32, %[[HEAD:.+]], %[[KEY:.+]]] : !llvm.ptr<7>, !llvm.ptr
+// CHECK:     nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.+}}, %[[KMAP]], %[[K0]], box[%c64_i32, %[[HEAD]], %[[KEY]]]
+// CHECK:     nvvm.mbarrier.arrive.expect_tx %[[V0:.+]], %c16384_i32
+// CHECK:     nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.+}}, %[[VMAP]], %[[V0]], box[%c0_i32
+// CHECK:     nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.+}}, %[[VMAP]], %[[V0]], box[%c64_i32
+// The queries still come by cp.async (gathered rows); one barrier publishes
+// them and the barriers. K and V are never copied by cp.async.
+// CHECK-NOT: nvgpu.device_async_copy %arg1
+// CHECK-NOT: nvgpu.device_async_copy %arg2
+// CHECK:   nvgpu.device_async_copy %arg0
+// CHECK:   nvvm.cp.async.wait.group 0
+// CHECK-NEXT: nvvm.fence.proxy
+// CHECK-NEXT: gpu.barrier
+// Chunk c: after the barrier (every warp done with chunk c - 1), thread 0
+// starts V_c (c > 0) and K_(c+1); the warps wait on K's barrier, multiply
+// Q K^T, run the softmax, wait on V's barrier and multiply P V from
+// registers with no barrier in between.
+// CHECK:   scf.for
+// CHECK:     gpu.barrier
+// CHECK:     scf.if
+// CHECK:       nvvm.mbarrier.arrive.expect_tx
+// CHECK:       nvvm.cp.async.bulk.tensor.shared.cluster.global
+// CHECK:       nvvm.mbarrier.arrive.expect_tx
+// CHECK:       nvvm.cp.async.bulk.tensor.shared.cluster.global
+// CHECK:     nvvm.mbarrier.try_wait.parity
+// CHECK:     nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>
+// CHECK:     llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
+// CHECK:     nvvm.mbarrier.try_wait.parity
+// CHECK-NOT: gpu.barrier
+// CHECK:     nvvm.inline_ptx
+// CHECK:     scf.yield
+// The masked loop: a chunk reaching past the block's last key zeroes V's
+// rows past it (TMA copied the next keys there), fenced and published by a
+// barrier of its own.
+// CHECK:   scf.for
+// CHECK:     nvvm.mbarrier.try_wait.parity
+// CHECK:     scf.if
+// CHECK:       vector.store %{{.+}}, %{{.+}} {alignment = 16 : i64} : memref<3x2x64x64xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
+// CHECK:       nvvm.fence.proxy
+// CHECK-NEXT:  gpu.barrier
+// CHECK:     nvvm.inline_ptx
+// A tile with no chunk drains chunk 0's copies before it exits.
+// CHECK:   arith.cmpi eq
+// CHECK:   scf.if
+// CHECK:     nvvm.mbarrier.try_wait.parity
+// CHECK:     nvvm.mbarrier.try_wait.parity
+// CHECK: } {nvvm.minctasm = 3 : i32}
+// CHECK: memref.dealloc %[[MAPS]] : memref<32xi64>
+func.func @single_value_buffer(%q: memref<?x8x128xbf16>, %k: memref<?x2x128xbf16>,
+                               %v: memref<?x2x128xbf16>, %cu: memref<?xi32>,
+                               %sel: memref<?x8x3xi32>, %s: memref<8x?xi32>, %e: memref<8x?xi32>,
+                               %o: memref<3x?x8x128xbf16>, %l: memref<3x?x8xf32>) {
+  moba.grouped_block_attention q(%q : memref<?x8x128xbf16>) k(%k : memref<?x2x128xbf16>)
+      v(%v : memref<?x2x128xbf16>) cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x8x3xi32>)
+      groups(%s : memref<8x?xi32>, %s : memref<8x?xi32>, %e : memref<8x?xi32>)
+      outs(%o : memref<3x?x8x128xbf16>, %l : memref<3x?x8xf32>) {block_size = 512, scale = 0.088 : f32}
+  return
+}
+
+// -----
+
+// head_dim 16 has no wgmma form: mma.sync, and so cp.async, whatever is
+// asked; no tensor maps.
+// CHECK-LABEL: func.func @no_wgmma
+// CHECK-NOT: mobaEncodeTensorMap
+// CHECK-NOT: nvvm.cp.async.bulk.tensor
+// CHECK: nvgpu.device_async_copy %arg1
+func.func @no_wgmma(%q: memref<?x4x16xf16>, %kv: memref<?x4x16xf16>, %cu: memref<?xi32>,
+                    %sel: memref<?x4x3xi32>, %s: memref<4x?xi32>, %e: memref<4x?xi32>,
+                    %o: memref<3x?x4x16xf32>, %l: memref<3x?x4xf32>) {
+  moba.grouped_block_attention q(%q : memref<?x4x16xf16>) k(%kv : memref<?x4x16xf16>)
+      v(%kv : memref<?x4x16xf16>) cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x4x3xi32>)
+      groups(%s : memref<4x?xi32>, %s : memref<4x?xi32>, %e : memref<4x?xi32>)
+      outs(%o : memref<3x?x4x16xf32>, %l : memref<3x?x4xf32>) {block_size = 16, scale = 0.25 : f32}
+  return
+}
