@@ -293,6 +293,12 @@ struct AttentionKernel {
   SmallVector<Value> emitChunkLoops(ImplicitLocOpBuilder &b, const CtaTile &t,
                                     bool asyncProxyReads, ValueStaging values,
                                     StageFn stage, ChunkFn body);
+  /// The two chunk loops both pipelines share: chunks [0, unmasked) with
+  /// `step` unmasked, then [unmasked, chunks) masked, carrying what
+  /// chunkLoopInits starts; chunk c's buffer is c % 2 and its first key
+  /// keyFirst + c * keyChunk. Returns what they carry at the end.
+  SmallVector<Value> emitSplitChunkLoops(ImplicitLocOpBuilder &b,
+                                         const CtaTile &t, ChunkFn step);
   /// The TMA pipeline of the in-order wgmma loop (shape.bulkLoads): the
   /// same plain and masked loops as emitChunkLoops, with copies started by
   /// one thread on `issue` and waited for on mbarriers by `body`.

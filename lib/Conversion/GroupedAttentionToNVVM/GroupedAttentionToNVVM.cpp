@@ -669,43 +669,32 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
   // One barrier per chunk both publishes the chunk's operands and frees
   // the buffers of the chunk before, so the copies into those start after
   // it: chunk c + 1's copies run during chunk c's body.
-  auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
-                       bool masked) {
-    return scf::ForOp::create(
-        b, from, to, e.index(1), loopInits,
-        [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
-          ImplicitLocOpBuilder ib(loc, fb);
-          KernelBuilder ie{ib, e.element};
-          Value next = ie.add(chunk, ie.index(1));
-          Value buffer = ie.rem(chunk, ie.index(2));
-          Value keyBase = ie.add(t.keyFirst, ie.mul(chunk, chunkKeys));
-          // Chunk c's copies (started at chunk c - 1's top) have landed:
-          // every group has.
-          NVVM::CpAsyncWaitGroupOp::create(ib, 0);
-          if (asyncProxyReads)
-            ie.fenceAsyncProxy();
-          gpu::BarrierOp::create(ib);
-          // Every warp is done with chunk c - 1: its buffers refill.
-          if (afterProducts) {
-            stage(ib, /*operand=*/1, ie.index(0), keyBase);
-            NVVM::CpAsyncCommitGroupOp::create(ib);
-          }
-          ifAny(ib, next, [&](ImplicitLocOpBuilder &sb) {
-            stageChunk(sb, ie.rem(next, ie.index(2)),
-                       ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
-          });
-          if (late)
-            stage(ib, /*operand=*/1, buffer, keyBase);
+  SmallVector<Value> finals = emitSplitChunkLoops(
+      b, t,
+      [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
+          ValueRange c, bool masked) {
+        KernelBuilder ie{ib, e.element};
+        Value next = ie.add(chunk, ie.index(1));
+        // Chunk c's copies (started at chunk c - 1's top) have landed:
+        // every group has.
+        NVVM::CpAsyncWaitGroupOp::create(ib, 0);
+        if (asyncProxyReads)
+          ie.fenceAsyncProxy();
+        gpu::BarrierOp::create(ib);
+        // Every warp is done with chunk c - 1: its buffers refill.
+        if (afterProducts) {
+          stage(ib, /*operand=*/1, ie.index(0), keyBase);
           NVVM::CpAsyncCommitGroupOp::create(ib);
-          SmallVector<Value> results =
-              body(ib, chunk, buffer, keyBase, c, masked);
-          scf::YieldOp::create(ib, results);
+        }
+        ifAny(ib, next, [&](ImplicitLocOpBuilder &sb) {
+          stageChunk(sb, ie.rem(next, ie.index(2)),
+                     ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
         });
-  };
-  auto plain = chunkLoop(e.index(0), t.unmasked, chunkLoopInits(e),
-                         /*masked=*/false);
-  auto loop =
-      chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
+        if (late)
+          stage(ib, /*operand=*/1, buffer, keyBase);
+        NVVM::CpAsyncCommitGroupOp::create(ib);
+        return body(ib, chunk, buffer, keyBase, c, masked);
+      });
   NVVM::CpAsyncWaitGroupOp::create(b, 0);
   if (late) {
     // The last V, and the last P the body wrote, published.
@@ -713,16 +702,12 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
       e.fenceAsyncProxy();
     gpu::BarrierOp::create(b);
   }
-  return SmallVector<Value>(loop.getResults());
+  return finals;
 }
 
-SmallVector<Value> AttentionKernel::emitBulkChunkLoops(ImplicitLocOpBuilder &b,
-                                                       const CtaTile &t,
-                                                       IssueFn issue,
-                                                       ChunkFn body) {
+SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
+    ImplicitLocOpBuilder &b, const CtaTile &t, ChunkFn step) {
   KernelBuilder e{b, element()};
-  Value isIssuer =
-      arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.tid, e.index(0));
   auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
                        bool masked) {
     return scf::ForOp::create(
@@ -733,17 +718,8 @@ SmallVector<Value> AttentionKernel::emitBulkChunkLoops(ImplicitLocOpBuilder &b,
           Value buffer = ie.rem(chunk, ie.index(2));
           Value keyBase =
               ie.add(t.keyFirst, ie.mul(chunk, ie.index(shape.keyChunk)));
-          // Every warp is done with chunk c - 1: its buffers refill.
-          gpu::BarrierOp::create(ib);
-          auto issuer = scf::IfOp::create(ib, isIssuer, false);
-          {
-            OpBuilder::InsertionGuard guard(ib);
-            ib.setInsertionPointToStart(&issuer.getThenRegion().front());
-            issue(ib, chunk);
-          }
-          SmallVector<Value> results =
-              body(ib, chunk, buffer, keyBase, c, masked);
-          scf::YieldOp::create(ib, results);
+          scf::YieldOp::create(ib,
+                               step(ib, chunk, buffer, keyBase, c, masked));
         });
   };
   auto plain = chunkLoop(e.index(0), t.unmasked, chunkLoopInits(e),
@@ -751,6 +727,29 @@ SmallVector<Value> AttentionKernel::emitBulkChunkLoops(ImplicitLocOpBuilder &b,
   auto loop =
       chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
   return SmallVector<Value>(loop.getResults());
+}
+
+SmallVector<Value> AttentionKernel::emitBulkChunkLoops(ImplicitLocOpBuilder &b,
+                                                       const CtaTile &t,
+                                                       IssueFn issue,
+                                                       ChunkFn body) {
+  KernelBuilder e{b, element()};
+  Value isIssuer =
+      arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.tid, e.index(0));
+  return emitSplitChunkLoops(
+      b, t,
+      [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
+          ValueRange c, bool masked) {
+        // Every warp is done with chunk c - 1: its buffers refill.
+        gpu::BarrierOp::create(ib);
+        auto issuer = scf::IfOp::create(ib, isIssuer, false);
+        {
+          OpBuilder::InsertionGuard guard(ib);
+          ib.setInsertionPointToStart(&issuer.getThenRegion().front());
+          issue(ib, chunk);
+        }
+        return body(ib, chunk, buffer, keyBase, c, masked);
+      });
 }
 
 namespace {
