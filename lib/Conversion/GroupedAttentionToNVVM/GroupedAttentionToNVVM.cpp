@@ -655,10 +655,7 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
   auto ifAny = [&](ImplicitLocOpBuilder &ib, Value chunk,
                    function_ref<void(ImplicitLocOpBuilder &)> then) {
     KernelBuilder ie{ib, e.element};
-    auto any = scf::IfOp::create(ib, ie.ult(chunk, t.chunks), false);
-    OpBuilder::InsertionGuard anyGuard(ib);
-    ib.setInsertionPointToStart(&any.getThenRegion().front());
-    then(ib);
+    nvvm_kernel::ifThen(ib, ie.ult(chunk, t.chunks), then);
   };
   // Chunk 0's K (and, WithKeys, V): the first group, with whatever the
   // caller started copying before (the queries).
@@ -742,12 +739,9 @@ SmallVector<Value> AttentionKernel::emitBulkChunkLoops(ImplicitLocOpBuilder &b,
           ValueRange c, bool masked) {
         // Every warp is done with chunk c - 1: its buffers refill.
         gpu::BarrierOp::create(ib);
-        auto issuer = scf::IfOp::create(ib, isIssuer, false);
-        {
-          OpBuilder::InsertionGuard guard(ib);
-          ib.setInsertionPointToStart(&issuer.getThenRegion().front());
-          issue(ib, chunk);
-        }
+        nvvm_kernel::ifThen(ib, isIssuer, [&](ImplicitLocOpBuilder &sb) {
+          issue(sb, chunk);
+        });
         return body(ib, chunk, buffer, keyBase, c, masked);
       });
 }

@@ -50,6 +50,7 @@
 using namespace mlir;
 using namespace mlir::moba;
 using namespace mlir::moba::grouped_attention;
+using nvvm_kernel::ifThen;
 
 namespace {
 
@@ -255,15 +256,6 @@ private:
   const CtaTile &t;
   Value barriers, stageAddress, keyMap, valueMap;
 };
-
-/// `then` in a branch taken where `condition` holds.
-void ifThen(ImplicitLocOpBuilder &b, Value condition,
-            function_ref<void(ImplicitLocOpBuilder &)> then) {
-  auto branch = scf::IfOp::create(b, condition, false);
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPointToStart(&branch.getThenRegion().front());
-  then(b);
-}
 
 } // namespace
 

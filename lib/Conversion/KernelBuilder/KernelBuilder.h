@@ -164,6 +164,16 @@ struct KernelBuilder {
   }
 };
 
+/// `then` emitted in an scf.if without else, taken where `condition` holds;
+/// the builder's insertion point is restored after it.
+inline void ifThen(ImplicitLocOpBuilder &b, Value condition,
+                   function_ref<void(ImplicitLocOpBuilder &)> then) {
+  auto branch = scf::IfOp::create(b, condition, /*withElseRegion=*/false);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(&branch.getThenRegion().front());
+  then(b);
+}
+
 /// One gpu.launch of `blocks` x `threads` whose body `build` fills (the
 /// terminator is added after it), with `sharedBytes` (i32) of dynamic
 /// shared memory and static shared buffers of `workgroup` types.
