@@ -65,6 +65,16 @@ typedef enum MobaKeyValueLoads {
   MOBA_KEY_VALUE_LOADS_TMA = 2,
 } MobaKeyValueLoads;
 
+typedef enum MobaMerge {
+  /* Fused where the tensor-core kernel runs (MOBA_MERGE_FUSED). */
+  MOBA_MERGE_DEFAULT = 0,
+  /* Each row merged inside the attention kernel by the CTA that finishes
+   * its last slot. */
+  MOBA_MERGE_FUSED = 1,
+  /* The partials merged by kernels of their own after the attention. */
+  MOBA_MERGE_SEPARATE = 2,
+} MobaMerge;
+
 typedef struct MobaConfig {
   int64_t head_dim, num_heads, num_kv_heads, block_size, top_k;
   int32_t causal;     /* non-zero: causal */
@@ -85,6 +95,8 @@ typedef struct MobaConfig {
   MobaMmaInstruction mma_instruction;
   /* MOBA_GPU_ATTENTION_MMA: how K and V reach shared memory. */
   MobaKeyValueLoads mma_key_value_loads;
+  /* MOBA_GPU_ATTENTION_MMA: where the slots' partials are merged. */
+  MobaMerge mma_merge;
 } MobaConfig;
 
 typedef struct MobaKernel MobaKernel;

@@ -100,6 +100,19 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
                  std::to_string(static_cast<int>(c.mma_key_value_loads)));
     return nullptr;
   }
+  switch (c.mma_merge) {
+  case MOBA_MERGE_DEFAULT:
+  case MOBA_MERGE_FUSED:
+    options.mmaFusedMerge = true;
+    break;
+  case MOBA_MERGE_SEPARATE:
+    options.mmaFusedMerge = false;
+    break;
+  default:
+    setError(error, "unknown mma_merge " +
+                        std::to_string(static_cast<int>(c.mma_merge)));
+    return nullptr;
+  }
   switch (c.gpu_attention) {
   case MOBA_GPU_ATTENTION_MMA:
     options.densify = options.mma = true;

@@ -52,6 +52,8 @@ void mlir::moba::buildMobaToLoopsPipeline(OpPassManager &pm,
     pm.addPass(createMobaFuseGateTopK());
   if (options.densify)
     pm.addPass(createMobaDensifyAttention());
+  if (options.densify && options.fuseMerge)
+    pm.addPass(createMobaFuseLseMerge());
   if (options.stage != CpuStage::Decomposed)
     pm.addPass(createMobaTileAttention(MobaTileAttentionOptions{
         options.tileQ, options.tileK, options.parallel}));

@@ -155,6 +155,7 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   loops.keepMmaCompatibleAttention = options.densify && options.mma;
   loops.keepMmaCompatibleGate = options.mma && options.mmaGate;
   loops.keepWarpCompatibleGrouping = options.densify;
+  loops.fuseMerge = options.densify && options.mma && options.mmaFusedMerge;
   buildMobaToLoopsPipeline(pm, loops);
   buildBufferizationPipeline(pm);
   if (loops.keepWarpCompatibleGrouping)

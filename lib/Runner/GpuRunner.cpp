@@ -137,6 +137,7 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
       : tunedShape && pipeline.mmaInstruction == tuned.instruction
           ? std::string(tuned.keyValueLoads)
           : std::string("cp.async");
+  pipeline.mmaFusedMerge = options.mmaFusedMerge;
   if (std::string problem = checkGpuPipelineOptions(pipeline);
       !problem.empty())
     return llvm::createStringError(problem);

@@ -428,14 +428,14 @@ def _compile_handle(config, target):
         c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
         os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"],
         c["mma_warps"], c["mma_key_chunk"], c["mma_instruction"],
-        c["mma_key_value_loads"])
+        c["mma_key_value_loads"], c["mma_merge"])
 
 
 def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             layout="varlen", causal=True, target="auto", *, scale=None,
             stage="fused", tile_q=None, tile_k=None, gpu_attention="mma",
             mma_warps=None, mma_key_chunk=None, mma_instruction=None,
-            mma_key_value_loads=None):
+            mma_key_value_loads=None, mma_merge=None):
     """Compiles one MoBA attention configuration and returns a Kernel.
 
     target: "cpu"; "sm_80" (Ampere and newer) or "sm_90a" (Hopper), which
@@ -466,6 +466,9 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     table's choice with its shape, else "cp.async". "tma" needs K and V
     16-byte aligned with strides of whole 16 bytes (a contiguous head_dim
     of 64 or 128 is).
+    mma_merge: where the slots' partials are merged: "fused" (None: inside
+    the attention kernel, by the CTA that finishes a row's last slot) or
+    "separate" (kernels of their own after the attention).
     """
     head_dim = _positive_int("head_dim", head_dim)
     num_heads = _positive_int("num_heads", num_heads)
@@ -504,6 +507,9 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if mma_key_value_loads == "tma" and mma_instruction == "mma.sync":
         raise ValueError("mma_key_value_loads='tma' needs mma_instruction "
                          "'wgmma' or None, got 'mma.sync'")
+    if mma_merge not in (None, "fused", "separate"):
+        raise ValueError(f"mma_merge must be 'fused', 'separate' or None, "
+                         f"got {mma_merge!r}")
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
@@ -530,7 +536,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                   gpu_attention=gpu_attention, mma_warps=mma_warps,
                   mma_key_chunk=mma_key_chunk,
                   mma_instruction=mma_instruction,
-                  mma_key_value_loads=mma_key_value_loads)
+                  mma_key_value_loads=mma_key_value_loads,
+                  mma_merge=mma_merge)
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)

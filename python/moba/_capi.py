@@ -13,6 +13,7 @@ _STAGES = {"fused": 0, "tiled": 1, "decomposed": 2}
 _GPU_ATTENTION = {"mma": 0, "simt": 1}
 _MMA_INSTRUCTIONS = {None: 0, "mma.sync": 1, "wgmma": 2}
 _KEY_VALUE_LOADS = {None: 0, "cp.async": 1, "tma": 2}
+_MERGES = {None: 0, "fused": 1, "separate": 2}
 
 
 class MobaConfig(ctypes.Structure):
@@ -36,6 +37,7 @@ class MobaConfig(ctypes.Structure):
         ("mma_key_chunk", ctypes.c_int64),
         ("mma_instruction", ctypes.c_int),
         ("mma_key_value_loads", ctypes.c_int),
+        ("mma_merge", ctypes.c_int),
     ]
 
 
@@ -103,7 +105,7 @@ def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
                    causal, scale, dtype, target, stage, tile_q, tile_k,
                    cache_dir, dump_dir, gpu_attention="mma", mma_warps=None,
                    mma_key_chunk=None, mma_instruction=None,
-                   mma_key_value_loads=None):
+                   mma_key_value_loads=None, mma_merge=None):
     """Returns (handle, from_cache); raises CompileError."""
     config = MobaConfig()
     _lib.mobaConfigInit(ctypes.byref(config))
@@ -120,6 +122,7 @@ def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
     config.mma_warps, config.mma_key_chunk = mma_warps or 0, mma_key_chunk or 0
     config.mma_instruction = _MMA_INSTRUCTIONS[mma_instruction]
     config.mma_key_value_loads = _KEY_VALUE_LOADS[mma_key_value_loads]
+    config.mma_merge = _MERGES[mma_merge]
     from_cache = ctypes.c_int32(0)
     error = ctypes.c_void_p()
     handle = _lib.mobaCompile(ctypes.byref(config), ctypes.byref(from_cache),

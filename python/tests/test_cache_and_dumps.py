@@ -116,6 +116,29 @@ def test_explicit_key_value_loads_win_over_the_table(tmp_path):
                             mma_key_value_loads="tma") == "tma"
 
 
+def _kernels(tmp_path, **shape):
+    """The GPU binaries' kernels of the dumped module (32/8 heads, block
+    4096), and the attention kernel's PTX."""
+    _attention_ptx(tmp_path, **shape)
+    (dump,) = tmp_path.glob("*.gpu.mlir")
+    text = dump.read_text()
+    return text.count("gpu.binary @"), _attention_ptx(tmp_path / "again",
+                                                     **shape)
+
+
+def test_merge_is_fused_into_the_attention_by_default(tmp_path):
+    # Fused: the attention kernel decrements each row's arrivals after a
+    # release fence and merges the rows it finished last; the two merge
+    # kernels (lse, then output) are gone.
+    fused, fused_ptx = _kernels(tmp_path / "default")
+    separate, separate_ptx = _kernels(tmp_path / "separate",
+                                      mma_merge="separate")
+    assert fused == separate - 2
+    assert "fence.acq_rel.gpu" in fused_ptx and "atom.global.add" in fused_ptx
+    assert "fence.acq_rel.gpu" not in separate_ptx
+    assert _kernels(tmp_path / "fused", mma_merge="fused")[0] == fused
+
+
 def test_tuned_tile_shape_is_the_default(tmp_path):
     # lib/Pipelines/MmaTuningTable.inc tunes this configuration (block
     # 4096) to wgmma, 4 warps: since the constants were sunk into the

@@ -249,6 +249,12 @@ def test_mma_key_value_loads_must_be_known():
         kernel(mma_key_value_loads="ldg")
 
 
+def test_mma_merge_must_be_known():
+    with pytest.raises(ValueError, match="mma_merge must be 'fused', "
+                       "'separate' or None, got 'atomic'"):
+        kernel(mma_merge="atomic")
+
+
 def test_tma_needs_wgmma():
     with pytest.raises(ValueError, match="mma_key_value_loads='tma' needs "
                        "mma_instruction 'wgmma' or None, got 'mma.sync'"):

@@ -69,6 +69,10 @@ struct CpuPipelineOptions : public PassPipelineOptions<CpuPipelineOptions> {
   bool keepMmaCompatibleGate = false;
   /// Likewise for moba.group_queries and its warp lowering.
   bool keepWarpCompatibleGrouping = false;
+  /// With densify: moba-fuse-lse-merge, so that the tensor-core lowering
+  /// merges inside the attention kernel (lower-to-loops splits what it
+  /// lowers itself).
+  bool fuseMerge = false;
 };
 
 /// moba.attention -> loops on tensors, per `options.stage`.
@@ -142,6 +146,12 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
                      "memory, cp.async or tma (TMA bulk copies on "
                      "mbarriers, where the kernel is one warpgroup)"),
       llvm::cl::init("cp.async")};
+  PassOptions::Option<bool> mmaFusedMerge{
+      *this, "mma-fused-merge",
+      llvm::cl::desc("With mma: merge each row's partials inside the "
+                     "attention kernel, as its last slot finishes "
+                     "(moba-fuse-lse-merge); off: a merge kernel after it"),
+      llvm::cl::init(true)};
   PassOptions::Option<bool> mmaGate{
       *this, "mma-gate",
       llvm::cl::desc("With mma: the fused gate + top-k on tensor cores too "

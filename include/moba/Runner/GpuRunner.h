@@ -48,6 +48,9 @@ struct GpuCompileOptions {
   /// With wgmma: how K and V reach shared memory, "cp.async" or "tma"; ""
   /// takes the tuning table's with its shape, else cp.async.
   std::string mmaKeyValueLoads;
+  /// With mma: each row's partials merged inside the attention kernel
+  /// (moba-fuse-lse-merge); false: by kernels of their own after it.
+  bool mmaFusedMerge = true;
   /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
   /// /usr/local/cuda.
   std::string toolkit;

@@ -58,6 +58,8 @@ using namespace mlir;
 using namespace mlir::moba;
 using nvvm_kernel::KernelBuilder;
 using nvvm_kernel::launch;
+using nvvm_kernel::locateSequence;
+using nvvm_kernel::TokenSequence;
 
 namespace {
 
@@ -69,12 +71,6 @@ constexpr int64_t kRowsPerChunkStep = 128;
 /// Threads of the scan's CTA, and the elements each takes per tile.
 constexpr int64_t kScanThreads = 512;
 constexpr int64_t kScanPerThread = 4;
-
-/// The sequence a token lies in: [start, end) and the block row of its first
-/// block; all zero when it lies in none.
-struct TokenSequence {
-  Value start, end, blockOffset;
-};
 
 struct GroupingKernels {
   Value selected, cu, starts, counts, entries;
@@ -88,8 +84,6 @@ private:
   /// The count (`place` false) or place (true) kernel.
   void emitSlotWalk(ImplicitLocOpBuilder &b, bool place);
   void emitScan(ImplicitLocOpBuilder &b);
-  /// The sequence of token `t`: a scan of cu_seqlens.
-  TokenSequence locate(ImplicitLocOpBuilder &b, Value t);
 };
 
 Value toI32(ImplicitLocOpBuilder &b, Value index) {
@@ -113,30 +107,6 @@ void GroupingKernels::emit(ImplicitLocOpBuilder &b) {
   emitScan(b);
   emitSlotWalk(b, /*place=*/true);
   memref::DeallocOp::create(b, cursors);
-}
-
-TokenSequence GroupingKernels::locate(ImplicitLocOpBuilder &b, Value t) {
-  KernelBuilder e{b, b.getI32Type()};
-  Value sequences = e.sub(memref::DimOp::create(b, cu, 0), e.index(1));
-  Value zero = e.index(0);
-  auto scan = scf::ForOp::create(
-      b, zero, sequences, e.index(1), ValueRange{zero, zero, zero, zero},
-      [&](OpBuilder &fb, Location loc, Value i, ValueRange c) {
-        ImplicitLocOpBuilder sb(loc, fb);
-        KernelBuilder se{sb, sb.getI32Type()};
-        Value start = se.loadIndex(cu, {i});
-        Value end = se.loadIndex(cu, {se.add(i, se.index(1))});
-        Value blocks = arith::CeilDivUIOp::create(sb, se.sub(end, start),
-                                                  se.index(blockSize));
-        Value inside =
-            arith::AndIOp::create(sb, se.ule(start, t), se.ult(t, end));
-        scf::YieldOp::create(
-            sb, ValueRange{se.select(inside, start, c[0]),
-                           se.select(inside, end, c[1]),
-                           se.select(inside, c[3], c[2]),
-                           se.add(c[3], blocks)});
-      });
-  return {scan.getResult(0), scan.getResult(1), scan.getResult(2)};
 }
 
 void GroupingKernels::emitSlotWalk(ImplicitLocOpBuilder &b, bool place) {
@@ -192,7 +162,8 @@ void GroupingKernels::emitSlotWalk(ImplicitLocOpBuilder &b, bool place) {
     auto popc = [&](ImplicitLocOpBuilder &ib, Value x) -> Value {
       return LLVM::CtPopOp::create(ib, x);
     };
-    TokenSequence seq0 = locate(kb, ke.add(first, sub));
+    TokenSequence seq0 =
+        locateSequence(kb, cu, ke.add(first, sub), blockSize);
     Value steps = arith::CeilDivUIOp::create(kb, ke.sub(last, first),
                                              ke.index(perStep));
     scf::ForOp::create(
@@ -215,7 +186,7 @@ void GroupingKernels::emitSlotWalk(ImplicitLocOpBuilder &b, bool place) {
           {
             OpBuilder::InsertionGuard ifGuard(tb);
             tb.setInsertionPointToStart(&moved.getThenRegion().front());
-            TokenSequence found = locate(tb, t);
+            TokenSequence found = locateSequence(tb, cu, t, blockSize);
             scf::YieldOp::create(
                 tb, ValueRange{found.start, found.end, found.blockOffset});
             tb.setInsertionPointToStart(&moved.getElseRegion().front());

@@ -5,7 +5,8 @@
 // shared-memory plan, scalar and fragment helpers, and the kernel's
 // emitter, whose chunk loop comes in two forms: mma.sync
 // (GroupedAttentionToNVVM.cpp, sm_80 and newer) and sm_90a's wgmma
-// (WgmmaChunkLoop.cpp).
+// (WgmmaChunkLoop.cpp), and whose merged form (`merge(...)`) ends in the
+// fused log-sum-exp merge (FusedMerge.cpp).
 //
 //===----------------------------------------------------------------------===//
 
@@ -201,11 +202,31 @@ struct AttentionKernel {
   bool causal;
   double scale;
   MmaTileShape shape;
+  /// The merged form: the output [T, Hq, D] and its lse [T, Hq] (null when
+  /// the op has no `merge`), and the arrivals [T, Hq] (i32) that
+  /// emitMergeInit allocates: the slots of each row still to finish.
+  Value mergedOut, mergedLse, arrivals;
   /// shape.bulkLoads: the tensor maps of K and V in device memory
   /// (memref<32xi64>, two CUtensorMaps), set by emitTensorMaps.
   Value tensorMaps;
 
   void emit(ImplicitLocOpBuilder &b);
+
+  bool merged() const { return static_cast<bool>(mergedOut); }
+  /// The merged form's initializing kernel, one thread per (token, head):
+  /// marks every slot's partial empty (lse -inf), counts the slots that
+  /// attend (the groups list exactly those: a block of the token's
+  /// sequence that no lower slot holds) into `arrivals`, which it
+  /// allocates, and writes the merge of no partials (0, lse -inf) to rows
+  /// that have none. The caller deallocates `arrivals` after the attention.
+  void emitMergeInit(ImplicitLocOpBuilder &b, Value tokens);
+  /// The merged form's epilogue, after the CTA has written its rows'
+  /// partials: each row's arrival (an atomic decrement), and the warp
+  /// merges the rows whose last slot it finished.
+  void emitMergeEpilogue(ImplicitLocOpBuilder &b, const CtaTile &t);
+  /// The whole warp merges the K partials of (`token`, t.h) into the
+  /// output row and its lse.
+  void emitMergeRow(ImplicitLocOpBuilder &b, const CtaTile &t, Value token);
 
   Type element() const {
     return cast<MemRefType>(q.getType()).getElementType();

@@ -109,6 +109,8 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
   memref::DeallocOp::create(b, tileList);
   if (tensorMaps)
     memref::DeallocOp::create(b, tensorMaps);
+  if (arrivals)
+    memref::DeallocOp::create(b, arrivals);
 }
 
 void AttentionKernel::emitTensorMaps(ImplicitLocOpBuilder &b) {
@@ -444,6 +446,8 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
     memref::StoreOp::create(b, lse, partialLse,
                             ValueRange{t.slot[r], t.token[r], h});
   }
+  if (merged())
+    emitMergeEpilogue(b, t);
 }
 
 SmallVector<Value> AttentionKernel::chunkLoopInits(KernelBuilder &e) {
@@ -877,12 +881,17 @@ struct MobaConvertGroupedAttentionToNVVMPass
                              op.getCausal(),
                              op.getScale().convertToDouble(),
                              shape};
+      kernel.mergedOut = op.getOutInit();
+      kernel.mergedLse = op.getLseInit();
       Value tokens = memref::DimOp::create(b, op.getQ(), 0);
       Value slots = arith::MulIOp::create(
           b, tokens,
           arith::ConstantIndexOp::create(b, kernel.numHeads *
                                                 kernel.slotsPerToken));
-      emitInitKernel(b, kernel.partialLse, slots, kernel.numHeads, tokens);
+      if (kernel.merged())
+        kernel.emitMergeInit(b, tokens);
+      else
+        emitInitKernel(b, kernel.partialLse, slots, kernel.numHeads, tokens);
       kernel.emit(b);
       rewriter.eraseOp(op);
     }

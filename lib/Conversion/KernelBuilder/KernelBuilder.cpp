@@ -45,3 +45,29 @@ void mlir::moba::nvvm_kernel::launchPerItem(
            build(kb, linear);
          });
 }
+
+mlir::moba::nvvm_kernel::TokenSequence
+mlir::moba::nvvm_kernel::locateSequence(ImplicitLocOpBuilder &b, Value cu,
+                                        Value t, int64_t blockSize) {
+  KernelBuilder e{b, b.getI32Type()};
+  Value sequences = e.sub(memref::DimOp::create(b, cu, 0), e.index(1));
+  Value zero = e.index(0);
+  auto scan = scf::ForOp::create(
+      b, zero, sequences, e.index(1), ValueRange{zero, zero, zero, zero},
+      [&](OpBuilder &fb, Location loc, Value i, ValueRange c) {
+        ImplicitLocOpBuilder sb(loc, fb);
+        KernelBuilder se{sb, sb.getI32Type()};
+        Value start = se.loadIndex(cu, {i});
+        Value end = se.loadIndex(cu, {se.add(i, se.index(1))});
+        Value blocks = arith::CeilDivUIOp::create(sb, se.sub(end, start),
+                                                  se.index(blockSize));
+        Value inside =
+            arith::AndIOp::create(sb, se.ule(start, t), se.ult(t, end));
+        scf::YieldOp::create(
+            sb, ValueRange{se.select(inside, start, c[0]),
+                           se.select(inside, end, c[1]),
+                           se.select(inside, c[3], c[2]),
+                           se.add(c[3], blocks)});
+      });
+  return {scan.getResult(0), scan.getResult(1), scan.getResult(2)};
+}

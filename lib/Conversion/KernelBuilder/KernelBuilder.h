@@ -174,6 +174,18 @@ inline void ifThen(ImplicitLocOpBuilder &b, Value condition,
   then(b);
 }
 
+/// The sequence a token lies in: [start, end) and the block row of its first
+/// block (the blocks of all sequences in order, as moba.block_pool numbers
+/// them); all zero when it lies in none.
+struct TokenSequence {
+  Value start, end, blockOffset;
+};
+
+/// The sequence of token `t` (index), by a scan of `cu` (cu_seqlens, i32)
+/// with blocks of `blockSize` tokens.
+TokenSequence locateSequence(ImplicitLocOpBuilder &b, Value cu, Value t,
+                             int64_t blockSize);
+
 /// One gpu.launch of `blocks` x `threads` whose body `build` fills (the
 /// terminator is added after it), with `sharedBytes` (i32) of dynamic
 /// shared memory and static shared buffers of `workgroup` types.

@@ -655,7 +655,9 @@ LogicalResult GroupQueriesOp::verify() {
 //===----------------------------------------------------------------------===//
 
 MutableOperandRange GroupedBlockAttentionOp::getDpsInitsMutable() {
-  return trailingOperands(*this, 2);
+  // partial_out_init, partial_lse_init[, out_init, lse_init]: the last
+  // operands.
+  return trailingOperands(*this, isMerged() ? 4 : 2);
 }
 
 void GroupedBlockAttentionOp::getEffects(
@@ -669,9 +671,14 @@ bool GroupedBlockAttentionOp::isMmaSyncCompatible() {
 }
 
 LogicalResult GroupedBlockAttentionOp::verify() {
+  if (static_cast<bool>(getOutInit()) != static_cast<bool>(getLseInit()))
+    return emitOpError("merge needs both out_init and lse_init");
   if (failed(verifyTensorOrBufferForm(
-          *this, "two results of the types of partial_out_init and "
-                 "partial_lse_init")) ||
+          *this, isMerged() ? "four results of the types of "
+                              "partial_out_init, partial_lse_init, out_init "
+                              "and lse_init"
+                            : "two results of the types of partial_out_init "
+                              "and partial_lse_init")) ||
       failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
                                            getCuSeqlens(), getSelected(),
                                            getBlockSize(), getScaleAttr())) ||
@@ -698,6 +705,23 @@ LogicalResult GroupedBlockAttentionOp::verify() {
       return failure();
   for (int64_t i = 0; i < 2; ++i)
     if (failed(c.sameDim("dim " + std::to_string(i), q, i, lse, i + 1)))
+      return failure();
+  if (!isMerged())
+    return success();
+  // The merged result: q's shape and element type, and its rows' lse.
+  Named merged("out_init", getOutInit()), mergedLse("lse_init", getLseInit());
+  if (merged.type.getElementType() != qElement)
+    return emitOpError() << "out_init must hold the element type of q ("
+                         << qElement << "), got "
+                         << merged.type.getElementType();
+  if (failed(c.rank(merged, 3, "[tokens, query heads, head_dim]")) ||
+      failed(c.rank(mergedLse, 2, "[tokens, query heads]")))
+    return failure();
+  for (int64_t i = 0; i < 3; ++i)
+    if (failed(c.sameDim("dim " + std::to_string(i), q, i, merged, i)))
+      return failure();
+  for (int64_t i = 0; i < 2; ++i)
+    if (failed(c.sameDim("dim " + std::to_string(i), q, i, mergedLse, i)))
       return failure();
   return success();
 }

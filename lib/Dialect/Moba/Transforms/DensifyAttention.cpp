@@ -98,7 +98,8 @@ struct DensifySparseAttention : OpRewritePattern<SparseAttentionOp> {
         b, TypeRange{partialOut.getType(), partialLse.getType()}, op.getQ(),
         op.getK(), op.getV(), op.getCuSeqlens(), selected,
         groups.getStarts(), groups.getCounts(), groups.getEntries(),
-        partialOut, partialLse, op.getBlockSizeAttr(), op.getScaleAttr(),
+        partialOut, partialLse, /*out_init=*/Value(), /*lse_init=*/Value(),
+        op.getBlockSizeAttr(), op.getScaleAttr(),
         op.getCausalAttr());
     rewriter.replaceOpWithNewOp<LseMergeOp>(
         op, TypeRange{op.getOutput().getType(), op.getLse().getType()},

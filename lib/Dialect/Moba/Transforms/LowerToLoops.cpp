@@ -1002,6 +1002,8 @@ struct LowerGroupedBlockAttention
       return rewriter.notifyMatchFailure(op, "on buffers");
     if (keepMmaCompatible && op.isMmaSyncCompatible())
       return rewriter.notifyMatchFailure(op, "left for the mma.sync lowering");
+    if (op.isMerged())
+      return rewriter.notifyMatchFailure(op, "merged: split by the pass");
     if (failed(checkStaticHeadsAndHeadDim(
             rewriter, op,
             {op.getQ(), op.getK(), op.getV(), op.getSelected()})))
@@ -1117,6 +1119,18 @@ struct MobaLowerToLoopsPass
   using MobaLowerToLoopsBase::MobaLowerToLoopsBase;
 
   void runOnOperation() override {
+    // A merged grouped attention that no kernel here keeps merges in loops
+    // of its own: split it into the op and a moba.lse_merge first.
+    SmallVector<GroupedBlockAttentionOp> merged;
+    getOperation()->walk([&](GroupedBlockAttentionOp op) {
+      if (op.isMerged() && isa<RankedTensorType>(op.getQ().getType()) &&
+          !(keepMmaCompatibleAttention && op.isMmaSyncCompatible()))
+        merged.push_back(op);
+    });
+    IRRewriter rewriter(&getContext());
+    for (GroupedBlockAttentionOp op : merged)
+      splitLseMerge(rewriter, op);
+
     RewritePatternSet patterns(&getContext());
     populateMobaLowerToLoopsPatterns(patterns, parallel,
                                      keepMmaCompatibleAttention,

@@ -577,7 +577,8 @@ def Moba_GroupQueriesOp : Moba_Op<"group_queries",
 }
 
 def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
-    [DeclareOpInterfaceMethods<DestinationStyleOpInterface>,
+    [AttrSizedOperandSegments,
+     DeclareOpInterfaceMethods<DestinationStyleOpInterface>,
      DeclareOpInterfaceMethods<MemoryEffectsOpInterface>]> {
   let summary = "Attention of each selection slot to its one block";
   let description = [{
@@ -608,11 +609,29 @@ def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
     merge reads every partial row once, and half the bytes halve that read
     and the attention's writes; the output is rounded to that type anyway).
 
-    Like linalg ops, it exists on tensors (two results, tied to the inits)
-    and, after bufferization, on memrefs (no results, the inits written in
-    place): the tensor-core lowering (`moba-convert-grouped-attention-to-nvvm`)
-    works on buffers, since its warps share fragments that no tensor value
-    describes.
+    With `merge(%out_init, %lse_init)` the op also merges the partials of
+    each (token, head) as `moba.lse_merge` does, into `out [T, Hq, D]` (the
+    element type of q) and `lse [T, Hq]`:
+
+    ```
+    lse[t, h]    = log(sum_s exp(partial_lse[s, t, h]))
+    out[t, h, :] = sum_s exp(partial_lse[s, t, h] - lse[t, h])
+                   * partial_out[s, t, h, :]
+    ```
+
+    (`-inf` and 0 where no slot attends). The partials are then scratch
+    that the lowering may use or not; `moba-fuse-lse-merge` forms this from
+    a `moba.lse_merge` of the op's partials, so that the tensor-core
+    lowering merges each row inside the attention kernel, as its last slot
+    finishes, instead of reading every partial back in a kernel of its own.
+    Lowerings without a fused merge split it back into the op and a
+    `moba.lse_merge`.
+
+    Like linalg ops, it exists on tensors (two results, or four with
+    `merge`, tied to the inits) and, after bufferization, on memrefs (no
+    results, the inits written in place): the tensor-core lowering
+    (`moba-convert-grouped-attention-to-nvvm`) works on buffers, since its
+    warps share fragments that no tensor value describes.
 
     Example:
 
@@ -624,6 +643,22 @@ def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
                %entries : tensor<32x12288xi32>)
         outs(%o : tensor<3x4096x32x128xf32>, %l : tensor<3x4096x32xf32>)
         {block_size = 512, scale = 0.0883883461 : f32}
+    ```
+
+    Merged:
+
+    ```mlir
+    %po, %pl, %out, %lse = moba.grouped_block_attention
+        q(%q : tensor<4096x32x128xbf16>) k(%k : tensor<4096x8x128xbf16>)
+        v(%v : tensor<4096x8x128xbf16>) cu_seqlens(%cu : tensor<3xi32>)
+        selected(%sel : tensor<4096x32x3xi32>)
+        groups(%starts : tensor<32x10xi32>, %counts : tensor<32x10xi32>,
+               %entries : tensor<32x12288xi32>)
+        outs(%o : tensor<3x4096x32x128xbf16>, %l : tensor<3x4096x32xf32>)
+        merge(%out0 : tensor<4096x32x128xbf16>, %lse0 : tensor<4096x32xf32>)
+        {block_size = 512, scale = 0.0883883461 : f32}
+        -> tensor<3x4096x32x128xbf16>, tensor<3x4096x32xf32>,
+           tensor<4096x32x128xbf16>, tensor<4096x32xf32>
     ```
   }];
 
@@ -638,6 +673,8 @@ def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
     Moba_IndexShaped:$entries,
     Moba_QKVShaped:$partial_out_init,
     Moba_F32Shaped:$partial_lse_init,
+    Optional<Moba_QKVShaped>:$out_init,
+    Optional<Moba_F32Shaped>:$lse_init,
     I64Attr:$block_size,
     F32Attr:$scale,
     DefaultValuedAttr<BoolAttr, "true">:$causal
@@ -652,13 +689,20 @@ def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
     `groups` `(` $starts `:` type($starts) `,` $counts `:` type($counts) `,`
                  $entries `:` type($entries) `)`
     `outs` `(` $partial_out_init `:` type($partial_out_init) `,`
-               $partial_lse_init `:` type($partial_lse_init) `)` attr-dict
-    (`->` type($results)^)?
+               $partial_lse_init `:` type($partial_lse_init) `)`
+    (`merge` `(` $out_init^ `:` type($out_init) `,`
+                 $lse_init `:` type($lse_init) `)`)?
+    attr-dict (`->` type($results)^)?
   }];
   let extraClassDeclaration = [{
     /// The results of the tensor form.
     ::mlir::Value getPartialOut() { return getResults()[0]; }
     ::mlir::Value getPartialLse() { return getResults()[1]; }
+    /// With `merge`, on tensors: the merged output and log-sum-exp.
+    ::mlir::Value getMergedOut() { return getResults()[2]; }
+    ::mlir::Value getMergedLse() { return getResults()[3]; }
+    /// Whether the op also merges its partials (`merge(...)`).
+    bool isMerged() { return static_cast<bool>(getOutInit()); }
     /// head_dim and the element type allow the mma.sync lowering: f16 or
     /// bf16, head_dim a static multiple of 16 up to 128.
     bool isMmaSyncCompatible();

@@ -7,6 +7,8 @@
 #ifndef MOBA_DIALECT_MOBA_TRANSFORMS_PASSES_H
 #define MOBA_DIALECT_MOBA_TRANSFORMS_PASSES_H
 
+#include "moba/Dialect/Moba/IR/MobaOps.h"
+
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Math/IR/Math.h"
@@ -31,6 +33,15 @@ void populateMobaFuseGateTopKPatterns(RewritePatternSet &patterns);
 /// moba.sparse_attention (with a selection) -> moba.group_queries +
 /// moba.grouped_block_attention + moba.lse_merge.
 void populateMobaDensifyAttentionPatterns(RewritePatternSet &patterns);
+
+/// moba.lse_merge(moba.grouped_block_attention(...)) -> the attention op with
+/// `merge(...)`.
+void populateMobaFuseLseMergePatterns(RewritePatternSet &patterns);
+
+/// A merged moba.grouped_block_attention -> the op without `merge` and a
+/// moba.lse_merge of its partials (for lowerings with no fused merge).
+/// Returns the merge.
+LseMergeOp splitLseMerge(RewriterBase &rewriter, GroupedBlockAttentionOp op);
 
 /// moba.sparse_attention -> tiled online-softmax loops.
 /// With `parallel`, one scf.forall over (token, head) instead.
