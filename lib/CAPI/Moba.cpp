@@ -101,10 +101,10 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
     return nullptr;
   }
   switch (c.mma_merge) {
-  case MOBA_MERGE_DEFAULT:
   case MOBA_MERGE_FUSED:
     options.mmaFusedMerge = true;
     break;
+  case MOBA_MERGE_DEFAULT:
   case MOBA_MERGE_SEPARATE:
     options.mmaFusedMerge = false;
     break;

@@ -466,9 +466,10 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     table's choice with its shape, else "cp.async". "tma" needs K and V
     16-byte aligned with strides of whole 16 bytes (a contiguous head_dim
     of 64 or 128 is).
-    mma_merge: where the slots' partials are merged: "fused" (None: inside
-    the attention kernel, by the CTA that finishes a row's last slot) or
-    "separate" (kernels of their own after the attention).
+    mma_merge: where the slots' partials are merged: "separate" (None:
+    kernels of their own after the attention) or "fused" (inside the
+    attention kernel, by the CTA that finishes a row's last slot; slower on
+    the H200 today, docs/PERFORMANCE.md).
     """
     head_dim = _positive_int("head_dim", head_dim)
     num_heads = _positive_int("num_heads", num_heads)

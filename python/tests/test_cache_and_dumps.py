@@ -126,17 +126,17 @@ def _kernels(tmp_path, **shape):
                                                      **shape)
 
 
-def test_merge_is_fused_into_the_attention_by_default(tmp_path):
+def test_merge_fused_into_the_attention_on_request(tmp_path):
     # Fused: the attention kernel decrements each row's arrivals after a
     # release fence and merges the rows it finished last; the two merge
-    # kernels (lse, then output) are gone.
-    fused, fused_ptx = _kernels(tmp_path / "default")
-    separate, separate_ptx = _kernels(tmp_path / "separate",
-                                      mma_merge="separate")
+    # kernels (lse, then output) are gone. The default is separate.
+    fused, fused_ptx = _kernels(tmp_path / "fused", mma_merge="fused")
+    separate, separate_ptx = _kernels(tmp_path / "default")
     assert fused == separate - 2
     assert "fence.acq_rel.gpu" in fused_ptx and "atom.global.add" in fused_ptx
     assert "fence.acq_rel.gpu" not in separate_ptx
-    assert _kernels(tmp_path / "fused", mma_merge="fused")[0] == fused
+    assert _kernels(tmp_path / "separate", mma_merge="separate")[0] == \
+        separate
 
 
 def test_tuned_tile_shape_is_the_default(tmp_path):

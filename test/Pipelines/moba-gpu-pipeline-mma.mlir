@@ -20,9 +20,10 @@
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-key-value-loads=ldg" 2>&1 | FileCheck %s --check-prefix=BADLOADS
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=TMASYNC
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-group-queries-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GROUPING
-// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-fused-merge=false" | FileCheck %s --check-prefix=SEPARATE
-// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-fuse-lse-merge -o /dev/null 2>&1 | FileCheck %s --check-prefix=FUSED
-// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-instruction=wgmma" | FileCheck %s --check-prefix=FUSEDPTX
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-fused-merge=true" | FileCheck %s --check-prefix=FUSEDBIN
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-fused-merge=true" --mlir-print-ir-after=moba-fuse-lse-merge -o /dev/null 2>&1 | FileCheck %s --check-prefix=FUSED
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-instruction=wgmma mma-fused-merge=true" | FileCheck %s --check-prefix=FUSEDPTX
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-lower-to-loops -o /dev/null 2>&1 | FileCheck %s --check-prefix=SEPARATE
 
 // The grouping reaches its warp lowering on buffers: three launches, the
 // rows' lanes found by match.sync, one atomic per row and step.
@@ -38,20 +39,26 @@
 // takes one as a parameter (the backend could not fold it): every launch's
 // arguments are function arguments, buffers, dims and computed values, none
 // a %c... or %cst... constant.
-// OUTLINED-COUNT-9: gpu.launch_func {{.+}} args({{(%(arg|memref|dim|[0-9])[_0-9]* : ([^,(]|\([^)]*\))+(, )?)+}}){{$}}
+// OUTLINED-COUNT-11: gpu.launch_func {{.+}} args({{(%(arg|memref|dim|[0-9])[_0-9]* : ([^,(]|\([^)]*\))+(, )?)+}}){{$}}
 
-// Nine kernels: pooling, the means split into hi + lo halves, gate +
+// Eleven kernels: pooling, the means split into hi + lo halves, gate +
 // top-k, the grouping's count, scan and place
-// (moba-convert-group-queries-to-nvvm), partials cleared and arrivals
-// counted, the attention's tile list, attention with the merge fused.
-// BIN-COUNT-9: gpu.launch_func
+// (moba-convert-group-queries-to-nvvm), partials cleared, the attention's
+// tile list, attention, merged log-sum-exp, merged output.
+// BIN-COUNT-11: gpu.launch_func
 // BIN-NOT: gpu.launch_func
-// BIN-COUNT-9: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
+// BIN-COUNT-11: gpu.binary @moba_attention_kernel{{.*}}chip = "{{sm_80|sm_90a}}"
 
-// mma-fused-merge=false: the merge's two kernels (log-sum-exp, output)
-// after the attention, eleven in all.
-// SEPARATE-COUNT-11: gpu.launch_func
-// SEPARATE-NOT: gpu.launch_func
+// By default the merge stays separate: moba.lse_merge reaches the loop
+// lowering.
+// SEPARATE: scf.forall
+// SEPARATE-NOT: moba.lse_merge
+// SEPARATE-NOT: merge(
+
+// mma-fused-merge=true: nine kernels, the merge's two gone and the
+// partials' clearing counting each row's arrivals too.
+// FUSEDBIN-COUNT-9: gpu.launch_func
+// FUSEDBIN-NOT: gpu.launch_func
 
 // The merge is fused into the grouped attention before the loop lowering,
 // which leaves it to the tensor-core lowering.
@@ -112,7 +119,7 @@
 // BAD: error: moba-gpu-pipeline: mma needs densify
 // K and V loaded by TMA, where the host code calls the runtime's encoder (the signature
 // lib/Runtime/GpuRuntime.cpp implements: ten i64) for K and for V, one more
-// kernel puts the maps on the device (ten in all), and the attention
+// kernel puts the maps on the device (twelve in all), and the attention
 // kernel's PTX, raised to ISA 8.3 whatever the features say (the
 // tensormap proxy fences need it), loads K and V by bulk tensor copies
 // completing on mbarriers and multiplies P V from registers.
@@ -125,7 +132,7 @@
 // TMA-SAME: cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
 // TMA-SAME: mbarrier.try_wait.parity
 // TMA-SAME: wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {
-// TMA-NOT: gpu.binary @moba_attention_kernel_9
+// TMA-NOT: gpu.binary @moba_attention_kernel_11
 // BADCHUNK: error: moba-gpu-pipeline: mma-key-chunk must be a multiple of 16 in [16, 256], got 40
 
 // The tile shape options reach the kernel: 8 warps (256 threads), 128 keys

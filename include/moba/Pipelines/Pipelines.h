@@ -150,8 +150,9 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
       *this, "mma-fused-merge",
       llvm::cl::desc("With mma: merge each row's partials inside the "
                      "attention kernel, as its last slot finishes "
-                     "(moba-fuse-lse-merge); off: a merge kernel after it"),
-      llvm::cl::init(true)};
+                     "(moba-fuse-lse-merge); off (default, faster on the "
+                     "H200 today): merge kernels after it"),
+      llvm::cl::init(false)};
   PassOptions::Option<bool> mmaGate{
       *this, "mma-gate",
       llvm::cl::desc("With mma: the fused gate + top-k on tensor cores too "

@@ -49,8 +49,9 @@ struct GpuCompileOptions {
   /// takes the tuning table's with its shape, else cp.async.
   std::string mmaKeyValueLoads;
   /// With mma: each row's partials merged inside the attention kernel
-  /// (moba-fuse-lse-merge); false: by kernels of their own after it.
-  bool mmaFusedMerge = true;
+  /// (moba-fuse-lse-merge); false (default): by kernels of their own after
+  /// it, which measured faster (docs/PERFORMANCE.md, eighth round).
+  bool mmaFusedMerge = false;
   /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
   /// /usr/local/cuda.
   std::string toolkit;

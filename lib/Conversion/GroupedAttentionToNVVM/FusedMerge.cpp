@@ -16,17 +16,24 @@
 //    (one atomic per row). The lane that takes it from 1 to 0 finished the
 //    row's last slot: every other slot's partial was stored and fenced
 //    before its own decrement, which came earlier in the counter's order.
-//  * The warp then merges those rows one at a time, after a fence that
-//    acquires what the other CTAs released: lane s < K reads slot s's lse;
-//    the max and the sum of exp(lse_s - max) by xor shuffles; each lane
-//    adds two columns of every attending slot's partial (32 lanes cover
-//    64 columns a step, coalesced) weighted by that slot's share, and
-//    stores the normalized row in q's element type; lane 0 stores the lse.
+//  * The warp then merges those rows, after a fence that acquires what the
+//    other CTAs released: four rows at a time, eight lanes a row (the n-th
+//    row of the warp's mask of 16 to lanes 8(n % 4)..). Each lane reads
+//    the row's K lse (eight slots' loads in flight together), keeps their
+//    max and a slot that holds it, then adds its 16-byte chunks of every
+//    slot's partial, weighted by exp(lse_s - max): a slot that does not
+//    attend reads the best slot's row instead and adds nothing, so that
+//    all the reads of a step are issued at once and no unwritten row is
+//    read. The lane stores its chunks of the normalized row in q's element
+//    type; the row's first lane stores the lse.
 //
-// Every (token, head) is merged exactly once, by whichever CTA ends last:
-// the merge's reads of the partials (8.6 GB at 128K tokens, top-8) then
-// overlap other CTAs' tensor-core work instead of running in a kernel of
-// their own after the attention, and the separate merge's launch goes.
+// Every (token, head) is merged exactly once, by whichever CTA ends last,
+// and the separate merge's two kernels go. It is not the default: on the
+// H200 the merge's reads and the fences hold each CTA's slot while other
+// CTAs cannot use its share of the tensor cores, and the attention kernel
+// slowed by more than the separate merge takes (docs/PERFORMANCE.md,
+// eighth round). A kernel that overlaps a tile's epilogue with the next
+// tile's loads (persistent CTAs) is where it would pay.
 //
 //===----------------------------------------------------------------------===//
 
@@ -42,18 +49,12 @@ namespace {
 
 constexpr double kLog2E = 1.4426950408889634; // log2(e)
 constexpr double kLn2 = 0.6931471805599453;   // ln(2)
-
-/// `x` (f32) reduced over the 32 lanes of the warp by xor shuffles: max
-/// (llvm.maxnum) or sum.
-Value warpReduce(KernelBuilder &e, Value x, bool isMax) {
-  for (int64_t offset : {16, 8, 4, 2, 1}) {
-    Value other = gpu::ShuffleOp::create(e.b, x, offset, /*width=*/32,
-                                         gpu::ShuffleMode::XOR)
-                      .getShuffleResult();
-    x = isMax ? e.fmax(x, other) : e.fadd(x, other);
-  }
-  return x;
-}
+/// The merge's shape: lanes a row (four rows of a warp at a time), columns
+/// a lane reads at once (16 bytes of f16/bf16), slots whose reads are in
+/// flight together.
+constexpr int64_t kLanesPerRow = 8;
+constexpr int64_t kChunkColumns = 8;
+constexpr int64_t kSlotsPerStep = 8;
 
 /// Lane `source`'s `x` (i32 or f32), for every lane.
 Value broadcast(KernelBuilder &e, Value x, Value source) {
@@ -196,30 +197,66 @@ void AttentionKernel::emitMergeEpilogue(ImplicitLocOpBuilder &b,
     // Acquire: the other CTAs' partials of these rows.
     LLVM::FenceOp::create(mb, LLVM::AtomicOrdering::acq_rel, "device");
     KernelBuilder me{mb, e.element};
+    // Bit i: the warp's row i (quad i % 8, half i / 8) was its token's last.
+    Value rows = me.i32(0);
+    for (int64_t i = 0; i < kTileRows; ++i) {
+      Value bit = arith::AndIOp::create(
+          mb,
+          arith::ShRUIOp::create(mb, lastMask[i / 8], me.i32(4 * (i % 8))),
+          me.i32(1));
+      rows = arith::OrIOp::create(
+          mb, rows, arith::ShLIOp::create(mb, bit, me.i32(i)));
+    }
+    Value rowCount = LLVM::CtPopOp::create(mb, rows);
+    // Four rows at a time, eight lanes a row: group lane / 8 takes the
+    // (4 round + group)-th row of the mask.
+    Value group = me.div(t.lane, me.index(kLanesPerRow));
+    Value rounds = arith::CeilDivUIOp::create(
+        mb, arith::IndexCastOp::create(mb, mb.getIndexType(), rowCount),
+        me.index(32 / kLanesPerRow));
     scf::ForOp::create(
-        mb, me.index(0), me.index(kTileRows), me.index(1), ValueRange{},
-        [&](OpBuilder &fb, Location loc, Value i, ValueRange) {
+        mb, me.index(0), rounds, me.index(1), ValueRange{},
+        [&](OpBuilder &fb, Location loc, Value round, ValueRange) {
           ImplicitLocOpBuilder rb(loc, fb);
           KernelBuilder re{rb, e.element};
-          Value second = re.ule(re.index(8), i);
-          Value quadLane = toI32(rb, re.mul(re.rem(i, re.index(8)),
-                                            re.index(4)));
-          Value mask = re.select(second, lastMask[1], lastMask[0]);
-          Value bit = arith::AndIOp::create(
-              rb, arith::ShRUIOp::create(rb, mask, quadLane), re.i32(1));
-          // Warp-uniform: every lane sees the same mask.
+          Value n = toI32(rb, re.add(re.mul(round, re.index(32 / kLanesPerRow)),
+                                     group));
+          // The n-th set bit of the mask (0 past the last).
+          auto find = scf::ForOp::create(
+              rb, re.index(0), re.index(kTileRows), re.index(1),
+              ValueRange{re.i32(0), re.i32(0)},
+              [&](OpBuilder &bb, Location bloc, Value i, ValueRange c) {
+                ImplicitLocOpBuilder ib(bloc, bb);
+                KernelBuilder ie{ib, e.element};
+                Value i32 = toI32(ib, i);
+                Value set = arith::AndIOp::create(
+                    ib, arith::ShRUIOp::create(ib, rows, i32), ie.i32(1));
+                Value hit = arith::AndIOp::create(
+                    ib,
+                    arith::CmpIOp::create(ib, arith::CmpIPredicate::ne, set,
+                                          ie.i32(0)),
+                    arith::CmpIOp::create(ib, arith::CmpIPredicate::eq, c[0],
+                                          n));
+                scf::YieldOp::create(
+                    ib, ValueRange{ie.add(c[0], set),
+                                   ie.select(hit, i32, c[1])});
+              });
+          Value row = find.getResult(1);
+          // Its token, from the first lane of its quad (all lanes take
+          // part in both shuffles; the half picks one).
+          Value quadLane = arith::MulIOp::create(
+              rb, arith::RemUIOp::create(rb, row, re.i32(8)), re.i32(4));
+          Value token = arith::IndexCastOp::create(
+              rb, rb.getIndexType(),
+              re.select(arith::CmpIOp::create(rb, arith::CmpIPredicate::uge,
+                                              row, re.i32(8)),
+                        broadcast(re, token32[1], quadLane),
+                        broadcast(re, token32[0], quadLane)));
           nvvm_kernel::ifThen(
               rb,
-              arith::CmpIOp::create(rb, arith::CmpIPredicate::ne, bit,
-                                    re.i32(0)),
-              [&](ImplicitLocOpBuilder &ib) {
-                KernelBuilder ie{ib, e.element};
-                Value token = arith::IndexCastOp::create(
-                    ib, ib.getIndexType(),
-                    broadcast(ie, ie.select(second, token32[1], token32[0]),
-                              quadLane));
-                emitMergeRow(ib, t, token);
-              });
+              arith::CmpIOp::create(rb, arith::CmpIPredicate::ult, n,
+                                    rowCount),
+              [&](ImplicitLocOpBuilder &ib) { emitMergeRow(ib, t, token); });
           scf::YieldOp::create(rb);
         });
   });
@@ -229,106 +266,131 @@ void AttentionKernel::emitMergeRow(ImplicitLocOpBuilder &b, const CtaTile &t,
                                    Value token) {
   KernelBuilder e{b, element()};
   Type f32 = b.getF32Type();
-  // Lane s < K: slot s's lse; the row's max and each slot's share.
-  auto read = scf::IfOp::create(b, TypeRange{f32},
-                                e.ult(t.lane, e.index(slotsPerToken)),
-                                /*withElseRegion=*/true);
-  {
-    OpBuilder::InsertionGuard guard(b);
-    b.setInsertionPointToStart(&read.getThenRegion().front());
-    scf::YieldOp::create(
-        b, ValueRange{memref::LoadOp::create(b, partialLse,
-                                             ValueRange{t.lane, token, t.h})
-                          .getResult()});
-    b.setInsertionPointToStart(&read.getElseRegion().front());
-    scf::YieldOp::create(b, ValueRange{e.f32(kNegInf)});
-  }
-  Value lse = read.getResult(0);
-  Value max = warpReduce(e, lse, /*isMax=*/true);
-  Value finite = arith::CmpFOp::create(b, arith::CmpFPredicate::OGT, max,
-                                       e.f32(kNegInf));
-  Value weight = e.select(
-      finite,
-      e.exp2(e.fmul(arith::SubFOp::create(b, lse, max), e.f32(kLog2E))),
-      e.f32(0.0));
-  Value total = warpReduce(e, weight, /*isMax=*/false);
-
-  // Lane l's columns: pairs l, l + 32, ... of the row's headDim / 2. Where
-  // headDim / 2 is not a multiple of 32 the last step's spare lanes read a
-  // valid pair (clamped) and store nothing.
-  int64_t pairs = headDim / 2;
-  int64_t steps = (pairs + 31) / 32;
+  Type partialElement =
+      cast<MemRefType>(partialOut.getType()).getElementType();
+  // This lane's place in its row's eight, and its chunks of 8 columns:
+  // sub, sub + 8, ... (past the row's last chunk, a lane re-reads the last
+  // and stores nothing).
+  Value sub = e.rem(t.lane, e.index(kLanesPerRow));
+  int64_t chunks = headDim / kChunkColumns;
+  int64_t laneChunks = (chunks + kLanesPerRow - 1) / kLanesPerRow;
   SmallVector<Value> columns, inRow;
-  for (int64_t j = 0; j < steps; ++j) {
-    Value pair = e.add(t.lane, e.index(32 * j));
-    inRow.push_back(e.ult(pair, e.index(pairs)));
-    columns.push_back(
-        e.mul(e.minU(pair, e.index(pairs - 1)), e.index(2)));
+  for (int64_t m = 0; m < laneChunks; ++m) {
+    Value chunk = e.add(sub, e.index(kLanesPerRow * m));
+    inRow.push_back(e.ult(chunk, e.index(chunks)));
+    columns.push_back(e.mul(e.minU(chunk, e.index(chunks - 1)),
+                            e.index(kChunkColumns)));
   }
-  auto pairType = VectorType::get({2}, f32);
-  auto elementPair = VectorType::get({2}, e.element);
-  Value zeros = arith::ConstantOp::create(
-      b, DenseElementsAttr::get(pairType, 0.0f));
-  SmallVector<Value> inits(steps, zeros);
-  auto slots = scf::ForOp::create(
-      b, e.index(0), e.index(slotsPerToken), e.index(1), inits,
-      [&](OpBuilder &fb, Location loc, Value s, ValueRange sums) {
+  // Slots 8c + u, u < 8, a step of eight at a time so that their loads are
+  // in flight together; past K, slot K - 1 is read and ignored.
+  int64_t slotSteps = (slotsPerToken + kSlotsPerStep - 1) / kSlotsPerStep;
+  auto slotAt = [&](KernelBuilder &se, Value step, int64_t u,
+                    Value &inRange) {
+    Value slot = se.add(se.mul(step, se.index(kSlotsPerStep)), se.index(u));
+    inRange = se.ult(slot, se.index(slotsPerToken));
+    return se.minU(slot, se.index(slotsPerToken - 1));
+  };
+  auto lseOf = [&](KernelBuilder &se, Value slot, Value inRange) {
+    Value lse = memref::LoadOp::create(se.b, partialLse,
+                                       ValueRange{slot, token, t.h});
+    return se.select(inRange, lse, se.f32(kNegInf));
+  };
+  // The row's max lse, and a slot that holds it: a slot whose partial was
+  // written, read in place of the slots that do not attend.
+  auto best = scf::ForOp::create(
+      b, e.index(0), e.index(slotSteps), e.index(1),
+      ValueRange{e.f32(kNegInf), e.index(0)},
+      [&](OpBuilder &fb, Location loc, Value step, ValueRange c) {
         ImplicitLocOpBuilder sb(loc, fb);
         KernelBuilder se{sb, e.element};
-        Value share = broadcast(se, weight, toI32(sb, s));
-        // Warp-uniform: a slot that does not attend (share 0) has no
-        // partial row to read (it may hold anything, NaN included).
-        auto add = scf::IfOp::create(
-            sb, TypeRange(ValueRange(sums)),
-            arith::CmpFOp::create(sb, arith::CmpFPredicate::OGT, share,
-                                  se.f32(0.0)),
-            /*withElseRegion=*/true);
-        {
-          OpBuilder::InsertionGuard guard(sb);
-          sb.setInsertionPointToStart(&add.getThenRegion().front());
-          Value shares = vector::BroadcastOp::create(sb, pairType, share);
-          SmallVector<Value> added;
-          for (int64_t j = 0; j < steps; ++j) {
-            auto load = vector::LoadOp::create(
-                sb, elementPair, partialOut,
-                ValueRange{s, token, t.h, columns[j]});
-            load.setAlignment(2 * MmaTileShape::bytesOf(e.element));
-            Value values =
-                arith::ExtFOp::create(sb, pairType, load.getResult());
-            added.push_back(
-                vector::FMAOp::create(sb, values, shares, sums[j]));
-          }
-          scf::YieldOp::create(sb, added);
-          sb.setInsertionPointToStart(&add.getElseRegion().front());
-          scf::YieldOp::create(sb, sums);
+        Value max = c[0], at = c[1];
+        for (int64_t u = 0; u < kSlotsPerStep; ++u) {
+          Value inRange;
+          Value slot = slotAt(se, step, u, inRange);
+          Value lse = lseOf(se, slot, inRange);
+          at = se.select(arith::CmpFOp::create(sb, arith::CmpFPredicate::OGT,
+                                               lse, max),
+                         slot, at);
+          max = se.fmax(max, lse);
         }
-        scf::YieldOp::create(sb, add.getResults());
+        scf::YieldOp::create(sb, ValueRange{max, at});
+      });
+  Value max = best.getResult(0), bestSlot = best.getResult(1);
+  Value finite = arith::CmpFOp::create(b, arith::CmpFPredicate::OGT, max,
+                                       e.f32(kNegInf));
+
+  auto sumType = VectorType::get({kChunkColumns}, f32);
+  auto loadType = VectorType::get({kChunkColumns}, partialElement);
+  SmallVector<Value> inits = {e.f32(0.0)};
+  Value zeros =
+      arith::ConstantOp::create(b, DenseElementsAttr::get(sumType, 0.0f));
+  inits.append(laneChunks, zeros);
+  auto merged = scf::ForOp::create(
+      b, e.index(0), e.index(slotSteps), e.index(1), inits,
+      [&](OpBuilder &fb, Location loc, Value step, ValueRange c) {
+        ImplicitLocOpBuilder sb(loc, fb);
+        KernelBuilder se{sb, e.element};
+        Value total = c[0];
+        SmallVector<Value> sums(c.drop_front());
+        for (int64_t u = 0; u < kSlotsPerStep; ++u) {
+          Value inRange;
+          Value slot = slotAt(se, step, u, inRange);
+          Value lse = lseOf(se, slot, inRange);
+          Value share = se.select(
+              finite,
+              se.exp2(se.fmul(arith::SubFOp::create(sb, lse, max),
+                              se.f32(kLog2E))),
+              se.f32(0.0));
+          // A slot that does not attend has share 0 and no partial row (it
+          // may hold anything, NaN included): the best slot's is read
+          // instead and not added. A NaN share is added, so that it shows.
+          Value used = arith::CmpFOp::create(sb, arith::CmpFPredicate::UNE,
+                                             share, se.f32(0.0));
+          Value from = se.select(used, slot, bestSlot);
+          Value shares = vector::BroadcastOp::create(sb, sumType, share);
+          for (int64_t m = 0; m < laneChunks; ++m) {
+            auto load = vector::LoadOp::create(
+                sb, loadType, partialOut,
+                ValueRange{from, token, t.h, columns[m]});
+            load.setAlignment(16);
+            Value values = load.getResult();
+            if (partialElement != f32)
+              values = arith::ExtFOp::create(sb, sumType, values);
+            sums[m] = se.select(
+                used, vector::FMAOp::create(sb, values, shares, sums[m]),
+                sums[m]);
+          }
+          total = se.fadd(total, share);
+        }
+        SmallVector<Value> yields = {total};
+        yields.append(sums);
+        scf::YieldOp::create(sb, yields);
       });
 
-  Value any = arith::CmpFOp::create(b, arith::CmpFPredicate::OGT, total,
+  Value total = merged.getResult(0);
+  Value any = arith::CmpFOp::create(b, arith::CmpFPredicate::UNE, total,
                                     e.f32(0.0));
   Value inverse = vector::BroadcastOp::create(
-      b, pairType,
-      e.select(any, arith::DivFOp::create(b, e.f32(1.0), total),
-               e.f32(0.0)));
-  for (int64_t j = 0; j < steps; ++j) {
+      b, sumType,
+      e.select(any, arith::DivFOp::create(b, e.f32(1.0), total), e.f32(0.0)));
+  auto storeType = VectorType::get({kChunkColumns}, e.element);
+  for (int64_t m = 0; m < laneChunks; ++m) {
     auto store = [&](ImplicitLocOpBuilder &sb) {
       Value normalized = arith::TruncFOp::create(
-          sb, elementPair, e.fmul(slots.getResult(j), inverse));
+          sb, storeType, e.fmul(merged.getResult(1 + m), inverse));
       vector::StoreOp::create(sb, normalized, mergedOut,
-                              ValueRange{token, t.h, columns[j]})
-          .setAlignment(2 * MmaTileShape::bytesOf(e.element));
+                              ValueRange{token, t.h, columns[m]})
+          .setAlignment(16);
     };
-    if (pairs % 32 == 0 || j + 1 < steps)
+    if (chunks % kLanesPerRow == 0)
       store(b);
     else
-      nvvm_kernel::ifThen(b, inRow[j], store);
+      nvvm_kernel::ifThen(b, inRow[m], store);
   }
   Value rowLse = e.select(
-      any,
-      e.fadd(max, e.fmul(math::Log2Op::create(b, total), e.f32(kLn2))),
+      any, e.fadd(max, e.fmul(math::Log2Op::create(b, total), e.f32(kLn2))),
       e.f32(kNegInf));
-  nvvm_kernel::ifThen(b, e.ult(t.lane, e.index(1)),
+  nvvm_kernel::ifThen(b, e.ult(sub, e.index(1)),
                       [&](ImplicitLocOpBuilder &lb) {
                         memref::StoreOp::create(lb, rowLse, mergedLse,
                                                 ValueRange{token, t.h});

@@ -114,3 +114,47 @@ func.func @grouping_result_types(%sel: tensor<64x8x3xi32>, %cu: tensor<2xi32>, %
   %g:3 = "moba.group_queries"(%sel, %cu, %s, %c, %e) {block_size = 16 : i64} : (tensor<64x8x3xi32>, tensor<2xi32>, tensor<8x4xi32>, tensor<8x4xi32>, tensor<8x192xi32>) -> (tensor<8x4xi32>, tensor<8x5xi32>, tensor<8x192xi32>)
   return
 }
+
+// -----
+
+func.func @merge_type(%q: tensor<64x4x16xbf16>, %kv: tensor<64x2x16xbf16>, %cu: tensor<2xi32>,
+                      %sel: tensor<64x4x2xi32>, %s: tensor<4x4xi32>, %c: tensor<4x4xi32>,
+                      %e: tensor<4x128xi32>, %po: tensor<2x64x4x16xbf16>, %pl: tensor<2x64x4xf32>,
+                      %out: tensor<64x4x16xf32>, %lse: tensor<64x4xf32>) {
+  // expected-error @+1 {{out_init must hold the element type of q ('bf16'), got 'f32'}}
+  %p:4 = moba.grouped_block_attention q(%q : tensor<64x4x16xbf16>) k(%kv : tensor<64x2x16xbf16>) v(%kv : tensor<64x2x16xbf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x4x2xi32>) groups(%s : tensor<4x4xi32>, %c : tensor<4x4xi32>, %e : tensor<4x128xi32>) outs(%po : tensor<2x64x4x16xbf16>, %pl : tensor<2x64x4xf32>) merge(%out : tensor<64x4x16xf32>, %lse : tensor<64x4xf32>) {block_size = 16, scale = 0.25 : f32} -> tensor<2x64x4x16xbf16>, tensor<2x64x4xf32>, tensor<64x4x16xf32>, tensor<64x4xf32>
+  return
+}
+
+// -----
+
+func.func @merge_tokens(%q: tensor<64x4x16xbf16>, %kv: tensor<64x2x16xbf16>, %cu: tensor<2xi32>,
+                        %sel: tensor<64x4x2xi32>, %s: tensor<4x4xi32>, %c: tensor<4x4xi32>,
+                        %e: tensor<4x128xi32>, %po: tensor<2x64x4x16xbf16>, %pl: tensor<2x64x4xf32>,
+                        %out: tensor<64x4x16xbf16>, %lse: tensor<32x4xf32>) {
+  // expected-error @+1 {{dim 0 of q (64) and lse_init (32) disagree}}
+  %p:4 = moba.grouped_block_attention q(%q : tensor<64x4x16xbf16>) k(%kv : tensor<64x2x16xbf16>) v(%kv : tensor<64x2x16xbf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x4x2xi32>) groups(%s : tensor<4x4xi32>, %c : tensor<4x4xi32>, %e : tensor<4x128xi32>) outs(%po : tensor<2x64x4x16xbf16>, %pl : tensor<2x64x4xf32>) merge(%out : tensor<64x4x16xbf16>, %lse : tensor<32x4xf32>) {block_size = 16, scale = 0.25 : f32} -> tensor<2x64x4x16xbf16>, tensor<2x64x4xf32>, tensor<64x4x16xbf16>, tensor<32x4xf32>
+  return
+}
+
+// -----
+
+func.func @merge_rank(%q: tensor<64x4x16xbf16>, %kv: tensor<64x2x16xbf16>, %cu: tensor<2xi32>,
+                      %sel: tensor<64x4x2xi32>, %s: tensor<4x4xi32>, %c: tensor<4x4xi32>,
+                      %e: tensor<4x128xi32>, %po: tensor<2x64x4x16xbf16>, %pl: tensor<2x64x4xf32>,
+                      %out: tensor<64x64xbf16>, %lse: tensor<64x4xf32>) {
+  // expected-error @+1 {{expects out_init of rank 3 ([tokens, query heads, head_dim]), got rank 2 ([64, 64])}}
+  %p:4 = moba.grouped_block_attention q(%q : tensor<64x4x16xbf16>) k(%kv : tensor<64x2x16xbf16>) v(%kv : tensor<64x2x16xbf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x4x2xi32>) groups(%s : tensor<4x4xi32>, %c : tensor<4x4xi32>, %e : tensor<4x128xi32>) outs(%po : tensor<2x64x4x16xbf16>, %pl : tensor<2x64x4xf32>) merge(%out : tensor<64x64xbf16>, %lse : tensor<64x4xf32>) {block_size = 16, scale = 0.25 : f32} -> tensor<2x64x4x16xbf16>, tensor<2x64x4xf32>, tensor<64x64xbf16>, tensor<64x4xf32>
+  return
+}
+
+// -----
+
+func.func @merge_results(%q: tensor<64x4x16xbf16>, %kv: tensor<64x2x16xbf16>, %cu: tensor<2xi32>,
+                         %sel: tensor<64x4x2xi32>, %s: tensor<4x4xi32>, %c: tensor<4x4xi32>,
+                         %e: tensor<4x128xi32>, %po: tensor<2x64x4x16xbf16>, %pl: tensor<2x64x4xf32>,
+                         %out: tensor<64x4x16xbf16>, %lse: tensor<64x4xf32>) {
+  // expected-error @+1 {{on tensors, expects four results of the types of partial_out_init, partial_lse_init, out_init and lse_init}}
+  %p:2 = moba.grouped_block_attention q(%q : tensor<64x4x16xbf16>) k(%kv : tensor<64x2x16xbf16>) v(%kv : tensor<64x2x16xbf16>) cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x4x2xi32>) groups(%s : tensor<4x4xi32>, %c : tensor<4x4xi32>, %e : tensor<4x128xi32>) outs(%po : tensor<2x64x4x16xbf16>, %pl : tensor<2x64x4xf32>) merge(%out : tensor<64x4x16xbf16>, %lse : tensor<64x4xf32>) {block_size = 16, scale = 0.25 : f32} -> tensor<2x64x4x16xbf16>, tensor<2x64x4xf32>
+  return
+}

@@ -69,3 +69,38 @@ func.func @grouping_on_buffers(%sel: memref<?x8x2xi32>, %cu: memref<?xi32>,
       {block_size = 64}
   return
 }
+
+// With the merge fused (moba-fuse-lse-merge): four results on tensors, the
+// merged output and lse after the partials.
+// CHECK-LABEL: func.func @merged
+// CHECK: %{{.*}}:4 = moba.grouped_block_attention {{.*}} outs(%{{.*}} : tensor<2x64x4x16xbf16>, %{{.*}} : tensor<2x64x4xf32>) merge(%{{.*}} : tensor<64x4x16xbf16>, %{{.*}} : tensor<64x4xf32>) {block_size = 16 : i64, scale = 2.500000e-01 : f32} -> tensor<2x64x4x16xbf16>, tensor<2x64x4xf32>, tensor<64x4x16xbf16>, tensor<64x4xf32>
+func.func @merged(%q: tensor<64x4x16xbf16>, %kv: tensor<64x2x16xbf16>, %cu: tensor<2xi32>,
+                  %sel: tensor<64x4x2xi32>, %s: tensor<4x4xi32>, %c: tensor<4x4xi32>,
+                  %e: tensor<4x128xi32>, %po: tensor<2x64x4x16xbf16>, %pl: tensor<2x64x4xf32>,
+                  %out: tensor<64x4x16xbf16>, %lse: tensor<64x4xf32>)
+    -> (tensor<64x4x16xbf16>, tensor<64x4xf32>) {
+  %p:4 = moba.grouped_block_attention q(%q : tensor<64x4x16xbf16>)
+      k(%kv : tensor<64x2x16xbf16>) v(%kv : tensor<64x2x16xbf16>)
+      cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x4x2xi32>)
+      groups(%s : tensor<4x4xi32>, %c : tensor<4x4xi32>, %e : tensor<4x128xi32>)
+      outs(%po : tensor<2x64x4x16xbf16>, %pl : tensor<2x64x4xf32>)
+      merge(%out : tensor<64x4x16xbf16>, %lse : tensor<64x4xf32>)
+      {block_size = 16, scale = 0.25 : f32}
+      -> tensor<2x64x4x16xbf16>, tensor<2x64x4xf32>, tensor<64x4x16xbf16>, tensor<64x4xf32>
+  return %p#2, %p#3 : tensor<64x4x16xbf16>, tensor<64x4xf32>
+}
+
+// CHECK-LABEL: func.func @merged_on_buffers
+// CHECK: moba.grouped_block_attention {{.*}} merge(%{{.*}} : memref<?x8x64xf16>, %{{.*}} : memref<?x8xf32>) {block_size = 16 : i64, scale = 1.250000e-01 : f32}
+// CHECK-NEXT: return
+func.func @merged_on_buffers(%q: memref<?x8x64xf16>, %kv: memref<?x2x64xf16>, %cu: memref<?xi32>,
+                             %sel: memref<?x8x2xi32>, %s: memref<8x?xi32>, %e: memref<8x?xi32>,
+                             %o: memref<2x?x8x64xf16>, %l: memref<2x?x8xf32>,
+                             %out: memref<?x8x64xf16>, %lse: memref<?x8xf32>) {
+  moba.grouped_block_attention q(%q : memref<?x8x64xf16>) k(%kv : memref<?x2x64xf16>)
+      v(%kv : memref<?x2x64xf16>) cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x8x2xi32>)
+      groups(%s : memref<8x?xi32>, %s : memref<8x?xi32>, %e : memref<8x?xi32>)
+      outs(%o : memref<2x?x8x64xf16>, %l : memref<2x?x8xf32>)
+      merge(%out : memref<?x8x64xf16>, %lse : memref<?x8xf32>) {block_size = 16, scale = 0.125 : f32}
+  return
+}

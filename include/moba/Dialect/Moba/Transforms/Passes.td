@@ -95,7 +95,10 @@ def MobaFuseLseMerge : Pass<"moba-fuse-lse-merge"> {
 
     Lowerings that have no fused merge (`moba-lower-to-loops`) split it
     back, so the fused form is always legal. The merged output must have
-    the element type of q.
+    the element type of q. `moba-gpu-pipeline` runs it only with
+    `mma-fused-merge=true`: on the H200 the fused epilogue (fences, the
+    rows' reads while the CTA holds its slot) cost the attention kernel
+    more than the separate merge takes (docs/PERFORMANCE.md).
   }];
 }
 
