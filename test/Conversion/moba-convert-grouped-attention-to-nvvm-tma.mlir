@@ -1,9 +1,23 @@
 // The wgmma form with K and V loaded by TMA (key-value-loads=tma), and the
 // options' diagnostics.
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma" | FileCheck %s
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma warps=12" | FileCheck %s --check-prefix=THREE
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tmx" 2>&1 | FileCheck %s --check-prefix=BADLOADS
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=NOWGMMA
 
+// Three warpgroups (192 entries) share each K/V chunk, in order (TMA
+// never takes the overlapped form): 384 threads; the bounds of 12 warps
+// (96 bytes), four mbarriers (32), the slack (1024), Q of three
+// warpgroups (3 x 16384), K and V two buffers each (4 x 16384): 115840
+// bytes, one CTA an SM, so no stated occupancy; no P, each warpgroup
+// multiplies P V from its registers; no K/V by cp.async.
+// THREE-LABEL: func.func @single_value_buffer
+// THREE: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c384{{.*}}) dynamic_shared_memory_size %c115840_i32 {
+// THREE-NOT: nvvm.minctasm
+// THREE: nvvm.mbarrier.try_wait.parity
+// THREE: nvvm.inline_ptx {{.+}}wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16
+// THREE-NOT: nvgpu.device_async_copy %arg1
+// THREE-LABEL: func.func @no_wgmma
 // BADLOADS: key-value-loads must be cp.async or tma, got 'tmx'
 // NOWGMMA: key-value-loads=tma needs instruction=wgmma (TMA is sm_90's)
 

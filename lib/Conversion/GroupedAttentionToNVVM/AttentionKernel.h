@@ -71,8 +71,10 @@ struct MmaTileShape {
   int64_t warps;
   int64_t keyChunk;
   MatrixInstruction instruction = MatrixInstruction::MmaSync;
-  /// K and V by TMA on mbarriers (wgmma, one warpgroup, softmax not
-  /// overlapped: supportsBulkLoads) instead of cp.async.
+  /// K and V by TMA on mbarriers (wgmma: supportsBulkLoads) instead of
+  /// cp.async. The loop then runs in order (overlapsSoftmax is false),
+  /// whatever the warpgroups: a CTA of several shares each K/V chunk among
+  /// them, which divides the L2 reads by their number.
   bool bulkLoads = false;
   /// wgmma, in order: P stays in registers as the A operand of P V (the
   /// register-A form of wgmma, WgmmaChunkLoop.cpp) instead of passing
@@ -116,11 +118,12 @@ struct MmaTileShape {
   /// and V (one or two) complete, 8 bytes each, after the causal bounds.
   static constexpr int64_t kBulkBarriers = 4;
   int64_t barrierBytes() const { return bulkLoads ? kBulkBarriers * 8 : 0; }
-  /// Whether bulkLoads (and registerProbabilities) may be set: the wgmma
-  /// form's in-order loop (WgmmaChunkLoop.cpp), for one warpgroup.
-  bool supportsBulkLoads(int64_t headDim, Type element) const {
-    return isWgmma() && warpgroups() == 1 &&
-           !overlapsSoftmax(headDim, element);
+  /// Whether bulkLoads may be set: the wgmma form, whose in-order loop
+  /// (WgmmaChunkLoop.cpp) has the TMA pipeline.
+  bool supportsBulkLoads() const { return isWgmma(); }
+  /// Whether registerProbabilities may be set: the in-order wgmma loop.
+  bool supportsRegisterProbabilities(int64_t headDim, Type element) const {
+    return isWgmma() && !overlapsSoftmax(headDim, element);
   }
   /// wgmma: each warpgroup's 64 queries.
   int64_t queryBytes(int64_t headDim, Type element) const {
@@ -160,13 +163,15 @@ struct MmaTileShape {
     return ctas >= 2 && registerBudget(ctas) >= kWgmmaRegisters ? ctas : 0;
   }
   /// wgmma: whether each chunk's softmax runs while the tensor cores
-  /// multiply the previous chunk's P V (WgmmaChunkLoop.cpp). Not when the
-  /// CTA is one warpgroup and two CTAs fit an SM's shared memory: there the
-  /// CTAs' warpgroups already take turns on the tensor cores, and the
-  /// overlapped form's extra product (the first chunk's, of zeros) cost
-  /// 5% on the H200 (docs/PERFORMANCE.md).
+  /// multiply the previous chunk's P V (WgmmaChunkLoop.cpp), with cp.async
+  /// loads only. Not when the CTA is one warpgroup and two CTAs fit an SM's
+  /// shared memory: there the CTAs' warpgroups already take turns on the
+  /// tensor cores, and the overlapped form's extra product (the first
+  /// chunk's, of zeros) cost 5% on the H200 (docs/PERFORMANCE.md). With
+  /// TMA the warpgroups of one CTA take turns likewise: three in order
+  /// measured 4% faster at 128K tokens than one per CTA (eighth round).
   bool overlapsSoftmax(int64_t headDim, Type element) const {
-    return isWgmma() &&
+    return isWgmma() && !bulkLoads &&
            !(warpgroups() == 1 &&
              ctasPerSM(sharedBytes(headDim, element)) >= 2);
   }

@@ -837,15 +837,13 @@ struct MobaConvertGroupedAttentionToNVVMPass
       shape.instruction = wantWgmma && (headDim == 64 || headDim == 128)
                               ? MatrixInstruction::Wgmma
                               : MatrixInstruction::MmaSync;
-      shape.bulkLoads = false;
-      if (keyValueLoads == "tma")
-        shape.bulkLoads =
-            shape.supportsBulkLoads(headDim, qType.getElementType());
+      shape.bulkLoads = keyValueLoads == "tma" && shape.supportsBulkLoads();
       // The in-order wgmma loop keeps P in registers (it measured 4-9%
       // faster at block 512 than P through shared memory, the same at 128:
       // docs/PERFORMANCE.md, seventh round).
-      shape.registerProbabilities =
-          shape.supportsBulkLoads(headDim, qType.getElementType());
+      shape.registerProbabilities = false;
+      shape.registerProbabilities = shape.supportsRegisterProbabilities(
+          headDim, qType.getElementType());
       int64_t sharedBytes = shape.sharedBytes(headDim, qType.getElementType());
       if (sharedBytes > kMaxSharedBytes) {
         op.emitOpError() << "needs " << sharedBytes
