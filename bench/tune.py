@@ -32,10 +32,11 @@ DEFAULT_CONFIGS = [  # N, Hq, Hkv, D, block, top_k, dtype
 WARPS = (2, 4, 8)
 KEY_CHUNKS = (32, 64, 128)
 # wgmma takes whole warpgroups and 64-key panels.
-WGMMA_WARPS = (4, 8)
+WGMMA_WARPS = (4, 8, 12)
 WGMMA_KEY_CHUNKS = (64, 128)
-# How wgmma's K and V reach shared memory (the kernel takes TMA only with
-# one warpgroup; other shapes compile to cp.async whatever is asked).
+# How wgmma's K and V reach shared memory. With TMA the warpgroups of a
+# CTA run in order and share each K/V chunk; with cp.async a CTA of several
+# overlaps the softmax with the products instead.
 WGMMA_LOADS = ("cp.async", "tma")
 CHECK_TOKENS = 16384
 
