@@ -6,10 +6,12 @@
 
 compiles head_dim 128, bf16, causal MoBA with the tuning table's kernels
 (MOBA_MMA_* as in test/device/gpu_check.py pick others) and calls it once
-on random inputs. With K/V by TMA (the tuned rows) the attention is
-moba's tenth launch, after the tensor maps' (--launch-skip 9); with
-cp.async its ninth (--launch-skip 8). docs/PERFORMANCE.md has what it
-showed.
+on random inputs. --launch-skip is the number of moba's launches before
+the attention: pooling (two for blocks of more than 256 keys), the means'
+split, the gate, the grouping's three, the partials' clearing, the tile
+list and, with K/V by TMA (the tuned rows), the tensor maps: 9 for the
+tuned rows at block 128, 10 at block 512 and 4096. docs/PERFORMANCE.md
+has what it showed (measured before pooling took two launches: 9).
 Run with PYTHONPATH=.device after `bash .device/run.sh small` has unpacked
 the library.
 """

@@ -44,6 +44,8 @@ struct LoweringPattern : OpRewritePattern<OpTy> {
 
 struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
   using LoweringPattern::LoweringPattern;
+  /// Keys one parallel iteration sums (parallel form, long blocks).
+  static constexpr int64_t kPoolChunk = 256;
 
   LogicalResult matchAndRewrite(BlockPoolOp op,
                                 PatternRewriter &rewriter) const override {
@@ -77,9 +79,69 @@ struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
     };
 
     if (parallel) {
+      // The sum of keys [first, last) of (g, d), f32.
+      auto sumKeys = [&](ImplicitLocOpBuilder &ib, Value first, Value last,
+                         Value g, Value d) {
+        LoopEmitter ie(ib);
+        return ie.forLoop(first, last, ValueRange{ie.f32(0.0)},
+                          [&](ImplicitLocOpBuilder &kb, Value s,
+                              ValueRange acc) -> SmallVector<Value> {
+                            Value x = tensor::ExtractOp::create(
+                                kb, keys, ValueRange{s, g, d});
+                            if (x.getType() != kb.getF32Type())
+                              x = arith::ExtFOp::create(kb, kb.getF32Type(),
+                                                        x);
+                            return {arith::AddFOp::create(kb, acc[0], x)};
+                          })[0];
+      };
+      OpFoldResult rows = tensor::getMixedSize(b, b.getLoc(), op.getInit(), 0);
+      // Blocks longer than kPoolChunk keys are summed in two passes: one
+      // iteration per (block row, chunk of kPoolChunk keys, head, dim)
+      // into partial sums, then the chunks' sums added per (row, head,
+      // dim). One pass would leave too few iterations, each walking
+      // thousands of keys one dependent load after another (0.48 ms at
+      // 128K tokens, block 4096, 32 rows x 8 heads x 128 dims; the keys'
+      // bytes take 0.07 ms).
+      int64_t chunks = (blockSize + kPoolChunk - 1) / kPoolChunk;
+      Value partials;
+      if (chunks > 1) {
+        Value rowCount = getValueOrCreateConstantIndexOp(b, b.getLoc(), rows);
+        Value items =
+            arith::MulIOp::create(b, rowCount, e.index(chunks)).getResult();
+        Value empty = tensor::EmptyOp::create(
+            b, ArrayRef<int64_t>{ShapedType::kDynamic, kvHeads, headDim},
+            b.getF32Type(), ValueRange{items});
+        partials = e.forall(
+            {items, b.getIndexAttr(kvHeads), b.getIndexAttr(headDim)},
+            ValueRange{empty},
+            [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+                ValueRange outs) -> SmallVector<SliceWrite> {
+              LoopEmitter pe(pb);
+              Value row = arith::DivUIOp::create(pb, ivs[0], pe.index(chunks));
+              Value chunk =
+                  arith::RemUIOp::create(pb, ivs[0], pe.index(chunks));
+              Value j, valid;
+              Sequence seq = pe.locateBlockRow(op.getCuSeqlens(), blockSize,
+                                               row, j, valid);
+              auto [first, last] = pe.blockKeys(seq, j, blockSize);
+              // A row past the last block sums nothing (first = last).
+              last = arith::SelectOp::create(pb, valid, last, first);
+              Value from = arith::MinUIOp::create(
+                  pb,
+                  arith::AddIOp::create(
+                      pb, first,
+                      arith::MulIOp::create(pb, chunk,
+                                            pe.index(kPoolChunk))),
+                  last);
+              Value to = arith::MinUIOp::create(
+                  pb, arith::AddIOp::create(pb, from, pe.index(kPoolChunk)),
+                  last);
+              return {pe.scalarWrite(sumKeys(pb, from, to, ivs[1], ivs[2]),
+                                     outs[0], ivs)};
+            })[0];
+      }
       // One iteration per (block row, key/value head, dim): neighbouring
       // iterations (a GPU warp) read neighbouring elements of each key row.
-      OpFoldResult rows = tensor::getMixedSize(b, b.getLoc(), op.getInit(), 0);
       SmallVector<Value> result = e.forall(
           {rows, b.getIndexAttr(kvHeads), b.getIndexAttr(headDim)},
           ValueRange{op.getInit()},
@@ -101,16 +163,24 @@ struct LowerBlockPool : LoweringPattern<BlockPoolOp> {
                   ImplicitLocOpBuilder ib(loc, tb);
                   LoopEmitter ie(ib);
                   auto [first, last] = ie.blockKeys(seq, j, blockSize);
-                  Value sum = ie.forLoop(
-                      first, last, ValueRange{ie.f32(0.0)},
-                      [&](ImplicitLocOpBuilder &kb, Value s,
-                          ValueRange acc) -> SmallVector<Value> {
-                        Value x = tensor::ExtractOp::create(
-                            kb, keys, ValueRange{s, g, d});
-                        if (x.getType() != kb.getF32Type())
-                          x = arith::ExtFOp::create(kb, kb.getF32Type(), x);
-                        return {arith::AddFOp::create(kb, acc[0], x)};
-                      })[0];
+                  Value sum;
+                  if (!partials) {
+                    sum = sumKeys(ib, first, last, g, d);
+                  } else {
+                    Value base =
+                        arith::MulIOp::create(ib, row, ie.index(chunks));
+                    sum = ie.forLoop(
+                        ie.index(0), ie.index(chunks),
+                        ValueRange{ie.f32(0.0)},
+                        [&](ImplicitLocOpBuilder &kb, Value c,
+                            ValueRange acc) -> SmallVector<Value> {
+                          Value x = tensor::ExtractOp::create(
+                              kb, partials,
+                              ValueRange{arith::AddIOp::create(kb, base, c),
+                                         g, d});
+                          return {arith::AddFOp::create(kb, acc[0], x)};
+                        })[0];
+                  }
                   Value count = arith::UIToFPOp::create(
                       ib, ib.getF32Type(),
                       arith::IndexCastUIOp::create(

@@ -38,3 +38,27 @@ func.func @block_pool(%k: tensor<?x2x16xbf16>, %cu: tensor<?xi32>, %m0: tensor<?
   return %m : tensor<?x2x16xf32>
 }
 
+
+// Blocks of more than 256 keys: a first forall over (block row x chunk of
+// 256 keys, head, dim) sums each chunk into partial sums (a row past the
+// last block sums nothing), and the forall above adds a row's 4 chunks
+// (1000 keys) before dividing by its key count.
+// CHECK-LABEL: func @block_pool_long
+// CHECK: %[[ITEMS:.+]] = arith.muli %{{.+}}, %c4 : index
+// CHECK: %[[EMPTY:.+]] = tensor.empty(%[[ITEMS]]) : tensor<?x2x16xf32>
+// CHECK: %[[PARTIALS:.+]] = scf.forall (%[[I:.+]], %{{.+}}, %{{.+}}) in (%[[ITEMS]], 2, 16) shared_outs(%{{.+}} = %[[EMPTY]])
+// CHECK:   arith.divui %[[I]], %c4
+// CHECK:   %[[CHUNK:.+]] = arith.remui %[[I]], %c4
+// CHECK:   arith.muli %[[CHUNK]], %c256
+// CHECK:   scf.for {{.+}} -> (f32) {
+// CHECK:     tensor.extract %arg0
+// CHECK: scf.forall (%[[ROW:.+]], %[[G:.+]], %[[D:.+]]) in (%{{.+}}, 2, 16) shared_outs(%{{.+}} = %arg2)
+// CHECK:   %[[BASE:.+]] = arith.muli %[[ROW]], %c4
+// CHECK:   scf.for %[[C:.+]] = %c0 to %c4 step %c1 iter_args(%{{.+}} = %{{.+}}) -> (f32) {
+// CHECK:     %[[AT:.+]] = arith.addi %[[BASE]], %[[C]]
+// CHECK:     tensor.extract %[[PARTIALS]][%[[AT]], %[[G]], %[[D]]]
+// CHECK:   arith.divf
+func.func @block_pool_long(%k: tensor<?x2x16xbf16>, %cu: tensor<?xi32>, %m0: tensor<?x2x16xf32>) -> tensor<?x2x16xf32> {
+  %m = moba.block_pool keys(%k : tensor<?x2x16xbf16>) cu_seqlens(%cu : tensor<?xi32>) outs(%m0 : tensor<?x2x16xf32>) {block_size = 1000}
+  return %m : tensor<?x2x16xf32>
+}
