@@ -59,6 +59,7 @@ using namespace mlir::moba;
 using nvvm_kernel::KernelBuilder;
 using nvvm_kernel::launch;
 using nvvm_kernel::locateSequence;
+using nvvm_kernel::toI32;
 using nvvm_kernel::TokenSequence;
 
 namespace {
@@ -85,10 +86,6 @@ private:
   void emitSlotWalk(ImplicitLocOpBuilder &b, bool place);
   void emitScan(ImplicitLocOpBuilder &b);
 };
-
-Value toI32(ImplicitLocOpBuilder &b, Value index) {
-  return arith::IndexCastOp::create(b, b.getI32Type(), index);
-}
 
 void GroupingKernels::emit(ImplicitLocOpBuilder &b) {
   KernelBuilder e{b, b.getI32Type()};

@@ -44,6 +44,7 @@
 using namespace mlir;
 using namespace mlir::moba;
 using namespace mlir::moba::grouped_attention;
+using nvvm_kernel::toI32;
 
 namespace {
 
@@ -61,10 +62,6 @@ Value broadcast(KernelBuilder &e, Value x, Value source) {
   return gpu::ShuffleOp::create(e.b, x, source, e.i32(32),
                                 gpu::ShuffleMode::IDX)
       .getShuffleResult();
-}
-
-Value toI32(ImplicitLocOpBuilder &b, Value index) {
-  return arith::IndexCastOp::create(b, b.getI32Type(), index);
 }
 
 } // namespace

@@ -375,12 +375,9 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
     {
       OpBuilder::InsertionGuard leaderGuard(b);
       b.setInsertionPointToStart(&leader.getThenRegion().front());
-      auto toI32 = [&](Value x) -> Value {
-        return arith::IndexCastOp::create(b, b.getI32Type(), x);
-      };
-      memref::StoreOp::create(b, toI32(latest), reduceBuffer,
+      memref::StoreOp::create(b, nvvm_kernel::toI32(b, latest), reduceBuffer,
                               ValueRange{t.warp});
-      memref::StoreOp::create(b, toI32(earliest), reduceBuffer,
+      memref::StoreOp::create(b, nvvm_kernel::toI32(b, earliest), reduceBuffer,
                               ValueRange{e.add(t.warp, e.index(shape.warps))});
     }
     gpu::BarrierOp::create(b);
@@ -882,14 +879,15 @@ struct MobaConvertGroupedAttentionToNVVMPass
       kernel.mergedOut = op.getOutInit();
       kernel.mergedLse = op.getLseInit();
       Value tokens = memref::DimOp::create(b, op.getQ(), 0);
-      Value slots = arith::MulIOp::create(
-          b, tokens,
-          arith::ConstantIndexOp::create(b, kernel.numHeads *
-                                                kernel.slotsPerToken));
-      if (kernel.merged())
+      if (kernel.merged()) {
         kernel.emitMergeInit(b, tokens);
-      else
+      } else {
+        Value slots = arith::MulIOp::create(
+            b, tokens,
+            arith::ConstantIndexOp::create(b, kernel.numHeads *
+                                                  kernel.slotsPerToken));
         emitInitKernel(b, kernel.partialLse, slots, kernel.numHeads, tokens);
+      }
       kernel.emit(b);
       rewriter.eraseOp(op);
     }

@@ -164,6 +164,11 @@ struct KernelBuilder {
   }
 };
 
+/// `index` as an i32 (lane numbers, shuffle operands, i32 buffers).
+inline Value toI32(ImplicitLocOpBuilder &b, Value index) {
+  return arith::IndexCastOp::create(b, b.getI32Type(), index);
+}
+
 /// `then` emitted in an scf.if without else, taken where `condition` holds;
 /// the builder's insertion point is restored after it.
 inline void ifThen(ImplicitLocOpBuilder &b, Value condition,
