@@ -39,8 +39,6 @@
 
 #include "AttentionKernel.h"
 
-#include <cmath>
-
 using namespace mlir;
 using namespace mlir::moba;
 using namespace mlir::moba::grouped_attention;
