@@ -36,8 +36,9 @@ WGMMA_WARPS = (4, 8, 12)
 WGMMA_KEY_CHUNKS = (64, 128)
 # How wgmma's K and V reach shared memory. With TMA the warpgroups of a
 # CTA run in order and share each K/V chunk; with cp.async a CTA of several
-# overlaps the softmax with the products instead.
-WGMMA_LOADS = ("cp.async", "tma")
+# overlaps the softmax with the products instead; tma-multicast shares each
+# chunk between the two CTAs of a cluster too.
+WGMMA_LOADS = ("cp.async", "tma", "tma-multicast")
 CHECK_TOKENS = 16384
 
 

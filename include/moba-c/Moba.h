@@ -63,6 +63,9 @@ typedef enum MobaKeyValueLoads {
   MOBA_KEY_VALUE_LOADS_CP_ASYNC = 1,
   /* TMA bulk copies on mbarriers; needs wgmma (sm_90a). */
   MOBA_KEY_VALUE_LOADS_TMA = 2,
+  /* TMA shared by clusters of two CTAs that read the same keys (multicast
+   * copies, a cluster barrier per chunk); needs wgmma (sm_90a). */
+  MOBA_KEY_VALUE_LOADS_TMA_MULTICAST = 3,
 } MobaKeyValueLoads;
 
 typedef enum MobaMerge {

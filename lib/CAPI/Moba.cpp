@@ -94,6 +94,9 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
   case MOBA_KEY_VALUE_LOADS_TMA:
     options.mmaKeyValueLoads = "tma";
     break;
+  case MOBA_KEY_VALUE_LOADS_TMA_MULTICAST:
+    options.mmaKeyValueLoads = "tma-multicast";
+    break;
   default:
     setError(error,
              "unknown mma_key_value_loads " +

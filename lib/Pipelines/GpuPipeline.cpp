@@ -44,6 +44,12 @@ struct RejectOptionsPass
   std::string message;
 };
 
+/// Whether the attention's K and V come by TMA (alone or multicast).
+bool usesTma(const GpuPipelineOptions &options) {
+  return options.mmaKeyValueLoads == "tma" ||
+         options.mmaKeyValueLoads == "tma-multicast";
+}
+
 } // namespace
 
 std::string mlir::moba::checkGpuPipelineOptions(
@@ -95,15 +101,16 @@ std::string mlir::moba::checkGpuPipelineOptions(
              std::to_string(options.mmaWarps) + " and " +
              std::to_string(options.mmaKeyChunk);
   }
-  if (options.mmaKeyValueLoads != "cp.async" &&
-      options.mmaKeyValueLoads != "tma")
-    return "moba-gpu-pipeline: mma-key-value-loads must be cp.async or tma, "
-           "got '" +
+  bool tma = usesTma(options);
+  if (options.mmaKeyValueLoads != "cp.async" && !tma)
+    return "moba-gpu-pipeline: mma-key-value-loads must be cp.async, tma or "
+           "tma-multicast, got '" +
            options.mmaKeyValueLoads + "'";
-  if (options.mmaKeyValueLoads == "tma" && options.mmaInstruction != "wgmma")
-    return "moba-gpu-pipeline: mma-key-value-loads=tma needs "
-           "mma-instruction=wgmma, got '" +
-           options.mmaInstruction + "'";
+  if (tma && options.mmaInstruction != "wgmma")
+    return "moba-gpu-pipeline: mma-key-value-loads=" +
+           options.mmaKeyValueLoads +
+           " needs mma-instruction=wgmma, got '" + options.mmaInstruction +
+           "'";
   if (options.tileK < 1)
     return "moba-gpu-pipeline: tile-k must be at least 1, got " +
            std::to_string(options.tileK);
@@ -204,7 +211,7 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   pm.addPass(memref::createExpandStridedMetadataPass());
   GpuNVVMAttachTargetOptions target;
   target.chip = options.chip;
-  target.features = options.mmaKeyValueLoads == "tma"
+  target.features = usesTma(options)
                         ? withPtxAtLeast(options.features, 83)
                         : std::string(options.features);
   target.optLevel = 3;

@@ -461,11 +461,12 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     choice with its shape, and mma.sync when mma_warps or mma_key_chunk is
     given.
     mma_key_value_loads: with wgmma, how K and V reach shared memory:
-    "tma" (TMA bulk copies on mbarriers, started by one thread) or
-    "cp.async" (every thread copies 16 bytes at a time); None: the tuning
-    table's choice with its shape, else "cp.async". "tma" needs K and V
-    16-byte aligned with strides of whole 16 bytes (a contiguous head_dim
-    of 64 or 128 is).
+    "tma" (TMA bulk copies on mbarriers, started by one thread),
+    "tma-multicast" (TMA shared by clusters of two CTAs that read the same
+    keys: each copies half of a chunk into both) or "cp.async" (every thread
+    copies 16 bytes at a time); None: the tuning table's choice with its
+    shape, else "cp.async". The TMA forms need K and V 16-byte aligned with
+    strides of whole 16 bytes (a contiguous head_dim of 64 or 128 is).
     mma_merge: where the slots' partials are merged: "separate" (None:
     kernels of their own after the attention) or "fused" (inside the
     attention kernel, by the CTA that finishes a row's last slot; slower on
@@ -502,12 +503,14 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if mma_instruction not in (None, "mma.sync", "wgmma"):
         raise ValueError(f"mma_instruction must be 'mma.sync', 'wgmma' or "
                          f"None, got {mma_instruction!r}")
-    if mma_key_value_loads not in (None, "cp.async", "tma"):
-        raise ValueError(f"mma_key_value_loads must be 'cp.async', 'tma' or "
-                         f"None, got {mma_key_value_loads!r}")
-    if mma_key_value_loads == "tma" and mma_instruction == "mma.sync":
-        raise ValueError("mma_key_value_loads='tma' needs mma_instruction "
-                         "'wgmma' or None, got 'mma.sync'")
+    if mma_key_value_loads not in (None, "cp.async", "tma", "tma-multicast"):
+        raise ValueError(f"mma_key_value_loads must be 'cp.async', 'tma', "
+                         f"'tma-multicast' or None, got "
+                         f"{mma_key_value_loads!r}")
+    if (mma_key_value_loads in ("tma", "tma-multicast")
+            and mma_instruction == "mma.sync"):
+        raise ValueError(f"mma_key_value_loads={mma_key_value_loads!r} needs "
+                         f"mma_instruction 'wgmma' or None, got 'mma.sync'")
     if mma_merge not in (None, "fused", "separate"):
         raise ValueError(f"mma_merge must be 'fused', 'separate' or None, "
                          f"got {mma_merge!r}")

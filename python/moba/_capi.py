@@ -12,7 +12,7 @@ _TARGETS = {"cpu": 0, "sm_80": 1, "sm_90a": 2}
 _STAGES = {"fused": 0, "tiled": 1, "decomposed": 2}
 _GPU_ATTENTION = {"mma": 0, "simt": 1}
 _MMA_INSTRUCTIONS = {None: 0, "mma.sync": 1, "wgmma": 2}
-_KEY_VALUE_LOADS = {None: 0, "cp.async": 1, "tma": 2}
+_KEY_VALUE_LOADS = {None: 0, "cp.async": 1, "tma": 2, "tma-multicast": 3}
 _MERGES = {None: 0, "fused": 1, "separate": 2}
 
 

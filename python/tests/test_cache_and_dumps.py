@@ -97,8 +97,11 @@ def _attention_kernel(tmp_path, block=4096, **shape):
 
 
 def _key_value_loads(tmp_path, block=4096, **shape):
-    """How the attention kernel loads K and V: "tma" or "cp.async"."""
+    """How the attention kernel loads K and V: "tma-multicast" (launched in
+    clusters of two, copies multicast to both), "tma" or "cp.async"."""
     ptx = _attention_ptx(tmp_path, block, **shape)
+    if ".reqnctapercluster 2, 1, 1" in ptx and ".multicast::cluster" in ptx:
+        return "tma-multicast"
     return "tma" if "cp.async.bulk.tensor" in ptx else "cp.async"
 
 
@@ -114,6 +117,9 @@ def test_explicit_key_value_loads_win_over_the_table(tmp_path):
                             ) == "cp.async"
     assert _key_value_loads(tmp_path / "tma", block=256,
                             mma_key_value_loads="tma") == "tma"
+    assert _key_value_loads(tmp_path / "pairs",
+                            mma_key_value_loads="tma-multicast"
+                            ) == "tma-multicast"
 
 
 def _kernels(tmp_path, **shape):

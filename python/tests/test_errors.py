@@ -245,7 +245,8 @@ def test_mma_instruction_must_be_known():
 
 def test_mma_key_value_loads_must_be_known():
     with pytest.raises(ValueError, match="mma_key_value_loads must be "
-                       "'cp.async', 'tma' or None, got 'ldg'"):
+                       "'cp.async', 'tma', 'tma-multicast' or None, got "
+                       "'ldg'"):
         kernel(mma_key_value_loads="ldg")
 
 
@@ -266,6 +267,17 @@ def test_tma_needs_wgmma():
                                   "sm_90a", "fused", None, None, None, None,
                                   "mma", mma_instruction="mma.sync",
                                   mma_key_value_loads="tma")
+    with pytest.raises(ValueError, match="mma_key_value_loads="
+                       "'tma-multicast' needs mma_instruction 'wgmma'"):
+        kernel(mma_instruction="mma.sync",
+               mma_key_value_loads="tma-multicast")
+    with pytest.raises(moba.CompileError, match="mma-key-value-loads="
+                       "tma-multicast needs mma-instruction=wgmma, got "
+                       "'mma.sync'"):
+        moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
+                                  "sm_90a", "fused", None, None, None, None,
+                                  "mma", mma_instruction="mma.sync",
+                                  mma_key_value_loads="tma-multicast")
 
 
 def test_wgmma_needs_whole_warpgroups():

@@ -2,6 +2,7 @@
 // options' diagnostics.
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma" | FileCheck %s
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma warps=12" | FileCheck %s --check-prefix=THREE
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma-multicast" | FileCheck %s --check-prefix=PAIRS
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tmx" 2>&1 | FileCheck %s --check-prefix=BADLOADS
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=NOWGMMA
 
@@ -18,7 +19,86 @@
 // THREE: nvvm.inline_ptx {{.+}}wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16
 // THREE-NOT: nvgpu.device_async_copy %arg1
 // THREE-LABEL: func.func @no_wgmma
-// BADLOADS: key-value-loads must be cp.async or tma, got 'tmx'
+
+// Pairs of CTAs sharing their copies (key-value-loads=tma-multicast): the
+// tiles per head rounded up to even, so that the clusters of two (tiles 2i
+// and 2i + 1 of a head) never straddle heads.
+// PAIRS-LABEL: func.func @single_value_buffer
+// PAIRS: %[[WIDTH:.+]] = memref.dim %arg6
+// PAIRS: %[[PER:.+]] = arith.ceildivui %[[WIDTH]], %c64 : index
+// PAIRS: %[[TILES:.+]] = arith.addi %[[PER]], %{{.+}} : index
+// PAIRS: %[[HALF:.+]] = arith.ceildivui %[[TILES]], %c2{{.*}} : index
+// PAIRS: arith.muli %[[HALF]], %c2{{.*}} : index
+// The CTA pairs with tile ^ 1 where that tile has the same block row and,
+// causally, both tiles' first tokens (entry / K) come at or after the
+// block's end, so that neither tile bounds the keys: the same chunks.
+// PAIRS: gpu.launch {{.+}} dynamic_shared_memory_size %c66624_i32 {
+// PAIRS: %[[PARTNER:.+]] = arith.xori %[[TILE:.+]], %c1{{.*}} : index
+// PAIRS: %[[PROW:.+]] = memref.load %[[LIST:.+]][%{{.+}}, %[[PARTNER]], %c0{{.*}}]
+// PAIRS: %[[PROWI:.+]] = arith.index_cast %[[PROW]]
+// PAIRS: %[[SAME:.+]] = arith.cmpi eq, %{{.+}}, %[[PROWI]] : index
+// PAIRS: arith.divui %{{.+}}, %c3{{.*}} : index
+// PAIRS: %[[PAST1:.+]] = arith.cmpi uge, %{{.+}}, %[[END:.+]] : index
+// PAIRS: arith.divui %{{.+}}, %c3{{.*}} : index
+// PAIRS: %[[PAST2:.+]] = arith.cmpi uge, %{{.+}}, %[[END]] : index
+// PAIRS: %[[PAST:.+]] = arith.andi %[[PAST2]], %[[PAST1]] : i1
+// PAIRS: %[[PAIRED:.+]] = arith.andi %[[SAME]], %[[PAST]] : i1
+// PAIRS: %[[RANK:.+]] = nvvm.read.ptx.sreg.cluster.ctarank : i32
+// Thread 0 initializes the barriers; a cluster barrier publishes them to
+// the other CTA before either starts a copy that completes on them.
+// PAIRS: nvvm.fence.mbarrier.init
+// PAIRS: scf.if %[[PAIRED]] {
+// PAIRS-NEXT: nvvm.cluster.arrive {aligned}
+// PAIRS-NEXT: nvvm.cluster.wait {aligned}
+// Each buffer's barrier expects the whole 16384 bytes; paired, this CTA
+// copies panel p of operand o when its rank is (p + o) % 2, multicast to
+// both CTAs (mask 0b11); alone, it copies both panels.
+// PAIRS: nvvm.mbarrier.arrive.expect_tx %[[K0:.+]], %c16384_i32
+// PAIRS: scf.if %[[PAIRED]] {
+// PAIRS: arith.cmpi eq, %[[RANK]], %c0_i32
+// PAIRS: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.+}}, %{{.+}}, %[[K0]], box[%c0_i32{{.*}}, %{{.+}}, %{{.+}}] multicast_mask = %c3_i16
+// PAIRS: arith.cmpi eq, %[[RANK]], %c1_i32
+// PAIRS: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.+}}, %{{.+}}, %[[K0]], box[%c64_i32, %{{.+}}, %{{.+}}] multicast_mask = %c3_i16
+// PAIRS: } else {
+// PAIRS: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.+}}, %{{.+}}, %[[K0]], box[%c0_i32
+// PAIRS-NOT: multicast_mask
+// PAIRS: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.+}}, %{{.+}}, %[[K0]], box[%c64_i32
+// PAIRS: nvvm.mbarrier.arrive.expect_tx %[[V0:.+]], %c16384_i32
+// PAIRS: arith.cmpi eq, %[[RANK]], %c1_i32
+// PAIRS: box[%c0_i32{{.*}}, %{{.+}}, %{{.+}}] multicast_mask = %c3_i16
+// PAIRS: arith.cmpi eq, %[[RANK]], %c0_i32
+// PAIRS: box[%c64_i32, %{{.+}}, %{{.+}}] multicast_mask = %c3_i16
+// Each chunk starts with the cluster's barrier when paired (a copy refills
+// both CTAs' buffers), the CTA's alone otherwise.
+// PAIRS: scf.for
+// PAIRS: scf.if %[[PAIRED]] {
+// PAIRS-NEXT: nvvm.cluster.arrive {aligned}
+// PAIRS-NEXT: nvvm.cluster.wait {aligned}
+// PAIRS-NEXT: } else {
+// PAIRS-NEXT: gpu.barrier
+// PAIRS: multicast_mask = %c3_i16
+// PAIRS: scf.for
+// PAIRS: scf.if %[[PAIRED]] {
+// PAIRS-NEXT: nvvm.cluster.arrive {aligned}
+// PAIRS-NEXT: nvvm.cluster.wait {aligned}
+// PAIRS-NEXT: } else {
+// PAIRS-NEXT: gpu.barrier
+// Neither CTA of a pair exits before both have all their bytes: after the
+// drain of a tile with no chunk, a last cluster barrier.
+// PAIRS: %[[NONE:.+]] = arith.cmpi eq, %[[CHUNKS:.+]], %c0{{.*}} : index
+// PAIRS-NEXT: scf.if %[[NONE]] {
+// PAIRS: nvvm.mbarrier.try_wait.parity
+// PAIRS: nvvm.mbarrier.try_wait.parity
+// PAIRS-NEXT: }
+// PAIRS-NEXT: scf.if %[[PAIRED]] {
+// PAIRS-NEXT: nvvm.cluster.arrive {aligned}
+// PAIRS-NEXT: nvvm.cluster.wait {aligned}
+// PAIRS: } {nvvm.cluster_dim = array<i32: 2, 1, 1>, nvvm.minctasm = 3 : i32}
+// mma.sync (head_dim 16) has no TMA, so no clusters.
+// PAIRS-LABEL: func.func @no_wgmma
+// PAIRS-NOT: nvvm.cluster_dim
+// PAIRS-NOT: multicast_mask
+// BADLOADS: key-value-loads must be cp.async, tma or tma-multicast, got 'tmx'
 // NOWGMMA: key-value-loads=tma needs instruction=wgmma (TMA is sm_90's)
 
 // The host code: the runtime encodes K's and V's tensor maps into host

@@ -17,6 +17,7 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-gate-topk-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GATE
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-gate=false" --mlir-print-ir-after=moba-lower-to-loops -o /dev/null 2>&1 | FileCheck %s --check-prefix=SIMTGATE
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma features=+ptx80" | FileCheck %s --check-prefix=TMA
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma-multicast features=+ptx80" | FileCheck %s --check-prefix=PAIRS
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-key-value-loads=ldg" 2>&1 | FileCheck %s --check-prefix=BADLOADS
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=TMASYNC
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-group-queries-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GROUPING
@@ -113,7 +114,7 @@
 
 // BADCHIP: error: moba-gpu-pipeline: mma-instruction=wgmma needs chip sm_90a, got 'sm_80'
 // BADWG: error: moba-gpu-pipeline: mma-instruction=wgmma needs mma-warps a multiple of 4 and mma-key-chunk a multiple of 64, got 6 and 64
-// BADLOADS: error: moba-gpu-pipeline: mma-key-value-loads must be cp.async or tma, got 'ldg'
+// BADLOADS: error: moba-gpu-pipeline: mma-key-value-loads must be cp.async, tma or tma-multicast, got 'ldg'
 // TMASYNC: error: moba-gpu-pipeline: mma-key-value-loads=tma needs mma-instruction=wgmma, got 'mma.sync'
 // BADINSTR: error: moba-gpu-pipeline: mma-instruction must be mma.sync or wgmma, got 'tcgen05'
 // BAD: error: moba-gpu-pipeline: mma needs densify
@@ -133,6 +134,20 @@
 // TMA-SAME: mbarrier.try_wait.parity
 // TMA-SAME: wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {
 // TMA-NOT: gpu.binary @moba_attention_kernel_11
+// tma-multicast: the attention kernel asks for clusters of two CTAs
+// (cuLaunchKernel then launches it in pairs), publishes its barriers to
+// the cluster, and its copies multicast to both CTAs (mask in a 16-bit
+// register) or stay its own.
+// PAIRS: gpu.binary @moba_attention_kernel_8
+// PAIRS-SAME: .version 8.3
+// PAIRS-SAME: .explicitcluster
+// PAIRS-SAME: .reqnctapercluster 2, 1, 1
+// PAIRS-SAME: fence.mbarrier_init.release.cluster
+// PAIRS-SAME: %cluster_ctarank
+// PAIRS-SAME: barrier.cluster.arrive.aligned
+// PAIRS-SAME: barrier.cluster.wait.aligned
+// PAIRS-SAME: cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%{{.+}}], [%{{.+}}, {%{{.+}}, %{{.+}}, %{{.+}}}], [%{{.+}}], %rs{{[0-9]+}};
+// PAIRS-SAME: wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {
 // BADCHUNK: error: moba-gpu-pipeline: mma-key-chunk must be a multiple of 16 in [16, 256], got 40
 
 // The tile shape options reach the kernel: 8 warps (256 threads), 128 keys

@@ -119,6 +119,16 @@ def MobaConvertGroupedAttentionToNVVM
     of its buffer, and the warps wait on the barrier's phase parity instead
     of on cp.async groups. Rows past the block's last key are zeroed in V
     before P V reads them (TMA copies whatever lies there).
+
+    `key-value-loads=tma-multicast` is `tma` with the CTAs launched in
+    clusters of two (`nvvm.cluster_dim`, `.reqnctapercluster 2, 1, 1`) over
+    adjacent tiles of a head. Where both tiles of a cluster read the same
+    chunks (the same block row and, causally, every query past the block),
+    each CTA's copying thread starts half of every chunk's panels with a
+    multicast mask of both CTAs, so that the pair reads its K and V from L2
+    once; the chunk's CTA barrier becomes a cluster barrier
+    (`nvvm.cluster.arrive` / `nvvm.cluster.wait`), since a copy refills
+    both CTAs' buffers. Other tiles load alone, as with `tma`.
   }];
   let options = [
     Option<"warps", "warps", "int64_t", /*default=*/"4",
@@ -132,9 +142,10 @@ def MobaConvertGroupedAttentionToNVVM
     Option<"keyValueLoads", "key-value-loads", "std::string",
            /*default=*/"\"cp.async\"",
            "How K and V reach shared memory: cp.async (every thread copies "
-           "16 bytes at a time) or tma (one thread starts TMA bulk copies "
-           "that complete on mbarriers; the wgmma form with one warpgroup, "
-           "other shapes keep cp.async)">,
+           "16 bytes at a time), tma (one thread starts TMA bulk copies "
+           "that complete on mbarriers; the wgmma form, other shapes keep "
+           "cp.async) or tma-multicast (tma shared by clusters of two CTAs "
+           "reading the same keys)">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",

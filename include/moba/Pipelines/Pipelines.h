@@ -143,8 +143,9 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
   PassOptions::Option<std::string> mmaKeyValueLoads{
       *this, "mma-key-value-loads",
       llvm::cl::desc("With mma-instruction=wgmma: how K and V reach shared "
-                     "memory, cp.async or tma (TMA bulk copies on "
-                     "mbarriers, where the kernel is one warpgroup)"),
+                     "memory: cp.async, tma (TMA bulk copies on "
+                     "mbarriers) or tma-multicast (TMA shared by clusters "
+                     "of two CTAs that read the same keys)"),
       llvm::cl::init("cp.async")};
   PassOptions::Option<bool> mmaFusedMerge{
       *this, "mma-fused-merge",

@@ -76,12 +76,23 @@ struct MmaTileShape {
   /// whatever the warpgroups: a CTA of several shares each K/V chunk among
   /// them, which divides the L2 reads by their number.
   bool bulkLoads = false;
+  /// bulkLoads shared by a cluster of two CTAs (key-value-loads=
+  /// tma-multicast): the kernel is launched in clusters of two adjacent
+  /// tiles, and where both tiles read the same keys (the same block row,
+  /// every query past the block: MulticastPairs in WgmmaChunkLoop.cpp) each
+  /// CTA's thread 0 copies half of every chunk's panels into both CTAs'
+  /// shared memory at once (TMA multicast), so the pair reads K and V from
+  /// L2 once instead of twice; the chunk's CTA barrier becomes a cluster
+  /// barrier.
+  bool multicastPairs = false;
   /// wgmma, in order: P stays in registers as the A operand of P V (the
   /// register-A form of wgmma, WgmmaChunkLoop.cpp) instead of passing
   /// through shared memory.
   bool registerProbabilities = false;
 
   bool isWgmma() const { return instruction == MatrixInstruction::Wgmma; }
+  /// The CTAs of a cluster: 2 with multicastPairs, else 1.
+  int64_t clusterSize() const { return multicastPairs ? 2 : 1; }
   int64_t warpgroups() const { return warps / 4; }
   int64_t threads() const { return 32 * warps; }
   static int64_t bytesOf(Type element) {
@@ -196,9 +207,20 @@ struct CtaTile {
   Value chunks;   ///< key chunks to attend
   Value unmasked; ///< chunks [0, unmasked) need no mask
   Value quadRow, quadCol, pairCol;
+  /// shape.multicastPairs: whether this CTA and the other of its cluster
+  /// share their K/V copies (i1, the same in both; null otherwise), and
+  /// this CTA's rank in the cluster (i32).
+  Value paired, clusterRank;
   /// The lane's rows quadRow and quadRow + 8 of its warp's 16.
   SmallVector<Value, 2> rowValid, token, slot;
 };
+
+/// Every thread of the cluster arrives (releasing its writes) and waits
+/// for the others (acquiring theirs): barrier.cluster.arrive/wait, aligned.
+void clusterBarrier(ImplicitLocOpBuilder &b);
+/// The barrier after which a chunk's K/V buffers may refill: the CTA's, or
+/// the cluster's where the CTA shares its copies with the other (t.paired).
+void bufferBarrier(ImplicitLocOpBuilder &b, const CtaTile &t);
 
 struct AttentionKernel {
   GroupedBlockAttentionOp op;

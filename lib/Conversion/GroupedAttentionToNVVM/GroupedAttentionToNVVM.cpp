@@ -80,6 +80,10 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
   Value width = memref::DimOp::create(b, entries, 1);
   Value tilesPerHead = e.add(
       arith::CeilDivUIOp::create(b, width, e.index(ctaRows())), rows);
+  // Clusters of two take tiles 2i and 2i + 1 of one head.
+  if (shape.multicastPairs)
+    tilesPerHead = e.mul(
+        arith::CeilDivUIOp::create(b, tilesPerHead, e.index(2)), e.index(2));
   auto listType = MemRefType::get({numHeads, ShapedType::kDynamic, 4},
                                   b.getI32Type());
   Value tileList =
@@ -101,6 +105,13 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
              launchOp->setAttr(
                  NVVM::NVVMDialect::getMinctasmAttrName(),
                  kb.getI32IntegerAttr(static_cast<int32_t>(statedCtas)));
+           // Pairs of CTAs launched as clusters (.reqnctapercluster): the
+           // grid's CTAs are an even number.
+           if (shape.multicastPairs)
+             launchOp->setAttr(
+                 NVVM::NVVMDialect::getClusterDimAttrName(),
+                 kb.getDenseI32ArrayAttr(
+                     {static_cast<int32_t>(shape.clusterSize()), 1, 1}));
            KernelBuilder ke{kb, e.element};
            Value cta = launchOp.getBlockIds().x;
            emitCta(kb, launchOp, ke.div(cta, tilesPerHead),
@@ -327,6 +338,35 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
   Value keyLast = field(3);
   t.lastKey = e.sub(keyLast, e.index(1));
   t.g = e.div(h, e.index(group));
+  if (shape.multicastPairs) {
+    // The pair shares its copies where both tiles read the same chunks:
+    // the same block row, and (causal) every query of both tiles past the
+    // block, which then bounds neither tile's keys. The entries of a row
+    // are in token order, so a tile's first is its earliest. Both CTAs
+    // compute the same answer.
+    Value partner = arith::XOrIOp::create(b, tile, e.index(1));
+    Value partnerRow = e.loadIndex(tileList, {h, partner, e.index(0)});
+    t.paired = arith::CmpIOp::create(b, arith::CmpIPredicate::eq, row,
+                                     partnerRow);
+    if (causal) {
+      Value partnerTile = e.select(
+          t.paired, e.loadIndex(tileList, {h, partner, e.index(1)}),
+          field(1));
+      auto pastBlock = [&](Value tileOfRow) {
+        Value at = e.add(e.loadIndex(starts, {h, row}),
+                         e.mul(tileOfRow, e.index(ctaRows())));
+        Value token =
+            e.div(e.loadIndex(entries, {h, at}), e.index(slotsPerToken));
+        return arith::CmpIOp::create(b, arith::CmpIPredicate::uge, token,
+                                     keyLast);
+      };
+      t.paired = arith::AndIOp::create(
+          b, t.paired,
+          arith::AndIOp::create(b, pastBlock(field(1)),
+                                pastBlock(partnerTile)));
+    }
+    t.clusterRank = NVVM::ClusterId::create(b, b.getI32Type());
+  }
   if (shape.bulkLoads)
     startBulkLoads(b, t);
 
@@ -738,8 +778,9 @@ SmallVector<Value> AttentionKernel::emitBulkChunkLoops(ImplicitLocOpBuilder &b,
       b, t,
       [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
           ValueRange c, bool masked) {
-        // Every warp is done with chunk c - 1: its buffers refill.
-        gpu::BarrierOp::create(ib);
+        // Every warp (of both CTAs, when paired) is done with chunk c - 1:
+        // its buffers refill.
+        bufferBarrier(ib, t);
         nvvm_kernel::ifThen(ib, isIssuer, [&](ImplicitLocOpBuilder &sb) {
           issue(sb, chunk);
         });
@@ -783,18 +824,19 @@ struct MobaConvertGroupedAttentionToNVVMPass
           << instruction << "'";
       return signalPassFailure();
     }
-    if (keyValueLoads != "cp.async" && keyValueLoads != "tma") {
+    bool wantTma = keyValueLoads == "tma" || keyValueLoads == "tma-multicast";
+    if (keyValueLoads != "cp.async" && !wantTma) {
       getOperation()->emitError()
           << "moba-convert-grouped-attention-to-nvvm: key-value-loads must "
-             "be cp.async or tma, got '"
+             "be cp.async, tma or tma-multicast, got '"
           << keyValueLoads << "'";
       return signalPassFailure();
     }
     bool wantWgmma = instruction == "wgmma";
-    if (keyValueLoads == "tma" && !wantWgmma) {
+    if (wantTma && !wantWgmma) {
       getOperation()->emitError()
-          << "moba-convert-grouped-attention-to-nvvm: key-value-loads=tma "
-             "needs instruction=wgmma (TMA is sm_90's)";
+          << "moba-convert-grouped-attention-to-nvvm: key-value-loads="
+          << keyValueLoads << " needs instruction=wgmma (TMA is sm_90's)";
       return signalPassFailure();
     }
     if (wantWgmma && (warps % 4 != 0 || keyChunk % 64 != 0)) {
@@ -834,7 +876,9 @@ struct MobaConvertGroupedAttentionToNVVMPass
       shape.instruction = wantWgmma && (headDim == 64 || headDim == 128)
                               ? MatrixInstruction::Wgmma
                               : MatrixInstruction::MmaSync;
-      shape.bulkLoads = keyValueLoads == "tma" && shape.supportsBulkLoads();
+      shape.bulkLoads = wantTma && shape.supportsBulkLoads();
+      shape.multicastPairs =
+          shape.bulkLoads && keyValueLoads == "tma-multicast";
       // The in-order wgmma loop keeps P in registers (it measured 4-9%
       // faster at block 512 than P through shared memory, the same at 128:
       // docs/PERFORMANCE.md, seventh round).
@@ -851,9 +895,9 @@ struct MobaConvertGroupedAttentionToNVVMPass
         return signalPassFailure();
       }
       if (shape.bulkLoads && !op->getParentOfType<ModuleOp>()) {
-        op.emitOpError("key-value-loads=tma needs the op inside a module, "
-                       "where the host code declares the runtime's tensor "
-                       "map encoder");
+        op.emitOpError() << "key-value-loads=" << keyValueLoads
+                         << " needs the op inside a module, where the host "
+                            "code declares the runtime's tensor map encoder";
         return signalPassFailure();
       }
       rewriter.setInsertionPoint(op);

@@ -189,7 +189,10 @@ public:
 
   /// By thread 0: keys [keyFirst + chunk * keyChunk, + keyChunk) of K
   /// (`operand` 0) or V (1) into `buffer`; keys past the last token read as
-  /// zeros.
+  /// zeros. A CTA paired with the other of its cluster (t.paired) copies
+  /// only its half of the panels, into both CTAs at once (multicast): the
+  /// other CTA's thread 0 copies the other half, and each CTA's barrier
+  /// expects the whole buffer's bytes.
   void issue(ImplicitLocOpBuilder &b, int64_t operand, Value buffer,
              Value chunk) {
     KernelBuilder e{b, kernel.element()};
@@ -209,19 +212,48 @@ public:
     Value key =
         i32(e.add(t.keyFirst, e.mul(chunk, e.index(shape.keyChunk))));
     Value head = i32(t.g);
-    for (int64_t panel = 0; panel < panels; ++panel) {
+    auto copy = [&](ImplicitLocOpBuilder &cb, int64_t panel,
+                    Value multicastMask) {
+      KernelBuilder ce{cb, e.element};
       // The destination is in the shared::cluster window (address space
-      // 7), where this CTA's shared memory keeps its addresses.
+      // 7), where this CTA's shared memory keeps its addresses; a
+      // multicast lands at the same offsets in every CTA of the mask, and
+      // completes on the barrier at the same offset in each.
       Value destination = LLVM::AddrSpaceCastOp::create(
-          b, LLVM::LLVMPointerType::get(b.getContext(), 7),
-          pointer(b, e.add(at, e.index(panel * panelBytes)), /*space=*/3));
+          cb, LLVM::LLVMPointerType::get(cb.getContext(), 7),
+          pointer(cb, ce.add(at, ce.index(panel * panelBytes)),
+                  /*space=*/3));
       NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
-          b, destination, operand == 0 ? keyMap : valueMap,
-          ValueRange{e.i32(panel * kPanelColumns), head, key}, barrier,
-          /*im2colOffsets=*/ValueRange{}, /*multicastMask=*/Value(),
+          cb, destination, operand == 0 ? keyMap : valueMap,
+          ValueRange{ce.i32(panel * kPanelColumns), head, key}, barrier,
+          /*im2colOffsets=*/ValueRange{}, multicastMask,
           /*l2CacheHint=*/Value(), NVVM::TMALoadMode::TILE,
           /*isCTAOnly=*/false, /*group=*/nullptr, /*predicate=*/Value());
+    };
+    auto copyAll = [&](ImplicitLocOpBuilder &cb) {
+      for (int64_t panel = 0; panel < panels; ++panel)
+        copy(cb, panel, Value());
+    };
+    if (!t.paired) {
+      copyAll(b);
+      return;
     }
+    auto split = scf::IfOp::create(b, t.paired, /*withElseRegion=*/true);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&split.getThenRegion().front());
+    // Panel p of operand o is rank (p + o) % 2's: halves at head_dim 128,
+    // K and V apart at 64.
+    Value both = arith::ConstantIntOp::create(b, b.getI16Type(), 0b11);
+    for (int64_t panel = 0; panel < panels; ++panel) {
+      Value mine = arith::CmpIOp::create(
+          b, arith::CmpIPredicate::eq, t.clusterRank,
+          e.i32((panel + operand) % 2));
+      ifThen(b, mine, [&](ImplicitLocOpBuilder &cb) {
+        copy(cb, panel, both);
+      });
+    }
+    b.setInsertionPointToStart(&split.getElseRegion().front());
+    copyAll(b);
   }
 
   /// The `use`-th fill of `buffer` of K (`operand` 0) or V (1) has landed.
@@ -259,15 +291,40 @@ private:
 
 } // namespace
 
+void grouped_attention::clusterBarrier(ImplicitLocOpBuilder &b) {
+  NVVM::ClusterArriveOp::create(b, b.getUnitAttr());
+  NVVM::ClusterWaitOp::create(b, b.getUnitAttr());
+}
+
+void grouped_attention::bufferBarrier(ImplicitLocOpBuilder &b,
+                                      const CtaTile &t) {
+  if (!t.paired) {
+    gpu::BarrierOp::create(b);
+    return;
+  }
+  auto pairs = scf::IfOp::create(b, t.paired, /*withElseRegion=*/true);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(&pairs.getThenRegion().front());
+  clusterBarrier(b);
+  b.setInsertionPointToStart(&pairs.getElseRegion().front());
+  gpu::BarrierOp::create(b);
+}
+
 void AttentionKernel::startBulkLoads(ImplicitLocOpBuilder &b,
                                      const CtaTile &t) {
   KernelBuilder e{b, element()};
   BulkLoader loader(*this, b, t);
   Value isIssuer =
       arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.tid, e.index(0));
+  ifThen(b, isIssuer,
+         [&](ImplicitLocOpBuilder &ib) { loader.initialize(ib); });
+  // A paired CTA's copies complete on the other CTA's barriers too: they
+  // must be initialized (fence.mbarrier_init releases to the cluster)
+  // before either CTA starts one.
+  if (t.paired)
+    ifThen(b, t.paired, [&](ImplicitLocOpBuilder &ib) { clusterBarrier(ib); });
   ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
     KernelBuilder ie{ib, e.element};
-    loader.initialize(ib);
     loader.issue(ib, 0, ie.index(0), ie.index(0));
     loader.issue(ib, 1, ie.index(0), ie.index(0));
   });
@@ -708,6 +765,11 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
                loader.wait(ib, 0, ie.index(0), ie.index(0));
                loader.wait(ib, 1, ie.index(0), ie.index(0));
              });
+      // Neither CTA of a pair exits before both have all their bytes: no
+      // copy of one is then still bound for the other's shared memory.
+      if (t.paired)
+        ifThen(b, t.paired,
+               [&](ImplicitLocOpBuilder &ib) { clusterBarrier(ib); });
       return finals;
     }
     auto noWait = [](ImplicitLocOpBuilder &) {};
