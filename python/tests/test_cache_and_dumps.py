@@ -106,9 +106,10 @@ def _key_value_loads(tmp_path, block=4096, **shape):
 
 
 def test_tuned_row_loads_key_values_by_tma(tmp_path):
-    # The table's row for block 4096 chose TMA, the untuned default is
-    # cp.async: this tells the table from the default.
-    assert _key_value_loads(tmp_path / "tuned") == "tma"
+    # The table's row for block 4096 chose TMA multicast to pairs of CTAs,
+    # the untuned default is cp.async: this tells the table from the
+    # default.
+    assert _key_value_loads(tmp_path / "tuned") == "tma-multicast"
     assert _key_value_loads(tmp_path / "untuned", block=256) == "cp.async"
 
 
@@ -117,9 +118,12 @@ def test_explicit_key_value_loads_win_over_the_table(tmp_path):
                             ) == "cp.async"
     assert _key_value_loads(tmp_path / "tma", block=256,
                             mma_key_value_loads="tma") == "tma"
-    assert _key_value_loads(tmp_path / "pairs",
+    assert _key_value_loads(tmp_path / "pairs", block=256,
                             mma_key_value_loads="tma-multicast"
                             ) == "tma-multicast"
+    # Over the table's multicast row for block 4096.
+    assert _key_value_loads(tmp_path / "alone",
+                            mma_key_value_loads="tma") == "tma"
 
 
 def _kernels(tmp_path, **shape):

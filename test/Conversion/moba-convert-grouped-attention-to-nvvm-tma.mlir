@@ -69,23 +69,24 @@
 // PAIRS: arith.cmpi eq, %[[RANK]], %c0_i32
 // PAIRS: box[%c64_i32, %{{.+}}, %{{.+}}] multicast_mask = %c3_i16
 // Each chunk starts with the cluster's barrier when paired (a copy refills
-// both CTAs' buffers), the CTA's alone otherwise.
+// both CTAs' buffers), relaxed: it orders reads already finished, so no
+// fence; the CTA's barrier alone otherwise.
 // PAIRS: scf.for
 // PAIRS: scf.if %[[PAIRED]] {
-// PAIRS-NEXT: nvvm.cluster.arrive {aligned}
+// PAIRS-NEXT: nvvm.cluster.arrive.relaxed {aligned}
 // PAIRS-NEXT: nvvm.cluster.wait {aligned}
 // PAIRS-NEXT: } else {
 // PAIRS-NEXT: gpu.barrier
 // PAIRS: multicast_mask = %c3_i16
 // PAIRS: scf.for
 // PAIRS: scf.if %[[PAIRED]] {
-// PAIRS-NEXT: nvvm.cluster.arrive {aligned}
+// PAIRS-NEXT: nvvm.cluster.arrive.relaxed {aligned}
 // PAIRS-NEXT: nvvm.cluster.wait {aligned}
 // PAIRS-NEXT: } else {
 // PAIRS-NEXT: gpu.barrier
 // Neither CTA of a pair exits before both have all their bytes: after the
 // drain of a tile with no chunk, a last cluster barrier.
-// PAIRS: %[[NONE:.+]] = arith.cmpi eq, %[[CHUNKS:.+]], %c0{{.*}} : index
+// PAIRS: %[[NONE:.+]] = arith.cmpi eq, %{{[0-9]+}}, %c0_{{[0-9]+}} : index
 // PAIRS-NEXT: scf.if %[[NONE]] {
 // PAIRS: nvvm.mbarrier.try_wait.parity
 // PAIRS: nvvm.mbarrier.try_wait.parity
@@ -144,19 +145,23 @@
 // CHECK:   nvvm.cp.async.wait.group 0
 // CHECK-NEXT: nvvm.fence.proxy
 // CHECK-NEXT: gpu.barrier
-// Chunk c: after the barrier (every warp done with chunk c - 1), thread 0
-// starts V_c (c > 0) and K_(c+1); the warps wait on K's barrier, multiply
-// Q K^T, run the softmax, wait on V's barrier and multiply P V from
-// registers with no barrier in between.
+// Chunk c: after the barrier (every warp done with chunk c - 1), the warps
+// wait on K's barrier and issue Q K^T; while the tensor cores multiply,
+// thread 0 starts V_c (c > 0) and K_(c+1); then the warps wait for S, run
+// the softmax, wait on V's barrier and multiply P V from registers with no
+// barrier in between.
 // CHECK:   scf.for
 // CHECK:     gpu.barrier
-// CHECK:     scf.if
-// CHECK:       nvvm.mbarrier.arrive.expect_tx
-// CHECK:       nvvm.cp.async.bulk.tensor.shared.cluster.global
-// CHECK:       nvvm.mbarrier.arrive.expect_tx
-// CHECK:       nvvm.cp.async.bulk.tensor.shared.cluster.global
 // CHECK:     nvvm.mbarrier.try_wait.parity
 // CHECK:     nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>
+// CHECK:     nvvm.wgmma.commit.group.sync.aligned
+// CHECK:     arith.cmpi eq, %{{.+}}, %c0{{.*}} : index
+// CHECK-NEXT: scf.if
+// CHECK:       nvvm.mbarrier.arrive.expect_tx
+// CHECK:       nvvm.cp.async.bulk.tensor.shared.cluster.global
+// CHECK:       nvvm.mbarrier.arrive.expect_tx
+// CHECK:       nvvm.cp.async.bulk.tensor.shared.cluster.global
+// CHECK:     nvvm.wgmma.wait.group.sync.aligned 0
 // CHECK:     llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
 // CHECK:     nvvm.mbarrier.try_wait.parity
 // CHECK-NOT: gpu.barrier

@@ -146,7 +146,7 @@
 // PAIRS-SAME: %cluster_ctarank
 // PAIRS-SAME: barrier.cluster.arrive.aligned
 // PAIRS-SAME: barrier.cluster.wait.aligned
-// PAIRS-SAME: cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%{{.+}}], [%{{.+}}, {%{{.+}}, %{{.+}}, %{{.+}}}], [%{{.+}}], %rs{{[0-9]+}};
+// PAIRS-SAME: cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%{{[^]]+}}], [%{{[^]]+}}, {%{{[^}]+}}}], [{{[^]]+}}], %rs{{[0-9]+}};
 // PAIRS-SAME: wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {
 // BADCHUNK: error: moba-gpu-pipeline: mma-key-chunk must be a multiple of 16 in [16, 256], got 40
 

@@ -215,9 +215,10 @@ struct CtaTile {
   SmallVector<Value, 2> rowValid, token, slot;
 };
 
-/// Every thread of the cluster arrives (releasing its writes) and waits
-/// for the others (acquiring theirs): barrier.cluster.arrive/wait, aligned.
-void clusterBarrier(ImplicitLocOpBuilder &b);
+/// Every thread of the cluster arrives (releasing its writes, unless
+/// `relaxed`) and waits for the others (acquiring theirs):
+/// barrier.cluster.arrive[.relaxed] and barrier.cluster.wait, aligned.
+void clusterBarrier(ImplicitLocOpBuilder &b, bool relaxed = false);
 /// The barrier after which a chunk's K/V buffers may refill: the CTA's, or
 /// the cluster's where the CTA shares its copies with the other (t.paired).
 void bufferBarrier(ImplicitLocOpBuilder &b, const CtaTile &t);
@@ -348,12 +349,11 @@ struct AttentionKernel {
   SmallVector<Value> emitSplitChunkLoops(ImplicitLocOpBuilder &b,
                                          const CtaTile &t, ChunkFn step);
   /// The TMA pipeline of the in-order wgmma loop (shape.bulkLoads): the
-  /// same plain and masked loops as emitChunkLoops, with copies started by
-  /// one thread on `issue` and waited for on mbarriers by `body`.
-  using IssueFn = function_ref<void(ImplicitLocOpBuilder &, Value chunk)>;
+  /// same plain and masked loops as emitChunkLoops, each chunk behind the
+  /// barrier after which its buffers may refill (bufferBarrier); `body`
+  /// starts the copies (one thread) and waits for them on mbarriers.
   SmallVector<Value> emitBulkChunkLoops(ImplicitLocOpBuilder &b,
-                                        const CtaTile &t, IssueFn issue,
-                                        ChunkFn body);
+                                        const CtaTile &t, ChunkFn body);
 
   /// The initial values the chunk loops carry.
   SmallVector<Value> chunkLoopInits(KernelBuilder &e);

@@ -769,21 +769,14 @@ SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
 
 SmallVector<Value> AttentionKernel::emitBulkChunkLoops(ImplicitLocOpBuilder &b,
                                                        const CtaTile &t,
-                                                       IssueFn issue,
                                                        ChunkFn body) {
-  KernelBuilder e{b, element()};
-  Value isIssuer =
-      arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.tid, e.index(0));
   return emitSplitChunkLoops(
       b, t,
       [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
           ValueRange c, bool masked) {
         // Every warp (of both CTAs, when paired) is done with chunk c - 1:
-        // its buffers refill.
+        // its buffers may refill, which `body` starts.
         bufferBarrier(ib, t);
-        nvvm_kernel::ifThen(ib, isIssuer, [&](ImplicitLocOpBuilder &sb) {
-          issue(sb, chunk);
-        });
         return body(ib, chunk, buffer, keyBase, c, masked);
       });
 }
