@@ -341,7 +341,7 @@ class Kernel:
                 raise ValueError(f"cu_seqlens is on {cu.device} but q is on "
                                  f"{q.device}: they must be on the same "
                                  "device")
-            host_cu = self._host_offsets(cu, tokens, max_seqlen)
+            host_cu = self._host_offsets(cu, cu_seqlens, tokens, max_seqlen)
             cu = cu.to(torch.int32).contiguous()
 
         for name, given in (("out", out), ("lse", lse)):
@@ -363,24 +363,32 @@ class Kernel:
                 lse.data_ptr(), stream, host_cu.ctypes.data)
         return (out, lse) if return_lse else out
 
-    def _host_offsets(self, cu, tokens, max_seqlen):
-        """The checked host copy of the device offsets `cu`.
+    def _host_offsets(self, cu, given, tokens, max_seqlen):
+        """The checked host copy of the device offsets `cu` (a torch view of
+        `given`, the caller's object).
 
         The offsets are checked on the host: a bad one would make the kernels
-        read and write out of bounds. Reading them waits for the stream, so
-        the copy is kept for the same tensor while torch reports it unchanged
-        (its version counter; writes that bypass torch are not seen).
+        read and write out of bounds. Reading them waits for the stream (every
+        call would then wait for the one before), so the copy is kept for the
+        caller's tensor while torch reports it unchanged: the same object
+        (`cu` is a fresh view each call) and the same version counter, which
+        its views share (writes that bypass torch are not seen). Other
+        arrays (cupy, DLPack) have no version counter and are read each
+        call.
         """
         import weakref
         key = (tokens, max_seqlen)
+        tracked = hasattr(given, "_version")
         cached = getattr(self, "_offsets", None)
-        if cached is not None:
+        if tracked and cached is not None:
             ref, version, cached_key, host_cu = cached
-            if ref() is cu and version == cu._version and cached_key == key:
+            if (ref() is given and version == given._version
+                    and cached_key == key):
                 return host_cu
         host_cu = self._check_cu_seqlens(cu.cpu().numpy(), tokens, max_seqlen)
         host_cu = np.ascontiguousarray(host_cu, dtype=np.int32)
-        self._offsets = (weakref.ref(cu), cu._version, key, host_cu)
+        if tracked:
+            self._offsets = (weakref.ref(given), given._version, key, host_cu)
         return host_cu
 
     @staticmethod
