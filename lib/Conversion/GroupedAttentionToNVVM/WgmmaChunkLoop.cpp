@@ -323,18 +323,23 @@ void AttentionKernel::startBulkLoads(ImplicitLocOpBuilder &b,
   BulkLoader loader(*this, b, t);
   Value isIssuer =
       arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.tid, e.index(0));
-  ifThen(b, isIssuer,
-         [&](ImplicitLocOpBuilder &ib) { loader.initialize(ib); });
-  // A paired CTA's copies complete on the other CTA's barriers too: they
-  // must be initialized (fence.mbarrier_init releases to the cluster)
-  // before either CTA starts one.
-  if (t.paired)
-    ifThen(b, t.paired, [&](ImplicitLocOpBuilder &ib) { clusterBarrier(ib); });
-  ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
+  auto issueFirst = [&](ImplicitLocOpBuilder &ib) {
     KernelBuilder ie{ib, e.element};
     loader.issue(ib, 0, ie.index(0), ie.index(0));
     loader.issue(ib, 1, ie.index(0), ie.index(0));
+  };
+  ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
+    loader.initialize(ib);
+    if (!t.paired)
+      issueFirst(ib);
   });
+  if (!t.paired)
+    return;
+  // A paired CTA's copies complete on the other CTA's barriers too: they
+  // must be initialized (fence.mbarrier_init releases to the cluster)
+  // before either CTA starts one.
+  ifThen(b, t.paired, [&](ImplicitLocOpBuilder &ib) { clusterBarrier(ib); });
+  ifThen(b, isIssuer, issueFirst);
 }
 
 SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
