@@ -155,7 +155,6 @@
 // CHECK:     nvvm.mbarrier.try_wait.parity
 // CHECK:     nvvm.wgmma.mma_async {{.+}}, <m = 64, n = 64, k = 16>
 // CHECK:     nvvm.wgmma.commit.group.sync.aligned
-// CHECK:     arith.cmpi eq, %{{.+}}, %c0{{.*}} : index
 // CHECK-NEXT: scf.if
 // CHECK:       nvvm.mbarrier.arrive.expect_tx
 // CHECK:       nvvm.cp.async.bulk.tensor.shared.cluster.global

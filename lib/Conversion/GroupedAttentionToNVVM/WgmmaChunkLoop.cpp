@@ -644,13 +644,14 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
     // product waited for. Two CTAs share an SM, and each one's softmax
     // runs while the other's products occupy the tensor cores. K of the
     // chunk is in `buffer` once `waitKeys` returns, V in `valueBuffer` once
-    // `waitValues` does.
+    // `waitValues` does; `whileScores` (when given) runs after S is issued,
+    // while the tensor cores multiply it.
     using WaitFn = function_ref<void(ImplicitLocOpBuilder &)>;
     auto inOrderChunk = [&](ImplicitLocOpBuilder &ib, Value buffer,
                             Value valueBuffer, Value keyBase, ValueRange c,
                             bool masked, WaitFn waitKeys,
                             WaitFn waitValues,
-                            WaitFn whileScores = nullptr) -> SmallVector<Value> {
+                            WaitFn whileScores) -> SmallVector<Value> {
       waitKeys(ib);
       NVVM::WgmmaFenceAlignedOp::create(ib);
       Value scoresAcc = multiplyKeys(ib, buffer);
@@ -750,6 +751,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
             loader.issue(nb, 1, buffer, next);
         });
       };
+      Value isIssuer = arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
+                                             t.tid, e.index(0));
       SmallVector<Value> finals = emitBulkChunkLoops(
           b, t,
           [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer,
@@ -778,13 +781,9 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
                 // whole calls 1% less there and 3-7% at 32K block 512;
                 // docs/PERFORMANCE.md, ninth round).
                 [&](ImplicitLocOpBuilder &wb) {
-                  KernelBuilder we{wb, e.element};
-                  ifThen(wb,
-                         arith::CmpIOp::create(wb, arith::CmpIPredicate::eq,
-                                               t.tid, we.index(0)),
-                         [&](ImplicitLocOpBuilder &ib) {
-                           issueNext(ib, chunk);
-                         });
+                  ifThen(wb, isIssuer, [&](ImplicitLocOpBuilder &ib) {
+                    issueNext(ib, chunk);
+                  });
                 });
           });
       // A tile with no chunk to attend still waits for the copies of chunk
@@ -821,7 +820,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
           };
           return inOrderChunk(ib, buffer,
                               singleValueBuffer ? ie.index(0) : buffer,
-                              keyBase, c, masked, noWait, waitValues);
+                              keyBase, c, masked, noWait, waitValues,
+                              /*whileScores=*/nullptr);
         });
   }
 
