@@ -13,6 +13,7 @@
 #include "mlir/IR/Matchers.h"
 #include "mlir/IR/OpImplementation.h"
 #include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/MathExtras.h"
 #include "llvm/Support/FormatVariadic.h"
 
 #include <cmath>
@@ -121,7 +122,8 @@ public:
            << hkv << " in " << kv.name << ")";
   }
 
-  /// K, the last dim of a selection init, must be static and at least 1.
+  /// K, the last dim of a selection init, must be static, at least 1 and at
+  /// most kMaxSelectedBlocks.
   LogicalResult selectionWidth(const Named &init) {
     int64_t k = init.type.getShape().back();
     if (ShapedType::isDynamic(k))
@@ -129,6 +131,59 @@ public:
     if (k < 1)
       return op->emitOpError()
              << "K, the last dim of init, must be at least 1, got " << k;
+    return staticDimAtMost("K", init, init.type.getRank() - 1,
+                           kMaxSelectedBlocks);
+  }
+
+  /// A static dim that becomes a vector width or a register array (head_dim,
+  /// K) must not exceed `limit`.
+  LogicalResult staticDimAtMost(StringRef what, const Named &t, int64_t i,
+                                int64_t limit) {
+    int64_t d = t.dim(i);
+    if (ShapedType::isDynamic(d) || d <= limit)
+      return success();
+    return op->emitOpError() << what << " (dim " << i << " of " << t.name
+                             << ") must be at most " << limit << ", got " << d;
+  }
+
+  LogicalResult attrAtMost(StringRef attrName, int64_t value, int64_t limit) {
+    if (value <= limit)
+      return success();
+    return op->emitOpError() << attrName << " must be at most " << limit
+                             << ", got " << value;
+  }
+
+  /// Every shaped operand and result whose sizes are all static must hold
+  /// fewer than kMaxStaticBytes bytes: the lowerings multiply these sizes in
+  /// signed 64-bit index arithmetic, which must never wrap.
+  LogicalResult staticSizes() {
+    auto check = [&](Type type, StringRef kind,
+                     unsigned index) -> LogicalResult {
+      auto shaped = dyn_cast<ShapedType>(type);
+      if (!shaped || !shaped.hasRank())
+        return success();
+      Type element = shaped.getElementType();
+      int64_t bytes =
+          element.isIntOrFloat()
+              ? std::max<int64_t>(1, (element.getIntOrFloatBitWidth() + 7) / 8)
+              : 8;
+      for (int64_t d : shaped.getShape()) {
+        if (ShapedType::isDynamic(d))
+          continue;
+        if (llvm::MulOverflow(bytes, d, bytes) || bytes >= kMaxStaticBytes)
+          return op->emitOpError()
+                 << kind << " #" << index << " of type " << type
+                 << " is too large: its static sizes multiply to 2^62 bytes "
+                    "or more, beyond what 64-bit index arithmetic can address";
+      }
+      return success();
+    };
+    for (auto [i, type] : llvm::enumerate(op->getOperandTypes()))
+      if (failed(check(type, "operand", i)))
+        return failure();
+    for (auto [i, type] : llvm::enumerate(op->getResultTypes()))
+      if (failed(check(type, "result", i)))
+        return failure();
     return success();
   }
 
@@ -197,6 +252,8 @@ LogicalResult verifyPackedAttentionOperands(Operation *op, Value qv, Value kv,
                                             Value selected, int64_t blockSize,
                                             FloatAttr scale) {
   Checker c(op);
+  if (failed(c.staticSizes()))
+    return failure();
   Named q("q", qv), k("k", kv), v("v", vv);
   constexpr StringRef qLayout = "[tokens, query heads, head_dim]";
   constexpr StringRef kvLayout = "[tokens, key/value heads, head_dim]";
@@ -205,8 +262,10 @@ LogicalResult verifyPackedAttentionOperands(Operation *op, Value qv, Value kv,
       failed(c.sameElementType(q, v)) || failed(c.sameShape(k, v)) ||
       failed(c.sameDim("token count", q, 0, k, 0)) ||
       failed(c.sameDim("head_dim", q, 2, k, 2)) ||
+      failed(c.positiveDim("number of query heads", q, 1)) ||
       failed(c.positiveDim("number of key/value heads", k, 1)) ||
       failed(c.positiveDim("head_dim", q, 2)) ||
+      failed(c.staticDimAtMost("head_dim", q, 2, kMaxHeadDim)) ||
       failed(c.headGroups(q, 1, k, 1)) ||
       failed(c.atLeastOne("block_size", blockSize)) ||
       failed(c.scale(scale)) || failed(c.cuSeqlens(cu, q.dim(0))))
@@ -217,7 +276,8 @@ LogicalResult verifyPackedAttentionOperands(Operation *op, Value qv, Value kv,
   if (failed(c.rank(sel, 3, "[tokens, query heads, K]")) ||
       failed(c.sameDim("token count", q, 0, sel, 0)) ||
       failed(c.sameDim("number of query heads", q, 1, sel, 1)) ||
-      failed(c.positiveDim("K", sel, 2)))
+      failed(c.positiveDim("K", sel, 2)) ||
+      failed(c.staticDimAtMost("K", sel, 2, kMaxSelectedBlocks)))
     return failure();
   return success();
 }
@@ -260,6 +320,8 @@ std::optional<int64_t> AttentionOp::getStaticMaxBlocksPerSequence() {
 
 LogicalResult AttentionOp::verify() {
   Checker c(*this);
+  if (failed(c.staticSizes()))
+    return failure();
   Named q("q", getQ()), k("k", getK()), v("v", getV()),
       out("output", getOutput());
   int64_t rank = q.type.getRank();
@@ -289,9 +351,11 @@ LogicalResult AttentionOp::verify() {
       failed(c.positiveDim("number of query heads", q, headAxis)) ||
       failed(c.positiveDim("number of key/value heads", k, headAxis)) ||
       failed(c.positiveDim("head_dim", q, headDim)) ||
+      failed(c.staticDimAtMost("head_dim", q, headDim, kMaxHeadDim)) ||
       failed(c.headGroups(q, headAxis, k, headAxis)) ||
       failed(c.atLeastOne("block_size", getBlockSize())) ||
       failed(c.atLeastOne("top_k", getTopK())) ||
+      failed(c.attrAtMost("top_k", getTopK(), kMaxSelectedBlocks)) ||
       failed(c.scale(getScaleAttr())))
     return failure();
 
@@ -345,8 +409,11 @@ MutableOperandRange BlockPoolOp::getDpsInitsMutable() {
 LogicalResult BlockPoolOp::verify() {
   Checker c(*this);
   Named keys("keys", getKeys()), init("init", getInit());
-  if (failed(c.rank(keys, 3, "[tokens, key/value heads, head_dim]")) ||
+  if (failed(c.staticSizes()) ||
+      failed(c.rank(keys, 3, "[tokens, key/value heads, head_dim]")) ||
       failed(c.rank(init, 3, "[blocks, key/value heads, head_dim]")) ||
+      failed(c.positiveDim("number of key/value heads", keys, 1)) ||
+      failed(c.staticDimAtMost("head_dim", keys, 2, kMaxHeadDim)) ||
       failed(c.sameDim("number of key/value heads", keys, 1, init, 1)) ||
       failed(c.sameDim("head_dim", keys, 2, init, 2)) ||
       failed(c.atLeastOne("block_size", getBlockSize())) ||
@@ -365,9 +432,12 @@ LogicalResult GateOp::verify() {
   Checker c(*this);
   Named q("queries", getQueries()), means("means", getMeans()),
       init("init", getInit());
-  if (failed(c.rank(q, 3, "[tokens, query heads, head_dim]")) ||
+  if (failed(c.staticSizes()) ||
+      failed(c.rank(q, 3, "[tokens, query heads, head_dim]")) ||
       failed(c.rank(means, 3, "[blocks, key/value heads, head_dim]")) ||
       failed(c.rank(init, 3, "[tokens, query heads, blocks per sequence]")) ||
+      failed(c.positiveDim("number of query heads", q, 1)) ||
+      failed(c.staticDimAtMost("head_dim", q, 2, kMaxHeadDim)) ||
       failed(c.sameDim("head_dim", q, 2, means, 2)) ||
       failed(c.sameDim("token count", q, 0, init, 0)) ||
       failed(c.sameDim("number of query heads", q, 1, init, 1)) ||
@@ -389,7 +459,9 @@ MutableOperandRange TopKOp::getDpsInitsMutable() { return getInitMutable(); }
 LogicalResult TopKOp::verify() {
   Checker c(*this);
   Named init("init", getInit());
-  if (failed(c.rank(init, 3, "[tokens, query heads, K]")) ||
+  if (failed(c.staticSizes()) ||
+      failed(c.rank(init, 3, "[tokens, query heads, K]")) ||
+      failed(c.positiveDim("number of query heads", init, 1)) ||
       failed(c.selectionWidth(init)))
     return failure();
   int64_t k = getK();
@@ -488,9 +560,12 @@ LogicalResult GateTopKOp::verify() {
   Checker c(*this);
   Named q("queries", getQueries()), means("means", getMeans()),
       init("init", getInit());
-  if (failed(c.rank(q, 3, "[tokens, query heads, head_dim]")) ||
+  if (failed(c.staticSizes()) ||
+      failed(c.rank(q, 3, "[tokens, query heads, head_dim]")) ||
       failed(c.rank(means, 3, "[blocks, key/value heads, head_dim]")) ||
       failed(c.rank(init, 3, "[tokens, query heads, K]")) ||
+      failed(c.positiveDim("number of query heads", q, 1)) ||
+      failed(c.staticDimAtMost("head_dim", q, 2, kMaxHeadDim)) ||
       failed(c.sameDim("head_dim", q, 2, means, 2)) ||
       failed(c.sameDim("token count", q, 0, init, 0)) ||
       failed(c.sameDim("number of query heads", q, 1, init, 1)) ||
@@ -565,11 +640,16 @@ LogicalResult LseMergeOp::verify() {
   Checker c(*this);
   Named parts("partials", getPartials()), plse("partial_lse", getPartialLse()),
       out("out_init", getOutInit()), lse("lse_init", getLseInit());
-  if (failed(c.rank(parts, 4, "[partials, tokens, heads, head_dim]")) ||
+  if (failed(c.staticSizes()) ||
+      failed(c.rank(parts, 4, "[partials, tokens, heads, head_dim]")) ||
       failed(c.rank(plse, 3, "[partials, tokens, heads]")) ||
       failed(c.rank(out, 3, "[tokens, heads, head_dim]")) ||
       failed(c.rank(lse, 2, "[tokens, heads]")) ||
       failed(c.positiveDim("number of partials", parts, 0)) ||
+      failed(c.staticDimAtMost("number of partials", parts, 0,
+                               kMaxSelectedBlocks)) ||
+      failed(c.positiveDim("number of heads", parts, 2)) ||
+      failed(c.staticDimAtMost("head_dim", parts, 3, kMaxHeadDim)) ||
       failed(c.sameDim("number of partials", parts, 0, plse, 0)))
     return failure();
   for (int64_t i = 0; i < 3; ++i)
@@ -599,8 +679,11 @@ LogicalResult verifyGroups(Operation *op, Value selectedValue,
   Checker c(op);
   Named sel("selected", selectedValue), starts("starts", startsValue),
       counts("counts", countsValue), entries("entries", entriesValue);
-  if (failed(c.rank(sel, 3, "[tokens, query heads, K]")) ||
+  if (failed(c.staticSizes()) ||
+      failed(c.rank(sel, 3, "[tokens, query heads, K]")) ||
+      failed(c.positiveDim("number of query heads", sel, 1)) ||
       failed(c.positiveDim("K", sel, 2)) ||
+      failed(c.staticDimAtMost("K", sel, 2, kMaxSelectedBlocks)) ||
       failed(c.rank(starts, 2, "[query heads, block rows]")) ||
       failed(c.rank(counts, 2, "[query heads, block rows]")) ||
       failed(c.rank(entries, 2, "[query heads, tokens * K]")) ||

@@ -86,9 +86,14 @@ private:
   Location loc;
 };
 
+/// The largest static batch whose offsets become a constant: a constant holds
+/// B + 1 values in the IR itself, so a batch of 2^33 would take 64 GiB.
+constexpr int64_t kMaxConstantOffsets = 1 << 16;
+
 /// The batched layout's `cu_seqlens = [0, S, 2S, ..., B*S]`: a constant when
-/// B and S are static, a tensor.generate otherwise. i32 offsets when the
-/// token count fits, i64 otherwise.
+/// B and S are static and B is at most kMaxConstantOffsets, a
+/// tensor.generate otherwise. i32 offsets when the token count fits, i64
+/// otherwise. (The verifier bounds q's static bytes, so B * S cannot wrap.)
 Value buildUniformCuSeqlens(OpBuilder &b, Location loc, SizeBuilder &sizes,
                             OpFoldResult batch, OpFoldResult seq) {
   std::optional<int64_t> staticBatch = getConstantIntValue(batch);
@@ -96,7 +101,7 @@ Value buildUniformCuSeqlens(OpBuilder &b, Location loc, SizeBuilder &sizes,
   bool fitsI32 = staticBatch && staticSeq &&
                  *staticBatch * *staticSeq <= std::numeric_limits<int32_t>::max();
   Type offsetType = fitsI32 ? b.getI32Type() : b.getI64Type();
-  if (staticBatch && staticSeq) {
+  if (staticBatch && staticSeq && *staticBatch <= kMaxConstantOffsets) {
     auto type = RankedTensorType::get({*staticBatch + 1}, offsetType);
     SmallVector<APInt> offsets;
     for (int64_t i = 0; i <= *staticBatch; ++i)
@@ -104,11 +109,15 @@ Value buildUniformCuSeqlens(OpBuilder &b, Location loc, SizeBuilder &sizes,
     return arith::ConstantOp::create(b, loc, DenseElementsAttr::get(type, offsets));
   }
   OpFoldResult count = sizes.add(batch, sizes.constant(1));
-  auto type = RankedTensorType::get({ShapedType::kDynamic}, offsetType);
+  std::optional<int64_t> staticCount = getConstantIntValue(count);
+  auto type = RankedTensorType::get(
+      {staticCount ? *staticCount : ShapedType::kDynamic}, offsetType);
   Value seqValue = getValueOrCreateConstantIndexOp(b, loc, seq);
-  Value countValue = getValueOrCreateConstantIndexOp(b, loc, count);
+  SmallVector<Value> dynamicCount;
+  if (!staticCount)
+    dynamicCount.push_back(getValueOrCreateConstantIndexOp(b, loc, count));
   return tensor::GenerateOp::create(
-      b, loc, type, ValueRange{countValue},
+      b, loc, type, dynamicCount,
       [&](OpBuilder &nb, Location nloc, ValueRange indices) {
         Value offset = arith::MulIOp::create(nb, nloc, indices[0], seqValue);
         Value cast = arith::IndexCastOp::create(nb, nloc, offsetType, offset);

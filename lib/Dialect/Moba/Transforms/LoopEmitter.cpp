@@ -399,13 +399,6 @@ LogicalResult mlir::moba::checkStaticHeadsAndHeadDim(RewriterBase &rewriter,
         return op->emitOpError()
                << "lowering to loops needs static heads and head_dim; dim "
                << i << " of " << type << " is dynamic";
-    // The innermost dim (head_dim, or K of a selection) becomes a vector.
-    if (type.getShape().back() > kMaxLoweredVectorWidth)
-      return op->emitOpError()
-             << "lowering to loops supports innermost dims (head_dim, top_k) "
-                "up to "
-             << kMaxLoweredVectorWidth << "; " << type << " has "
-             << type.getShape().back();
   }
   return success();
 }

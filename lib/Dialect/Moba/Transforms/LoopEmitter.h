@@ -215,14 +215,12 @@ std::pair<Value, Value> emitParallelAttention(ImplicitLocOpBuilder &b,
 QueryResult finishSoftmax(ImplicitLocOpBuilder &b, Value m, Value l,
                           Value acc);
 
-/// The widest vector the loop lowerings build (head_dim, top_k).
-constexpr int64_t kMaxLoweredVectorWidth = 1024;
-
 /// checkStaticHeadsAndHeadDim on the q, k, v and selection of `op`.
 LogicalResult checkLowerable(RewriterBase &rewriter, SparseAttentionOp op);
 
-/// Static sizes the loop lowerings need, and no innermost dim wider than
-/// kMaxLoweredVectorWidth; a failure names the op and the dim.
+/// Static sizes the loop lowerings need; a failure names the op and the
+/// dim. (The innermost dims, head_dim and K, become vectors: the verifiers
+/// bound them by kMaxHeadDim and kMaxSelectedBlocks.)
 LogicalResult checkStaticHeadsAndHeadDim(RewriterBase &rewriter,
                                          Operation *op, ValueRange tensors);
 

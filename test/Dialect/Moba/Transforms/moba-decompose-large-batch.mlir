@@ -20,3 +20,18 @@ func.func @at_limit(%q: tensor<1x2147483647x1x8xbf16>) -> tensor<1x2147483647x1x
       {block_size = 128, top_k = 8} -> tensor<1x2147483647x1x8xbf16>
   return %o : tensor<1x2147483647x1x8xbf16>
 }
+
+// A batch too large for a constant (B + 1 values in the IR): the offsets are
+// generated, with the static count.
+
+// CHECK-LABEL: func @huge_batch
+// CHECK-NOT: arith.constant dense
+// CHECK: %[[OFFSETS:.+]] = tensor.generate
+// CHECK: arith.index_cast %{{.+}} : index to i64
+// CHECK: } : tensor<8589934593xi64>
+// CHECK: moba.block_pool {{.+}} cu_seqlens(%[[OFFSETS]] : tensor<8589934593xi64>)
+func.func @huge_batch(%q: tensor<8589934592x1x1x8xbf16>) -> tensor<8589934592x1x1x8xbf16> {
+  %o = moba.attention q(%q : tensor<8589934592x1x1x8xbf16>) k(%q : tensor<8589934592x1x1x8xbf16>) v(%q : tensor<8589934592x1x1x8xbf16>)
+      {block_size = 128, top_k = 8} -> tensor<8589934592x1x1x8xbf16>
+  return %o : tensor<8589934592x1x1x8xbf16>
+}

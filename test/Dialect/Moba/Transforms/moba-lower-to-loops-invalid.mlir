@@ -3,20 +3,12 @@
 // from either pass.
 // RUN: not moba-opt %s --moba-tile-attention 2>&1 | FileCheck %s --check-prefix=DYNAMIC
 // RUN: not moba-opt %s --moba-lower-to-loops 2>&1 | FileCheck %s --check-prefix=DYNAMIC
-// RUN: not moba-opt %s --moba-lower-to-loops 2>&1 | FileCheck %s --check-prefix=WIDE
 // RUN: not moba-opt %s --moba-lower-to-loops="parallel=true" 2>&1 | FileCheck %s --check-prefix=GATE
 
 // DYNAMIC: error: 'moba.sparse_attention' op lowering to loops needs static heads and head_dim; dim 2 of 'tensor<?x4x?xf32>' is dynamic
 func.func @dynamic_head_dim(%q: tensor<?x4x?xf32>, %cu: tensor<?xi32>, %o0: tensor<?x4x?xf32>, %l0: tensor<?x4xf32>) -> tensor<?x4x?xf32> {
   %o, %l = moba.sparse_attention q(%q : tensor<?x4x?xf32>) k(%q : tensor<?x4x?xf32>) v(%q : tensor<?x4x?xf32>) cu_seqlens(%cu : tensor<?xi32>) outs(%o0 : tensor<?x4x?xf32>, %l0 : tensor<?x4xf32>) {block_size = 16, scale = 0.25 : f32}
   return %o : tensor<?x4x?xf32>
-}
-
-// A selection of 2000 blocks per query would be a 2000-wide vector.
-// WIDE: error: 'moba.gate_topk' op lowering to loops supports innermost dims (head_dim, top_k) up to 1024; 'tensor<?x4x2000xi32>' has 2000
-func.func @too_many_blocks(%q: tensor<?x4x16xf32>, %m: tensor<?x4x16xf32>, %cu: tensor<?xi32>, %i: tensor<?x4x2000xi32>) -> tensor<?x4x2000xi32> {
-  %sel = moba.gate_topk queries(%q : tensor<?x4x16xf32>) means(%m : tensor<?x4x16xf32>) cu_seqlens(%cu : tensor<?xi32>) outs(%i : tensor<?x4x2000xi32>) {block_size = 16}
-  return %sel : tensor<?x4x2000xi32>
 }
 
 // The parallel form has no score tensor: the gate must be fused first.

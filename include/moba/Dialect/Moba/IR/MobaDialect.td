@@ -41,6 +41,17 @@ def Moba_Dialect : Dialect {
     Head layouts (MHA, GQA, MQA) come from the types: `Hq` query heads share
     `Hkv` key/value heads, query head `h` reading key/value head
     `h / (Hq / Hkv)`. Key/value tensors are never replicated per query head.
+
+    Limits, checked by every op's verifier wherever the size is static (a
+    dynamic size is checked by the runtime that supplies it):
+
+    * at least one query head and one key/value head;
+    * `head_dim` at most 1024 and `top_k` (the selection width `K`, and the
+      number of partials of `moba.lse_merge`) at most 1024: the loop
+      lowerings hold a row of `head_dim` values and a query's `K` selected
+      blocks in vector registers, and the GPU kernels in register arrays;
+    * every tensor whose sizes are all static holds fewer than 2^62 bytes, so
+      that no product of its sizes wraps a signed 64-bit index.
   }];
   let hasCanonicalizer = 0;
   let useDefaultAttributePrinterParser = 0;
