@@ -13,7 +13,8 @@ out=$root/.device
 rm -rf "$out" && mkdir -p "$out/moba"
 cp "$build"/python/moba/*.py "$out/moba/"
 gzip -9 -c "$build/python/moba/libMobaC.so" > "$out/moba/libMobaC.so.gz"
-cp "$root/test/device/gpu_check.py" "$root"/bench/*.py "$out/"
+cp "$root/test/device/gpu_check.py" "$root/test/device/nan_check.py" \
+   "$root/python/tests/reference.py" "$root"/bench/*.py "$out/"
 # The peers' code (../shared/bench) travels with the bundle when it is there.
 if [ -d "$root/../shared/bench" ]; then
   mkdir -p "$out/peers" && cp "$root"/../shared/bench/*.py "$out/peers/"

@@ -20,6 +20,17 @@ def moba_reference(q, k, v, cu_seqlens, block_size, top_k, causal=True,
     lse = np.zeros((tokens, hq))
     near_tie = np.zeros((tokens, hq), dtype=bool)
     cu = [int(x) for x in cu_seqlens]
+    with np.errstate(invalid="ignore"):  # NaN and inf propagate on purpose
+        _attend(q, k, v, cu, block_size, top_k, causal, scale,
+                tie_tolerance, out, lse, near_tie)
+    return out, lse, near_tie
+
+
+def _attend(q, k, v, cu, block_size, top_k, causal, scale, tie_tolerance,
+            out, lse, near_tie):
+    hq, hkv = q.shape[1], k.shape[1]
+    d = q.shape[2]
+    group = hq // hkv
     for start, end in zip(cu[:-1], cu[1:]):
         n_blocks = -(-(end - start) // block_size)
         bounds = [(start + j * block_size,
@@ -33,7 +44,9 @@ def moba_reference(q, k, v, cu_seqlens, block_size, top_k, causal=True,
                 g = h // group
                 candidates = range(own) if causal else range(n_blocks)
                 products = [q[t, h] * means[j, g] for j in candidates]
-                scored = sorted(((p.sum(), j, np.abs(p).sum())
+                # Best first, ties to the later block; NaN ranks as +inf.
+                scored = sorted(((np.inf if np.isnan(p.sum()) else p.sum(), j,
+                                  np.abs(p).sum())
                                  for p, j in zip(products, candidates)),
                                 key=lambda s: (-s[0], -s[1]))
                 take = top_k - 1 if causal else top_k
@@ -53,7 +66,6 @@ def moba_reference(q, k, v, cu_seqlens, block_size, top_k, causal=True,
                 w = np.exp(x - m)
                 out[t, h] = (w @ v[keys, g]) / w.sum()
                 lse[t, h] = m + np.log(w.sum())
-    return out, lse, near_tie
 
 
 def random_inputs(rng, seqlens, hq, hkv, d):

@@ -32,6 +32,8 @@
 // CHECK-COUNT-2: vector.load %[[LO]]{{.+}} {alignment = 16 : i64} : memref<?x2x64xbf16>, vector<8xbf16>
 // CHECK-COUNT-4: nvvm.mma.sync {{.+}} C[%cst{{.*}}, %cst{{.*}}, %cst{{.*}}, %cst{{.*}}]
 // CHECK-COUNT-4: nvvm.mma.sync {{.+}} C[%{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}}]
+// A NaN score ranks as +inf (docs/semantics.md, "NaN and infinity").
+// CHECK-COUNT-4: arith.cmpf uno
 // CHECK:       %[[ANY:.+]] = nvvm.vote.sync  any %c-1_i32{{.*}}, %{{.+}} -> i1
 // CHECK:       scf.if %[[ANY]] -> (f32, f32, i32, i32, f32, f32, i32, i32)
 // CHECK:         arith.cmpf oge

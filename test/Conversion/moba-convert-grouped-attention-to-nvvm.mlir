@@ -75,8 +75,11 @@
 // CHECK:       llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
 // CHECK:       scf.yield
 // CHECK:     nvvm.cp.async.wait.group 0
+// A row's partial is written when l != 0 (une, so a NaN row stays NaN),
+// else zeros and lse -inf.
 // CHECK:     scf.if
-// CHECK:       math.log2
+// CHECK:       %[[ATTENDED:.+]] = arith.cmpf une, %[[L:.+]], %{{.+}} : f32
+// CHECK:       math.log2 %[[L]]
 // CHECK:       vector.store {{.+}} : memref<2x?x8x64xf32>, vector<2xf32>
 // CHECK: memref.dealloc %[[LIST]]
 // CHECK-NOT: moba.grouped_block_attention

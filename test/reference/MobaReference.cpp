@@ -100,6 +100,10 @@ Result attention(const Problem &p, Mutation mutation, double tieTolerance) {
           }
           candidates.push_back({s, m, j});
         }
+        // Best first, ties to the later block; NaN ranks as +inf.
+        for (Candidate &c : candidates)
+          if (std::isnan(c.score))
+            c.score = std::numeric_limits<double>::infinity();
         std::sort(candidates.begin(), candidates.end(),
                   [](const Candidate &a, const Candidate &c) {
                     if (a.score != c.score)
@@ -151,7 +155,8 @@ Result attention(const Problem &p, Mutation mutation, double tieTolerance) {
           for (int64_t d = 0; d < D; ++d)
             dot += qAt(t, h, d) * kAt(keys[i], g, d);
           x[i] = p.scale * dot;
-          m = std::max(m, x[i]);
+          // NaN propagates (std::max would drop it).
+          m = std::isnan(x[i]) || std::isnan(m) ? NAN : std::max(m, x[i]);
         }
         double l = 0;
         for (size_t i = 0; i < keys.size(); ++i)

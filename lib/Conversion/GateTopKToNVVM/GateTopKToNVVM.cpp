@@ -42,6 +42,7 @@
 #include "KernelBuilder/KernelBuilder.h"
 #include "moba/Conversion/Passes.h"
 #include "moba/Dialect/Moba/IR/MobaOps.h"
+#include "moba/Dialect/Moba/Utils/NumericSemantics.h"
 
 #include "mlir/IR/PatternMatch.h"
 
@@ -410,8 +411,11 @@ void GateKernel::emitWarp(ImplicitLocOpBuilder &b, Value hi, Value lo,
           for (int64_t i = 0; i < 2; ++i)
             for (int64_t j = 0; j < 2; ++j) {
               int64_t at = 2 * i + j;
-              Value score = le.fadd(le.fadd(chains[0][at], chains[1][at]),
-                                    le.fadd(chains[2][at], chains[3][at]));
+              // NaN ranks as +inf (docs/semantics.md).
+              Value score = rankingScore(
+                  lb, lb.getLoc(),
+                  le.fadd(le.fadd(chains[0][at], chains[1][at]),
+                          le.fadd(chains[2][at], chains[3][at])));
               Value block =
                   le.add(base, le.add(le.mul(c, le.index(2)), le.index(j)));
               Value isCandidate =

@@ -306,12 +306,15 @@ void AttentionKernel::emitMergeRow(ImplicitLocOpBuilder &b, const CtaTile &t,
           at = se.select(arith::CmpFOp::create(sb, arith::CmpFPredicate::OGT,
                                                lse, max),
                          slot, at);
-          max = se.fmax(max, lse);
+          // maximumf, not maxnum: a NaN lse makes the row's max NaN, hence
+          // every share and the merged row NaN (docs/semantics.md).
+          max = LLVM::MaximumOp::create(sb, max, lse);
         }
         scf::YieldOp::create(sb, ValueRange{max, at});
       });
   Value max = best.getResult(0), bestSlot = best.getResult(1);
-  Value finite = arith::CmpFOp::create(b, arith::CmpFPredicate::OGT, max,
+  // Not -inf (some slot attended), or NaN.
+  Value finite = arith::CmpFOp::create(b, arith::CmpFPredicate::UNE, max,
                                        e.f32(kNegInf));
 
   auto sumType = VectorType::get({kChunkColumns}, f32);

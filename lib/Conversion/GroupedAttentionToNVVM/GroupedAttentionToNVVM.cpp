@@ -37,6 +37,7 @@
 #include "AttentionKernel.h"
 
 #include "moba/Conversion/Passes.h"
+#include "moba/Dialect/Moba/Utils/NumericSemantics.h"
 
 #include "mlir/IR/PatternMatch.h"
 
@@ -450,8 +451,8 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
     auto write = scf::IfOp::create(b, t.rowValid[r], false);
     OpBuilder::InsertionGuard rowGuard(b);
     b.setInsertionPointToStart(&write.getThenRegion().front());
-    Value any = arith::CmpFOp::create(b, arith::CmpFPredicate::OGT, l,
-                                      e.f32(0.0));
+    // l != 0 rather than l > 0: a NaN row stays NaN (docs/semantics.md).
+    Value any = attendedAny(b, b.getLoc(), l);
     Value inverse = e.select(any, arith::DivFOp::create(b, e.f32(1.0), l),
                              e.f32(0.0));
     Value lse = e.select(

@@ -262,6 +262,9 @@ TopKState LoopEmitter::insertTopK(TopKState state, Value score,
                                   Value blockIndex) {
   int64_t k = cast<VectorType>(state.scores.getType()).getShape().front();
   auto i32Vec = VectorType::get({k}, b.getI32Type());
+  // NaN ranks as +inf (docs/semantics.md, "NaN and infinity"), so the list
+  // never holds a NaN and the comparisons below stay a total order.
+  score = rankingScore(b, b.getLoc(), score);
   // The new entry's slot: the number of entries strictly better than it.
   Value better = arith::CmpFOp::create(b, arith::CmpFPredicate::OGT,
                                        state.scores, splat(score, k));
@@ -369,8 +372,7 @@ QueryResult mlir::moba::finishSoftmax(ImplicitLocOpBuilder &b, Value m,
                                       Value l, Value acc) {
   LoopEmitter e(b);
   int64_t n = cast<VectorType>(acc.getType()).getShape().front();
-  Value attended =
-      arith::CmpFOp::create(b, arith::CmpFPredicate::OGT, l, e.f32(0.0));
+  Value attended = attendedAny(b, b.getLoc(), l);
   Value safeL = arith::SelectOp::create(b, attended, l, e.f32(1.0));
   Value row = arith::DivFOp::create(b, acc, e.splat(safeL, n));
   Value zeros = e.splat(e.f32(0.0), n);

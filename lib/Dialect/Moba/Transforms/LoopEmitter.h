@@ -12,6 +12,8 @@
 #ifndef MOBA_LIB_DIALECT_MOBA_TRANSFORMS_LOOPEMITTER_H
 #define MOBA_LIB_DIALECT_MOBA_TRANSFORMS_LOOPEMITTER_H
 
+#include "moba/Dialect/Moba/Utils/NumericSemantics.h"
+
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/ImplicitLocOpBuilder.h"
 #include "mlir/IR/PatternMatch.h"
@@ -211,7 +213,8 @@ std::pair<Value, Value> emitParallelAttention(ImplicitLocOpBuilder &b,
                                               QueryBody body);
 
 /// Finishes an online-softmax state: out = acc / l and lse = m + log(l), or
-/// out = 0 and lse = -inf when no key was attended (l = 0).
+/// out = 0 and lse = -inf when no key was attended (l = 0). NaN in l, m or
+/// acc propagates.
 QueryResult finishSoftmax(ImplicitLocOpBuilder &b, Value m, Value l,
                           Value acc);
 

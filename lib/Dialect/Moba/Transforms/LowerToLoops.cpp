@@ -532,7 +532,8 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
     int64_t headDim = op.getOutInit().getType().getDimSize(2);
     // m = max_p lse_p; l = sum_p exp(lse_p - m); acc = sum_p exp(lse_p - m)
     // * o_p; all -inf gives l = 0, hence zeros and -inf. A -inf partial
-    // contributes nothing, whatever its row holds.
+    // contributes nothing, whatever its row holds. A NaN lse makes m, l and
+    // the row NaN (MaximumF propagates NaN; attendedAny holds for NaN).
     struct Weights {
       Value shift, l;
       SmallVector<Value> w, attended;
@@ -588,8 +589,7 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
               ValueRange outs) -> SmallVector<SliceWrite> {
             LoopEmitter pe(pb);
             Weights weights = weightsAt(pb, ivs[0], ivs[1]);
-            Value any = arith::CmpFOp::create(pb, arith::CmpFPredicate::OGT,
-                                              weights.l, pe.f32(0.0));
+            Value any = attendedAny(pb, pb.getLoc(), weights.l);
             Value value = arith::SelectOp::create(
                 pb, any,
                 arith::AddFOp::create(pb, weights.shift,
@@ -629,8 +629,7 @@ struct LowerLseMerge : LoweringPattern<LseMergeOp> {
               acc = vector::FMAOp::create(pb, pe.splat(weights.w[p], width),
                                           x, acc);
             }
-            Value any = arith::CmpFOp::create(pb, arith::CmpFPredicate::OGT,
-                                              weights.l, pe.f32(0.0));
+            Value any = attendedAny(pb, pb.getLoc(), weights.l);
             // One division per iteration, not one per dim.
             Value inverse = arith::SelectOp::create(
                 pb, any, arith::DivFOp::create(pb, pe.f32(1.0), weights.l),

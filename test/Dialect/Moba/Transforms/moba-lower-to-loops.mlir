@@ -27,7 +27,11 @@
 // CHECK:         %[[MHI:.+]] = vector.shuffle %[[MEAN]], %[[MEAN]] [8, 9, 10, 11, 12, 13, 14, 15] : vector<16xf32>, vector<16xf32>
 // CHECK:         %[[SUMS:.+]] = vector.fma %[[QHI]], %[[MHI]], %[[PROD]] : vector<8xf32>
 // CHECK:         %[[SCORE:.+]] = vector.reduction <add>, %[[SUMS]] : vector<8xf32> into f32
-// CHECK:         arith.cmpf ogt, %[[S]], %{{.+}} : vector<2xf32>
+// A NaN score ranks as +inf (docs/semantics.md, "NaN and infinity").
+// CHECK:         %[[ISNAN:.+]] = arith.cmpf uno, %[[SCORE]], %[[SCORE]] : f32
+// CHECK:         %[[RANKED:.+]] = arith.select %[[ISNAN]], %{{.+}}, %[[SCORE]] : f32
+// CHECK:         %[[RANKEDV:.+]] = vector.broadcast %[[RANKED]] : f32 to vector<2xf32>
+// CHECK:         arith.cmpf ogt, %[[S]], %[[RANKEDV]] : vector<2xf32>
 // CHECK:         vector.reduction <add>, %{{.+}} : vector<2xi32> into i32
 // CHECK:         vector.shuffle %[[S]], %[[S]] [0, 0] : vector<2xf32>, vector<2xf32>
 // CHECK:         arith.select
