@@ -125,17 +125,16 @@ func.func @all_blocks_is_dense(%q: tensor<1000x4x32xbf16>, %k: tensor<1000x4x32x
 // CHECK-LABEL: func @not_dense
 // CHECK: moba.sparse_attention
 // CHECK-SAME: selected
-// CHECK: moba.online_sparse_attention
+// CHECK: moba.sparse_attention
 // CHECK-SAME: selected
 func.func @not_dense(%q: tensor<1000x4x32xbf16>, %k: tensor<1000x4x32xbf16>, %v: tensor<1000x4x32xbf16>, %cu: tensor<3xi32>, %scores: tensor<1000x4x8xf32>)
-    -> (tensor<1000x4x32xbf16>, tensor<1000x4x32xf32>) {
+    -> (tensor<1000x4x32xbf16>, tensor<1000x4x32xbf16>) {
   %i0 = tensor.empty() : tensor<1000x4x8xi32>
   %sel = moba.topk scores(%scores : tensor<1000x4x8xf32>) cu_seqlens(%cu : tensor<3xi32>) outs(%i0 : tensor<1000x4x8xi32>) {block_size = 128}
   %o0 = tensor.empty() : tensor<1000x4x32xbf16>
   %l0 = tensor.empty() : tensor<1000x4xf32>
   %o, %l = moba.sparse_attention q(%q : tensor<1000x4x32xbf16>) k(%k : tensor<1000x4x32xbf16>) v(%v : tensor<1000x4x32xbf16>) cu_seqlens(%cu : tensor<3xi32>) selected(%sel : tensor<1000x4x8xi32>) outs(%o0 : tensor<1000x4x32xbf16>, %l0 : tensor<1000x4xf32>) {block_size = 128, scale = 0.17677669 : f32, causal = false}
-  %a0 = tensor.empty() : tensor<1000x4x32xf32>
-  %a, %m, %s = moba.online_sparse_attention q(%q : tensor<1000x4x32xbf16>) k(%k : tensor<1000x4x32xbf16>) v(%v : tensor<1000x4x32xbf16>) cu_seqlens(%cu : tensor<3xi32>) selected(%sel : tensor<1000x4x8xi32>) outs(%a0 : tensor<1000x4x32xf32>, %l0 : tensor<1000x4xf32>, %l0 : tensor<1000x4xf32>) {block_size = 64, scale = 0.17677669 : f32}
-  return %o, %a : tensor<1000x4x32xbf16>, tensor<1000x4x32xf32>
+  %a, %m = moba.sparse_attention q(%q : tensor<1000x4x32xbf16>) k(%k : tensor<1000x4x32xbf16>) v(%v : tensor<1000x4x32xbf16>) cu_seqlens(%cu : tensor<3xi32>) selected(%sel : tensor<1000x4x8xi32>) outs(%o0 : tensor<1000x4x32xbf16>, %l0 : tensor<1000x4xf32>) {block_size = 64, scale = 0.17677669 : f32}
+  return %o, %a : tensor<1000x4x32xbf16>, tensor<1000x4x32xbf16>
 }
 

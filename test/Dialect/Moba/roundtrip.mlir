@@ -89,29 +89,17 @@ func.func @own_block_and_dense(%q: tensor<100x2x16xf32>, %k: tensor<100x2x16xf32
   return %sel, %o : tensor<100x2x1xi32>, tensor<100x2x16xf32>
 }
 
-// CHECK-LABEL: func @online_and_merge
-func.func @online_and_merge(%q: tensor<64x4x32xbf16>, %k: tensor<64x4x32xbf16>,
-                            %v: tensor<64x4x32xbf16>, %cu: tensor<2xi32>,
-                            %sel: tensor<64x4x2xi32>, %acc0: tensor<64x4x32xf32>,
-                            %m0: tensor<64x4xf32>, %s0: tensor<64x4xf32>,
-                            %parts: tensor<2x64x4x32xf32>, %plse: tensor<2x64x4xf32>,
-                            %o0: tensor<64x4x32xbf16>, %l0: tensor<64x4xf32>)
-    -> (tensor<64x4x32xf32>, tensor<64x4x32xbf16>) {
-  // CHECK: %{{.+}}, %{{.+}}, %{{.+}} = moba.online_sparse_attention
-  // CHECK-SAME: selected(%{{.+}} : tensor<64x4x2xi32>)
-  // CHECK-SAME: outs(%{{.+}} : tensor<64x4x32xf32>, %{{.+}} : tensor<64x4xf32>, %{{.+}} : tensor<64x4xf32>)
-  %acc, %m, %s = moba.online_sparse_attention q(%q : tensor<64x4x32xbf16>)
-      k(%k : tensor<64x4x32xbf16>) v(%v : tensor<64x4x32xbf16>)
-      cu_seqlens(%cu : tensor<2xi32>) selected(%sel : tensor<64x4x2xi32>)
-      outs(%acc0 : tensor<64x4x32xf32>, %m0 : tensor<64x4xf32>, %s0 : tensor<64x4xf32>)
-      {block_size = 32, scale = 0.5 : f32}
+// CHECK-LABEL: func @merge
+func.func @merge(%parts: tensor<2x64x4x32xf32>, %plse: tensor<2x64x4xf32>,
+                 %o0: tensor<64x4x32xbf16>, %l0: tensor<64x4xf32>)
+    -> tensor<64x4x32xbf16> {
   // CHECK: moba.lse_merge partials(%{{.+}} : tensor<2x64x4x32xf32>)
   // CHECK-SAME: partial_lse(%{{.+}} : tensor<2x64x4xf32>)
   // CHECK-SAME: outs(%{{.+}} : tensor<64x4x32xbf16>, %{{.+}} : tensor<64x4xf32>)
   %o, %l = moba.lse_merge partials(%parts : tensor<2x64x4x32xf32>)
       partial_lse(%plse : tensor<2x64x4xf32>)
       outs(%o0 : tensor<64x4x32xbf16>, %l0 : tensor<64x4xf32>)
-  return %acc, %o : tensor<64x4x32xf32>, tensor<64x4x32xbf16>
+  return %o : tensor<64x4x32xbf16>
 }
 
 // CHECK-LABEL: func @fused_selection

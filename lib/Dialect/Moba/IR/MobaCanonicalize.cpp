@@ -57,7 +57,7 @@ struct OwnBlockSelectionNeedsNoScores : OpRewritePattern<TopKOp> {
   }
 };
 
-/// moba.sparse_attention / moba.online_sparse_attention fed by a moba.topk
+/// moba.sparse_attention fed by a moba.topk
 /// that keeps at least as many blocks as a sequence can have: every
 /// candidate is selected, so the attention is dense. Requires the selection
 /// to use the same sequences and blocks, and a causal selection only for
@@ -103,9 +103,4 @@ void TopKOp::getCanonicalizationPatterns(RewritePatternSet &results,
 void SparseAttentionOp::getCanonicalizationPatterns(RewritePatternSet &results,
                                                     MLIRContext *context) {
   results.add<SelectionOfEveryBlockIsDense<SparseAttentionOp>>(context);
-}
-
-void OnlineSparseAttentionOp::getCanonicalizationPatterns(
-    RewritePatternSet &results, MLIRContext *context) {
-  results.add<SelectionOfEveryBlockIsDense<OnlineSparseAttentionOp>>(context);
 }

@@ -603,32 +603,6 @@ LogicalResult SparseAttentionOp::verify() {
 }
 
 //===----------------------------------------------------------------------===//
-// OnlineSparseAttentionOp
-//===----------------------------------------------------------------------===//
-
-MutableOperandRange OnlineSparseAttentionOp::getDpsInitsMutable() {
-  return trailingOperands(*this, 3);
-}
-
-LogicalResult OnlineSparseAttentionOp::verify() {
-  if (failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
-                                           getCuSeqlens(), getSelected(),
-                                           getBlockSize(), getScaleAttr())))
-    return failure();
-  Checker c(*this);
-  Named q("q", getQ()), acc("acc_init", getAccInit()),
-      max("max_init", getMaxInit()), sum("sum_init", getSumInit());
-  constexpr StringRef statLayout = "[tokens, query heads]";
-  if (failed(c.rank(acc, 3, "[tokens, query heads, head_dim]")) ||
-      failed(c.sameShape(q, acc)) || failed(c.rank(max, 2, statLayout)) ||
-      failed(c.rank(sum, 2, statLayout)) || failed(c.sameShape(max, sum)) ||
-      failed(c.sameDim("token count", q, 0, max, 0)) ||
-      failed(c.sameDim("number of query heads", q, 1, max, 1)))
-    return failure();
-  return success();
-}
-
-//===----------------------------------------------------------------------===//
 // LseMergeOp
 //===----------------------------------------------------------------------===//
 

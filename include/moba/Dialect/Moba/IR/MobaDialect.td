@@ -32,11 +32,9 @@ def Moba_Dialect : Dialect {
     * `moba-decompose` rewrites it into `moba.block_pool`, `moba.gate`,
       `moba.topk` and `moba.sparse_attention`, all on the packed
       variable-length layout and in destination-passing style, so that tiling
-      passes can slice them like linalg ops. `moba.online_sparse_attention`
-      carries the running max and sum of the online softmax explicitly so that
-      attention over a subset of key blocks is a partial reduction, and
-      `moba.lse_merge` combines partial results through their log-sum-exp
-      (split-K decode, context parallelism).
+      passes can slice them like linalg ops; `moba.lse_merge` combines
+      partial results through their log-sum-exp (the grouped per-block
+      attention, split-K decode, context parallelism).
 
     Head layouts (MHA, GQA, MQA) come from the types: `Hq` query heads share
     `Hkv` key/value heads, query head `h` reading key/value head
