@@ -115,6 +115,10 @@ void mobaConfigInit(MobaConfig *config);
 MobaKernel *mobaCompile(const MobaConfig *config, int32_t *from_cache,
                         char **error);
 
+/* The number of kernels compiled and not yet destroyed in this process: a
+ * leak check. */
+int64_t mobaLiveKernels(void);
+
 /* The target a kernel was compiled for. */
 MobaTarget mobaKernelTarget(const MobaKernel *kernel);
 

@@ -23,10 +23,15 @@ Environment:
                   targets), and the cache is bypassed.
   MOBA_CUDA_DRIVER  the CUDA driver library to open (default libcuda.so.1).
   MOBA_LIBRARY    the libMobaC.so to load (default: the one in this package).
+
+Kernels live while something holds them: a Kernel nobody refers to is freed
+with its compiled code (compile() finds it again while it is alive).
 """
+import collections
 import os
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -163,6 +168,8 @@ class Kernel:
 
     def __init__(self, config, handles, from_cache, compile_seconds):
         self._handles = handles  # "cpu" / "sm_80" / "sm_90a" -> handle
+        # Held only to compile another target; calls never take it.
+        self._lock = threading.Lock()
         self.config = config
         self.from_cache = from_cache
         self.compile_seconds = compile_seconds
@@ -205,7 +212,10 @@ class Kernel:
                     f"{name} is in host memory but the kernel was compiled "
                     f"for target={requested!r}: pass CUDA tensors")
             chip = "cpu"
-        with _kernels_lock:
+        handle = self._handles.get(chip)
+        if handle is not None:
+            return handle
+        with self._lock:
             if chip not in self._handles:
                 self._handles[chip], _ = _compile_handle(self.config, chip)
             return self._handles[chip]
@@ -423,8 +433,19 @@ class Kernel:
         return cu
 
 
-_kernels = {}
-_kernels_lock = threading.RLock()
+# compile()'s kernels: found here while something holds them, freed (with
+# their compiled code) when nothing does.
+_kernels = weakref.WeakValueDictionary()
+# The kernels moba_attn_varlen and moba_attn_batched used last, most recent
+# at the end: those calls drop their Kernel, and must not compile it again
+# each time.
+_recent = collections.OrderedDict()
+_RECENT_KERNELS = 8
+# Guards _kernels, _recent and _compiling; never held while compiling, so
+# that no call waits for another configuration's compile.
+_registry_lock = threading.Lock()
+# key -> [lock, number of threads using it]: one compile of a key at a time.
+_compiling = {}
 
 
 def _compile_handle(config, target):
@@ -439,6 +460,48 @@ def _compile_handle(config, target):
         c["mma_key_value_loads"], c["mma_merge"])
 
 
+def _kernel_for(key, config, target):
+    """The live Kernel of `key`, else a new one compiled for `target`.
+    Compiles of one key are serialized; different keys compile in
+    parallel."""
+    with _registry_lock:
+        kernel = _kernels.get(key)
+        if kernel is not None:
+            return kernel
+        entry = _compiling.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            with _registry_lock:
+                kernel = _kernels.get(key)
+            if kernel is not None:
+                return kernel
+            start = time.perf_counter()
+            handle, from_cache = _compile_handle(config, target)
+            kernel = Kernel(config, {target: handle}, from_cache,
+                            time.perf_counter() - start)
+            with _registry_lock:
+                _kernels[key] = kernel
+    finally:
+        with _registry_lock:
+            entry[1] -= 1
+            if not entry[1]:
+                del _compiling[key]
+    return kernel
+
+
+def _keep_recent(kernel):
+    """Holds `kernel` as one of the functional API's last few."""
+    with _registry_lock:
+        _recent[kernel] = None
+        _recent.move_to_end(kernel)
+        evicted = []
+        while len(_recent) > _RECENT_KERNELS:
+            evicted.append(_recent.popitem(last=False)[0])
+    # Freed here, outside the lock, if nothing else holds them.
+    del evicted
+
+
 def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             layout="varlen", causal=True, target="auto", *, scale=None,
             stage="fused", tile_q=None, tile_k=None, gpu_attention="mma",
@@ -451,10 +514,11 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     (the other is compiled when the kernel is first called with arrays
     there).
 
-    Kernels are kept in memory (the same arguments give the same Kernel) and,
-    for the CPU, on disk (see cache_dir()), keyed by the configuration and
-    the compiler's version. Raises ValueError or TypeError naming a bad
-    argument, and CompileError if the compiler fails.
+    Kernels are kept in memory while something holds them (the same
+    arguments then give the same Kernel) and, for the CPU, on disk (see
+    cache_dir()), keyed by the configuration and the compiler's version.
+    Raises ValueError or TypeError naming a bad argument, and CompileError if
+    the compiler fails.
 
     gpu_attention: "mma" (default): the queries grouped by the key block they
     chose, attended in 16-query tiles on tensor cores, partials merged by
@@ -553,16 +617,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)
-    with _kernels_lock:
-        kernel = _kernels.get(key)
-        if kernel is not None:
-            return kernel
-        start = time.perf_counter()
-        handle, from_cache = _compile_handle(config, first)
-        kernel = Kernel(config, {first: handle}, from_cache,
-                        time.perf_counter() - start)
-        _kernels[key] = kernel
-        return kernel
+    return _kernel_for(key, config, first)
 
 
 def _infer_dtype(x):
@@ -583,6 +638,7 @@ def moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen, moba_chunk_size,
     kernel = compile(head_dim=q.shape[-1], num_heads=q.shape[-2],
                      num_kv_heads=k.shape[-2], block_size=moba_chunk_size,
                      top_k=moba_topk, dtype=_infer_dtype(q), layout="varlen")
+    _keep_recent(kernel)
     out = kernel(q, k, v, cu_seqlens, max_seqlen=max_seqlen)
     return _like(q, out)
 
@@ -593,6 +649,7 @@ def moba_attn_batched(q, k, v, moba_chunk_size, moba_topk, causal=True):
                      num_kv_heads=k.shape[-2], block_size=moba_chunk_size,
                      top_k=moba_topk, dtype=_infer_dtype(q), layout="batched",
                      causal=causal)
+    _keep_recent(kernel)
     return _like(q, kernel(q, k, v))
 
 

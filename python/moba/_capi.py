@@ -74,6 +74,8 @@ def _load():
         ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [char_pp]
     lib.mobaGpuComputeCapability.restype = ctypes.c_int32
     lib.mobaGpuComputeCapability.argtypes = [char_pp]
+    lib.mobaLiveKernels.restype = ctypes.c_int64
+    lib.mobaLiveKernels.argtypes = []
     lib.mobaDestroy.restype = None
     lib.mobaDestroy.argtypes = [ctypes.c_void_p]
     lib.mobaFreeString.restype = None
@@ -159,6 +161,11 @@ def gpu_compute_capability():
     if capability == 0:
         return 0, _take_error(error.value)
     return capability, None
+
+
+def live_kernels():
+    """The number of kernels compiled and not yet destroyed."""
+    return _lib.mobaLiveKernels()
 
 
 def destroy(handle):
