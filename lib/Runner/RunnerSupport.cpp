@@ -39,6 +39,7 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <array>
+#include <cstdlib>
 
 using namespace mlir;
 using namespace mlir::moba;
@@ -156,12 +157,19 @@ EntryCompiler::jit(unsigned optLevel, bool keepObject) {
                                                   /*targetMachine=*/nullptr);
   options.jitCodeGenOptLevel = static_cast<llvm::CodeGenOptLevel>(optLevel);
   options.enableObjectDump = keepObject;
+  options.enableGDBNotificationListener = jitDebugRequested();
+  options.enablePerfNotificationListener = jitDebugRequested();
   auto engine = ExecutionEngine::create(*module, options);
   if (!engine)
     return llvm::createStringError("JIT compilation failed for %s: %s",
                                    config.key().c_str(),
                                    llvm::toString(engine.takeError()).c_str());
   return std::move(*engine);
+}
+
+bool mlir::moba::detail::jitDebugRequested() {
+  const char *value = std::getenv("MOBA_JIT_DEBUG");
+  return value && llvm::StringRef(value) == "1";
 }
 
 std::unique_ptr<MLIRContext> EntryCompiler::takeContext() {

@@ -53,6 +53,8 @@ public:
 
   /// JIT-compiles the module at LLVM `optLevel` (0-3); with `keepObject`,
   /// the object code stays available to ExecutionEngine::dumpToObjectFile.
+  /// The debugger and perf listeners are registered only when
+  /// jitDebugRequested().
   llvm::Expected<std::unique_ptr<ExecutionEngine>> jit(unsigned optLevel,
                                                        bool keepObject);
 
@@ -69,6 +71,12 @@ private:
   uint64_t handler = 0;
   OwningOpRef<ModuleOp> module;
 };
+
+/// True when MOBA_JIT_DEBUG=1: JIT-compiled code is then announced to
+/// debuggers (GDB's JIT interface) and to perf, which writes
+/// `.debug/jit/.../jit-<pid>.dump` files. Off by default: the dumps pile up
+/// in the temporary directory, one per process.
+bool jitDebugRequested();
 
 /// Calls the C interface `_mlir_ciface_moba_attention` at `entry` with
 /// contiguous memref descriptors of `buffers`.

@@ -23,6 +23,10 @@ Environment:
                   targets), and the cache is bypassed.
   MOBA_CUDA_DRIVER  the CUDA driver library to open (default libcuda.so.1).
   MOBA_LIBRARY    the libMobaC.so to load (default: the one in this package).
+  MOBA_JIT_DEBUG  1: announce JIT-compiled code to debuggers (GDB's JIT
+                  interface) and to perf, which writes a jit-<pid>.dump
+                  under .debug/jit/ per process. Off otherwise, so that no
+                  process leaves files behind.
 
 Kernels live while something holds them: a Kernel nobody refers to is freed
 with its compiled code (compile() finds it again while it is alive).

@@ -1,6 +1,9 @@
-"""What a process keeps: kernels only while they are used, and no lock
-that makes a call wait for a compile."""
+"""What a process keeps: kernels only while they are used, no JIT debug
+dumps unless asked for, and no lock that makes a call wait for a compile."""
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -92,6 +95,37 @@ def test_calls_never_wait_for_another_compile(monkeypatch):
         f"the compile finished before the calls ({finished[0] - calls_done:.3f}"
         " s): pick a slower configuration")
     assert max(calls) < 0.1, f"a call took {max(calls) * 1e3:.1f} ms"
+
+
+JIT = ("import moba; moba.compile(head_dim=16, num_heads=2, num_kv_heads=1, "
+       "block_size=8, top_k=2, dtype='f32', target='cpu')")
+
+
+def jit_dumps(tmp_path, **env):
+    """Compiles in a fresh process whose temporary and home directories are
+    `tmp_path`; returns the files left under .debug there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("JITDUMPDIR", "MOBA_JIT_DEBUG")}
+    environment.update(TMPDIR=str(tmp_path), HOME=str(home),
+                       MOBA_CACHE_DIR="", **env)
+    subprocess.run([sys.executable, "-c", JIT], env=environment, check=True,
+                   timeout=300)
+    return [os.path.relpath(os.path.join(d, f), tmp_path)
+            for d, _, files in os.walk(tmp_path) for f in files
+            if ".debug" in d]
+
+
+def test_no_jit_dumps_by_default(tmp_path):
+    assert jit_dumps(tmp_path) == []
+
+
+def test_jit_dumps_on_request(tmp_path):
+    # The switch works, and the test above looks where the dumps go.
+    dumps = jit_dumps(tmp_path, MOBA_JIT_DEBUG="1")
+    assert any(os.path.basename(d).startswith("jit-") and d.endswith(".dump")
+               for d in dumps), dumps
 
 
 def test_threads_compile_different_configurations_at_once(monkeypatch,
