@@ -236,7 +236,7 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
   if (c->dump_dir && *c->dump_dir) {
     // Dumps mean every stage runs: the cache would skip them.
     options.cacheDir.clear();
-    options.dumpIR = dumpToDirectory(c->dump_dir, cacheKey(config, options));
+    options.dumpIR = dumpToDirectory(c->dump_dir, kernelName(config, options));
   }
 
   if (c->target != MOBA_TARGET_CPU)
@@ -249,6 +249,12 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
   if (fromCache)
     *fromCache = (*kernel)->fromCache() ? 1 : 0;
   return tracked(new MobaKernel{MOBA_TARGET_CPU, std::move(*kernel), nullptr});
+}
+
+const char *mobaKernelCacheWarning(const MobaKernel *kernel) {
+  if (!kernel || !kernel->cpu || kernel->cpu->cacheWarning().empty())
+    return nullptr;
+  return kernel->cpu->cacheWarning().c_str();
 }
 
 int64_t mobaLiveKernels(void) { return liveKernels.load(); }

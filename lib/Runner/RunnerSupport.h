@@ -19,6 +19,10 @@
 #include <functional>
 #include <memory>
 
+namespace llvm {
+class MemoryBuffer;
+} // namespace llvm
+
 namespace mlir {
 class ExecutionEngine;
 } // namespace mlir
@@ -51,12 +55,15 @@ public:
   /// An error "`what` failed for <config>" with the diagnostics so far.
   llvm::Error fail(llvm::StringRef what) const;
 
-  /// JIT-compiles the module at LLVM `optLevel` (0-3); with `keepObject`,
-  /// the object code stays available to ExecutionEngine::dumpToObjectFile.
-  /// The debugger and perf listeners are registered only when
-  /// jitDebugRequested().
-  llvm::Expected<std::unique_ptr<ExecutionEngine>> jit(unsigned optLevel,
-                                                       bool keepObject);
+  /// JIT-compiles the module at LLVM `optLevel` (0-3). The debugger and
+  /// perf listeners are registered only when jitDebugRequested().
+  llvm::Expected<std::unique_ptr<ExecutionEngine>> jit(unsigned optLevel);
+
+  /// Compiles the module to a relocatable object for this host at LLVM
+  /// `optLevel` (0-3), as jit() would compile it: the same optimization and
+  /// target machine (the host CPU with all its features).
+  llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>>
+  emitHostObject(unsigned optLevel);
 
   /// The context and module, which the caller keeps alive while code JIT
   /// compiled from them runs.

@@ -17,7 +17,11 @@ shape without D. Semantics: docs/semantics.md.
 Environment:
   MOBA_CACHE_DIR  where compiled CPU kernels are kept (default
                   $XDG_CACHE_HOME/moba-mlir or ~/.cache/moba-mlir);
-                  set it to an empty string to keep nothing on disk.
+                  set it to an empty string to keep nothing on disk. It
+                  must be your own directory with mode 0700 (it is created
+                  so); any other is not used and a moba.CacheWarning says
+                  why. Cached files are verified before they run
+                  (docs/python.md).
   MOBA_DUMP_IR    a directory: the IR after every stage of every compile is
                   written there (moba, loops, llvm; moba, gpu for GPU
                   targets), and the cache is bypassed.
@@ -35,6 +39,7 @@ import collections
 import os
 import threading
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -43,7 +48,15 @@ from . import _capi
 from ._capi import CompileError
 
 __all__ = ["compile", "Kernel", "moba_attn_varlen", "moba_attn_batched",
-           "CompileError", "to_bf16", "from_bf16", "cache_dir", "version"]
+           "CompileError", "CacheWarning", "to_bf16", "from_bf16",
+           "cache_dir", "version"]
+
+
+class CacheWarning(UserWarning):
+    """The disk cache was not used as asked: its directory was refused (not
+    yours, or open to other users: the kernel was compiled without it), or
+    a cached file failed verification (it was compiled again and the file
+    replaced). The message says which; Kernel.cache_warning keeps it."""
 
 _DTYPE_NAMES = {
     "f32": "f32", "float32": "f32", "float": "f32",
@@ -168,15 +181,20 @@ def _available_gpu_target():
 class Kernel:
     """A compiled MoBA attention configuration. Call it on arrays: numpy or
     CPU torch arrays run on the CPU, torch CUDA tensors (or other CUDA
-    arrays) on the GPU, on torch's current stream."""
+    arrays) on the GPU, on torch's current stream.
 
-    def __init__(self, config, handles, from_cache, compile_seconds):
+    from_cache: whether the code came from the disk cache. cache_warning:
+    None, or what went wrong with the disk cache (see CacheWarning)."""
+
+    def __init__(self, config, handles, from_cache, compile_seconds,
+                 cache_warning=None):
         self._handles = handles  # "cpu" / "sm_80" / "sm_90a" -> handle
         # Held only to compile another target; calls never take it.
         self._lock = threading.Lock()
         self.config = config
         self.from_cache = from_cache
         self.compile_seconds = compile_seconds
+        self.cache_warning = cache_warning
 
     def __del__(self):
         handles, self._handles = getattr(self, "_handles", None) or {}, {}
@@ -221,7 +239,11 @@ class Kernel:
             return handle
         with self._lock:
             if chip not in self._handles:
-                self._handles[chip], _ = _compile_handle(self.config, chip)
+                handle, _, warning = _compile_handle(self.config, chip)
+                self._handles[chip] = handle
+                if warning:
+                    self.cache_warning = warning
+                    warnings.warn(warning, CacheWarning, stacklevel=3)
             return self._handles[chip]
 
     def _check_tensor(self, name, x, heads, contiguous):
@@ -453,15 +475,17 @@ _compiling = {}
 
 
 def _compile_handle(config, target):
-    """Compiles `config` for `target`; returns (handle, from_cache)."""
+    """Compiles `config` for `target`; returns (handle, from_cache,
+    cache_warning)."""
     c = config
-    return _capi.compile_kernel(
+    handle, from_cache = _capi.compile_kernel(
         c["head_dim"], c["num_heads"], c["num_kv_heads"], c["block_size"],
         c["top_k"], c["causal"], c["scale"], c["dtype"], target, c["stage"],
         c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
         os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"],
         c["mma_warps"], c["mma_key_chunk"], c["mma_instruction"],
         c["mma_key_value_loads"], c["mma_merge"])
+    return handle, from_cache, _capi.cache_warning(handle)
 
 
 def _kernel_for(key, config, target):
@@ -481,9 +505,9 @@ def _kernel_for(key, config, target):
             if kernel is not None:
                 return kernel
             start = time.perf_counter()
-            handle, from_cache = _compile_handle(config, target)
+            handle, from_cache, warning = _compile_handle(config, target)
             kernel = Kernel(config, {target: handle}, from_cache,
-                            time.perf_counter() - start)
+                            time.perf_counter() - start, warning)
             with _registry_lock:
                 _kernels[key] = kernel
     finally:
@@ -491,6 +515,8 @@ def _kernel_for(key, config, target):
             entry[1] -= 1
             if not entry[1]:
                 del _compiling[key]
+    if warning:
+        warnings.warn(warning, CacheWarning, stacklevel=3)
     return kernel
 
 
@@ -520,9 +546,10 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
 
     Kernels are kept in memory while something holds them (the same
     arguments then give the same Kernel) and, for the CPU, on disk (see
-    cache_dir()), keyed by the configuration and the compiler's version.
-    Raises ValueError or TypeError naming a bad argument, and CompileError if
-    the compiler fails.
+    cache_dir()), keyed by the configuration, the compiler's version and the
+    host CPU. Raises ValueError or TypeError naming a bad argument, and
+    CompileError if the compiler fails; warns with CacheWarning when the
+    disk cache was not used as asked.
 
     gpu_attention: "mma" (default): the queries grouped by the key block they
     chose, attended in 16-query tiles on tensor cores, partials merged by
