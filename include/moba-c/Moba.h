@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define MOBA_C_API_VERSION 5
+#define MOBA_C_API_VERSION 6
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -86,7 +86,10 @@ typedef struct MobaConfig {
   MobaTarget target;
   MobaStage stage;
   int64_t tile_q, tile_k; /* 0: defaults; GPU targets use tile_k only */
-  const char *cache_dir;  /* NULL or "": no disk cache; CPU target only */
+  /* NULL or "": no disk cache; CPU target only. A directory of the
+   * caller's own with mode 0700 (created so when missing; any other is not
+   * used), holding one verified file per kernel (docs/python.md). */
+  const char *cache_dir;
   const char *dump_dir;   /* NULL or "": no IR dumps */
   /* GPU targets: how the attention runs. */
   MobaGpuAttention gpu_attention;
@@ -114,6 +117,17 @@ void mobaConfigInit(MobaConfig *config);
  * when not NULL, is set to 1 when the kernel came from the disk cache. */
 MobaKernel *mobaCompile(const MobaConfig *config, int32_t *from_cache,
                         char **error);
+
+/* What went wrong with the disk cache while compiling `kernel`, one
+ * sentence a line: its directory was refused (the kernel was compiled
+ * without the cache), a cached file failed verification (it was compiled
+ * again and the file replaced), or the file could not be written. NULL when
+ * nothing did. The string belongs to the kernel. */
+const char *mobaKernelCacheWarning(const MobaKernel *kernel);
+
+/* The number of kernels compiled and not yet destroyed in this process: a
+ * leak check. */
+int64_t mobaLiveKernels(void);
 
 /* The target a kernel was compiled for. */
 MobaTarget mobaKernelTarget(const MobaKernel *kernel);

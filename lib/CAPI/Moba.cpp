@@ -15,6 +15,7 @@
 #include "llvm/Support/Path.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -27,6 +28,14 @@ struct MobaKernel {
 };
 
 namespace {
+
+/// Kernels compiled and not yet destroyed.
+std::atomic<int64_t> liveKernels{0};
+
+MobaKernel *tracked(MobaKernel *kernel) {
+  ++liveKernels;
+  return kernel;
+}
 
 void setError(char **error, const std::string &message) {
   if (!error)
@@ -139,7 +148,7 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
   }
   if (fromCache)
     *fromCache = 0;
-  return new MobaKernel{c.target, nullptr, std::move(*kernel)};
+  return tracked(new MobaKernel{c.target, nullptr, std::move(*kernel)});
 }
 
 } // namespace
@@ -227,7 +236,7 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
   if (c->dump_dir && *c->dump_dir) {
     // Dumps mean every stage runs: the cache would skip them.
     options.cacheDir.clear();
-    options.dumpIR = dumpToDirectory(c->dump_dir, cacheKey(config, options));
+    options.dumpIR = dumpToDirectory(c->dump_dir, kernelName(config, options));
   }
 
   if (c->target != MOBA_TARGET_CPU)
@@ -239,8 +248,16 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
   }
   if (fromCache)
     *fromCache = (*kernel)->fromCache() ? 1 : 0;
-  return new MobaKernel{MOBA_TARGET_CPU, std::move(*kernel), nullptr};
+  return tracked(new MobaKernel{MOBA_TARGET_CPU, std::move(*kernel), nullptr});
 }
+
+const char *mobaKernelCacheWarning(const MobaKernel *kernel) {
+  if (!kernel || !kernel->cpu || kernel->cpu->cacheWarning().empty())
+    return nullptr;
+  return kernel->cpu->cacheWarning().c_str();
+}
+
+int64_t mobaLiveKernels(void) { return liveKernels.load(); }
 
 MobaTarget mobaKernelTarget(const MobaKernel *kernel) {
   return kernel ? kernel->target : MOBA_TARGET_CPU;
@@ -307,7 +324,12 @@ int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
   return 0;
 }
 
-void mobaDestroy(MobaKernel *kernel) { delete kernel; }
+void mobaDestroy(MobaKernel *kernel) {
+  if (!kernel)
+    return;
+  delete kernel;
+  --liveKernels;
+}
 
 void mobaFreeString(char *string) { std::free(string); }
 

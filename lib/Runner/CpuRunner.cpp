@@ -6,24 +6,20 @@
 
 #include "moba/Runner/CpuRunner.h"
 
+#include "KernelCache.h"
 #include "RunnerSupport.h"
 
 #include "moba/Version.h"
 
-#include "mlir/ExecutionEngine/ExecutionEngine.h"
-#include "mlir/IR/BuiltinOps.h"
-#include "mlir/IR/Diagnostics.h"
-#include "mlir/Parser/Parser.h"
-#include "mlir/Pass/PassManager.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ExecutionEngine/JITEventListener.h"
 #include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
 #include "llvm/ExecutionEngine/Orc/LLJIT.h"
-#include "llvm/Support/FileSystem.h"
+#include "llvm/ExecutionEngine/Orc/RTDyldObjectLinkingLayer.h"
+#include "llvm/ExecutionEngine/SectionMemoryManager.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/MemoryBuffer.h"
-#include "llvm/Support/Path.h"
-#include "llvm/Support/Process.h"
 #include "llvm/Support/TargetSelect.h"
-#include "llvm/Support/raw_ostream.h"
 #include "llvm/TargetParser/Host.h"
 
 #include <mutex>
@@ -42,57 +38,91 @@ void initializeNativeTarget() {
   });
 }
 
+/// The host CPU's features the JIT compiles for, enabled ones only, sorted:
+/// "+aes,+avx,+avx2,...".
+const std::string &hostCpuFeatures() {
+  static const std::string features = [] {
+    std::vector<std::string> enabled;
+    for (const auto &feature : llvm::sys::getHostCPUFeatures())
+      if (feature.second)
+        enabled.push_back("+" + feature.first().str());
+    llvm::sort(enabled);
+    return llvm::join(enabled, ",");
+  }();
+  return features;
+}
+
 } // namespace
 
 llvm::StringRef mlir::moba::compilerVersion() { return MOBA_VERSION; }
 
+std::string mlir::moba::kernelName(const AttentionConfig &config,
+                                   const CpuCompileOptions &options) {
+  return llvm::formatv("cpu-{0}-{1}{2}{3}-q{4}-k{5}-O{6}", config.key(),
+                       cpuStageName(options.stage),
+                       options.parallel ? "-parallel" : "",
+                       options.densify ? "-densify" : "", options.tileQ,
+                       options.tileK, options.optLevel)
+      .str();
+}
+
 std::string mlir::moba::cacheKey(const AttentionConfig &config,
                                  const CpuCompileOptions &options) {
-  return llvm::formatv("cpu-{0}-{1}{2}{8}-q{3}-k{4}-O{5}-{6}-{7}",
-                       config.key(), cpuStageName(options.stage),
-                       options.parallel ? "-parallel" : "", options.tileQ,
-                       options.tileK, options.optLevel, compilerVersion(),
-                       llvm::sys::getHostCPUName(),
-                       options.densify ? "-densify" : "")
+  return llvm::formatv("{0}-{1}-{2}|{3}", kernelName(config, options),
+                       compilerVersion(), llvm::sys::getHostCPUName(),
+                       hostCpuFeatures())
       .str();
 }
 
 CpuAttentionKernel::CpuAttentionKernel(AttentionConfig config)
     : cfg(std::move(config)) {}
 
-bool CpuAttentionKernel::loadCached(const std::string &path) {
-  auto object = llvm::MemoryBuffer::getFile(path);
-  if (!object)
-    return false;
-  auto jit = llvm::orc::LLJITBuilder().create();
-  if (!jit) {
-    llvm::consumeError(jit.takeError());
-    return false;
-  }
+CpuAttentionKernel::~CpuAttentionKernel() = default;
+
+llvm::Error
+CpuAttentionKernel::load(std::unique_ptr<llvm::MemoryBuffer> object) {
+  // The object layer ExecutionEngine uses, with its listeners only on
+  // request.
+  bool debug = jitDebugRequested();
+  auto created =
+      llvm::orc::LLJITBuilder()
+          .setObjectLinkingLayerCreator([debug](llvm::orc::ExecutionSession
+                                                    &session)
+                                            -> llvm::Expected<std::unique_ptr<
+                                                llvm::orc::ObjectLayer>> {
+            auto layer = std::make_unique<llvm::orc::RTDyldObjectLinkingLayer>(
+                session, [](const llvm::MemoryBuffer &) {
+                  return std::make_unique<llvm::SectionMemoryManager>();
+                });
+            if (debug) {
+              layer->registerJITEventListener(
+                  *llvm::JITEventListener::createGDBRegistrationListener());
+              if (auto *perf =
+                      llvm::JITEventListener::createPerfJITEventListener())
+                layer->registerJITEventListener(*perf);
+            }
+            return layer;
+          })
+          .create();
+  if (!created)
+    return created.takeError();
+  std::unique_ptr<llvm::orc::LLJIT> loaded = std::move(*created);
   // The object calls malloc, free and libm: resolve them in this process.
   auto generator =
       llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
-          (*jit)->getDataLayout().getGlobalPrefix());
-  if (!generator) {
-    llvm::consumeError(generator.takeError());
-    return false;
-  }
-  (*jit)->getMainJITDylib().addGenerator(std::move(*generator));
-  if (llvm::Error e = (*jit)->addObjectFile(std::move(*object))) {
-    llvm::consumeError(std::move(e));
-    return false;
-  }
-  auto symbol = (*jit)->lookup("_mlir_ciface_moba_attention");
-  if (!symbol) {
-    llvm::consumeError(symbol.takeError());
-    return false;
-  }
+          loaded->getDataLayout().getGlobalPrefix());
+  if (!generator)
+    return generator.takeError();
+  loaded->getMainJITDylib().addGenerator(std::move(*generator));
+  if (llvm::Error e = loaded->addObjectFile(std::move(object)))
+    return e;
+  auto symbol = loaded->lookup("_mlir_ciface_moba_attention");
+  if (!symbol)
+    return symbol.takeError();
   entry = symbol->toPtr<void *>();
-  cachedJit = std::move(*jit);
-  return true;
+  jit = std::move(loaded);
+  return llvm::Error::success();
 }
-
-CpuAttentionKernel::~CpuAttentionKernel() = default;
 
 llvm::Expected<std::unique_ptr<CpuAttentionKernel>>
 CpuAttentionKernel::compile(const AttentionConfig &config,
@@ -110,14 +140,33 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
   initializeNativeTarget();
 
   std::unique_ptr<CpuAttentionKernel> kernel(new CpuAttentionKernel(config));
-  std::string cachePath;
+  std::unique_ptr<KernelCache> cache;
+  std::string key;
   if (!options.cacheDir.empty()) {
-    llvm::SmallString<256> path(options.cacheDir);
-    llvm::sys::path::append(path, cacheKey(config, options) + ".o");
-    cachePath = path.str().str();
-    if (kernel->loadCached(cachePath))
-      return kernel;
+    cache = std::make_unique<KernelCache>(options.cacheDir);
+    key = cacheKey(config, options);
   }
+  // Problems met on the way, reported with the kernel.
+  std::string linkProblem;
+  auto finish = [&]() -> std::unique_ptr<CpuAttentionKernel> {
+    kernel->cacheProblems = linkProblem + (cache ? cache->problems() : "");
+    return std::move(kernel);
+  };
+  if (cache && cache->usable()) {
+    if (auto object = cache->load(key)) {
+      // Verified, so this is our own object for this key; linking it can
+      // still fail (a compiler whose version string did not change).
+      llvm::Error e = kernel->load(std::move(object));
+      if (!e) {
+        kernel->loadedFromCache = true;
+        return finish();
+      }
+      linkProblem = "the cached kernel of " + kernelName(config, options) +
+                    " could not be linked (" + llvm::toString(std::move(e)) +
+                    "); compiling it again\n";
+    }
+  }
+
   EntryCompiler compiler(loopPipelineRegistry(), config, options.dumpIR);
   auto module = compiler.parse();
   if (!module)
@@ -136,29 +185,19 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
   if (llvm::Error e = compiler.run("lowering loops to LLVM", "llvm",
                                    buildLoopsToLLVMPipeline))
     return std::move(e);
+  auto object = compiler.emitHostObject(options.optLevel);
+  if (!object)
+    return object.takeError();
 
-  auto engine = compiler.jit(options.optLevel, !cachePath.empty());
-  kernel->context = compiler.takeContext();
-  if (!engine)
-    return engine.takeError();
-  kernel->engine = std::move(*engine);
-  auto entry = kernel->engine->lookup("_mlir_ciface_moba_attention");
-  if (!entry)
-    return entry.takeError();
-  kernel->entry = *entry;
-
-  // Keep the object for next time; write to a temporary name and rename, so
-  // that a concurrent reader never sees half a file. A cache that cannot be
-  // written is not an error: the kernel works without it.
-  if (!cachePath.empty() &&
-      !llvm::sys::fs::create_directories(options.cacheDir)) {
-    std::string temporary =
-        llvm::formatv("{0}.{1}.tmp", cachePath, llvm::sys::Process::getProcessId());
-    kernel->engine->dumpToObjectFile(temporary);
-    if (llvm::sys::fs::rename(temporary, cachePath))
-      llvm::sys::fs::remove(temporary);
-  }
-  return kernel;
+  // The bytes that are cached are the bytes that run. A cache that cannot
+  // be written is not an error: the kernel works without it.
+  if (cache && cache->usable())
+    cache->store(key, (*object)->getBuffer());
+  if (llvm::Error e = kernel->load(std::move(*object)))
+    return llvm::createStringError("loading the compiled code of %s failed: %s",
+                                   config.key().c_str(),
+                                   llvm::toString(std::move(e)).c_str());
+  return finish();
 }
 
 llvm::Error CpuAttentionKernel::run(const AttentionBuffers &b) const {

@@ -164,7 +164,7 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
                                    }))
     return std::move(e);
 
-  auto engine = compiler.jit(options.optLevel, /*keepObject=*/false);
+  auto engine = compiler.jit(options.optLevel);
   kernel->context = compiler.takeContext();
   if (!engine)
     return engine.takeError();

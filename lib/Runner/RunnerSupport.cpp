@@ -36,9 +36,17 @@
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
+#include "mlir/Target/LLVMIR/Export.h"
+#include "llvm/ExecutionEngine/Orc/CompileUtils.h"
+#include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
+#include "llvm/IR/LLVMContext.h"
+#include "llvm/IR/Module.h"
+#include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/raw_ostream.h"
+#include "llvm/Target/TargetMachine.h"
 
 #include <array>
+#include <cstdlib>
 
 using namespace mlir;
 using namespace mlir::moba;
@@ -150,18 +158,57 @@ EntryCompiler::run(llvm::StringRef what, llvm::StringRef stage,
 }
 
 llvm::Expected<std::unique_ptr<ExecutionEngine>>
-EntryCompiler::jit(unsigned optLevel, bool keepObject) {
+EntryCompiler::jit(unsigned optLevel) {
   ExecutionEngineOptions options;
   options.transformer = makeOptimizingTransformer(optLevel, /*sizeLevel=*/0,
                                                   /*targetMachine=*/nullptr);
   options.jitCodeGenOptLevel = static_cast<llvm::CodeGenOptLevel>(optLevel);
-  options.enableObjectDump = keepObject;
+  options.enableGDBNotificationListener = jitDebugRequested();
+  options.enablePerfNotificationListener = jitDebugRequested();
   auto engine = ExecutionEngine::create(*module, options);
   if (!engine)
     return llvm::createStringError("JIT compilation failed for %s: %s",
                                    config.key().c_str(),
                                    llvm::toString(engine.takeError()).c_str());
   return std::move(*engine);
+}
+
+llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>>
+EntryCompiler::emitHostObject(unsigned optLevel) {
+  auto failed = [&](llvm::StringRef what, llvm::Error e) {
+    return llvm::createStringError("%s failed for %s: %s", what.str().c_str(),
+                                   config.key().c_str(),
+                                   llvm::toString(std::move(e)).c_str());
+  };
+  llvm::LLVMContext llvmContext;
+  std::unique_ptr<llvm::Module> llvmModule =
+      translateModuleToLLVMIR(*module, llvmContext);
+  if (!llvmModule)
+    return fail("translating to LLVM IR");
+  // What ExecutionEngine::create does: the host's CPU name and features.
+  auto builder = llvm::orc::JITTargetMachineBuilder::detectHost();
+  if (!builder)
+    return failed("detecting the host", builder.takeError());
+  builder->setCodeGenOptLevel(static_cast<llvm::CodeGenOptLevel>(optLevel));
+  auto machine = builder->createTargetMachine();
+  if (!machine)
+    return failed("creating the host target machine", machine.takeError());
+  llvmModule->setDataLayout((*machine)->createDataLayout());
+  llvmModule->setTargetTriple((*machine)->getTargetTriple());
+  if (llvm::Error e = makeOptimizingTransformer(optLevel, /*sizeLevel=*/0,
+                                                /*targetMachine=*/nullptr)(
+          llvmModule.get()))
+    return failed("optimizing LLVM IR", std::move(e));
+  llvm::orc::SimpleCompiler compile(**machine);
+  auto object = compile(*llvmModule);
+  if (!object)
+    return failed("code generation", object.takeError());
+  return std::move(*object);
+}
+
+bool mlir::moba::detail::jitDebugRequested() {
+  const char *value = std::getenv("MOBA_JIT_DEBUG");
+  return value && llvm::StringRef(value) == "1";
 }
 
 std::unique_ptr<MLIRContext> EntryCompiler::takeContext() {

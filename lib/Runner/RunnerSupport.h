@@ -19,6 +19,10 @@
 #include <functional>
 #include <memory>
 
+namespace llvm {
+class MemoryBuffer;
+} // namespace llvm
+
 namespace mlir {
 class ExecutionEngine;
 } // namespace mlir
@@ -51,10 +55,15 @@ public:
   /// An error "`what` failed for <config>" with the diagnostics so far.
   llvm::Error fail(llvm::StringRef what) const;
 
-  /// JIT-compiles the module at LLVM `optLevel` (0-3); with `keepObject`,
-  /// the object code stays available to ExecutionEngine::dumpToObjectFile.
-  llvm::Expected<std::unique_ptr<ExecutionEngine>> jit(unsigned optLevel,
-                                                       bool keepObject);
+  /// JIT-compiles the module at LLVM `optLevel` (0-3). The debugger and
+  /// perf listeners are registered only when jitDebugRequested().
+  llvm::Expected<std::unique_ptr<ExecutionEngine>> jit(unsigned optLevel);
+
+  /// Compiles the module to a relocatable object for this host at LLVM
+  /// `optLevel` (0-3), as jit() would compile it: the same optimization and
+  /// target machine (the host CPU with all its features).
+  llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>>
+  emitHostObject(unsigned optLevel);
 
   /// The context and module, which the caller keeps alive while code JIT
   /// compiled from them runs.
@@ -69,6 +78,12 @@ private:
   uint64_t handler = 0;
   OwningOpRef<ModuleOp> module;
 };
+
+/// True when MOBA_JIT_DEBUG=1: JIT-compiled code is then announced to
+/// debuggers (GDB's JIT interface) and to perf, which writes
+/// `.debug/jit/.../jit-<pid>.dump` files. Off by default: the dumps pile up
+/// in the temporary directory, one per process.
+bool jitDebugRequested();
 
 /// Calls the C interface `_mlir_ciface_moba_attention` at `entry` with
 /// contiguous memref descriptors of `buffers`.

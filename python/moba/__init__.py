@@ -17,16 +17,30 @@ shape without D. Semantics: docs/semantics.md.
 Environment:
   MOBA_CACHE_DIR  where compiled CPU kernels are kept (default
                   $XDG_CACHE_HOME/moba-mlir or ~/.cache/moba-mlir);
-                  set it to an empty string to keep nothing on disk.
+                  set it to an empty string to keep nothing on disk. It
+                  must be your own directory with mode 0700 (it is created
+                  so); any other is not used and a moba.CacheWarning says
+                  why. Cached files are verified before they run
+                  (docs/python.md).
   MOBA_DUMP_IR    a directory: the IR after every stage of every compile is
                   written there (moba, loops, llvm; moba, gpu for GPU
                   targets), and the cache is bypassed.
   MOBA_CUDA_DRIVER  the CUDA driver library to open (default libcuda.so.1).
   MOBA_LIBRARY    the libMobaC.so to load (default: the one in this package).
+  MOBA_JIT_DEBUG  1: announce JIT-compiled code to debuggers (GDB's JIT
+                  interface) and to perf, which writes a jit-<pid>.dump
+                  under .debug/jit/ per process. Off otherwise, so that no
+                  process leaves files behind.
+
+Kernels live while something holds them: a Kernel nobody refers to is freed
+with its compiled code (compile() finds it again while it is alive).
 """
+import collections
 import os
 import threading
 import time
+import warnings
+import weakref
 
 import numpy as np
 
@@ -34,7 +48,15 @@ from . import _capi
 from ._capi import CompileError
 
 __all__ = ["compile", "Kernel", "moba_attn_varlen", "moba_attn_batched",
-           "CompileError", "to_bf16", "from_bf16", "cache_dir", "version"]
+           "CompileError", "CacheWarning", "to_bf16", "from_bf16",
+           "cache_dir", "version"]
+
+
+class CacheWarning(UserWarning):
+    """The disk cache was not used as asked: its directory was refused (not
+    yours, or open to other users: the kernel was compiled without it), or
+    a cached file failed verification (it was compiled again and the file
+    replaced). The message says which; Kernel.cache_warning keeps it."""
 
 _DTYPE_NAMES = {
     "f32": "f32", "float32": "f32", "float": "f32",
@@ -159,13 +181,20 @@ def _available_gpu_target():
 class Kernel:
     """A compiled MoBA attention configuration. Call it on arrays: numpy or
     CPU torch arrays run on the CPU, torch CUDA tensors (or other CUDA
-    arrays) on the GPU, on torch's current stream."""
+    arrays) on the GPU, on torch's current stream.
 
-    def __init__(self, config, handles, from_cache, compile_seconds):
+    from_cache: whether the code came from the disk cache. cache_warning:
+    None, or what went wrong with the disk cache (see CacheWarning)."""
+
+    def __init__(self, config, handles, from_cache, compile_seconds,
+                 cache_warning=None):
         self._handles = handles  # "cpu" / "sm_80" / "sm_90a" -> handle
+        # Held only to compile another target; calls never take it.
+        self._lock = threading.Lock()
         self.config = config
         self.from_cache = from_cache
         self.compile_seconds = compile_seconds
+        self.cache_warning = cache_warning
 
     def __del__(self):
         handles, self._handles = getattr(self, "_handles", None) or {}, {}
@@ -205,9 +234,16 @@ class Kernel:
                     f"{name} is in host memory but the kernel was compiled "
                     f"for target={requested!r}: pass CUDA tensors")
             chip = "cpu"
-        with _kernels_lock:
+        handle = self._handles.get(chip)
+        if handle is not None:
+            return handle
+        with self._lock:
             if chip not in self._handles:
-                self._handles[chip], _ = _compile_handle(self.config, chip)
+                handle, _, warning = _compile_handle(self.config, chip)
+                self._handles[chip] = handle
+                if warning:
+                    self.cache_warning = warning
+                    warnings.warn(warning, CacheWarning, stacklevel=3)
             return self._handles[chip]
 
     def _check_tensor(self, name, x, heads, contiguous):
@@ -423,20 +459,77 @@ class Kernel:
         return cu
 
 
-_kernels = {}
-_kernels_lock = threading.RLock()
+# compile()'s kernels: found here while something holds them, freed (with
+# their compiled code) when nothing does.
+_kernels = weakref.WeakValueDictionary()
+# The kernels moba_attn_varlen and moba_attn_batched used last, most recent
+# at the end: those calls drop their Kernel, and must not compile it again
+# each time.
+_recent = collections.OrderedDict()
+_RECENT_KERNELS = 8
+# Guards _kernels, _recent and _compiling; never held while compiling, so
+# that no call waits for another configuration's compile.
+_registry_lock = threading.Lock()
+# key -> [lock, number of threads using it]: one compile of a key at a time.
+_compiling = {}
 
 
 def _compile_handle(config, target):
-    """Compiles `config` for `target`; returns (handle, from_cache)."""
+    """Compiles `config` for `target`; returns (handle, from_cache,
+    cache_warning)."""
     c = config
-    return _capi.compile_kernel(
+    handle, from_cache = _capi.compile_kernel(
         c["head_dim"], c["num_heads"], c["num_kv_heads"], c["block_size"],
         c["top_k"], c["causal"], c["scale"], c["dtype"], target, c["stage"],
         c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
         os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"],
         c["mma_warps"], c["mma_key_chunk"], c["mma_instruction"],
         c["mma_key_value_loads"], c["mma_merge"])
+    return handle, from_cache, _capi.cache_warning(handle)
+
+
+def _kernel_for(key, config, target):
+    """The live Kernel of `key`, else a new one compiled for `target`.
+    Compiles of one key are serialized; different keys compile in
+    parallel."""
+    with _registry_lock:
+        kernel = _kernels.get(key)
+        if kernel is not None:
+            return kernel
+        entry = _compiling.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            with _registry_lock:
+                kernel = _kernels.get(key)
+            if kernel is not None:
+                return kernel
+            start = time.perf_counter()
+            handle, from_cache, warning = _compile_handle(config, target)
+            kernel = Kernel(config, {target: handle}, from_cache,
+                            time.perf_counter() - start, warning)
+            with _registry_lock:
+                _kernels[key] = kernel
+    finally:
+        with _registry_lock:
+            entry[1] -= 1
+            if not entry[1]:
+                del _compiling[key]
+    if warning:
+        warnings.warn(warning, CacheWarning, stacklevel=3)
+    return kernel
+
+
+def _keep_recent(kernel):
+    """Holds `kernel` as one of the functional API's last few."""
+    with _registry_lock:
+        _recent[kernel] = None
+        _recent.move_to_end(kernel)
+        evicted = []
+        while len(_recent) > _RECENT_KERNELS:
+            evicted.append(_recent.popitem(last=False)[0])
+    # Freed here, outside the lock, if nothing else holds them.
+    del evicted
 
 
 def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
@@ -451,10 +544,12 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     (the other is compiled when the kernel is first called with arrays
     there).
 
-    Kernels are kept in memory (the same arguments give the same Kernel) and,
-    for the CPU, on disk (see cache_dir()), keyed by the configuration and
-    the compiler's version. Raises ValueError or TypeError naming a bad
-    argument, and CompileError if the compiler fails.
+    Kernels are kept in memory while something holds them (the same
+    arguments then give the same Kernel) and, for the CPU, on disk (see
+    cache_dir()), keyed by the configuration, the compiler's version and the
+    host CPU. Raises ValueError or TypeError naming a bad argument, and
+    CompileError if the compiler fails; warns with CacheWarning when the
+    disk cache was not used as asked.
 
     gpu_attention: "mma" (default): the queries grouped by the key block they
     chose, attended in 16-query tiles on tensor cores, partials merged by
@@ -553,16 +648,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)
-    with _kernels_lock:
-        kernel = _kernels.get(key)
-        if kernel is not None:
-            return kernel
-        start = time.perf_counter()
-        handle, from_cache = _compile_handle(config, first)
-        kernel = Kernel(config, {first: handle}, from_cache,
-                        time.perf_counter() - start)
-        _kernels[key] = kernel
-        return kernel
+    return _kernel_for(key, config, first)
 
 
 def _infer_dtype(x):
@@ -583,6 +669,7 @@ def moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen, moba_chunk_size,
     kernel = compile(head_dim=q.shape[-1], num_heads=q.shape[-2],
                      num_kv_heads=k.shape[-2], block_size=moba_chunk_size,
                      top_k=moba_topk, dtype=_infer_dtype(q), layout="varlen")
+    _keep_recent(kernel)
     out = kernel(q, k, v, cu_seqlens, max_seqlen=max_seqlen)
     return _like(q, out)
 
@@ -593,6 +680,7 @@ def moba_attn_batched(q, k, v, moba_chunk_size, moba_topk, causal=True):
                      num_kv_heads=k.shape[-2], block_size=moba_chunk_size,
                      top_k=moba_topk, dtype=_infer_dtype(q), layout="batched",
                      causal=causal)
+    _keep_recent(kernel)
     return _like(q, kernel(q, k, v))
 
 

@@ -74,6 +74,10 @@ def _load():
         ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [char_pp]
     lib.mobaGpuComputeCapability.restype = ctypes.c_int32
     lib.mobaGpuComputeCapability.argtypes = [char_pp]
+    lib.mobaKernelCacheWarning.restype = ctypes.c_char_p
+    lib.mobaKernelCacheWarning.argtypes = [ctypes.c_void_p]
+    lib.mobaLiveKernels.restype = ctypes.c_int64
+    lib.mobaLiveKernels.argtypes = []
     lib.mobaDestroy.restype = None
     lib.mobaDestroy.argtypes = [ctypes.c_void_p]
     lib.mobaFreeString.restype = None
@@ -159,6 +163,18 @@ def gpu_compute_capability():
     if capability == 0:
         return 0, _take_error(error.value)
     return capability, None
+
+
+def cache_warning(handle):
+    """What went wrong with the disk cache while compiling `handle` (a
+    refused directory, a cached file that failed verification), or None."""
+    text = _lib.mobaKernelCacheWarning(handle)
+    return text.decode(errors="replace").strip() if text else None
+
+
+def live_kernels():
+    """The number of kernels compiled and not yet destroyed."""
+    return _lib.mobaLiveKernels()
 
 
 def destroy(handle):

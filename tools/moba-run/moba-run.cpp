@@ -13,6 +13,7 @@
 #include "moba/Runner/CpuRunner.h"
 
 #include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/raw_ostream.h"
@@ -278,6 +279,10 @@ int main(int argc, char **argv) {
   auto kernel = CpuAttentionKernel::compile(config, options);
   if (!kernel)
     return fail(kernel.takeError());
+  for (llvm::StringRef line :
+       llvm::split(llvm::StringRef((*kernel)->cacheWarning()).rtrim(), '\n'))
+    if (!line.empty())
+      llvm::errs() << "moba-run: warning: " << line << "\n";
   double compileSeconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
           .count();

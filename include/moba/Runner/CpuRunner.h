@@ -17,13 +17,14 @@
 #include <memory>
 #include <string>
 
-namespace llvm::orc {
+namespace llvm {
+class MemoryBuffer;
+namespace orc {
 class LLJIT;
-} // namespace llvm::orc
+} // namespace orc
+} // namespace llvm
 
 namespace mlir {
-class ExecutionEngine;
-class MLIRContext;
 namespace moba {
 
 struct CpuCompileOptions {
@@ -40,8 +41,12 @@ struct CpuCompileOptions {
   /// When set, called with a stage name and the module's text after each
   /// stage ("moba", "loops", "llvm").
   std::function<void(llvm::StringRef stage, llvm::StringRef ir)> dumpIR;
-  /// When not empty, compiled object code is kept in this directory, keyed
-  /// by cacheKey(), and loaded from there instead of compiled again.
+  /// When not empty, compiled object code is kept in this directory under
+  /// cacheKey() and loaded from there instead of compiled again. The
+  /// directory must belong to the caller with mode 0700 (it is created so);
+  /// files are verified before they run (lib/Runner/KernelCache.h,
+  /// docs/python.md). A directory or file that fails is reported through
+  /// CpuAttentionKernel::cacheWarning(), never an error.
   std::string cacheDir;
 };
 
@@ -49,8 +54,15 @@ struct CpuCompileOptions {
 /// built from ("-dirty" when the tree had changes).
 llvm::StringRef compilerVersion();
 
-/// The name of the cached object of `config` compiled with `options` on this
-/// host: configuration, pipeline options, compiler version and host CPU.
+/// A name of `config` compiled with `options`: the configuration and the
+/// pipeline options, e.g. "cpu-d64_h8_kv2_b64_k3_causal_bf16-fused-q32-k16-O3"
+/// (the IR dumps' file names).
+std::string kernelName(const AttentionConfig &config,
+                       const CpuCompileOptions &options);
+
+/// The disk cache's key of `config` compiled with `options` on this host:
+/// kernelName(), the compiler version and the host CPU's name, then after a
+/// '|' the CPU features the code is compiled for ("+avx2,+fma,...").
 std::string cacheKey(const AttentionConfig &config,
                      const CpuCompileOptions &options);
 
@@ -67,18 +79,24 @@ public:
 
   const AttentionConfig &config() const { return cfg; }
   /// True when the code was loaded from the disk cache.
-  bool fromCache() const { return cachedJit != nullptr; }
+  bool fromCache() const { return loadedFromCache; }
+  /// What went wrong with the disk cache, one sentence a line: a refused
+  /// directory (the kernel was compiled without the cache), a cached file
+  /// that failed verification (compiled again and replaced), a file that
+  /// could not be written. Empty when nothing did.
+  const std::string &cacheWarning() const { return cacheProblems; }
 
 private:
   CpuAttentionKernel(AttentionConfig config);
-  /// Loads a cached object; false when there is none (or it is unusable).
-  bool loadCached(const std::string &path);
+  /// Links `object` (a relocatable object for this host) into a JIT of its
+  /// own and finds the entry point.
+  llvm::Error load(std::unique_ptr<llvm::MemoryBuffer> object);
 
   AttentionConfig cfg;
-  std::unique_ptr<MLIRContext> context;
-  std::unique_ptr<ExecutionEngine> engine;
-  std::unique_ptr<llvm::orc::LLJIT> cachedJit;
+  std::unique_ptr<llvm::orc::LLJIT> jit;
   void *entry = nullptr;
+  bool loadedFromCache = false;
+  std::string cacheProblems;
 };
 
 } // namespace moba
