@@ -59,6 +59,9 @@ public:
   /// Compiles `config`; errors carry the pipeline's diagnostics.
   static llvm::Expected<std::unique_ptr<CpuAttentionKernel>>
   compile(const AttentionConfig &config, const CpuCompileOptions &options);
+  /// Checks `config` and `options` as compile() does, without compiling.
+  static llvm::Error check(const AttentionConfig &config,
+                           const CpuCompileOptions &options);
   ~CpuAttentionKernel();
 
   /// Runs on `buffers`. Checks the shapes it can (cu_seqlens starts at 0,
@@ -75,6 +78,8 @@ private:
   bool loadCached(const std::string &path);
 
   AttentionConfig cfg;
+  /// What the kernel allocates per call (checked before each run).
+  KernelScratch scratch;
   std::unique_ptr<MLIRContext> context;
   std::unique_ptr<ExecutionEngine> engine;
   std::unique_ptr<llvm::orc::LLJIT> cachedJit;
