@@ -173,7 +173,8 @@ llvm::Error CpuAttentionKernel::run(const AttentionBuffers &b) const {
     return e;
   // The kernel's allocations are not checked for failure: refuse calls
   // whose scratch memory malloc could not give.
-  auto scratchBytes = kernelScratchBytes(cfg, scratch, b.tokens, b.numSequences);
+  auto scratchBytes =
+      kernelScratchBytes(cfg, scratch, b.tokens, b.numSequences);
   if (!scratchBytes)
     return scratchBytes.takeError();
   uint64_t memory = hostMemoryBytes();

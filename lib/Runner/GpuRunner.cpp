@@ -236,7 +236,8 @@ llvm::Error GpuAttentionKernel::load() const {
 
 llvm::Error GpuAttentionKernel::run(const AttentionBuffers &buffers,
                                     const GpuLaunch &launch) const {
-  if (llvm::Error e = checkAttentionBuffers(cfg, buffers, launch.hostCuSeqlens))
+  if (llvm::Error e =
+          checkAttentionBuffers(cfg, buffers, launch.hostCuSeqlens))
     return e;
   // Device allocations that fail are errors of the runtime; sizes that
   // wrap would not be.
