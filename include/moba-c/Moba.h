@@ -2,10 +2,45 @@
 |*                                                                            *|
 |* Part of moba-mlir. Compile a MoBA attention configuration to a kernel,    *|
 |* run it, free it. Every call that can fail returns a status and, on       *|
-|* failure, an error message the caller frees with mobaFreeString: the      *|
-|* library never aborts on bad input. Python binds it with ctypes.          *|
+|* failure, an error message the caller frees with mobaFreeString. Python   *|
+|* binds it with ctypes.                                                    *|
 |*                                                                            *|
 \*===----------------------------------------------------------------------===*/
+
+/* No aborts: how the library keeps its caller alive.
+ *
+ * - Every value is checked against the limits below before it reaches the
+ *   compiler or a kernel, and every size derived from them is computed in
+ *   checked 64-bit arithmetic; a value beyond a limit gets an error naming
+ *   it (mobaCheckConfig checks a configuration without compiling it).
+ * - mobaCompile runs the compiler recoverably: an LLVM fatal error or
+ *   allocation failure, a C++ exception, or a crash signal (SIGSEGV,
+ *   SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP) on the compiling thread
+ *   becomes an error return, "internal compiler error: ..." (LLVM's
+ *   llvm::CrashRecoveryContext, whose signal handlers are installed while a
+ *   compile is in progress and the previous ones restored after). What that
+ *   compile had allocated is leaked: it is the last line of defence, and
+ *   input that reaches it is a bug to report. Setting MOBA_TEST_CRASH to
+ *   fatal-error, bad-alloc, exception or abort makes every mobaCompile fail
+ *   that way (a test hook).
+ * - mobaRun and mobaRunDevice check their counts and pointers, then run the
+ *   compiled kernel; exceptions become errors, but a crash inside a kernel
+ *   (only possible when the buffers are not as large as the counts say) is
+ *   not caught: it would mean memory was already corrupted.
+ *
+ * Limits (each from what the compiler does with the value;
+ * include/moba/Runner/AttentionConfig.h says why):
+ *   head_dim, top_k, tile_k        1 .. 1024 (vector widths)
+ *   num_heads, num_kv_heads        1 .. 2^20 (num_heads a multiple of
+ *                                  num_kv_heads)
+ *   block_size, tile_q             1 .. 2^31 - 1
+ *   scale                          0 (1/sqrt(head_dim)) or a positive
+ *                                  normal float32: finite, >= FLT_MIN
+ *   mma_warps, mma_key_chunk       0 (tuned), 1 .. 16, and a multiple of
+ *                                  16 in 16 .. 256
+ *   tokens (per call)              0 .. 2^31 - 1 (cu_seqlens are int32)
+ *   num_sequences (per call)       1 .. 2^31 - 1
+ */
 
 #ifndef MOBA_C_MOBA_H
 #define MOBA_C_MOBA_H
@@ -113,6 +148,11 @@ const char *mobaVersion(void);
 /* Fills `config` with the defaults. */
 void mobaConfigInit(MobaConfig *config);
 
+/* Checks `config` as mobaCompile does (every limit, every enum, the GPU
+ * options with the tuning table's choices filled in) without compiling it.
+ * Returns 0, or non-zero and sets *error naming the first bad value. */
+int32_t mobaCheckConfig(const MobaConfig *config, char **error);
+
 /* Compiles `config`. Returns NULL and sets *error on failure. *from_cache,
  * when not NULL, is set to 1 when the kernel came from the disk cache. */
 MobaKernel *mobaCompile(const MobaConfig *config, int32_t *from_cache,
@@ -139,7 +179,10 @@ int32_t mobaGpuComputeCapability(char **error);
 
 /* Runs a CPU kernel on contiguous host buffers: q [tokens, Hq, D]; k, v [tokens, Hkv, D];
  * cu_seqlens [num_sequences + 1]; out [tokens, Hq, D]; lse [tokens, Hq]
- * (f32). Returns 0, or non-zero and sets *error. */
+ * (f32). The caller promises those lengths: nothing can check that a
+ * pointer holds as many elements as the counts say. With tokens = 0 (only
+ * empty sequences) nothing is read or written, and q, k, v, out and lse may
+ * be NULL. Returns 0, or non-zero and sets *error. */
 int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
                 const void *v, const int32_t *cu_seqlens,
                 int64_t num_sequences, int64_t tokens, void *out, float *lse,

@@ -1,11 +1,14 @@
 //===- Moba.cpp - C API of moba-mlir --------------------------------------===//
 //
 // Part of moba-mlir. Implements include/moba-c/Moba.h over the C++ runner.
-// Errors become strings; nothing here aborts on bad input.
+// Errors become strings; nothing here aborts on bad input, and a compile
+// runs recoverably (CrashRecovery.h).
 //
 //===----------------------------------------------------------------------===//
 
 #include "moba-c/Moba.h"
+
+#include "CrashRecovery.h"
 
 #include "moba/Runner/CpuRunner.h"
 #include "moba/Runner/GpuRunner.h"
@@ -18,6 +21,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <memory>
 
 using namespace mlir::moba;
 
@@ -45,39 +50,78 @@ void setError(char **error, const std::string &message) {
     std::memcpy(*error, message.c_str(), message.size() + 1);
 }
 
-/// Writes the IR of each stage to `<dir>/<key>.<stage>.mlir`.
+/// Runs `body`, turning a C++ exception into an error (the entry points are
+/// C: nothing may unwind through them).
+llvm::Error catchExceptions(llvm::function_ref<llvm::Error()> body) {
+  try {
+    return body();
+  } catch (const std::exception &e) {
+    return llvm::createStringError(
+        llvm::Twine("internal error: C++ exception: ") + e.what());
+  } catch (...) {
+    return llvm::createStringError(
+        "internal error: an exception of unknown type");
+  }
+}
+
+/// Writes the IR of each stage to `<dir>/<key>.<stage>.mlir`; the first
+/// failure is kept in `*failure`.
 std::function<void(llvm::StringRef, llvm::StringRef)>
-dumpToDirectory(std::string dir, std::string key) {
-  return [dir = std::move(dir), key = std::move(key)](llvm::StringRef stage,
-                                                      llvm::StringRef ir) {
-    if (llvm::sys::fs::create_directories(dir))
+dumpToDirectory(std::string dir, std::string key,
+                std::shared_ptr<std::string> failure) {
+  return [dir = std::move(dir), key = std::move(key),
+          failure = std::move(failure)](llvm::StringRef stage,
+                                        llvm::StringRef ir) {
+    if (!failure->empty())
       return;
+    if (std::error_code ec = llvm::sys::fs::create_directories(dir)) {
+      *failure = "could not create the IR dump directory " + dir + ": " +
+                 ec.message();
+      return;
+    }
     llvm::SmallString<256> path(dir);
     llvm::sys::path::append(path, key + "." + stage.str() + ".mlir");
     std::error_code ec;
     llvm::raw_fd_ostream os(path, ec);
-    if (!ec)
+    if (!ec) {
       os << ir;
+      os.close();
+      ec = os.error();
+      // A stream destroyed with an error ends the process.
+      os.clear_error();
+    }
+    if (ec)
+      *failure = "could not write the IR dump " + path.str().str() + ": " +
+                 ec.message();
   };
 }
 
-MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
-                          int32_t *fromCache, char **error) {
-  if (c.stage != MOBA_STAGE_FUSED) {
-    setError(error, "GPU targets always use the fused stage");
-    return nullptr;
-  }
-  GpuCompileOptions options;
+/// What mobaCompile makes of a MobaConfig.
+struct CompileRequest {
+  MobaTarget target = MOBA_TARGET_CPU;
+  AttentionConfig config;
+  CpuCompileOptions cpu;
+  GpuCompileOptions gpu;
+  std::string dumpDir;
+  /// The first failure to write an IR dump.
+  std::shared_ptr<std::string> dumpFailure = std::make_shared<std::string>();
+};
+
+/// Reads the enums and the GPU options of `c` into `r`; the limits are
+/// checked by the runners' check() and compile().
+llvm::Error readGpuOptions(const MobaConfig &c, CompileRequest &r) {
+  GpuCompileOptions &options = r.gpu;
   options.chip = c.target == MOBA_TARGET_SM80 ? "sm_80" : "sm_90a";
   if (c.tile_k)
     options.tileK = c.tile_k;
-  if (c.mma_warps < 0 || c.mma_key_chunk < 0) {
-    setError(error, "mma_warps and mma_key_chunk must be 0 (tuned) or "
-                    "positive, got " +
-                        std::to_string(c.mma_warps) + " and " +
-                        std::to_string(c.mma_key_chunk));
-    return nullptr;
-  }
+  if (c.mma_warps < 0)
+    return llvm::createStringError(
+        "mma_warps must be 0 (tuned) or positive, got %lld",
+        static_cast<long long>(c.mma_warps));
+  if (c.mma_key_chunk < 0)
+    return llvm::createStringError(
+        "mma_key_chunk must be 0 (tuned) or positive, got %lld",
+        static_cast<long long>(c.mma_key_chunk));
   options.mmaWarps = c.mma_warps;
   options.mmaKeyChunk = c.mma_key_chunk;
   switch (c.mma_instruction) {
@@ -90,9 +134,8 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
     options.mmaInstruction = "wgmma";
     break;
   default:
-    setError(error, "unknown mma_instruction " +
-                        std::to_string(static_cast<int>(c.mma_instruction)));
-    return nullptr;
+    return llvm::createStringError(
+        "unknown mma_instruction %d", static_cast<int>(c.mma_instruction));
   }
   switch (c.mma_key_value_loads) {
   case MOBA_KEY_VALUE_LOADS_DEFAULT:
@@ -107,10 +150,8 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
     options.mmaKeyValueLoads = "tma-multicast";
     break;
   default:
-    setError(error,
-             "unknown mma_key_value_loads " +
-                 std::to_string(static_cast<int>(c.mma_key_value_loads)));
-    return nullptr;
+    return llvm::createStringError("unknown mma_key_value_loads %d",
+                                   static_cast<int>(c.mma_key_value_loads));
   }
   switch (c.mma_merge) {
   case MOBA_MERGE_FUSED:
@@ -121,9 +162,8 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
     options.mmaFusedMerge = false;
     break;
   default:
-    setError(error, "unknown mma_merge " +
-                        std::to_string(static_cast<int>(c.mma_merge)));
-    return nullptr;
+    return llvm::createStringError("unknown mma_merge %d",
+                                   static_cast<int>(c.mma_merge));
   }
   switch (c.gpu_attention) {
   case MOBA_GPU_ATTENTION_MMA:
@@ -133,22 +173,111 @@ MobaKernel *compileForGpu(const AttentionConfig &config, const MobaConfig &c,
     options.densify = options.mma = false;
     break;
   default:
-    setError(error, "unknown gpu_attention " +
-                        std::to_string(static_cast<int>(c.gpu_attention)));
-    return nullptr;
+    return llvm::createStringError("unknown gpu_attention %d",
+                                   static_cast<int>(c.gpu_attention));
+  }
+  if (!r.dumpDir.empty())
+    options.dumpIR = dumpToDirectory(
+        r.dumpDir,
+        options.chip + (options.mma ? "-mma-" : "-simt-") + r.config.key(),
+        r.dumpFailure);
+  return llvm::Error::success();
+}
+
+/// Reads `c` into `r`: every enum known, the stage one the target takes.
+llvm::Error readConfig(const MobaConfig &c, CompileRequest &r) {
+  if (c.target != MOBA_TARGET_CPU && c.target != MOBA_TARGET_SM80 &&
+      c.target != MOBA_TARGET_SM90A)
+    return llvm::createStringError("unknown target %d",
+                                   static_cast<int>(c.target));
+  r.target = c.target;
+  AttentionConfig &config = r.config;
+  config.headDim = c.head_dim;
+  config.numHeads = c.num_heads;
+  config.numKvHeads = c.num_kv_heads;
+  config.blockSize = c.block_size;
+  config.topK = c.top_k;
+  config.causal = c.causal != 0;
+  if (c.scale != 0.0f)
+    config.scale = c.scale;
+  switch (c.dtype) {
+  case MOBA_DTYPE_F32:
+    config.dtype = ElementType::F32;
+    break;
+  case MOBA_DTYPE_F16:
+    config.dtype = ElementType::F16;
+    break;
+  case MOBA_DTYPE_BF16:
+    config.dtype = ElementType::BF16;
+    break;
+  default:
+    return llvm::createStringError("unknown dtype %d",
+                                   static_cast<int>(c.dtype));
   }
   if (c.dump_dir && *c.dump_dir)
-    options.dumpIR = dumpToDirectory(
-        c.dump_dir, options.chip + (options.mma ? "-mma-" : "-simt-") +
-                        config.key());
-  auto kernel = GpuAttentionKernel::compile(config, options);
-  if (!kernel) {
-    setError(error, llvm::toString(kernel.takeError()));
-    return nullptr;
+    r.dumpDir = c.dump_dir;
+  if (c.target != MOBA_TARGET_CPU) {
+    if (c.stage != MOBA_STAGE_FUSED)
+      return llvm::createStringError(
+          "stage %d is for the CPU: GPU targets take only the fused stage",
+          static_cast<int>(c.stage));
+    return readGpuOptions(c, r);
   }
-  if (fromCache)
-    *fromCache = 0;
-  return tracked(new MobaKernel{c.target, nullptr, std::move(*kernel)});
+  CpuCompileOptions &options = r.cpu;
+  switch (c.stage) {
+  case MOBA_STAGE_FUSED:
+    options.stage = CpuStage::Fused;
+    break;
+  case MOBA_STAGE_TILED:
+    options.stage = CpuStage::Tiled;
+    break;
+  case MOBA_STAGE_DECOMPOSED:
+    options.stage = CpuStage::Decomposed;
+    break;
+  default:
+    return llvm::createStringError("unknown stage %d",
+                                   static_cast<int>(c.stage));
+  }
+  if (c.tile_q)
+    options.tileQ = c.tile_q;
+  if (c.tile_k)
+    options.tileK = c.tile_k;
+  if (c.cache_dir)
+    options.cacheDir = c.cache_dir;
+  if (!r.dumpDir.empty()) {
+    // Dumps mean every stage runs: the cache would skip them.
+    options.cacheDir.clear();
+    options.dumpIR = dumpToDirectory(r.dumpDir, kernelName(config, options),
+                                     r.dumpFailure);
+  }
+  return llvm::Error::success();
+}
+
+llvm::Error checkRequest(const CompileRequest &r) {
+  if (r.target == MOBA_TARGET_CPU)
+    return CpuAttentionKernel::check(r.config, r.cpu);
+  return GpuAttentionKernel::check(r.config, r.gpu);
+}
+
+/// Compiles `r`; the request has been read and checked.
+llvm::Expected<std::unique_ptr<MobaKernel>>
+compileRequest(const CompileRequest &r) {
+  auto kernel = std::make_unique<MobaKernel>();
+  kernel->target = r.target;
+  if (r.target == MOBA_TARGET_CPU) {
+    auto cpu = CpuAttentionKernel::compile(r.config, r.cpu);
+    if (!cpu)
+      return cpu.takeError();
+    kernel->cpu = std::move(*cpu);
+  } else {
+    auto gpu = GpuAttentionKernel::compile(r.config, r.gpu);
+    if (!gpu)
+      return gpu.takeError();
+    kernel->gpu = std::move(*gpu);
+  }
+  if (!r.dumpFailure->empty())
+    return llvm::createStringError(*r.dumpFailure);
+  return std::move(kernel);
 }
 
 } // namespace
@@ -178,77 +307,48 @@ void mobaConfigInit(MobaConfig *config) {
   config->gpu_attention = MOBA_GPU_ATTENTION_MMA;
 }
 
+int32_t mobaCheckConfig(const MobaConfig *c, char **error) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    if (!c)
+      return llvm::createStringError("config is NULL");
+    CompileRequest request;
+    if (llvm::Error e = readConfig(*c, request))
+      return e;
+    return checkRequest(request);
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
 MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
                         char **error) {
-  if (!c) {
-    setError(error, "config is NULL");
-    return nullptr;
-  }
-  if (c->target != MOBA_TARGET_CPU && c->target != MOBA_TARGET_SM80 &&
-      c->target != MOBA_TARGET_SM90A) {
-    setError(error, "unknown target " + std::to_string(c->target));
-    return nullptr;
-  }
-  AttentionConfig config;
-  config.headDim = c->head_dim;
-  config.numHeads = c->num_heads;
-  config.numKvHeads = c->num_kv_heads;
-  config.blockSize = c->block_size;
-  config.topK = c->top_k;
-  config.causal = c->causal != 0;
-  if (c->scale != 0.0f)
-    config.scale = c->scale;
-  switch (c->dtype) {
-  case MOBA_DTYPE_F32:
-    config.dtype = ElementType::F32;
-    break;
-  case MOBA_DTYPE_F16:
-    config.dtype = ElementType::F16;
-    break;
-  case MOBA_DTYPE_BF16:
-    config.dtype = ElementType::BF16;
-    break;
-  default:
-    setError(error, "unknown dtype");
-    return nullptr;
-  }
-  CpuCompileOptions options;
-  switch (c->stage) {
-  case MOBA_STAGE_FUSED:
-    options.stage = CpuStage::Fused;
-    break;
-  case MOBA_STAGE_TILED:
-    options.stage = CpuStage::Tiled;
-    break;
-  case MOBA_STAGE_DECOMPOSED:
-    options.stage = CpuStage::Decomposed;
-    break;
-  default:
-    setError(error, "unknown stage");
-    return nullptr;
-  }
-  if (c->tile_q)
-    options.tileQ = c->tile_q;
-  if (c->tile_k)
-    options.tileK = c->tile_k;
-  if (c->cache_dir)
-    options.cacheDir = c->cache_dir;
-  if (c->dump_dir && *c->dump_dir) {
-    // Dumps mean every stage runs: the cache would skip them.
-    options.cacheDir.clear();
-    options.dumpIR = dumpToDirectory(c->dump_dir, kernelName(config, options));
-  }
-
-  if (c->target != MOBA_TARGET_CPU)
-    return compileForGpu(config, *c, fromCache, error);
-  auto kernel = CpuAttentionKernel::compile(config, options);
-  if (!kernel) {
-    setError(error, llvm::toString(kernel.takeError()));
+  std::unique_ptr<MobaKernel> kernel;
+  llvm::Error e = capi::runRecoverably([&]() -> llvm::Error {
+    if (const char *crash = std::getenv("MOBA_TEST_CRASH"))
+      capi::crashForTesting(crash);
+    if (!c)
+      return llvm::createStringError("config is NULL");
+    CompileRequest request;
+    if (llvm::Error e = readConfig(*c, request))
+      return e;
+    if (llvm::Error e = checkRequest(request))
+      return e;
+    auto compiled = compileRequest(request);
+    if (!compiled)
+      return compiled.takeError();
+    kernel = std::move(*compiled);
+    return llvm::Error::success();
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
     return nullptr;
   }
   if (fromCache)
-    *fromCache = (*kernel)->fromCache() ? 1 : 0;
-  return tracked(new MobaKernel{MOBA_TARGET_CPU, std::move(*kernel), nullptr});
+    *fromCache = kernel->cpu && kernel->cpu->fromCache() ? 1 : 0;
+  return tracked(kernel.release());
 }
 
 const char *mobaKernelCacheWarning(const MobaKernel *kernel) {
@@ -264,37 +364,37 @@ MobaTarget mobaKernelTarget(const MobaKernel *kernel) {
 }
 
 int32_t mobaGpuComputeCapability(char **error) {
-  cuda::DeviceInfo device;
-  auto context = cuda::currentContext(&device);
-  if (!context) {
-    setError(error, llvm::toString(context.takeError()));
+  int32_t capability = 0;
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    cuda::DeviceInfo device;
+    auto context = cuda::currentContext(&device);
+    if (!context)
+      return context.takeError();
+    capability = device.computeCapability;
+    return llvm::Error::success();
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
     return 0;
   }
-  return device.computeCapability;
+  return capability;
 }
 
 int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
                 const void *v, const int32_t *cuSeqlens, int64_t numSequences,
                 int64_t tokens, void *out, float *lse, char **error) {
-  if (!kernel) {
-    setError(error, "kernel is NULL");
-    return 1;
-  }
-  if (!kernel->cpu) {
-    setError(error, "this kernel runs on the GPU: call mobaRunDevice with "
-                    "device buffers");
-    return 1;
-  }
-  AttentionBuffers buffers;
-  buffers.q = q;
-  buffers.k = k;
-  buffers.v = v;
-  buffers.cuSeqlens = cuSeqlens;
-  buffers.out = out;
-  buffers.lse = lse;
-  buffers.tokens = tokens;
-  buffers.numSequences = numSequences;
-  if (llvm::Error e = kernel->cpu->run(buffers)) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    if (!kernel)
+      return llvm::createStringError("kernel is NULL");
+    if (!kernel->cpu)
+      return llvm::createStringError(
+          "this kernel runs on the GPU: call mobaRunDevice with device "
+          "buffers");
+    AttentionBuffers buffers{q,   k,   v,      cuSeqlens,
+                             out, lse, tokens, numSequences};
+    return kernel->cpu->run(buffers);
+  });
+  if (e) {
     setError(error, llvm::toString(std::move(e)));
     return 1;
   }
@@ -306,18 +406,18 @@ int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
                       int64_t numSequences, int64_t tokens, void *out,
                       float *lse, void *stream, const int32_t *hostCuSeqlens,
                       char **error) {
-  if (!kernel) {
-    setError(error, "kernel is NULL");
-    return 1;
-  }
-  if (!kernel->gpu) {
-    setError(error, "this kernel runs on the CPU: call mobaRun with host "
-                    "buffers");
-    return 1;
-  }
-  AttentionBuffers buffers{q, k, v, cuSeqlens, out, lse, tokens, numSequences};
-  GpuLaunch launch{stream, hostCuSeqlens};
-  if (llvm::Error e = kernel->gpu->run(buffers, launch)) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    if (!kernel)
+      return llvm::createStringError("kernel is NULL");
+    if (!kernel->gpu)
+      return llvm::createStringError(
+          "this kernel runs on the CPU: call mobaRun with host buffers");
+    AttentionBuffers buffers{q,   k,   v,      cuSeqlens,
+                             out, lse, tokens, numSequences};
+    GpuLaunch launch{stream, hostCuSeqlens};
+    return kernel->gpu->run(buffers, launch);
+  });
+  if (e) {
     setError(error, llvm::toString(std::move(e)));
     return 1;
   }

@@ -6,11 +6,12 @@
 
 #include "moba/Runner/AttentionConfig.h"
 
-#include <limits>
-
 #include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/CheckedArithmetic.h"
 
 #include <cmath>
+#include <limits>
+#include <sys/sysinfo.h>
 
 using namespace mlir;
 using namespace mlir::moba;
@@ -42,44 +43,86 @@ int64_t mlir::moba::elementTypeBytes(ElementType type) {
   return type == ElementType::F32 ? 4 : 2;
 }
 
-llvm::Error AttentionConfig::validate() const {
-  auto atLeastOne = [](const char *name, int64_t value) -> llvm::Error {
-    if (value >= 1)
-      return llvm::Error::success();
+namespace {
+
+/// A sum of products in checked int64 arithmetic.
+class CheckedSum {
+public:
+  /// Adds the product of `factors`.
+  CheckedSum &add(std::initializer_list<int64_t> factors) {
+    int64_t product = 1;
+    for (int64_t factor : factors) {
+      std::optional<int64_t> next =
+          valid ? llvm::checkedMul(product, factor) : std::nullopt;
+      valid = next.has_value();
+      product = valid ? *next : 0;
+    }
+    std::optional<int64_t> next =
+        valid ? llvm::checkedAdd(total, product) : std::nullopt;
+    valid = next.has_value();
+    total = valid ? *next : 0;
+    return *this;
+  }
+  std::optional<int64_t> value() const {
+    return valid ? std::optional<int64_t>(total) : std::nullopt;
+  }
+
+private:
+  int64_t total = 0;
+  bool valid = true;
+};
+
+/// "`name` must be at least 1" and "at most `max`", naming the value.
+llvm::Error checkCount(const char *name, int64_t value, int64_t max) {
+  if (value < 1)
     return llvm::createStringError("%s must be at least 1, got %lld", name,
                                    static_cast<long long>(value));
-  };
-  if (auto e = atLeastOne("head_dim", headDim))
-    return e;
-  if (auto e = atLeastOne("num_heads", numHeads))
-    return e;
-  if (auto e = atLeastOne("num_kv_heads", numKvHeads))
-    return e;
-  if (auto e = atLeastOne("block_size", blockSize))
-    return e;
-  if (auto e = atLeastOne("top_k", topK))
-    return e;
-  // Rows of head_dim and the running top-k live in vector registers; past
-  // these sizes the code grows without bound for no real model.
-  auto atMost = [](const char *name, int64_t value) -> llvm::Error {
-    if (value <= kMaxVectorWidth)
-      return llvm::Error::success();
+  if (value > max)
     return llvm::createStringError("%s must be at most %lld, got %lld", name,
-                                   static_cast<long long>(kMaxVectorWidth),
+                                   static_cast<long long>(max),
                                    static_cast<long long>(value));
+  return llvm::Error::success();
+}
+
+} // namespace
+
+llvm::Error AttentionConfig::validate() const {
+  const std::pair<const char *, std::pair<int64_t, int64_t>> counts[] = {
+      {"head_dim", {headDim, kMaxVectorWidth}},
+      {"num_heads", {numHeads, kMaxHeads}},
+      {"num_kv_heads", {numKvHeads, kMaxHeads}},
+      {"block_size", {blockSize, kMaxBlockSize}},
+      {"top_k", {topK, kMaxVectorWidth}},
   };
-  if (auto e = atMost("head_dim", headDim))
-    return e;
-  if (auto e = atMost("top_k", topK))
-    return e;
+  for (const auto &[name, valueAndMax] : counts)
+    if (llvm::Error e = checkCount(name, valueAndMax.first, valueAndMax.second))
+      return e;
   if (numHeads % numKvHeads != 0)
     return llvm::createStringError(
         "num_heads (%lld) must be a multiple of num_kv_heads (%lld)",
         static_cast<long long>(numHeads), static_cast<long long>(numKvHeads));
-  if (scale && !(std::isfinite(*scale) && *scale > 0))
-    return llvm::createStringError("scale must be a positive finite number, got %g",
-                                   static_cast<double>(*scale));
+  if (scale)
+    return checkScale(*scale);
   return llvm::Error::success();
+}
+
+llvm::Error mlir::moba::checkScale(double scale) {
+  constexpr double least = std::numeric_limits<float>::min();
+  if (std::isfinite(scale) && scale >= least &&
+      std::isfinite(static_cast<float>(scale)))
+    return llvm::Error::success();
+  return llvm::createStringError(
+      "scale must be a positive normal float32 (finite, at least %.9g), got "
+      "%.9g",
+      least, scale);
+}
+
+llvm::Error mlir::moba::checkTileSizes(std::optional<int64_t> tileQ,
+                                       int64_t tileK) {
+  if (tileQ)
+    if (llvm::Error e = checkCount("tile_q", *tileQ, kMaxTileQ))
+      return e;
+  return checkCount("tile_k", tileK, kMaxVectorWidth);
 }
 
 std::string AttentionConfig::key() const {
@@ -87,8 +130,9 @@ std::string AttentionConfig::key() const {
                                 numHeads, numKvHeads, blockSize, topK,
                                 causal ? "causal" : "full",
                                 elementTypeName(dtype));
+  // Nine significant digits name a float32 exactly.
   if (scale)
-    s += llvm::formatv("_s{0:e}", *scale).str();
+    s += llvm::formatv("_s{0:e8}", *scale).str();
   return s;
 }
 
@@ -101,7 +145,7 @@ std::string mlir::moba::buildAttentionModule(const AttentionConfig &c) {
                                     c.blockSize, c.topK,
                                     c.causal ? "true" : "false");
   if (c.scale)
-    attrs += llvm::formatv(", scale = {0:e} : f32", *c.scale).str();
+    attrs += llvm::formatv(", scale = {0:e8} : f32", *c.scale).str();
   return llvm::formatv(R"mlir(
 func.func @moba_attention(%q: memref<{0}>, %k: memref<{1}>, %v: memref<{1}>,
                           %cu: memref<?xi32>, %out: memref<{0}>,
@@ -123,21 +167,98 @@ func.func @moba_attention(%q: memref<{0}>, %k: memref<{1}>, %v: memref<{1}>,
                        qt, kvt, lset, attrs);
 }
 
-llvm::Error mlir::moba::checkAttentionBuffers(const AttentionBuffers &b,
+llvm::Expected<AttentionBufferBytes>
+mlir::moba::attentionBufferBytes(const AttentionConfig &c, int64_t tokens) {
+  int64_t element = elementTypeBytes(c.dtype);
+  std::optional<int64_t> q =
+      CheckedSum().add({tokens, c.numHeads, c.headDim, element}).value();
+  std::optional<int64_t> kv =
+      CheckedSum().add({tokens, c.numKvHeads, c.headDim, element}).value();
+  std::optional<int64_t> lse =
+      CheckedSum().add({tokens, c.numHeads, 4}).value();
+  if (!q || !kv || !lse)
+    return llvm::createStringError(
+        "the buffers of %lld tokens of %s would need more than 2^63 bytes",
+        static_cast<long long>(tokens), c.key().c_str());
+  AttentionBufferBytes bytes;
+  bytes.q = bytes.out = *q;
+  bytes.kv = *kv;
+  bytes.lse = *lse;
+  return bytes;
+}
+
+llvm::Expected<int64_t> mlir::moba::kernelScratchBytes(
+    const AttentionConfig &c, KernelScratch scratch, int64_t tokens,
+    int64_t numSequences) {
+  const int64_t f32 = 4, element = elementTypeBytes(c.dtype);
+  const int64_t t = tokens, hq = c.numHeads, hkv = c.numKvHeads,
+                d = c.headDim, k = c.topK;
+  // sum over sequences of ceil(length / block_size) <= T / block_size + B.
+  const int64_t rows = t / c.blockSize + numSequences;
+  CheckedSum bytes;
+  bytes.add({rows, hkv, d, f32})   // block means
+      .add({t, hq, k, f32})        // selected blocks
+      .add({t, hq, d, element})    // staging rows of out
+      .add({t, hq, f32});          // staging log-sum-exps
+  if (scratch.scores)
+    bytes.add({t, hq, (t + c.blockSize - 1) / c.blockSize, f32});
+  if (scratch.chunkedPooling)
+    bytes.add({rows, (c.blockSize + 255) / 256, hkv, d, f32});
+  if (scratch.densified)
+    bytes.add({2, hq, rows, f32})  // group starts and counts
+        .add({hq, t, k, f32})      // group entries
+        .add({k, t, hq, d, element}) // partial rows
+        .add({k, t, hq, f32});     // partial log-sum-exps
+  if (std::optional<int64_t> total = bytes.value())
+    return *total;
+  return llvm::createStringError(
+      "a call on %lld tokens in %lld sequences would need more than 2^63 "
+      "bytes of scratch memory for %s",
+      static_cast<long long>(tokens), static_cast<long long>(numSequences),
+      c.key().c_str());
+}
+
+uint64_t mlir::moba::hostMemoryBytes() {
+  struct sysinfo info;
+  if (sysinfo(&info) != 0)
+    return 0;
+  return (uint64_t(info.totalram) + uint64_t(info.totalswap)) * info.mem_unit;
+}
+
+llvm::Error mlir::moba::checkAttentionBuffers(const AttentionConfig &config,
+                                              const AttentionBuffers &b,
                                               const int32_t *cu) {
-  if (!b.q || !b.k || !b.v || !b.cuSeqlens || !b.out || !b.lse)
-    return llvm::createStringError("a buffer pointer is null");
   if (b.tokens < 0)
     return llvm::createStringError("tokens must not be negative, got %lld",
                                    static_cast<long long>(b.tokens));
-  if (b.tokens > std::numeric_limits<int32_t>::max())
+  if (b.tokens > kMaxTokens)
     return llvm::createStringError(
-        "%lld tokens do not fit the int32 offsets of cu_seqlens",
-        static_cast<long long>(b.tokens));
+        "%lld tokens do not fit the int32 offsets of cu_seqlens (at most "
+        "%lld)",
+        static_cast<long long>(b.tokens), static_cast<long long>(kMaxTokens));
   if (b.numSequences < 1)
     return llvm::createStringError(
         "need at least one sequence, got num_sequences=%lld",
         static_cast<long long>(b.numSequences));
+  if (b.numSequences > kMaxSequences)
+    return llvm::createStringError(
+        "num_sequences must be at most %lld, got %lld",
+        static_cast<long long>(kMaxSequences),
+        static_cast<long long>(b.numSequences));
+  if (!b.cuSeqlens)
+    return llvm::createStringError("cu_seqlens is null");
+  // An empty batch reads and writes nothing: its buffers may be null (an
+  // empty torch tensor's data pointer is).
+  const std::pair<const char *, const void *> data[] = {
+      {"q", b.q}, {"k", b.k}, {"v", b.v}, {"out", b.out}, {"lse", b.lse}};
+  if (b.tokens > 0)
+    for (auto [name, pointer] : data)
+      if (!pointer)
+        return llvm::createStringError("%s is null but there are %lld tokens",
+                                       name,
+                                       static_cast<long long>(b.tokens));
+  if (auto bytes = attentionBufferBytes(config, b.tokens); !bytes)
+    return bytes.takeError();
   if (!cu)
     return llvm::Error::success();
   if (cu[0] != 0)

@@ -124,24 +124,31 @@ CpuAttentionKernel::load(std::unique_ptr<llvm::MemoryBuffer> object) {
   return llvm::Error::success();
 }
 
-llvm::Expected<std::unique_ptr<CpuAttentionKernel>>
-CpuAttentionKernel::compile(const AttentionConfig &config,
-                            const CpuCompileOptions &options) {
+llvm::Error CpuAttentionKernel::check(const AttentionConfig &config,
+                                      const CpuCompileOptions &options) {
   if (llvm::Error e = config.validate())
-    return std::move(e);
-  if (options.tileQ < 1 || options.tileK < 1)
-    return llvm::createStringError(
-        "tile_q and tile_k must be at least 1, got tile_q=%lld tile_k=%lld",
-        static_cast<long long>(options.tileQ),
-        static_cast<long long>(options.tileK));
+    return e;
+  if (llvm::Error e = checkTileSizes(options.tileQ, options.tileK))
+    return e;
   if (options.optLevel > 3)
     return llvm::createStringError("opt_level must be 0-3, got %u",
                                    options.optLevel);
+  return llvm::Error::success();
+}
+
+llvm::Expected<std::unique_ptr<CpuAttentionKernel>>
+CpuAttentionKernel::compile(const AttentionConfig &config,
+                            const CpuCompileOptions &options) {
+  if (llvm::Error e = check(config, options))
+    return std::move(e);
   initializeNativeTarget();
 
   std::unique_ptr<CpuAttentionKernel> kernel(new CpuAttentionKernel(config));
   std::unique_ptr<KernelCache> cache;
   std::string key;
+  kernel->scratch.scores = options.stage != CpuStage::Fused;
+  kernel->scratch.chunkedPooling = options.parallel;
+  kernel->scratch.densified = options.densify;
   if (!options.cacheDir.empty()) {
     cache = std::make_unique<KernelCache>(options.cacheDir);
     key = cacheKey(config, options);
@@ -201,8 +208,24 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
 }
 
 llvm::Error CpuAttentionKernel::run(const AttentionBuffers &b) const {
-  if (llvm::Error e = checkAttentionBuffers(b, b.cuSeqlens))
+  if (llvm::Error e = checkAttentionBuffers(cfg, b, b.cuSeqlens))
     return e;
+  // The kernel's allocations are not checked for failure: refuse calls
+  // whose scratch memory malloc could not give.
+  auto scratchBytes =
+      kernelScratchBytes(cfg, scratch, b.tokens, b.numSequences);
+  if (!scratchBytes)
+    return scratchBytes.takeError();
+  uint64_t memory = hostMemoryBytes();
+  if (memory && uint64_t(*scratchBytes) > memory)
+    return llvm::createStringError(
+        "a call on %lld tokens in %lld sequences needs up to %lld bytes of "
+        "scratch memory for %s, more than the %llu bytes of memory and swap "
+        "here",
+        static_cast<long long>(b.tokens),
+        static_cast<long long>(b.numSequences),
+        static_cast<long long>(*scratchBytes), cfg.key().c_str(),
+        static_cast<unsigned long long>(memory));
   callAttentionEntry(entry, cfg, b);
   return llvm::Error::success();
 }

@@ -105,12 +105,17 @@ GpuAttentionKernel::GpuAttentionKernel(AttentionConfig config, std::string chip)
 
 GpuAttentionKernel::~GpuAttentionKernel() = default;
 
-llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
-GpuAttentionKernel::compile(const AttentionConfig &config,
-                            const GpuCompileOptions &options) {
+namespace {
+
+/// Fills `pipeline` with the options of `options` for `config` (the tuning
+/// table's choices filled in) and checks them.
+llvm::Error fillPipelineOptions(const AttentionConfig &config,
+                                const GpuCompileOptions &options,
+                                GpuPipelineOptions &pipeline) {
   if (llvm::Error e = config.validate())
-    return std::move(e);
-  GpuPipelineOptions pipeline;
+    return e;
+  if (llvm::Error e = checkTileSizes(std::nullopt, options.tileK))
+    return e;
   pipeline.chip = options.chip;
   pipeline.format = options.format;
   pipeline.threadsPerBlock = options.threadsPerBlock;
@@ -150,10 +155,29 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
   if (options.optLevel > 3)
     return llvm::createStringError("opt_level must be 0-3, got %u",
                                    options.optLevel);
+  return llvm::Error::success();
+}
+
+} // namespace
+
+llvm::Error GpuAttentionKernel::check(const AttentionConfig &config,
+                                      const GpuCompileOptions &options) {
+  GpuPipelineOptions pipeline;
+  return fillPipelineOptions(config, options, pipeline);
+}
+
+llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
+GpuAttentionKernel::compile(const AttentionConfig &config,
+                            const GpuCompileOptions &options) {
+  GpuPipelineOptions pipeline;
+  if (llvm::Error e = fillPipelineOptions(config, options, pipeline))
+    return std::move(e);
   initializeTargets();
 
   std::unique_ptr<GpuAttentionKernel> kernel(
       new GpuAttentionKernel(config, options.chip));
+  kernel->scratch.chunkedPooling = true;
+  kernel->scratch.densified = options.densify;
   EntryCompiler compiler(gpuRegistry(), config, options.dumpIR);
   auto module = compiler.parse();
   if (!module)
@@ -212,8 +236,15 @@ llvm::Error GpuAttentionKernel::load() const {
 
 llvm::Error GpuAttentionKernel::run(const AttentionBuffers &buffers,
                                     const GpuLaunch &launch) const {
-  if (llvm::Error e = checkAttentionBuffers(buffers, launch.hostCuSeqlens))
+  if (llvm::Error e =
+          checkAttentionBuffers(cfg, buffers, launch.hostCuSeqlens))
     return e;
+  // Device allocations that fail are errors of the runtime; sizes that
+  // wrap would not be.
+  if (auto bytes = kernelScratchBytes(cfg, scratch, buffers.tokens,
+                                      buffers.numSequences);
+      !bytes)
+    return bytes.takeError();
   // The tensor-core kernel copies K and V rows 16 bytes at a time
   // (cp.async), the others read pairs and vectors of elements.
   const std::pair<const char *, const void *> rowBuffers[] = {

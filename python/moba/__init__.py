@@ -27,6 +27,9 @@ Environment:
                   targets), and the cache is bypassed.
   MOBA_CUDA_DRIVER  the CUDA driver library to open (default libcuda.so.1).
   MOBA_LIBRARY    the libMobaC.so to load (default: the one in this package).
+  MOBA_TEST_CRASH a test hook: every compile fails as an internal error
+                  would (fatal-error, bad-alloc, exception, abort) and
+                  raises CompileError (include/moba-c/Moba.h).
   MOBA_JIT_DEBUG  1: announce JIT-compiled code to debuggers (GDB's JIT
                   interface) and to perf, which writes a jit-<pid>.dump
                   under .debug/jit/ per process. Off otherwise, so that no
@@ -34,6 +37,8 @@ Environment:
 
 Kernels live while something holds them: a Kernel nobody refers to is freed
 with its compiled code (compile() finds it again while it is alive).
+
+Limits of every argument, and why: docs/python.md.
 """
 import collections
 import os
@@ -65,8 +70,6 @@ _DTYPE_NAMES = {
 }
 _NUMPY_DTYPE = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16)}
 _TARGETS = ("auto", "cpu", "sm_80", "sm_90a")
-# head_dim and top_k become vector widths in the kernels (kMaxVectorWidth).
-_MAX_VECTOR_WIDTH = 1024
 _LAYOUTS = ("varlen", "batched")
 
 
@@ -99,12 +102,23 @@ def from_bf16(bits):
         np.float32)
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+def _optional_positive_int(name, value):
+    """None, or an int of at least 1: the C API reads 0 as "the default",
+    which None says here."""
+    if value is None:
+        return None
+    value = _capi.int64(name, value)
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
-    return int(value)
+    return value
+
+
+def _bool(name, value):
+    """A bool: any other object (the string 'no', say) has a truth value
+    that would be taken silently."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def _is_gpu_array(x):
@@ -130,6 +144,36 @@ def _as_numpy(name, x):
         return x.numpy()
     raise TypeError(f"{name} must be a numpy array or a torch tensor, got "
                     f"{type(x).__name__}")
+
+
+def _uniform_offsets(batch, seq):
+    """cu_seqlens of `batch` sequences of `seq` tokens; no sequence at all
+    is one empty sequence to the library, which needs one."""
+    return np.arange(max(batch, 1) + 1, dtype=np.int32) * (seq if batch
+                                                           else 0)
+
+
+def _overlaps(a, b):
+    """Whether numpy arrays `a` and `b` share memory: by their bounds when
+    both are contiguous (exact then, and cheap), else exactly."""
+    if a.flags["C_CONTIGUOUS"] and b.flags["C_CONTIGUOUS"]:
+        return np.may_share_memory(a, b)
+    return np.shares_memory(a, b)
+
+
+def _spans_overlap(a, b):
+    """Whether torch tensors `a` and `b` touch a common byte: the spans
+    from their first to one past their last element (strides are not
+    negative in torch)."""
+    spans = []
+    for t in (a, b):
+        if t.numel() == 0:
+            return False
+        extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+        start = t.data_ptr()
+        spans.append((start, start + extent * t.element_size()))
+    (a0, a1), (b0, b1) = spans
+    return a0 < b1 and b0 < a1
 
 
 def _as_cuda_tensor(name, x):
@@ -290,6 +334,12 @@ class Kernel:
         `out` and `lse`, when given, are written instead of new arrays:
         contiguous, q's shape and dtype, and q's shape without head_dim in
         float32, on q's device."""
+        return_lse = _bool("return_lse", return_lse)
+        if max_seqlen is not None:
+            max_seqlen = _capi.int64("max_seqlen", max_seqlen)
+            if max_seqlen < 0:
+                raise ValueError(f"max_seqlen must not be negative, got "
+                                 f"{max_seqlen}")
         if any(_is_gpu_array(x) for x in (q, k, v)):
             return self._call_gpu(q, k, v, cu_seqlens, max_seqlen, return_lse,
                                   out, lse)
@@ -297,12 +347,13 @@ class Kernel:
         c = self.config
         q, k, v = (_as_numpy(n, x) for n, x in (("q", q), ("k", k), ("v", v)))
         self._check_qkv(q, k, v, lambda x: x.flags["C_CONTIGUOUS"])
+        inputs = {"q": q, "k": k, "v": v}
 
         if c["layout"] == "batched":
             if cu_seqlens is not None:
                 raise ValueError("cu_seqlens is only for layout='varlen'")
             batch, seq = q.shape[:2]
-            cu = np.arange(batch + 1, dtype=np.int64) * seq
+            cu = _uniform_offsets(batch, seq)
             tokens = batch * seq
         else:
             tokens = q.shape[0]
@@ -310,21 +361,43 @@ class Kernel:
                 raise ValueError("cu_seqlens is on a GPU but q is on the "
                                  "host: they must be on the same device")
             cu = self._check_cu_seqlens(cu_seqlens, tokens, max_seqlen)
+            inputs["cu_seqlens"] = cu
 
         cu32 = np.ascontiguousarray(cu, dtype=np.int32)
-        out = self._result("out", out, q.shape, q.dtype,
-                           lambda: np.empty(q.shape, dtype=q.dtype))
-        lse = self._result("lse", lse, q.shape[:-1], np.dtype(np.float32),
-                           lambda: np.empty(q.shape[:-1], dtype=np.float32))
-        out_array, lse_array = _as_numpy("out", out), _as_numpy("lse", lse)
+        out, out_array = self._host_result("out", out, q.shape, q.dtype,
+                                           inputs)
+        lse, lse_array = self._host_result("lse", lse, q.shape[:-1],
+                                           np.dtype(np.float32), inputs)
+        if _overlaps(out_array, lse_array):
+            raise ValueError("out and lse overlap: pass separate arrays")
         _capi.run_kernel(handle, q.ctypes.data, k.ctypes.data,
                          v.ctypes.data, cu32.ctypes.data, len(cu32) - 1,
                          tokens, out_array.ctypes.data, lse_array.ctypes.data)
         return (out, lse) if return_lse else out
 
+    @classmethod
+    def _host_result(cls, name, given, shape, dtype, inputs):
+        """(the object a result goes to, a numpy view of it): `given`,
+        checked -- an array of `shape` and `dtype`, contiguous, writable,
+        sharing no memory with `inputs` -- or a new array."""
+        if given is None:
+            array = np.empty(shape, dtype=dtype)
+            return array, array
+        array = _as_numpy(name, given)
+        cls._result(name, array, shape, dtype, None)
+        if not array.flags.writeable:
+            raise ValueError(f"{name} is read-only: pass a writable array")
+        for input_name, x in inputs.items():
+            if _overlaps(array, x):
+                raise ValueError(f"{name} overlaps {input_name}: the kernel "
+                                 "would read what it has written; pass an "
+                                 "array of its own")
+        return given, array
+
     @staticmethod
     def _result(name, given, shape, dtype, make):
-        """The array a result goes to: `given`, checked, or a new one."""
+        """The array a result goes to: `given` (a numpy array or a torch
+        tensor), checked, or a new one."""
         if given is None:
             return make()
         if tuple(given.shape) != tuple(shape) or given.dtype != dtype:
@@ -356,7 +429,7 @@ class Kernel:
                 raise ValueError("cu_seqlens is only for layout='varlen'")
             batch, seq = q.shape[:2]
             tokens = batch * seq
-            host_cu = np.arange(batch + 1, dtype=np.int32) * seq
+            host_cu = _uniform_offsets(batch, seq)
             # Uploaded once per shape and device: a copy from pageable host
             # memory would wait for the stream on every call.
             uploads = self.__dict__.setdefault("_batched_offsets", {})
@@ -391,6 +464,17 @@ class Kernel:
                            lambda: torch.empty(q.shape[:-1],
                                                dtype=torch.float32,
                                                device=q.device))
+        inputs = {"q": q, "k": k, "v": v}
+        if c["layout"] == "varlen":
+            inputs["cu_seqlens"] = _as_cuda_tensor("cu_seqlens", cu_seqlens)
+        for name, given in (("out", out), ("lse", lse)):
+            for input_name, x in inputs.items():
+                if _spans_overlap(given, x):
+                    raise ValueError(f"{name} overlaps {input_name}: the "
+                                     "kernel would read what it has written; "
+                                     "pass a tensor of its own")
+        if _spans_overlap(out, lse):
+            raise ValueError("out and lse overlap: pass separate tensors")
         with torch.cuda.device(q.device):
             stream = torch.cuda.current_stream(q.device).cuda_stream
             _capi.run_kernel_on_device(
@@ -575,18 +659,21 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     attention kernel, by the CTA that finishes a row's last slot; slower on
     the H200 today, docs/PERFORMANCE.md).
     """
-    head_dim = _positive_int("head_dim", head_dim)
-    num_heads = _positive_int("num_heads", num_heads)
-    num_kv_heads = _positive_int("num_kv_heads", num_kv_heads)
-    block_size = _positive_int("block_size", block_size)
-    top_k = _positive_int("top_k", top_k)
-    for name_, value in (("head_dim", head_dim), ("top_k", top_k)):
-        if value > _MAX_VECTOR_WIDTH:
-            raise ValueError(f"{name_} must be at most {_MAX_VECTOR_WIDTH}, "
-                             f"got {value}")
-    if num_heads % num_kv_heads:
-        raise ValueError(f"num_heads ({num_heads}) must be a multiple of "
-                         f"num_kv_heads ({num_kv_heads})")
+    # Types and the C types' ranges here (ctypes would wrap); the limits
+    # and the rules between values in the library (mobaCheckConfig), whose
+    # messages name the argument.
+    head_dim = _capi.int64("head_dim", head_dim)
+    num_heads = _capi.int64("num_heads", num_heads)
+    num_kv_heads = _capi.int64("num_kv_heads", num_kv_heads)
+    block_size = _capi.int64("block_size", block_size)
+    top_k = _capi.int64("top_k", top_k)
+    tile_q = _optional_positive_int("tile_q", tile_q)
+    tile_k = _optional_positive_int("tile_k", tile_k)
+    mma_warps = _optional_positive_int("mma_warps", mma_warps)
+    mma_key_chunk = _optional_positive_int("mma_key_chunk", mma_key_chunk)
+    causal = _bool("causal", causal)
+    if scale is not None:
+        scale = _capi.float32_scale(scale)  # what the kernel will use
     name = str(dtype).replace("torch.", "")
     if name not in _DTYPE_NAMES:
         raise ValueError(f"dtype must be one of f32, f16, bf16, got {dtype!r}")
@@ -597,9 +684,6 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if target not in _TARGETS:
         raise ValueError(f"target must be one of {', '.join(_TARGETS)}, got "
                          f"{target!r}")
-    if scale is not None and not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got "
-                         f"{scale!r}")
     if gpu_attention not in ("mma", "simt"):
         raise ValueError(f"gpu_attention must be 'mma' or 'simt', got "
                          f"{gpu_attention!r}")
@@ -620,11 +704,6 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
-    for name_, tile in (("tile_q", tile_q), ("tile_k", tile_k),
-                        ("mma_warps", mma_warps),
-                        ("mma_key_chunk", mma_key_chunk)):
-        if tile is not None:
-            _positive_int(name_, tile)
     first = target
     if target in ("sm_80", "sm_90a", "auto"):
         chip, why = _available_gpu_target()
@@ -638,7 +717,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     config = dict(head_dim=head_dim, num_heads=num_heads,
                   num_kv_heads=num_kv_heads, block_size=block_size,
                   top_k=top_k, dtype=dtype, layout=layout,
-                  causal=bool(causal), target=target, scale=scale,
+                  causal=causal, target=target, scale=scale,
                   stage=stage, tile_q=tile_q, tile_k=tile_k,
                   gpu_attention=gpu_attention, mma_warps=mma_warps,
                   mma_key_chunk=mma_key_chunk,
@@ -648,6 +727,16 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)
+    with _registry_lock:
+        known = key in _kernels
+    if not known:  # a configuration checked once, before its compile
+        problem = _capi.check_config(
+            head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
+            scale, dtype, first, stage, tile_q, tile_k, gpu_attention,
+            mma_warps, mma_key_chunk, mma_instruction, mma_key_value_loads,
+            mma_merge)
+        if problem is not None:
+            raise ValueError(problem)
     return _kernel_for(key, config, first)
 
 

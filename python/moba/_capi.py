@@ -5,7 +5,11 @@ CPython (3.11 here, 3.12 on the GPU machines) with no build step, and the
 library it loads carries its own MLIR and LLVM.
 """
 import ctypes
+import numbers
+import operator
 import os
+
+import numpy as np
 
 _DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
 _TARGETS = {"cpu": 0, "sm_80": 1, "sm_90a": 2}
@@ -62,6 +66,8 @@ def _load():
     lib.mobaVersion.argtypes = []
     lib.mobaConfigInit.restype = None
     lib.mobaConfigInit.argtypes = [ctypes.POINTER(MobaConfig)]
+    lib.mobaCheckConfig.restype = ctypes.c_int32
+    lib.mobaCheckConfig.argtypes = [ctypes.POINTER(MobaConfig), char_pp]
     lib.mobaCompile.restype = ctypes.c_void_p
     lib.mobaCompile.argtypes = [ctypes.POINTER(MobaConfig),
                                 ctypes.POINTER(ctypes.c_int32), char_pp]
@@ -105,28 +111,103 @@ def _take_error(address):
     return text
 
 
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
+_FLOAT32_LEAST_NORMAL = float(np.finfo(np.float32).tiny)
+
+
+def int64(name, value):
+    """`value` as a Python int that fits the C API's int64_t: ctypes would
+    silently keep only its low 64 bits."""
+    # operator.index takes what is an int: Python and numpy ints, integer
+    # torch scalars; not floats, strings, or bools (which are ints to it).
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(f"{name} must fit a signed 64-bit integer, got "
+                         f"{value}")
+    return value
+
+
+def float32_scale(scale):
+    """The float32 the C API receives for `scale` (0.0 for None: the
+    default). Checked after the conversion, which ctypes would do silently:
+    1e-46 becomes 0.0 there, which the library reads as "the default"."""
+    if scale is None:
+        return 0.0
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(
+            scale, numbers.Real):
+        raise TypeError(f"scale must be a real number, got {scale!r}")
+    with np.errstate(over="ignore", under="ignore"):
+        single = float(np.float32(scale))
+    if not (np.isfinite(single) and single >= _FLOAT32_LEAST_NORMAL):
+        raise ValueError(f"scale must be a positive normal float32 (finite, "
+                         f"at least {_FLOAT32_LEAST_NORMAL:.9g}), got "
+                         f"{float(scale):.9g}")
+    return single
+
+
+def _config(head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
+            scale, dtype, target, stage, tile_q, tile_k, cache_dir, dump_dir,
+            gpu_attention, mma_warps, mma_key_chunk, mma_instruction,
+            mma_key_value_loads, mma_merge):
+    """A MobaConfig; None for tile_q, tile_k, mma_warps, mma_key_chunk and
+    scale is the C API's 0, "the default"."""
+    config = MobaConfig()
+    _lib.mobaConfigInit(ctypes.byref(config))
+    config.head_dim = int64("head_dim", head_dim)
+    config.num_heads = int64("num_heads", num_heads)
+    config.num_kv_heads = int64("num_kv_heads", num_kv_heads)
+    config.block_size = int64("block_size", block_size)
+    config.top_k = int64("top_k", top_k)
+    config.causal = 1 if causal else 0
+    config.scale = float32_scale(scale)
+    config.dtype, config.target = _DTYPES[dtype], _TARGETS[target]
+    config.stage = _STAGES[stage]
+    for name, value in (("tile_q", tile_q), ("tile_k", tile_k),
+                        ("mma_warps", mma_warps),
+                        ("mma_key_chunk", mma_key_chunk)):
+        setattr(config, name, 0 if value is None else int64(name, value))
+    config.cache_dir = cache_dir.encode() if cache_dir else None
+    config.dump_dir = dump_dir.encode() if dump_dir else None
+    config.gpu_attention = _GPU_ATTENTION[gpu_attention]
+    config.mma_instruction = _MMA_INSTRUCTIONS[mma_instruction]
+    config.mma_key_value_loads = _KEY_VALUE_LOADS[mma_key_value_loads]
+    config.mma_merge = _MERGES[mma_merge]
+    return config
+
+
+def check_config(head_dim, num_heads, num_kv_heads, block_size, top_k,
+                 causal, scale, dtype, target, stage, tile_q, tile_k,
+                 gpu_attention="mma", mma_warps=None, mma_key_chunk=None,
+                 mma_instruction=None, mma_key_value_loads=None,
+                 mma_merge=None):
+    """None when the library would compile these values, else its message
+    naming the first bad one."""
+    config = _config(head_dim, num_heads, num_kv_heads, block_size, top_k,
+                     causal, scale, dtype, target, stage, tile_q, tile_k,
+                     None, None, gpu_attention, mma_warps, mma_key_chunk,
+                     mma_instruction, mma_key_value_loads, mma_merge)
+    error = ctypes.c_void_p()
+    if _lib.mobaCheckConfig(ctypes.byref(config), ctypes.byref(error)):
+        return _take_error(error.value)
+    return None
+
+
 def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
                    causal, scale, dtype, target, stage, tile_q, tile_k,
                    cache_dir, dump_dir, gpu_attention="mma", mma_warps=None,
                    mma_key_chunk=None, mma_instruction=None,
                    mma_key_value_loads=None, mma_merge=None):
     """Returns (handle, from_cache); raises CompileError."""
-    config = MobaConfig()
-    _lib.mobaConfigInit(ctypes.byref(config))
-    config.head_dim, config.num_heads = head_dim, num_heads
-    config.num_kv_heads, config.block_size = num_kv_heads, block_size
-    config.top_k, config.causal = top_k, 1 if causal else 0
-    config.scale = 0.0 if scale is None else scale
-    config.dtype, config.target = _DTYPES[dtype], _TARGETS[target]
-    config.stage = _STAGES[stage]
-    config.tile_q, config.tile_k = tile_q or 0, tile_k or 0
-    config.cache_dir = cache_dir.encode() if cache_dir else None
-    config.dump_dir = dump_dir.encode() if dump_dir else None
-    config.gpu_attention = _GPU_ATTENTION[gpu_attention]
-    config.mma_warps, config.mma_key_chunk = mma_warps or 0, mma_key_chunk or 0
-    config.mma_instruction = _MMA_INSTRUCTIONS[mma_instruction]
-    config.mma_key_value_loads = _KEY_VALUE_LOADS[mma_key_value_loads]
-    config.mma_merge = _MERGES[mma_merge]
+    config = _config(head_dim, num_heads, num_kv_heads, block_size, top_k,
+                     causal, scale, dtype, target, stage, tile_q, tile_k,
+                     cache_dir, dump_dir, gpu_attention, mma_warps,
+                     mma_key_chunk, mma_instruction, mma_key_value_loads,
+                     mma_merge)
     from_cache = ctypes.c_int32(0)
     error = ctypes.c_void_p()
     handle = _lib.mobaCompile(ctypes.byref(config), ctypes.byref(from_cache),
@@ -138,6 +219,8 @@ def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
 
 def run_kernel(handle, q, k, v, cu_seqlens, num_sequences, tokens, out, lse):
     """Pointers in, raises RuntimeError with the runner's message."""
+    num_sequences = int64("num_sequences", num_sequences)
+    tokens = int64("tokens", tokens)
     error = ctypes.c_void_p()
     status = _lib.mobaRun(handle, q, k, v, cu_seqlens, num_sequences, tokens,
                           out, lse, ctypes.byref(error))
@@ -148,6 +231,8 @@ def run_kernel(handle, q, k, v, cu_seqlens, num_sequences, tokens, out, lse):
 def run_kernel_on_device(handle, q, k, v, cu_seqlens, num_sequences, tokens,
                          out, lse, stream, host_cu_seqlens):
     """Device pointers in; returns when the work on `stream` is done."""
+    num_sequences = int64("num_sequences", num_sequences)
+    tokens = int64("tokens", tokens)
     error = ctypes.c_void_p()
     status = _lib.mobaRunDevice(handle, q, k, v, cu_seqlens, num_sequences,
                                 tokens, out, lse, stream, host_cu_seqlens,

@@ -183,7 +183,8 @@ def test_unknown_layout():
 
 
 def test_bad_scale():
-    with pytest.raises(ValueError, match="scale must be a positive finite number, got -1.0"):
+    with pytest.raises(ValueError, match=r"scale must be a positive normal "
+                       r"float32 \(finite, at least 1.17549435e-38\), got -1"):
         kernel(scale=-1.0)
 
 

@@ -12,6 +12,7 @@
 #include "llvm/Support/Error.h"
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -26,9 +27,29 @@ llvm::Expected<ElementType> parseElementType(llvm::StringRef name);
 /// Bytes per element.
 int64_t elementTypeBytes(ElementType type);
 
-/// The largest head_dim and top_k the loop lowerings accept: both become
-/// vector widths.
+/// The limits of what a user picks, each from what the lowerings do with the
+/// value (docs/python.md, "Limits", says the same for users). Within them
+/// every size and offset the kernels compute fits int64.
+///
+/// head_dim, top_k and tile_k become vector widths: a row of q, the running
+/// top-k and one tile's scores live in vector registers, and past this width
+/// the code grows without bound for no real model.
 constexpr int64_t kMaxVectorWidth = 1024;
+/// Token offsets (cu_seqlens) are int32: a batch holds at most this many
+/// tokens, and at most this many sequences.
+constexpr int64_t kMaxTokens = std::numeric_limits<int32_t>::max();
+constexpr int64_t kMaxSequences = kMaxTokens;
+/// block_size and tile_q: no sequence is longer than kMaxTokens, so larger
+/// values mean the same as it; the bound keeps `first key + block_size`,
+/// `tile start + tile_q` and the block pooling's chunk count far from int64
+/// overflow (a loop counter that wrapped once ran the query-tile loop past
+/// the sequence).
+constexpr int64_t kMaxBlockSize = kMaxTokens;
+constexpr int64_t kMaxTileQ = kMaxTokens;
+/// num_heads and num_kv_heads: with head_dim <= kMaxVectorWidth and at most
+/// kMaxTokens tokens, every byte offset into q, k, v, out and lse is below
+/// 2^31 * 2^20 * 2^10 * 4 = 2^63.
+constexpr int64_t kMaxHeads = int64_t(1) << 20;
 
 /// One MoBA attention configuration on the packed variable-length layout.
 /// Token and sequence counts are not part of it: one compiled kernel serves
@@ -43,11 +64,24 @@ struct AttentionConfig {
   std::optional<float> scale; ///< Default: 1/sqrt(headDim).
   ElementType dtype = ElementType::BF16;
 
-  /// Checks the configuration; the error names the offending field.
+  /// Checks the configuration against the limits above; the error names
+  /// the offending field and its value.
   llvm::Error validate() const;
-  /// A short stable spelling, e.g. "d128_h32_kv8_b512_k3_causal_bf16".
+  /// A short stable spelling, e.g. "d128_h32_kv8_b512_k3_causal_bf16"; a
+  /// scale is spelled exactly (its float32 bits).
   std::string key() const;
 };
+
+/// Checks a softmax scale as given (before it is rounded to float32): a
+/// finite float32 no smaller than the least normal one. Zero is no scale
+/// (the C API's "default") and subnormals are flushed to zero by the GPU
+/// kernels' fast exponentials, so the CPU and the GPU would disagree.
+llvm::Error checkScale(double scale);
+
+/// Checks the tile sizes of the loop lowerings against the limits above:
+/// `tileQ` (queries per tile, a loop step; none for the GPU targets) and
+/// `tileK` (keys per online-softmax update, a vector width).
+llvm::Error checkTileSizes(std::optional<int64_t> tileQ, int64_t tileK);
 
 /// The buffers of one call, all contiguous (row-major), in the memory the
 /// kernel runs on: host memory for the CPU target, device memory for GPUs.
@@ -62,10 +96,49 @@ struct AttentionBuffers {
   int64_t numSequences = 0;
 };
 
-/// Checks the sizes of `buffers` and, when `hostCuSeqlens` is not null, the
-/// offsets there (start at 0, never decrease, end at the token count); the
-/// error names the first violation.
-llvm::Error checkAttentionBuffers(const AttentionBuffers &buffers,
+/// The bytes of each buffer of a call of `config` on `tokens` tokens, in
+/// checked 64-bit arithmetic (an error when one does not fit int64).
+struct AttentionBufferBytes {
+  int64_t q = 0, kv = 0, out = 0, lse = 0; ///< kv: each of k and v.
+};
+llvm::Expected<AttentionBufferBytes>
+attentionBufferBytes(const AttentionConfig &config, int64_t tokens);
+
+/// How a kernel was lowered, as far as the scratch memory it allocates per
+/// call goes (besides the block means, the selected blocks and staging rows
+/// of out and lse that every kernel may have).
+struct KernelScratch {
+  /// The gate's scores of every query and block, [T, Hq, ceil(T /
+  /// block_size)]: the tiled and decomposed CPU stages.
+  bool scores = false;
+  /// Block means summed in chunks of 256 keys, [rows * ceil(block_size /
+  /// 256), Hkv, D]: the parallel (GPU) form.
+  bool chunkedPooling = false;
+  /// Query groups and per-slot partial rows [top_k, T, Hq, D]: densify.
+  bool densified = false;
+};
+
+/// An upper bound of the bytes a kernel lowered as `scratch` allocates for
+/// one call on `tokens` tokens in `numSequences` sequences, in checked
+/// arithmetic: an error when it does not fit int64 (the kernel's own size
+/// computations would wrap).
+llvm::Expected<int64_t> kernelScratchBytes(const AttentionConfig &config,
+                                           KernelScratch scratch,
+                                           int64_t tokens,
+                                           int64_t numSequences);
+
+/// The bytes of memory and swap of this host (0 when unknown): more than
+/// that, malloc fails.
+uint64_t hostMemoryBytes();
+
+/// Checks the counts of `buffers` (tokens and sequences within the limits
+/// above, the buffers' sizes addressable), their pointers (none null, but
+/// for an empty batch the data buffers may be) and, when `hostCuSeqlens` is
+/// not null, the offsets there (start at 0, never decrease, end at the token
+/// count); the error names the first violation. cu_seqlens must hold
+/// numSequences + 1 offsets: no pointer says how long it is.
+llvm::Error checkAttentionBuffers(const AttentionConfig &config,
+                                  const AttentionBuffers &buffers,
                                   const int32_t *hostCuSeqlens);
 
 /// The moba IR of `config`: a function `@moba_attention` taking the buffers

@@ -71,6 +71,9 @@ public:
   /// Compiles `config`; errors carry the pipeline's diagnostics.
   static llvm::Expected<std::unique_ptr<CpuAttentionKernel>>
   compile(const AttentionConfig &config, const CpuCompileOptions &options);
+  /// Checks `config` and `options` as compile() does, without compiling.
+  static llvm::Error check(const AttentionConfig &config,
+                           const CpuCompileOptions &options);
   ~CpuAttentionKernel();
 
   /// Runs on `buffers`. Checks the shapes it can (cu_seqlens starts at 0,
@@ -93,6 +96,8 @@ private:
   llvm::Error load(std::unique_ptr<llvm::MemoryBuffer> object);
 
   AttentionConfig cfg;
+  /// What the kernel allocates per call (checked before each run).
+  KernelScratch scratch;
   std::unique_ptr<llvm::orc::LLJIT> jit;
   void *entry = nullptr;
   bool loadedFromCache = false;

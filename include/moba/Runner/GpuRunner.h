@@ -77,6 +77,10 @@ public:
   /// Compiles `config`. Needs no GPU: kernels are loaded on first use.
   static llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
   compile(const AttentionConfig &config, const GpuCompileOptions &options);
+  /// Checks `config` and `options` as compile() does, without compiling:
+  /// the tuning table's choices filled in, the pipeline's options checked.
+  static llvm::Error check(const AttentionConfig &config,
+                           const GpuCompileOptions &options);
   ~GpuAttentionKernel();
 
   /// Loads the kernels into the calling thread's current CUDA context (or
@@ -96,6 +100,8 @@ private:
   GpuAttentionKernel(AttentionConfig config, std::string chip);
 
   AttentionConfig cfg;
+  /// What the kernel allocates per call (checked before each run).
+  KernelScratch scratch;
   std::string chipName;
   std::unique_ptr<MLIRContext> context;
   std::unique_ptr<ExecutionEngine> engine;
