@@ -1,0 +1,345 @@
+"""The GPU runtime on the stand-in CUDA driver (test/stand-in-driver): every
+driver call it makes can fail, and each failure must become an error naming
+the call -- never a crash -- leave no device memory or module behind, and
+leave the next call working.
+
+No GPU is needed: the stand-in books device memory in host memory, checks
+the handles it is given and runs no kernel. Since the runtime opens its
+driver once per process, the calls run in a worker process whose
+MOBA_CUDA_DRIVER is the stand-in (stand_in_device.py is its side).
+"""
+import multiprocessing
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+import stand_in_device as device
+
+DRIVER = device.library_path()
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+# The kernels the tests run. sm90 asks for more than 48 KiB of shared memory
+# (cuFuncSetAttribute) and loads K and V by TMA (cuTensorMapEncodeTiled);
+# simt has three kernels and compiles in a fraction of a second.
+KERNELS = {
+    "sm90": ("sm_90a", dict(head_dim=128, mma_instruction="wgmma",
+                            mma_key_value_loads="tma")),
+    "sm80": ("sm_80", {}),
+    "simt": ("sm_90a", dict(gpu_attention="simt")),
+}
+
+
+class Worker:
+    """A process whose CUDA driver is the stand-in; worker(f, ...) runs
+    stand_in_device.f(...) there and returns its result."""
+
+    def __init__(self, environment=None):
+        self.environment = dict(environment or {})
+        self.pool = None
+
+    def __call__(self, function, *args, **kwargs):
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=device.start,
+                initargs=(DRIVER, self.environment))
+        try:
+            return self.pool.submit(function, *args, **kwargs).result(
+                timeout=600)
+        except BrokenProcessPool:
+            self.pool = None
+            pytest.fail(f"the worker process died in {function.__name__}"
+                        f"{args}: the runtime crashed")
+
+    def compile(self, name, kernel=None):
+        target, options = KERNELS[kernel or name]
+        return self(device.compile, name, target, **options)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+
+@pytest.fixture(scope="module")
+def worker():
+    if not os.path.exists(DRIVER):
+        pytest.fail(f"the stand-in driver {DRIVER} is not built: build the "
+                    "target moba-stand-in-cuda (scripts/build.sh does), or "
+                    "point MOBA_STAND_IN_DRIVER at it")
+    worker = Worker()
+    yield worker
+    worker.close()
+
+
+@pytest.fixture
+def fresh_worker():
+    """A worker of its own, for what happens once per process (the driver's
+    initialization, the memory pool's creation)."""
+    workers = []
+
+    def make(environment=None):
+        workers.append(Worker(environment))
+        return workers[-1]
+
+    yield make
+    for worker in workers:
+        worker.close()
+
+
+def leaks(before, after):
+    """The counters that did not come back: {name: (before, after)}."""
+    return {name: (before[name], after[name]) for name in device.LEAK_COUNTERS
+            if before[name] != after[name]}
+
+
+def calls(counters, entry):
+    return counters["calls:" + entry]
+
+
+def test_the_stand_in_exports_what_the_runtime_resolves():
+    import ctypes
+    source = open(os.path.join(ROOT, "lib", "Runtime", "CudaDriver.cpp")).read()
+    resolved = set(re.findall(r'resolve\(library, "(cu\w+)"', source))
+    resolved |= set(re.findall(r'dlsym\(library, "(cu\w+)"\)', source))
+    assert len(resolved) > 20, "the runtime's entry points were not found"
+    if not os.path.exists(DRIVER):
+        pytest.fail(f"the stand-in driver {DRIVER} is not built")
+    stand_in = ctypes.CDLL(DRIVER)
+    missing = sorted(name for name in resolved if not hasattr(stand_in, name))
+    assert not missing
+
+
+@pytest.mark.parametrize("kernel", ["sm90", "sm80"])
+def test_a_clean_call_on_the_callers_stream(worker, kernel):
+    name = "clean-" + kernel  # loaded by no other test
+    worker.compile(name, kernel)
+    stream = worker(device.create_stream)
+    before = worker(device.counters)
+    error, first = worker(device.run, name, stream=stream)
+    assert error is None
+    # The first call loads the kernels; its scratch memory is all freed.
+    assert calls(first, "cuModuleLoadDataEx") > 0
+    assert first["modules"] >= before["modules"] + calls(first,
+                                                         "cuModuleLoadDataEx")
+    assert calls(first, "cuLaunchKernel") > 0
+    assert calls(first, "cuMemAllocFromPoolAsync") > 0
+    assert first["last_launch_stream"] == stream
+    error, second = worker(device.run, name, stream=stream)
+    assert error is None
+    assert calls(second, "cuModuleLoadDataEx") == 0
+    assert calls(second, "cuLaunchKernel") == calls(first, "cuLaunchKernel")
+    assert leaks(first, second) == {}
+    assert second["rejected"] == before["rejected"]
+    assert worker(device.compute_capability) == (90, None)
+
+
+# The entry points a call makes once its kernels are loaded, with what the
+# error must say, and the kernels that make them.
+CALL_ERRORS = {
+    "cuMemAllocFromPoolAsync": r"cuMemAllocFromPoolAsync\(\d+ bytes\) "
+                               r"failed: CUDA_ERROR_OUT_OF_MEMORY \(out of "
+                               r"memory\)",
+    "cuModuleGetFunction": r"cuModuleGetFunction\(moba_attention_kernel\) "
+                           r"failed: CUDA_ERROR_NOT_FOUND \(named symbol not "
+                           r"found\)",
+    "cuFuncSetAttribute": r"cuFuncSetAttribute\(max dynamic shared memory, "
+                          r"\d+ bytes\) failed: CUDA_ERROR_INVALID_VALUE",
+    "cuLaunchKernel": r"cuLaunchKernel\(grid \d+x1x1, block \d+x1x1, \d+ "
+                      r"bytes shared\) failed: CUDA_ERROR_LAUNCH_FAILED "
+                      r"\(unspecified launch failure\)",
+    "cuTensorMapEncodeTiled": r"cuTensorMapEncodeTiled\([KV]: 256 tokens x "
+                              r"1 heads x 128, box \d+ rows\) failed: "
+                              r"CUDA_ERROR_INVALID_VALUE",
+    "cuCtxGetCurrent": r"cuCtxGetCurrent failed: CUDA_ERROR_NOT_INITIALIZED",
+    "cuCtxGetDevice": r"cuCtxGetDevice failed: CUDA_ERROR_INVALID_CONTEXT",
+    "cuDeviceGetAttribute": r"cuDeviceGetAttribute\(compute capability "
+                            r"(major|minor)\) failed: "
+                            r"CUDA_ERROR_INVALID_DEVICE",
+    "cuDeviceGetName": r"cuDeviceGetName failed: CUDA_ERROR_INVALID_DEVICE",
+}
+CALL_CASES = [("sm90", entry) for entry in CALL_ERRORS] + [
+    ("sm80", entry) for entry in ["cuMemAllocFromPoolAsync",
+                                  "cuModuleGetFunction", "cuLaunchKernel"]]
+
+
+@pytest.mark.parametrize("name,entry", CALL_CASES)
+def test_each_failing_call_is_an_error_that_leaks_nothing(worker, name,
+                                                          entry):
+    worker.compile(name)
+    error, clean = worker(device.run, name)  # loads the kernels
+    assert error is None
+    error, clean = worker(device.run, name)
+    assert error is None
+    made = calls(clean, entry)
+    assert made > 0, f"a call of {name} makes no {entry}"
+    # Fail the first, each middle and the last of them in turn.
+    for nth in range(1, made + 1):
+        error, failed = worker(device.run, name, fail=f"{entry}:{nth}")
+        assert error is not None, f"{entry}:{nth} went unreported"
+        assert re.search(CALL_ERRORS[entry], error), error
+        assert leaks(clean, failed) == {}, f"{entry}:{nth}"
+        assert failed["rejected"] == clean["rejected"], f"{entry}:{nth}"
+        # Nothing after the failure was launched.
+        assert calls(failed, "cuLaunchKernel") <= calls(clean,
+                                                        "cuLaunchKernel")
+        error, after = worker(device.run, name)
+        assert error is None, f"the call after {entry}:{nth}: {error}"
+        assert leaks(clean, after) == {}
+        assert calls(after, "cuLaunchKernel") == calls(clean, "cuLaunchKernel")
+
+
+def test_a_failing_free_keeps_only_its_own_buffer(worker):
+    # The driver keeps what it failed to free; every other scratch buffer of
+    # the call must still be freed.
+    worker.compile("sm80")
+    assert worker(device.run, "sm80")[0] is None
+    error, clean = worker(device.run, "sm80")
+    made = calls(clean, "cuMemFreeAsync")
+    assert made > 0
+    for nth in (1, made // 2 + 1, made):
+        before = worker(device.counters)
+        error, failed = worker(device.run, "sm80", fail=f"cuMemFreeAsync:{nth}")
+        assert re.search(r"cuMemFreeAsync failed: CUDA_ERROR_ILLEGAL_ADDRESS",
+                         error), error
+        assert failed["allocations"] == before["allocations"] + 1
+        # Every buffer allocated got its free (those after the failure were
+        # never allocated).
+        assert calls(failed, "cuMemFreeAsync") == calls(
+            failed, "cuMemAllocFromPoolAsync")
+        error, after = worker(device.run, "sm80")
+        assert error is None
+        assert after["allocations"] == failed["allocations"]
+
+
+def test_a_kernel_unloads_when_destroyed(worker):
+    worker.compile("destroyed", "simt")
+    before = worker(device.counters)
+    error, after = worker(device.run, "destroyed")
+    assert error is None
+    assert after["modules"] == before["modules"] + 3
+    worker(device.destroy, "destroyed")
+    assert worker(device.counters) == before
+
+
+def test_error_names_the_driver_does_not_know(worker):
+    worker.compile("simt")
+    assert worker(device.run, "simt")[0] is None
+    error, _ = worker(device.run, "simt", fail="cuGetErrorName:*,"
+                      "cuGetErrorString:*,cuLaunchKernel:1")
+    assert re.search(r"cuLaunchKernel\(.*\) failed: CUDA error 719 \(no "
+                     r"description\)", error), error
+    error, _ = worker(device.run, "simt", fail="cuLaunchKernel:2=4242")
+    assert re.search(r"cuLaunchKernel\(.*\) failed: CUDA error 4242 \(no "
+                     r"description\)", error), error
+    assert worker(device.run, "simt")[0] is None
+
+
+def test_a_stream_the_driver_does_not_know(worker):
+    worker.compile("simt")
+    assert worker(device.run, "simt")[0] is None
+    before = worker(device.counters)
+    error, failed = worker(device.run, "simt", stream=0xdead00)
+    assert re.search(r"cuMemAllocFromPoolAsync\(\d+ bytes\) failed: "
+                     r"CUDA_ERROR_INVALID_HANDLE", error), error
+    assert calls(failed, "cuLaunchKernel") == 0
+    assert leaks(before, failed) == {}
+    assert failed["rejected"] == before["rejected"] + 1
+    assert worker(device.run, "simt")[0] is None
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("cuCtxGetCurrent", r"cuCtxGetCurrent failed"),
+    ("cuDeviceGetAttribute", r"cuDeviceGetAttribute\(compute capability "
+                             r"major\) failed: CUDA_ERROR_INVALID_DEVICE"),
+    ("cuDeviceGetName", r"cuDeviceGetName failed"),
+])
+def test_compute_capability_query_fails_cleanly(worker, entry, message):
+    worker(device.set_failures, f"{entry}:1")
+    try:
+        capability, why = worker(device.compute_capability)
+    finally:
+        worker(device.set_failures, "")
+    assert capability == 0
+    assert re.search(message, why), why
+    assert worker(device.compute_capability) == (90, None)
+
+
+def test_compute_capability_decides_what_loads(worker):
+    worker.compile("hopper-only", "simt")  # sm_90a
+    worker(device.compile, "ampere", "sm_80", gpu_attention="simt")
+    try:
+        worker(device.set_compute_capability, 8, 0)
+        assert worker(device.compute_capability) == (80, None)
+        before = worker(device.counters)
+        error, refused = worker(device.run, "hopper-only")
+        assert re.search(r"kernels compiled for sm_90a need compute "
+                         r"capability 9\.0 exactly, but device 0 \(moba "
+                         r"stand-in CUDA device \(8\.0\)\) has 8\.0", error), \
+            error
+        assert calls(refused, "cuModuleLoadDataEx") == 0
+        assert leaks(before, refused) == {}
+        error, ran = worker(device.run, "ampere")
+        assert error is None
+        assert calls(ran, "cuLaunchKernel") > 0
+    finally:
+        worker(device.set_compute_capability, 9, 0)
+    # The refusal is not remembered: on 9.0 the same kernel runs.
+    assert worker(device.run, "hopper-only")[0] is None
+    assert worker(device.run, "ampere")[0] is None
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("cuDeviceGet", r"cuDeviceGet\(0\) failed: CUDA_ERROR_INVALID_DEVICE"),
+    ("cuDevicePrimaryCtxRetain", r"cuDevicePrimaryCtxRetain\(device 0\) "
+                                 r"failed: CUDA_ERROR_OUT_OF_MEMORY"),
+    ("cuCtxSetCurrent", r"cuCtxSetCurrent failed: CUDA_ERROR_INVALID_CONTEXT"),
+])
+def test_a_thread_without_a_context_gets_the_primary_one(worker, entry,
+                                                         message):
+    worker.compile("simt")
+    assert worker(device.run, "simt")[0] is None
+    before = worker(device.counters)
+    error, failed = worker(device.run, "simt", fail=f"{entry}:1",
+                           new_thread=True)
+    assert re.search(message, error), error
+    assert leaks(before, failed) == {}
+    error, after = worker(device.run, "simt", new_thread=True)
+    assert error is None
+    assert calls(after, "cuDevicePrimaryCtxRetain") == 1
+    assert calls(after, "cuCtxSetCurrent") == 1
+    assert calls(after, "cuLaunchKernel") > 0
+    assert after["rejected"] == before["rejected"]
+
+
+def test_the_memory_pool_after_a_failure_to_make_it(fresh_worker):
+    worker = fresh_worker()
+    worker.compile("simt")
+    error, failed = worker(device.run, "simt", fail="cuMemPoolCreate:1")
+    assert re.search(r"cuMemPoolCreate\(device 0\) failed: "
+                     r"CUDA_ERROR_OUT_OF_MEMORY", error), error
+    assert failed["pools"] == 0
+    assert failed["allocations"] == 6  # the test's own buffers
+    error, after = worker(device.run, "simt")
+    assert error is None
+    # One pool, which keeps its memory between calls as the runtime means.
+    assert after["pools"] == 1
+    assert after["pools_keeping_memory"] == 1
+    assert after["allocations"] == 6
+    assert after["rejected"] == 0
+
+
+def test_no_device(fresh_worker):
+    worker = fresh_worker({"MOBA_STAND_IN_FAIL": "cuInit:*"})
+    capability, why = worker(device.compute_capability)
+    assert capability == 0
+    assert re.search(r"no usable GPU: cuInit failed with "
+                     r"CUDA_ERROR_NO_DEVICE", why), why
+    # Compiling needs no device; running says why it cannot.
+    worker.compile("simt")
+    error, _ = worker(device.run, "simt", fake_buffers=True)
+    assert re.search(r"cuInit failed with CUDA_ERROR_NO_DEVICE", error), error
