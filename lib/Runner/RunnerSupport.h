@@ -19,6 +19,10 @@
 #include <functional>
 #include <memory>
 
+namespace llvm {
+class Module;
+} // namespace llvm
+
 namespace mlir {
 class ExecutionEngine;
 } // namespace mlir
@@ -53,8 +57,11 @@ public:
 
   /// JIT-compiles the module at LLVM `optLevel` (0-3); with `keepObject`,
   /// the object code stays available to ExecutionEngine::dumpToObjectFile.
-  llvm::Expected<std::unique_ptr<ExecutionEngine>> jit(unsigned optLevel,
-                                                       bool keepObject);
+  /// `prepare`, when given, changes the module once translated to LLVM IR;
+  /// its error fails the compilation.
+  llvm::Expected<std::unique_ptr<ExecutionEngine>>
+  jit(unsigned optLevel, bool keepObject,
+      llvm::function_ref<llvm::Error(llvm::Module &)> prepare = {});
 
   /// The context and module, which the caller keeps alive while code JIT
   /// compiled from them runs.

@@ -111,6 +111,11 @@ def compile(name, target, **options):
     return _kernels[name][0]
 
 
+def allocate_buffers(name):
+    """Allocates the device buffers kernel `name` runs on, if not yet."""
+    _device_buffers(_kernels[name][1])
+
+
 def destroy(name):
     from moba import _capi
     handle, _ = _kernels.pop(name)

@@ -55,9 +55,13 @@ class Worker:
             pytest.fail(f"the worker process died in {function.__name__}"
                         f"{args}: the runtime crashed")
 
-    def compile(self, name, kernel=None):
-        target, options = KERNELS[kernel or name]
-        return self(device.compile, name, target, **options)
+    def compile(self, name, kernel=None, **options):
+        """Compiles KERNELS[kernel or name] under `name` and allocates the
+        buffers it runs on."""
+        target, known = KERNELS[kernel or name]
+        handle = self(device.compile, name, target, **known, **options)
+        self(device.allocate_buffers, name)
+        return handle
 
     def close(self):
         if self.pool is not None:
@@ -72,6 +76,11 @@ def worker():
                     "target moba-stand-in-cuda (scripts/build.sh does), or "
                     "point MOBA_STAND_IN_DRIVER at it")
     worker = Worker()
+    # A first call makes the process's memory pool, which stays: the tests
+    # then compare everything else before and after.
+    worker.compile("simt")
+    error, _ = worker(device.run, "simt")
+    assert error is None, error
     yield worker
     worker.close()
 
@@ -216,6 +225,37 @@ def test_a_failing_free_keeps_only_its_own_buffer(worker):
         assert after["allocations"] == failed["allocations"]
 
 
+@pytest.mark.parametrize("name,failure", [
+    ("simt", "cuModuleLoadDataEx:1"),
+    ("simt", "cuModuleLoadDataEx:2"),
+    ("simt", "cuModuleLoadDataEx:3"),
+    ("sm80", "cuModuleLoadDataEx:6"),
+    # The context check before the second of the three loads.
+    ("simt", "cuCtxGetCurrent:3"),
+])
+def test_a_failed_kernel_load_unloads_and_the_next_call_loads(worker, name,
+                                                              failure):
+    fresh = f"{name}-{failure}"  # loaded by no test before
+    worker.compile(fresh, name)
+    before = worker(device.counters)
+    error, failed = worker(device.run, fresh, fail=failure)
+    assert error is not None
+    assert re.search(r"loading the kernels of \w+ on device 0 .* failed: "
+                     + failure.split(":")[0], error), error
+    assert calls(failed, "cuLaunchKernel") == 0
+    # What loaded before the failure is unloaded.
+    assert leaks(before, failed) == {}
+    assert failed["rejected"] == before["rejected"]
+    error, after = worker(device.run, fresh)
+    assert error is None, f"the call after the failed load: {error}"
+    assert calls(after, "cuModuleLoadDataEx") > 0
+    assert after["modules"] == before["modules"] + calls(after,
+                                                         "cuModuleLoadDataEx")
+    assert calls(after, "cuLaunchKernel") > 0
+    worker(device.destroy, fresh)
+    assert worker(device.counters) == before
+
+
 def test_a_kernel_unloads_when_destroyed(worker):
     worker.compile("destroyed", "simt")
     before = worker(device.counters)
@@ -271,7 +311,7 @@ def test_compute_capability_query_fails_cleanly(worker, entry, message):
 
 def test_compute_capability_decides_what_loads(worker):
     worker.compile("hopper-only", "simt")  # sm_90a
-    worker(device.compile, "ampere", "sm_80", gpu_attention="simt")
+    worker.compile("ampere", "sm80", gpu_attention="simt")
     try:
         worker(device.set_compute_capability, 8, 0)
         assert worker(device.compute_capability) == (80, None)
@@ -340,6 +380,6 @@ def test_no_device(fresh_worker):
     assert re.search(r"no usable GPU: cuInit failed with "
                      r"CUDA_ERROR_NO_DEVICE", why), why
     # Compiling needs no device; running says why it cannot.
-    worker.compile("simt")
+    worker(device.compile, "simt", KERNELS["simt"][0], **KERNELS["simt"][1])
     error, _ = worker(device.run, "simt", fake_buffers=True)
     assert re.search(r"cuInit failed with CUDA_ERROR_NO_DEVICE", error), error
