@@ -142,13 +142,15 @@ CUmodule moduleLoadWithLog(const void *data, int optLevel, const char *what) {
                     reinterpret_cast<void *>(static_cast<intptr_t>(optLevel))};
   unsigned count = optLevel >= 0 ? 3 : 2;
   CUmodule module = nullptr;
-  if (!ok(api->cuModuleLoadDataEx(&module, data, count, options, values),
-          [&] {
-            return llvm::formatv("cuModuleLoadDataEx({0}){1}{2}", what,
-                                 *log ? ": " : "", log)
-                .str();
-          }))
+  if (llvm::Error error =
+          check(api->cuModuleLoadDataEx(&module, data, count, options, values),
+                llvm::formatv("cuModuleLoadDataEx({0})", what).str())) {
+    // The driver's error, then what its JIT said.
+    state.error = llvm::toString(std::move(error));
+    if (llvm::StringRef said = llvm::StringRef(log).trim(); !said.empty())
+      state.error += ": " + said.str();
     return nullptr;
+  }
   return module;
 }
 

@@ -256,6 +256,15 @@ def test_a_failed_kernel_load_unloads_and_the_next_call_loads(worker, name,
     assert worker(device.counters) == before
 
 
+def test_a_rejected_load_gives_the_jit_log_after_the_drivers_error(worker):
+    worker.compile("rejected", "simt")
+    error, _ = worker(device.run, "rejected", fail="cuModuleLoadDataEx:2=218")
+    assert re.search(r"failed: cuModuleLoadDataEx\(PTX\) failed: "
+                     r"CUDA_ERROR_INVALID_PTX \(a PTX JIT compilation "
+                     r"failed\): injected by the stand-in driver "
+                     r"\(cuModuleLoadDataEx call 2\)$", error), error
+
+
 def test_a_kernel_unloads_when_destroyed(worker):
     worker.compile("destroyed", "simt")
     before = worker(device.counters)
