@@ -365,7 +365,7 @@ def test_a_thread_without_a_context_gets_the_primary_one(worker, entry,
     assert after["rejected"] == before["rejected"]
 
 
-def test_the_memory_pool_after_a_failure_to_make_it(fresh_worker):
+def test_the_memory_pool_after_failures_to_make_it(fresh_worker):
     worker = fresh_worker()
     worker.compile("simt")
     error, failed = worker(device.run, "simt", fail="cuMemPoolCreate:1")
@@ -373,6 +373,13 @@ def test_the_memory_pool_after_a_failure_to_make_it(fresh_worker):
                      r"CUDA_ERROR_OUT_OF_MEMORY", error), error
     assert failed["pools"] == 0
     assert failed["allocations"] == 6  # the test's own buffers
+    # The pool is made, but not told to keep its memory.
+    error, failed = worker(device.run, "simt",
+                           fail="cuMemPoolSetAttribute:1")
+    assert re.search(r"cuMemPoolSetAttribute\(release threshold\) failed: "
+                     r"CUDA_ERROR_INVALID_VALUE", error), error
+    assert failed["allocations"] == 6
+    assert calls(failed, "cuLaunchKernel") == 0
     error, after = worker(device.run, "simt")
     assert error is None
     # One pool, which keeps its memory between calls as the runtime means.
