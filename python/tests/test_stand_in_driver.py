@@ -123,6 +123,24 @@ def test_the_stand_in_exports_what_the_runtime_resolves():
     assert not missing
 
 
+@pytest.mark.parametrize("spec,valid", [
+    ("cuLaunchKernel:1", True), ("cuLaunchKernel:2+,cuMemFreeAsync:*", True),
+    ("cuModuleLoadDataEx:1=218", True), ("", True),
+    ("cuLaunch:1", False), ("cuLaunchKernel", False),
+    ("cuLaunchKernel:0", False), ("cuLaunchKernel:x", False),
+    ("cuLaunchKernel:1=abc", False), ("cuLaunchKernel:1=0", False),
+])
+def test_the_stand_in_refuses_a_failure_plan_it_cannot_follow(spec, valid):
+    # A misspelt plan would fail nothing and test nothing.
+    import ctypes
+    if not os.path.exists(DRIVER):
+        pytest.fail(f"the stand-in driver {DRIVER} is not built")
+    stand_in = ctypes.CDLL(DRIVER)
+    stand_in.mobaStandInSetFailures.argtypes = [ctypes.c_char_p]
+    assert (stand_in.mobaStandInSetFailures(spec.encode()) == 0) == valid
+    stand_in.mobaStandInSetFailures(b"")
+
+
 @pytest.mark.parametrize("kernel", ["sm90", "sm80"])
 def test_a_clean_call_on_the_callers_stream(worker, kernel):
     name = "clean-" + kernel  # loaded by no other test

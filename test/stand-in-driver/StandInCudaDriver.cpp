@@ -33,7 +33,9 @@
 //   cuLaunchKernel:1=700           with CUDA_ERROR_ILLEGAL_ADDRESS instead of
 //                                  the entry's usual error (here 719,
 //                                  CUDA_ERROR_LAUNCH_FAILED)
-// Calls are counted per entry from when the plan was set. A failing call
+// MOBA_STAND_IN_TRACE=1 prints every call, its result and each launch's
+// kernel and grid to stderr. Calls are counted per entry from when the plan
+// was set. A failing call
 // returns before it has any effect and leaves its outputs untouched (a
 // module load also writes "injected by the stand-in driver" to the JIT
 // error log it was given).
@@ -210,6 +212,7 @@ struct Allocation {
 struct Device {
   std::mutex mutex;
   bool initialized = false;
+  bool trace = false; ///< MOBA_STAND_IN_TRACE: every call to stderr.
   int major = 9, minor = 0;
   Context primary;
   std::map<uintptr_t, Allocation> allocations;
@@ -308,6 +311,8 @@ CUresult injectedFailure(Device &d, const char *entry) {
 
 /// Reads the environment once, at cuInit.
 CUresult configureFromEnvironment(Device &d) {
+  const char *trace = std::getenv("MOBA_STAND_IN_TRACE");
+  d.trace = trace && *trace && std::strcmp(trace, "0") != 0;
   if (const char *spec = std::getenv("MOBA_STAND_IN_FAIL")) {
     std::string why;
     if (!parsePlan(spec, d.plan, why)) {
@@ -429,6 +434,8 @@ CUresult call(const char *entry, Body body,
   Device &d = device();
   std::lock_guard<std::mutex> lock(d.mutex);
   if (CUresult injected = injectedFailure(d, entry)) {
+    if (d.trace)
+      std::fprintf(stderr, "stand-in: %s -> %d (injected)\n", entry, injected);
     if (onInjected)
       onInjected(d, argument);
     return injected;
@@ -436,6 +443,8 @@ CUresult call(const char *entry, Body body,
   CUresult result = body(d);
   if (result != kSuccess)
     ++d.rejected;
+  if (d.trace)
+    std::fprintf(stderr, "stand-in: %s -> %d\n", entry, result);
   return result;
 }
 
@@ -1013,6 +1022,12 @@ STAND_IN_EXPORT CUresult cuLaunchKernel(Function *function, unsigned gridX,
           return kInvalidValue;
     }
     ++d.launches;
+    if (d.trace)
+      std::fprintf(stderr,
+                   "stand-in: launch %s grid %ux%ux%u block %ux%ux%u shared "
+                   "%u\n",
+                   function->name.c_str(), gridX, gridY, gridZ, blockX, blockY,
+                   blockZ, sharedBytes);
     d.lastLaunchStream = reinterpret_cast<uintptr_t>(stream);
     d.lastLaunchMaxDynamicShared = function->maxDynamicShared;
     return kSuccess;
