@@ -54,6 +54,7 @@ def start(driver, environment):
     _driver.mobaStandInSetFailures.restype = ctypes.c_int
     _driver.mobaStandInSetFailures.argtypes = [ctypes.c_char_p]
     _driver.mobaStandInSetComputeCapability.argtypes = [ctypes.c_int] * 2
+    _driver.mobaStandInSetLatency.argtypes = [ctypes.c_int]
 
 
 def _check(result, call):
@@ -220,6 +221,49 @@ def run(name, fail="", stream=None, new_thread=False, fake_buffers=False):
         raise RuntimeError("the call raised something other than an error "
                            "message (see the worker's output)")
     return outcome["error"], after
+
+
+def run_concurrently(name, threads, rounds, fail="", latency_us=100):
+    """Calls kernel `name` `rounds` times from each of `threads` threads at
+    once (each making the primary context current first, as torch does),
+    with the failure plan `fail` over all of them and every driver call
+    taking `latency_us`, so that the calls interleave. Returns (the errors,
+    in no order, with None for each success; counters as run() gives
+    them)."""
+    from moba import _capi
+    handle, config = _kernels[name]
+    buffers = _device_buffers(config)
+    start_together = threading.Barrier(threads)
+    errors = []
+
+    def call():
+        _make_context_current()
+        start_together.wait()
+        for _ in range(rounds):
+            try:
+                _capi.run_kernel_on_device(
+                    handle, buffers["q"], buffers["k"], buffers["v"],
+                    buffers["cu_seqlens"], len(SEQLENS) - 1, TOKENS,
+                    buffers["out"], buffers["lse"], None,
+                    buffers["host_cu_seqlens"].ctypes.data)
+                errors.append(None)
+            except RuntimeError as e:
+                errors.append(str(e))
+
+    set_failures(fail)
+    _driver.mobaStandInSetLatency(latency_us)
+    try:
+        workers = [threading.Thread(target=call) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        after = count(*LEAK_COUNTERS, "launches", "rejected",
+                      *("calls:" + entry for entry in ENTRIES))
+    finally:
+        _driver.mobaStandInSetLatency(0)
+        set_failures("")
+    return errors, after
 
 
 def counters():

@@ -283,6 +283,34 @@ def test_a_rejected_load_gives_the_jit_log_after_the_drivers_error(worker):
                      r"\(cuModuleLoadDataEx call 2\)$", error), error
 
 
+@pytest.mark.parametrize("failure", ["", "cuModuleLoadDataEx:2",
+                                     "cuLaunchKernel:20",
+                                     "cuMemAllocFromPoolAsync:30"])
+def test_threads_loading_and_running_one_kernel(worker, failure):
+    # Four threads call a kernel not loaded yet, five times each, their
+    # driver calls interleaved: one loads it, a failure fails that one call
+    # only, and every other call launches all its kernels.
+    fresh = f"threads-{failure}"
+    worker.compile(fresh, "simt")
+    before = worker(device.counters)
+    launched = worker(device.count, "launches")["launches"]
+    errors, after = worker(device.run_concurrently, fresh, 4, 5,
+                           fail=failure)
+    failed = [error for error in errors if error is not None]
+    assert len(errors) == 20
+    assert len(failed) == (1 if failure else 0), failed
+    if failure:
+        assert failure.split(":")[0] in failed[0], failed[0]
+    # The simt kernel's call launches three kernels; the failed one fewer.
+    launched = after["launches"] - launched
+    assert 0 <= launched - 3 * (20 - len(failed)) <= 2 * len(failed)
+    assert after["modules"] == before["modules"] + 3
+    assert leaks(before, after).keys() <= {"modules"}
+    assert after["rejected"] == before["rejected"]
+    worker(device.destroy, fresh)
+    assert worker(device.counters) == before
+
+
 def test_a_kernel_unloads_when_destroyed(worker):
     worker.compile("destroyed", "simt")
     before = worker(device.counters)

@@ -43,6 +43,8 @@
 // Test hooks (extern "C"):
 //   int mobaStandInSetFailures(const char *spec)   0, or -1 for a bad spec
 //   void mobaStandInSetComputeCapability(int major, int minor)
+//   void mobaStandInSetLatency(int microseconds)   each call sleeps first
+//                                                  (outside the lock)
 //   long long mobaStandInCount(const char *what)   -1 for an unknown name
 // where `what` is "allocations" / "bytes" (live device memory: the pool's
 // and cuMemAlloc's), "pool_allocations", "modules", "pools",
@@ -58,7 +60,9 @@
 //===----------------------------------------------------------------------===//
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -70,6 +74,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #define STAND_IN_EXPORT extern "C" __attribute__((visibility("default")))
@@ -233,6 +238,10 @@ Device &device() {
 }
 
 thread_local Context *current = nullptr;
+
+/// How long each call takes before it does anything, outside the lock, so
+/// that calls from several threads interleave as a driver's do.
+std::atomic<int> latencyMicroseconds{0};
 
 /// Parses `spec` (see the header) into `plan`; false when malformed.
 bool parsePlan(const char *spec, std::vector<Failure> &plan, std::string &why) {
@@ -431,6 +440,8 @@ template <typename Body>
 CUresult call(const char *entry, Body body,
               void (*onInjected)(Device &, const void *) = nullptr,
               const void *argument = nullptr) {
+  if (int latency = latencyMicroseconds.load())
+    std::this_thread::sleep_for(std::chrono::microseconds(latency));
   Device &d = device();
   std::lock_guard<std::mutex> lock(d.mutex);
   if (CUresult injected = injectedFailure(d, entry)) {
@@ -475,6 +486,10 @@ STAND_IN_EXPORT int mobaStandInSetFailures(const char *spec) {
   d.plan = std::move(plan);
   d.calls.clear();
   return 0;
+}
+
+STAND_IN_EXPORT void mobaStandInSetLatency(int microseconds) {
+  latencyMicroseconds.store(microseconds < 0 ? 0 : microseconds);
 }
 
 STAND_IN_EXPORT void mobaStandInSetComputeCapability(int major, int minor) {
