@@ -19,6 +19,9 @@ import pytest
 import stand_in_device as device
 
 DRIVER = device.library_path()
+# The same, as a driver older than CUDA 12 (no cuTensorMapEncodeTiled).
+OLD_DRIVER = os.path.join(os.path.dirname(DRIVER),
+                          "libmoba-stand-in-cuda-11.so")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
@@ -37,8 +40,9 @@ class Worker:
     """A process whose CUDA driver is the stand-in; worker(f, ...) runs
     stand_in_device.f(...) there and returns its result."""
 
-    def __init__(self, environment=None):
+    def __init__(self, environment=None, driver=DRIVER):
         self.environment = dict(environment or {})
+        self.driver = driver
         self.pool = None
 
     def __call__(self, function, *args, **kwargs):
@@ -46,7 +50,7 @@ class Worker:
             self.pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=device.start,
-                initargs=(DRIVER, self.environment))
+                initargs=(self.driver, self.environment))
         try:
             return self.pool.submit(function, *args, **kwargs).result(
                 timeout=600)
@@ -91,8 +95,8 @@ def fresh_worker():
     initialization, the memory pool's creation)."""
     workers = []
 
-    def make(environment=None):
-        workers.append(Worker(environment))
+    def make(environment=None, driver=DRIVER):
+        workers.append(Worker(environment, driver))
         return workers[-1]
 
     yield make
@@ -445,3 +449,20 @@ def test_no_device(fresh_worker):
     worker(device.compile, "simt", KERNELS["simt"][0], **KERNELS["simt"][1])
     error, _ = worker(device.run, "simt", fake_buffers=True)
     assert re.search(r"cuInit failed with CUDA_ERROR_NO_DEVICE", error), error
+
+
+def test_a_driver_older_than_cuda_12(fresh_worker):
+    # It has no cuTensorMapEncodeTiled: only the kernels that load K and V
+    # by TMA need it.
+    worker = fresh_worker(driver=OLD_DRIVER)
+    worker.compile("simt")
+    worker.compile("sm90")
+    assert worker(device.run, "simt")[0] is None
+    before = worker(device.counters)
+    error, failed = worker(device.run, "sm90")
+    assert re.search(r"the CUDA driver has no cuTensorMapEncodeTiled \(it is "
+                     r"older than CUDA 12\.0\): the kernels' TMA loads need "
+                     r"it", error), error
+    assert leaks(before, failed).keys() <= {"modules"}
+    assert failed["rejected"] == before["rejected"]
+    assert worker(device.run, "simt")[0] is None

@@ -7,6 +7,8 @@
 // lib/Runtime/CudaDriver.cpp resolves, with the driver's C ABI, plus the few
 // a test uses to make device buffers (cuMemAlloc_v2, cuMemFree_v2,
 // cuMemcpyHtoD_v2, cuMemcpyDtoH_v2, cuStreamCreate, cuStreamDestroy_v2).
+// libmoba-stand-in-cuda-11.so, built from the same source, is a driver
+// older than CUDA 12: it has no cuTensorMapEncodeTiled.
 //
 // It behaves like a small device with no compute:
 //  * one device (compute capability 9.0, or MOBA_STAND_IN_COMPUTE_CAPABILITY,
@@ -562,7 +564,11 @@ STAND_IN_EXPORT CUresult cuDriverGetVersion(int *version) {
   return call("cuDriverGetVersion", [&](Device &) -> CUresult {
     if (!version)
       return kInvalidValue;
+#ifdef MOBA_STAND_IN_CUDA_11
+    *version = 11080;
+#else
     *version = 12080;
+#endif
     return kSuccess;
   });
 }
@@ -1049,6 +1055,9 @@ STAND_IN_EXPORT CUresult cuLaunchKernel(Function *function, unsigned gridX,
   });
 }
 
+// A CUDA 11 driver has no TMA descriptors: MOBA_STAND_IN_CUDA_11 builds the
+// stand-in without them (libmoba-stand-in-cuda-11.so).
+#ifndef MOBA_STAND_IN_CUDA_11
 STAND_IN_EXPORT CUresult
 cuTensorMapEncodeTiled(void *map, int dataType, unsigned rank, void *address,
                        const uint64_t *dims, const uint64_t *strides,
@@ -1079,3 +1088,4 @@ cuTensorMapEncodeTiled(void *map, int dataType, unsigned rank, void *address,
     return kSuccess;
   });
 }
+#endif // MOBA_STAND_IN_CUDA_11
