@@ -153,6 +153,22 @@ def _device_buffers(config):
     return buffers
 
 
+_other_context = None
+
+
+def _another_context():
+    """A context of device 0 other than its primary one, made once."""
+    global _other_context
+    if _other_context is None:
+        _make_context_current()
+        context = ctypes.c_void_p()
+        _check(_driver.cuCtxCreate_v2(ctypes.byref(context), 0, 0),
+               "cuCtxCreate_v2")
+        _other_context = context.value
+        _make_context_current()  # cuCtxCreate made the new one current
+    return _other_context
+
+
 def create_stream():
     _make_context_current()
     stream = ctypes.c_void_p()
@@ -181,19 +197,26 @@ def _fake_buffers():
     return buffers
 
 
-def run(name, fail="", stream=None, new_thread=False, fake_buffers=False):
+def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
+        other_context=False):
     """Calls mobaRunDevice on kernel `name` with the failure plan `fail` in
     force for this call only. Returns (None or the error message, counters):
     the LEAK_COUNTERS, "launches", "last_launch_stream", "rejected" and
     "pools_keeping_memory" after the call, and "calls:<entry>" for the
     ENTRIES during the call. `fake_buffers`: addresses that are no device
-    memory, for a process where the driver cannot make any."""
+    memory, for a process where the driver cannot make any. `new_thread`:
+    called from a thread with no current context; `other_context`: from one
+    whose current context is not the primary one."""
     from moba import _capi
     handle, config = _kernels[name]
     buffers = _fake_buffers() if fake_buffers else _device_buffers(config)
+    context = _another_context() if other_context else None
     outcome = {}
 
     def call():
+        if context is not None:
+            _check(_driver.cuCtxSetCurrent(ctypes.c_void_p(context)),
+                   "cuCtxSetCurrent")
         try:
             _capi.run_kernel_on_device(
                 handle, buffers["q"], buffers["k"], buffers["v"],
@@ -206,7 +229,7 @@ def run(name, fail="", stream=None, new_thread=False, fake_buffers=False):
 
     set_failures(fail)
     try:
-        if new_thread:
+        if new_thread or other_context:
             thread = threading.Thread(target=call)
             thread.start()
             thread.join()

@@ -415,6 +415,30 @@ def test_a_thread_without_a_context_gets_the_primary_one(worker, entry,
     assert after["rejected"] == before["rejected"]
 
 
+def test_a_kernel_runs_only_in_the_context_it_was_loaded_into(worker):
+    worker.compile("here", "simt")
+    assert worker(device.run, "here")[0] is None  # the primary context
+    before = worker(device.counters)
+    refusal = (r"the \w+ kernel was loaded into another CUDA context than "
+               r"the current one \(device 0\): compile one kernel per device")
+    error, refused = worker(device.run, "here", other_context=True)
+    assert re.search(refusal, error), error
+    assert leaks(before, refused) == {}
+    assert refused["rejected"] == before["rejected"]
+    # A kernel first called in the other context is loaded there.
+    worker.compile("there", "simt")
+    error, ran = worker(device.run, "there", other_context=True)
+    assert error is None
+    assert calls(ran, "cuLaunchKernel") == 3
+    error, _ = worker(device.run, "there")
+    assert re.search(refusal, error), error
+    assert worker(device.run, "here")[0] is None
+    worker(device.destroy, "there")
+    after = worker(device.counters)
+    assert leaks(before, after) == {}
+    assert after["rejected"] == before["rejected"]
+
+
 def test_the_memory_pool_after_failures_to_make_it(fresh_worker):
     worker = fresh_worker()
     worker.compile("simt")

@@ -5,14 +5,17 @@
 // so that CI, which has no GPU, runs the runtime's every driver call and
 // every failure path. It exports the driver entry points that
 // lib/Runtime/CudaDriver.cpp resolves, with the driver's C ABI, plus the few
-// a test uses to make device buffers (cuMemAlloc_v2, cuMemFree_v2,
-// cuMemcpyHtoD_v2, cuMemcpyDtoH_v2, cuStreamCreate, cuStreamDestroy_v2).
+// a test uses to make device buffers and contexts (cuMemAlloc_v2,
+// cuMemFree_v2, cuMemcpyHtoD_v2, cuMemcpyDtoH_v2, cuStreamCreate,
+// cuStreamDestroy_v2, cuCtxCreate_v2, cuCtxDestroy_v2).
 // libmoba-stand-in-cuda-11.so, built from the same source, is a driver
 // older than CUDA 12: it has no cuTensorMapEncodeTiled.
 //
 // It behaves like a small device with no compute:
 //  * one device (compute capability 9.0, or MOBA_STAND_IN_COMPUTE_CAPABILITY,
-//    e.g. "8.0") with one primary context, current per thread;
+//    e.g. "8.0") with its primary context, and more from cuCtxCreate_v2;
+//    a context is current per thread, a module's functions run only in the
+//    context it was loaded into, and destroying a context unloads them;
 //  * device memory is host memory (256-byte aligned), every allocation
 //    booked with its size, so that a test sees what is still live;
 //  * a module load accepts PTX (text with .version, .target and .entry, its
@@ -49,7 +52,8 @@
 //                                                  (outside the lock)
 //   long long mobaStandInCount(const char *what)   -1 for an unknown name
 // where `what` is "allocations" / "bytes" (live device memory: the pool's
-// and cuMemAlloc's), "pool_allocations", "modules", "pools",
+// and cuMemAlloc's), "pool_allocations", "modules", "contexts" (created
+// ones), "pools",
 // "pools_keeping_memory" (their release threshold UINT64_MAX), "streams",
 // "launches", "injected" (failures injected so far), "rejected" (calls the
 // stand-in failed on its own: a bad handle, value or image -- in a correct
@@ -93,7 +97,8 @@ struct Context {
 };
 struct Function;
 struct Module {
-  std::string image; ///< PTX text, or the cubin's bytes.
+  Context *context = nullptr; ///< Where it was loaded; its functions run there.
+  std::string image;          ///< PTX text, or the cubin's bytes.
   bool isPtx = false;
   std::map<std::string, std::unique_ptr<Function>> functions;
 };
@@ -175,6 +180,8 @@ const Entry kEntries[] = {
     {"cuCtxGetCurrent", kNotInitialized},
     {"cuCtxSetCurrent", kInvalidContext},
     {"cuCtxGetDevice", kInvalidContext},
+    {"cuCtxCreate_v2", kOutOfMemory},
+    {"cuCtxDestroy_v2", kInvalidContext},
     {"cuStreamCreate", kOutOfMemory},
     {"cuStreamDestroy_v2", kInvalidHandle},
     {"cuStreamSynchronize", kLaunchFailed},
@@ -222,6 +229,7 @@ struct Device {
   bool trace = false; ///< MOBA_STAND_IN_TRACE: every call to stderr.
   int major = 9, minor = 0;
   Context primary;
+  std::set<Context *> contexts; ///< Those cuCtxCreate_v2 made.
   std::map<uintptr_t, Allocation> allocations;
   std::set<Module *> modules;
   std::set<Function *> functions;
@@ -522,6 +530,8 @@ STAND_IN_EXPORT long long mobaStandInCount(const char *what) {
   if (name == "pools_keeping_memory")
     return std::count_if(d.pools.begin(), d.pools.end(),
                          [](const Pool *pool) { return pool->keepsMemory; });
+  if (name == "contexts")
+    return static_cast<long long>(d.contexts.size());
   if (name == "streams")
     return static_cast<long long>(d.streams.size());
   if (name == "launches")
@@ -660,9 +670,49 @@ STAND_IN_EXPORT CUresult cuCtxGetCurrent(Context **context) {
 STAND_IN_EXPORT CUresult cuCtxSetCurrent(Context *context) {
   return call("cuCtxSetCurrent", [&](Device &d) -> CUresult {
     NEEDS_INIT;
-    if (context && context != &d.primary)
+    if (context && context != &d.primary && !d.contexts.count(context))
       return kInvalidContext;
     current = context;
+    return kSuccess;
+  });
+}
+
+STAND_IN_EXPORT CUresult cuCtxCreate_v2(Context **context, unsigned flags,
+                                        CUdevice ordinal) {
+  return call("cuCtxCreate_v2", [&](Device &d) -> CUresult {
+    NEEDS_INIT;
+    if (!context)
+      return kInvalidValue;
+    if (ordinal != 0)
+      return kInvalidDevice;
+    (void)flags;
+    *context = new Context{ordinal};
+    d.contexts.insert(*context);
+    current = *context; // A new context is made current, as the driver does.
+    return kSuccess;
+  });
+}
+
+STAND_IN_EXPORT CUresult cuCtxDestroy_v2(Context *context) {
+  return call("cuCtxDestroy_v2", [&](Device &d) -> CUresult {
+    NEEDS_INIT;
+    if (!d.contexts.erase(context))
+      return kInvalidContext;
+    // Its modules go with it.
+    for (auto it = d.modules.begin(); it != d.modules.end();) {
+      Module *module = *it;
+      if (module->context != context) {
+        ++it;
+        continue;
+      }
+      for (auto &[name, function] : module->functions)
+        d.functions.erase(function.get());
+      it = d.modules.erase(it);
+      delete module;
+    }
+    if (current == context)
+      current = nullptr;
+    delete context;
     return kSuccess;
   });
 }
@@ -947,6 +997,7 @@ STAND_IN_EXPORT CUresult cuModuleLoadDataEx(Module **module, const void *image,
             return kInvalidPtx;
           }
         }
+        loaded->context = current;
         *module = loaded.release();
         d.modules.insert(*module);
         return kSuccess;
@@ -972,7 +1023,7 @@ STAND_IN_EXPORT CUresult cuModuleGetFunction(Function **function,
     NEEDS_CONTEXT;
     if (!function || !name)
       return kInvalidValue;
-    if (!d.modules.count(module))
+    if (!d.modules.count(module) || module->context != current)
       return kInvalidHandle;
     auto &slot = module->functions[name];
     if (!slot) {
@@ -1025,7 +1076,8 @@ STAND_IN_EXPORT CUresult cuLaunchKernel(Function *function, unsigned gridX,
                                         void **extra) {
   return call("cuLaunchKernel", [&](Device &d) -> CUresult {
     NEEDS_CONTEXT;
-    if (!d.functions.count(function) || !validStream(d, stream))
+    if (!d.functions.count(function) || !validStream(d, stream) ||
+        function->module->context != current)
       return kInvalidHandle;
     if (!gridX || !gridY || !gridZ || !blockX || !blockY || !blockZ ||
         gridX > 0x7fffffffu || gridY > 65535 || gridZ > 65535 || blockZ > 64 ||
