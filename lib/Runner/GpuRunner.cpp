@@ -110,19 +110,21 @@ llvm::Error exposeModuleLoading(llvm::Module &module) {
                         auto functions, bool reversed) -> llvm::Error {
     std::vector<std::pair<unsigned, llvm::Function *>> ordered;
     for (const llvm::orc::CtorDtorIterator::Element &element : functions) {
-      if (!element.Func || !element.Func->getFunctionType()->getReturnType()
-                                ->isVoidTy() ||
-          element.Func->arg_size() != 0 ||
-          (element.Data && !llvm::isa<llvm::ConstantPointerNull>(element.Data)))
-        return llvm::createStringError(
-            "the host module's %s has an entry other than a void function "
-            "without data", list.str().c_str());
-      ordered.emplace_back(element.Priority, element.Func);
+      llvm::Function *function = element.Func;
+      bool plain = function && function->getReturnType()->isVoidTy() &&
+                   function->arg_empty() &&
+                   (!element.Data ||
+                    llvm::isa<llvm::ConstantPointerNull>(element.Data));
+      if (!plain)
+        return llvm::createStringError("the host module's %s has an entry "
+                                       "other than a void function without "
+                                       "data",
+                                       list.str().c_str());
+      ordered.emplace_back(element.Priority, function);
     }
-    std::stable_sort(ordered.begin(), ordered.end(),
-                     [](const auto &a, const auto &b) {
-                       return a.first < b.first;
-                     });
+    std::stable_sort(
+        ordered.begin(), ordered.end(),
+        [](const auto &a, const auto &b) { return a.first < b.first; });
     if (reversed)
       std::reverse(ordered.begin(), ordered.end());
     if (llvm::GlobalVariable *global = module.getGlobalVariable(list))
@@ -222,8 +224,8 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
                                    }))
     return std::move(e);
 
-  auto engine = compiler.jit(options.optLevel, /*keepObject=*/false,
-                             exposeModuleLoading);
+  auto engine =
+      compiler.jit(options.optLevel, /*keepObject=*/false, exposeModuleLoading);
   kernel->context = compiler.takeContext();
   if (!engine)
     return engine.takeError();
