@@ -202,8 +202,8 @@ def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
     """Calls mobaRunDevice on kernel `name` with the failure plan `fail` in
     force for this call only. Returns (None or the error message, counters):
     the LEAK_COUNTERS, "launches", "last_launch_stream", "rejected" and
-    "pools_keeping_memory" after the call, and "calls:<entry>" for the
-    ENTRIES during the call. `fake_buffers`: addresses that are no device
+    "pools_keeping_memory" after the call, and "calls:<entry>" and
+    "after_failure:<entry>" for the ENTRIES during the call. `fake_buffers`: addresses that are no device
     memory, for a process where the driver cannot make any. `new_thread`:
     called from a thread with no current context; `other_context`: from one
     whose current context is not the primary one."""
@@ -237,7 +237,8 @@ def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
             call()
         after = count(*LEAK_COUNTERS, "launches", "last_launch_stream",
                       "rejected", "pools_keeping_memory",
-                      *("calls:" + entry for entry in ENTRIES))
+                      *("calls:" + entry for entry in ENTRIES),
+                      *("after_failure:" + entry for entry in ENTRIES))
     finally:
         set_failures("")
     if "error" not in outcome:

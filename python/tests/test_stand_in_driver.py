@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -53,11 +54,18 @@ class Worker:
                 initargs=(self.driver, self.environment))
         try:
             return self.pool.submit(function, *args, **kwargs).result(
-                timeout=600)
+                timeout=300)
         except BrokenProcessPool:
             self.pool = None
             pytest.fail(f"the worker process died in {function.__name__}"
                         f"{args}: the runtime crashed")
+        except FutureTimeout:
+            for process in self.pool._processes.values():
+                process.kill()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+            pytest.fail(f"{function.__name__}{args} still runs after 300 s: "
+                        "the runtime hangs")
 
     def compile(self, name, kernel=None, **options):
         """Compiles KERNELS[kernel or name] under `name` and allocates the
@@ -114,9 +122,16 @@ def calls(counters, entry):
     return counters["calls:" + entry]
 
 
+def called_after_the_failure(counters):
+    """The entry points called after the injected failure."""
+    return {entry for entry in device.ENTRIES
+            if counters["after_failure:" + entry]}
+
+
 def test_the_stand_in_exports_what_the_runtime_resolves():
     import ctypes
-    source = open(os.path.join(ROOT, "lib", "Runtime", "CudaDriver.cpp")).read()
+    with open(os.path.join(ROOT, "lib", "Runtime", "CudaDriver.cpp")) as f:
+        source = f.read()
     resolved = set(re.findall(r'resolve\(library, "(cu\w+)"', source))
     resolved |= set(re.findall(r'dlsym\(library, "(cu\w+)"\)', source))
     assert len(resolved) > 20, "the runtime's entry points were not found"
@@ -215,9 +230,9 @@ def test_each_failing_call_is_an_error_that_leaks_nothing(worker, name,
         assert re.search(CALL_ERRORS[entry], error), error
         assert leaks(clean, failed) == {}, f"{entry}:{nth}"
         assert failed["rejected"] == clean["rejected"], f"{entry}:{nth}"
-        # Nothing after the failure was launched.
-        assert calls(failed, "cuLaunchKernel") <= calls(clean,
-                                                        "cuLaunchKernel")
+        # After the failure the call only gave its scratch memory back.
+        assert called_after_the_failure(failed) <= {"cuMemFreeAsync"}, \
+            f"{entry}:{nth}"
         error, after = worker(device.run, name)
         assert error is None, f"the call after {entry}:{nth}: {error}"
         assert leaks(clean, after) == {}
@@ -265,7 +280,8 @@ def test_a_failed_kernel_load_unloads_and_the_next_call_loads(worker, name,
     assert re.search(r"loading the kernels of \w+ on device 0 .* failed: "
                      + failure.split(":")[0], error), error
     assert calls(failed, "cuLaunchKernel") == 0
-    # What loaded before the failure is unloaded.
+    # What loaded before the failure is unloaded, and nothing else is done.
+    assert called_after_the_failure(failed) <= {"cuModuleUnload"}
     assert leaks(before, failed) == {}
     assert failed["rejected"] == before["rejected"]
     error, after = worker(device.run, fresh)

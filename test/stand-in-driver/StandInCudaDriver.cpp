@@ -58,8 +58,9 @@
 // "launches", "injected" (failures injected so far), "rejected" (calls the
 // stand-in failed on its own: a bad handle, value or image -- in a correct
 // runtime, only those a test provokes), "last_launch_stream",
-// "max_dynamic_shared" (of the last launch's function), or
-// "calls:<entry>" (calls of an entry since the failure plan was set).
+// "max_dynamic_shared" (of the last launch's function), "calls:<entry>"
+// (calls of an entry since the failure plan was set), or
+// "after_failure:<entry>" (its calls since the last injected failure).
 //
 // Not a CUDA implementation: no kernel runs, no stream orders anything.
 //
@@ -237,6 +238,9 @@ struct Device {
   std::set<Pool *> pools;
   std::vector<Failure> plan;
   std::map<std::string, long long> calls;
+  /// Calls of each entry since the last failure the plan injected.
+  std::map<std::string, long long> afterFailure;
+  bool failedSincePlan = false;
   long long launches = 0, injected = 0, rejected = 0;
   uintptr_t lastLaunchStream = 0;
   int lastLaunchMaxDynamicShared = 0;
@@ -322,9 +326,13 @@ CUresult injectedFailure(Device &d, const char *entry) {
       continue;
     if (call == failure.first || (failure.onward && call > failure.first)) {
       ++d.injected;
+      d.failedSincePlan = true;
+      d.afterFailure.clear();
       return failure.code;
     }
   }
+  if (d.failedSincePlan)
+    ++d.afterFailure[entry];
   return kSuccess;
 }
 
@@ -495,6 +503,8 @@ STAND_IN_EXPORT int mobaStandInSetFailures(const char *spec) {
   }
   d.plan = std::move(plan);
   d.calls.clear();
+  d.afterFailure.clear();
+  d.failedSincePlan = false;
   return 0;
 }
 
@@ -547,6 +557,12 @@ STAND_IN_EXPORT long long mobaStandInCount(const char *what) {
   if (name.rfind("calls:", 0) == 0 && findEntry(name.substr(6))) {
     auto found = d.calls.find(name.substr(6));
     return found == d.calls.end() ? 0 : found->second;
+  }
+  constexpr size_t kAfterFailure = sizeof("after_failure:") - 1;
+  if (name.rfind("after_failure:", 0) == 0 &&
+      findEntry(name.substr(kAfterFailure))) {
+    auto found = d.afterFailure.find(name.substr(kAfterFailure));
+    return found == d.afterFailure.end() ? 0 : found->second;
   }
   return -1;
 }
