@@ -55,6 +55,9 @@
 #include "mlir/Target/LLVMIR/Dialect/GPU/GPUToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/NVVM/NVVMToLLVMIRTranslation.h"
+#include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/Module.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/TargetSelect.h"
 
@@ -90,6 +93,60 @@ DialectRegistry gpuRegistry() {
   return registry;
 }
 
+/// The functions exposeModuleLoading() makes.
+constexpr llvm::StringLiteral kLoadModules = "moba_load_modules";
+constexpr llvm::StringLiteral kUnloadModules = "moba_unload_modules";
+
+/// The host module's global constructors load its kernels (an
+/// mgpuModuleLoad* per gpu.binary, kept in a global) and its destructors
+/// unload them. The ExecutionEngine would run the constructors once, so a
+/// load that failed half way could neither give back what it had loaded
+/// nor be tried again. They become two functions that the runner calls
+/// instead, kLoadModules and kUnloadModules: a failed load unloads what it
+/// loaded, and the next call loads afresh (every constructor stores its
+/// module, so no handle of the unloaded ones survives a load).
+llvm::Error exposeModuleLoading(llvm::Module &module) {
+  auto makeCaller = [&](llvm::StringRef name, llvm::StringRef list,
+                        auto functions, bool reversed) -> llvm::Error {
+    std::vector<std::pair<unsigned, llvm::Function *>> ordered;
+    for (const llvm::orc::CtorDtorIterator::Element &element : functions) {
+      llvm::Function *function = element.Func;
+      bool plain = function && function->getReturnType()->isVoidTy() &&
+                   function->arg_empty() &&
+                   (!element.Data ||
+                    llvm::isa<llvm::ConstantPointerNull>(element.Data));
+      if (!plain)
+        return llvm::createStringError("the host module's %s has an entry "
+                                       "other than a void function without "
+                                       "data",
+                                       list.str().c_str());
+      ordered.emplace_back(element.Priority, function);
+    }
+    std::stable_sort(
+        ordered.begin(), ordered.end(),
+        [](const auto &a, const auto &b) { return a.first < b.first; });
+    if (reversed)
+      std::reverse(ordered.begin(), ordered.end());
+    if (llvm::GlobalVariable *global = module.getGlobalVariable(list))
+      global->eraseFromParent();
+    llvm::LLVMContext &context = module.getContext();
+    auto *caller = llvm::Function::Create(
+        llvm::FunctionType::get(llvm::Type::getVoidTy(context), false),
+        llvm::GlobalValue::ExternalLinkage, name, module);
+    llvm::IRBuilder<> builder(llvm::BasicBlock::Create(context, "", caller));
+    for (auto [priority, function] : ordered)
+      builder.CreateCall(function);
+    builder.CreateRetVoid();
+    return llvm::Error::success();
+  };
+  if (llvm::Error e =
+          makeCaller(kLoadModules, "llvm.global_ctors",
+                     llvm::orc::getConstructors(module), /*reversed=*/false))
+    return e;
+  return makeCaller(kUnloadModules, "llvm.global_dtors",
+                    llvm::orc::getDestructors(module), /*reversed=*/true);
+}
+
 void initializeTargets() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -103,7 +160,10 @@ void initializeTargets() {
 GpuAttentionKernel::GpuAttentionKernel(AttentionConfig config, std::string chip)
     : cfg(std::move(config)), chipName(std::move(chip)) {}
 
-GpuAttentionKernel::~GpuAttentionKernel() = default;
+GpuAttentionKernel::~GpuAttentionKernel() {
+  if (loadedContext)
+    unloadModules();
+}
 
 namespace {
 
@@ -188,7 +248,7 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
                                    }))
     return std::move(e);
 
-  auto engine = compiler.jit(options.optLevel);
+  auto engine = compiler.jit(options.optLevel, exposeModuleLoading);
   kernel->context = compiler.takeContext();
   if (!engine)
     return engine.takeError();
@@ -199,13 +259,19 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
   if (!entry)
     return entry.takeError();
   kernel->entry = *entry;
+  auto load = kernel->engine->lookup(kLoadModules);
+  if (!load)
+    return load.takeError();
+  auto unload = kernel->engine->lookup(kUnloadModules);
+  if (!unload)
+    return unload.takeError();
+  kernel->loadModules = reinterpret_cast<void (*)()>(*load);
+  kernel->unloadModules = reinterpret_cast<void (*)()>(*unload);
   return kernel;
 }
 
 llvm::Error GpuAttentionKernel::load() const {
   std::lock_guard<std::mutex> lock(loadMutex);
-  if (!loadError.empty())
-    return llvm::createStringError(loadError);
   cuda::DeviceInfo device;
   auto context = cuda::currentContext(&device);
   if (!context)
@@ -220,15 +286,17 @@ llvm::Error GpuAttentionKernel::load() const {
   }
   if (llvm::Error e = cuda::checkChipRunsOn(chipName, device))
     return e;
-  // The host module's global constructors load its kernels (cuModuleLoad*),
-  // once: a failure here is final for this kernel.
+  // After the first failure the loads do nothing; what loaded before it is
+  // unloaded, so that a failed load holds no module and the next call tries
+  // again.
   cuda::LaunchScope scope(/*stream=*/nullptr);
-  engine->initialize();
+  loadModules();
   if (llvm::Error e = scope.takeError()) {
-    loadError = "loading the kernels of " + cfg.key() + " on device " +
-                std::to_string(device.ordinal) + " (" + device.name +
-                ") failed: " + llvm::toString(std::move(e));
-    return llvm::createStringError(loadError);
+    unloadModules();
+    return llvm::createStringError(
+        "loading the kernels of " + cfg.key() + " on device " +
+        std::to_string(device.ordinal) + " (" + device.name +
+        ") failed: " + llvm::toString(std::move(e)));
   }
   loadedContext = *context;
   return llvm::Error::success();

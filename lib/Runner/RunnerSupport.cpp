@@ -34,6 +34,7 @@
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Export.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
 #include "mlir/Target/LLVMIR/Export.h"
@@ -158,18 +159,38 @@ EntryCompiler::run(llvm::StringRef what, llvm::StringRef stage,
 }
 
 llvm::Expected<std::unique_ptr<ExecutionEngine>>
-EntryCompiler::jit(unsigned optLevel) {
+EntryCompiler::jit(unsigned optLevel,
+                   llvm::function_ref<llvm::Error(llvm::Module &)> prepare) {
+  // The options hold their functions by reference (function_ref): they live
+  // here, through ExecutionEngine::create.
+  std::string prepareError;
+  auto build = [&](Operation *op, llvm::LLVMContext &llvmContext)
+      -> std::unique_ptr<llvm::Module> {
+    std::unique_ptr<llvm::Module> llvmModule =
+        translateModuleToLLVMIR(op, llvmContext);
+    if (llvmModule && prepare)
+      if (llvm::Error e = prepare(*llvmModule)) {
+        prepareError = llvm::toString(std::move(e));
+        return nullptr;
+      }
+    return llvmModule;
+  };
+  auto optimize = makeOptimizingTransformer(optLevel, /*sizeLevel=*/0,
+                                            /*targetMachine=*/nullptr);
   ExecutionEngineOptions options;
-  options.transformer = makeOptimizingTransformer(optLevel, /*sizeLevel=*/0,
-                                                  /*targetMachine=*/nullptr);
+  options.llvmModuleBuilder = build;
+  options.transformer = optimize;
   options.jitCodeGenOptLevel = static_cast<llvm::CodeGenOptLevel>(optLevel);
   options.enableGDBNotificationListener = jitDebugRequested();
   options.enablePerfNotificationListener = jitDebugRequested();
   auto engine = ExecutionEngine::create(*module, options);
-  if (!engine)
+  if (!engine) {
+    std::string why = llvm::toString(engine.takeError());
+    if (!prepareError.empty())
+      why += ": " + prepareError;
     return llvm::createStringError("JIT compilation failed for %s: %s",
-                                   config.key().c_str(),
-                                   llvm::toString(engine.takeError()).c_str());
+                                   config.key().c_str(), why.c_str());
+  }
   return std::move(*engine);
 }
 

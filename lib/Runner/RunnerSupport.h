@@ -21,6 +21,7 @@
 
 namespace llvm {
 class MemoryBuffer;
+class Module;
 } // namespace llvm
 
 namespace mlir {
@@ -57,7 +58,11 @@ public:
 
   /// JIT-compiles the module at LLVM `optLevel` (0-3). The debugger and
   /// perf listeners are registered only when jitDebugRequested().
-  llvm::Expected<std::unique_ptr<ExecutionEngine>> jit(unsigned optLevel);
+  /// `prepare`, when given, changes the module once translated to LLVM IR;
+  /// its error fails the compilation.
+  llvm::Expected<std::unique_ptr<ExecutionEngine>>
+  jit(unsigned optLevel,
+      llvm::function_ref<llvm::Error(llvm::Module &)> prepare = {});
 
   /// Compiles the module to a relocatable object for this host at LLVM
   /// `optLevel` (0-3), as jit() would compile it: the same optimization and

@@ -65,30 +65,39 @@ void streamDestroy(CUstream) {}
 /// The stream-ordered pool of the current context's device, created on
 /// first use. It keeps what it was given (no release threshold): the
 /// scratch of one call is reused by the next without cuMemAlloc's cost and
-/// implicit synchronization, the way torch's caching allocator does.
+/// implicit synchronization, the way torch's caching allocator does. A pool
+/// whose threshold could not be set is set again at its next use.
 CUmemoryPool devicePool(const DriverApi &api) {
+  struct DevicePool {
+    CUmemoryPool pool = nullptr;
+    bool keepsMemory = false;
+  };
   static std::mutex mutex;
-  static std::map<CUdevice, CUmemoryPool> pools;
+  static std::map<CUdevice, DevicePool> pools;
   CUdevice device = 0;
   if (!ok(api.cuCtxGetDevice(&device), [] { return "cuCtxGetDevice"; }))
     return nullptr;
   std::lock_guard<std::mutex> lock(mutex);
-  CUmemoryPool &pool = pools[device];
-  if (pool)
-    return pool;
-  CUmemPoolProps props = {};
-  props.allocType = 1;    // pinned device memory
-  props.locationType = 1; // on a device
-  props.locationId = device;
-  if (!ok(api.cuMemPoolCreate(&pool, &props), [&] {
-        return llvm::formatv("cuMemPoolCreate(device {0})", device).str();
-      }))
-    return pool = nullptr;
-  constexpr int kReleaseThreshold = 4; // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
-  uint64_t keepAll = UINT64_MAX;
-  ok(api.cuMemPoolSetAttribute(pool, kReleaseThreshold, &keepAll),
-     [] { return "cuMemPoolSetAttribute(release threshold)"; });
-  return pool;
+  DevicePool &entry = pools[device];
+  if (!entry.pool) {
+    CUmemPoolProps props = {};
+    props.allocType = 1;    // pinned device memory
+    props.locationType = 1; // on a device
+    props.locationId = device;
+    if (!ok(api.cuMemPoolCreate(&entry.pool, &props), [&] {
+          return llvm::formatv("cuMemPoolCreate(device {0})", device).str();
+        }))
+      return entry.pool = nullptr;
+  }
+  if (!entry.keepsMemory) {
+    constexpr int kReleaseThreshold = 4; // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
+    uint64_t keepAll = UINT64_MAX;
+    if (!ok(api.cuMemPoolSetAttribute(entry.pool, kReleaseThreshold, &keepAll),
+            [] { return "cuMemPoolSetAttribute(release threshold)"; }))
+      return nullptr;
+    entry.keepsMemory = true;
+  }
+  return entry.pool;
 }
 
 void *memAlloc(uint64_t bytes, CUstream stream, bool hostShared) {
@@ -142,13 +151,15 @@ CUmodule moduleLoadWithLog(const void *data, int optLevel, const char *what) {
                     reinterpret_cast<void *>(static_cast<intptr_t>(optLevel))};
   unsigned count = optLevel >= 0 ? 3 : 2;
   CUmodule module = nullptr;
-  if (!ok(api->cuModuleLoadDataEx(&module, data, count, options, values),
-          [&] {
-            return llvm::formatv("cuModuleLoadDataEx({0}){1}{2}", what,
-                                 *log ? ": " : "", log)
-                .str();
-          }))
+  if (llvm::Error error =
+          check(api->cuModuleLoadDataEx(&module, data, count, options, values),
+                llvm::formatv("cuModuleLoadDataEx({0})", what).str())) {
+    // The driver's error, then what its JIT said.
+    state.error = llvm::toString(std::move(error));
+    if (llvm::StringRef said = llvm::StringRef(log).trim(); !said.empty())
+      state.error += ": " + said.str();
     return nullptr;
+  }
   return module;
 }
 

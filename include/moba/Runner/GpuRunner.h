@@ -85,7 +85,9 @@ public:
 
   /// Loads the kernels into the calling thread's current CUDA context (or
   /// device 0's primary context), after checking that the device runs
-  /// code for the kernel's chip. Done by the first run() if not before.
+  /// code for the kernel's chip. Done by the first run() if not before. A
+  /// failed load leaves no kernel loaded; the next load() or run() tries
+  /// again.
   llvm::Error load() const;
 
   /// Runs on device buffers, ordered on `launch.stream`. Returns once the
@@ -106,11 +108,13 @@ private:
   std::unique_ptr<MLIRContext> context;
   std::unique_ptr<ExecutionEngine> engine;
   void *entry = nullptr;
-  /// The CUcontext the kernels were loaded into; null before load().
+  /// Load and unload the kernels (the host module's constructors and
+  /// destructors, which the engine never runs).
+  void (*loadModules)() = nullptr;
+  void (*unloadModules)() = nullptr;
+  /// The CUcontext the kernels were loaded into; null while not loaded.
   mutable std::mutex loadMutex;
   mutable void *loadedContext = nullptr;
-  /// Why loading failed for good (the modules are loaded once per engine).
-  mutable std::string loadError;
 };
 
 } // namespace moba

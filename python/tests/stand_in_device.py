@@ -1,0 +1,295 @@
+"""The worker side of test_stand_in_driver.py.
+
+The runtime opens its CUDA driver once per process, so the tests that run
+GPU kernels on the stand-in driver (test/stand-in-driver, built as
+build/lib/libmoba-stand-in-cuda.so) call these functions in a worker process
+of their own whose MOBA_CUDA_DRIVER is the stand-in. The worker keeps its
+compiled kernels and device buffers between calls; each function returns
+plain data for the test to check.
+
+Device buffers come from the stand-in's cuMemAlloc_v2 with device 0's
+primary context current on the worker's main thread, as torch arranges it;
+`run(..., new_thread=True)` calls from a thread with no context current.
+"""
+import ctypes
+import os
+import threading
+
+import numpy as np
+
+LIBRARY_NAME = "libmoba-stand-in-cuda.so"
+
+# A small configuration that still takes every kind of kernel: the gate,
+# the attention and the merge.
+TOKENS = 256
+SEQLENS = [0, 100, 256]
+
+
+def library_path():
+    """The stand-in driver: $MOBA_STAND_IN_DRIVER, else the build directory
+    the moba package was assembled in (PYTHONPATH=<build>/python)."""
+    explicit = os.environ.get("MOBA_STAND_IN_DRIVER")
+    if explicit:
+        return explicit
+    import moba
+    package = os.path.dirname(os.path.abspath(moba.__file__))
+    return os.path.normpath(os.path.join(package, "..", "..", "lib",
+                                         LIBRARY_NAME))
+
+
+_driver = None
+_kernels = {}  # name -> (handle, config)
+_buffers = {}  # config -> dict of device pointers and host offsets
+
+
+def start(driver, environment):
+    """The worker's initializer: the stand-in becomes the process's driver
+    before anything loads one."""
+    global _driver
+    os.environ.update(environment)
+    os.environ["MOBA_CUDA_DRIVER"] = driver
+    _driver = ctypes.CDLL(driver)
+    _driver.mobaStandInCount.restype = ctypes.c_longlong
+    _driver.mobaStandInCount.argtypes = [ctypes.c_char_p]
+    _driver.mobaStandInSetFailures.restype = ctypes.c_int
+    _driver.mobaStandInSetFailures.argtypes = [ctypes.c_char_p]
+    _driver.mobaStandInSetComputeCapability.argtypes = [ctypes.c_int] * 2
+    _driver.mobaStandInSetLatency.argtypes = [ctypes.c_int]
+
+
+def _check(result, call):
+    if result != 0:
+        raise RuntimeError(f"{call} failed in the test itself: CUresult "
+                           f"{result}")
+
+
+def _make_context_current():
+    _check(_driver.cuInit(0), "cuInit")
+    context = ctypes.c_void_p()
+    _check(_driver.cuDevicePrimaryCtxRetain(ctypes.byref(context), 0),
+           "cuDevicePrimaryCtxRetain")
+    _check(_driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+
+
+def count(*names):
+    """The stand-in's counters (see StandInCudaDriver.cpp), by name."""
+    values = {}
+    for name in names:
+        value = _driver.mobaStandInCount(name.encode())
+        if value < 0:
+            raise ValueError(f"the stand-in has no counter {name!r}")
+        values[name] = value
+    return values
+
+
+def set_failures(spec):
+    if _driver.mobaStandInSetFailures(spec.encode()) != 0:
+        raise ValueError(f"the stand-in rejects the failure plan {spec!r}")
+
+
+def set_compute_capability(major, minor):
+    _driver.mobaStandInSetComputeCapability(major, minor)
+
+
+def compute_capability():
+    from moba import _capi
+    return _capi.gpu_compute_capability()
+
+
+def compile(name, target, **options):
+    """Compiles a GPU kernel (head_dim 64, 2 query heads on 1 KV head, block
+    64, top-2, bf16) under `name`, once."""
+    from moba import _capi
+    if name not in _kernels:
+        config = dict(head_dim=options.pop("head_dim", 64), num_heads=2,
+                      num_kv_heads=1, block_size=64, top_k=2, dtype="bf16")
+        handle, _ = _capi.compile_kernel(
+            config["head_dim"], config["num_heads"], config["num_kv_heads"],
+            config["block_size"], config["top_k"], True, None,
+            config["dtype"], target, "fused", None, None, None, None,
+            **options)
+        _kernels[name] = (handle, tuple(sorted(config.items())))
+    return _kernels[name][0]
+
+
+def allocate_buffers(name):
+    """Allocates the device buffers kernel `name` runs on, if not yet."""
+    _device_buffers(_kernels[name][1])
+
+
+def destroy(name):
+    from moba import _capi
+    handle, _ = _kernels.pop(name)
+    _capi.destroy(handle)
+
+
+def _device_buffers(config):
+    if config in _buffers:
+        return _buffers[config]
+    _make_context_current()
+    c = dict(config)
+    element = 2  # bf16
+    sizes = {
+        "q": TOKENS * c["num_heads"] * c["head_dim"] * element,
+        "k": TOKENS * c["num_kv_heads"] * c["head_dim"] * element,
+        "v": TOKENS * c["num_kv_heads"] * c["head_dim"] * element,
+        "out": TOKENS * c["num_heads"] * c["head_dim"] * element,
+        "lse": TOKENS * c["num_heads"] * 4,
+        "cu_seqlens": len(SEQLENS) * 4,
+    }
+    buffers = {}
+    for name, size in sizes.items():
+        pointer = ctypes.c_uint64()
+        _check(_driver.cuMemAlloc_v2(ctypes.byref(pointer),
+                                     ctypes.c_size_t(size)), "cuMemAlloc_v2")
+        buffers[name] = pointer.value
+    host = np.array(SEQLENS, dtype=np.int32)
+    _check(_driver.cuMemcpyHtoD_v2(ctypes.c_uint64(buffers["cu_seqlens"]),
+                                   host.ctypes.data_as(ctypes.c_void_p),
+                                   ctypes.c_size_t(host.nbytes)),
+           "cuMemcpyHtoD_v2")
+    buffers["host_cu_seqlens"] = host
+    _buffers[config] = buffers
+    return buffers
+
+
+_other_context = None
+
+
+def _another_context():
+    """A context of device 0 other than its primary one, made once."""
+    global _other_context
+    if _other_context is None:
+        _make_context_current()
+        context = ctypes.c_void_p()
+        _check(_driver.cuCtxCreate_v2(ctypes.byref(context), 0, 0),
+               "cuCtxCreate_v2")
+        _other_context = context.value
+        _make_context_current()  # cuCtxCreate made the new one current
+    return _other_context
+
+
+def create_stream():
+    _make_context_current()
+    stream = ctypes.c_void_p()
+    _check(_driver.cuStreamCreate(ctypes.byref(stream), 0), "cuStreamCreate")
+    return stream.value
+
+
+# The entry points a call may make, whose calls run() counts.
+ENTRIES = ["cuMemPoolCreate", "cuMemPoolSetAttribute",
+           "cuMemAllocFromPoolAsync", "cuMemFreeAsync", "cuModuleLoadDataEx",
+           "cuModuleGetFunction", "cuFuncSetAttribute", "cuLaunchKernel",
+           "cuTensorMapEncodeTiled", "cuCtxGetCurrent", "cuCtxGetDevice",
+           "cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuCtxSetCurrent",
+           "cuDeviceGetAttribute", "cuDeviceGetName", "cuModuleUnload"]
+
+# What must come back to where it was after a failed call.
+LEAK_COUNTERS = ["allocations", "bytes", "modules", "streams", "pools"]
+
+
+def _fake_buffers():
+    """Aligned addresses that nothing may touch: for calls that must fail
+    before they reach the device."""
+    buffers = {name: 0x100000 * (i + 1) for i, name in
+               enumerate(["q", "k", "v", "out", "lse", "cu_seqlens"])}
+    buffers["host_cu_seqlens"] = np.array(SEQLENS, dtype=np.int32)
+    return buffers
+
+
+def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
+        other_context=False):
+    """Calls mobaRunDevice on kernel `name` with the failure plan `fail` in
+    force for this call only. Returns (None or the error message, counters):
+    the LEAK_COUNTERS, "launches", "last_launch_stream", "rejected" and
+    "pools_keeping_memory" after the call, and "calls:<entry>" and
+    "after_failure:<entry>" for the ENTRIES during the call. `fake_buffers`: addresses that are no device
+    memory, for a process where the driver cannot make any. `new_thread`:
+    called from a thread with no current context; `other_context`: from one
+    whose current context is not the primary one."""
+    from moba import _capi
+    handle, config = _kernels[name]
+    buffers = _fake_buffers() if fake_buffers else _device_buffers(config)
+    context = _another_context() if other_context else None
+    outcome = {}
+
+    def call():
+        if context is not None:
+            _check(_driver.cuCtxSetCurrent(ctypes.c_void_p(context)),
+                   "cuCtxSetCurrent")
+        try:
+            _capi.run_kernel_on_device(
+                handle, buffers["q"], buffers["k"], buffers["v"],
+                buffers["cu_seqlens"], len(SEQLENS) - 1, TOKENS,
+                buffers["out"], buffers["lse"], stream,
+                buffers["host_cu_seqlens"].ctypes.data)
+            outcome["error"] = None
+        except RuntimeError as e:
+            outcome["error"] = str(e)
+
+    set_failures(fail)
+    try:
+        if new_thread or other_context:
+            thread = threading.Thread(target=call)
+            thread.start()
+            thread.join()
+        else:
+            call()
+        after = count(*LEAK_COUNTERS, "launches", "last_launch_stream",
+                      "rejected", "pools_keeping_memory",
+                      *("calls:" + entry for entry in ENTRIES),
+                      *("after_failure:" + entry for entry in ENTRIES))
+    finally:
+        set_failures("")
+    if "error" not in outcome:
+        raise RuntimeError("the call raised something other than an error "
+                           "message (see the worker's output)")
+    return outcome["error"], after
+
+
+def run_concurrently(name, threads, rounds, fail="", latency_us=100):
+    """Calls kernel `name` `rounds` times from each of `threads` threads at
+    once (each making the primary context current first, as torch does),
+    with the failure plan `fail` over all of them and every driver call
+    taking `latency_us`, so that the calls interleave. Returns (the errors,
+    in no order, with None for each success; counters as run() gives
+    them)."""
+    from moba import _capi
+    handle, config = _kernels[name]
+    buffers = _device_buffers(config)
+    start_together = threading.Barrier(threads)
+    errors = []
+
+    def call():
+        _make_context_current()
+        start_together.wait()
+        for _ in range(rounds):
+            try:
+                _capi.run_kernel_on_device(
+                    handle, buffers["q"], buffers["k"], buffers["v"],
+                    buffers["cu_seqlens"], len(SEQLENS) - 1, TOKENS,
+                    buffers["out"], buffers["lse"], None,
+                    buffers["host_cu_seqlens"].ctypes.data)
+                errors.append(None)
+            except RuntimeError as e:
+                errors.append(str(e))
+
+    set_failures(fail)
+    _driver.mobaStandInSetLatency(latency_us)
+    try:
+        workers = [threading.Thread(target=call) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        after = count(*LEAK_COUNTERS, "launches", "rejected",
+                      *("calls:" + entry for entry in ENTRIES))
+    finally:
+        _driver.mobaStandInSetLatency(0)
+        set_failures("")
+    return errors, after
+
+
+def counters():
+    """The LEAK_COUNTERS, "rejected" and "pools_keeping_memory" now."""
+    return count(*LEAK_COUNTERS, "rejected", "pools_keeping_memory")

@@ -1,0 +1,508 @@
+"""The GPU runtime on the stand-in CUDA driver (test/stand-in-driver): every
+driver call it makes can fail, and each failure must become an error naming
+the call -- never a crash -- leave no device memory or module behind, and
+leave the next call working.
+
+No GPU is needed: the stand-in books device memory in host memory, checks
+the handles it is given and runs no kernel. Since the runtime opens its
+driver once per process, the calls run in a worker process whose
+MOBA_CUDA_DRIVER is the stand-in (stand_in_device.py is its side).
+"""
+import multiprocessing
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+import stand_in_device as device
+
+DRIVER = device.library_path()
+# The same, as a driver older than CUDA 12 (no cuTensorMapEncodeTiled).
+OLD_DRIVER = os.path.join(os.path.dirname(DRIVER),
+                          "libmoba-stand-in-cuda-11.so")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+# The kernels the tests run. sm90 asks for more than 48 KiB of shared memory
+# (cuFuncSetAttribute) and loads K and V by TMA (cuTensorMapEncodeTiled);
+# simt has three kernels and compiles in a fraction of a second.
+KERNELS = {
+    "sm90": ("sm_90a", dict(head_dim=128, mma_instruction="wgmma",
+                            mma_key_value_loads="tma")),
+    "sm80": ("sm_80", {}),
+    "simt": ("sm_90a", dict(gpu_attention="simt")),
+}
+
+
+class Worker:
+    """A process whose CUDA driver is the stand-in; worker(f, ...) runs
+    stand_in_device.f(...) there and returns its result."""
+
+    def __init__(self, environment=None, driver=DRIVER):
+        self.environment = dict(environment or {})
+        self.driver = driver
+        self.pool = None
+
+    def __call__(self, function, *args, **kwargs):
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=device.start,
+                initargs=(self.driver, self.environment))
+        try:
+            return self.pool.submit(function, *args, **kwargs).result(
+                timeout=300)
+        except BrokenProcessPool:
+            self.pool = None
+            pytest.fail(f"the worker process died in {function.__name__}"
+                        f"{args}: the runtime crashed")
+        except FutureTimeout:
+            for process in self.pool._processes.values():
+                process.kill()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+            pytest.fail(f"{function.__name__}{args} still runs after 300 s: "
+                        "the runtime hangs")
+
+    def compile(self, name, kernel=None, **options):
+        """Compiles KERNELS[kernel or name] under `name` and allocates the
+        buffers it runs on."""
+        target, known = KERNELS[kernel or name]
+        handle = self(device.compile, name, target, **known, **options)
+        self(device.allocate_buffers, name)
+        return handle
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+
+@pytest.fixture(scope="module")
+def worker():
+    if not os.path.exists(DRIVER):
+        pytest.fail(f"the stand-in driver {DRIVER} is not built: build the "
+                    "target moba-stand-in-cuda (scripts/build.sh does), or "
+                    "point MOBA_STAND_IN_DRIVER at it")
+    worker = Worker()
+    # A first call makes the process's memory pool, which stays: the tests
+    # then compare everything else before and after.
+    worker.compile("simt")
+    error, _ = worker(device.run, "simt")
+    assert error is None, error
+    yield worker
+    worker.close()
+
+
+@pytest.fixture
+def fresh_worker():
+    """A worker of its own, for what happens once per process (the driver's
+    initialization, the memory pool's creation)."""
+    workers = []
+
+    def make(environment=None, driver=DRIVER):
+        workers.append(Worker(environment, driver))
+        return workers[-1]
+
+    yield make
+    for worker in workers:
+        worker.close()
+
+
+def leaks(before, after):
+    """The counters that did not come back: {name: (before, after)}."""
+    return {name: (before[name], after[name]) for name in device.LEAK_COUNTERS
+            if before[name] != after[name]}
+
+
+def calls(counters, entry):
+    return counters["calls:" + entry]
+
+
+def called_after_the_failure(counters):
+    """The entry points called after the injected failure."""
+    return {entry for entry in device.ENTRIES
+            if counters["after_failure:" + entry]}
+
+
+def test_the_stand_in_exports_what_the_runtime_resolves():
+    import ctypes
+    with open(os.path.join(ROOT, "lib", "Runtime", "CudaDriver.cpp")) as f:
+        source = f.read()
+    resolved = set(re.findall(r'resolve\(library, "(cu\w+)"', source))
+    resolved |= set(re.findall(r'dlsym\(library, "(cu\w+)"\)', source))
+    assert len(resolved) > 20, "the runtime's entry points were not found"
+    if not os.path.exists(DRIVER):
+        pytest.fail(f"the stand-in driver {DRIVER} is not built")
+    stand_in = ctypes.CDLL(DRIVER)
+    missing = sorted(name for name in resolved if not hasattr(stand_in, name))
+    assert not missing
+
+
+@pytest.mark.parametrize("spec,valid", [
+    ("cuLaunchKernel:1", True), ("cuLaunchKernel:2+,cuMemFreeAsync:*", True),
+    ("cuModuleLoadDataEx:1=218", True), ("", True),
+    ("cuLaunch:1", False), ("cuLaunchKernel", False),
+    ("cuLaunchKernel:0", False), ("cuLaunchKernel:x", False),
+    ("cuLaunchKernel:1=abc", False), ("cuLaunchKernel:1=0", False),
+])
+def test_the_stand_in_refuses_a_failure_plan_it_cannot_follow(spec, valid):
+    # A misspelt plan would fail nothing and test nothing.
+    import ctypes
+    if not os.path.exists(DRIVER):
+        pytest.fail(f"the stand-in driver {DRIVER} is not built")
+    stand_in = ctypes.CDLL(DRIVER)
+    stand_in.mobaStandInSetFailures.argtypes = [ctypes.c_char_p]
+    assert (stand_in.mobaStandInSetFailures(spec.encode()) == 0) == valid
+    stand_in.mobaStandInSetFailures(b"")
+
+
+@pytest.mark.parametrize("kernel", ["sm90", "sm80"])
+def test_a_clean_call_on_the_callers_stream(worker, kernel):
+    name = "clean-" + kernel  # loaded by no other test
+    worker.compile(name, kernel)
+    stream = worker(device.create_stream)
+    before = worker(device.counters)
+    error, first = worker(device.run, name, stream=stream)
+    assert error is None
+    # The first call loads the kernels; its scratch memory is all freed.
+    assert calls(first, "cuModuleLoadDataEx") > 0
+    assert first["modules"] >= before["modules"] + calls(first,
+                                                         "cuModuleLoadDataEx")
+    assert calls(first, "cuLaunchKernel") > 0
+    assert calls(first, "cuMemAllocFromPoolAsync") > 0
+    assert first["last_launch_stream"] == stream
+    error, second = worker(device.run, name, stream=stream)
+    assert error is None
+    assert calls(second, "cuModuleLoadDataEx") == 0
+    assert calls(second, "cuLaunchKernel") == calls(first, "cuLaunchKernel")
+    assert leaks(first, second) == {}
+    assert second["rejected"] == before["rejected"]
+    assert worker(device.compute_capability) == (90, None)
+
+
+# The entry points a call makes once its kernels are loaded, with what the
+# error must say, and the kernels that make them.
+CALL_ERRORS = {
+    "cuMemAllocFromPoolAsync": r"cuMemAllocFromPoolAsync\(\d+ bytes\) "
+                               r"failed: CUDA_ERROR_OUT_OF_MEMORY \(out of "
+                               r"memory\)",
+    "cuModuleGetFunction": r"cuModuleGetFunction\(moba_attention_kernel\) "
+                           r"failed: CUDA_ERROR_NOT_FOUND \(named symbol not "
+                           r"found\)",
+    "cuFuncSetAttribute": r"cuFuncSetAttribute\(max dynamic shared memory, "
+                          r"\d+ bytes\) failed: CUDA_ERROR_INVALID_VALUE",
+    "cuLaunchKernel": r"cuLaunchKernel\(grid \d+x1x1, block \d+x1x1, \d+ "
+                      r"bytes shared\) failed: CUDA_ERROR_LAUNCH_FAILED "
+                      r"\(unspecified launch failure\)",
+    "cuTensorMapEncodeTiled": r"cuTensorMapEncodeTiled\([KV]: 256 tokens x "
+                              r"1 heads x 128, box \d+ rows\) failed: "
+                              r"CUDA_ERROR_INVALID_VALUE",
+    "cuCtxGetCurrent": r"cuCtxGetCurrent failed: CUDA_ERROR_NOT_INITIALIZED",
+    "cuCtxGetDevice": r"cuCtxGetDevice failed: CUDA_ERROR_INVALID_CONTEXT",
+    "cuDeviceGetAttribute": r"cuDeviceGetAttribute\(compute capability "
+                            r"(major|minor)\) failed: "
+                            r"CUDA_ERROR_INVALID_DEVICE",
+    "cuDeviceGetName": r"cuDeviceGetName failed: CUDA_ERROR_INVALID_DEVICE",
+}
+CALL_CASES = [("sm90", entry) for entry in CALL_ERRORS] + [
+    ("sm80", entry) for entry in ["cuMemAllocFromPoolAsync",
+                                  "cuModuleGetFunction", "cuLaunchKernel"]]
+
+
+@pytest.mark.parametrize("name,entry", CALL_CASES)
+def test_each_failing_call_is_an_error_that_leaks_nothing(worker, name,
+                                                          entry):
+    worker.compile(name)
+    error, clean = worker(device.run, name)  # loads the kernels
+    assert error is None
+    error, clean = worker(device.run, name)
+    assert error is None
+    made = calls(clean, entry)
+    assert made > 0, f"a call of {name} makes no {entry}"
+    # Fail the first, each middle and the last of them in turn.
+    for nth in range(1, made + 1):
+        error, failed = worker(device.run, name, fail=f"{entry}:{nth}")
+        assert error is not None, f"{entry}:{nth} went unreported"
+        assert re.search(CALL_ERRORS[entry], error), error
+        assert leaks(clean, failed) == {}, f"{entry}:{nth}"
+        assert failed["rejected"] == clean["rejected"], f"{entry}:{nth}"
+        # After the failure the call only gave its scratch memory back.
+        assert called_after_the_failure(failed) <= {"cuMemFreeAsync"}, \
+            f"{entry}:{nth}"
+        error, after = worker(device.run, name)
+        assert error is None, f"the call after {entry}:{nth}: {error}"
+        assert leaks(clean, after) == {}
+        assert calls(after, "cuLaunchKernel") == calls(clean, "cuLaunchKernel")
+
+
+def test_a_failing_free_keeps_only_its_own_buffer(worker):
+    # The driver keeps what it failed to free; every other scratch buffer of
+    # the call must still be freed.
+    worker.compile("sm80")
+    assert worker(device.run, "sm80")[0] is None
+    error, clean = worker(device.run, "sm80")
+    made = calls(clean, "cuMemFreeAsync")
+    assert made > 0
+    for nth in (1, made // 2 + 1, made):
+        before = worker(device.counters)
+        error, failed = worker(device.run, "sm80", fail=f"cuMemFreeAsync:{nth}")
+        assert re.search(r"cuMemFreeAsync failed: CUDA_ERROR_ILLEGAL_ADDRESS",
+                         error), error
+        assert failed["allocations"] == before["allocations"] + 1
+        # Every buffer allocated got its free (those after the failure were
+        # never allocated).
+        assert calls(failed, "cuMemFreeAsync") == calls(
+            failed, "cuMemAllocFromPoolAsync")
+        error, after = worker(device.run, "sm80")
+        assert error is None
+        assert after["allocations"] == failed["allocations"]
+
+
+@pytest.mark.parametrize("name,failure", [
+    ("simt", "cuModuleLoadDataEx:1"),
+    ("simt", "cuModuleLoadDataEx:2"),
+    ("simt", "cuModuleLoadDataEx:3"),
+    ("sm80", "cuModuleLoadDataEx:6"),
+    # The context check before the second of the three loads.
+    ("simt", "cuCtxGetCurrent:3"),
+])
+def test_a_failed_kernel_load_unloads_and_the_next_call_loads(worker, name,
+                                                              failure):
+    fresh = f"{name}-{failure}"  # loaded by no test before
+    worker.compile(fresh, name)
+    before = worker(device.counters)
+    error, failed = worker(device.run, fresh, fail=failure)
+    assert error is not None
+    assert re.search(r"loading the kernels of \w+ on device 0 .* failed: "
+                     + failure.split(":")[0], error), error
+    assert calls(failed, "cuLaunchKernel") == 0
+    # What loaded before the failure is unloaded, and nothing else is done.
+    assert called_after_the_failure(failed) <= {"cuModuleUnload"}
+    assert leaks(before, failed) == {}
+    assert failed["rejected"] == before["rejected"]
+    error, after = worker(device.run, fresh)
+    assert error is None, f"the call after the failed load: {error}"
+    assert calls(after, "cuModuleLoadDataEx") > 0
+    assert after["modules"] == before["modules"] + calls(after,
+                                                         "cuModuleLoadDataEx")
+    assert calls(after, "cuLaunchKernel") > 0
+    worker(device.destroy, fresh)
+    assert worker(device.counters) == before
+
+
+def test_a_rejected_load_gives_the_jit_log_after_the_drivers_error(worker):
+    worker.compile("rejected", "simt")
+    error, _ = worker(device.run, "rejected", fail="cuModuleLoadDataEx:2=218")
+    assert re.search(r"failed: cuModuleLoadDataEx\(PTX\) failed: "
+                     r"CUDA_ERROR_INVALID_PTX \(a PTX JIT compilation "
+                     r"failed\): injected by the stand-in driver "
+                     r"\(cuModuleLoadDataEx call 2\)$", error), error
+
+
+@pytest.mark.parametrize("failure", ["", "cuModuleLoadDataEx:2",
+                                     "cuLaunchKernel:20",
+                                     "cuMemAllocFromPoolAsync:30"])
+def test_threads_loading_and_running_one_kernel(worker, failure):
+    # Four threads call a kernel not loaded yet, five times each, their
+    # driver calls interleaved: one loads it, a failure fails that one call
+    # only, and every other call launches all its kernels.
+    fresh = f"threads-{failure}"
+    worker.compile(fresh, "simt")
+    before = worker(device.counters)
+    launched = worker(device.count, "launches")["launches"]
+    errors, after = worker(device.run_concurrently, fresh, 4, 5,
+                           fail=failure)
+    failed = [error for error in errors if error is not None]
+    assert len(errors) == 20
+    assert len(failed) == (1 if failure else 0), failed
+    if failure:
+        assert failure.split(":")[0] in failed[0], failed[0]
+    # The simt kernel's call launches three kernels; the failed one fewer.
+    launched = after["launches"] - launched
+    assert 0 <= launched - 3 * (20 - len(failed)) <= 2 * len(failed)
+    assert after["modules"] == before["modules"] + 3
+    assert leaks(before, after).keys() <= {"modules"}
+    assert after["rejected"] == before["rejected"]
+    worker(device.destroy, fresh)
+    assert worker(device.counters) == before
+
+
+def test_a_kernel_unloads_when_destroyed(worker):
+    worker.compile("destroyed", "simt")
+    before = worker(device.counters)
+    error, after = worker(device.run, "destroyed")
+    assert error is None
+    assert after["modules"] == before["modules"] + 3
+    worker(device.destroy, "destroyed")
+    assert worker(device.counters) == before
+
+
+def test_error_names_the_driver_does_not_know(worker):
+    worker.compile("simt")
+    assert worker(device.run, "simt")[0] is None
+    error, _ = worker(device.run, "simt", fail="cuGetErrorName:*,"
+                      "cuGetErrorString:*,cuLaunchKernel:1")
+    assert re.search(r"cuLaunchKernel\(.*\) failed: CUDA error 719 \(no "
+                     r"description\)", error), error
+    error, _ = worker(device.run, "simt", fail="cuLaunchKernel:2=4242")
+    assert re.search(r"cuLaunchKernel\(.*\) failed: CUDA error 4242 \(no "
+                     r"description\)", error), error
+    assert worker(device.run, "simt")[0] is None
+
+
+def test_a_stream_the_driver_does_not_know(worker):
+    worker.compile("simt")
+    assert worker(device.run, "simt")[0] is None
+    before = worker(device.counters)
+    error, failed = worker(device.run, "simt", stream=0xdead00)
+    assert re.search(r"cuMemAllocFromPoolAsync\(\d+ bytes\) failed: "
+                     r"CUDA_ERROR_INVALID_HANDLE", error), error
+    assert calls(failed, "cuLaunchKernel") == 0
+    assert leaks(before, failed) == {}
+    assert failed["rejected"] == before["rejected"] + 1
+    assert worker(device.run, "simt")[0] is None
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("cuCtxGetCurrent", r"cuCtxGetCurrent failed"),
+    ("cuDeviceGetAttribute", r"cuDeviceGetAttribute\(compute capability "
+                             r"major\) failed: CUDA_ERROR_INVALID_DEVICE"),
+    ("cuDeviceGetName", r"cuDeviceGetName failed"),
+])
+def test_compute_capability_query_fails_cleanly(worker, entry, message):
+    worker(device.set_failures, f"{entry}:1")
+    try:
+        capability, why = worker(device.compute_capability)
+    finally:
+        worker(device.set_failures, "")
+    assert capability == 0
+    assert re.search(message, why), why
+    assert worker(device.compute_capability) == (90, None)
+
+
+def test_compute_capability_decides_what_loads(worker):
+    worker.compile("hopper-only", "simt")  # sm_90a
+    worker.compile("ampere", "sm80", gpu_attention="simt")
+    try:
+        worker(device.set_compute_capability, 8, 0)
+        assert worker(device.compute_capability) == (80, None)
+        before = worker(device.counters)
+        error, refused = worker(device.run, "hopper-only")
+        assert re.search(r"kernels compiled for sm_90a need compute "
+                         r"capability 9\.0 exactly, but device 0 \(moba "
+                         r"stand-in CUDA device \(8\.0\)\) has 8\.0", error), \
+            error
+        assert calls(refused, "cuModuleLoadDataEx") == 0
+        assert leaks(before, refused) == {}
+        error, ran = worker(device.run, "ampere")
+        assert error is None
+        assert calls(ran, "cuLaunchKernel") > 0
+    finally:
+        worker(device.set_compute_capability, 9, 0)
+    # The refusal is not remembered: on 9.0 the same kernel runs.
+    assert worker(device.run, "hopper-only")[0] is None
+    assert worker(device.run, "ampere")[0] is None
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("cuDeviceGet", r"cuDeviceGet\(0\) failed: CUDA_ERROR_INVALID_DEVICE"),
+    ("cuDevicePrimaryCtxRetain", r"cuDevicePrimaryCtxRetain\(device 0\) "
+                                 r"failed: CUDA_ERROR_OUT_OF_MEMORY"),
+    ("cuCtxSetCurrent", r"cuCtxSetCurrent failed: CUDA_ERROR_INVALID_CONTEXT"),
+])
+def test_a_thread_without_a_context_gets_the_primary_one(worker, entry,
+                                                         message):
+    worker.compile("simt")
+    assert worker(device.run, "simt")[0] is None
+    before = worker(device.counters)
+    error, failed = worker(device.run, "simt", fail=f"{entry}:1",
+                           new_thread=True)
+    assert re.search(message, error), error
+    assert leaks(before, failed) == {}
+    error, after = worker(device.run, "simt", new_thread=True)
+    assert error is None
+    assert calls(after, "cuDevicePrimaryCtxRetain") == 1
+    assert calls(after, "cuCtxSetCurrent") == 1
+    assert calls(after, "cuLaunchKernel") > 0
+    assert after["rejected"] == before["rejected"]
+
+
+def test_a_kernel_runs_only_in_the_context_it_was_loaded_into(worker):
+    worker.compile("here", "simt")
+    assert worker(device.run, "here")[0] is None  # the primary context
+    before = worker(device.counters)
+    refusal = (r"the \w+ kernel was loaded into another CUDA context than "
+               r"the current one \(device 0\): compile one kernel per device")
+    error, refused = worker(device.run, "here", other_context=True)
+    assert re.search(refusal, error), error
+    assert leaks(before, refused) == {}
+    assert refused["rejected"] == before["rejected"]
+    # A kernel first called in the other context is loaded there.
+    worker.compile("there", "simt")
+    error, ran = worker(device.run, "there", other_context=True)
+    assert error is None
+    assert calls(ran, "cuLaunchKernel") == 3
+    error, _ = worker(device.run, "there")
+    assert re.search(refusal, error), error
+    assert worker(device.run, "here")[0] is None
+    worker(device.destroy, "there")
+    after = worker(device.counters)
+    assert leaks(before, after) == {}
+    assert after["rejected"] == before["rejected"]
+
+
+def test_the_memory_pool_after_failures_to_make_it(fresh_worker):
+    worker = fresh_worker()
+    worker.compile("simt")
+    error, failed = worker(device.run, "simt", fail="cuMemPoolCreate:1")
+    assert re.search(r"cuMemPoolCreate\(device 0\) failed: "
+                     r"CUDA_ERROR_OUT_OF_MEMORY", error), error
+    assert failed["pools"] == 0
+    assert failed["allocations"] == 6  # the test's own buffers
+    # The pool is made, but not told to keep its memory.
+    error, failed = worker(device.run, "simt",
+                           fail="cuMemPoolSetAttribute:1")
+    assert re.search(r"cuMemPoolSetAttribute\(release threshold\) failed: "
+                     r"CUDA_ERROR_INVALID_VALUE", error), error
+    assert failed["allocations"] == 6
+    assert calls(failed, "cuLaunchKernel") == 0
+    error, after = worker(device.run, "simt")
+    assert error is None
+    # One pool, which keeps its memory between calls as the runtime means.
+    assert after["pools"] == 1
+    assert after["pools_keeping_memory"] == 1
+    assert after["allocations"] == 6
+    assert after["rejected"] == 0
+
+
+def test_no_device(fresh_worker):
+    worker = fresh_worker({"MOBA_STAND_IN_FAIL": "cuInit:*"})
+    capability, why = worker(device.compute_capability)
+    assert capability == 0
+    assert re.search(r"no usable GPU: cuInit failed with "
+                     r"CUDA_ERROR_NO_DEVICE", why), why
+    # Compiling needs no device; running says why it cannot.
+    worker(device.compile, "simt", KERNELS["simt"][0], **KERNELS["simt"][1])
+    error, _ = worker(device.run, "simt", fake_buffers=True)
+    assert re.search(r"cuInit failed with CUDA_ERROR_NO_DEVICE", error), error
+
+
+def test_a_driver_older_than_cuda_12(fresh_worker):
+    # It has no cuTensorMapEncodeTiled: only the kernels that load K and V
+    # by TMA need it.
+    worker = fresh_worker(driver=OLD_DRIVER)
+    worker.compile("simt")
+    worker.compile("sm90")
+    assert worker(device.run, "simt")[0] is None
+    before = worker(device.counters)
+    error, failed = worker(device.run, "sm90")
+    assert re.search(r"the CUDA driver has no cuTensorMapEncodeTiled \(it is "
+                     r"older than CUDA 12\.0\): the kernels' TMA loads need "
+                     r"it", error), error
+    assert leaks(before, failed).keys() <= {"modules"}
+    assert failed["rejected"] == before["rejected"]
+    assert worker(device.run, "simt")[0] is None
