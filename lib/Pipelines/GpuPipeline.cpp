@@ -11,6 +11,7 @@
 #include "moba/Pipelines/Pipelines.h"
 
 #include "moba/Conversion/Passes.h"
+#include "moba/Dialect/Moba/IR/MobaDialect.h"
 
 #include "mlir/Conversion/Passes.h"
 #include "mlir/Dialect/Arith/Transforms/Passes.h"
@@ -111,8 +112,9 @@ std::string mlir::moba::checkGpuPipelineOptions(
            options.mmaKeyValueLoads +
            " needs mma-instruction=wgmma, got '" + options.mmaInstruction +
            "'";
-  if (options.tileK < 1)
-    return "moba-gpu-pipeline: tile-k must be at least 1, got " +
+  if (options.tileK < 1 || options.tileK > kMaxTileKeys)
+    return "moba-gpu-pipeline: tile-k must be in [1, " +
+           std::to_string(kMaxTileKeys) + "] (keys scored as one vector), got " +
            std::to_string(options.tileK);
   return "";
 }

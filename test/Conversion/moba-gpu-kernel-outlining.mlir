@@ -51,4 +51,19 @@ module attributes {gpu.container_module} {
     } {nvvm.minctasm = 2 : i32}
     return
   }
+  // A host function's name PTX cannot hold: the kernel is renamed to a PTX
+  // identifier (NVPTX would abort on "moba attention.kernel"), its launch
+  // follows.
+  // CHECK-LABEL: func.func @"moba attention"
+  // CHECK: gpu.launch_func @"moba attention_kernel"::@_moba_attention_kernel
+  // CHECK: gpu.module @"moba attention_kernel"
+  // CHECK: gpu.func @_moba_attention_kernel() kernel
+  func.func @"moba attention"() {
+    %c1 = arith.constant 1 : index
+    gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+               threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
+      gpu.terminator
+    }
+    return
+  }
 }

@@ -7,6 +7,7 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_80 format=isa" | FileCheck %s --check-prefix=PTX80
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa" | FileCheck %s --check-prefix=PTX90
 // RUN: not moba-opt %s --moba-gpu-pipeline="format=elf" 2>&1 | FileCheck %s --check-prefix=BAD
+// RUN: not moba-opt %s --moba-gpu-pipeline="tile-k=4294967301" 2>&1 | FileCheck %s --check-prefix=BAD-TILE-K
 // The host side translates to LLVM IR, calling exactly the runtime entry
 // points the project's CUDA runtime has to provide (the MLIR CUDA runtime
 // wrappers' ABI): streams, device allocation, module loading, launches.
@@ -31,6 +32,7 @@
 // PTX90: .target sm_90a
 
 // BAD: error: moba-gpu-pipeline: format must be isa, bin or fatbin, got 'elf'
+// BAD-TILE-K: error: moba-gpu-pipeline: tile-k must be in [1, 1024] (keys scored as one vector), got 4294967301
 
 // HOST-DAG: declare ptr @mgpuStreamCreate()
 // HOST-DAG: declare void @mgpuStreamSynchronize(ptr)

@@ -2,14 +2,18 @@
 //
 // Part of moba-mlir. Implements `moba-gpu-kernel-outlining`: upstream's
 // gpu-kernel-outlining, after which the nvvm.* attributes each gpu.launch
-// carried are set on the gpu.func it became (upstream drops them).
+// carried are set on the gpu.func it became (upstream drops them), and each
+// kernel gets a name PTX can hold (upstream names it after the host
+// function, whose MLIR name may hold any character; NVPTX aborts on those).
 //
 //===----------------------------------------------------------------------===//
 
 #include "moba/Conversion/Passes.h"
 
 #include "mlir/Dialect/GPU/Transforms/Passes.h"
+#include "mlir/IR/SymbolTable.h"
 #include "mlir/Pass/PassManager.h"
+#include "llvm/ADT/StringExtras.h"
 
 namespace mlir::moba {
 #define GEN_PASS_DEF_MOBAGPUKERNELOUTLINING
@@ -28,6 +32,38 @@ DictionaryAttr nvvmAttributes(gpu::LaunchOp launch) {
     if (attribute.getName().strref().starts_with((prefix + ".").str()))
       kept.push_back(attribute);
   return kept.getDictionary(launch->getContext());
+}
+
+/// Whether `name` is a PTX identifier: a letter, or `_`, `$` or `%`
+/// followed by at least one more character, then letters, digits, `_` and
+/// `$`.
+bool isPtxIdentifier(StringRef name) {
+  if (name.empty())
+    return false;
+  auto inner = [](char c) { return llvm::isAlnum(c) || c == '_' || c == '$'; };
+  char first = name.front();
+  if (!llvm::isAlpha(first) &&
+      !((first == '_' || first == '$' || first == '%') && name.size() > 1))
+    return false;
+  return llvm::all_of(name.drop_front(), inner);
+}
+
+/// Renames `kernel` to a PTX identifier made from its name (every other
+/// character becomes `_`), unique in its gpu.module, and updates its uses
+/// under `root`.
+LogicalResult renameForPtx(gpu::GPUFuncOp kernel, Operation *root) {
+  std::string base = "_";
+  for (char c : kernel.getName())
+    base += llvm::isAlnum(c) || c == '_' || c == '$' ? c : '_';
+  Operation *table = SymbolTable::getNearestSymbolTable(kernel);
+  std::string name = base;
+  for (int i = 0; SymbolTable::lookupSymbolIn(table, name); ++i)
+    name = base + "_" + std::to_string(i);
+  auto newName = StringAttr::get(kernel.getContext(), name);
+  if (failed(SymbolTable::replaceAllSymbolUses(kernel, newName, root)))
+    return kernel.emitOpError("could not be renamed to ") << newName;
+  SymbolTable::setSymbolName(kernel, newName);
+  return success();
 }
 
 struct MobaGpuKernelOutliningPass
@@ -71,8 +107,6 @@ struct MobaGpuKernelOutliningPass
       return signalPassFailure();
     }
     for (auto [launch, attributes] : llvm::zip_equal(launched, outlined)) {
-      if (attributes.empty())
-        continue;
       auto kernel = SymbolTable::lookupNearestSymbolFrom<gpu::GPUFuncOp>(
           launch, launch.getKernel());
       if (!kernel) {
@@ -81,6 +115,9 @@ struct MobaGpuKernelOutliningPass
       }
       for (NamedAttribute attribute : attributes)
         kernel->setAttr(attribute.getName(), attribute.getValue());
+      if (!isPtxIdentifier(kernel.getName()) &&
+          failed(renameForPtx(kernel, module)))
+        return signalPassFailure();
     }
   }
 };

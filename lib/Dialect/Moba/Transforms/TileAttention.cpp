@@ -133,6 +133,14 @@ struct MobaTileAttentionPass
           << "tile-q=" << int64_t(tileQ) << " tile-k=" << int64_t(tileK);
       return signalPassFailure();
     }
+    if (tileQ > kMaxTileQueries || tileK > kMaxTileKeys) {
+      getOperation()->emitError()
+          << "moba-tile-attention: tile-q must be at most " << kMaxTileQueries
+          << " and tile-k at most " << kMaxTileKeys
+          << " (tile-k keys are scored as one vector), got tile-q="
+          << int64_t(tileQ) << " tile-k=" << int64_t(tileK);
+      return signalPassFailure();
+    }
     RewritePatternSet patterns(&getContext());
     populateMobaTileAttentionPatterns(patterns, tileQ, tileK, parallel);
     walkAndApplyPatterns(getOperation(), std::move(patterns));

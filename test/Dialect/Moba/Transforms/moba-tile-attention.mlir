@@ -1,7 +1,12 @@
 // RUN: moba-opt %s --split-input-file --moba-tile-attention="tile-q=8 tile-k=4" --canonicalize --cse | FileCheck %s
 // RUN: not moba-opt %s --moba-tile-attention="tile-k=0" 2>&1 | FileCheck %s --check-prefix=BAD-TILE
+// RUN: not moba-opt %s --moba-tile-attention="tile-k=4294967301" 2>&1 | FileCheck %s --check-prefix=HUGE-TILE
+// RUN: not moba-opt %s --moba-tile-attention="tile-q=9223372036854775807" 2>&1 | FileCheck %s --check-prefix=HUGE-TILE
 
 // BAD-TILE: error: moba-tile-attention: tile-q and tile-k must be at least 1, got tile-q=32 tile-k=0
+// Past these a tile of keys is a vector wider than any lowering can build
+// (LLVM aborts), and tile starts plus tile-q wrap.
+// HUGE-TILE: error: moba-tile-attention: tile-q must be at most 2147483647 and tile-k at most 1024
 
 // The flash-attention loop nest: sequences, query tiles of 8 tokens, heads,
 // queries of the tile, the selected blocks (repeats and invalid entries
