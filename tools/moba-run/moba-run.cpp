@@ -13,6 +13,7 @@
 #include "moba/Runner/CpuRunner.h"
 
 #include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/CheckedArithmetic.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/raw_ostream.h"
@@ -21,6 +22,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 
 using namespace mlir::moba;
@@ -40,8 +42,10 @@ static cl::opt<int64_t> topK("top-k", cl::init(3), cl::cat(category),
                              cl::desc("Blocks per query"));
 static cl::opt<bool> causal("causal", cl::init(true), cl::cat(category),
                             cl::desc("Causal MoBA (--causal=false for full)"));
-static cl::opt<float> scale("scale", cl::init(0.0f), cl::cat(category),
-                            cl::desc("Softmax scale (0: 1/sqrt(D))"));
+// Read as a double: a value that rounds to 0 or to infinity in f32 is then
+// refused instead of silently meaning the default or overflowing.
+static cl::opt<double> scale("scale", cl::init(0.0), cl::cat(category),
+                             cl::desc("Softmax scale (0: 1/sqrt(D))"));
 static cl::opt<std::string> dtype("dtype", cl::init("f32"), cl::cat(category),
                                   cl::desc("Input element type: f32, f16, bf16"));
 static cl::list<int64_t> seqlens("seqlens", cl::CommaSeparated,
@@ -225,8 +229,15 @@ int main(int argc, char **argv) {
   config.blockSize = blockSize;
   config.topK = topK;
   config.causal = causal;
-  if (scale != 0.0f)
-    config.scale = scale;
+  if (scale != 0.0) {
+    float narrowed = float(scale);
+    if (std::isfinite(scale) && scale > 0 &&
+        (narrowed == 0.0f || !std::isfinite(narrowed)))
+      return fail(llvm::createStringError(
+          "--scale=%g is not a positive finite f32 (it rounds to %g)",
+          double(scale), double(narrowed)));
+    config.scale = narrowed;
+  }
   auto type = parseElementType(dtype);
   if (!type)
     return fail(type.takeError());
@@ -262,17 +273,47 @@ int main(int argc, char **argv) {
     };
   }
 
+  if (repeat < 1)
+    return fail(llvm::createStringError("--repeat must be at least 1, got %d",
+                                        int(repeat)));
+
   std::vector<int64_t> lengths(seqlens.begin(), seqlens.end());
   if (lengths.empty())
     lengths = {300, 17, 1, 256};
+  // Offsets are int32 (cu_seqlens): the lengths and their running total are
+  // checked before they are narrowed.
+  constexpr int64_t kMaxTokens = std::numeric_limits<int32_t>::max();
   std::vector<int32_t> cu = {0};
   for (int64_t len : lengths) {
     if (len < 0)
       return fail(llvm::createStringError(
           "--seqlens must not be negative, got %lld", (long long)len));
+    if (len > kMaxTokens - cu.back())
+      return fail(llvm::createStringError(
+          "--seqlens add up to more than %lld tokens, the most int32 "
+          "offsets hold (at the length %lld)",
+          (long long)kMaxTokens, (long long)len));
     cu.push_back(cu.back() + int32_t(len));
   }
   const int64_t tokens = cu.back();
+  if (tokens == 0)
+    return fail(llvm::createStringError(
+        "--seqlens must hold at least one token: there is nothing to check"));
+  // The inputs, the output and the float64 reference's copies are held in
+  // memory: each tensor's element count is checked and bounded.
+  constexpr int64_t kMaxElements = int64_t(1) << 25;
+  std::optional<int64_t> elements =
+      llvm::checkedMul(tokens, std::max(config.numHeads, config.numKvHeads));
+  if (elements)
+    elements = llvm::checkedMul(*elements, config.headDim);
+  if (!elements || *elements > kMaxElements)
+    return fail(llvm::createStringError(
+        "--seqlens (%lld tokens), --heads/--kv-heads (%lld) and --head-dim "
+        "(%lld) give more than %lld elements per tensor, the most moba-run "
+        "checks",
+        (long long)tokens,
+        (long long)std::max(config.numHeads, config.numKvHeads),
+        (long long)config.headDim, (long long)kMaxElements));
 
   auto start = std::chrono::steady_clock::now();
   auto kernel = CpuAttentionKernel::compile(config, options);
@@ -313,16 +354,20 @@ int main(int argc, char **argv) {
   if (duplicateBlocks) {
     // Copy the keys of block 2i over block 2i+1 (full blocks only), in the
     // kernel's buffer and in the reference's view of it.
+    // Pairs are counted from the sequence's length, so a block size near
+    // int64's limit neither overflows nor loops.
     const int64_t row = config.numKvHeads * config.headDim;
-    for (size_t b = 0; b + 1 < cu.size(); ++b)
-      for (int64_t first = cu[b] + config.blockSize;
-           first + config.blockSize <= cu[b + 1];
-           first += 2 * config.blockSize)
+    for (size_t b = 0; b + 1 < cu.size(); ++b) {
+      int64_t pairs = (cu[b + 1] - cu[b]) / config.blockSize / 2;
+      for (int64_t pair = 0; pair < pairs; ++pair) {
+        int64_t first = cu[b] + (2 * pair + 1) * config.blockSize;
         for (int64_t i = 0; i < config.blockSize * row; ++i) {
           int64_t from = (first - config.blockSize) * row + i;
           problem.k[first * row + i] = k.set(first * row + i,
                                              float(problem.k[from]));
         }
+      }
+    }
   }
   Buffer out(config.dtype, q.size());
   std::vector<float> lse(tokens * config.numHeads);
@@ -338,7 +383,7 @@ int main(int argc, char **argv) {
   buffers.numSequences = int64_t(lengths.size());
 
   std::vector<double> times;
-  for (int i = 0; i < std::max(1, int(repeat)); ++i) {
+  for (int i = 0; i < repeat; ++i) {
     out.poison();
     std::fill(lse.begin(), lse.end(), NAN);
     auto t0 = std::chrono::steady_clock::now();
