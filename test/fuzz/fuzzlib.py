@@ -30,6 +30,8 @@ CRASH_MARKERS = (
 _BORING_FRAME = re.compile(
     r"llvm::sys::|SignalHandler|PrintStackTrace|__restore_rt|libc\.so|"
     r"abort|raise|__pthread_kill|pthread_kill|gsignal|__libc_start|_start\b|"
+    r"__libc_message|malloc_printerr|_int_free|_int_malloc|\bcfree\b|"
+    r"\./malloc/|"
     r"llvm::report_fatal_error|llvm::llvm_unreachable_internal|"
     r"__assert_fail|__cxa_throw|std::__throw|__gnu_cxx::__verbose_terminate|"
     r"std::terminate|llvm::report_bad_alloc_error|operator new|"

@@ -233,14 +233,18 @@ def shape_dim(rng, text, _):
     d = _pick(rng, dims)
     if not d:
         return None
-    new = rng.choice(INTERESTING_DIMS)
+    # Empty and unit sizes, which the verifiers must take or refuse and the
+    # lowerings must not divide by, come up most often.
+    new = rng.choices(INTERESTING_DIMS, weights=[
+        30 if d == "0" else 10 if d in ("1", "?") else 3
+        for d in INTERESTING_DIMS])[0]
     body = m.group(2)
     new_body = body[:d.start()] + new + body[d.end():]
     mode = rng.random()
-    if mode < 0.4:
+    if mode < 0.3:
         return (_splice_at(text, m, new_body, 2),
                 f"dim {d.group(0)} -> {new} in one {m.group(1)}")
-    if mode < 0.7:  # the same type everywhere
+    if mode < 0.55:  # the same type everywhere
         old_type = m.group(0)
         new_type = f"{m.group(1)}<{new_body}>"
         return (text.replace(old_type, new_type),
@@ -362,8 +366,8 @@ def garbage(rng, text, _):
 
 TEXT_MUTATIONS = [
     (token_drop, 1.0), (token_duplicate, 0.7), (token_swap, 0.7),
-    (token_replace, 0.7), (integer_literal, 3.0), (shape_dim, 3.0),
-    (attribute_value, 3.0), (float_literal, 0.8), (add_scale, 0.5),
+    (token_replace, 0.7), (integer_literal, 3.0), (shape_dim, 5.0),
+    (attribute_value, 4.0), (float_literal, 0.8), (add_scale, 0.5),
     (element_type, 2.0), (line_edit, 1.0), (splice, 1.5), (truncate, 0.5),
     (garbage, 0.4),
 ]
@@ -488,7 +492,15 @@ def pipelines(rng, entry):
     chosen.append(("pass:" + single, [f"--{single}"]))
     for args in entry.passes:
         name = "run:" + " ".join(re.sub(r"=.*", "", a) for a in args)
-        chosen.append((name, list(args)))
+        args = list(args)
+        if rng.random() < 0.1:  # a pass option at an odd value
+            i = rng.randrange(len(args))
+            numbers = list(re.finditer(r"(?<==)\d+", args[i]))
+            if numbers:
+                m = rng.choice(numbers)
+                args[i] = _splice_at(args[i], m, str(rng.choice(
+                    INTERESTING_INTS)))
+        chosen.append((name, args))
     return chosen
 
 
