@@ -49,13 +49,16 @@ Result attention(const Problem &p, Mutation mutation, double tieTolerance) {
   for (size_t b = 0; b + 1 < p.cuSeqlens.size(); ++b) {
     const int64_t start = p.cuSeqlens[b], end = p.cuSeqlens[b + 1];
     const int64_t len = end - start;
-    const int64_t nblk = (len + bs - 1) / bs;
+    // Without len + bs - 1 or first + bs, which overflow for block sizes
+    // near int64's limit.
+    const int64_t nblk = len == 0 ? 0 : (len - 1) / bs + 1;
 
     // Blocks: block j covers positions [j*bs, min((j+1)*bs, len)).
     // The gate: mean[j][g][d].
     std::vector<double> mean(nblk * Hkv * D, 0.0);
     for (int64_t j = 0; j < nblk; ++j) {
-      const int64_t first = start + j * bs, last = std::min(first + bs, end);
+      const int64_t first = start + j * bs;
+      const int64_t last = first + std::min(bs, end - first);
       for (int64_t g = 0; g < Hkv; ++g)
         for (int64_t d = 0; d < D; ++d) {
           double sum = 0;
@@ -140,7 +143,8 @@ Result attention(const Problem &p, Mutation mutation, double tieTolerance) {
         // except where the mutation lets a future block through.
         std::vector<int64_t> keys;
         for (int64_t j : selected) {
-          const int64_t first = start + j * bs, last = std::min(first + bs, end);
+          const int64_t first = start + j * bs;
+          const int64_t last = first + std::min(bs, end - first);
           for (int64_t s = first; s < last; ++s) {
             bool visible = !p.causal || s <= t ||
                            (mutation == Mutation::FutureBlock && j != own);
