@@ -24,7 +24,6 @@ Needs numpy (run it with /usr/bin/python3). docs/fuzzing.md has more.
 """
 import argparse
 import json
-import math
 import os
 import random
 import re
@@ -378,8 +377,9 @@ class Runner:
     a dead or stuck worker becomes a finding, and a new one starts after
     its case."""
 
-    def __init__(self, args, env, first, step, end, deadline, results):
-        self.args, self.env = args, env
+    def __init__(self, args, env, first, step, end, deadline, results,
+                 workdir):
+        self.args, self.env, self.workdir = args, env, workdir
         self.first, self.step, self.end = first, step, end
         self.deadline = deadline
         self.results = results  # list of (index, status, detail)
@@ -398,8 +398,11 @@ class Runner:
         argv = [sys.executable, os.path.abspath(__file__), "--worker",
                 "--seed", str(self.args.seed), "--first", str(first),
                 "--count", str(count), "--step", str(self.step)]
+        # In a directory of their own: cases pass relative cache and dump
+        # paths, which must not land in the caller's directory.
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+            cwd=self.workdir,
             preexec_fn=fuzzlib.limit_resources(self.args.memory_mb))
         stderr_chunks = []
         reader = threading.Thread(target=lambda: stderr_chunks.append(
@@ -489,6 +492,10 @@ def main():
     out = args.out or tempfile.mkdtemp(prefix="moba-api-fuzz-")
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ)
+    # Workers run elsewhere (Runner): relative entries would stop resolving.
+    env["PYTHONPATH"] = os.pathsep.join(
+        os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep)
+        if p)
     cache = tempfile.mkdtemp(prefix="cache-", dir=out)
     env["MOBA_CACHE_DIR"] = cache
     env.pop("MOBA_DUMP_IR", None)
@@ -500,8 +507,9 @@ def main():
     end = args.first + args.cases if args.cases is not None else None
     results = []
     jobs = max(1, args.jobs)
-    runners = [Runner(args, env, args.first + j, jobs, end, deadline, results)
-               for j in range(jobs)]
+    workdir = tempfile.mkdtemp(prefix="work-", dir=out)
+    runners = [Runner(args, env, args.first + j, jobs, end, deadline, results,
+                      workdir) for j in range(jobs)]
     threads = [threading.Thread(target=r.run) for r in runners]
     for t in threads:
         t.start()
@@ -562,6 +570,7 @@ def main():
           f"refused, {bad} findings, {len(findings)} distinct")
     import shutil
     shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
     if not args.out and not findings:
         shutil.rmtree(out, ignore_errors=True)
     return 1 if findings else 0

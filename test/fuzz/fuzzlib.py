@@ -66,7 +66,8 @@ class Result:
         self.timed_out = timed_out
 
 
-def run_tool(argv, timeout, memory_mb, stdin=None, env=None, stdout=False):
+def run_tool(argv, timeout, memory_mb, stdin=None, env=None, stdout=False,
+             cwd=None):
     """Runs argv in a session of its own under limit_resources, killing
     the session after `timeout` seconds; stdout is kept when asked."""
     start = time.monotonic()
@@ -74,7 +75,7 @@ def run_tool(argv, timeout, memory_mb, stdin=None, env=None, stdout=False):
                             subprocess.DEVNULL,
                             stdout=subprocess.PIPE if stdout else
                             subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env,
+                            stderr=subprocess.PIPE, env=env, cwd=cwd,
                             preexec_fn=limit_resources(memory_mb))
     try:
         out, err = proc.communicate(stdin, timeout=timeout)

@@ -145,6 +145,7 @@ def problems(options):
 
 
 class Settings:
+    workdir = None  # moba-run's working directory: relative --cache-dir
     tool = None
     seed = 0
     timeout = 60
@@ -155,10 +156,10 @@ def run_case(index):
     options, mutated = make_case(Settings.seed, index)
     argv = argv_of(Settings.tool, options)
     r = fuzzlib.run_tool(argv, Settings.timeout, Settings.memory_mb,
-                         stdout=True)
+                         stdout=True, cwd=Settings.workdir)
     if r.timed_out:
         r = fuzzlib.run_tool(argv, 3 * Settings.timeout, Settings.memory_mb,
-                             stdout=True)
+                             stdout=True, cwd=Settings.workdir)
     kind, why = fuzzlib.classify(r)
     bad = problems(options)
     marked = any(m in r.stderr for m in fuzzlib.CRASH_MARKERS)
@@ -216,12 +217,16 @@ def main():
     args = parser.parse_args()
     if args.seed is None:
         args.seed = int(time.time()) % 100000
+    args.moba_run = os.path.abspath(args.moba_run)  # runs in `workdir`
+    workdir = tempfile.mkdtemp(prefix="moba-tool-fuzz-")
     settings = dict(tool=args.moba_run, seed=args.seed, timeout=args.timeout,
-                    memory_mb=args.memory_mb)
+                    memory_mb=args.memory_mb, workdir=workdir)
     if args.only is not None:
         _init(settings)
         case = run_case(args.only)
         print(json.dumps(case, indent=1))
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
         return 0 if case["kind"] in ("accepted", "rejected") else 1
 
     print(f"tool-fuzz: seed {args.seed}, {args.jobs} jobs", flush=True)
@@ -263,6 +268,8 @@ def main():
                 with open(os.path.join(directory, f"seed{args.seed}-case"
                                        f"{c['index']}.json"), "w") as f:
                     json.dump(c, f, indent=1)
+    import shutil
+    shutil.rmtree(workdir, ignore_errors=True)
     bad = sum(len(c) for c in findings.values())
     print(f"tool-fuzz: {bad} findings, {len(findings)} distinct")
     return 1 if findings else 0
