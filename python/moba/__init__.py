@@ -121,6 +121,14 @@ def _bool(name, value):
     return bool(value)
 
 
+def _check_max_seqlen(max_seqlen, longest):
+    """A caller's max_seqlen promises that no sequence is longer: one that
+    is broken is refused in either layout rather than ignored."""
+    if max_seqlen is not None and max_seqlen < longest:
+        raise ValueError(f"max_seqlen is {max_seqlen} but the longest "
+                         f"sequence has {longest} tokens")
+
+
 def _is_gpu_array(x):
     device = getattr(x, "device", None)
     if getattr(device, "type", None) == "cuda":
@@ -353,6 +361,7 @@ class Kernel:
             if cu_seqlens is not None:
                 raise ValueError("cu_seqlens is only for layout='varlen'")
             batch, seq = q.shape[:2]
+            _check_max_seqlen(max_seqlen, seq if batch else 0)
             cu = _uniform_offsets(batch, seq)
             tokens = batch * seq
         else:
@@ -428,6 +437,7 @@ class Kernel:
             if cu_seqlens is not None:
                 raise ValueError("cu_seqlens is only for layout='varlen'")
             batch, seq = q.shape[:2]
+            _check_max_seqlen(max_seqlen, seq if batch else 0)
             tokens = batch * seq
             host_cu = _uniform_offsets(batch, seq)
             # Uploaded once per shape and device: a copy from pageable host
@@ -535,11 +545,7 @@ class Kernel:
                              f"{tokens}, got {int(cu[-1])}")
         if tokens > np.iinfo(np.int32).max:
             raise ValueError(f"{tokens} tokens do not fit int32 offsets")
-        if max_seqlen is not None:
-            longest = int(steps.max()) if steps.size else 0
-            if max_seqlen < longest:
-                raise ValueError(f"max_seqlen is {max_seqlen} but the longest "
-                                 f"sequence has {longest} tokens")
+        _check_max_seqlen(max_seqlen, int(steps.max()) if steps.size else 0)
         return cu
 
 

@@ -204,6 +204,23 @@ def test_max_seqlen_negative():
         kernel()(q, k, v, cu, max_seqlen=-1)
 
 
+def test_max_seqlen_zero_d_array_is_an_int():
+    q, k, v, cu = inputs()
+    out = kernel()(q, k, v, cu, max_seqlen=np.array(20))
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("layout", ["varlen", "batched"])
+def test_max_seqlen_shorter_than_a_sequence(layout):
+    q, k, v, cu = inputs((20, 20))
+    if layout == "batched":
+        q, k, v = (x.reshape(2, 20, *x.shape[1:]) for x in (q, k, v))
+        cu = None
+    with pytest.raises(ValueError, match="max_seqlen is 19 but the longest "
+                       "sequence has 20 tokens"):
+        kernel(layout=layout)(q, k, v, cu, max_seqlen=19)
+
+
 def test_return_lse_must_be_a_bool():
     q, k, v, cu = inputs()
     with pytest.raises(TypeError, match="return_lse must be a bool, got 'no'"):

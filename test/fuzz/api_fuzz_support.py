@@ -8,6 +8,7 @@ refuse (see the *_problems functions, the rules of docs/python.md and
 include/moba-c/Moba.h) it refuses. Anything else raises Finding.
 """
 import ctypes
+import operator
 import re
 import traceback
 
@@ -84,8 +85,15 @@ def _judge_exception(e, names, what):
 # --- What must be refused ----------------------------------------------------
 
 def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(
-        value, (bool, np.bool_))
+    """An int as Python's index protocol has it (ints, numpy integers and
+    their 0-d arrays), bools excepted: what `operator.index` takes."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _is_bool(value):

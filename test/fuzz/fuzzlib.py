@@ -178,6 +178,11 @@ def _top_frame(err):
     return ""
 
 
+def has_moba_frame(err):
+    """Whether a stack dump names a function of moba's."""
+    return any("moba" in _frame_name(f).lower() for f in _frames(err))
+
+
 def _message(err):
     """The line that says what went wrong, with numbers and names of
     values blurred so that one bug gives one signature."""

@@ -21,6 +21,12 @@ the time).
 Crashes are saved under <out>/crashes/<signature id>/ (input, command,
 stderr, seed and index); --minimize shrinks the first of each signature.
 
+A crash while a damaged bytecode file is being read, with no moba frame on
+the stack, is MLIR's bytecode reader failing on input it does not promise
+to survive (docs/fuzzing.md, "Bytecode"): it is counted and saved apart,
+under <out>/upstream-bytecode/, and does not fail the run. A crash with a
+moba frame (a verifier, say) counts as ever.
+
     ir_fuzz.py --moba-opt build/bin/moba-opt --seed 1 --cases 500
     ir_fuzz.py --moba-opt build/bin/moba-opt --seed 7 --minutes 30 --minimize
     ir_fuzz.py --moba-opt build/bin/moba-opt --seed 7 --only 1234
@@ -620,7 +626,11 @@ def run_case(index):
                 break
             stages.extend(chosen)
     os.unlink(path)
-    crashed = any(o["kind"] in ("crash", "hang") for o in outcomes)
+    if binary and outcomes[0]["kind"] == "crash" and \
+            not fuzzlib.has_moba_frame(outcomes[0]["stderr"]):
+        outcomes[0]["kind"] = "upstream"
+    crashed = any(o["kind"] in ("crash", "hang", "upstream")
+                  for o in outcomes)
     return dict(index=index, entry=entry.name, binary=binary,
                 mutations=mutations, unchanged=unchanged, outcomes=outcomes,
                 data=data if crashed else None)
@@ -639,6 +649,7 @@ class Stats:
         self.per_stage = {}
         self.crashes = 0
         self.hangs = 0
+        self.upstream = 0
 
     def add(self, case):
         self.cases += 1
@@ -648,16 +659,17 @@ class Stats:
             family = o["stage"].split(":")[0]
             counts = self.per_stage.setdefault(
                 family, dict(runs=0, accepted=0, rejected=0, crash=0,
-                             hang=0))
+                             hang=0, upstream=0))
             counts["runs"] += 1
             counts[o["kind"]] += 1
             self.crashes += o["kind"] == "crash"
             self.hangs += o["kind"] == "hang"
+            self.upstream += o["kind"] == "upstream"
 
 
-def save_crashes(case, store, seed, moba_opt):
+def save_crashes(case, store, upstream, seed, moba_opt):
     for o in case["outcomes"]:
-        if o["kind"] not in ("crash", "hang"):
+        if o["kind"] not in ("crash", "hang", "upstream"):
             continue
         ext = ".mlirbc" if case["binary"] else ".mlir"
         name = f"seed{seed}-case{case['index']}-{o['stage'].replace(':', '_').replace(' ', '_')}{ext}"
@@ -670,7 +682,8 @@ def save_crashes(case, store, seed, moba_opt):
                       command=" ".join(shlex.quote(a) for a in argv),
                       argv=o["argv"][2:], returncode=o["returncode"],
                       stderr=o["stderr"])
-        directory = store.add(o["signature"], name, case["data"], record)
+        directory = (upstream if o["kind"] == "upstream" else store).add(
+            o["signature"], name, case["data"], record)
         if o["local_reproducer"] and store.counts[o["signature"]] <= store.keep:
             local = os.path.join(directory, name + ".local.mlir")
             with open(local, "w") as f:
@@ -756,6 +769,7 @@ def main():
           f"{len({e.path for e in corpus})} files ({with_bytecode} also as "
           f"bytecode), {args.jobs} jobs, crashes to {out}", flush=True)
     store = fuzzlib.CrashStore(os.path.join(out, "crashes"))
+    upstream = fuzzlib.CrashStore(os.path.join(out, "upstream-bytecode"))
     stats = Stats()
     start = time.monotonic()
     deadline = start + 60 * args.minutes if args.minutes else None
@@ -777,7 +791,8 @@ def main():
             for case in pool.imap_unordered(run_case, indices):
                 stats.add(case)
                 if case["data"] is not None:
-                    save_crashes(case, store, args.seed, args.moba_opt)
+                    save_crashes(case, store, upstream, args.seed,
+                                 args.moba_opt)
             now = time.monotonic()
             if now - last_report > 60:
                 last_report = now
@@ -793,7 +808,13 @@ def main():
         c = stats.per_stage[family]
         print(f"ir-fuzz: {family:12} {c['runs']:6} runs {c['accepted']:6} "
               f"accepted {c['rejected']:6} rejected {c['crash']:4} crashed "
-              f"{c['hang']:3} hung")
+              f"{c['hang']:3} hung"
+              + (f" {c['upstream']:4} in the bytecode reader"
+                 if c["upstream"] else ""))
+    for sig, count in sorted(upstream.counts.items(), key=lambda x: -x[1]):
+        directory, name, _ = upstream.first[sig]
+        print(f"UPSTREAM x{count} (bytecode reader): {sig}\n"
+              f"  saved: {directory}/{name}")
     for sig, count in sorted(store.counts.items(), key=lambda x: -x[1]):
         directory, name, record = store.first[sig]
         print(f"CRASH x{count}: {sig}\n  saved: {directory}/{name}\n"
@@ -802,9 +823,11 @@ def main():
               + "\n  | ".join(record["stderr"].strip().splitlines()[:12]))
     print(f"ir-fuzz: {stats.crashes} crashes, {stats.hangs} hangs, "
           f"{len(store.counts)} distinct")
+    print(f"ir-fuzz: {stats.upstream} bytecode-reader crashes, "
+          f"{len(upstream.counts)} distinct (upstream; not counted)")
     if args.minimize and store.counts:
         minimize_all(store, args.moba_opt, settings, args.minimize)
-    if not args.out and not store.counts:
+    if not args.out and not store.counts and not upstream.counts:
         import shutil
         shutil.rmtree(out, ignore_errors=True)
     else:
