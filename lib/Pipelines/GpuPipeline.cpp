@@ -112,6 +112,11 @@ std::string mlir::moba::checkGpuPipelineOptions(
            options.mmaKeyValueLoads +
            " needs mma-instruction=wgmma, got '" + options.mmaInstruction +
            "'";
+  if (options.mmaStages < 2 || options.mmaStages > 4 ||
+      (options.mmaStages > 2 && !tma))
+    return "moba-gpu-pipeline: mma-stages must be 2, or up to 4 with "
+           "mma-key-value-loads=tma or tma-multicast, got " +
+           std::to_string(options.mmaStages);
   if (options.tileK < 1 || options.tileK > kMaxTileKeys)
     return "moba-gpu-pipeline: tile-k must be in [1, " +
            std::to_string(kMaxTileKeys) + "] (keys scored as one vector), got " +
@@ -175,7 +180,7 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
     pm.addPass(createMobaConvertGroupedAttentionToNVVM(
         MobaConvertGroupedAttentionToNVVMOptions{
             options.mmaWarps, options.mmaKeyChunk, options.mmaInstruction,
-            options.mmaKeyValueLoads}));
+            options.mmaKeyValueLoads, options.mmaStages}));
   pm.addPass(createMobaMapForallToGpu(
       MobaMapForallToGpuOptions{options.threadsPerBlock}));
   pm.addPass(createCanonicalizerPass());

@@ -146,6 +146,9 @@ def MobaConvertGroupedAttentionToNVVM
            "that complete on mbarriers; the wgmma form, other shapes keep "
            "cp.async) or tma-multicast (tma shared by clusters of two CTAs "
            "reading the same keys)">,
+    Option<"stages", "stages", "int64_t", /*default=*/"2",
+           "Depth of the K/V ring in shared memory: 2, or with TMA loads "
+           "up to 4 (stages - 1 chunks in flight while one is multiplied)">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",

@@ -147,6 +147,12 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
                      "mbarriers) or tma-multicast (TMA shared by clusters "
                      "of two CTAs that read the same keys)"),
       llvm::cl::init("cp.async")};
+  PassOptions::Option<int64_t> mmaStages{
+      *this, "mma-stages",
+      llvm::cl::desc("With mma-key-value-loads=tma or tma-multicast: the "
+                     "depth of the K/V ring in shared memory, 2 to 4; 2 "
+                     "otherwise"),
+      llvm::cl::init(2)};
   PassOptions::Option<bool> mmaFusedMerge{
       *this, "mma-fused-merge",
       llvm::cl::desc("With mma: merge each row's partials inside the "

@@ -14,6 +14,7 @@
 #define MOBA_LIB_CONVERSION_GROUPEDATTENTIONTONVVM_ATTENTIONKERNEL_H
 
 #include "KernelBuilder/KernelBuilder.h"
+#include "StageRing.h"
 #include "moba/Dialect/Moba/IR/MobaOps.h"
 
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
@@ -51,8 +52,11 @@ constexpr int64_t kWgmmaRegisters = 168;
 constexpr int64_t kRegisterStep = 8;
 
 /// The work of one CTA: `warps` warps of 16 queries each, over K and V
-/// staged `keyChunk` keys at a time through shared-memory buffers: two for
-/// K, and two for V or (singleValueBuffer) one.
+/// staged `keyChunk` keys at a time through a ring of `stages` shared-memory
+/// buffers (StageRing): `stages` for K, and as many for V or
+/// (singleValueBuffer) one. Only the TMA loop runs deeper than two stages;
+/// the cp.async loops wait for every group at each chunk's top, which a
+/// deeper ring would not change.
 ///
 /// All of the CTA's shared memory is carved out of the one dynamic region:
 /// `gpu.dynamic_shared_memory` lowers to a `.shared` symbol at whose address
@@ -71,6 +75,8 @@ struct MmaTileShape {
   int64_t warps;
   int64_t keyChunk;
   MatrixInstruction instruction = MatrixInstruction::MmaSync;
+  /// The depth of the K/V ring: 2, or with bulkLoads up to 4.
+  int64_t stages = 2;
   /// K and V by TMA on mbarriers (wgmma: supportsBulkLoads) instead of
   /// cp.async. The loop then runs in order (overlapsSoftmax is false),
   /// whatever the warpgroups: a CTA of several shares each K/V chunk among
@@ -91,6 +97,7 @@ struct MmaTileShape {
   bool registerProbabilities = false;
 
   bool isWgmma() const { return instruction == MatrixInstruction::Wgmma; }
+  StageRing ring() const { return StageRing(stages); }
   /// The CTAs of a cluster: 2 with multicastPairs, else 1.
   int64_t clusterSize() const { return multicastPairs ? 2 : 1; }
   int64_t warpgroups() const { return warps / 4; }
@@ -104,31 +111,39 @@ struct MmaTileShape {
     return keyChunk * rowElements * bytesOf(element);
   }
   /// V's buffers: one where that lets one more CTA share an SM with the
-  /// registers the kernel needs (wgmma, one warpgroup, head_dim 128: three
-  /// CTAs of 73 KiB instead of two of 89). V of a chunk is then copied at
-  /// the chunk's top, once the last chunk's P V is done with the buffer,
-  /// while the chunk's S and softmax run (ValueStaging::AfterProducts).
+  /// registers the kernel needs (wgmma, one warpgroup, head_dim 128, two
+  /// stages: three CTAs of 73 KiB instead of two of 89). V of a chunk is
+  /// then copied at the chunk's top, once the last chunk's P V is done with
+  /// the buffer, while the chunk's S and softmax run
+  /// (ValueStaging::AfterProducts). At two stages a CTA that would be alone
+  /// on its SM keeps a ring of V, since no other CTA's work would hide V's
+  /// copy; a deeper ring of V that leaves a CTA alone gives way to one
+  /// buffer if that lets a second CTA in (the ring of K stays deep).
   int64_t valueBuffers(int64_t headDim, Type element) const {
-    return singleValueBuffer(headDim, element) ? 1 : 2;
+    return singleValueBuffer(headDim, element) ? 1 : stages;
   }
   bool singleValueBuffer(int64_t headDim, Type element) const {
     if (!isWgmma() || warpgroups() != 1)
       return false;
-    int64_t doubled = ctasPerSM(sharedBytesWith(2, headDim, element));
+    int64_t ring = ctasPerSM(sharedBytesWith(stages, headDim, element));
     int64_t single = ctasPerSM(sharedBytesWith(1, headDim, element));
-    return doubled >= 2 && single > doubled &&
+    return (ring >= 2 || stages > 2) && single >= 2 && single > ring &&
            registerBudget(single) >= kWgmmaRegisters;
   }
+  /// The buffers of K and V: K's ring, then V's.
+  int64_t stageSlots(int64_t headDim, Type element) const {
+    return stages + valueBuffers(headDim, element);
+  }
   int64_t stageBytes(int64_t headDim, Type element) const {
-    return (2 + valueBuffers(headDim, element)) *
-           operandBytes(headDim, element);
+    return stageSlots(headDim, element) * operandBytes(headDim, element);
   }
   /// Each warp's first and last token (i32).
   int64_t reduceBytes() const { return 2 * warps * 4; }
-  /// bulkLoads: the mbarriers on which the TMA copies of K (two buffers)
-  /// and V (one or two) complete, 8 bytes each, after the causal bounds.
-  static constexpr int64_t kBulkBarriers = 4;
-  int64_t barrierBytes() const { return bulkLoads ? kBulkBarriers * 8 : 0; }
+  /// bulkLoads: the mbarriers on which the TMA copies of K and V complete,
+  /// one per slot of each ring (V's unused past the first with a single
+  /// buffer), 8 bytes each, after the causal bounds.
+  int64_t bulkBarriers() const { return 2 * stages; }
+  int64_t barrierBytes() const { return bulkLoads ? bulkBarriers() * 8 : 0; }
   /// Whether bulkLoads may be set: the wgmma form, whose in-order loop
   /// (WgmmaChunkLoop.cpp) has the TMA pipeline.
   bool supportsBulkLoads() const { return isWgmma(); }
@@ -190,7 +205,7 @@ struct MmaTileShape {
 private:
   int64_t sharedBytesWith(int64_t valueBuffers, int64_t headDim,
                           Type element) const {
-    return (2 + valueBuffers) * operandBytes(headDim, element) +
+    return (stages + valueBuffers) * operandBytes(headDim, element) +
            reduceBytes() + barrierBytes() + queryBytes(headDim, element) +
            probabilityBytes(element) + alignmentSlack();
   }
@@ -316,7 +331,8 @@ struct AttentionKernel {
     /// V of chunk c lands with K of chunk c: the chunk's body multiplies
     /// both.
     WithKeys,
-    /// V of chunk c lands with K of chunk c + 1, in buffer c % 2: the body
+    /// V of chunk c lands with K of chunk c + 1, in chunk c's slot of the
+    /// (two-stage) ring: the body
     /// of chunk c multiplies Q K_c^T and P_(c-1) V_(c-1), and the caller
     /// multiplies the last chunk's P V after the loops (whose V has landed,
     /// and been published by a barrier after a proxy fence, when they
@@ -344,7 +360,7 @@ struct AttentionKernel {
                                     StageFn stage, ChunkFn body);
   /// The two chunk loops both pipelines share: chunks [0, unmasked) with
   /// `step` unmasked, then [unmasked, chunks) masked, carrying what
-  /// chunkLoopInits starts; chunk c's buffer is c % 2 and its first key
+  /// chunkLoopInits starts; chunk c's buffer is its ring slot and its first key
   /// keyFirst + c * keyChunk. Returns what they carry at the end.
   SmallVector<Value> emitSplitChunkLoops(ImplicitLocOpBuilder &b,
                                          const CtaTile &t, ChunkFn step);

@@ -593,10 +593,10 @@ SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
   KernelBuilder e{b, element()};
   auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
                                               gpu::AddressSpace::Workgroup);
-  // [buffer, K or V, key, dim]: two buffers, so that the copies of the next
-  // chunk run while this one is multiplied.
+  // [buffer, K or V, key, dim]: the ring's buffers, so that the copies of
+  // the next chunk run while this one is multiplied.
   auto stageType =
-      MemRefType::get({2, 2, shape.keyChunk, pitch()}, element(),
+      MemRefType::get({shape.stages, 2, shape.keyChunk, pitch()}, element(),
                       MemRefLayoutAttrInterface(), workgroup);
   Value stageBuffer = memref::ViewOp::create(b, stageType, t.sharedMemory,
                                              e.index(0), ValueRange{});
@@ -726,7 +726,7 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
           NVVM::CpAsyncCommitGroupOp::create(ib);
         }
         ifAny(ib, next, [&](ImplicitLocOpBuilder &sb) {
-          stageChunk(sb, ie.rem(next, ie.index(2)),
+          stageChunk(sb, shape.ring().slot(ie, next),
                      ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
         });
         if (late)
@@ -754,7 +754,7 @@ SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
         [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
           ImplicitLocOpBuilder ib(loc, fb);
           KernelBuilder ie{ib, e.element};
-          Value buffer = ie.rem(chunk, ie.index(2));
+          Value buffer = shape.ring().slot(ie, chunk);
           Value keyBase =
               ie.add(t.keyFirst, ie.mul(chunk, ie.index(shape.keyChunk)));
           scf::YieldOp::create(ib,
@@ -841,6 +841,14 @@ struct MobaConvertGroupedAttentionToNVVMPass
           << static_cast<int64_t>(keyChunk);
       return signalPassFailure();
     }
+    if (stages < StageRing::kMinStages || stages > StageRing::kMaxStages ||
+        (stages > 2 && !wantTma)) {
+      getOperation()->emitError()
+          << "moba-convert-grouped-attention-to-nvvm: stages must be 2, or "
+             "up to 4 with key-value-loads=tma or tma-multicast, got "
+          << static_cast<int64_t>(stages);
+      return signalPassFailure();
+    }
     IRRewriter rewriter(&getContext());
     for (GroupedBlockAttentionOp op : ops) {
       if (!op.isMmaSyncCompatible()) {
@@ -871,6 +879,7 @@ struct MobaConvertGroupedAttentionToNVVMPass
                               ? MatrixInstruction::Wgmma
                               : MatrixInstruction::MmaSync;
       shape.bulkLoads = wantTma && shape.supportsBulkLoads();
+      shape.stages = shape.bulkLoads ? static_cast<int64_t>(stages) : 2;
       shape.multicastPairs =
           shape.bulkLoads && keyValueLoads == "tma-multicast";
       // The in-order wgmma loop keeps P in registers (it measured 4-9%

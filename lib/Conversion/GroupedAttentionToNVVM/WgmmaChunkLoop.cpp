@@ -155,9 +155,10 @@ struct SharedPlan {
 
 /// K and V by TMA (MmaTileShape::bulkLoads). Thread 0 starts each
 /// buffer's copies, a 64-column panel a copy, on the buffer's mbarrier
-/// (full[K0, K1, V0, V1], after the causal bounds; arrival count 1: its
-/// arrive.expect_tx, then the bytes), and the warps wait on the barrier's
-/// phase parity: the n-th fill of a buffer completes phase n.
+/// (full[K ring slots, then V's], after the causal bounds; arrival count 1:
+/// its arrive.expect_tx, then the bytes), and the warps wait on the
+/// barrier's phase parity: the n-th fill of a buffer completes phase n
+/// (StageRing).
 class BulkLoader {
 public:
   BulkLoader(const AttentionKernel &kernel, ImplicitLocOpBuilder &b,
@@ -178,9 +179,11 @@ public:
   /// A CTA barrier must publish the initialization to the other threads.
   void initialize(ImplicitLocOpBuilder &b) {
     KernelBuilder e{b, kernel.element()};
-    for (int64_t i = 0; i < MmaTileShape::kBulkBarriers; ++i)
-      NVVM::MBarrierInitOp::create(b, fullBarrier(b, i / 2, e.index(i % 2)),
-                                   e.i32(1), /*predicate=*/Value());
+    for (int64_t operand = 0; operand < 2; ++operand)
+      for (int64_t slot = 0; slot < kernel.shape.stages; ++slot)
+        NVVM::MBarrierInitOp::create(b,
+                                     fullBarrier(b, operand, e.index(slot)),
+                                     e.i32(1), /*predicate=*/Value());
     NVVM::FenceMbarrierInitOp::create(b);
     for (Value map : {keyMap, valueMap})
       NVVM::FenceProxyAcquireOp::create(b, NVVM::MemScopeKind::GPU, map,
@@ -207,7 +210,8 @@ public:
     NVVM::MBarrierArriveExpectTxOp::create(
         b, Type(), barrier, e.i32(bufferBytes), NVVM::MemScopeKind::CTA,
         /*relaxed=*/false, /*predicate=*/Value());
-    Value slot = operand == 0 ? buffer : e.add(buffer, e.index(2));
+    Value slot =
+        operand == 0 ? buffer : e.add(buffer, e.index(shape.stages));
     Value at = e.add(stageAddress, e.mul(slot, e.index(bufferBytes)));
     Value key =
         i32(e.add(t.keyFirst, e.mul(chunk, e.index(shape.keyChunk))));
@@ -256,14 +260,14 @@ public:
     copyAll(b);
   }
 
-  /// The `use`-th fill of `buffer` of K (`operand` 0) or V (1) has landed.
+  /// Fill number `fill` of `buffer` of K (`operand` 0) or V (1) has
+  /// landed.
   void wait(ImplicitLocOpBuilder &b, int64_t operand, Value buffer,
-            Value use) {
+            Value fill) {
     KernelBuilder e{b, kernel.element()};
-    Value parity = arith::IndexCastUIOp::create(b, b.getI32Type(),
-                                                e.rem(use, e.index(2)));
-    NVVM::MBarrierTryWaitParityOp::create(b, fullBarrier(b, operand, buffer),
-                                          parity, e.i32(kSuspendHintNs));
+    NVVM::MBarrierTryWaitParityOp::create(
+        b, fullBarrier(b, operand, buffer), StageRing::parityOfFill(e, fill),
+        e.i32(kSuspendHintNs));
   }
 
 private:
@@ -279,7 +283,7 @@ private:
   }
   Value fullBarrier(ImplicitLocOpBuilder &b, int64_t operand, Value buffer) {
     KernelBuilder e{b, kernel.element()};
-    Value which = e.add(e.index(2 * operand), buffer);
+    Value which = e.add(e.index(operand * kernel.shape.stages), buffer);
     return pointer(b, e.add(barriers, e.mul(which, e.index(8))),
                    /*space=*/3);
   }
@@ -355,7 +359,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   int64_t stagePanelBytes = shape.keyChunk * kPanelRowBytes;
   int64_t bufferBytes = panels * stagePanelBytes; // one of K or V
   bool singleValueBuffer = shape.singleValueBuffer(headDim, element());
-  int64_t stageSlots = 2 + shape.valueBuffers(headDim, element());
+  int64_t stageSlots = shape.stageSlots(headDim, element());
+  StageRing ring = shape.ring();
   int64_t bytesOfElement = MmaTileShape::bytesOf(element());
 
   // The plan starts at the first 1 KiB boundary after the causal bounds.
@@ -440,7 +445,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
                    Value keyBase) {
     KernelBuilder se{sb, e.element};
     Value source = operand == 0 ? k : v;
-    Value slot = operand == 0 ? buffer : se.add(buffer, se.index(2));
+    Value slot =
+        operand == 0 ? buffer : se.add(buffer, se.index(shape.stages));
     auto copies = [&](ImplicitLocOpBuilder &cb, bool clamped) {
       KernelBuilder ce{cb, e.element};
       copyRows(cb, shape.keyChunk, [&](Value key, Value column) {
@@ -478,7 +484,7 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
       e,
       descriptor(e, ops.stageAddress, /*leadingBytes=*/stagePanelBytes,
                  /*strideBytes=*/8 * kPanelRowBytes),
-      2 * bufferBytes);
+      shape.stages * bufferBytes);
   Value probabilityDesc = advance(
       e, descriptor(e, ops.probabilityAddress, 16, 8 * kPanelRowBytes),
       e.mul(warpgroup, e.index(keyPanels * queryPanelBytes)));
@@ -731,10 +737,22 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
           }
         });
       };
+      // K (and V in a ring) of chunk `chunk` into its slot, when the tile
+      // has that chunk.
+      auto issueChunk = [&](ImplicitLocOpBuilder &ib, Value chunk) {
+        KernelBuilder ie{ib, e.element};
+        ifThen(ib, ie.ult(chunk, t.chunks), [&](ImplicitLocOpBuilder &nb) {
+          KernelBuilder ne{nb, e.element};
+          Value slot = ring.slot(ne, chunk);
+          loader.issue(nb, 0, slot, chunk);
+          if (!singleValueBuffer)
+            loader.issue(nb, 1, slot, chunk);
+        });
+      };
       // Chunk c's copies, once every warp is done with chunk c - 1 (the
       // barrier at the loop's top): V_c into the one V buffer (V_0 was
-      // started with K_0); K (and V in two buffers) of c + 1 into the
-      // buffers c - 1 used.
+      // started with K_0); K (and V in a ring) of c + lookahead into the
+      // slot c - 1 used.
       auto issueNext = [&](ImplicitLocOpBuilder &ib, Value chunk) {
         KernelBuilder ie{ib, e.element};
         if (singleValueBuffer)
@@ -742,37 +760,41 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
                  [&](ImplicitLocOpBuilder &vb) {
                    loader.issue(vb, 1, ie.index(0), chunk);
                  });
-        Value next = ie.add(chunk, ie.index(1));
-        ifThen(ib, ie.ult(next, t.chunks), [&](ImplicitLocOpBuilder &nb) {
-          KernelBuilder ne{nb, e.element};
-          Value buffer = ne.rem(next, ne.index(2));
-          loader.issue(nb, 0, buffer, next);
-          if (!singleValueBuffer)
-            loader.issue(nb, 1, buffer, next);
-        });
+        issueChunk(ib, ie.add(chunk, ie.index(ring.lookahead())));
       };
       Value isIssuer = arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
                                              t.tid, e.index(0));
+      // Chunks 1 .. lookahead - 1 fill the ring's other slots ahead of the
+      // loop (chunk 0 is in flight since startBulkLoads); the barriers were
+      // initialized by this same thread, and a pair's by both CTAs before
+      // either copied.
+      if (ring.lookahead() > 1)
+        ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
+          KernelBuilder ie{ib, e.element};
+          for (int64_t chunk = 1; chunk < ring.lookahead(); ++chunk)
+            issueChunk(ib, ie.index(chunk));
+        });
       SmallVector<Value> finals = emitBulkChunkLoops(
           b, t,
           [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer,
               Value keyBase, ValueRange c,
               bool masked) -> SmallVector<Value> {
             KernelBuilder ie{ib, e.element};
-            Value twice = ie.div(chunk, ie.index(2));
+            Value fill = ring.fill(ie, chunk);
             Value valueBuffer = singleValueBuffer ? ie.index(0) : buffer;
-            Value valueUse = singleValueBuffer ? chunk : twice;
+            Value valueFill = singleValueBuffer ? chunk : fill;
             return inOrderChunk(
                 ib, buffer, valueBuffer, keyBase, c, masked,
                 [&](ImplicitLocOpBuilder &wb) {
-                  loader.wait(wb, 0, buffer, twice);
+                  loader.wait(wb, 0, buffer, fill);
                 },
                 [&](ImplicitLocOpBuilder &wb) {
                   KernelBuilder we{wb, e.element};
-                  loader.wait(wb, 1, valueBuffer, valueUse);
+                  loader.wait(wb, 1, valueBuffer, valueFill);
                   if (masked)
-                    clearPastLastKey(wb, we.add(valueBuffer, we.index(2)),
-                                     keyBase);
+                    clearPastLastKey(
+                        wb, we.add(valueBuffer, we.index(shape.stages)),
+                        keyBase);
                 },
                 // Thread 0 starts the copies while the tensor cores
                 // multiply S, not before: its warp would otherwise reach
@@ -833,6 +855,9 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   // P and V buffer 1 start as zeros, which the first chunk's P V (of no
   // keys) multiplies: wgmma in a branch would make ptxas serialize every
   // wgmma of the kernel. The chunk loop's first barrier publishes them.
+  // The loop is double-buffered: V of chunk c - 1 sits in the slot before
+  // chunk c's, which is slot 1 at the first chunk.
+  assert(ring.stages() == 2 && "the overlapped loop has two stages");
   {
     auto zeros = arith::ConstantOp::create(
         b, DenseElementsAttr::get(VectorType::get({8}, element()),
@@ -850,7 +875,10 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
           });
     };
     zeroFill(ops.probabilityAddress, shape.probabilityBytes(element()));
-    zeroFill(e.add(ops.stageAddress, e.index(3 * bufferBytes)), bufferBytes);
+    int64_t valueSlotBeforeFirst = shape.stages + ring.stages() - 1;
+    zeroFill(e.add(ops.stageAddress,
+                   e.index(valueSlotBeforeFirst * bufferBytes)),
+             bufferBytes);
   }
   SmallVector<Value> finals = emitChunkLoops(
       b, t, /*asyncProxyReads=*/true, ValueStaging::OneChunkLate, stage,
@@ -861,7 +889,7 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
         NVVM::WgmmaFenceAlignedOp::create(ib);
         Value scoresAcc = multiplyKeys(ib, buffer);
         Value previous =
-            multiplyValues(ib, outAcc, ie.sub(ie.index(1), buffer));
+            multiplyValues(ib, outAcc, ring.previousSlot(ie, buffer));
         NVVM::WgmmaGroupSyncAlignedOp::create(ib);
         NVVM::WgmmaWaitGroupSyncOp::create(ib, 1);
         SmallVector<SmallVector<Value>> scores = scoreTiles(ib, scoresAcc);
@@ -881,8 +909,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
   // The last chunk's P V (zeros times zeros when there was none).
   Value outAcc = packAccumulators(b, ValueRange(finals).drop_front(4));
   NVVM::WgmmaFenceAlignedOp::create(b);
-  Value last = multiplyValues(
-      b, outAcc, e.rem(e.add(t.chunks, e.index(1)), e.index(2)));
+  Value last =
+      multiplyValues(b, outAcc, ring.slotBefore(e, t.chunks));
   NVVM::WgmmaGroupSyncAlignedOp::create(b);
   NVVM::WgmmaWaitGroupSyncOp::create(b, 0);
   SmallVector<Value> out = unpackAccumulators(b, last, dTiles * 4);
