@@ -69,8 +69,8 @@ constexpr int64_t kRegisterStep = 8;
 /// head_dim + 8 elements against bank conflicts.
 /// wgmma: [causal bounds][mbarriers, bulkLoads only][slack up to 1 KiB
 /// alignment][Q][K buffers][V buffers][P], every operand in 64-column
-/// panels of 128-byte rows with the 128-byte swizzle (wgmmaOperandLayout in
-/// WgmmaChunkLoop.cpp).
+/// panels of 128-byte rows with the 128-byte swizzle
+/// (hopper::SwizzledPanelLayout, WgmmaOperands.h).
 struct MmaTileShape {
   int64_t warps;
   int64_t keyChunk;
@@ -85,7 +85,7 @@ struct MmaTileShape {
   /// bulkLoads shared by a cluster of two CTAs (key-value-loads=
   /// tma-multicast): the kernel is launched in clusters of two adjacent
   /// tiles, and where both tiles read the same keys (the same block row,
-  /// every query past the block: MulticastPairs in WgmmaChunkLoop.cpp) each
+  /// every query past the block: t.paired, set in emitCta) each
   /// CTA's thread 0 copies half of every chunk's panels into both CTAs'
   /// shared memory at once (TMA multicast), so the pair reads K and V from
   /// L2 once instead of twice; the chunk's CTA barrier becomes a cluster
@@ -145,7 +145,7 @@ struct MmaTileShape {
   int64_t bulkBarriers() const { return 2 * stages; }
   int64_t barrierBytes() const { return bulkLoads ? bulkBarriers() * 8 : 0; }
   /// Whether bulkLoads may be set: the wgmma form, whose in-order loop
-  /// (WgmmaChunkLoop.cpp) has the TMA pipeline.
+  /// (WgmmaTile::inOrderByTma in WgmmaChunkLoop.cpp) has the TMA pipeline.
   bool supportsBulkLoads() const { return isWgmma(); }
   /// Whether registerProbabilities may be set: the in-order wgmma loop.
   bool supportsRegisterProbabilities(int64_t headDim, Type element) const {
@@ -295,7 +295,7 @@ struct AttentionKernel {
   void emitTensorMaps(ImplicitLocOpBuilder &b);
   /// shape.bulkLoads: as soon as the CTA knows its block, thread 0
   /// initializes the mbarriers and starts the TMA copies of chunk 0's K and
-  /// V (WgmmaChunkLoop.cpp), so that they land while the CTA reads its
+  /// V (TmaLoader.cpp), so that they land while the CTA reads its
   /// entries and gathers its queries.
   void startBulkLoads(ImplicitLocOpBuilder &b, const CtaTile &t);
   /// The body of one CTA: tile `tile` of head `h`.
