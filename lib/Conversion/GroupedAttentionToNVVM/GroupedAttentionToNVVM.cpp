@@ -207,16 +207,7 @@ void AttentionKernel::emitTileList(ImplicitLocOpBuilder &b, Value tileList,
                   arith::CeilDivUIOp::create(ib, count, ie.index(ctaRows())),
                   ie.index(0));
               // Inclusive prefix sum of the tiles over the lanes.
-              Value sum = i32(ib, tiles);
-              for (int32_t offset : {1, 2, 4, 8, 16}) {
-                auto up = gpu::ShuffleOp::create(ib, sum, offset, 32,
-                                                 gpu::ShuffleMode::UP);
-                sum = arith::AddIOp::create(
-                    ib, sum,
-                    ie.select(up.getValid(), up.getShuffleResult(),
-                              arith::ConstantIntOp::create(
-                                  ib, ib.getI32Type(), 0)));
-              }
+              Value sum = ie.warpInclusiveSum(i32(ib, tiles));
               Value total = gpu::ShuffleOp::create(ib, sum, 31, 32,
                                                    gpu::ShuffleMode::IDX)
                                 .getShuffleResult();
