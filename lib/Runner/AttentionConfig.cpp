@@ -88,11 +88,11 @@ llvm::Error checkCount(const char *name, int64_t value, int64_t max) {
 
 llvm::Error AttentionConfig::validate() const {
   const std::pair<const char *, std::pair<int64_t, int64_t>> counts[] = {
-      {"head_dim", {headDim, kMaxVectorWidth}},
+      {"head_dim", {headDim, kMaxHeadDim}},
       {"num_heads", {numHeads, kMaxHeads}},
       {"num_kv_heads", {numKvHeads, kMaxHeads}},
       {"block_size", {blockSize, kMaxBlockSize}},
-      {"top_k", {topK, kMaxVectorWidth}},
+      {"top_k", {topK, kMaxSelectedBlocks}},
   };
   for (const auto &[name, valueAndMax] : counts)
     if (llvm::Error e = checkCount(name, valueAndMax.first, valueAndMax.second))
@@ -122,7 +122,7 @@ llvm::Error mlir::moba::checkTileSizes(std::optional<int64_t> tileQ,
   if (tileQ)
     if (llvm::Error e = checkCount("tile_q", *tileQ, kMaxTileQ))
       return e;
-  return checkCount("tile_k", tileK, kMaxVectorWidth);
+  return checkCount("tile_k", tileK, kMaxTileKeys);
 }
 
 std::string AttentionConfig::key() const {

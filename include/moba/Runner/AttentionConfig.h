@@ -8,6 +8,8 @@
 #ifndef MOBA_RUNNER_ATTENTIONCONFIG_H
 #define MOBA_RUNNER_ATTENTIONCONFIG_H
 
+#include "moba/Dialect/Moba/IR/MobaLimits.h"
+
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/Error.h"
 
@@ -33,8 +35,9 @@ int64_t elementTypeBytes(ElementType type);
 ///
 /// head_dim, top_k and tile_k become vector widths: a row of q, the running
 /// top-k and one tile's scores live in vector registers, and past this width
-/// the code grows without bound for no real model.
-constexpr int64_t kMaxVectorWidth = 1024;
+/// the code grows without bound for no real model. They are the dialect's
+/// own limits (MobaLimits.h: kMaxHeadDim, kMaxSelectedBlocks,
+/// kMaxTileKeys), which its verifiers and passes enforce on any IR.
 /// Token offsets (cu_seqlens) are int32: a batch holds at most this many
 /// tokens, and at most this many sequences.
 constexpr int64_t kMaxTokens = std::numeric_limits<int32_t>::max();
@@ -46,7 +49,7 @@ constexpr int64_t kMaxSequences = kMaxTokens;
 /// the sequence).
 constexpr int64_t kMaxBlockSize = kMaxTokens;
 constexpr int64_t kMaxTileQ = kMaxTokens;
-/// num_heads and num_kv_heads: with head_dim <= kMaxVectorWidth and at most
+/// num_heads and num_kv_heads: with head_dim <= kMaxHeadDim and at most
 /// kMaxTokens tokens, every byte offset into q, k, v, out and lse is below
 /// 2^31 * 2^20 * 2^10 * 4 = 2^63.
 constexpr int64_t kMaxHeads = int64_t(1) << 20;
