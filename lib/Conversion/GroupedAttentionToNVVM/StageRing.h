@@ -46,16 +46,9 @@ public:
   Value slot(nvvm_kernel::KernelBuilder &e, Value chunk) const {
     return e.rem(chunk, e.index(depth));
   }
-  /// The slot of chunk `chunk` for a chunk known when the kernel is built.
-  int64_t slot(int64_t chunk) const { return chunk % depth; }
   /// Which fill of its slot chunk `chunk` is (index).
   Value fill(nvvm_kernel::KernelBuilder &e, Value chunk) const {
     return e.div(chunk, e.index(depth));
-  }
-  /// The phase parity (i32, 0 or 1) that the slot's mbarrier completes
-  /// when chunk `chunk` lands.
-  Value parity(nvvm_kernel::KernelBuilder &e, Value chunk) const {
-    return parityOfFill(e, fill(e, chunk));
   }
   /// The phase parity (i32) of fill number `fill` of a slot.
   static Value parityOfFill(nvvm_kernel::KernelBuilder &e, Value fill) {
