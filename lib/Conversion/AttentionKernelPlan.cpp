@@ -16,7 +16,9 @@ using llvm::StringRef;
 
 namespace {
 
-/// One value of an enum: its name and what it means (an option's help).
+/// One value of an enum: its name and what it means (an option's help; the
+/// merge mode has no option of its own: moba-gpu-pipeline's
+/// mma-fused-merge is a bool).
 template <typename Enum> struct EnumName {
   Enum value;
   const char *name;
@@ -138,9 +140,6 @@ llvm::cl::ValuesClass mlir::moba::keyValueLoadsOptionValues() {
 }
 llvm::cl::ValuesClass mlir::moba::kernelScheduleOptionValues() {
   return valuesOf(kKernelSchedules);
-}
-llvm::cl::ValuesClass mlir::moba::mergeModeOptionValues() {
-  return valuesOf(kMergeModes);
 }
 
 std::string AttentionKernelPlan::print() const {

@@ -9,8 +9,9 @@
 // one struct and checks it with its one problems() function, so that a rule
 // is written once and every caller reports it the same way.
 //
-// Each enum has one table of names: the pass and pipeline options, the
-// printed plan, the tuning table and the C API's names all read it.
+// Each enum has one table of names (AttentionKernelPlan.cpp): the pass's
+// and the pipeline's options, the printed plan and the messages all read
+// it.
 //
 //===----------------------------------------------------------------------===//
 
@@ -70,8 +71,8 @@ enum class MergeMode {
   Fused,
 };
 
-/// The names of each enum's values, as the options, the printed plan, the
-/// tuning table and the C API's error messages spell them.
+/// The names of each enum's values, as the options, the printed plan and
+/// the messages spell them.
 llvm::StringRef nameOf(MatrixInstruction value);
 llvm::StringRef nameOf(KeyValueLoads value);
 llvm::StringRef nameOf(KernelSchedule value);
@@ -86,7 +87,6 @@ std::optional<MergeMode> parseMergeMode(llvm::StringRef name);
 llvm::cl::ValuesClass matrixInstructionOptionValues();
 llvm::cl::ValuesClass keyValueLoadsOptionValues();
 llvm::cl::ValuesClass kernelScheduleOptionValues();
-llvm::cl::ValuesClass mergeModeOptionValues();
 
 /// Whose names a message uses for the plan's fields: the pass's options
 /// (`key-chunk`), moba-gpu-pipeline's (`mma-key-chunk`) or the C API's and
@@ -125,16 +125,6 @@ struct AttentionKernelPlan {
   /// is the target GPU ("sm_80", "sm_90a", ...): wgmma needs sm_90a.
   llvm::SmallVector<std::string> problems(std::optional<llvm::StringRef> chip,
                                           PlanSpelling spelling) const;
-
-  bool operator==(const AttentionKernelPlan &other) const {
-    return instruction == other.instruction && loads == other.loads &&
-           schedule == other.schedule && merge == other.merge &&
-           warps == other.warps && keyChunk == other.keyChunk &&
-           stages == other.stages;
-  }
-  bool operator!=(const AttentionKernelPlan &other) const {
-    return !(*this == other);
-  }
 };
 
 } // namespace mlir::moba
