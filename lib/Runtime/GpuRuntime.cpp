@@ -9,6 +9,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moba/Runtime/GpuRuntime.h"
+#include "moba/Conversion/SwizzledPanelLayout.h"
 
 #include "llvm/Support/FormatVariadic.h"
 
@@ -231,8 +232,8 @@ void launchKernel(CUfunction function, intptr_t gridX, intptr_t gridY,
 /// The TMA descriptor of K or V (`name`), written to `map` (host memory,
 /// the 128 bytes of a CUtensorMap): it views the operand, [tokens, heads,
 /// headDim] with rows `tokenStride` and heads `headStride` elements apart,
-/// as boxes of `boxRows` tokens x 1 head x 64 columns (128 bytes: one panel
-/// of the kernel's shared memory) with the 128-byte swizzle. Keys past
+/// as boxes of `boxRows` tokens x 1 head x one panel of columns, swizzled:
+/// the kernel's shared-memory layout (hopper::SwizzledPanelLayout). Keys past
 /// `tokens` read as zeros. `element` is 0 for f16 and 1 for bf16. Pure host
 /// work: the host code passes the bytes to a kernel as arguments, which
 /// puts them in device memory in stream order (a copy from pageable host
@@ -248,7 +249,8 @@ void encodeTensorMap(int64_t map, int64_t address, int64_t tokens,
   if (api && tokens > 0 && !api->cuTensorMapEncodeTiled)
     state.error = "the CUDA driver has no cuTensorMapEncodeTiled (it is "
                   "older than CUDA 12.0): the kernels' TMA loads need it";
-  constexpr int64_t kElementBytes = 2, kPanelColumns = 64;
+  using Layout = mlir::moba::hopper::SwizzledPanelLayout;
+  constexpr int64_t kElementBytes = Layout::kElementBytes;
   // TMA's own rules (cuTensorMapEncodeTiled): a 16-byte aligned base and
   // strides in multiples of 16 bytes.
   if (state.error.empty() && tokens > 0 &&
@@ -262,17 +264,18 @@ void encodeTensorMap(int64_t map, int64_t address, int64_t tokens,
             .str();
   if (state.error.empty() && tokens > 0) {
     constexpr int kFloat16 = 6, kBFloat16 = 9; // CU_TENSOR_MAP_DATA_TYPE_*
-    constexpr int kInterleaveNone = 0, kSwizzle128 = 3, kPromote256 = 3;
+    constexpr int kInterleaveNone = 0, kPromote256 = 3;
     constexpr int kFillZeros = 0; // CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE
     uint64_t dims[3] = {uint64_t(headDim), uint64_t(heads), uint64_t(tokens)};
     uint64_t strides[2] = {uint64_t(headStride * kElementBytes),
                            uint64_t(tokenStride * kElementBytes)};
-    unsigned box[3] = {unsigned(kPanelColumns), 1, unsigned(boxRows)};
+    unsigned box[3] = {unsigned(Layout::kColumns), 1, unsigned(boxRows)};
     unsigned unit[3] = {1, 1, 1};
     ok(api->cuTensorMapEncodeTiled(
            &encoded, element == 1 ? kBFloat16 : kFloat16, 3,
            reinterpret_cast<void *>(address), dims, strides, box, unit,
-           kInterleaveNone, kSwizzle128, kPromote256, kFillZeros),
+           kInterleaveNone, Layout::kTensorMapSwizzle128, kPromote256,
+           kFillZeros),
        [&] {
          return llvm::formatv("cuTensorMapEncodeTiled({0}: {1} tokens x {2} "
                               "heads x {3}, box {4} rows)",

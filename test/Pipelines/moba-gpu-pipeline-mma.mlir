@@ -20,6 +20,10 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma-multicast features=+ptx80" | FileCheck %s --check-prefix=PAIRS
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-key-value-loads=ldg" 2>&1 | FileCheck %s --check-prefix=BADLOADS
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=TMASYNC
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma mma-stages=3" | FileCheck %s --check-prefix=TMABIN
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma-multicast mma-stages=4" | FileCheck %s --check-prefix=TMABIN
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma mma-stages=4 mma-warps=12" | FileCheck %s --check-prefix=TMABIN
+// RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-stages=3" 2>&1 | FileCheck %s --check-prefix=BADSTAGES
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-group-queries-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GROUPING
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-fused-merge=true" | FileCheck %s --check-prefix=FUSEDBIN
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true mma-fused-merge=true" --mlir-print-ir-after=moba-fuse-lse-merge -o /dev/null 2>&1 | FileCheck %s --check-prefix=FUSED
@@ -117,6 +121,12 @@
 // BADLOADS: for the --mma-key-value-loads option: Cannot find option named 'ldg'!
 // TMASYNC: error: moba-gpu-pipeline: mma-key-value-loads=tma needs mma-instruction=wgmma (TMA is sm_90's), got 'mma.sync'
 // BADINSTR: for the --mma-instruction option: Cannot find option named 'tcgen05'!
+// Deeper rings of the TMA loop (mma-stages), assembled by ptxas: the
+// eleven launches and the one that stores the tensor maps.
+// TMABIN-COUNT-12: gpu.launch_func
+// TMABIN-NOT: gpu.launch_func
+// TMABIN-COUNT-12: gpu.binary @moba_attention_kernel{{.*}}chip = "sm_90a"
+// BADSTAGES: error: moba-gpu-pipeline: mma-stages=3 needs mma-key-value-loads tma or tma-multicast (the cp.async loops are double-buffered), got 'cp.async'
 // BAD: error: moba-gpu-pipeline: mma needs densify
 // K and V loaded by TMA, where the host code calls the runtime's encoder (the signature
 // lib/Runtime/GpuRuntime.cpp implements: ten i64) for K and for V, one more

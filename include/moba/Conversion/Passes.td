@@ -157,7 +157,8 @@ def MobaConvertGroupedAttentionToNVVM
            "reading the same keys)",
            [{::mlir::moba::keyValueLoadsOptionValues()}]>,
     Option<"stages", "stages", "int64_t", /*default=*/"2",
-           "K/V buffers in the TMA loads' ring, 2 to 4 (cp.async: 2)">,
+           "Depth of the K/V ring in shared memory: 2, or with TMA loads "
+           "up to 4 (stages - 1 chunks in flight while one is multiplied)">,
     Option<"schedule", "schedule", "::mlir::moba::KernelSchedule",
            /*default=*/"::mlir::moba::KernelSchedule::Auto",
            "The wgmma chunk loop's order: auto (overlapped with cp.async "

@@ -152,8 +152,9 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
       llvm::cl::init(KeyValueLoads::CpAsync), keyValueLoadsOptionValues()};
   PassOptions::Option<int64_t> mmaStages{
       *this, "mma-stages",
-      llvm::cl::desc("With TMA loads: K/V buffers in the loads' ring, 2 to 4 "
-                     "(cp.async: 2)"),
+      llvm::cl::desc("With mma-key-value-loads=tma or tma-multicast: the "
+                     "depth of the K/V ring in shared memory, 2 to 4; 2 "
+                     "otherwise"),
       llvm::cl::init(2)};
   PassOptions::Option<KernelSchedule> mmaSchedule{
       *this, "mma-schedule",

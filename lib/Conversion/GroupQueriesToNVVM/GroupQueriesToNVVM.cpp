@@ -297,16 +297,8 @@ void GroupingKernels::emitScan(ImplicitLocOpBuilder &b) {
     Value warp = ke.div(tid, ke.index(32)), lane = ke.rem(tid, ke.index(32));
     Value length = ke.mul(rows, chunks);
     Value zero = ke.i32(0);
-    // Inclusive prefix sums of `x` over the warp's lanes.
     auto warpScan = [&](ImplicitLocOpBuilder &sb, Value x) {
-      KernelBuilder se{sb, sb.getI32Type()};
-      for (int64_t offset = 1; offset < 32; offset *= 2) {
-        auto up = gpu::ShuffleOp::create(sb, x, offset, 32,
-                                         gpu::ShuffleMode::UP);
-        x = se.add(x, se.select(up.getValid(), up.getShuffleResult(),
-                                se.i32(0)));
-      }
-      return x;
+      return KernelBuilder{sb, sb.getI32Type()}.warpInclusiveSum(x);
     };
     auto at = [&](ImplicitLocOpBuilder &ib, Value flat) {
       KernelBuilder ie{ib, ib.getI32Type()};

@@ -15,6 +15,7 @@
 
 #include "KernelBuilder/KernelBuilder.h"
 #include "moba/Conversion/AttentionKernelPlan.h"
+#include "StageRing.h"
 #include "moba/Dialect/Moba/IR/MobaOps.h"
 
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
@@ -43,8 +44,11 @@ constexpr int64_t kWgmmaRegisters = 168;
 constexpr int64_t kRegisterStep = 8;
 
 /// The work of one CTA: `warps` warps of 16 queries each, over K and V
-/// staged `keyChunk` keys at a time through shared-memory buffers: two for
-/// K, and two for V or (singleValueBuffer) one.
+/// staged `keyChunk` keys at a time through a ring of `stages` shared-memory
+/// buffers (StageRing): `stages` for K, and as many for V or
+/// (singleValueBuffer) one. Only the TMA loop runs deeper than two stages;
+/// the cp.async loops wait for every group at each chunk's top, which a
+/// deeper ring would not change.
 ///
 /// All of the CTA's shared memory is carved out of the one dynamic region:
 /// `gpu.dynamic_shared_memory` lowers to a `.shared` symbol at whose address
@@ -57,12 +61,14 @@ constexpr int64_t kRegisterStep = 8;
 /// head_dim + 8 elements against bank conflicts.
 /// wgmma: [causal bounds][mbarriers, bulkLoads only][slack up to 1 KiB
 /// alignment][Q][K buffers][V buffers][P], every operand in 64-column
-/// panels of 128-byte rows with the 128-byte swizzle (wgmmaOperandLayout in
-/// WgmmaChunkLoop.cpp).
+/// panels of 128-byte rows with the 128-byte swizzle
+/// (hopper::SwizzledPanelLayout, WgmmaOperands.h).
 struct MmaTileShape {
   int64_t warps;
   int64_t keyChunk;
   MatrixInstruction instruction = MatrixInstruction::MmaSync;
+  /// The depth of the K/V ring: 2, or with bulkLoads up to 4.
+  int64_t stages = 2;
   /// K and V by TMA on mbarriers (wgmma: supportsBulkLoads) instead of
   /// cp.async. The loop then runs in order (overlapsSoftmax is false),
   /// whatever the warpgroups: a CTA of several shares each K/V chunk among
@@ -71,7 +77,7 @@ struct MmaTileShape {
   /// bulkLoads shared by a cluster of two CTAs (key-value-loads=
   /// tma-multicast): the kernel is launched in clusters of two adjacent
   /// tiles, and where both tiles read the same keys (the same block row,
-  /// every query past the block: MulticastPairs in WgmmaChunkLoop.cpp) each
+  /// every query past the block: t.paired, set in emitCta) each
   /// CTA's thread 0 copies half of every chunk's panels into both CTAs'
   /// shared memory at once (TMA multicast), so the pair reads K and V from
   /// L2 once instead of twice; the chunk's CTA barrier becomes a cluster
@@ -83,9 +89,6 @@ struct MmaTileShape {
   bool registerProbabilities = false;
   /// The wgmma loop's order (overlapsSoftmax): Auto is the rule there.
   KernelSchedule schedule = KernelSchedule::Auto;
-  /// K/V buffers in the TMA loads' ring (bulkLoads); the cp.async loops
-  /// are double-buffered.
-  int64_t stages = 2;
 
   /// The shape `plan` gives an op of `headDim` and `element` (checked by
   /// plan.problems()): wgmma where the head_dim takes it (64 or 128, at
@@ -103,7 +106,9 @@ struct MmaTileShape {
     shape.multicastPairs =
         shape.bulkLoads && plan.loads == KeyValueLoads::TmaMulticast;
     shape.schedule = plan.schedule;
-    shape.stages = plan.stages;
+    // Only the TMA loop runs a deeper ring (an op that keeps mma.sync
+    // keeps cp.async and two stages).
+    shape.stages = shape.bulkLoads ? plan.stages : 2;
     // The in-order wgmma loop keeps P in registers (it measured 4-9%
     // faster at block 512 than P through shared memory, the same at 128:
     // docs/PERFORMANCE.md, seventh round).
@@ -113,6 +118,7 @@ struct MmaTileShape {
   }
 
   bool isWgmma() const { return instruction == MatrixInstruction::Wgmma; }
+  StageRing ring() const { return StageRing(stages); }
   /// The CTAs of a cluster: 2 with multicastPairs, else 1.
   int64_t clusterSize() const { return multicastPairs ? 2 : 1; }
   int64_t warpgroups() const { return warps / 4; }
@@ -126,35 +132,43 @@ struct MmaTileShape {
     return keyChunk * rowElements * bytesOf(element);
   }
   /// V's buffers: one where that lets one more CTA share an SM with the
-  /// registers the kernel needs (wgmma, one warpgroup, head_dim 128: three
-  /// CTAs of 73 KiB instead of two of 89). V of a chunk is then copied at
-  /// the chunk's top, once the last chunk's P V is done with the buffer,
-  /// while the chunk's S and softmax run (ValueStaging::AfterProducts).
-  /// Not in the overlapped loop, which takes two.
+  /// registers the kernel needs (wgmma, one warpgroup, head_dim 128, two
+  /// stages: three CTAs of 73 KiB instead of two of 89). V of a chunk is
+  /// then copied at the chunk's top, once the last chunk's P V is done with
+  /// the buffer, while the chunk's S and softmax run
+  /// (ValueStaging::AfterProducts). At two stages a CTA that would be alone
+  /// on its SM keeps a ring of V, since no other CTA's work would hide V's
+  /// copy; a deeper ring of V that leaves a CTA alone gives way to one
+  /// buffer if that lets a second CTA in (the ring of K stays deep). Not
+  /// in the overlapped loop, which keeps a ring.
   int64_t valueBuffers(int64_t headDim, Type element) const {
-    return singleValueBuffer(headDim, element) ? 1 : 2;
+    return singleValueBuffer(headDim, element) ? 1 : stages;
   }
   bool singleValueBuffer(int64_t headDim, Type element) const {
     if (!isWgmma() || warpgroups() != 1 ||
         schedule == KernelSchedule::Overlapped)
       return false;
-    int64_t doubled = ctasPerSM(sharedBytesWith(2, headDim, element));
+    int64_t ring = ctasPerSM(sharedBytesWith(stages, headDim, element));
     int64_t single = ctasPerSM(sharedBytesWith(1, headDim, element));
-    return doubled >= 2 && single > doubled &&
+    return (ring >= 2 || stages > 2) && single >= 2 && single > ring &&
            registerBudget(single) >= kWgmmaRegisters;
   }
+  /// The buffers of K and V: K's ring, then V's.
+  int64_t stageSlots(int64_t headDim, Type element) const {
+    return stages + valueBuffers(headDim, element);
+  }
   int64_t stageBytes(int64_t headDim, Type element) const {
-    return (2 + valueBuffers(headDim, element)) *
-           operandBytes(headDim, element);
+    return stageSlots(headDim, element) * operandBytes(headDim, element);
   }
   /// Each warp's first and last token (i32).
   int64_t reduceBytes() const { return 2 * warps * 4; }
-  /// bulkLoads: the mbarriers on which the TMA copies of K (two buffers)
-  /// and V (one or two) complete, 8 bytes each, after the causal bounds.
-  static constexpr int64_t kBulkBarriers = 4;
-  int64_t barrierBytes() const { return bulkLoads ? kBulkBarriers * 8 : 0; }
+  /// bulkLoads: the mbarriers on which the TMA copies of K and V complete,
+  /// one per slot of each ring (V's unused past the first with a single
+  /// buffer), 8 bytes each, after the causal bounds.
+  int64_t bulkBarriers() const { return 2 * stages; }
+  int64_t barrierBytes() const { return bulkLoads ? bulkBarriers() * 8 : 0; }
   /// Whether bulkLoads may be set: the wgmma form, whose in-order loop
-  /// (WgmmaChunkLoop.cpp) has the TMA pipeline.
+  /// (WgmmaTile::inOrderByTma in WgmmaChunkLoop.cpp) has the TMA pipeline.
   bool supportsBulkLoads() const { return isWgmma(); }
   /// Whether registerProbabilities may be set: the in-order wgmma loop.
   bool supportsRegisterProbabilities(int64_t headDim, Type element) const {
@@ -219,7 +233,7 @@ struct MmaTileShape {
 private:
   int64_t sharedBytesWith(int64_t valueBuffers, int64_t headDim,
                           Type element) const {
-    return (2 + valueBuffers) * operandBytes(headDim, element) +
+    return (stages + valueBuffers) * operandBytes(headDim, element) +
            reduceBytes() + barrierBytes() + queryBytes(headDim, element) +
            probabilityBytes(element) + alignmentSlack();
   }
@@ -309,7 +323,7 @@ struct AttentionKernel {
   void emitTensorMaps(ImplicitLocOpBuilder &b);
   /// shape.bulkLoads: as soon as the CTA knows its block, thread 0
   /// initializes the mbarriers and starts the TMA copies of chunk 0's K and
-  /// V (WgmmaChunkLoop.cpp), so that they land while the CTA reads its
+  /// V (TmaLoader.cpp), so that they land while the CTA reads its
   /// entries and gathers its queries.
   void startBulkLoads(ImplicitLocOpBuilder &b, const CtaTile &t);
   /// The body of one CTA: tile `tile` of head `h`.
@@ -345,7 +359,8 @@ struct AttentionKernel {
     /// V of chunk c lands with K of chunk c: the chunk's body multiplies
     /// both.
     WithKeys,
-    /// V of chunk c lands with K of chunk c + 1, in buffer c % 2: the body
+    /// V of chunk c lands with K of chunk c + 1, in chunk c's slot of the
+    /// (two-stage) ring: the body
     /// of chunk c multiplies Q K_c^T and P_(c-1) V_(c-1), and the caller
     /// multiplies the last chunk's P V after the loops (whose V has landed,
     /// and been published by a barrier after a proxy fence, when they
@@ -373,7 +388,7 @@ struct AttentionKernel {
                                     StageFn stage, ChunkFn body);
   /// The two chunk loops both pipelines share: chunks [0, unmasked) with
   /// `step` unmasked, then [unmasked, chunks) masked, carrying what
-  /// chunkLoopInits starts; chunk c's buffer is c % 2 and its first key
+  /// chunkLoopInits starts; chunk c's buffer is its ring slot and its first key
   /// keyFirst + c * keyChunk. Returns what they carry at the end.
   SmallVector<Value> emitSplitChunkLoops(ImplicitLocOpBuilder &b,
                                          const CtaTile &t, ChunkFn step);

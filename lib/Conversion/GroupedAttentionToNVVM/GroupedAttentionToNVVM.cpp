@@ -207,16 +207,7 @@ void AttentionKernel::emitTileList(ImplicitLocOpBuilder &b, Value tileList,
                   arith::CeilDivUIOp::create(ib, count, ie.index(ctaRows())),
                   ie.index(0));
               // Inclusive prefix sum of the tiles over the lanes.
-              Value sum = i32(ib, tiles);
-              for (int32_t offset : {1, 2, 4, 8, 16}) {
-                auto up = gpu::ShuffleOp::create(ib, sum, offset, 32,
-                                                 gpu::ShuffleMode::UP);
-                sum = arith::AddIOp::create(
-                    ib, sum,
-                    ie.select(up.getValid(), up.getShuffleResult(),
-                              arith::ConstantIntOp::create(
-                                  ib, ib.getI32Type(), 0)));
-              }
+              Value sum = ie.warpInclusiveSum(i32(ib, tiles));
               Value total = gpu::ShuffleOp::create(ib, sum, 31, 32,
                                                    gpu::ShuffleMode::IDX)
                                 .getShuffleResult();
@@ -593,10 +584,10 @@ SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
   KernelBuilder e{b, element()};
   auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
                                               gpu::AddressSpace::Workgroup);
-  // [buffer, K or V, key, dim]: two buffers, so that the copies of the next
-  // chunk run while this one is multiplied.
+  // [buffer, K or V, key, dim]: the ring's buffers, so that the copies of
+  // the next chunk run while this one is multiplied.
   auto stageType =
-      MemRefType::get({2, 2, shape.keyChunk, pitch()}, element(),
+      MemRefType::get({shape.stages, 2, shape.keyChunk, pitch()}, element(),
                       MemRefLayoutAttrInterface(), workgroup);
   Value stageBuffer = memref::ViewOp::create(b, stageType, t.sharedMemory,
                                              e.index(0), ValueRange{});
@@ -726,7 +717,7 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
           NVVM::CpAsyncCommitGroupOp::create(ib);
         }
         ifAny(ib, next, [&](ImplicitLocOpBuilder &sb) {
-          stageChunk(sb, ie.rem(next, ie.index(2)),
+          stageChunk(sb, shape.ring().slot(ie, next),
                      ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
         });
         if (late)
@@ -754,7 +745,7 @@ SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
         [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
           ImplicitLocOpBuilder ib(loc, fb);
           KernelBuilder ie{ib, e.element};
-          Value buffer = ie.rem(chunk, ie.index(2));
+          Value buffer = shape.ring().slot(ie, chunk);
           Value keyBase =
               ie.add(t.keyFirst, ie.mul(chunk, ie.index(shape.keyChunk)));
           scf::YieldOp::create(ib,
@@ -802,6 +793,8 @@ struct MobaConvertGroupedAttentionToNVVMPass
     plan.warps = warps;
     plan.keyChunk = keyChunk;
     plan.stages = stages;
+    static_assert(StageRing::kMinStages == 2 && StageRing::kMaxStages == 4,
+                  "AttentionKernelPlan::problems states the ring's depths");
     // The pass has no chip: the pipeline checks wgmma's.
     SmallVector<std::string> problems =
         plan.problems(std::nullopt, PlanSpelling::PassOption);

@@ -152,6 +152,17 @@ struct KernelBuilder {
                                    NVVM::SharedSpace::shared_cta));
   }
 
+  /// The inclusive prefix sums of `x` (i32) over the warp's lanes: lane i
+  /// gets x of lanes 0..i, by five shuffles up.
+  Value warpInclusiveSum(Value x) {
+    for (int64_t offset = 1; offset < 32; offset *= 2) {
+      auto up = gpu::ShuffleOp::create(b, x, offset, /*width=*/32,
+                                       gpu::ShuffleMode::UP);
+      x = add(x, select(up.getValid(), up.getShuffleResult(), i32(0)));
+    }
+    return x;
+  }
+
   /// `x` reduced over the four lanes of a quad (the lanes sharing a row).
   Value quadReduce(Value x, bool isMax) {
     for (int64_t offset : {1, 2}) {
