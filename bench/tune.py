@@ -3,7 +3,8 @@
 For each configuration (head layout, head_dim, block size, top-k, dtype) it
 compiles every candidate -- the matrix instruction (mma.sync; on sm_90a also
 wgmma), warps per CTA (16 queries each), keys staged in shared memory per
-step and, for wgmma, how K and V are loaded (cp.async or TMA) -- checks the candidate's output against
+step and, for wgmma, how K and V are loaded (cp.async or TMA) and, for TMA,
+the stages of the loads' ring (--stages) -- checks the candidate's output against
 the float64 reference (on a shorter sequence, sampled rows), times it on the
 full length with triton.testing.do_bench, and keeps the fastest. The winners
 are written as lib/Pipelines/MmaTuningTable.inc, the table the GPU runner
@@ -12,7 +13,8 @@ file into the repository and rebuild. docs/tuning.md has the steps.
 
 On the device, after `bash scripts/device-bundle.sh`:
     bash .device/tune.sh [--configs N:HQ:HKV:D:BLOCK:TOPK[:DTYPE],...]
-                         [--candidates INSTRUCTION:WARPS:KEY_CHUNK[:LOADS],...]
+                         [--candidates INSTRUCTION:WARPS:KEY_CHUNK[:LOADS[:STAGES]],...]
+                         [--stages 2,3,4]
 The table goes to $OUT/MmaTuningTable.inc (or the current folder).
 """
 import argparse
@@ -20,8 +22,8 @@ import math
 import os
 import time
 
-import torch
-import triton.testing
+# torch and triton are imported where they are used: the table's format
+# (table_row, table_text) is checked without them (test/Tuning).
 
 DEFAULT_CONFIGS = [  # N, Hq, Hkv, D, block, top_k, dtype
     (32768, 32, 32, 128, 512, 3, "bf16"),
@@ -39,33 +41,77 @@ WGMMA_KEY_CHUNKS = (64, 128)
 # overlaps the softmax with the products instead; tma-multicast shares each
 # chunk between the two CTAs of a cluster too.
 WGMMA_LOADS = ("cp.async", "tma", "tma-multicast")
+# The stages of the TMA loads' ring searched by default (--stages); the
+# cp.async loops are double-buffered, so their candidates take 2.
+STAGES = (2,)
 CHECK_TOKENS = 16384
+# The table names the instruction and the loads by their C++ enum values
+# (MatrixInstruction, KeyValueLoads in AttentionKernelPlan.h).
+ENUM_NAMES = {"mma.sync": "MmaSync", "wgmma": "Wgmma", "cp.async": "CpAsync",
+              "tma": "Tma", "tma-multicast": "TmaMulticast"}
 
 
-def candidates(chip):
-    """(instruction, warps, key_chunk, loads) to try on `chip`."""
-    found = [("mma.sync", w, c, "cp.async") for w in WARPS
+def candidates(chip, stages=STAGES):
+    """(instruction, warps, key_chunk, loads, stages) to try on `chip`."""
+    found = [("mma.sync", w, c, "cp.async", 2) for w in WARPS
              for c in KEY_CHUNKS]
     if chip == "sm_90a":
-        found += [("wgmma", w, c, loads) for w in WGMMA_WARPS
-                  for c in WGMMA_KEY_CHUNKS for loads in WGMMA_LOADS]
+        found += [("wgmma", w, c, loads, s) for w in WGMMA_WARPS
+                  for c in WGMMA_KEY_CHUNKS for loads in WGMMA_LOADS
+                  for s in (stages if loads != "cp.async" else (2,))]
     return found
 
 
 def default_candidate(chip):
     """What the runner takes without a table row (MmaTuning.cpp)."""
-    return (("wgmma", 4, 64, "cp.async") if chip == "sm_90a"
-            else ("mma.sync", 4, 64, "cp.async"))
+    return (("wgmma", 4, 64, "cp.async", 2) if chip == "sm_90a"
+            else ("mma.sync", 4, 64, "cp.async", 2))
 
 
 def parse_candidates(text):
-    """INSTRUCTION:WARPS:KEY_CHUNK[:LOADS],... (e.g. wgmma:4:64:tma)."""
+    """INSTRUCTION:WARPS:KEY_CHUNK[:LOADS[:STAGES]],... (e.g.
+    wgmma:4:64:tma:3)."""
     found = []
     for item in text.split(","):
         fields = item.split(":")
         loads = fields[3] if len(fields) > 3 else "cp.async"
-        found.append((fields[0], int(fields[1]), int(fields[2]), loads))
+        stages = int(fields[4]) if len(fields) > 4 else 2
+        found.append((fields[0], int(fields[1]), int(fields[2]), loads,
+                      stages))
     return found
+
+
+def parse_stages(text):
+    """2,3,4 -> (2, 3, 4)."""
+    return tuple(int(x) for x in text.split(","))
+
+
+def table_row(chip, config, candidate, best, default):
+    """One MOBA_MMA_TUNED(...) row of MmaTuningTable.inc: the winner of
+    `config` and, as a comment, its time and the default's."""
+    n, hq, hkv, d, block, top_k, dtype = config
+    instruction, warps, key_chunk, loads, stages = candidate
+    return (f'MOBA_MMA_TUNED("{chip}", "{dtype}", {d}, {hq // hkv}, '
+            f'{block}, {ENUM_NAMES[instruction]}, {warps}, {key_chunk}, '
+            f'{ENUM_NAMES[loads]}, {stages}) '
+            f"// N={n} {hq}/{hkv} top-{top_k}: {best:.3f} ms, "
+            f"default {default:.3f} ms")
+
+
+def table_text(rows, device, version):
+    """MmaTuningTable.inc: its header, then `rows`."""
+    header = (
+        "// Tuned tile shapes of the tensor-core attention kernel, written by\n"
+        "// bench/tune.py on the device (see docs/tuning.md): one row per\n"
+        "// configuration, MOBA_MMA_TUNED(chip, dtype, head_dim, query heads "
+        "per KV\n// head, block_size, instruction, warps, key_chunk, K/V "
+        "loads, stages), the\n// instruction and loads as the names of "
+        "MatrixInstruction and KeyValueLoads\n// (include/moba/Conversion/"
+        "AttentionKernelPlan.h). Configurations without a\n// row use wgmma "
+        "on sm_90a, else mma.sync, with 4 warps and 64 keys, K and V\n// by "
+        "cp.async, 2 stages.\n"
+        f"// Measured on {device} with moba {version}.\n")
+    return header + "".join(row + "\n" for row in rows)
 
 
 def parse(text):
@@ -79,6 +125,7 @@ def parse(text):
 
 def tensors(n, hq, hkv, d, dtype, seed):
     import gpu_check
+    import torch
     generator = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v, cu = gpu_check.random_case([n], hq, hkv, d, dtype, generator)
     return q, k, v, cu
@@ -86,16 +133,18 @@ def tensors(n, hq, hkv, d, dtype, seed):
 
 def compile_candidate(moba, config, candidate):
     n, hq, hkv, d, block, top_k, dtype = config
-    instruction, warps, key_chunk, loads = candidate
+    instruction, warps, key_chunk, loads, stages = candidate
     return moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
                         block_size=block, top_k=top_k, dtype=dtype,
                         mma_instruction=instruction, mma_warps=warps,
-                        mma_key_chunk=key_chunk, mma_key_value_loads=loads)
+                        mma_key_chunk=key_chunk, mma_key_value_loads=loads,
+                        mma_stages=stages)
 
 
 def check(moba, config, candidate):
     """The candidate's output on a shorter sequence against the reference."""
     import gpu_check
+    import torch
     n, hq, hkv, d, block, top_k, dtype = config
     n = min(n, max(CHECK_TOKENS, 2 * block))
     q, k, v, cu = tensors(n, hq, hkv, d, dtype, seed=1)
@@ -113,6 +162,8 @@ def check(moba, config, candidate):
 
 
 def time_candidate(moba, config, candidate, data):
+    import torch
+    import triton.testing
     q, k, v, cu = data
     kernel = compile_candidate(moba, config, candidate)
     kernel(q, k, v, cu)
@@ -126,10 +177,14 @@ def main():
     p.add_argument("--configs", type=parse, default=DEFAULT_CONFIGS)
     p.add_argument("--candidates", type=parse_candidates, default=None,
                    help="only these shapes, "
-                        "INSTRUCTION:WARPS:KEY_CHUNK[:LOADS],... "
+                        "INSTRUCTION:WARPS:KEY_CHUNK[:LOADS[:STAGES]],... "
                         "(default: the whole search space)")
+    p.add_argument("--stages", type=parse_stages, default=STAGES,
+                   help="the TMA candidates' ring stages to search, e.g. "
+                        "2,3,4 (default: 2)")
     a = p.parse_args()
     import moba
+    import torch
     major, minor = torch.cuda.get_device_capability()
     chip = "sm_90a" if (major, minor) == (9, 0) else "sm_80"
     out_dir = os.environ.get("OUT", ".")
@@ -140,8 +195,8 @@ def main():
         data = tensors(n, hq, hkv, d, dtype, seed=2)
         data = data[:3] + (data[3].cuda(),)
         timings = {}
-        for candidate in a.candidates or candidates(chip):
-            name = "{} {} x {} {}".format(*candidate)
+        for candidate in a.candidates or candidates(chip, a.stages):
+            name = "{} {} x {} {} stages={}".format(*candidate)
             # The compiler rejects shapes that do not fit (shared memory):
             # they are no candidates.
             try:
@@ -159,28 +214,14 @@ def main():
             print(f"  {config} {name}: {ms:.3f} ms ({message})", flush=True)
         if not timings:
             raise SystemExit(f"no candidate of {config} was right")
-        (instruction, warps, key_chunk, loads), best = min(
-            timings.items(), key=lambda t: t[1])
+        winner, best = min(timings.items(), key=lambda t: t[1])
         default = timings.get(default_candidate(chip), math.nan)
-        print(f"{config}: {instruction} {warps} x {key_chunk} {loads}: "
-              f"{best:.3f} ms (default: {default:.3f} ms)", flush=True)
-        rows.append(f'MOBA_MMA_TUNED("{chip}", "{dtype}", {d}, {hq // hkv}, '
-                    f'{block}, "{instruction}", {warps}, {key_chunk}, '
-                    f'"{loads}") '
-                    f"// N={n} {hq}/{hkv} top-{top_k}: {best:.3f} ms, "
-                    f"default {default:.3f} ms")
+        print("{}: {} {} x {} {} stages={}: ".format(config, *winner)
+              + f"{best:.3f} ms (default: {default:.3f} ms)", flush=True)
+        rows.append(table_row(chip, config, winner, best, default))
         del data
         torch.cuda.empty_cache()
-    header = (
-        "// Tuned tile shapes of the tensor-core attention kernel, written by\n"
-        "// bench/tune.py on the device (see docs/tuning.md): one row per\n"
-        "// configuration, MOBA_MMA_TUNED(chip, dtype, head_dim, query heads "
-        "per KV\n// head, block_size, instruction, warps, key_chunk, K/V "
-        "loads). Configurations\n// without a row use wgmma on sm_90a, else "
-        "mma.sync, with 4 warps and 64\n// keys, K and V by cp.async.\n"
-        f"// Measured on {torch.cuda.get_device_name()} with moba "
-        f"{moba.version()}.\n")
-    text = header + "".join(row + "\n" for row in rows)
+    text = table_text(rows, torch.cuda.get_device_name(), moba.version())
     with open(os.path.join(out_dir, "MmaTuningTable.inc"), "w") as f:
         f.write(text)
     print(text)

@@ -38,6 +38,12 @@
  *                                  normal float32: finite, >= FLT_MIN
  *   mma_warps, mma_key_chunk       0 (tuned), 1 .. 16, and a multiple of
  *                                  16 in 16 .. 256
+ *   mma_stages                     0 (tuned), 2 .. 4
+ *   and the kernel plan's rules between them (mma_instruction wgmma needs
+ *   sm_90a, mma_warps a multiple of 4 and mma_key_chunk of 64; TMA loads
+ *   need wgmma; mma_stages above 2 need TMA loads; MOBA_SCHEDULE_OVERLAPPED
+ *   needs wgmma with cp.async loads), checked once the tuning table has
+ *   filled in what is 0: include/moba/Conversion/AttentionKernelPlan.h.
  *   tokens (per call)              0 .. 2^31 - 1 (cu_seqlens are int32)
  *   num_sequences (per call)       1 .. 2^31 - 1
  */
@@ -51,7 +57,7 @@
 extern "C" {
 #endif
 
-#define MOBA_C_API_VERSION 6
+#define MOBA_C_API_VERSION 7
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -113,6 +119,18 @@ typedef enum MobaMerge {
   MOBA_MERGE_SEPARATE = 2,
 } MobaMerge;
 
+typedef enum MobaSchedule {
+  /* The kernel's own rule: the wgmma loop overlaps each chunk's softmax
+   * with the previous chunk's P V where one CTA fills an SM and K and V
+   * come by cp.async, else runs in order. */
+  MOBA_SCHEDULE_AUTO = 0,
+  /* Each chunk's products and softmax one after the other. */
+  MOBA_SCHEDULE_IN_ORDER = 1,
+  /* Each chunk's softmax under the previous chunk's P V; needs wgmma and
+   * cp.async loads. */
+  MOBA_SCHEDULE_OVERLAPPED = 2,
+} MobaSchedule;
+
 typedef struct MobaConfig {
   int64_t head_dim, num_heads, num_kv_heads, block_size, top_k;
   int32_t causal;     /* non-zero: causal */
@@ -138,6 +156,11 @@ typedef struct MobaConfig {
   MobaKeyValueLoads mma_key_value_loads;
   /* MOBA_GPU_ATTENTION_MMA: where the slots' partials are merged. */
   MobaMerge mma_merge;
+  /* MOBA_GPU_ATTENTION_MMA: K/V buffers in the TMA loads' ring, 2 .. 4; 0:
+   * the tuning table's with its shape and loads, else 2. */
+  int64_t mma_stages;
+  /* MOBA_GPU_ATTENTION_MMA: the wgmma chunk loop's order. */
+  MobaSchedule mma_schedule;
 } MobaConfig;
 
 typedef struct MobaKernel MobaKernel;
@@ -164,6 +187,16 @@ MobaKernel *mobaCompile(const MobaConfig *config, int32_t *from_cache,
  * again and the file replaced), or the file could not be written. NULL when
  * nothing did. The string belongs to the kernel. */
 const char *mobaKernelCacheWarning(const MobaKernel *kernel);
+
+/* The plan of a kernel's tensor-core attention (MOBA_GPU_ATTENTION_MMA), the
+ * tuning table's choices filled in, in its printed form, e.g.
+ * "wgmma,tma,auto,separate,warps=4,key-chunk=64,stages=2"; NULL for other
+ * kernels. The string belongs to the kernel. */
+const char *mobaKernelPlan(const MobaKernel *kernel);
+
+/* sizeof(MobaConfig) in this library: a binding that lays the struct out
+ * itself (Python's ctypes) checks its own size against it. */
+int64_t mobaConfigSize(void);
 
 /* The number of kernels compiled and not yet destroyed in this process: a
  * leak check. */

@@ -30,6 +30,8 @@ struct MobaKernel {
   MobaTarget target;
   std::unique_ptr<CpuAttentionKernel> cpu; ///< Set for MOBA_TARGET_CPU.
   std::unique_ptr<GpuAttentionKernel> gpu; ///< Set for the GPU targets.
+  /// The tensor-core kernel's plan, printed; empty without one.
+  std::string plan;
 };
 
 namespace {
@@ -114,24 +116,24 @@ llvm::Error readGpuOptions(const MobaConfig &c, CompileRequest &r) {
   options.chip = c.target == MOBA_TARGET_SM80 ? "sm_80" : "sm_90a";
   if (c.tile_k)
     options.tileK = c.tile_k;
-  if (c.mma_warps < 0)
-    return llvm::createStringError(
-        "mma_warps must be 0 (tuned) or positive, got %lld",
-        static_cast<long long>(c.mma_warps));
-  if (c.mma_key_chunk < 0)
-    return llvm::createStringError(
-        "mma_key_chunk must be 0 (tuned) or positive, got %lld",
-        static_cast<long long>(c.mma_key_chunk));
-  options.mmaWarps = c.mma_warps;
-  options.mmaKeyChunk = c.mma_key_chunk;
+  // 0 (or the enum's tuned value) leaves a field to the tuning table; the
+  // plan's rules are checked once it is filled in (GpuRunner), the
+  // messages naming these fields.
+  RequestedKernelPlan &plan = options.mmaPlan;
+  if (c.mma_warps)
+    plan.warps = c.mma_warps;
+  if (c.mma_key_chunk)
+    plan.keyChunk = c.mma_key_chunk;
+  if (c.mma_stages)
+    plan.stages = c.mma_stages;
   switch (c.mma_instruction) {
   case MOBA_MMA_INSTRUCTION_TUNED:
     break;
   case MOBA_MMA_INSTRUCTION_MMA_SYNC:
-    options.mmaInstruction = "mma.sync";
+    plan.instruction = MatrixInstruction::MmaSync;
     break;
   case MOBA_MMA_INSTRUCTION_WGMMA:
-    options.mmaInstruction = "wgmma";
+    plan.instruction = MatrixInstruction::Wgmma;
     break;
   default:
     return llvm::createStringError(
@@ -141,29 +143,43 @@ llvm::Error readGpuOptions(const MobaConfig &c, CompileRequest &r) {
   case MOBA_KEY_VALUE_LOADS_DEFAULT:
     break;
   case MOBA_KEY_VALUE_LOADS_CP_ASYNC:
-    options.mmaKeyValueLoads = "cp.async";
+    plan.loads = KeyValueLoads::CpAsync;
     break;
   case MOBA_KEY_VALUE_LOADS_TMA:
-    options.mmaKeyValueLoads = "tma";
+    plan.loads = KeyValueLoads::Tma;
     break;
   case MOBA_KEY_VALUE_LOADS_TMA_MULTICAST:
-    options.mmaKeyValueLoads = "tma-multicast";
+    plan.loads = KeyValueLoads::TmaMulticast;
     break;
   default:
     return llvm::createStringError("unknown mma_key_value_loads %d",
                                    static_cast<int>(c.mma_key_value_loads));
   }
   switch (c.mma_merge) {
-  case MOBA_MERGE_FUSED:
-    options.mmaFusedMerge = true;
-    break;
   case MOBA_MERGE_DEFAULT:
+    break;
+  case MOBA_MERGE_FUSED:
+    plan.merge = MergeMode::Fused;
+    break;
   case MOBA_MERGE_SEPARATE:
-    options.mmaFusedMerge = false;
+    plan.merge = MergeMode::Separate;
     break;
   default:
     return llvm::createStringError("unknown mma_merge %d",
                                    static_cast<int>(c.mma_merge));
+  }
+  switch (c.mma_schedule) {
+  case MOBA_SCHEDULE_AUTO:
+    break;
+  case MOBA_SCHEDULE_IN_ORDER:
+    plan.schedule = KernelSchedule::InOrder;
+    break;
+  case MOBA_SCHEDULE_OVERLAPPED:
+    plan.schedule = KernelSchedule::Overlapped;
+    break;
+  default:
+    return llvm::createStringError("unknown mma_schedule %d",
+                                   static_cast<int>(c.mma_schedule));
   }
   switch (c.gpu_attention) {
   case MOBA_GPU_ATTENTION_MMA:
@@ -274,6 +290,8 @@ compileRequest(const CompileRequest &r) {
     if (!gpu)
       return gpu.takeError();
     kernel->gpu = std::move(*gpu);
+    if (const auto &plan = kernel->gpu->mmaPlan())
+      kernel->plan = plan->print();
   }
   if (!r.dumpFailure->empty())
     return llvm::createStringError(*r.dumpFailure);
@@ -356,6 +374,14 @@ const char *mobaKernelCacheWarning(const MobaKernel *kernel) {
     return nullptr;
   return kernel->cpu->cacheWarning().c_str();
 }
+
+const char *mobaKernelPlan(const MobaKernel *kernel) {
+  if (!kernel || kernel->plan.empty())
+    return nullptr;
+  return kernel->plan.c_str();
+}
+
+int64_t mobaConfigSize(void) { return sizeof(MobaConfig); }
 
 int64_t mobaLiveKernels(void) { return liveKernels.load(); }
 

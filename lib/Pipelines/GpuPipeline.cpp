@@ -20,6 +20,7 @@
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Transforms/Passes.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/Regex.h"
 
 #include <cstdlib>
@@ -45,13 +46,58 @@ struct RejectOptionsPass
   std::string message;
 };
 
-/// Whether the attention's K and V come by TMA (alone or multicast).
-bool usesTma(const GpuPipelineOptions &options) {
-  return options.mmaKeyValueLoads == "tma" ||
-         options.mmaKeyValueLoads == "tma-multicast";
+} // namespace
+
+llvm::Expected<AttentionKernelPlan>
+mlir::moba::mmaKernelPlan(const GpuPipelineOptions &options) {
+  AttentionKernelPlan plan;
+  if (options.mmaPlan.empty()) {
+    plan.instruction = options.mmaInstruction.getValue();
+    plan.loads = options.mmaKeyValueLoads.getValue();
+    plan.schedule = options.mmaSchedule.getValue();
+    plan.merge = options.mmaFusedMerge ? MergeMode::Fused : MergeMode::Separate;
+    plan.warps = options.mmaWarps;
+    plan.keyChunk = options.mmaKeyChunk;
+    plan.stages = options.mmaStages;
+    return plan;
+  }
+  // mma-plan stands for the options it holds: one given beside it (not at
+  // its default) would be ignored, so it is an error.
+  GpuPipelineOptions defaults;
+  const char *both =
+      options.mmaInstruction.getValue() != defaults.mmaInstruction.getValue()
+          ? "mma-instruction"
+      : options.mmaKeyValueLoads.getValue() !=
+              defaults.mmaKeyValueLoads.getValue()
+          ? "mma-key-value-loads"
+      : options.mmaSchedule.getValue() != defaults.mmaSchedule.getValue()
+          ? "mma-schedule"
+      : options.mmaFusedMerge.getValue() != defaults.mmaFusedMerge.getValue()
+          ? "mma-fused-merge"
+      : options.mmaWarps.getValue() != defaults.mmaWarps.getValue()
+          ? "mma-warps"
+      : options.mmaKeyChunk.getValue() != defaults.mmaKeyChunk.getValue()
+          ? "mma-key-chunk"
+      : options.mmaStages.getValue() != defaults.mmaStages.getValue()
+          ? "mma-stages"
+          : nullptr;
+  if (both)
+    return llvm::createStringError(llvm::Twine("mma-plan holds ") + both +
+                                   ": give one or the other");
+  return AttentionKernelPlan::parse(options.mmaPlan);
 }
 
-} // namespace
+void mlir::moba::setMmaKernelPlan(GpuPipelineOptions &options,
+                                  const AttentionKernelPlan &plan) {
+  options.mmaPlan = "";
+  options.mmaInstruction = plan.instruction;
+  options.mmaKeyValueLoads = plan.loads;
+  options.mmaSchedule = plan.schedule;
+  options.mmaFusedMerge = plan.merge == MergeMode::Fused;
+  options.mmaWarps = plan.warps;
+  options.mmaKeyChunk = plan.keyChunk;
+  options.mmaStages = plan.stages;
+}
 
 std::string mlir::moba::checkGpuPipelineOptions(
     const GpuPipelineOptions &options) {
@@ -77,46 +123,14 @@ std::string mlir::moba::checkGpuPipelineOptions(
   if (options.mma && !options.densify)
     return "moba-gpu-pipeline: mma needs densify (the tensor-core kernel "
            "attends the densified groups)";
-  if (options.mmaWarps < 1 || options.mmaWarps > 16)
-    return "moba-gpu-pipeline: mma-warps must be in [1, 16], got " +
-           std::to_string(options.mmaWarps);
-  if (options.mmaKeyChunk < 16 || options.mmaKeyChunk > 256 ||
-      options.mmaKeyChunk % 16 != 0)
-    return "moba-gpu-pipeline: mma-key-chunk must be a multiple of 16 in "
-           "[16, 256], got " +
-           std::to_string(options.mmaKeyChunk);
-  if (options.mmaInstruction != "mma.sync" &&
-      options.mmaInstruction != "wgmma")
-    return "moba-gpu-pipeline: mma-instruction must be mma.sync or wgmma, "
-           "got '" +
-           options.mmaInstruction + "'";
-  if (options.mmaInstruction == "wgmma") {
-    // wgmma is sm_90a's alone: later chips have other matrix instructions.
-    if (options.chip != "sm_90a")
-      return "moba-gpu-pipeline: mma-instruction=wgmma needs chip sm_90a, "
-             "got '" +
-             options.chip + "'";
-    if (options.mmaWarps % 4 != 0 || options.mmaKeyChunk % 64 != 0)
-      return "moba-gpu-pipeline: mma-instruction=wgmma needs mma-warps a "
-             "multiple of 4 and mma-key-chunk a multiple of 64, got " +
-             std::to_string(options.mmaWarps) + " and " +
-             std::to_string(options.mmaKeyChunk);
-  }
-  bool tma = usesTma(options);
-  if (options.mmaKeyValueLoads != "cp.async" && !tma)
-    return "moba-gpu-pipeline: mma-key-value-loads must be cp.async, tma or "
-           "tma-multicast, got '" +
-           options.mmaKeyValueLoads + "'";
-  if (tma && options.mmaInstruction != "wgmma")
-    return "moba-gpu-pipeline: mma-key-value-loads=" +
-           options.mmaKeyValueLoads +
-           " needs mma-instruction=wgmma, got '" + options.mmaInstruction +
-           "'";
-  if (options.mmaStages < 2 || options.mmaStages > 4 ||
-      (options.mmaStages > 2 && !tma))
-    return "moba-gpu-pipeline: mma-stages must be 2, or up to 4 with "
-           "mma-key-value-loads=tma or tma-multicast, got " +
-           std::to_string(options.mmaStages);
+  llvm::Expected<AttentionKernelPlan> plan = mmaKernelPlan(options);
+  if (!plan)
+    return "moba-gpu-pipeline: " + llvm::toString(plan.takeError());
+  SmallVector<std::string> problems =
+      plan->problems(StringRef(options.chip), PlanSpelling::PipelineOption);
+  if (!problems.empty())
+    return "moba-gpu-pipeline: " + llvm::join(problems, "; ") + " (plan " +
+           plan->print() + ")";
   if (options.tileK < 1 || options.tileK > kMaxTileKeys)
     return "moba-gpu-pipeline: tile-k must be in [1, " +
            std::to_string(kMaxTileKeys) + "] (keys scored as one vector), got " +
@@ -161,6 +175,8 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
     pm.addPass(std::make_unique<RejectOptionsPass>(problem));
     return;
   }
+  // Checked above: the plan parses.
+  AttentionKernelPlan plan = cantFail(mmaKernelPlan(options));
   CpuPipelineOptions loops;
   loops.stage = CpuStage::Fused;
   loops.parallel = true;
@@ -169,7 +185,8 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   loops.keepMmaCompatibleAttention = options.densify && options.mma;
   loops.keepMmaCompatibleGate = options.mma && options.mmaGate;
   loops.keepWarpCompatibleGrouping = options.densify;
-  loops.fuseMerge = options.densify && options.mma && options.mmaFusedMerge;
+  loops.fuseMerge =
+      options.densify && options.mma && plan.merge == MergeMode::Fused;
   buildMobaToLoopsPipeline(pm, loops);
   buildBufferizationPipeline(pm);
   if (loops.keepWarpCompatibleGrouping)
@@ -178,9 +195,9 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
     pm.addPass(createMobaConvertGateTopKToNVVM());
   if (options.densify && options.mma)
     pm.addPass(createMobaConvertGroupedAttentionToNVVM(
-        MobaConvertGroupedAttentionToNVVMOptions{
-            options.mmaWarps, options.mmaKeyChunk, options.mmaInstruction,
-            options.mmaKeyValueLoads, options.mmaStages}));
+        MobaConvertGroupedAttentionToNVVMOptions{plan.warps, plan.keyChunk,
+                                                 plan.instruction, plan.loads,
+                                                 plan.stages, plan.schedule}));
   pm.addPass(createMobaMapForallToGpu(
       MobaMapForallToGpuOptions{options.threadsPerBlock}));
   pm.addPass(createCanonicalizerPass());
@@ -218,9 +235,8 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   pm.addPass(memref::createExpandStridedMetadataPass());
   GpuNVVMAttachTargetOptions target;
   target.chip = options.chip;
-  target.features = usesTma(options)
-                        ? withPtxAtLeast(options.features, 83)
-                        : std::string(options.features);
+  target.features = plan.usesTma() ? withPtxAtLeast(options.features, 83)
+                                   : std::string(options.features);
   target.optLevel = 3;
   pm.addPass(createGpuNVVMAttachTarget(target));
   pm.addPass(createLowerAffinePass());

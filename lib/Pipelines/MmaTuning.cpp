@@ -1,4 +1,4 @@
-//===- MmaTuning.cpp - Tuned tile shapes of the tensor-core kernel --------===//
+//===- MmaTuning.cpp - Tuned plans of the tensor-core kernel --------------===//
 //
 // Part of moba-mlir.
 //
@@ -14,48 +14,81 @@ struct TunedRow {
   const char *chip;
   const char *dtype;
   int64_t headDim, headsPerKvHead, blockSize;
-  const char *instruction;
+  MatrixInstruction instruction;
   int64_t warps, keyChunk;
-  const char *keyValueLoads;
+  KeyValueLoads loads;
+  int64_t stages;
 };
 
-// The rows bench/tune.py wrote, one MOBA_MMA_TUNED(...) each.
+// The rows bench/tune.py wrote, one MOBA_MMA_TUNED(...) each; instruction
+// and loads name the enums' values (Wgmma, Tma, ...).
 constexpr TunedRow kTable[] = {
-#define MOBA_MMA_TUNED(chip, dtype, headDim, group, block, instruction,       \
-                       warps, keyChunk, loads)                                 \
-  {chip, dtype, headDim, group, block, instruction, warps, keyChunk, loads},
+#define MOBA_MMA_TUNED(chip, dtype, headDim, group, block, instruction, warps, \
+                       keyChunk, loads, stages)                                \
+  {chip,  dtype,    headDim,                                                   \
+   group, block,    MatrixInstruction::instruction,                            \
+   warps, keyChunk, KeyValueLoads::loads,                                      \
+   stages},
 #include "MmaTuningTable.inc"
 #undef MOBA_MMA_TUNED
     // A sentinel, so that an empty table still compiles; it matches nothing.
-    {"", "", 0, 0, 0, "mma.sync", 4, 64, "cp.async"},
+    {"", "", 0, 0, 0, MatrixInstruction::MmaSync, 4, 64, KeyValueLoads::CpAsync,
+     2},
 };
 
 } // namespace
 
-MmaTileShapeChoice mlir::moba::tunedMmaTileShape(llvm::StringRef chip,
-                                                 llvm::StringRef dtype,
-                                                 int64_t headDim,
-                                                 int64_t headsPerKvHead,
-                                                 int64_t blockSize) {
-  const TunedRow *other = nullptr;
+TunedKernelPlan mlir::moba::tunedKernelPlan(llvm::StringRef chip,
+                                            llvm::StringRef dtype,
+                                            int64_t headDim,
+                                            int64_t headsPerKvHead,
+                                            int64_t blockSize) {
+  const TunedRow *match = nullptr;
   for (const TunedRow &row : kTable) {
     if (chip != row.chip || dtype != row.dtype || row.headDim != headDim ||
         row.blockSize != blockSize)
       continue;
-    if (row.headsPerKvHead == headsPerKvHead)
-      return {row.warps, row.keyChunk, row.instruction, row.keyValueLoads,
-              /*tuned=*/true};
-    if (!other)
-      other = &row;
+    if (row.headsPerKvHead == headsPerKvHead) {
+      match = &row;
+      break;
+    }
+    if (!match)
+      match = &row;
   }
-  if (other)
-    return {other->warps, other->keyChunk, other->instruction,
-            other->keyValueLoads, /*tuned=*/true};
+  TunedKernelPlan tuned;
+  if (match) {
+    tuned.plan.instruction = match->instruction;
+    tuned.plan.loads = match->loads;
+    tuned.plan.warps = match->warps;
+    tuned.plan.keyChunk = match->keyChunk;
+    tuned.plan.stages = match->stages;
+    tuned.tuned = true;
+    return tuned;
+  }
   // Untuned: wgmma where the chip has it (the pass keeps mma.sync for the
   // head_dims wgmma does not take), 4 warps (one warpgroup) and 64 keys,
   // K and V by cp.async (TMA pays only on long tiles: docs/tuning.md).
-  MmaTileShapeChoice fallback;
   if (chip == "sm_90a")
-    fallback.instruction = "wgmma";
-  return fallback;
+    tuned.plan.instruction = MatrixInstruction::Wgmma;
+  return tuned;
+}
+
+AttentionKernelPlan
+mlir::moba::fillKernelPlan(const RequestedKernelPlan &requested,
+                           const TunedKernelPlan &tuned) {
+  const AttentionKernelPlan &table = tuned.plan;
+  AttentionKernelPlan plan;
+  plan.warps = requested.warps.value_or(table.warps);
+  plan.keyChunk = requested.keyChunk.value_or(table.keyChunk);
+  bool tableShape = !requested.warps && !requested.keyChunk;
+  plan.instruction = requested.instruction.value_or(
+      tableShape ? table.instruction : MatrixInstruction::MmaSync);
+  bool tableInstruction = tableShape && plan.instruction == table.instruction;
+  plan.loads = requested.loads.value_or(
+      tableInstruction ? table.loads : KeyValueLoads::CpAsync);
+  plan.stages = requested.stages.value_or(
+      tableInstruction && plan.loads == table.loads ? table.stages : 2);
+  plan.schedule = requested.schedule.value_or(KernelSchedule::Auto);
+  plan.merge = requested.merge.value_or(MergeMode::Separate);
+  return plan;
 }

@@ -171,7 +171,8 @@ namespace {
 /// table's choices filled in) and checks them.
 llvm::Error fillPipelineOptions(const AttentionConfig &config,
                                 const GpuCompileOptions &options,
-                                GpuPipelineOptions &pipeline) {
+                                GpuPipelineOptions &pipeline,
+                                AttentionKernelPlan *filledPlan = nullptr) {
   if (llvm::Error e = config.validate())
     return e;
   if (llvm::Error e = checkTileSizes(std::nullopt, options.tileK))
@@ -183,26 +184,21 @@ llvm::Error fillPipelineOptions(const AttentionConfig &config,
   pipeline.toolkit = options.toolkit;
   pipeline.densify = options.densify;
   pipeline.mma = options.mma;
-  MmaTileShapeChoice tuned = tunedMmaTileShape(
-      options.chip, elementTypeName(config.dtype), config.headDim,
-      config.numHeads / config.numKvHeads, config.blockSize);
-  pipeline.mmaWarps = options.mmaWarps ? options.mmaWarps : tuned.warps;
-  pipeline.mmaKeyChunk =
-      options.mmaKeyChunk ? options.mmaKeyChunk : tuned.keyChunk;
-  // The table's instruction goes with the table's shape: a caller who
-  // names a shape and no instruction gets mma.sync, which takes any shape.
-  bool tunedShape = !options.mmaWarps && !options.mmaKeyChunk;
-  pipeline.mmaInstruction =
-      !options.mmaInstruction.empty() ? options.mmaInstruction
-      : tunedShape                    ? std::string(tuned.instruction)
-                                      : std::string("mma.sync");
-  // The table's loads go with the table's shape and instruction.
-  pipeline.mmaKeyValueLoads =
-      !options.mmaKeyValueLoads.empty() ? options.mmaKeyValueLoads
-      : tunedShape && pipeline.mmaInstruction == tuned.instruction
-          ? std::string(tuned.keyValueLoads)
-          : std::string("cp.async");
-  pipeline.mmaFusedMerge = options.mmaFusedMerge;
+  AttentionKernelPlan plan = fillKernelPlan(
+      options.mmaPlan,
+      tunedKernelPlan(options.chip, elementTypeName(config.dtype),
+                      config.headDim, config.numHeads / config.numKvHeads,
+                      config.blockSize));
+  // The plan's rules, named as the C API's fields; the pipeline's check
+  // below finds them all kept.
+  if (SmallVector<std::string> problems =
+          plan.problems(StringRef(options.chip), PlanSpelling::CField);
+      !problems.empty())
+    return llvm::createStringError(llvm::join(problems, "; ") + " (plan " +
+                                   plan.print() + ")");
+  setMmaKernelPlan(pipeline, plan);
+  if (filledPlan)
+    *filledPlan = plan;
   if (std::string problem = checkGpuPipelineOptions(pipeline);
       !problem.empty())
     return llvm::createStringError(problem);
@@ -230,12 +226,15 @@ llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
 GpuAttentionKernel::compile(const AttentionConfig &config,
                             const GpuCompileOptions &options) {
   GpuPipelineOptions pipeline;
-  if (llvm::Error e = fillPipelineOptions(config, options, pipeline))
+  AttentionKernelPlan plan;
+  if (llvm::Error e = fillPipelineOptions(config, options, pipeline, &plan))
     return std::move(e);
   initializeTargets();
 
   std::unique_ptr<GpuAttentionKernel> kernel(
       new GpuAttentionKernel(config, options.chip));
+  if (options.mma)
+    kernel->plan = plan;
   kernel->scratch.chunkedPooling = true;
   kernel->scratch.densified = options.densify;
   EntryCompiler compiler(gpuRegistry(), config, options.dumpIR);

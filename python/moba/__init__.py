@@ -266,6 +266,17 @@ class Kernel:
         """The targets compiled so far."""
         return tuple(self._handles)
 
+    @property
+    def plan(self):
+        """The plan of the tensor-core attention kernel of the GPU target
+        compiled so far, its tuning-table choices filled in, as text (e.g.
+        "wgmma,tma,auto,separate,warps=4,key-chunk=64,stages=2"); None when
+        there is none (CPU, gpu_attention="simt")."""
+        for target, handle in self._handles.items():
+            if target != "cpu":
+                return _capi.kernel_plan(handle)
+        return None
+
     def _handle_for(self, on_gpu, name):
         """The handle that runs where the arrays are, compiled on first use
         for target='auto'."""
@@ -574,7 +585,8 @@ def _compile_handle(config, target):
         c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
         os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"],
         c["mma_warps"], c["mma_key_chunk"], c["mma_instruction"],
-        c["mma_key_value_loads"], c["mma_merge"])
+        c["mma_key_value_loads"], c["mma_merge"], c["mma_stages"],
+        c["mma_schedule"])
     return handle, from_cache, _capi.cache_warning(handle)
 
 
@@ -626,7 +638,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             layout="varlen", causal=True, target="auto", *, scale=None,
             stage="fused", tile_q=None, tile_k=None, gpu_attention="mma",
             mma_warps=None, mma_key_chunk=None, mma_instruction=None,
-            mma_key_value_loads=None, mma_merge=None):
+            mma_key_value_loads=None, mma_merge=None, mma_stages=None,
+            mma_schedule=None):
     """Compiles one MoBA attention configuration and returns a Kernel.
 
     target: "cpu"; "sm_80" (Ampere and newer) or "sm_90a" (Hopper), which
@@ -660,6 +673,17 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     copies 16 bytes at a time); None: the tuning table's choice with its
     shape, else "cp.async". The TMA forms need K and V 16-byte aligned with
     strides of whole 16 bytes (a contiguous head_dim of 64 or 128 is).
+    mma_stages: with TMA loads, the K/V buffers of the loads' ring, 2 to 4
+    (the cp.async loops take 2); None: the tuning table's with its shape and
+    loads, else 2.
+    mma_schedule: with wgmma, the chunk loop's order: "in-order",
+    "overlapped" (each chunk's softmax under the previous chunk's P V;
+    cp.async loads only) or "auto" (None: overlapped where one CTA fills an
+    SM and K and V come by cp.async, else in order).
+    The rules between these (wgmma needs sm_90a and whole warpgroups, TMA
+    needs wgmma, ...) are the library's, checked once the tuning table has
+    filled in what is None; its messages name the argument and show the
+    whole plan. kernel.plan says the plan a GPU kernel was compiled with.
     mma_merge: where the slots' partials are merged: "separate" (None:
     kernels of their own after the attention) or "fused" (inside the
     attention kernel, by the CTA that finishes a row's last slot; slower on
@@ -677,6 +701,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     tile_k = _optional_positive_int("tile_k", tile_k)
     mma_warps = _optional_positive_int("mma_warps", mma_warps)
     mma_key_chunk = _optional_positive_int("mma_key_chunk", mma_key_chunk)
+    mma_stages = _optional_positive_int("mma_stages", mma_stages)
     causal = _bool("causal", causal)
     if scale is not None:
         scale = _capi.float32_scale(scale)  # what the kernel will use
@@ -700,13 +725,12 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
         raise ValueError(f"mma_key_value_loads must be 'cp.async', 'tma', "
                          f"'tma-multicast' or None, got "
                          f"{mma_key_value_loads!r}")
-    if (mma_key_value_loads in ("tma", "tma-multicast")
-            and mma_instruction == "mma.sync"):
-        raise ValueError(f"mma_key_value_loads={mma_key_value_loads!r} needs "
-                         f"mma_instruction 'wgmma' or None, got 'mma.sync'")
     if mma_merge not in (None, "fused", "separate"):
         raise ValueError(f"mma_merge must be 'fused', 'separate' or None, "
                          f"got {mma_merge!r}")
+    if mma_schedule not in (None, "auto", "in-order", "overlapped"):
+        raise ValueError(f"mma_schedule must be 'auto', 'in-order', "
+                         f"'overlapped' or None, got {mma_schedule!r}")
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
@@ -729,7 +753,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                   mma_key_chunk=mma_key_chunk,
                   mma_instruction=mma_instruction,
                   mma_key_value_loads=mma_key_value_loads,
-                  mma_merge=mma_merge)
+                  mma_merge=mma_merge, mma_stages=mma_stages,
+                  mma_schedule=mma_schedule)
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)
@@ -740,7 +765,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
             scale, dtype, first, stage, tile_q, tile_k, gpu_attention,
             mma_warps, mma_key_chunk, mma_instruction, mma_key_value_loads,
-            mma_merge)
+            mma_merge, mma_stages, mma_schedule)
         if problem is not None:
             raise ValueError(problem)
     return _kernel_for(key, config, first)

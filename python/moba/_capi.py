@@ -18,6 +18,7 @@ _GPU_ATTENTION = {"mma": 0, "simt": 1}
 _MMA_INSTRUCTIONS = {None: 0, "mma.sync": 1, "wgmma": 2}
 _KEY_VALUE_LOADS = {None: 0, "cp.async": 1, "tma": 2, "tma-multicast": 3}
 _MERGES = {None: 0, "fused": 1, "separate": 2}
+_SCHEDULES = {None: 0, "auto": 0, "in-order": 1, "overlapped": 2}
 
 
 class MobaConfig(ctypes.Structure):
@@ -42,6 +43,8 @@ class MobaConfig(ctypes.Structure):
         ("mma_instruction", ctypes.c_int),
         ("mma_key_value_loads", ctypes.c_int),
         ("mma_merge", ctypes.c_int),
+        ("mma_stages", ctypes.c_int64),
+        ("mma_schedule", ctypes.c_int),
     ]
 
 
@@ -82,6 +85,15 @@ def _load():
     lib.mobaGpuComputeCapability.argtypes = [char_pp]
     lib.mobaKernelCacheWarning.restype = ctypes.c_char_p
     lib.mobaKernelCacheWarning.argtypes = [ctypes.c_void_p]
+    lib.mobaKernelPlan.restype = ctypes.c_char_p
+    lib.mobaKernelPlan.argtypes = [ctypes.c_void_p]
+    lib.mobaConfigSize.restype = ctypes.c_int64
+    lib.mobaConfigSize.argtypes = []
+    if lib.mobaConfigSize() != ctypes.sizeof(MobaConfig):
+        raise ImportError(
+            f"moba: {path!r} lays out MobaConfig in {lib.mobaConfigSize()} "
+            f"bytes, this binding in {ctypes.sizeof(MobaConfig)}: the library "
+            "and the Python package are of different versions")
     lib.mobaLiveKernels.restype = ctypes.c_int64
     lib.mobaLiveKernels.argtypes = []
     lib.mobaDestroy.restype = None
@@ -153,9 +165,10 @@ def float32_scale(scale):
 def _config(head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
             scale, dtype, target, stage, tile_q, tile_k, cache_dir, dump_dir,
             gpu_attention, mma_warps, mma_key_chunk, mma_instruction,
-            mma_key_value_loads, mma_merge):
-    """A MobaConfig; None for tile_q, tile_k, mma_warps, mma_key_chunk and
-    scale is the C API's 0, "the default"."""
+            mma_key_value_loads, mma_merge, mma_stages=None,
+            mma_schedule=None):
+    """A MobaConfig; None for tile_q, tile_k, mma_warps, mma_key_chunk,
+    mma_stages and scale is the C API's 0, "the default"."""
     config = MobaConfig()
     _lib.mobaConfigInit(ctypes.byref(config))
     config.head_dim = int64("head_dim", head_dim)
@@ -169,7 +182,8 @@ def _config(head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
     config.stage = _STAGES[stage]
     for name, value in (("tile_q", tile_q), ("tile_k", tile_k),
                         ("mma_warps", mma_warps),
-                        ("mma_key_chunk", mma_key_chunk)):
+                        ("mma_key_chunk", mma_key_chunk),
+                        ("mma_stages", mma_stages)):
         setattr(config, name, 0 if value is None else int64(name, value))
     config.cache_dir = cache_dir.encode() if cache_dir else None
     config.dump_dir = dump_dir.encode() if dump_dir else None
@@ -177,6 +191,7 @@ def _config(head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
     config.mma_instruction = _MMA_INSTRUCTIONS[mma_instruction]
     config.mma_key_value_loads = _KEY_VALUE_LOADS[mma_key_value_loads]
     config.mma_merge = _MERGES[mma_merge]
+    config.mma_schedule = _SCHEDULES[mma_schedule]
     return config
 
 
@@ -184,13 +199,14 @@ def check_config(head_dim, num_heads, num_kv_heads, block_size, top_k,
                  causal, scale, dtype, target, stage, tile_q, tile_k,
                  gpu_attention="mma", mma_warps=None, mma_key_chunk=None,
                  mma_instruction=None, mma_key_value_loads=None,
-                 mma_merge=None):
+                 mma_merge=None, mma_stages=None, mma_schedule=None):
     """None when the library would compile these values, else its message
     naming the first bad one."""
     config = _config(head_dim, num_heads, num_kv_heads, block_size, top_k,
                      causal, scale, dtype, target, stage, tile_q, tile_k,
                      None, None, gpu_attention, mma_warps, mma_key_chunk,
-                     mma_instruction, mma_key_value_loads, mma_merge)
+                     mma_instruction, mma_key_value_loads, mma_merge,
+                     mma_stages, mma_schedule)
     error = ctypes.c_void_p()
     if _lib.mobaCheckConfig(ctypes.byref(config), ctypes.byref(error)):
         return _take_error(error.value)
@@ -201,13 +217,14 @@ def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
                    causal, scale, dtype, target, stage, tile_q, tile_k,
                    cache_dir, dump_dir, gpu_attention="mma", mma_warps=None,
                    mma_key_chunk=None, mma_instruction=None,
-                   mma_key_value_loads=None, mma_merge=None):
+                   mma_key_value_loads=None, mma_merge=None, mma_stages=None,
+                   mma_schedule=None):
     """Returns (handle, from_cache); raises CompileError."""
     config = _config(head_dim, num_heads, num_kv_heads, block_size, top_k,
                      causal, scale, dtype, target, stage, tile_q, tile_k,
                      cache_dir, dump_dir, gpu_attention, mma_warps,
                      mma_key_chunk, mma_instruction, mma_key_value_loads,
-                     mma_merge)
+                     mma_merge, mma_stages, mma_schedule)
     from_cache = ctypes.c_int32(0)
     error = ctypes.c_void_p()
     handle = _lib.mobaCompile(ctypes.byref(config), ctypes.byref(from_cache),
@@ -255,6 +272,13 @@ def cache_warning(handle):
     refused directory, a cached file that failed verification), or None."""
     text = _lib.mobaKernelCacheWarning(handle)
     return text.decode(errors="replace").strip() if text else None
+
+
+def kernel_plan(handle):
+    """The printed plan of `handle`'s tensor-core attention (the tuning
+    table's choices filled in), or None for other kernels."""
+    text = _lib.mobaKernelPlan(handle)
+    return text.decode() if text else None
 
 
 def live_kernels():

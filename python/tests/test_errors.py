@@ -230,9 +230,12 @@ def test_mma_tile_shape_must_be_positive():
 
 
 def test_mma_key_chunk_the_kernel_cannot_take():
-    # Through the C API: GPU kernels compile without a GPU.
-    with pytest.raises(moba.CompileError, match="mma-key-chunk must be a "
-                       "multiple of 16 in \\[16, 256\\], got 40"):
+    # Through the C API: GPU kernels compile without a GPU. The message
+    # names the C API's (and Python's) field and shows the whole plan.
+    with pytest.raises(moba.CompileError, match="mma_key_chunk must be a "
+                       "multiple of 16 in \\[16, 256\\], got 40 \\(plan "
+                       "mma.sync,cp.async,auto,separate,warps=2,key-chunk=40,"
+                       "stages=2\\)"):
         moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
                                   "sm_90a", "fused", None, None, None, None,
                                   "mma", mma_warps=2, mma_key_chunk=40)
@@ -257,46 +260,120 @@ def test_mma_merge_must_be_known():
         kernel(mma_merge="atomic")
 
 
+def gpu_problem(target="sm_90a", **plan):
+    """The library's message for a bf16, head_dim 64 configuration on
+    `target` with the plan fields `plan`, or None."""
+    return moba._capi.check_config(64, 4, 2, 64, 2, True, None, "bf16",
+                                   target, "fused", None, None, "mma",
+                                   **plan)
+
+
 def test_tma_needs_wgmma():
-    with pytest.raises(ValueError, match="mma_key_value_loads='tma' needs "
-                       "mma_instruction 'wgmma' or None, got 'mma.sync'"):
-        kernel(mma_instruction="mma.sync", mma_key_value_loads="tma")
-    # Through the C API, the pipeline's own check.
-    with pytest.raises(moba.CompileError, match="mma-key-value-loads=tma "
-                       "needs mma-instruction=wgmma, got 'mma.sync'"):
+    # One check, the library's: Python passes the names on.
+    for loads in ("tma", "tma-multicast"):
+        assert gpu_problem(mma_instruction="mma.sync",
+                           mma_key_value_loads=loads) == (
+            f"mma_key_value_loads={loads} needs mma_instruction=wgmma (TMA "
+            f"is sm_90's), got 'mma.sync' (plan mma.sync,{loads},auto,"
+            "separate,warps=4,key-chunk=64,stages=2)")
+    with pytest.raises(moba.CompileError, match="mma_key_value_loads=tma "
+                       "needs mma_instruction=wgmma"):
         moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
                                   "sm_90a", "fused", None, None, None, None,
                                   "mma", mma_instruction="mma.sync",
                                   mma_key_value_loads="tma")
-    with pytest.raises(ValueError, match="mma_key_value_loads="
-                       "'tma-multicast' needs mma_instruction 'wgmma'"):
-        kernel(mma_instruction="mma.sync",
-               mma_key_value_loads="tma-multicast")
-    with pytest.raises(moba.CompileError, match="mma-key-value-loads="
-                       "tma-multicast needs mma-instruction=wgmma, got "
-                       "'mma.sync'"):
-        moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
-                                  "sm_90a", "fused", None, None, None, None,
-                                  "mma", mma_instruction="mma.sync",
-                                  mma_key_value_loads="tma-multicast")
 
 
 def test_wgmma_needs_whole_warpgroups():
-    with pytest.raises(moba.CompileError, match="mma-instruction=wgmma needs "
-                       "mma-warps a multiple of 4 and mma-key-chunk a "
-                       "multiple of 64, got 2 and 64"):
-        moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
-                                  "sm_90a", "fused", None, None, None, None,
-                                  "mma", mma_warps=2, mma_key_chunk=64,
-                                  mma_instruction="wgmma")
+    assert gpu_problem(mma_warps=2, mma_key_chunk=32,
+                       mma_instruction="wgmma") == (
+        "mma_instruction=wgmma needs mma_warps a multiple of 4 (whole "
+        "warpgroups), got 2; mma_instruction=wgmma needs mma_key_chunk a "
+        "multiple of 64 (whole 64-column panels), got 32 (plan wgmma,"
+        "cp.async,auto,separate,warps=2,key-chunk=32,stages=2)")
 
 
 def test_wgmma_needs_sm90a():
-    with pytest.raises(moba.CompileError, match="mma-instruction=wgmma needs "
+    with pytest.raises(moba.CompileError, match="mma_instruction=wgmma needs "
                        "chip sm_90a, got 'sm_80'"):
         moba._capi.compile_kernel(64, 4, 2, 64, 2, True, None, "bf16",
                                   "sm_80", "fused", None, None, None, None,
                                   "mma", mma_instruction="wgmma")
+
+
+def test_mma_stages_rules():
+    assert gpu_problem(mma_stages=3) == (
+        "mma_stages=3 needs mma_key_value_loads tma or tma-multicast (the "
+        "cp.async loops are double-buffered), got 'cp.async' (plan wgmma,"
+        "cp.async,auto,separate,warps=4,key-chunk=64,stages=3)")
+    assert gpu_problem(mma_stages=5, mma_instruction="wgmma",
+                       mma_key_value_loads="tma").startswith(
+        "mma_stages must be in [2, 4], got 5 (plan")
+    assert gpu_problem(mma_stages=4, mma_instruction="wgmma",
+                       mma_key_value_loads="tma-multicast") is None
+    # 0 is the C API's "tuned", which None says in Python.
+    with pytest.raises(ValueError, match="mma_stages must be at least 1, "
+                       "got 0"):
+        kernel(mma_stages=0)
+    with pytest.raises(TypeError, match="mma_stages"):
+        kernel(mma_stages="3")
+
+
+def test_mma_schedule_rules():
+    with pytest.raises(ValueError, match="mma_schedule must be 'auto', "
+                       "'in-order', 'overlapped' or None, got 'ping-pong'"):
+        kernel(mma_schedule="ping-pong")
+    assert gpu_problem(mma_schedule="overlapped",
+                       mma_instruction="mma.sync").startswith(
+        "mma_schedule=overlapped needs mma_instruction=wgmma, got "
+        "'mma.sync' (plan mma.sync,cp.async,overlapped,")
+    assert gpu_problem(mma_schedule="overlapped",
+                       mma_key_value_loads="tma").startswith(
+        "mma_schedule=overlapped needs mma_key_value_loads=cp.async (the "
+        "TMA loop runs in order), got 'tma' (plan wgmma,tma,overlapped,")
+    for schedule in ("auto", "in-order", "overlapped"):
+        assert gpu_problem(mma_schedule=schedule) is None
+
+
+def test_the_compiled_plan_reads_back():
+    # Every field away from its default, given; the kernel's plan prints
+    # them back in the canonical text.
+    handle, _ = moba._capi.compile_kernel(
+        128, 4, 4, 512, 2, True, None, "bf16", "sm_90a", "fused", None, None,
+        None, None, "mma", mma_warps=8, mma_key_chunk=128,
+        mma_instruction="wgmma", mma_key_value_loads="tma-multicast",
+        mma_merge="fused", mma_stages=3, mma_schedule="in-order")
+    try:
+        assert moba._capi.kernel_plan(handle) == (
+            "wgmma,tma-multicast,in-order,fused,warps=8,key-chunk=128,"
+            "stages=3")
+    finally:
+        moba._capi.destroy(handle)
+    # Nothing given: the tuning table's row (bf16, head_dim 128, block
+    # 512) with its stages.
+    handle, _ = moba._capi.compile_kernel(
+        128, 4, 4, 512, 2, True, None, "bf16", "sm_90a", "fused", None, None,
+        None, None, "mma")
+    try:
+        assert moba._capi.kernel_plan(handle) == (
+            "wgmma,tma,auto,separate,warps=4,key-chunk=64,stages=2")
+    finally:
+        moba._capi.destroy(handle)
+    handle, _ = moba._capi.compile_kernel(16, 2, 1, 16, 2, True, None, "f32",
+                                          "sm_80", "fused", None, None, None,
+                                          None, "simt")
+    try:
+        assert moba._capi.kernel_plan(handle) is None
+    finally:
+        moba._capi.destroy(handle)
+
+
+def test_kernel_config_reports_the_plan_arguments():
+    k = kernel(target="cpu", mma_stages=3, mma_schedule="in-order",
+               mma_instruction="wgmma", mma_key_value_loads="tma")
+    assert k.config["mma_stages"] == 3
+    assert k.config["mma_schedule"] == "in-order"
+    assert k.plan is None  # a CPU kernel has none
 
 
 def test_mma_tile_shape_compiles():

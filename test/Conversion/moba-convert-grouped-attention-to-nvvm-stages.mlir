@@ -72,9 +72,9 @@
 // PAIRS: scf.for
 // PAIRS: arith.divui %{{.+}}, %c3{{.*}} : index
 
-// CPASYNC: stages must be 2, or up to 4 with key-value-loads=tma or tma-multicast, got 3
-// DEEP: stages must be 2, or up to 4 with key-value-loads=tma or tma-multicast, got 5
-// SHALLOW: stages must be 2, or up to 4 with key-value-loads=tma or tma-multicast, got 1
+// CPASYNC: stages=3 needs key-value-loads tma or tma-multicast (the cp.async loops are double-buffered), got 'cp.async'
+// DEEP: stages must be in [2, 4], got 5
+// SHALLOW: stages must be in [2, 4], got 1
 func.func @ring(%q: memref<?x8x128xbf16>, %k: memref<?x2x128xbf16>,
                 %v: memref<?x2x128xbf16>, %cu: memref<?xi32>,
                 %sel: memref<?x8x3xi32>, %s: memref<8x?xi32>, %e: memref<8x?xi32>,

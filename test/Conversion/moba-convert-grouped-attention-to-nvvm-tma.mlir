@@ -3,6 +3,7 @@
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma" | FileCheck %s
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma warps=12" | FileCheck %s --check-prefix=THREE
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma-multicast" | FileCheck %s --check-prefix=PAIRS
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="stages=3 key-value-loads=tma instruction=wgmma" | FileCheck %s --check-prefix=STAGES
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tmx" 2>&1 | FileCheck %s --check-prefix=BADLOADS
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=NOWGMMA
 
@@ -99,7 +100,10 @@
 // PAIRS-LABEL: func.func @no_wgmma
 // PAIRS-NOT: nvvm.cluster_dim
 // PAIRS-NOT: multicast_mask
-// BADLOADS: key-value-loads must be cp.async, tma or tma-multicast, got 'tmx'
+// A ring of three stages is a plan the pass takes (what it emits for it is
+// checked with the TMA pipeline's emitter).
+// STAGES: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// BADLOADS: for the --key-value-loads option: Cannot find option named 'tmx'!
 // NOWGMMA: key-value-loads=tma needs instruction=wgmma (TMA is sm_90's)
 
 // The host code: the runtime encodes K's and V's tensor maps into host

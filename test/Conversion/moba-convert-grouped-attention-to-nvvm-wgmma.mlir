@@ -1,13 +1,27 @@
 // The wgmma form of the grouped attention kernel (sm_90a).
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma warps=8 key-chunk=128" | FileCheck %s
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma" | FileCheck %s --check-prefix=ONE
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma warps=8 key-chunk=128 schedule=in-order" | FileCheck %s --check-prefix=INORDER --implicit-check-not="nvvm.wgmma.wait.group.sync.aligned 1"
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma schedule=overlapped" | FileCheck %s --check-prefix=OVERLAP
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma warps=2" 2>&1 | FileCheck %s --check-prefix=BADWARPS
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-chunk=96" 2>&1 | FileCheck %s --check-prefix=BADCHUNK
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-to-nvvm="instruction=hgmma" 2>&1 | FileCheck %s --check-prefix=BADINSTR
 
-// BADWARPS: wgmma needs warps a multiple of 4 (warpgroups) and key-chunk a multiple of 64, got 2 warps and key-chunk 64
-// BADCHUNK: wgmma needs warps a multiple of 4 (warpgroups) and key-chunk a multiple of 64, got 4 warps and key-chunk 96
-// BADINSTR: instruction must be mma.sync or wgmma, got 'hgmma'
+// The schedule decides what the shape would (Auto: overlapped for two
+// warpgroups, in order for one). In order: each chunk's products waited for
+// at once (no wait.group 1), P in registers (no P in shared memory: 83008
+// bytes instead of 115776). Overlapped for one warpgroup: the S of the
+// next chunk in flight under the softmax (wait.group 1), P in shared memory
+// and two V buffers (91168 bytes instead of 66592), two CTAs per SM.
+// INORDER: gpu.launch {{.+}} threads({{.+}}) in (%{{.+}} = %c256{{.*}}, {{.+}}) dynamic_shared_memory_size %c83008_i32 {
+// INORDER: nvvm.wgmma.wait.group.sync.aligned 0
+// OVERLAP: gpu.launch {{.+}} dynamic_shared_memory_size %c91168_i32 {
+// OVERLAP: nvvm.wgmma.wait.group.sync.aligned 1
+// OVERLAP: nvvm.minctasm = 2
+
+// BADWARPS: instruction=wgmma needs warps a multiple of 4 (whole warpgroups), got 2
+// BADCHUNK: instruction=wgmma needs key-chunk a multiple of 64 (whole 64-column panels), got 96
+// BADINSTR: for the --instruction option: Cannot find option named 'hgmma'!
 
 // Two warpgroups of 64 entries, 128 keys per stage. Shared memory: the
 // causal bounds (16 x i32) first, then, from the next 1 KiB boundary

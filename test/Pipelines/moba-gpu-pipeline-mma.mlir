@@ -117,16 +117,16 @@
 // WGMMA-NOT: mma.sync.aligned.m16n8k16
 
 // BADCHIP: error: moba-gpu-pipeline: mma-instruction=wgmma needs chip sm_90a, got 'sm_80'
-// BADWG: error: moba-gpu-pipeline: mma-instruction=wgmma needs mma-warps a multiple of 4 and mma-key-chunk a multiple of 64, got 6 and 64
-// BADLOADS: error: moba-gpu-pipeline: mma-key-value-loads must be cp.async, tma or tma-multicast, got 'ldg'
-// TMASYNC: error: moba-gpu-pipeline: mma-key-value-loads=tma needs mma-instruction=wgmma, got 'mma.sync'
+// BADWG: error: moba-gpu-pipeline: mma-instruction=wgmma needs mma-warps a multiple of 4 (whole warpgroups), got 6 (plan wgmma,cp.async,auto,separate,warps=6,key-chunk=64,stages=2)
+// BADLOADS: for the --mma-key-value-loads option: Cannot find option named 'ldg'!
+// TMASYNC: error: moba-gpu-pipeline: mma-key-value-loads=tma needs mma-instruction=wgmma (TMA is sm_90's), got 'mma.sync'
+// BADINSTR: for the --mma-instruction option: Cannot find option named 'tcgen05'!
 // Deeper rings of the TMA loop (mma-stages), assembled by ptxas: the
 // eleven launches and the one that stores the tensor maps.
 // TMABIN-COUNT-12: gpu.launch_func
 // TMABIN-NOT: gpu.launch_func
 // TMABIN-COUNT-12: gpu.binary @moba_attention_kernel{{.*}}chip = "sm_90a"
-// BADSTAGES: error: moba-gpu-pipeline: mma-stages must be 2, or up to 4 with mma-key-value-loads=tma or tma-multicast, got 3
-// BADINSTR: error: moba-gpu-pipeline: mma-instruction must be mma.sync or wgmma, got 'tcgen05'
+// BADSTAGES: error: moba-gpu-pipeline: mma-stages=3 needs mma-key-value-loads tma or tma-multicast (the cp.async loops are double-buffered), got 'cp.async'
 // BAD: error: moba-gpu-pipeline: mma needs densify
 // K and V loaded by TMA, where the host code calls the runtime's encoder (the signature
 // lib/Runtime/GpuRuntime.cpp implements: ten i64) for K and for V, one more

@@ -75,7 +75,8 @@ BASES = [
          dtype="f32", stage="tiled", tile_q=3, tile_k=2),
 ]
 INT_PARAMS = ["head_dim", "num_heads", "num_kv_heads", "block_size", "top_k"]
-OPTIONAL_INT_PARAMS = ["tile_q", "tile_k", "mma_warps", "mma_key_chunk"]
+OPTIONAL_INT_PARAMS = ["tile_q", "tile_k", "mma_warps", "mma_key_chunk",
+                       "mma_stages"]
 CHOICE_PARAMS = {
     "dtype": ["'f32'", "'F32'", "'float64'", "'int8'", "''", "np.float32",
               "np.dtype('float16')", "'torch.bfloat16'"],
@@ -86,6 +87,7 @@ CHOICE_PARAMS = {
     "mma_instruction": ["'wgmma'", "'mma.sync'", "'tcgen05'", "''"],
     "mma_key_value_loads": ["'tma'", "'cp.async'", "'ldg'"],
     "mma_merge": ["'fused'", "'separate'", "'both'"],
+    "mma_schedule": ["'auto'", "'in-order'", "'overlapped'", "'ping-pong'"],
 }
 
 
@@ -242,7 +244,8 @@ def capi_compile_case(rng):
                            "tile_q", "tile_k", "causal", "scale", "scale",
                            "dtype", "target", "stage", "gpu_attention",
                            "mma_warps", "mma_key_chunk", "mma_instruction",
-                           "mma_key_value_loads", "mma_merge", "cache_dir",
+                           "mma_key_value_loads", "mma_merge", "mma_stages",
+                           "mma_schedule", "cache_dir",
                            "dump_dir"])
         if name == "scale":
             value = rng.choice(C_FLOATS)
@@ -252,7 +255,8 @@ def capi_compile_case(rng):
                                 "b'\\xff\\xfe'", "b'relative/dir'",
                                 "b'/etc/passwd'"])
         elif name in ("causal", "dtype", "target", "stage", "gpu_attention",
-                      "mma_instruction", "mma_key_value_loads", "mma_merge"):
+                      "mma_instruction", "mma_key_value_loads", "mma_merge",
+                      "mma_schedule"):
             value = rng.choice(C_INT32)
         else:
             value = rng.choice(C_INT64)

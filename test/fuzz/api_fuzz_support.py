@@ -111,6 +111,7 @@ CHOICES = {
     "mma_instruction": {None, "mma.sync", "wgmma"},
     "mma_key_value_loads": {None, "cp.async", "tma", "tma-multicast"},
     "mma_merge": {None, "fused", "separate"},
+    "mma_schedule": {None, "auto", "in-order", "overlapped"},
 }
 
 
@@ -127,7 +128,8 @@ def compile_problems(kwargs):
             out.append(f"{name}={v} is out of range")
         elif name in ("head_dim", "top_k") and v > 1024:
             out.append(f"{name}={v} is past the documented 1024")
-    for name in ("tile_q", "tile_k", "mma_warps", "mma_key_chunk"):
+    for name in ("tile_q", "tile_k", "mma_warps", "mma_key_chunk",
+                 "mma_stages"):
         v = kwargs.get(name)
         if v is None:
             continue
@@ -163,9 +165,6 @@ def compile_problems(kwargs):
                        "mma" if name == "gpu_attention" else None)
         if not isinstance(v, (str, type(None))) or v not in allowed:
             out.append(f"{name}={v!r}")
-    if kwargs.get("mma_key_value_loads") in ("tma", "tma-multicast") and \
-            kwargs.get("mma_instruction") == "mma.sync":
-        out.append("tma loads with mma.sync")
     return out
 
 
@@ -643,10 +642,11 @@ def c_config_problems(cfg):
         if cfg.stage != 0:
             out.append("GPU target with a CPU stage")
         for name, n in (("gpu_attention", 2), ("mma_instruction", 3),
-                        ("mma_key_value_loads", 4), ("mma_merge", 3)):
+                        ("mma_key_value_loads", 4), ("mma_merge", 3),
+                        ("mma_schedule", 3)):
             if not 0 <= getattr(cfg, name) < n:
                 out.append(f"{name}={getattr(cfg, name)}")
-        for name in ("mma_warps", "mma_key_chunk"):
+        for name in ("mma_warps", "mma_key_chunk", "mma_stages"):
             if getattr(cfg, name) < 0:
                 out.append(f"{name}={getattr(cfg, name)}")
     return out

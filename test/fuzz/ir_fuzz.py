@@ -466,6 +466,11 @@ def gpu_options(rng, variant):
             ("cp.async", "tma", "tma-multicast")))
         if rng.random() < 0.3:
             options.append(f"mma-warps={rng.choice((4, 8, 12))}")
+        if rng.random() < 0.3:
+            options.append(f"mma-stages={rng.choice((2, 3, 4))}")
+        if rng.random() < 0.3:
+            options.append("mma-schedule=" + rng.choice(
+                ("auto", "in-order", "overlapped")))
     return " ".join(options)
 
 

@@ -7,6 +7,8 @@
 #ifndef MOBA_CONVERSION_PASSES_H
 #define MOBA_CONVERSION_PASSES_H
 
+#include "moba/Conversion/AttentionKernelPlan.h"
+
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"

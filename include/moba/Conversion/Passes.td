@@ -129,26 +129,42 @@ def MobaConvertGroupedAttentionToNVVM
     once; the chunk's CTA barrier becomes a cluster barrier
     (`nvvm.cluster.arrive` / `nvvm.cluster.wait`), since a copy refills
     both CTAs' buffers. Other tiles load alone, as with `tma`.
+
+    `stages` is the depth of the TMA loads' ring of K/V buffers (2 to 4;
+    the cp.async loops are double-buffered and take 2). `schedule` orders
+    the wgmma chunk loop: `auto` (overlapped with cp.async where one CTA's
+    warpgroups fill an SM, else in order), `in-order`, or `overlapped`
+    (wgmma with cp.async only). The options form one plan
+    (`AttentionKernelPlan`), whose rules are checked once, before any op is
+    lowered; each broken rule is an error naming the option and its value.
   }];
   let options = [
     Option<"warps", "warps", "int64_t", /*default=*/"4",
            "Warps per CTA (16 queries each)">,
     Option<"keyChunk", "key-chunk", "int64_t", /*default=*/"64",
            "Keys staged in shared memory per step (a multiple of 16)">,
-    Option<"instruction", "instruction", "std::string",
-           /*default=*/"\"mma.sync\"",
+    Option<"instruction", "instruction", "::mlir::moba::MatrixInstruction",
+           /*default=*/"::mlir::moba::MatrixInstruction::MmaSync",
            "The matrix instruction: mma.sync (sm_80 and newer) or wgmma "
-           "(sm_90a; head_dim 64 or 128, other ops keep mma.sync)">,
-    Option<"keyValueLoads", "key-value-loads", "std::string",
-           /*default=*/"\"cp.async\"",
+           "(sm_90a; head_dim 64 or 128, other ops keep mma.sync)",
+           [{::mlir::moba::matrixInstructionOptionValues()}]>,
+    Option<"keyValueLoads", "key-value-loads", "::mlir::moba::KeyValueLoads",
+           /*default=*/"::mlir::moba::KeyValueLoads::CpAsync",
            "How K and V reach shared memory: cp.async (every thread copies "
            "16 bytes at a time), tma (one thread starts TMA bulk copies "
            "that complete on mbarriers; the wgmma form, other shapes keep "
            "cp.async) or tma-multicast (tma shared by clusters of two CTAs "
-           "reading the same keys)">,
+           "reading the same keys)",
+           [{::mlir::moba::keyValueLoadsOptionValues()}]>,
     Option<"stages", "stages", "int64_t", /*default=*/"2",
            "Depth of the K/V ring in shared memory: 2, or with TMA loads "
            "up to 4 (stages - 1 chunks in flight while one is multiplied)">,
+    Option<"schedule", "schedule", "::mlir::moba::KernelSchedule",
+           /*default=*/"::mlir::moba::KernelSchedule::Auto",
+           "The wgmma chunk loop's order: auto (overlapped with cp.async "
+           "where one CTA fills an SM, else in order), in-order, or "
+           "overlapped (wgmma with cp.async)",
+           [{::mlir::moba::kernelScheduleOptionValues()}]>,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",

@@ -7,6 +7,8 @@
 #ifndef MOBA_PIPELINES_PIPELINES_H
 #define MOBA_PIPELINES_PIPELINES_H
 
+#include "moba/Conversion/AttentionKernelPlan.h"
+
 #include "mlir/Pass/PassOptions.h"
 
 #include <optional>
@@ -135,24 +137,36 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
       *this, "mma-key-chunk",
       llvm::cl::desc("With mma: keys staged in shared memory per step"),
       llvm::cl::init(64)};
-  PassOptions::Option<std::string> mmaInstruction{
+  PassOptions::Option<MatrixInstruction> mmaInstruction{
       *this, "mma-instruction",
       llvm::cl::desc("With mma: mma.sync (sm_80 and newer) or wgmma (sm_90a; "
                      "warps a multiple of 4, key chunk a multiple of 64)"),
-      llvm::cl::init("mma.sync")};
-  PassOptions::Option<std::string> mmaKeyValueLoads{
+      llvm::cl::init(MatrixInstruction::MmaSync),
+      matrixInstructionOptionValues()};
+  PassOptions::Option<KeyValueLoads> mmaKeyValueLoads{
       *this, "mma-key-value-loads",
       llvm::cl::desc("With mma-instruction=wgmma: how K and V reach shared "
                      "memory: cp.async, tma (TMA bulk copies on "
                      "mbarriers) or tma-multicast (TMA shared by clusters "
                      "of two CTAs that read the same keys)"),
-      llvm::cl::init("cp.async")};
+      llvm::cl::init(KeyValueLoads::CpAsync), keyValueLoadsOptionValues()};
   PassOptions::Option<int64_t> mmaStages{
       *this, "mma-stages",
       llvm::cl::desc("With mma-key-value-loads=tma or tma-multicast: the "
                      "depth of the K/V ring in shared memory, 2 to 4; 2 "
                      "otherwise"),
       llvm::cl::init(2)};
+  PassOptions::Option<KernelSchedule> mmaSchedule{
+      *this, "mma-schedule",
+      llvm::cl::desc("With mma-instruction=wgmma: the chunk loop's order: "
+                     "auto, in-order or overlapped (cp.async only)"),
+      llvm::cl::init(KernelSchedule::Auto), kernelScheduleOptionValues()};
+  PassOptions::Option<std::string> mmaPlan{
+      *this, "mma-plan",
+      llvm::cl::desc("With mma: the whole kernel plan in its printed form "
+                     "(e.g. wgmma,tma,in-order,separate,warps=4,key-chunk=64,"
+                     "stages=3) instead of the mma-* options it holds"),
+      llvm::cl::init("")};
   PassOptions::Option<bool> mmaFusedMerge{
       *this, "mma-fused-merge",
       llvm::cl::desc("With mma: merge each row's partials inside the "
@@ -172,6 +186,15 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
 /// binary (PTX or cubin for `options.chip`) embedded. The SIMT baseline:
 /// one thread per (token, head), no tensor cores yet.
 void buildMobaGpuPipeline(OpPassManager &pm, const GpuPipelineOptions &options);
+
+/// The tensor-core kernel's plan that `options` give: mma-plan parsed when
+/// given, else the mma-* options. Not checked against the plan's rules.
+llvm::Expected<AttentionKernelPlan>
+mmaKernelPlan(const GpuPipelineOptions &options);
+
+/// Sets the mma-* options of `options` to `plan` (mma-plan left empty).
+void setMmaKernelPlan(GpuPipelineOptions &options,
+                      const AttentionKernelPlan &plan);
 
 /// Why `options` cannot build a GPU pipeline, or "" when they can.
 std::string checkGpuPipelineOptions(const GpuPipelineOptions &options);

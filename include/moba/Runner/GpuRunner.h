@@ -10,6 +10,7 @@
 #ifndef MOBA_RUNNER_GPURUNNER_H
 #define MOBA_RUNNER_GPURUNNER_H
 
+#include "moba/Pipelines/MmaTuning.h"
 #include "moba/Runner/AttentionConfig.h"
 
 #include "llvm/Support/Error.h"
@@ -17,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 namespace mlir {
@@ -39,19 +41,11 @@ struct GpuCompileOptions {
   /// With densify: the per-block attention on tensor cores (mma.sync) where
   /// the element type and head_dim allow.
   bool mma = false;
-  /// With mma: the kernel's warps per CTA and keys per shared-memory stage;
-  /// 0 takes the tuning table's choice (include/moba/Pipelines/MmaTuning.h).
-  int64_t mmaWarps = 0;
-  int64_t mmaKeyChunk = 0;
-  /// With mma: "mma.sync" or "wgmma" (sm_90a); "" takes the tuning table's.
-  std::string mmaInstruction;
-  /// With wgmma: how K and V reach shared memory, "cp.async" or "tma"; ""
-  /// takes the tuning table's with its shape, else cp.async.
-  std::string mmaKeyValueLoads;
-  /// With mma: each row's partials merged inside the attention kernel
-  /// (moba-fuse-lse-merge); false (default): by kernels of their own after
-  /// it, which measured faster (docs/PERFORMANCE.md, eighth round).
-  bool mmaFusedMerge = false;
+  /// With mma: the tensor-core kernel's plan, each field the caller's or,
+  /// not given, the tuning table's (include/moba/Pipelines/MmaTuning.h).
+  /// The plan's rules are checked once it is filled in, the messages
+  /// naming the C API's fields (mma_warps, ...).
+  RequestedKernelPlan mmaPlan;
   /// The CUDA toolkit (libdevice, ptxas); default $CUDA_HOME or
   /// /usr/local/cuda.
   std::string toolkit;
@@ -96,12 +90,16 @@ public:
                   const GpuLaunch &launch) const;
 
   const AttentionConfig &config() const { return cfg; }
+  /// The tensor-core kernel's plan it was compiled with (the tuning
+  /// table's choices filled in); none without mma.
+  const std::optional<AttentionKernelPlan> &mmaPlan() const { return plan; }
   llvm::StringRef chip() const { return chipName; }
 
 private:
   GpuAttentionKernel(AttentionConfig config, std::string chip);
 
   AttentionConfig cfg;
+  std::optional<AttentionKernelPlan> plan;
   /// What the kernel allocates per call (checked before each run).
   KernelScratch scratch;
   std::string chipName;

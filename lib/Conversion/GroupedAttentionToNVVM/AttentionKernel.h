@@ -14,6 +14,7 @@
 #define MOBA_LIB_CONVERSION_GROUPEDATTENTIONTONVVM_ATTENTIONKERNEL_H
 
 #include "KernelBuilder/KernelBuilder.h"
+#include "moba/Conversion/AttentionKernelPlan.h"
 #include "StageRing.h"
 #include "moba/Dialect/Moba/IR/MobaOps.h"
 
@@ -33,15 +34,6 @@ constexpr int64_t kMaxSharedBytes = 227 * 1024;
 /// An sm_90 SM's shared memory, and what the system reserves of it per CTA.
 constexpr int64_t kSharedBytesPerSM = 228 * 1024;
 constexpr int64_t kReservedSharedBytes = 1024;
-
-/// The matrix instruction of the chunk loop.
-enum class MatrixInstruction {
-  /// mma.sync m16n8k16 on fragments read by ldmatrix (sm_80 and newer).
-  MmaSync,
-  /// sm_90a's wgmma, a warpgroup (4 warps, 64 queries) at a time, its
-  /// operands read from shared memory by the tensor cores.
-  Wgmma,
-};
 
 /// An sm_90 SM's registers, and the registers the wgmma form of the kernel
 /// needs per thread at head_dim 128 without spilling (ptxas 13.0: 173
@@ -95,6 +87,35 @@ struct MmaTileShape {
   /// register-A form of wgmma, WgmmaChunkLoop.cpp) instead of passing
   /// through shared memory.
   bool registerProbabilities = false;
+  /// The wgmma loop's order (overlapsSoftmax): Auto is the rule there.
+  KernelSchedule schedule = KernelSchedule::Auto;
+
+  /// The shape `plan` gives an op of `headDim` and `element` (checked by
+  /// plan.problems()): wgmma where the head_dim takes it (64 or 128, at
+  /// most the two 64-column panels of the output accumulators), else
+  /// mma.sync; TMA loads with wgmma; P in registers where the loop runs in
+  /// order.
+  static MmaTileShape forPlan(const AttentionKernelPlan &plan, int64_t headDim,
+                              Type element) {
+    MmaTileShape shape{plan.warps, plan.keyChunk};
+    shape.instruction = plan.instruction == MatrixInstruction::Wgmma &&
+                                (headDim == 64 || headDim == 128)
+                            ? MatrixInstruction::Wgmma
+                            : MatrixInstruction::MmaSync;
+    shape.bulkLoads = plan.usesTma() && shape.supportsBulkLoads();
+    shape.multicastPairs =
+        shape.bulkLoads && plan.loads == KeyValueLoads::TmaMulticast;
+    shape.schedule = plan.schedule;
+    // Only the TMA loop runs a deeper ring (an op that keeps mma.sync
+    // keeps cp.async and two stages).
+    shape.stages = shape.bulkLoads ? plan.stages : 2;
+    // The in-order wgmma loop keeps P in registers (it measured 4-9%
+    // faster at block 512 than P through shared memory, the same at 128:
+    // docs/PERFORMANCE.md, seventh round).
+    shape.registerProbabilities =
+        shape.supportsRegisterProbabilities(headDim, element);
+    return shape;
+  }
 
   bool isWgmma() const { return instruction == MatrixInstruction::Wgmma; }
   StageRing ring() const { return StageRing(stages); }
@@ -118,12 +139,14 @@ struct MmaTileShape {
   /// (ValueStaging::AfterProducts). At two stages a CTA that would be alone
   /// on its SM keeps a ring of V, since no other CTA's work would hide V's
   /// copy; a deeper ring of V that leaves a CTA alone gives way to one
-  /// buffer if that lets a second CTA in (the ring of K stays deep).
+  /// buffer if that lets a second CTA in (the ring of K stays deep). Not
+  /// in the overlapped loop, which keeps a ring.
   int64_t valueBuffers(int64_t headDim, Type element) const {
     return singleValueBuffer(headDim, element) ? 1 : stages;
   }
   bool singleValueBuffer(int64_t headDim, Type element) const {
-    if (!isWgmma() || warpgroups() != 1)
+    if (!isWgmma() || warpgroups() != 1 ||
+        schedule == KernelSchedule::Overlapped)
       return false;
     int64_t ring = ctasPerSM(sharedBytesWith(stages, headDim, element));
     int64_t single = ctasPerSM(sharedBytesWith(1, headDim, element));
@@ -196,9 +219,14 @@ struct MmaTileShape {
   /// chunk's, of zeros) cost 5% on the H200 (docs/PERFORMANCE.md). With
   /// TMA the warpgroups of one CTA take turns likewise: three in order
   /// measured 4% faster at 128K tokens than one per CTA (eighth round).
+  /// That is the Auto schedule; InOrder and Overlapped decide it instead
+  /// (Overlapped with cp.async only: AttentionKernelPlan::problems).
   bool overlapsSoftmax(int64_t headDim, Type element) const {
-    return isWgmma() && !bulkLoads &&
-           !(warpgroups() == 1 &&
+    if (!isWgmma() || bulkLoads || schedule == KernelSchedule::InOrder)
+      return false;
+    if (schedule == KernelSchedule::Overlapped)
+      return true;
+    return !(warpgroups() == 1 &&
              ctasPerSM(sharedBytes(headDim, element)) >= 2);
   }
 

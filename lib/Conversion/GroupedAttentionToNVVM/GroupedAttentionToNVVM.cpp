@@ -786,60 +786,23 @@ struct MobaConvertGroupedAttentionToNVVMPass
       if (isa<MemRefType>(op.getQ().getType()))
         ops.push_back(op);
     });
-    MmaTileShape shape{static_cast<int64_t>(warps),
-                       static_cast<int64_t>(keyChunk)};
-    if (warps < 1 || warps > 16) {
+    AttentionKernelPlan plan;
+    plan.instruction = instruction.getValue();
+    plan.loads = keyValueLoads.getValue();
+    plan.schedule = schedule.getValue();
+    plan.warps = warps;
+    plan.keyChunk = keyChunk;
+    plan.stages = stages;
+    static_assert(StageRing::kMinStages == 2 && StageRing::kMaxStages == 4,
+                  "AttentionKernelPlan::problems states the ring's depths");
+    // The pass has no chip: the pipeline checks wgmma's.
+    SmallVector<std::string> problems =
+        plan.problems(std::nullopt, PlanSpelling::PassOption);
+    for (const std::string &problem : problems)
       getOperation()->emitError()
-          << "moba-convert-grouped-attention-to-nvvm: warps must be in "
-             "[1, 16], got "
-          << static_cast<int64_t>(warps);
+          << "moba-convert-grouped-attention-to-nvvm: " << problem;
+    if (!problems.empty())
       return signalPassFailure();
-    }
-    if (keyChunk < 16 || keyChunk > 256 || keyChunk % 16 != 0) {
-      getOperation()->emitError()
-          << "moba-convert-grouped-attention-to-nvvm: key-chunk must be a "
-             "multiple of 16 in [16, 256], got "
-          << static_cast<int64_t>(keyChunk);
-      return signalPassFailure();
-    }
-    if (instruction != "mma.sync" && instruction != "wgmma") {
-      getOperation()->emitError()
-          << "moba-convert-grouped-attention-to-nvvm: instruction must be "
-             "mma.sync or wgmma, got '"
-          << instruction << "'";
-      return signalPassFailure();
-    }
-    bool wantTma = keyValueLoads == "tma" || keyValueLoads == "tma-multicast";
-    if (keyValueLoads != "cp.async" && !wantTma) {
-      getOperation()->emitError()
-          << "moba-convert-grouped-attention-to-nvvm: key-value-loads must "
-             "be cp.async, tma or tma-multicast, got '"
-          << keyValueLoads << "'";
-      return signalPassFailure();
-    }
-    bool wantWgmma = instruction == "wgmma";
-    if (wantTma && !wantWgmma) {
-      getOperation()->emitError()
-          << "moba-convert-grouped-attention-to-nvvm: key-value-loads="
-          << keyValueLoads << " needs instruction=wgmma (TMA is sm_90's)";
-      return signalPassFailure();
-    }
-    if (wantWgmma && (warps % 4 != 0 || keyChunk % 64 != 0)) {
-      getOperation()->emitError()
-          << "moba-convert-grouped-attention-to-nvvm: wgmma needs warps a "
-             "multiple of 4 (warpgroups) and key-chunk a multiple of 64, got "
-          << static_cast<int64_t>(warps) << " warps and key-chunk "
-          << static_cast<int64_t>(keyChunk);
-      return signalPassFailure();
-    }
-    if (stages < StageRing::kMinStages || stages > StageRing::kMaxStages ||
-        (stages > 2 && !wantTma)) {
-      getOperation()->emitError()
-          << "moba-convert-grouped-attention-to-nvvm: stages must be 2, or "
-             "up to 4 with key-value-loads=tma or tma-multicast, got "
-          << static_cast<int64_t>(stages);
-      return signalPassFailure();
-    }
     IRRewriter rewriter(&getContext());
     for (GroupedBlockAttentionOp op : ops) {
       if (!op.isMmaSyncCompatible()) {
@@ -863,22 +826,9 @@ struct MobaConvertGroupedAttentionToNVVMPass
                          "unit-stride innermost dim");
           return signalPassFailure();
         }
-      // wgmma takes head_dim in whole 64-column panels, and at most two
-      // (the output accumulators of 128 columns); other ops keep mma.sync.
       int64_t headDim = qType.getDimSize(2);
-      shape.instruction = wantWgmma && (headDim == 64 || headDim == 128)
-                              ? MatrixInstruction::Wgmma
-                              : MatrixInstruction::MmaSync;
-      shape.bulkLoads = wantTma && shape.supportsBulkLoads();
-      shape.stages = shape.bulkLoads ? static_cast<int64_t>(stages) : 2;
-      shape.multicastPairs =
-          shape.bulkLoads && keyValueLoads == "tma-multicast";
-      // The in-order wgmma loop keeps P in registers (it measured 4-9%
-      // faster at block 512 than P through shared memory, the same at 128:
-      // docs/PERFORMANCE.md, seventh round).
-      shape.registerProbabilities = false;
-      shape.registerProbabilities = shape.supportsRegisterProbabilities(
-          headDim, qType.getElementType());
+      MmaTileShape shape =
+          MmaTileShape::forPlan(plan, headDim, qType.getElementType());
       int64_t sharedBytes = shape.sharedBytes(headDim, qType.getElementType());
       if (sharedBytes > kMaxSharedBytes) {
         op.emitOpError() << "needs " << sharedBytes
@@ -889,7 +839,7 @@ struct MobaConvertGroupedAttentionToNVVMPass
         return signalPassFailure();
       }
       if (shape.bulkLoads && !op->getParentOfType<ModuleOp>()) {
-        op.emitOpError() << "key-value-loads=" << keyValueLoads
+        op.emitOpError() << "key-value-loads=" << nameOf(plan.loads)
                          << " needs the op inside a module, where the host "
                             "code declares the runtime's tensor map encoder";
         return signalPassFailure();
