@@ -15,8 +15,6 @@
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Transforms/WalkPatternRewriteDriver.h"
 
-#include <limits>
-
 namespace mlir::moba {
 #define GEN_PASS_DEF_MOBALOWERTOLOOPS
 #include "moba/Dialect/Moba/Transforms/Passes.h.inc"
@@ -26,8 +24,6 @@ using namespace mlir;
 using namespace mlir::moba;
 
 namespace {
-
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 /// A lowering pattern that emits serial loops (sequences, then tokens or
 /// blocks) or, when `parallel`, one scf.forall over independent rows.
