@@ -8,6 +8,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "LoopEmitter.h"
+#include "LowerToLoopsPatterns.h"
 
 #include "moba/Dialect/Moba/IR/MobaOps.h"
 #include "moba/Dialect/Moba/Transforms/Passes.h"
@@ -24,15 +25,6 @@ using namespace mlir;
 using namespace mlir::moba;
 
 namespace {
-
-/// A lowering pattern that emits serial loops (sequences, then tokens or
-/// blocks) or, when `parallel`, one scf.forall over independent rows.
-template <typename OpTy>
-struct LoweringPattern : OpRewritePattern<OpTy> {
-  LoweringPattern(MLIRContext *context, bool parallel)
-      : OpRewritePattern<OpTy>(context), parallel(parallel) {}
-  bool parallel;
-};
 
 //===----------------------------------------------------------------------===//
 // moba.block_pool
