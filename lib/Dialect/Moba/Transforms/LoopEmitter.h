@@ -18,7 +18,12 @@
 #include "mlir/IR/ImplicitLocOpBuilder.h"
 #include "mlir/IR/PatternMatch.h"
 
+#include <limits>
+
 namespace mlir::moba {
+
+/// -inf as a double, for f32 constants (empty maxima, unattended scores).
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 /// One sequence of a packed batch, as seen inside the loop over sequences.
 struct Sequence {

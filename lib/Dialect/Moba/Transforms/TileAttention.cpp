@@ -12,8 +12,6 @@
 
 #include "mlir/Transforms/WalkPatternRewriteDriver.h"
 
-#include <limits>
-
 namespace mlir::moba {
 #define GEN_PASS_DEF_MOBATILEATTENTION
 #include "moba/Dialect/Moba/Transforms/Passes.h.inc"
@@ -23,8 +21,6 @@ using namespace mlir;
 using namespace mlir::moba;
 
 namespace {
-
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 struct TileSparseAttention : OpRewritePattern<SparseAttentionOp> {
   TileSparseAttention(MLIRContext *context, int64_t tileQ, int64_t tileK,
