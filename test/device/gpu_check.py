@@ -136,14 +136,16 @@ GPU_ATTENTION = os.environ.get("MOBA_GPU_ATTENTION", "mma")
 def mma_options():
     """The tensor-core kernel's form from the environment, for checking one
     form on purpose: MOBA_MMA_INSTRUCTION (mma.sync or wgmma),
-    MOBA_MMA_KEY_VALUE_LOADS (cp.async or tma), MOBA_MMA_MERGE (fused or
-    separate),
-    MOBA_MMA_WARPS, MOBA_MMA_KEY_CHUNK; unset: the tuning table's."""
+    MOBA_MMA_KEY_VALUE_LOADS (cp.async, tma or tma-multicast),
+    MOBA_MMA_MERGE (fused or separate), MOBA_MMA_SCHEDULE (auto, in-order
+    or overlapped), MOBA_MMA_WARPS, MOBA_MMA_KEY_CHUNK, MOBA_MMA_STAGES;
+    unset: the tuning table's."""
     env = os.environ.get
     options = dict(mma_instruction=env("MOBA_MMA_INSTRUCTION") or None,
                    mma_key_value_loads=env("MOBA_MMA_KEY_VALUE_LOADS")
-                   or None, mma_merge=env("MOBA_MMA_MERGE") or None)
-    for name in ("warps", "key_chunk"):
+                   or None, mma_merge=env("MOBA_MMA_MERGE") or None,
+                   mma_schedule=env("MOBA_MMA_SCHEDULE") or None)
+    for name in ("warps", "key_chunk", "stages"):
         value = env("MOBA_MMA_" + name.upper())
         options["mma_" + name] = int(value) if value else None
     return options
