@@ -12,9 +12,9 @@
 //  * The attention kernel gives each CTA (MmaTileShape: `warps` warps) one
 //    tile: 16 x warps consecutive entries of one group (head h, key block
 //    r), queries that all chose block r; each warp takes 16. The block's K
-//    and V pass through shared memory `keyChunk` keys at a time, two
-//    buffers filled by cp.async, so that the next chunk is in flight while
-//    this one is multiplied. Per chunk each warp computes S = Q K^T with
+//    and V pass through shared memory `keyChunk` keys at a time, the stage
+//    ring's buffers filled by cp.async, so that the next chunk is in
+//    flight while this one is multiplied. Per chunk each warp computes S = Q K^T with
 //    `nvvm.mma.sync` m16n8k16 (f16 or bf16 operands, f32 accumulators; K
 //    fragments by ldmatrix), runs the online softmax (base 2) on the
 //    accumulator fragments (row max and sum over the four lanes that share
@@ -31,6 +31,14 @@
 // A[g][2c..2c+1], A[g+8][2c..], A[g][2c+8..], A[g+8][2c+8..];
 // B[2c..2c+1][g], B[2c+8..2c+9][g]; C[g][2c..2c+1], C[g+8][2c..2c+1].
 // The sm_90a form, on wgmma, is WgmmaChunkLoop.cpp (docs/gpu-backend.md).
+//
+// This file holds the kernel's frame (the launches, the tile list, the
+// tensor maps, a CTA's prologue and epilogue) and the pass; the parts are
+// beside it: the mma.sync loop (MmaSyncChunkLoop.cpp), the wgmma loop and
+// its schedules (WgmmaChunkLoop.cpp, WgmmaOperands.h, TmaLoader.h), the
+// pipelines both loops run on (ChunkPipelines.cpp, StageRing.h), the
+// online softmax they share (SoftmaxStep.cpp) and the fused merge
+// (FusedMerge.cpp).
 //
 //===----------------------------------------------------------------------===//
 
@@ -266,29 +274,6 @@ void AttentionKernel::emitTileList(ImplicitLocOpBuilder &b, Value tileList,
       });
 }
 
-void AttentionKernel::emitStage(ImplicitLocOpBuilder &b, Value stageBuffer,
-                                int64_t operand, Value buffer, Value base,
-                                Value lastKey, Value g, Value tid) {
-  KernelBuilder e{b, element()};
-  // 16-byte copies: head_dim / 8 per key row, spread over the CTA.
-  int64_t perRow = headDim / 8, copies = shape.keyChunk * perRow;
-  Value source = operand == 0 ? k : v;
-  scf::ForOp::create(
-      b, tid, e.index(copies), e.index(threads()), ValueRange{},
-      [&](OpBuilder &fb, Location loc, Value j, ValueRange) {
-        ImplicitLocOpBuilder ib(loc, fb);
-        KernelBuilder ie{ib, e.element};
-        Value key = ie.div(j, ie.index(perRow));
-        Value col = ie.mul(ie.rem(j, ie.index(perRow)), ie.index(8));
-        Value from = ie.minU(ie.add(base, key), lastKey);
-        nvgpu::DeviceAsyncCopyOp::create(
-            ib, stageBuffer, ValueRange{buffer, ie.index(operand), key, col},
-            source, ValueRange{from, g, col}, ib.getIndexAttr(8),
-            /*srcElements=*/Value(), ib.getUnitAttr());
-        scf::YieldOp::create(ib);
-      });
-}
-
 void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
                               Value h, Value tile, Value rows,
                               Value tileList) {
@@ -477,300 +462,6 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
   }
   if (merged())
     emitMergeEpilogue(b, t);
-}
-
-SmallVector<Value> AttentionKernel::chunkLoopInits(KernelBuilder &e) {
-  SmallVector<Value> inits = {e.f32(kNegInf), e.f32(kNegInf), e.f32(0.0),
-                              e.f32(0.0)};
-  for (int64_t i = 0; i < headDim / 8 * 4; ++i)
-    inits.push_back(e.f32(0.0));
-  return inits;
-}
-
-SmallVector<Value>
-AttentionKernel::softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
-                             SmallVector<SmallVector<Value>> &scores,
-                             ValueRange c, Value base, bool masked,
-                             Rescale *factorsOut) {
-  KernelBuilder ie{ib, element()};
-  int64_t nTiles = scores.size();
-  // Masked to -inf: keys past keyLimit and, causally, past the row's
-  // query.
-  if (masked)
-    for (int64_t nt = 0; nt < nTiles; ++nt)
-      for (int64_t i = 0; i < 4; ++i) {
-        Value keyAt =
-            ie.add(base, ie.add(ie.index(8 * nt + i % 2), t.pairCol));
-        Value keep = ie.ult(keyAt, t.keyLimit);
-        if (causal)
-          keep = arith::AndIOp::create(ib, keep,
-                                       ie.ule(keyAt, t.token[i / 2]));
-        scores[nt][i] = ie.select(keep, scores[nt][i], ie.f32(kNegInf));
-      }
-  // The softmax runs in base 2: p = exp2(s * scale * log2(e) - max).
-  double scaleLog2 = scale / std::log(2.0);
-  // Per row (values i = 0, 1 are row 0; 2, 3 row 1).
-  SmallVector<Value> results(c.begin(), c.end());
-  SmallVector<Value> alpha(2);
-  Value moved;
-  for (int64_t r = 0; r < 2; ++r) {
-    Value localMax = ie.f32(kNegInf);
-    for (int64_t nt = 0; nt < nTiles; ++nt)
-      for (int64_t i = 0; i < 2; ++i)
-        localMax = ie.fmax(localMax, scores[nt][2 * r + i]);
-    // The scores are unscaled: scale * log2(e) > 0 keeps the max. The
-    // running max moves only when the row's new max passes it by more than
-    // kMaxSlack: probabilities stay below 2^kMaxSlack, and most chunks then
-    // leave every row's max, so alpha is exactly 1 and the accumulators'
-    // rescale is skipped (rescale()).
-    Value rowMax = ie.fmul(ie.quadReduce(localMax, true), ie.f32(scaleLog2));
-    Value moves = arith::CmpFOp::create(
-        ib, arith::CmpFPredicate::OGT, rowMax,
-        ie.fadd(c[r], ie.f32(kMaxSlack)));
-    Value newMax = ie.select(moves, rowMax, c[r]);
-    moved = moved ? arith::OrIOp::create(ib, moved, moves).getResult() : moves;
-    Value finite = arith::CmpFOp::create(ib, arith::CmpFPredicate::OGT,
-                                         newMax, ie.f32(kNegInf));
-    Value shift = ie.select(finite, newMax, ie.f32(0.0));
-    alpha[r] = ie.exp2(arith::SubFOp::create(ib, c[r], shift));
-    Value localSum = ie.f32(0.0);
-    for (int64_t nt = 0; nt < nTiles; ++nt)
-      for (int64_t i = 0; i < 2; ++i) {
-        Value p = ie.exp2(math::FmaOp::create(
-            ib, scores[nt][2 * r + i], ie.f32(scaleLog2),
-            arith::NegFOp::create(ib, shift)));
-        scores[nt][2 * r + i] = p;
-        localSum = ie.fadd(localSum, p);
-      }
-    results[r] = newMax;
-    results[2 + r] = ie.fadd(ie.fmul(c[2 + r], alpha[r]), localSum);
-  }
-  Rescale factors{{alpha[0], alpha[1]}, moved};
-  rescale(MutableArrayRef<Value>(results).drop_front(4), factors, ie);
-  if (factorsOut)
-    *factorsOut = factors;
-  return results;
-}
-
-void AttentionKernel::rescale(MutableArrayRef<Value> accumulators,
-                              const Rescale &factors, KernelBuilder &e) {
-  if (accumulators.empty())
-    return;
-  // Where no lane of the warp moved a max, every alpha is exactly 1: a
-  // uniform branch skips the multiplies (head_dim / 2 a lane).
-  ImplicitLocOpBuilder &b = e.b;
-  Value any = NVVM::VoteSyncOp::create(b, b.getI1Type(), e.i32(-1),
-                                       factors.moved, NVVM::VoteSyncKind::any);
-  SmallVector<Type> types(accumulators.size(), b.getF32Type());
-  auto multiply = scf::IfOp::create(b, types, any, /*withElseRegion=*/true);
-  {
-    OpBuilder::InsertionGuard guard(b);
-    b.setInsertionPointToStart(&multiply.getThenRegion().front());
-    // Values 0, 1 of each m16n8 tile are the lane's first row, 2, 3 its
-    // second.
-    SmallVector<Value> scaled;
-    for (size_t i = 0; i < accumulators.size(); ++i)
-      scaled.push_back(e.fmul(accumulators[i], factors.alpha[(i % 4) / 2]));
-    scf::YieldOp::create(b, scaled);
-    b.setInsertionPointToStart(&multiply.getElseRegion().front());
-    scf::YieldOp::create(b, SmallVector<Value>(accumulators.begin(),
-                                               accumulators.end()));
-  }
-  llvm::copy(multiply.getResults(), accumulators.begin());
-}
-
-SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
-                                                      const CtaTile &t) {
-  KernelBuilder e{b, element()};
-  auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
-                                              gpu::AddressSpace::Workgroup);
-  // [buffer, K or V, key, dim]: the ring's buffers, so that the copies of
-  // the next chunk run while this one is multiplied.
-  auto stageType =
-      MemRefType::get({shape.stages, 2, shape.keyChunk, pitch()}, element(),
-                      MemRefLayoutAttrInterface(), workgroup);
-  Value stageBuffer = memref::ViewOp::create(b, stageType, t.sharedMemory,
-                                             e.index(0), ValueRange{});
-
-  // Q as A fragments, once per tile.
-  int64_t kSteps = headDim / 16, dTiles = headDim / 8;
-  int64_t nTiles = shape.keyChunk / 8;
-  SmallVector<SmallVector<Value>> qFrag;
-  for (int64_t kk = 0; kk < kSteps; ++kk) {
-    Value col = e.add(e.index(kk * 16), t.pairCol);
-    Value col8 = e.add(col, e.index(8));
-    qFrag.push_back({e.loadPair(q, {t.token[0], t.h, col}),
-                     e.loadPair(q, {t.token[1], t.h, col}),
-                     e.loadPair(q, {t.token[0], t.h, col8}),
-                     e.loadPair(q, {t.token[1], t.h, col8})});
-  }
-
-  return emitChunkLoops(
-      b, t, /*asyncProxyReads=*/false, ValueStaging::WithKeys,
-      [&](ImplicitLocOpBuilder &sb, int64_t operand, Value buffer,
-          Value keyBase) {
-        emitStage(sb, stageBuffer, operand, buffer, keyBase, t.lastKey, t.g,
-                  t.tid);
-      },
-      [&](ImplicitLocOpBuilder &ib, Value /*chunk*/, Value buffer,
-          Value keyBase, ValueRange c, bool masked) -> SmallVector<Value> {
-        KernelBuilder ie{ib, e.element};
-        Value lane8 = ie.rem(t.lane, ie.index(8));
-        Value laneMatrix = ie.div(t.lane, ie.index(8));
-        // S = Q K^T, 8 keys per n-tile; K fragments by ldmatrix: lanes
-        // 8j..8j+7 address the rows of matrix j (x4: two k-steps). The
-        // k-steps outside, the n-tiles inside: nTiles independent
-        // accumulator chains for the scheduler to interleave.
-        SmallVector<SmallVector<Value>> scores(
-            nTiles, SmallVector<Value>(4, ie.f32(0.0)));
-        for (int64_t kk = 0; kk < kSteps; kk += 2) {
-          bool pair = kk + 1 < kSteps;
-          Value matrix = pair ? laneMatrix : ie.rem(laneMatrix, ie.index(2));
-          Value col = ie.add(ie.index(kk * 16), ie.mul(matrix, ie.index(8)));
-          for (int64_t nt = 0; nt < nTiles; ++nt) {
-            Value keyRow = ie.add(ie.index(nt * 8), lane8);
-            SmallVector<Value> frag = ie.ldmatrix(
-                stageBuffer, {buffer, ie.index(0), keyRow, col}, pair ? 4 : 2,
-                /*transpose=*/false);
-            scores[nt] = ie.mma(qFrag[kk], {frag[0], frag[1]}, scores[nt]);
-            if (pair)
-              scores[nt] =
-                  ie.mma(qFrag[kk + 1], {frag[2], frag[3]}, scores[nt]);
-          }
-        }
-        SmallVector<Value> results =
-            softmaxStep(ib, t, scores, c, keyBase, masked);
-        // O = O * alpha + P V: P (two n-tiles) is the A operand of one
-        // k-step; V fragments by ldmatrix.trans (x4: two d-tiles).
-        Value vRow = ie.add(lane8, ie.mul(ie.rem(laneMatrix, ie.index(2)),
-                                          ie.index(8)));
-        Value vCol = ie.mul(ie.div(t.lane, ie.index(16)), ie.index(8));
-        for (int64_t kv = 0; kv < nTiles / 2; ++kv) {
-          const SmallVector<Value> &lo = scores[2 * kv],
-                                   &hi = scores[2 * kv + 1];
-          SmallVector<Value> pFrag = {
-              ie.pack(lo[0], lo[1]), ie.pack(lo[2], lo[3]),
-              ie.pack(hi[0], hi[1]), ie.pack(hi[2], hi[3])};
-          Value keyRow = ie.add(ie.index(kv * 16), vRow);
-          for (int64_t dn = 0; dn < dTiles; dn += 2) {
-            SmallVector<Value> frag = ie.ldmatrix(
-                stageBuffer,
-                {buffer, ie.index(1), keyRow, ie.add(ie.index(dn * 8), vCol)},
-                4, /*transpose=*/true);
-            for (int64_t s = 0; s < 2; ++s) {
-              SmallVector<Value> acc(results.begin() + 4 + (dn + s) * 4,
-                                     results.begin() + 8 + (dn + s) * 4);
-              SmallVector<Value> out =
-                  ie.mma(pFrag, {frag[2 * s], frag[2 * s + 1]}, acc);
-              llvm::copy(out, results.begin() + 4 + (dn + s) * 4);
-            }
-          }
-        }
-        return results;
-      });
-}
-
-SmallVector<Value> AttentionKernel::emitChunkLoops(
-    ImplicitLocOpBuilder &b, const CtaTile &t, bool asyncProxyReads,
-    ValueStaging values, StageFn stage, ChunkFn body) {
-  KernelBuilder e{b, element()};
-  Value chunkKeys = e.index(shape.keyChunk);
-  bool late = values == ValueStaging::OneChunkLate;
-  bool afterProducts = values == ValueStaging::AfterProducts;
-  // K (and, WithKeys, V) of chunk `chunk` into buffer `buffer`.
-  auto stageChunk = [&](ImplicitLocOpBuilder &sb, Value buffer,
-                        Value keyBase) {
-    stage(sb, /*operand=*/0, buffer, keyBase);
-    if (values == ValueStaging::WithKeys)
-      stage(sb, /*operand=*/1, buffer, keyBase);
-  };
-  // `then` when chunk `chunk` exists.
-  auto ifAny = [&](ImplicitLocOpBuilder &ib, Value chunk,
-                   function_ref<void(ImplicitLocOpBuilder &)> then) {
-    KernelBuilder ie{ib, e.element};
-    nvvm_kernel::ifThen(ib, ie.ult(chunk, t.chunks), then);
-  };
-  // Chunk 0's K (and, WithKeys, V): the first group, with whatever the
-  // caller started copying before (the queries).
-  ifAny(b, e.index(0), [&](ImplicitLocOpBuilder &ib) {
-    stageChunk(ib, e.index(0), t.keyFirst);
-  });
-  NVVM::CpAsyncCommitGroupOp::create(b);
-  // One barrier per chunk both publishes the chunk's operands and frees
-  // the buffers of the chunk before, so the copies into those start after
-  // it: chunk c + 1's copies run during chunk c's body.
-  SmallVector<Value> finals = emitSplitChunkLoops(
-      b, t,
-      [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
-          ValueRange c, bool masked) {
-        KernelBuilder ie{ib, e.element};
-        Value next = ie.add(chunk, ie.index(1));
-        // Chunk c's copies (started at chunk c - 1's top) have landed:
-        // every group has.
-        NVVM::CpAsyncWaitGroupOp::create(ib, 0);
-        if (asyncProxyReads)
-          ie.fenceAsyncProxy();
-        gpu::BarrierOp::create(ib);
-        // Every warp is done with chunk c - 1: its buffers refill.
-        if (afterProducts) {
-          stage(ib, /*operand=*/1, ie.index(0), keyBase);
-          NVVM::CpAsyncCommitGroupOp::create(ib);
-        }
-        ifAny(ib, next, [&](ImplicitLocOpBuilder &sb) {
-          stageChunk(sb, shape.ring().slot(ie, next),
-                     ie.add(t.keyFirst, ie.mul(next, chunkKeys)));
-        });
-        if (late)
-          stage(ib, /*operand=*/1, buffer, keyBase);
-        NVVM::CpAsyncCommitGroupOp::create(ib);
-        return body(ib, chunk, buffer, keyBase, c, masked);
-      });
-  NVVM::CpAsyncWaitGroupOp::create(b, 0);
-  if (late) {
-    // The last V, and the last P the body wrote, published.
-    if (asyncProxyReads)
-      e.fenceAsyncProxy();
-    gpu::BarrierOp::create(b);
-  }
-  return finals;
-}
-
-SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
-    ImplicitLocOpBuilder &b, const CtaTile &t, ChunkFn step) {
-  KernelBuilder e{b, element()};
-  auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
-                       bool masked) {
-    return scf::ForOp::create(
-        b, from, to, e.index(1), loopInits,
-        [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
-          ImplicitLocOpBuilder ib(loc, fb);
-          KernelBuilder ie{ib, e.element};
-          Value buffer = shape.ring().slot(ie, chunk);
-          Value keyBase =
-              ie.add(t.keyFirst, ie.mul(chunk, ie.index(shape.keyChunk)));
-          scf::YieldOp::create(ib,
-                               step(ib, chunk, buffer, keyBase, c, masked));
-        });
-  };
-  auto plain = chunkLoop(e.index(0), t.unmasked, chunkLoopInits(e),
-                         /*masked=*/false);
-  auto loop =
-      chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
-  return SmallVector<Value>(loop.getResults());
-}
-
-SmallVector<Value> AttentionKernel::emitBulkChunkLoops(ImplicitLocOpBuilder &b,
-                                                       const CtaTile &t,
-                                                       ChunkFn body) {
-  return emitSplitChunkLoops(
-      b, t,
-      [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
-          ValueRange c, bool masked) {
-        // Every warp (of both CTAs, when paired) is done with chunk c - 1:
-        // its buffers may refill, which `body` starts.
-        bufferBarrier(ib, t);
-        return body(ib, chunk, buffer, keyBase, c, masked);
-      });
 }
 
 namespace {
