@@ -100,6 +100,8 @@ private:
   void zeroPastLastKey(ImplicitLocOpBuilder &b, Value slot, Value keyBase);
   /// `bytes` of shared memory from `address` set to zero by every thread.
   void zeroFill(ImplicitLocOpBuilder &b, Value address, int64_t bytes);
+  /// One 16-byte chunk of zeros (a vector constant), what both store.
+  Value zeroChunk(ImplicitLocOpBuilder &b);
 
   /// S = Q K^T over head_dim in k-steps of 16 on K in `buffer`, issued
   /// and committed.
@@ -293,13 +295,17 @@ void WgmmaTile::stageByCpAsync(ImplicitLocOpBuilder &b, int64_t operand,
   copies(b, /*clamped=*/true);
 }
 
-void WgmmaTile::zeroPastLastKey(ImplicitLocOpBuilder &b, Value slot,
-                                Value keyBase) {
-  KernelBuilder e{b, element};
-  Value zeros = arith::ConstantOp::create(
+Value WgmmaTile::zeroChunk(ImplicitLocOpBuilder &b) {
+  return arith::ConstantOp::create(
       b, DenseElementsAttr::get(
              VectorType::get({Layout::kChunkElements}, element),
              b.getZeroAttr(element)));
+}
+
+void WgmmaTile::zeroPastLastKey(ImplicitLocOpBuilder &b, Value slot,
+                                Value keyBase) {
+  KernelBuilder e{b, element};
+  Value zeros = zeroChunk(b);
   Value past =
       e.ult(t.lastKey, e.add(keyBase, e.index(shape.keyChunk - 1)));
   ifThen(b, past, [&](ImplicitLocOpBuilder &pb) {
@@ -328,10 +334,7 @@ void WgmmaTile::zeroFill(ImplicitLocOpBuilder &b, Value address,
   KernelBuilder e{b, element};
   auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
                                               gpu::AddressSpace::Workgroup);
-  Value zeros = arith::ConstantOp::create(
-      b, DenseElementsAttr::get(
-             VectorType::get({Layout::kChunkElements}, element),
-             b.getZeroAttr(element)));
+  Value zeros = zeroChunk(b);
   int64_t elements = bytes / Layout::kElementBytes;
   Value flat = memref::ViewOp::create(
       b,
