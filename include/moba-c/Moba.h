@@ -39,6 +39,9 @@
  *   mma_warps, mma_key_chunk       0 (tuned), 1 .. 16, and a multiple of
  *                                  16 in 16 .. 256
  *   mma_stages                     0 (tuned), 2 .. 4
+ *   (these three on every target, the CPU's too, which ignores them: a
+ *   caller of one configuration on any machine learns of a bad value at
+ *   once)
  *   and the kernel plan's rules between them (mma_instruction wgmma needs
  *   sm_90a, mma_warps a multiple of 4 and mma_key_chunk of 64; TMA loads
  *   need wgmma; mma_stages above 2 need TMA loads; MOBA_SCHEDULE_OVERLAPPED

@@ -14,6 +14,7 @@
 #include "moba/Runner/GpuRunner.h"
 #include "moba/Runtime/CudaDriver.h"
 
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/raw_ostream.h"
@@ -239,6 +240,21 @@ llvm::Error readConfig(const MobaConfig &c, CompileRequest &r) {
           static_cast<int>(c.stage));
     return readGpuOptions(c, r);
   }
+  // The GPU fields do nothing on the CPU, but a value that no GPU would
+  // take is refused here too: a caller of target "auto" on a machine
+  // without a GPU learns of it now, not on the first machine with one.
+  CompileRequest gpuFields;
+  if (llvm::Error e = readGpuOptions(c, gpuFields))
+    return e;
+  const RequestedKernelPlan &requested = gpuFields.gpu.mmaPlan;
+  AttentionKernelPlan fields;
+  fields.warps = requested.warps.value_or(fields.warps);
+  fields.keyChunk = requested.keyChunk.value_or(fields.keyChunk);
+  fields.stages = requested.stages.value_or(fields.stages);
+  if (llvm::SmallVector<std::string> problems =
+          fields.fieldProblems(PlanSpelling::CField);
+      !problems.empty())
+    return llvm::createStringError(llvm::join(problems, "; "));
   CpuCompileOptions &options = r.cpu;
   switch (c.stage) {
   case MOBA_STAGE_FUSED:

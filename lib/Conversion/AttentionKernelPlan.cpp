@@ -216,6 +216,22 @@ llvm::Expected<AttentionKernelPlan> AttentionKernelPlan::parse(StringRef text) {
 }
 
 llvm::SmallVector<std::string>
+AttentionKernelPlan::fieldProblems(PlanSpelling spelling) const {
+  llvm::SmallVector<std::string> found;
+  if (warps < 1 || warps > 16)
+    found.push_back(fieldName("warps", spelling) + " must be in [1, 16], got " +
+                    std::to_string(warps));
+  if (keyChunk < 16 || keyChunk > 256 || keyChunk % 16 != 0)
+    found.push_back(fieldName("key-chunk", spelling) +
+                    " must be a multiple of 16 in [16, 256], got " +
+                    std::to_string(keyChunk));
+  if (stages < 2 || stages > 4)
+    found.push_back(fieldName("stages", spelling) +
+                    " must be in [2, 4], got " + std::to_string(stages));
+  return found;
+}
+
+llvm::SmallVector<std::string>
 AttentionKernelPlan::problems(std::optional<StringRef> chip,
                               PlanSpelling spelling) const {
   std::string instructionField = fieldName("instruction", spelling);
@@ -225,17 +241,10 @@ AttentionKernelPlan::problems(std::optional<StringRef> chip,
   std::string chunkField = fieldName("key-chunk", spelling);
   std::string stagesField = fieldName("stages", spelling);
   bool wgmma = instruction == MatrixInstruction::Wgmma;
-  llvm::SmallVector<std::string> found;
+  llvm::SmallVector<std::string> found = fieldProblems(spelling);
   auto problem = [&](const llvm::Twine &message) {
     found.push_back(message.str());
   };
-  if (warps < 1 || warps > 16)
-    problem(warpsField + " must be in [1, 16], got " + llvm::Twine(warps));
-  if (keyChunk < 16 || keyChunk > 256 || keyChunk % 16 != 0)
-    problem(chunkField + " must be a multiple of 16 in [16, 256], got " +
-            llvm::Twine(keyChunk));
-  if (stages < 2 || stages > 4)
-    problem(stagesField + " must be in [2, 4], got " + llvm::Twine(stages));
   // wgmma is sm_90a's alone: later chips have other matrix instructions.
   if (wgmma && chip && *chip != "sm_90a")
     problem(instructionField + "=wgmma needs chip sm_90a, got '" + *chip + "'");

@@ -319,6 +319,22 @@ def test_mma_stages_rules():
         kernel(mma_stages="3")
 
 
+def test_cpu_target_refuses_gpu_fields_no_gpu_takes():
+    # The CPU ignores the GPU fields, but a value outside every GPU's range
+    # is an error there too (a target="auto" caller on a CPU-only machine
+    # must not learn of it on the first GPU); cross-field rules, which
+    # depend on the chip and the tuning table, wait for a GPU target.
+    assert gpu_problem(target="cpu", mma_stages=5) == (
+        "mma_stages must be in [2, 4], got 5")
+    assert gpu_problem(target="cpu", mma_warps=17, mma_key_chunk=40) == (
+        "mma_warps must be in [1, 16], got 17; mma_key_chunk must be a "
+        "multiple of 16 in [16, 256], got 40")
+    assert gpu_problem(target="cpu", mma_stages=3) is None
+    with pytest.raises(ValueError, match="mma_stages must be in \\[2, 4\\], "
+                       "got 5"):
+        kernel(mma_stages=5)
+
+
 def test_mma_schedule_rules():
     with pytest.raises(ValueError, match="mma_schedule must be 'auto', "
                        "'in-order', 'overlapped' or None, got 'ping-pong'"):

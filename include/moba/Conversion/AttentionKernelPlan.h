@@ -125,6 +125,10 @@ struct AttentionKernelPlan {
   /// is the target GPU ("sm_80", "sm_90a", ...): wgmma needs sm_90a.
   llvm::SmallVector<std::string> problems(std::optional<llvm::StringRef> chip,
                                           PlanSpelling spelling) const;
+  /// The rules of problems() that hold for one field alone (the ranges of
+  /// warps, key-chunk and stages), whatever the other fields and the chip:
+  /// what a request can be checked against before it meets a GPU.
+  llvm::SmallVector<std::string> fieldProblems(PlanSpelling spelling) const;
 };
 
 } // namespace mlir::moba
