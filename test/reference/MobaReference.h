@@ -75,7 +75,8 @@ struct GradResult {
 /// gradients `dout` [T, Hq, D] and `dlse` [T, Hq] (nullptr: zero).
 /// docs/semantics.md, "Gradients": the selection is that of `attention`,
 /// held fixed (no gradient through the gate).
-GradResult attentionGrad(const Problem &problem, const std::vector<double> &dout,
+GradResult attentionGrad(const Problem &problem,
+                         const std::vector<double> &dout,
                          const std::vector<double> *dlse,
                          double tieTolerance = 4e-5);
 
