@@ -40,5 +40,6 @@ if [ ! -f "$build/build.ninja" ]; then
     -DLLVM_ENABLE_ASSERTIONS=ON \
     "${launcher[@]}"
 fi
-cmake --build "$build" --target moba-opt moba-run moba-python mlir-doc \
+cmake --build "$build" --target moba-opt moba-run moba-reference-check \
+  moba-python mlir-doc \
   moba-stand-in-cuda

@@ -23,6 +23,9 @@ config.substitutions.append(
     ("%moba_opt", os.path.join(config.moba_tools_dir, "moba-opt")))
 config.substitutions.append(
     ("%moba_run", os.path.join(config.moba_tools_dir, "moba-run")))
+config.substitutions.append(
+    ("%moba_reference_check",
+     os.path.join(config.moba_tools_dir, "moba-reference-check")))
 
 # FileCheck variables are scoped to their CHECK-LABEL block, so a capture in
 # one function can never satisfy a use in the next.

@@ -56,6 +56,30 @@ struct Result {
 Result attention(const Problem &problem, Mutation mutation = Mutation::None,
                  double tieTolerance = 4e-5);
 
+struct GradResult {
+  std::vector<double> dq;          ///< [T, Hq, D]
+  std::vector<double> dk, dv;      ///< [T, Hkv, D]
+  /// [T, Hq]: 1 where the row's selection is a near-tie (as Result::nearTie):
+  /// its dq may follow either selection.
+  std::vector<uint8_t> dqUnsure;
+  /// [T, Hkv]: 1 for keys of a block that a near-tied row of a query head of
+  /// this KV head might or might not have chosen (the k-th and (k+1)-th
+  /// candidates, and any other within the tolerance of the k-th): their dk,
+  /// dv may follow either selection. Also 1 for every other key such a row
+  /// attends: a swapped block renormalizes the row's weights P, so the dk,
+  /// dv the row gives its own block and its sure choices move as well.
+  std::vector<uint8_t> dkvUnsure;
+};
+
+/// Gradients of `out` and `lse` of attention(problem) against the upstream
+/// gradients `dout` [T, Hq, D] and `dlse` [T, Hq] (nullptr: zero).
+/// docs/semantics.md, "Gradients": the selection is that of `attention`,
+/// held fixed (no gradient through the gate).
+GradResult attentionGrad(const Problem &problem,
+                         const std::vector<double> &dout,
+                         const std::vector<double> *dlse,
+                         double tieTolerance = 4e-5);
+
 } // namespace moba::reference
 
 #endif // MOBA_TEST_REFERENCE_MOBAREFERENCE_H
