@@ -13,9 +13,7 @@ def moba_reference(q, k, v, cu_seqlens, block_size, top_k, causal=True,
     tokens, hq, d = q.shape
     hkv = k.shape[1]
     group = hq // hkv
-    scale = 1.0 / np.sqrt(d) if scale is None else float(np.float32(scale))
-    if scale is not None:
-        scale = float(np.float32(scale))
+    scale = _scale(scale, d)
     out = np.zeros_like(q)
     lse = np.zeros((tokens, hq))
     near_tie = np.zeros((tokens, hq), dtype=bool)
@@ -26,8 +24,75 @@ def moba_reference(q, k, v, cu_seqlens, block_size, top_k, causal=True,
     return out, lse, near_tie
 
 
+def moba_grad_reference(q, k, v, cu_seqlens, block_size, top_k, dout,
+                        dlse=None, causal=True, scale=None,
+                        tie_tolerance=4e-5):
+    """Gradients of out and lse (docs/semantics.md, "Gradients") against the
+    upstream dout [T, Hq, D] and dlse [T, Hq] (None: zero), the selection
+    held fixed.
+
+    Returns (dq [T, Hq, D], dk, dv [T, Hkv, D], dq_unsure [T, Hq] bool,
+    dkv_unsure [T, Hkv] bool). dq_unsure marks near-tied rows; dkv_unsure
+    the keys whose dk, dv such a row may change by choosing the other way:
+    those of the candidates within the tolerance of the boundary and every
+    key the row attends (a swap renormalizes its weights).
+    """
+    q, k, v, dout = (np.asarray(x, dtype=np.float64)
+                     for x in (q, k, v, dout))
+    dlse = None if dlse is None else np.asarray(dlse, dtype=np.float64)
+    scale = _scale(scale, q.shape[2])
+    dq = np.zeros_like(q)
+    dk = np.zeros_like(k)
+    dv = np.zeros_like(v)
+    dq_unsure = np.zeros(q.shape[:2], dtype=bool)
+    dkv_unsure = np.zeros(k.shape[:2], dtype=bool)
+    cu = [int(x) for x in cu_seqlens]
+    with np.errstate(invalid="ignore"):  # NaN and inf propagate on purpose
+        for t, h, g, keys, near_tie, unsure_keys in _select(
+                q, k, cu, block_size, top_k, causal, tie_tolerance):
+            if near_tie:
+                dq_unsure[t, h] = True
+                dkv_unsure[keys, g] = True
+                dkv_unsure[unsure_keys, g] = True
+            p, _ = _softmax(q[t, h], k[keys, g], scale)
+            out = p @ v[keys, g]
+            delta = dout[t, h] @ out
+            if dlse is not None:
+                delta -= dlse[t, h]
+            ds = p * (v[keys, g] @ dout[t, h] - delta)
+            dq[t, h] = scale * (ds @ k[keys, g])
+            # dK and dV sum over every query head of the KV head (GQA, MQA).
+            dk[keys, g] += scale * np.outer(ds, q[t, h])
+            dv[keys, g] += np.outer(p, dout[t, h])
+    return dq, dk, dv, dq_unsure, dkv_unsure
+
+
+def _scale(scale, d):
+    return float(np.float32(1.0 / np.sqrt(d) if scale is None else scale))
+
+
+def _softmax(q_row, keys, scale):
+    """(weights P over the keys, lse) of one row."""
+    x = scale * (keys @ q_row)
+    m = x.max()  # NaN propagates
+    w = np.exp(x - m)
+    return w / w.sum(), m + np.log(w.sum())
+
+
 def _attend(q, k, v, cu, block_size, top_k, causal, scale, tie_tolerance,
             out, lse, near_tie):
+    for t, h, g, keys, tie, _ in _select(q, k, cu, block_size, top_k,
+                                         causal, tie_tolerance):
+        near_tie[t, h] = tie
+        p, lse[t, h] = _softmax(q[t, h], k[keys, g], scale)
+        out[t, h] = p @ v[keys, g]
+
+
+def _select(q, k, cu, block_size, top_k, causal, tie_tolerance):
+    """The selection of docs/semantics.md: yields, per row, (t, h, g, keys
+    K(t, h), near_tie, unsure_keys). unsure_keys (near-ties only): the keys
+    of the candidates within the tolerance of the top_k-th, chosen or not.
+    """
     hq, hkv = q.shape[1], k.shape[1]
     d = q.shape[2]
     group = hq // hkv
@@ -53,19 +118,23 @@ def _attend(q, k, v, cu, block_size, top_k, causal, scale, tie_tolerance,
                 chosen = [j for _, j, _ in scored[:take]]
                 if causal:
                     chosen.append(own)
+                tie = False
+                unsure = []
                 if 1 <= take < len(scored):
-                    magnitude = max(m for _, _, m in scored)
+                    bound = tie_tolerance * max(m for _, _, m in scored)
                     gap = scored[take - 1][0] - scored[take][0]
-                    near_tie[t, h] = 0 < gap <= tie_tolerance * magnitude
+                    tie = bool(0 < gap <= bound)
+                    if tie:
+                        unsure = [j for s, j, _ in scored
+                                  if abs(s - scored[take - 1][0]) <= bound]
                 keys = np.concatenate([
                     np.arange(bounds[j][0],
                               min(bounds[j][1], t + 1) if causal
                               else bounds[j][1]) for j in chosen])
-                x = scale * (k[keys, g] @ q[t, h])
-                m = x.max()
-                w = np.exp(x - m)
-                out[t, h] = (w @ v[keys, g]) / w.sum()
-                lse[t, h] = m + np.log(w.sum())
+                unsure_keys = np.array(
+                    [s for j in unsure for s in range(*bounds[j])],
+                    dtype=np.int64)
+                yield t, h, g, keys, tie, unsure_keys
 
 
 def random_inputs(rng, seqlens, hq, hkv, d):
