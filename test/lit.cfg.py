@@ -10,7 +10,8 @@ from lit.llvm.subst import ToolSubst
 config.name = "MOBA"
 config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
 config.suffixes = [".mlir", ".test"]
-config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py", "lit.site.cfg.py", "grid.py"]
+config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py", "lit.site.cfg.py", "grid.py",
+                   "grad_check.py"]
 
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.moba_obj_root, "test")
@@ -19,6 +20,9 @@ config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%moba_src_root", config.moba_src_root))
 config.substitutions.append(("%moba_obj_root", config.moba_obj_root))
 config.substitutions.append(("%python", config.python_executable))
+# The runtime libraries of mlir-runner (print functions), beside LLVM's.
+config.substitutions.append(
+    ("%mlir_lib_dir", os.path.join(config.llvm_tools_dir, "..", "lib")))
 config.substitutions.append(
     ("%moba_opt", os.path.join(config.moba_tools_dir, "moba-opt")))
 config.substitutions.append(

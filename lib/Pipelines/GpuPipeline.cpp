@@ -12,6 +12,7 @@
 
 #include "moba/Conversion/Passes.h"
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
+#include "moba/Dialect/Moba/IR/MobaOps.h"
 
 #include "mlir/Conversion/Passes.h"
 #include "mlir/Dialect/Arith/Transforms/Passes.h"
@@ -44,6 +45,27 @@ struct RejectOptionsPass
     signalPassFailure();
   }
   std::string message;
+};
+
+/// Fails on the ops of the attention backward, which have loop lowerings
+/// for the CPU but no GPU kernels: a clear error, where the GPU passes would
+/// otherwise meet moba ops they do not know.
+struct RejectGradientsPass
+    : public PassWrapper<RejectGradientsPass, OperationPass<>> {
+  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(RejectGradientsPass)
+  StringRef getArgument() const override { return "moba-reject-gradients"; }
+  void runOnOperation() override {
+    WalkResult result = getOperation()->walk([](Operation *op) {
+      if (!isa<AttentionGradOp, AttentionRowTermOp,
+               GroupedBlockAttentionGradOp, SumSlotsOp>(op))
+        return WalkResult::advance();
+      op->emitOpError("has no GPU lowering yet: the attention backward "
+                      "compiles with moba-cpu-pipeline only");
+      return WalkResult::interrupt();
+    });
+    if (result.wasInterrupted())
+      signalPassFailure();
+  }
 };
 
 } // namespace
@@ -175,6 +197,7 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
     pm.addPass(std::make_unique<RejectOptionsPass>(problem));
     return;
   }
+  pm.addPass(std::make_unique<RejectGradientsPass>());
   // Checked above: the plan parses.
   AttentionKernelPlan plan = cantFail(mmaKernelPlan(options));
   CpuPipelineOptions loops;

@@ -399,6 +399,76 @@ LogicalResult AttentionOp::verify() {
 }
 
 //===----------------------------------------------------------------------===//
+// AttentionGradOp
+//===----------------------------------------------------------------------===//
+
+std::optional<int64_t> AttentionGradOp::getStaticHeadDim() {
+  for (Value v : {getQ(), getK(), getV(), getOut(), getGradOut()}) {
+    int64_t d = cast<RankedTensorType>(v.getType()).getShape().back();
+    if (!ShapedType::isDynamic(d))
+      return d;
+  }
+  return std::nullopt;
+}
+
+double AttentionGradOp::getScaleOrDefault() {
+  if (std::optional<APFloat> s = getScale())
+    return s->convertToDouble();
+  return 1.0 / std::sqrt(double(*getStaticHeadDim()));
+}
+
+LogicalResult AttentionGradOp::verify() {
+  if (failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
+                                           getCuSeqlens(), getSelected(),
+                                           getBlockSize(), getScaleAttr())))
+    return failure();
+  Checker c(*this);
+  Named q("q", getQ()), k("k", getK()), v("v", getV()), out("out", getOut()),
+      lse("lse", getLse()), dout("grad_out", getGradOut()),
+      dq("grad_q", getGradQ()), dk("grad_k", getGradK()),
+      dv("grad_v", getGradV());
+  if (failed(c.atLeastOne("top_k", getTopK())) ||
+      failed(c.attrAtMost("top_k", getTopK(), kMaxSelectedBlocks)) ||
+      failed(c.sameElementType(q, out)) || failed(c.sameShape(q, out)) ||
+      failed(c.sameElementType(q, dout)) || failed(c.sameShape(q, dout)) ||
+      failed(c.rank(lse, 2, "[tokens, query heads]")) ||
+      failed(c.sameDim("token count", q, 0, lse, 0)) ||
+      failed(c.sameDim("number of query heads", q, 1, lse, 1)))
+    return failure();
+  if (Value gradLse = getGradLse()) {
+    Named dlse("grad_lse", gradLse);
+    if (failed(c.sameShape(lse, dlse)))
+      return failure();
+  }
+  // The gradients have the types of what they differentiate.
+  for (auto [grad, input] : {std::pair(dq, q), std::pair(dk, k),
+                             std::pair(dv, v)})
+    if (failed(c.sameElementType(input, grad)) ||
+        failed(c.sameShape(input, grad)))
+      return failure();
+  if (!getStaticHeadDim() && !getScaleAttr())
+    return emitOpError("needs an explicit scale when head_dim is dynamic "
+                       "(the default 1/sqrt(head_dim) must be static)");
+  if (std::optional<int64_t> maxSeqlen = getMaxSeqlen()) {
+    if (failed(c.atLeastOne("max_seqlen", *maxSeqlen)))
+      return failure();
+    if (!ShapedType::isDynamic(q.dim(0)) && *maxSeqlen > q.dim(0))
+      return emitOpError() << "max_seqlen (" << *maxSeqlen
+                           << ") exceeds the token count (" << q.dim(0) << ")";
+  }
+  if (Value selected = getSelected()) {
+    int64_t width = cast<ShapedType>(selected.getType()).getShape().back();
+    if (!ShapedType::isDynamic(width) &&
+        width != static_cast<int64_t>(getTopK()))
+      return emitOpError() << "selected holds " << width
+                           << " blocks per token and head (dim 2), but top_k "
+                              "is "
+                           << getTopK();
+  }
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
 // BlockPoolOp
 //===----------------------------------------------------------------------===//
 
@@ -779,6 +849,101 @@ LogicalResult GroupedBlockAttentionOp::verify() {
       return failure();
   for (int64_t i = 0; i < 2; ++i)
     if (failed(c.sameDim("dim " + std::to_string(i), q, i, mergedLse, i)))
+      return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// AttentionRowTermOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange AttentionRowTermOp::getDpsInitsMutable() {
+  return getInitMutable();
+}
+
+LogicalResult AttentionRowTermOp::verify() {
+  Checker c(*this);
+  Named dout("grad_out", getGradOut()), out("out", getOut()),
+      init("init", getInit());
+  if (failed(c.staticSizes()) ||
+      failed(c.rank(dout, 3, "[tokens, query heads, head_dim]")) ||
+      failed(c.sameShape(dout, out)) ||
+      failed(c.staticDimAtMost("head_dim", dout, 2, kMaxHeadDim)) ||
+      failed(c.rank(init, 2, "[tokens, query heads]")) ||
+      failed(c.sameDim("token count", dout, 0, init, 0)) ||
+      failed(c.sameDim("number of query heads", dout, 1, init, 1)))
+    return failure();
+  if (Value gradLse = getGradLse())
+    if (failed(c.sameShape(Named("grad_lse", gradLse), init)))
+      return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// GroupedBlockAttentionGradOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange GroupedBlockAttentionGradOp::getDpsInitsMutable() {
+  return trailingOperands(*this, 3);
+}
+
+LogicalResult GroupedBlockAttentionGradOp::verify() {
+  if (failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
+                                           getCuSeqlens(), getSelected(),
+                                           getBlockSize(), getScaleAttr())) ||
+      failed(verifyGroups(*this, getSelected(), getStarts(), getCounts(),
+                          getEntries())))
+    return failure();
+  Checker c(*this);
+  Named q("q", getQ()), k("k", getK()), sel("selected", getSelected()),
+      dout("grad_out", getGradOut()), lse("lse", getLse()),
+      rowTerm("row_term", getRowTerm()),
+      dqp("dq_partials_init", getDqPartialsInit()),
+      dk("dk_init", getDkInit()), dv("dv_init", getDvInit());
+  if (failed(c.sameElementType(q, dout)) || failed(c.sameShape(q, dout)) ||
+      failed(c.rank(lse, 2, "[tokens, query heads]")) ||
+      failed(c.sameDim("token count", q, 0, lse, 0)) ||
+      failed(c.sameDim("number of query heads", q, 1, lse, 1)) ||
+      failed(c.sameShape(lse, rowTerm)) ||
+      failed(c.rank(dqp, 4, "[K, tokens, query heads, head_dim]")) ||
+      failed(c.sameDim("K", sel, 2, dqp, 0)))
+    return failure();
+  for (int64_t i = 0; i < 3; ++i)
+    if (failed(c.sameDim("dim " + std::to_string(i), q, i, dqp, i + 1)))
+      return failure();
+  Type kElement = k.type.getElementType();
+  for (const Named &grad : {dk, dv}) {
+    Type element = grad.type.getElementType();
+    if (!element.isF32() && element != kElement)
+      return emitOpError() << grad.name
+                           << " must hold f32 or the element type of k ("
+                           << kElement << "), got " << element;
+    if (failed(c.sameShape(k, grad)))
+      return failure();
+  }
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// SumSlotsOp
+//===----------------------------------------------------------------------===//
+
+MutableOperandRange SumSlotsOp::getDpsInitsMutable() {
+  return getInitMutable();
+}
+
+LogicalResult SumSlotsOp::verify() {
+  Checker c(*this);
+  Named parts("partials", getPartials()), init("init", getInit());
+  if (failed(c.staticSizes()) ||
+      failed(c.rank(parts, 4, "[K, tokens, query heads, head_dim]")) ||
+      failed(c.rank(init, 3, "[tokens, query heads, head_dim]")) ||
+      failed(c.positiveDim("K", parts, 0)) ||
+      failed(c.staticDimAtMost("K", parts, 0, kMaxSelectedBlocks)) ||
+      failed(c.staticDimAtMost("head_dim", init, 2, kMaxHeadDim)))
+    return failure();
+  for (int64_t i = 0; i < 3; ++i)
+    if (failed(c.sameDim("dim " + std::to_string(i), init, i, parts, i + 1)))
       return failure();
   return success();
 }

@@ -2,7 +2,10 @@
 //
 // Part of moba-mlir. Implements `moba-decompose`: moba.attention becomes
 // moba.block_pool -> moba.gate -> moba.topk -> moba.sparse_attention on the
-// packed variable-length layout. See Passes.td for the contract.
+// packed variable-length layout, and moba.attention_grad becomes the same
+// selection -> moba.attention_row_term -> moba.group_queries ->
+// moba.grouped_block_attention_grad -> moba.sum_slots. See Passes.td for the
+// contract.
 //
 //===----------------------------------------------------------------------===//
 
@@ -148,6 +151,54 @@ Value expandBatch(OpBuilder &b, Location loc, SizeBuilder &sizes, Value v,
   return tensor::ExpandShapeOp::create(b, loc, resultType, v, groups, shape);
 }
 
+/// Blocks per sequence (MB) and in the whole batch (NB), both at least 1
+/// so that empty inputs still give well-formed tensors. NB takes the
+/// tighter of two bounds on sum_b ceil(len_b / block_size).
+struct BlockCounts {
+  OpFoldResult perSequence, total;
+};
+BlockCounts countBlocks(SizeBuilder &sizes, OpFoldResult batch,
+                        OpFoldResult tokens, OpFoldResult seqBound,
+                        int64_t blockSize) {
+  OpFoldResult one = sizes.constant(1), block = sizes.constant(blockSize);
+  OpFoldResult perSequence = sizes.max(sizes.ceilDiv(seqBound, block), one);
+  OpFoldResult total = sizes.max(
+      sizes.min(sizes.mul(batch, perSequence),
+                sizes.add(sizes.floorDiv(tokens, block), batch)),
+      one);
+  return {perSequence, total};
+}
+
+/// The selection `[T, Hq, top_k]` (i32 local block indices) of packed `q`
+/// and `k`: moba.block_pool -> moba.gate -> moba.topk. moba.attention and
+/// moba.attention_grad both build their selection here, so the later passes
+/// (canonicalization, moba-fuse-gate-topk, the loop or GPU lowering of the
+/// gate) see the same ops with the same operands and attributes in both, and
+/// the backward's selection is bit-identical to the forward's
+/// (docs/semantics.md, "Gradients"). Keep it the one place that does.
+Value buildSelection(PatternRewriter &rewriter, Location loc,
+                     SizeBuilder &sizes, Value q, Value k, Value cu,
+                     OpFoldResult batch, OpFoldResult tokens,
+                     OpFoldResult seqBound, int64_t blockSize, int64_t topK,
+                     BoolAttr causal) {
+  OpFoldResult qHeads = sizes.dim(q, 1);
+  OpFoldResult kvHeads = sizes.dim(k, 1);
+  OpFoldResult headDim = sizes.dim(q, 2);
+  BlockCounts blocks = countBlocks(sizes, batch, tokens, seqBound, blockSize);
+  Type f32 = rewriter.getF32Type();
+  auto blockSizeAttr = rewriter.getI64IntegerAttr(blockSize);
+  Value meansInit = sizes.empty({blocks.total, kvHeads, headDim}, f32);
+  Value means = BlockPoolOp::create(rewriter, loc, meansInit.getType(), k,
+                                    cu, meansInit, blockSizeAttr);
+  Value scoresInit = sizes.empty({tokens, qHeads, blocks.perSequence}, f32);
+  Value scores = GateOp::create(rewriter, loc, scoresInit.getType(), q, means,
+                                cu, scoresInit, blockSizeAttr);
+  Value selectedInit = sizes.empty({tokens, qHeads, sizes.constant(topK)},
+                                   rewriter.getI32Type());
+  return TopKOp::create(rewriter, loc, selectedInit.getType(), scores, cu,
+                        selectedInit, blockSizeAttr, causal);
+}
+
 struct DecomposeAttention : OpRewritePattern<AttentionOp> {
   using OpRewritePattern::OpRewritePattern;
 
@@ -158,7 +209,6 @@ struct DecomposeAttention : OpRewritePattern<AttentionOp> {
     Value q = op.getQ(), k = op.getK(), v = op.getV();
     Value cu = op.getCuSeqlens();
     int64_t blockSize = op.getBlockSize();
-    OpFoldResult block = sizes.constant(blockSize);
 
     // One layout for every later stage: packed [T, H, D] with cu_seqlens.
     // `seqBound` bounds the length of one sequence.
@@ -178,34 +228,13 @@ struct DecomposeAttention : OpRewritePattern<AttentionOp> {
       k = collapseBatch(rewriter, loc, k);
       v = collapseBatch(rewriter, loc, v);
     }
-    OpFoldResult qHeads = sizes.dim(q, 1);
-    OpFoldResult kvHeads = sizes.dim(k, 1);
-    OpFoldResult headDim = sizes.dim(q, 2);
-
-    // Blocks per sequence (MB) and in the whole batch (NB), both at least 1
-    // so that empty inputs still give well-formed tensors. NB takes the
-    // tighter of two bounds on sum_b ceil(len_b / block_size).
-    OpFoldResult one = sizes.constant(1);
-    OpFoldResult blocksPerSeq = sizes.max(sizes.ceilDiv(seqBound, block), one);
-    OpFoldResult totalBlocks = sizes.max(
-        sizes.min(sizes.mul(batch, blocksPerSeq),
-                  sizes.add(sizes.floorDiv(tokens, block), batch)),
-        one);
-
-    Type f32 = rewriter.getF32Type();
     auto blockSizeAttr = rewriter.getI64IntegerAttr(blockSize);
-    Value meansInit = sizes.empty({totalBlocks, kvHeads, headDim}, f32);
-    Value means = BlockPoolOp::create(rewriter, loc, meansInit.getType(), k,
-                                      cu, meansInit, blockSizeAttr);
-    Value scoresInit = sizes.empty({tokens, qHeads, blocksPerSeq}, f32);
-    Value scores = GateOp::create(rewriter, loc, scoresInit.getType(), q, means,
-                                  cu, scoresInit, blockSizeAttr);
-    Value selectedInit =
-        sizes.empty({tokens, qHeads, sizes.constant(op.getTopK())},
-                    rewriter.getI32Type());
-    Value selected =
-        TopKOp::create(rewriter, loc, selectedInit.getType(), scores, cu,
-                       selectedInit, blockSizeAttr, op.getCausalAttr());
+    Value selected = buildSelection(rewriter, loc, sizes, q, k, cu, batch,
+                                    tokens, seqBound, blockSize, op.getTopK(),
+                                    op.getCausalAttr());
+    Type f32 = rewriter.getF32Type();
+    OpFoldResult qHeads = sizes.dim(q, 1);
+    OpFoldResult headDim = sizes.dim(q, 2);
     auto qType = cast<RankedTensorType>(q.getType());
     Value outInit = sizes.empty({tokens, qHeads, headDim}, qType.getElementType());
     Value lseInit = sizes.empty({tokens, qHeads}, f32);
@@ -232,6 +261,78 @@ struct DecomposeAttention : OpRewritePattern<AttentionOp> {
   }
 };
 
+/// moba.attention_grad (packed layout only): the selection as the forward
+/// builds it (or the caller's), the row term, the groups of each key block,
+/// the grouped backward and the sum of the dq partials over the slots.
+struct DecomposeAttentionGrad : OpRewritePattern<AttentionGradOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(AttentionGradOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    SizeBuilder sizes(rewriter, loc);
+    Value q = op.getQ(), k = op.getK(), v = op.getV();
+    Value cu = op.getCuSeqlens();
+    int64_t blockSize = op.getBlockSize();
+    auto blockSizeAttr = rewriter.getI64IntegerAttr(blockSize);
+    OpFoldResult tokens = sizes.dim(q, 0);
+    OpFoldResult batch = sizes.sub(sizes.dim(cu, 0), sizes.constant(1));
+    OpFoldResult seqBound =
+        op.getMaxSeqlen() ? sizes.constant(*op.getMaxSeqlen()) : tokens;
+    Value selected = op.getSelected();
+    if (!selected)
+      selected = buildSelection(rewriter, loc, sizes, q, k, cu, batch, tokens,
+                                seqBound, blockSize, op.getTopK(),
+                                op.getCausalAttr());
+    OpFoldResult qHeads = sizes.dim(q, 1);
+    OpFoldResult kvHeads = sizes.dim(k, 1);
+    OpFoldResult headDim = sizes.dim(q, 2);
+    OpFoldResult slots = sizes.dim(selected, 2);
+    Type f32 = rewriter.getF32Type(), i32 = rewriter.getI32Type();
+
+    Value rowTermInit = sizes.empty({tokens, qHeads}, f32);
+    Value rowTerm = AttentionRowTermOp::create(
+        rewriter, loc, rowTermInit.getType(), op.getGradOut(), op.getOut(),
+        op.getGradLse(), rowTermInit);
+
+    BlockCounts blocks = countBlocks(sizes, batch, tokens, seqBound, blockSize);
+    Value starts = sizes.empty({qHeads, blocks.total}, i32);
+    Value counts = sizes.empty({qHeads, blocks.total}, i32);
+    Value entries = sizes.empty({qHeads, sizes.mul(tokens, slots)}, i32);
+    auto groups = GroupQueriesOp::create(
+        rewriter, loc,
+        TypeRange{starts.getType(), counts.getType(), entries.getType()},
+        selected, cu, starts, counts, entries, blockSizeAttr);
+
+    // dk and dv are rounded once, straight to k's type: the grouped
+    // backward accumulates each row over its whole group before writing.
+    Type kvElement = cast<RankedTensorType>(k.getType()).getElementType();
+    Value partialsInit =
+        sizes.empty({slots, tokens, qHeads, headDim}, f32);
+    Value dkInit = sizes.empty({tokens, kvHeads, headDim}, kvElement);
+    Value dvInit = sizes.empty({tokens, kvHeads, headDim}, kvElement);
+    auto grad = GroupedBlockAttentionGradOp::create(
+        rewriter, loc,
+        TypeRange{partialsInit.getType(), dkInit.getType(), dvInit.getType()},
+        q, k, v, cu, selected, groups.getStarts(), groups.getCounts(),
+        groups.getEntries(), op.getGradOut(), op.getLse(), rowTerm,
+        partialsInit, dkInit, dvInit, blockSizeAttr,
+        rewriter.getF32FloatAttr(op.getScaleOrDefault()), op.getCausalAttr());
+
+    Type qElement = cast<RankedTensorType>(q.getType()).getElementType();
+    Value dqInit = sizes.empty({tokens, qHeads, headDim}, qElement);
+    Value dq = SumSlotsOp::create(rewriter, loc, dqInit.getType(),
+                                  grad.getDqPartials(), dqInit);
+    // The results keep the caller's types (static where the caller's are).
+    SmallVector<Value> results = {dq, grad.getDk(), grad.getDv()};
+    for (auto [result, type] : llvm::zip(results, op.getResultTypes()))
+      if (result.getType() != type)
+        result = tensor::CastOp::create(rewriter, loc, type, result);
+    rewriter.replaceOp(op, results);
+    return success();
+  }
+};
+
 struct MobaDecomposePass
     : public moba::impl::MobaDecomposeBase<MobaDecomposePass> {
   void runOnOperation() override {
@@ -244,5 +345,6 @@ struct MobaDecomposePass
 } // namespace
 
 void mlir::moba::populateMobaDecomposePatterns(RewritePatternSet &patterns) {
-  patterns.add<DecomposeAttention>(patterns.getContext());
+  patterns.add<DecomposeAttention, DecomposeAttentionGrad>(
+      patterns.getContext());
 }

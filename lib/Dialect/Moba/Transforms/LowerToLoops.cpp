@@ -62,7 +62,9 @@ struct MobaLowerToLoopsPass
         if (keepWarpCompatibleGrouping && grouping.isWarpCompatible())
           return WalkResult::advance();
       if (!isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
-               LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp>(op))
+               LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp,
+               AttentionRowTermOp, GroupedBlockAttentionGradOp, SumSlotsOp>(
+              op))
         return WalkResult::advance();
       // The ops that exist on buffers (after bufferization) have only their
       // GPU lowerings there.
@@ -90,4 +92,5 @@ void mlir::moba::populateMobaLowerToLoopsPatterns(
   populateLowerMergeToLoopsPatterns(patterns, parallel);
   populateLowerGroupingToLoopsPatterns(patterns, parallel,
                                        keepWarpCompatibleGrouping);
+  populateLowerGradToLoopsPatterns(patterns, parallel);
 }

@@ -49,6 +49,11 @@ void populateLowerGroupingToLoopsPatterns(RewritePatternSet &patterns,
                                           bool parallel,
                                           bool keepWarpCompatibleGrouping);
 
+/// moba.attention_row_term, moba.grouped_block_attention_grad and
+/// moba.sum_slots (LowerGradToLoops.cpp): serial loops either way.
+void populateLowerGradToLoopsPatterns(RewritePatternSet &patterns,
+                                      bool parallel);
+
 } // namespace mlir::moba
 
 #endif // MOBA_LIB_DIALECT_MOBA_TRANSFORMS_LOWERTOLOOPSPATTERNS_H

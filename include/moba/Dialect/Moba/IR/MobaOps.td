@@ -104,6 +104,108 @@ def Moba_AttentionOp : Moba_Op<"attention", [Pure]> {
 }
 
 //===----------------------------------------------------------------------===//
+// moba.attention_grad
+//===----------------------------------------------------------------------===//
+
+def Moba_AttentionGradOp : Moba_Op<"attention_grad",
+    [Pure, AttrSizedOperandSegments]> {
+  let summary = "Gradients of MoBA attention with respect to q, k and v";
+  let description = [{
+    The backward of `moba.attention` on the packed variable-length layout:
+    given the forward's `out` and `lse` and the upstream gradients
+    `grad_out = dL/dout` and, optionally, `grad_lse = dL/dlse` (zero when
+    absent), computes `dq`, `dk` and `dv`. No gradient flows through the
+    block means, the gate or top-k (the selection is piecewise constant):
+    these are the gradients of attention over the fixed key sets `K(t, h)`
+    of the forward. With `P(t, h, s) = exp(scale * q[t,h,:] . k[s,g,:] -
+    lse[t, h])` and `g = h / (Hq / Hkv)`:
+
+    ```
+    delta[t, h]  = sum_d grad_out[t,h,d] * out[t,h,d] - grad_lse[t, h]
+    dP(t, h, s)  = sum_d grad_out[t,h,d] * v[s,g,d]
+    dS(t, h, s)  = P(t, h, s) * (dP(t, h, s) - delta[t, h])
+    dq[t, h, :]  = scale * sum_{s in K(t,h)} dS(t,h,s) * k[s,g,:]
+    dk[s, g, :]  = scale * sum_{(t,h): g(h) = g, s in K(t,h)} dS(t,h,s)
+                                                                * q[t,h,:]
+    dv[s, g, :]  = sum_{(t,h): g(h) = g, s in K(t,h)} P(t,h,s) * grad_out[t,h,:]
+    ```
+
+    Every sum is accumulated in f32 and rounded once to the element type of
+    `q`. A key no query attends gets `dk = dv = 0`. NaN propagates: a NaN in
+    a row's inputs makes its `dq` and the `dk`, `dv` rows of every key it
+    attends NaN.
+
+    The selection `K(t, h)` is recomputed from `q` and `k` by the same ops
+    and passes as the forward's (`moba-decompose` builds both with one
+    helper), so it is bit-identical to the forward's when both are compiled
+    with the same options: the forward saves only `out` and the f32 `lse`,
+    and the gate costs about 1% of the backward. A caller that saved the
+    forward's selection passes it as `selected` `[T, Hq, K]` (local block
+    indices, -1 for none) instead. `block_size`, `top_k`, `causal`, `scale`
+    and `max_seqlen` mean what they mean for `moba.attention`; `scale`
+    defaults to `1 / sqrt(head_dim)`.
+
+    Example:
+
+    ```mlir
+    %dq, %dk, %dv = moba.attention_grad q(%q : tensor<?x32x128xbf16>)
+        k(%k : tensor<?x8x128xbf16>) v(%v : tensor<?x8x128xbf16>)
+        cu_seqlens(%cu : tensor<?xi32>)
+        out(%o : tensor<?x32x128xbf16>) lse(%lse : tensor<?x32xf32>)
+        grad_out(%do : tensor<?x32x128xbf16>)
+        grad_lse(%dlse : tensor<?x32xf32>)
+        {block_size = 512, top_k = 3, causal = true, scale = 0.088 : f32,
+         max_seqlen = 4096}
+        -> tensor<?x32x128xbf16>, tensor<?x8x128xbf16>, tensor<?x8x128xbf16>
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$q,
+    Moba_QKVTensor:$k,
+    Moba_QKVTensor:$v,
+    Moba_CuSeqlens:$cu_seqlens,
+    Moba_QKVTensor:$out,
+    Moba_F32Tensor:$lse,
+    Moba_QKVTensor:$grad_out,
+    Optional<Moba_F32Tensor>:$grad_lse,
+    Optional<Moba_IndexTensor>:$selected,
+    I64Attr:$block_size,
+    I64Attr:$top_k,
+    DefaultValuedAttr<BoolAttr, "true">:$causal,
+    OptionalAttr<F32Attr>:$scale,
+    OptionalAttr<I64Attr>:$max_seqlen
+  );
+  let results = (outs
+    Moba_QKVTensor:$grad_q,
+    Moba_QKVTensor:$grad_k,
+    Moba_QKVTensor:$grad_v
+  );
+
+  let assemblyFormat = [{
+    `q` `(` $q `:` type($q) `)`
+    `k` `(` $k `:` type($k) `)`
+    `v` `(` $v `:` type($v) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    `out` `(` $out `:` type($out) `)`
+    `lse` `(` $lse `:` type($lse) `)`
+    `grad_out` `(` $grad_out `:` type($grad_out) `)`
+    (`grad_lse` `(` $grad_lse^ `:` type($grad_lse) `)`)?
+    (`selected` `(` $selected^ `:` type($selected) `)`)?
+    attr-dict `->` type($grad_q) `,` type($grad_k) `,` type($grad_v)
+  }];
+
+  let extraClassDeclaration = [{
+    /// head_dim, if any of q, k, v, out or grad_out has it static.
+    std::optional<int64_t> getStaticHeadDim();
+    /// The softmax scale: the attribute, or 1/sqrt(head_dim).
+    double getScaleOrDefault();
+  }];
+
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
 // Decomposed ops. All work on the packed variable-length layout and are in
 // destination-passing style: the last operands are the inits, and each result
 // has the type of its init.
@@ -640,6 +742,180 @@ def Moba_GroupedBlockAttentionOp : Moba_Op<"grouped_block_attention",
     /// head_dim and the element type allow the mma.sync lowering: f16 or
     /// bf16, head_dim a static multiple of 16 up to 128.
     bool isMmaSyncCompatible();
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Decomposed ops of the backward
+//===----------------------------------------------------------------------===//
+
+def Moba_AttentionRowTermOp : Moba_DpsOp<"attention_row_term",
+    [AllTypesMatch<["init", "result"]>]> {
+  let summary = "The row term delta of the attention backward";
+  let description = [{
+    Per token and query head, the dot product of the output gradient with
+    the forward's output, less the gradient of the log-sum-exp:
+
+    ```
+    result[t, h] = sum_d grad_out[t, h, d] * out[t, h, d] - grad_lse[t, h]
+    ```
+
+    accumulated in f32 (`grad_lse` is 0 when absent). It is the `delta` of
+    `dS = P * (dP - delta)`: since `d lse / d x(s) = P(s)`, the gradient of
+    the log-sum-exp enters the backward only as this shift. A NaN in either
+    row makes the result NaN.
+
+    Example:
+
+    ```mlir
+    %delta = moba.attention_row_term grad_out(%do : tensor<4096x32x128xbf16>)
+        out(%o : tensor<4096x32x128xbf16>)
+        grad_lse(%dlse : tensor<4096x32xf32>)
+        outs(%init : tensor<4096x32xf32>)
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$grad_out,
+    Moba_QKVTensor:$out,
+    Optional<Moba_F32Tensor>:$grad_lse,
+    Moba_F32Tensor:$init
+  );
+  let results = (outs Moba_F32Tensor:$result);
+  let assemblyFormat = [{
+    `grad_out` `(` $grad_out `:` type($grad_out) `)`
+    `out` `(` $out `:` type($out) `)`
+    (`grad_lse` `(` $grad_lse^ `:` type($grad_lse) `)`)?
+    `outs` `(` $init `:` type($init) `)` attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+def Moba_GroupedBlockAttentionGradOp : Moba_DpsOp<
+    "grouped_block_attention_grad",
+    [AllTypesMatch<["dq_partials_init", "dq_partials"]>,
+     AllTypesMatch<["dk_init", "dk"]>, AllTypesMatch<["dv_init", "dv"]>]> {
+  let summary = "Attention backward per key block, over the queries that "
+                "chose it";
+  let description = [{
+    The backward of `moba.grouped_block_attention` with the slots merged:
+    for every key/value head `g` and block row `r` (block `j` of sequence
+    `b`), the queries of the groups `G(h, r)` of the heads `h` with
+    `h / (Hq / Hkv) = g` attend the block's keys `B_r` (causal: only keys at
+    or before the query's position). With `P = exp(scale * q . k - lse)`:
+
+    ```
+    dP(t, h, s)  = sum_d grad_out[t,h,d] * v[s,g,d]
+    dS(t, h, s)  = P(t, h, s) * (dP(t, h, s) - row_term[t, h])
+    dq_partials[slot, t, h, :] = scale * sum_{s in B_r} dS(t,h,s) * k[s,g,:]
+                                 for the entry (t, slot) of G(h, r)
+    dk[s, g, :]  = scale * sum_{h of g, (t, slot) in G(h, r)} dS(t,h,s)
+                                                                * q[t,h,:]
+    dv[s, g, :]  = sum_{h of g, (t, slot) in G(h, r)} P(t,h,s) * grad_out[t,h,:]
+                   for s in B_r
+    ```
+
+    `dq_partials` `[K, T, Hq, D]` is f32 and holds one partial per selection
+    slot; slots that attend nothing (-1, out of range, or a block listed by
+    an earlier slot) are 0, so that `moba.sum_slots` sums every slot. `dk`
+    and `dv` `[T, Hkv, D]` are f32 or the element type of `k`, each row
+    accumulated in f32 over the whole group and rounded once; keys no query
+    attends are 0. `starts`, `counts` and `entries` must be
+    `moba.group_queries` of the same `selected` and `cu_seqlens` (the result
+    is undefined if they disagree); `row_term` is `moba.attention_row_term`
+    and `lse` the forward's. Grouping by key block makes every sum a loop
+    within one block's work: no atomics, and the same bits on every run.
+
+    Example:
+
+    ```mlir
+    %dqp, %dk, %dv = moba.grouped_block_attention_grad
+        q(%q : tensor<4096x32x128xbf16>) k(%k : tensor<4096x8x128xbf16>)
+        v(%v : tensor<4096x8x128xbf16>) cu_seqlens(%cu : tensor<3xi32>)
+        selected(%sel : tensor<4096x32x3xi32>)
+        groups(%starts : tensor<32x10xi32>, %counts : tensor<32x10xi32>,
+               %entries : tensor<32x12288xi32>)
+        grad_out(%do : tensor<4096x32x128xbf16>)
+        lse(%lse : tensor<4096x32xf32>) row_term(%delta : tensor<4096x32xf32>)
+        outs(%dqp0 : tensor<3x4096x32x128xf32>,
+             %dk0 : tensor<4096x8x128xbf16>, %dv0 : tensor<4096x8x128xbf16>)
+        {block_size = 512, scale = 0.0883883461 : f32}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$q,
+    Moba_QKVTensor:$k,
+    Moba_QKVTensor:$v,
+    Moba_CuSeqlens:$cu_seqlens,
+    Moba_IndexTensor:$selected,
+    Moba_IndexTensor:$starts,
+    Moba_IndexTensor:$counts,
+    Moba_IndexTensor:$entries,
+    Moba_QKVTensor:$grad_out,
+    Moba_F32Tensor:$lse,
+    Moba_F32Tensor:$row_term,
+    Moba_F32Tensor:$dq_partials_init,
+    Moba_QKVTensor:$dk_init,
+    Moba_QKVTensor:$dv_init,
+    I64Attr:$block_size,
+    F32Attr:$scale,
+    DefaultValuedAttr<BoolAttr, "true">:$causal
+  );
+  let results = (outs
+    Moba_F32Tensor:$dq_partials,
+    Moba_QKVTensor:$dk,
+    Moba_QKVTensor:$dv
+  );
+  let assemblyFormat = [{
+    `q` `(` $q `:` type($q) `)`
+    `k` `(` $k `:` type($k) `)`
+    `v` `(` $v `:` type($v) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    `selected` `(` $selected `:` type($selected) `)`
+    `groups` `(` $starts `:` type($starts) `,` $counts `:` type($counts) `,`
+                 $entries `:` type($entries) `)`
+    `grad_out` `(` $grad_out `:` type($grad_out) `)`
+    `lse` `(` $lse `:` type($lse) `)`
+    `row_term` `(` $row_term `:` type($row_term) `)`
+    `outs` `(` $dq_partials_init `:` type($dq_partials_init) `,`
+               $dk_init `:` type($dk_init) `,`
+               $dv_init `:` type($dv_init) `)` attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+def Moba_SumSlotsOp : Moba_DpsOp<"sum_slots",
+    [AllTypesMatch<["init", "result"]>]> {
+  let summary = "Sum the per-slot partials of the query gradient";
+  let description = [{
+    Sums the `K` per-slot partials of `moba.grouped_block_attention_grad`:
+
+    ```
+    result[t, h, :] = sum_{s < K} partials[s, t, h, :]
+    ```
+
+    in f32, in slot order, rounded once to the element type of `init`
+    (f16, bf16 or f32). Empty slots hold 0 and add nothing; a NaN partial
+    makes the row NaN.
+
+    Example:
+
+    ```mlir
+    %dq = moba.sum_slots partials(%dqp : tensor<3x4096x32x128xf32>)
+        outs(%init : tensor<4096x32x128xbf16>)
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_F32Tensor:$partials,
+    Moba_QKVTensor:$init
+  );
+  let results = (outs Moba_QKVTensor:$result);
+  let assemblyFormat = [{
+    `partials` `(` $partials `:` type($partials) `)`
+    `outs` `(` $init `:` type($init) `)` attr-dict
   }];
   let hasVerifier = 1;
 }

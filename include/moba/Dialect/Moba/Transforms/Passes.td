@@ -32,6 +32,19 @@ def MobaDecompose : Pass<"moba-decompose"> {
     Special cases (top_k of 1, top_k covering every block) are left to the
     canonicalizer, so that this pass stays a direct statement of the
     semantics.
+
+    Every `moba.attention_grad` (packed layout) becomes:
+
+    1. the selection, built by the same code as the forward's (steps 1 to 3
+       above, with the same operands and attributes), unless the op carries
+       a caller's `selected`: the later passes then treat the backward's gate
+       exactly as the forward's, and the selection is bit-identical;
+    2. `moba.attention_row_term` — `delta = rowsum(grad_out * out) -
+       grad_lse`;
+    3. `moba.group_queries` — the slots of each key block;
+    4. `moba.grouped_block_attention_grad` — per key block, its `dk` and `dv`
+       rows (in the element type of `k`) and one f32 `dq` partial per slot;
+    5. `moba.sum_slots` — `dq` as the sum of its slots' partials.
   }];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",
@@ -162,6 +175,11 @@ def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
     passes over (head, block row)); `moba.grouped_block_attention` walks the
     groups serially, or runs one iteration per (slot, token, head) reading
     the selection in parallel; `moba.lse_merge` merges per (token, head).
+    The backward's ops become serial loops with or without `parallel`:
+    `moba.attention_row_term` and `moba.sum_slots` per (token, head), and
+    `moba.grouped_block_attention_grad` per (key/value head, block row),
+    over the entries of the groups of the block, summing the block's `dk`
+    and `dv` rows in an f32 scratch of one block.
   }];
   let options = [
     Option<"parallel", "parallel", "bool", /*default=*/"false",
