@@ -833,7 +833,11 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
     first = target
-    if target in ("sm_80", "sm_90a", "auto"):
+    if target == "auto" and backward:
+        # The backward runs on the CPU only so far: "auto" is the CPU here,
+        # whatever GPU there is (a GPU call then says why it cannot run).
+        first = "cpu"
+    elif target in ("sm_80", "sm_90a", "auto"):
         chip, why = _available_gpu_target()
         if target != "auto" and chip is None:
             raise ValueError(f"target {target!r} needs a GPU, but {why}")
