@@ -131,3 +131,27 @@ def test_nan_query_reaches_its_gradients():
     assert np.isnan(dq[4, 1]).all() and not np.isnan(dq[4, 0]).any()
     # Token 4 alone in its own block attends itself: its dk, dv are NaN.
     assert np.isnan(dk[4, 0]).all() and np.isnan(dv[4, 0]).all()
+
+
+def test_unsure_masks_of_a_near_tie():
+    """Two sequences of 6 tokens, blocks of 2, top_k 2, D 1, q = 1. In the
+    first, head 0's blocks 0 and 1 have means 1 and 1 + 1e-6: rows 4 and 5
+    (own block 2) are near-tied and attend tokens 0..5 under either
+    choice. Every other mean gap is 2."""
+    block_means = np.array([1.0, 3.0, 0.0])
+    k = np.repeat(block_means, 2)[None, :].repeat(2, axis=0).reshape(12)
+    k = np.stack([k, k], axis=1)[:, :, None]  # [12, 2, 1]
+    k[2:4, 0] = 1 + 1e-6
+    q = np.ones((12, 2, 1))
+    v = np.ones((12, 2, 1))
+    cu = np.array([0, 6, 12])
+    _, _, near_tie = moba_reference(q, k, v, cu, 2, 2)
+    _, _, _, dq_unsure, dkv_unsure = moba_grad_reference(
+        q, k, v, cu, 2, 2, np.ones(q.shape))
+    want_rows = np.zeros((12, 2), dtype=bool)
+    want_rows[4:6, 0] = True
+    want_keys = np.zeros((12, 2), dtype=bool)
+    want_keys[0:6, 0] = True
+    np.testing.assert_array_equal(dq_unsure, want_rows)
+    np.testing.assert_array_equal(near_tie, want_rows)
+    np.testing.assert_array_equal(dkv_unsure, want_keys)

@@ -124,6 +124,43 @@ bool nanPropagates() {
   return ok;
 }
 
+/// The unsure masks on a near-tie: two sequences of 6 tokens, blocks of 2,
+/// top_k 2, D 1, q = 1. In the first sequence, head 0's blocks 0 and 1
+/// have means 1 and 1 + 1e-6: rows 4 and 5 (own block 2) are near-tied
+/// and attend tokens 0..5 under either choice. Every other mean gap is 2.
+bool unsureMasksHold() {
+  Problem p;
+  p.headDim = 1;
+  p.numHeads = p.numKvHeads = 2;
+  p.blockSize = 2;
+  p.topK = 2;
+  p.scale = 1;
+  p.cuSeqlens = {0, 6, 12};
+  p.q.assign(24, 1.0);
+  p.v.assign(24, 1.0);
+  // k[s][g]: blocks of head 0 of the first sequence 1, 1 + 1e-6, 0; all
+  // others 1, 3, 0.
+  p.k.assign(24, 0.0);
+  for (int64_t s = 0; s < 12; ++s)
+    for (int64_t g = 0; g < 2; ++g) {
+      int64_t block = (s % 6) / 2;
+      bool tied = s < 6 && g == 0;
+      double value = block == 0 ? 1 : block == 1 ? (tied ? 1 + 1e-6 : 3) : 0;
+      p.k[s * 2 + g] = value;
+    }
+  std::vector<double> dout(24, 1.0);
+  GradResult g = attentionGrad(p, dout, nullptr);
+  Result r = attention(p);
+  bool ok = true;
+  for (int64_t t = 0; t < 12; ++t)
+    for (int64_t h = 0; h < 2; ++h) {
+      ok &= g.dqUnsure[t * 2 + h] == (h == 0 && (t == 4 || t == 5));
+      ok &= g.dqUnsure[t * 2 + h] == r.nearTie[t * 2 + h];
+      ok &= g.dkvUnsure[t * 2 + h] == (h == 0 && t < 6);
+    }
+  return ok;
+}
+
 } // namespace
 
 int main() {
@@ -163,12 +200,14 @@ int main() {
       worst = std::isnan(e) || std::isnan(worst) ? NAN : std::max(worst, e);
   }
   bool nanOk = nanPropagates();
+  bool unsureOk = unsureMasksHold();
   std::printf("problems: %zu checked, %d skipped for near-ties at %.0e "
               "(eps %.0e)\n",
               cases.size(), skipped, kSelectionMargin, kEps);
   std::printf("nan: %s\n", nanOk ? "propagates" : "LOST");
+  std::printf("unsure masks: %s\n", unsureOk ? "hold" : "WRONG");
   std::printf("max error: %.2e (tolerance %.0e)\n", worst, kTolerance);
-  bool pass = nanOk && worst <= kTolerance;
+  bool pass = nanOk && unsureOk && worst <= kTolerance;
   std::printf("%s\n", pass ? "PASS" : "FAIL");
   return pass ? 0 : 1;
 }

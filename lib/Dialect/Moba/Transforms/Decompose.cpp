@@ -279,6 +279,10 @@ struct DecomposeAttentionGrad : OpRewritePattern<AttentionGradOp> {
     OpFoldResult batch = sizes.sub(sizes.dim(cu, 0), sizes.constant(1));
     OpFoldResult seqBound =
         op.getMaxSeqlen() ? sizes.constant(*op.getMaxSeqlen()) : tokens;
+    // moba.attention's canonicalizer clamps a top_k above the static block
+    // count before this pass runs; the backward's top_k is not clamped. Its
+    // extra slots hold -1 and attend nothing, and the slots before them are
+    // the forward's, so the key sets, and the sums in slot order, agree.
     Value selected = op.getSelected();
     if (!selected)
       selected = buildSelection(rewriter, loc, sizes, q, k, cu, batch, tokens,
