@@ -23,10 +23,10 @@
  *   input that reaches it is a bug to report. Setting MOBA_TEST_CRASH to
  *   fatal-error, bad-alloc, exception or abort makes every mobaCompile fail
  *   that way (a test hook).
- * - mobaRun, mobaRunGrad and mobaRunDevice check their counts and pointers,
- *   then run the compiled kernel; exceptions become errors, but a crash inside a kernel
- *   (only possible when the buffers are not as large as the counts say) is
- *   not caught: it would mean memory was already corrupted.
+ * - mobaRun, mobaRunGrad and mobaRunDevice check their counts and
+ *   pointers, then run the compiled kernel; exceptions become errors, but a
+ *   crash inside a kernel (only possible when the buffers are not as large
+ *   as the counts say) is not caught: it would mean memory was already corrupted.
  *
  * Limits (each from what the compiler does with the value;
  * include/moba/Runner/AttentionConfig.h says why):

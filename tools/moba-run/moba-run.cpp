@@ -4,8 +4,9 @@
 // on fresh random inputs (outputs poisoned with NaN first), compares output
 // and log-sum-exp with the float64 reference, and prints the error and the
 // time. With --grad, also runs the backward on a random upstream gradient
-// and compares dq, dk and dv with the float64 gradients. Exit code: 0 when every compared value is within tolerance, 1 when
-// one is not (NaN never is), 2 on a usage or compile error.
+// and compares dq, dk and dv with the float64 gradients. Exit code: 0 when
+// every compared value is within tolerance, 1 when one is not (NaN never
+// is), 2 on a usage or compile error.
 //
 //===----------------------------------------------------------------------===//
 
