@@ -16,6 +16,8 @@ packages=(
   llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools clang-22 lld-22
   libzstd-dev zlib1g-dev
   python3 python3-numpy python3-pytest
+  # The torch tests (autograd through moba.MobaAttention) on the CPU.
+  python3-torch
 )
 missing=()
 for p in "${packages[@]}"; do

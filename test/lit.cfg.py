@@ -54,3 +54,9 @@ if os.path.exists(os.path.join(cuda_bin, "ptxas")):
     config.available_features.add("ptxas")
 elif shutil.which("ptxas"):
     config.available_features.add("ptxas")
+
+# `lit -Dgrad_grid=full`: the whole numeric grid of the backward
+# (test/Numerics/grad-full-grid.test, about half an hour on 2 cores) rather
+# than the slices CI runs.
+if lit_config.params.get("grad_grid") == "full":
+    config.available_features.add("full-grad-grid")

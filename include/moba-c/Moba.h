@@ -23,10 +23,10 @@
  *   input that reaches it is a bug to report. Setting MOBA_TEST_CRASH to
  *   fatal-error, bad-alloc, exception or abort makes every mobaCompile fail
  *   that way (a test hook).
- * - mobaRun and mobaRunDevice check their counts and pointers, then run the
- *   compiled kernel; exceptions become errors, but a crash inside a kernel
- *   (only possible when the buffers are not as large as the counts say) is
- *   not caught: it would mean memory was already corrupted.
+ * - mobaRun, mobaRunGrad and mobaRunDevice check their counts and
+ *   pointers, then run the compiled kernel; exceptions become errors, but a
+ *   crash inside a kernel (only possible when the buffers are not as large
+ *   as the counts say) is not caught: it would mean memory was already corrupted.
  *
  * Limits (each from what the compiler does with the value;
  * include/moba/Runner/AttentionConfig.h says why):
@@ -60,7 +60,7 @@
 extern "C" {
 #endif
 
-#define MOBA_C_API_VERSION 7
+#define MOBA_C_API_VERSION 8
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -164,6 +164,10 @@ typedef struct MobaConfig {
   int64_t mma_stages;
   /* MOBA_GPU_ATTENTION_MMA: the wgmma chunk loop's order. */
   MobaSchedule mma_schedule;
+  /* Non-zero: also compile the gradient entry, which mobaRunGrad runs
+   * (docs/semantics.md, "Gradients"); CPU target only so far. Part of the
+   * kernel's name and disk cache key. */
+  int32_t backward;
 } MobaConfig;
 
 typedef struct MobaKernel MobaKernel;
@@ -223,6 +227,25 @@ int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
                 const void *v, const int32_t *cu_seqlens,
                 int64_t num_sequences, int64_t tokens, void *out, float *lse,
                 char **error);
+
+/* Runs the backward of a CPU kernel compiled with `backward` set, on
+ * contiguous host buffers: q, k, v, cu_seqlens as for mobaRun; out
+ * [tokens, Hq, D] and lse [tokens, Hq] (f32) the forward's results on those
+ * inputs; dout [tokens, Hq, D] the gradient of the loss with respect to
+ * out, dlse [tokens, Hq] (f32) with respect to lse, NULL when the loss does
+ * not use lse (a zero gradient). Writes dq [tokens, Hq, D] and dk, dv
+ * [tokens, Hkv, D] in the kernel's element type, dk and dv summed over the
+ * query heads that share a key/value head. The selection is recomputed
+ * from q and k as the forward made it. The buffers the gradients go to
+ * must not overlap each other or any input (checked from the counts). The
+ * caller promises the lengths as for mobaRun; with tokens = 0 every data
+ * pointer may be NULL. Returns 0, or non-zero and sets *error (a kernel
+ * compiled without the backward is an error, as is a GPU kernel). */
+int32_t mobaRunGrad(const MobaKernel *kernel, const void *q, const void *k,
+                    const void *v, const int32_t *cu_seqlens,
+                    int64_t num_sequences, int64_t tokens, const void *out,
+                    const float *lse, const void *dout, const float *dlse,
+                    void *dq, void *dk, void *dv, char **error);
 
 /* Runs a GPU kernel on contiguous device buffers (same shapes as mobaRun),
  * ordered on `stream` (a CUstream; NULL: the legacy default stream). When

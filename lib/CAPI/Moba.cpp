@@ -215,6 +215,7 @@ llvm::Error readConfig(const MobaConfig &c, CompileRequest &r) {
   config.blockSize = c.block_size;
   config.topK = c.top_k;
   config.causal = c.causal != 0;
+  config.backward = c.backward != 0;
   if (c.scale != 0.0f)
     config.scale = c.scale;
   switch (c.dtype) {
@@ -435,6 +436,41 @@ int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
     AttentionBuffers buffers{q,   k,   v,      cuSeqlens,
                              out, lse, tokens, numSequences};
     return kernel->cpu->run(buffers);
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
+int32_t mobaRunGrad(const MobaKernel *kernel, const void *q, const void *k,
+                    const void *v, const int32_t *cuSeqlens,
+                    int64_t numSequences, int64_t tokens, const void *out,
+                    const float *lse, const void *dout, const float *dlse,
+                    void *dq, void *dk, void *dv, char **error) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    if (!kernel)
+      return llvm::createStringError("kernel is NULL");
+    if (!kernel->cpu)
+      return llvm::createStringError(
+          "the backward runs on the CPU target only so far: this kernel "
+          "runs on the GPU");
+    GradBuffers buffers;
+    buffers.q = q;
+    buffers.k = k;
+    buffers.v = v;
+    buffers.cuSeqlens = cuSeqlens;
+    buffers.out = out;
+    buffers.lse = lse;
+    buffers.dout = dout;
+    buffers.dlse = dlse;
+    buffers.dq = dq;
+    buffers.dk = dk;
+    buffers.dv = dv;
+    buffers.tokens = tokens;
+    buffers.numSequences = numSequences;
+    return kernel->cpu->runGrad(buffers);
   });
   if (e) {
     setError(error, llvm::toString(std::move(e)));

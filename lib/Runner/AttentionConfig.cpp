@@ -133,6 +133,8 @@ std::string AttentionConfig::key() const {
   // Nine significant digits name a float32 exactly.
   if (scale)
     s += llvm::formatv("_s{0:e8}", *scale).str();
+  if (backward)
+    s += "_grad";
   return s;
 }
 
@@ -146,7 +148,7 @@ std::string mlir::moba::buildAttentionModule(const AttentionConfig &c) {
                                     c.causal ? "true" : "false");
   if (c.scale)
     attrs += llvm::formatv(", scale = {0:e8} : f32", *c.scale).str();
-  return llvm::formatv(R"mlir(
+  std::string module = llvm::formatv(R"mlir(
 func.func @moba_attention(%q: memref<{0}>, %k: memref<{1}>, %v: memref<{1}>,
                           %cu: memref<?xi32>, %out: memref<{0}>,
                           %lse: memref<{2}>) attributes {{llvm.emit_c_interface} {
@@ -164,7 +166,42 @@ func.func @moba_attention(%q: memref<{0}>, %k: memref<{1}>, %v: memref<{1}>,
   return
 }
 )mlir",
-                       qt, kvt, lset, attrs);
+                                     qt, kvt, lset, attrs);
+  if (!c.backward)
+    return module;
+  return module + llvm::formatv(R"mlir(
+func.func @moba_attention_grad(%q: memref<{0}>, %k: memref<{1}>,
+                               %v: memref<{1}>, %cu: memref<?xi32>,
+                               %out: memref<{0}>, %lse: memref<{2}>,
+                               %dout: memref<{0}>, %dlse: memref<{2}>,
+                               %dq: memref<{0}>, %dk: memref<{1}>,
+                               %dv: memref<{1}>)
+    attributes {{llvm.emit_c_interface} {
+  %qt = bufferization.to_tensor %q restrict : memref<{0}> to tensor<{0}>
+  %kt = bufferization.to_tensor %k restrict : memref<{1}> to tensor<{1}>
+  %vt = bufferization.to_tensor %v restrict : memref<{1}> to tensor<{1}>
+  %cut = bufferization.to_tensor %cu restrict : memref<?xi32> to tensor<?xi32>
+  %ot = bufferization.to_tensor %out restrict : memref<{0}> to tensor<{0}>
+  %lt = bufferization.to_tensor %lse restrict : memref<{2}> to tensor<{2}>
+  %dot = bufferization.to_tensor %dout restrict : memref<{0}> to tensor<{0}>
+  %dlt = bufferization.to_tensor %dlse restrict : memref<{2}> to tensor<{2}>
+  %gq, %gk, %gv = moba.attention_grad q(%qt : tensor<{0}>)
+      k(%kt : tensor<{1}>) v(%vt : tensor<{1}>)
+      cu_seqlens(%cut : tensor<?xi32>) out(%ot : tensor<{0}>)
+      lse(%lt : tensor<{2}>) grad_out(%dot : tensor<{0}>)
+      grad_lse(%dlt : tensor<{2}>) {{{3}}
+      -> tensor<{0}>, tensor<{1}>, tensor<{1}>
+  bufferization.materialize_in_destination %gq in restrict writable %dq
+      : (tensor<{0}>, memref<{0}>) -> ()
+  bufferization.materialize_in_destination %gk in restrict writable %dk
+      : (tensor<{1}>, memref<{1}>) -> ()
+  bufferization.materialize_in_destination %gv in restrict writable %dv
+      : (tensor<{1}>, memref<{1}>) -> ()
+  return
+}
+)mlir",
+                                qt, kvt, lset, attrs)
+                      .str();
 }
 
 llvm::Expected<AttentionBufferBytes>
@@ -214,6 +251,34 @@ llvm::Expected<int64_t> mlir::moba::kernelScratchBytes(
   return llvm::createStringError(
       "a call on %lld tokens in %lld sequences would need more than 2^63 "
       "bytes of scratch memory for %s",
+      static_cast<long long>(tokens), static_cast<long long>(numSequences),
+      c.key().c_str());
+}
+
+llvm::Expected<int64_t> mlir::moba::gradScratchBytes(const AttentionConfig &c,
+                                                     int64_t tokens,
+                                                     int64_t numSequences) {
+  const int64_t f32 = 4, i32 = 4, element = elementTypeBytes(c.dtype);
+  const int64_t t = tokens, hq = c.numHeads, hkv = c.numKvHeads,
+                d = c.headDim, k = c.topK;
+  // As in kernelScratchBytes: the blocks of all sequences.
+  const int64_t rows = t / c.blockSize + numSequences;
+  CheckedSum bytes;
+  bytes.add({rows, hkv, d, f32})                          // block means
+      .add({t, hq, (t + c.blockSize - 1) / c.blockSize, f32}) // gate scores
+      .add({t, hq, k, i32})                               // selected blocks
+      .add({t, hq, f32})                                  // the row term
+      .add({t, hq, f32})                                  // a zero dlse
+      .add({2, hq, rows, i32})          // group starts and counts
+      .add({hq, t, k, i32})             // group entries
+      .add({k, t, hq, d, f32})          // dq partials per slot
+      .add({2, t, hkv, d, f32})         // dk and dv accumulators
+      .add({3, t, hq, d, element});     // staging rows of dq, dk, dv
+  if (std::optional<int64_t> total = bytes.value())
+    return *total;
+  return llvm::createStringError(
+      "a backward call on %lld tokens in %lld sequences would need more "
+      "than 2^63 bytes of scratch memory for %s",
       static_cast<long long>(tokens), static_cast<long long>(numSequences),
       c.key().c_str());
 }
@@ -274,5 +339,68 @@ llvm::Error mlir::moba::checkAttentionBuffers(const AttentionConfig &config,
     return llvm::createStringError(
         "cu_seqlens must end at the token count %lld, got %d",
         static_cast<long long>(b.tokens), cu[b.numSequences]);
+  return llvm::Error::success();
+}
+
+namespace {
+
+/// The byte range [begin, end) of a buffer.
+struct ByteRange {
+  const char *name;
+  uintptr_t begin, end;
+};
+
+ByteRange rangeOf(const char *name, const void *pointer, int64_t bytes) {
+  uintptr_t begin = reinterpret_cast<uintptr_t>(pointer);
+  return {name, begin, begin + static_cast<uintptr_t>(bytes)};
+}
+
+} // namespace
+
+llvm::Error mlir::moba::checkGradBuffers(const AttentionConfig &config,
+                                         const GradBuffers &b,
+                                         const int32_t *cu) {
+  AttentionBuffers forward{b.q,
+                           b.k,
+                           b.v,
+                           b.cuSeqlens,
+                           const_cast<void *>(b.out),
+                           const_cast<float *>(b.lse),
+                           b.tokens,
+                           b.numSequences};
+  if (llvm::Error e = checkAttentionBuffers(config, forward, cu))
+    return e;
+  if (b.tokens == 0)
+    return llvm::Error::success();
+  const std::pair<const char *, const void *> data[] = {
+      {"dout", b.dout}, {"dq", b.dq}, {"dk", b.dk}, {"dv", b.dv}};
+  for (auto [name, pointer] : data)
+    if (!pointer)
+      return llvm::createStringError("%s is null but there are %lld tokens",
+                                     name, static_cast<long long>(b.tokens));
+  // Checked by checkAttentionBuffers: these fit int64.
+  AttentionBufferBytes bytes = cantFail(attentionBufferBytes(config, b.tokens));
+  ByteRange written[] = {rangeOf("dq", b.dq, bytes.q),
+                         rangeOf("dk", b.dk, bytes.kv),
+                         rangeOf("dv", b.dv, bytes.kv)};
+  ByteRange all[] = {rangeOf("q", b.q, bytes.q),
+                     rangeOf("k", b.k, bytes.kv),
+                     rangeOf("v", b.v, bytes.kv),
+                     rangeOf("cu_seqlens", b.cuSeqlens,
+                             4 * (b.numSequences + 1)),
+                     rangeOf("out", b.out, bytes.out),
+                     rangeOf("lse", b.lse, bytes.lse),
+                     rangeOf("dout", b.dout, bytes.out),
+                     rangeOf("dlse", b.dlse, b.dlse ? bytes.lse : 0),
+                     written[0],
+                     written[1],
+                     written[2]};
+  for (const ByteRange &w : written)
+    for (const ByteRange &r : all)
+      if (llvm::StringRef(r.name) != w.name && r.begin < r.end &&
+          w.begin < r.end && r.begin < w.end)
+        return llvm::createStringError(
+            "%s overlaps %s: each gradient needs a buffer of its own", w.name,
+            r.name);
   return llvm::Error::success();
 }

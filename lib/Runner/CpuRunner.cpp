@@ -23,6 +23,7 @@
 #include "llvm/TargetParser/Host.h"
 
 #include <mutex>
+#include <vector>
 
 using namespace mlir;
 using namespace mlir::moba;
@@ -120,6 +121,12 @@ CpuAttentionKernel::load(std::unique_ptr<llvm::MemoryBuffer> object) {
   if (!symbol)
     return symbol.takeError();
   entry = symbol->toPtr<void *>();
+  if (cfg.backward) {
+    auto grad = loaded->lookup("_mlir_ciface_moba_attention_grad");
+    if (!grad)
+      return grad.takeError();
+    gradEntry = grad->toPtr<void *>();
+  }
   jit = std::move(loaded);
   return llvm::Error::success();
 }
@@ -207,13 +214,14 @@ CpuAttentionKernel::compile(const AttentionConfig &config,
   return finish();
 }
 
-llvm::Error CpuAttentionKernel::run(const AttentionBuffers &b) const {
-  if (llvm::Error e = checkAttentionBuffers(cfg, b, b.cuSeqlens))
-    return e;
-  // The kernel's allocations are not checked for failure: refuse calls
-  // whose scratch memory malloc could not give.
-  auto scratchBytes =
-      kernelScratchBytes(cfg, scratch, b.tokens, b.numSequences);
+namespace {
+
+/// The kernel's allocations are not checked for failure: refuses calls
+/// whose scratch memory (`scratchBytes`, or the error computing it) malloc
+/// could not give.
+llvm::Error checkScratch(llvm::Expected<int64_t> scratchBytes,
+                         const AttentionConfig &cfg, int64_t tokens,
+                         int64_t numSequences) {
   if (!scratchBytes)
     return scratchBytes.takeError();
   uint64_t memory = hostMemoryBytes();
@@ -222,10 +230,45 @@ llvm::Error CpuAttentionKernel::run(const AttentionBuffers &b) const {
         "a call on %lld tokens in %lld sequences needs up to %lld bytes of "
         "scratch memory for %s, more than the %llu bytes of memory and swap "
         "here",
-        static_cast<long long>(b.tokens),
-        static_cast<long long>(b.numSequences),
+        static_cast<long long>(tokens), static_cast<long long>(numSequences),
         static_cast<long long>(*scratchBytes), cfg.key().c_str(),
         static_cast<unsigned long long>(memory));
+  return llvm::Error::success();
+}
+
+} // namespace
+
+llvm::Error CpuAttentionKernel::run(const AttentionBuffers &b) const {
+  if (llvm::Error e = checkAttentionBuffers(cfg, b, b.cuSeqlens))
+    return e;
+  if (llvm::Error e = checkScratch(
+          kernelScratchBytes(cfg, scratch, b.tokens, b.numSequences), cfg,
+          b.tokens, b.numSequences))
+    return e;
   callAttentionEntry(entry, cfg, b);
+  return llvm::Error::success();
+}
+
+llvm::Error CpuAttentionKernel::runGrad(const GradBuffers &b) const {
+  if (!gradEntry)
+    return llvm::createStringError(
+        "%s was compiled without the backward: compile it with backward "
+        "set",
+        cfg.key().c_str());
+  if (llvm::Error e = checkGradBuffers(cfg, b, b.cuSeqlens))
+    return e;
+  if (llvm::Error e =
+          checkScratch(gradScratchBytes(cfg, b.tokens, b.numSequences), cfg,
+                       b.tokens, b.numSequences))
+    return e;
+  // A caller who does not differentiate lse passes none: its gradient is
+  // zero, in a buffer of our own (the bound above counts it).
+  std::vector<float> zeroDlse;
+  GradBuffers call = b;
+  if (!call.dlse) {
+    zeroDlse.assign(size_t(b.tokens) * size_t(cfg.numHeads), 0.0f);
+    call.dlse = zeroDlse.data();
+  }
+  callGradEntry(gradEntry, cfg, call);
   return llvm::Error::success();
 }

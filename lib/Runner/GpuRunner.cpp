@@ -175,6 +175,11 @@ llvm::Error fillPipelineOptions(const AttentionConfig &config,
                                 AttentionKernelPlan *filledPlan = nullptr) {
   if (llvm::Error e = config.validate())
     return e;
+  if (config.backward)
+    return llvm::createStringError(
+        "the backward runs on the CPU target only so far (%s): compile it "
+        "for the CPU",
+        options.chip.c_str());
   if (llvm::Error e = checkTileSizes(std::nullopt, options.tileK))
     return e;
   pipeline.chip = options.chip;

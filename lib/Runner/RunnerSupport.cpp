@@ -83,6 +83,13 @@ using EntryFn = void (*)(MemRefDescriptor<3> *, MemRefDescriptor<3> *,
                          MemRefDescriptor<3> *, MemRefDescriptor<1> *,
                          MemRefDescriptor<3> *, MemRefDescriptor<2> *);
 
+using GradEntryFn = void (*)(MemRefDescriptor<3> *, MemRefDescriptor<3> *,
+                             MemRefDescriptor<3> *, MemRefDescriptor<1> *,
+                             MemRefDescriptor<3> *, MemRefDescriptor<2> *,
+                             MemRefDescriptor<3> *, MemRefDescriptor<2> *,
+                             MemRefDescriptor<3> *, MemRefDescriptor<3> *,
+                             MemRefDescriptor<3> *);
+
 std::string printModule(ModuleOp module) {
   std::string text;
   llvm::raw_string_ostream os(text);
@@ -248,4 +255,25 @@ void mlir::moba::detail::callAttentionEntry(void *entry,
   auto out = contiguous<3>(b.out, {b.tokens, cfg.numHeads, cfg.headDim});
   auto lse = contiguous<2>(b.lse, {b.tokens, cfg.numHeads});
   reinterpret_cast<EntryFn>(entry)(&q, &k, &v, &cu, &out, &lse);
+}
+
+void mlir::moba::detail::callGradEntry(void *entry, const AttentionConfig &cfg,
+                                       const GradBuffers &b) {
+  const std::array<int64_t, 3> qShape = {b.tokens, cfg.numHeads, cfg.headDim};
+  const std::array<int64_t, 3> kvShape = {b.tokens, cfg.numKvHeads,
+                                          cfg.headDim};
+  const std::array<int64_t, 2> rowShape = {b.tokens, cfg.numHeads};
+  auto q = contiguous<3>(b.q, qShape);
+  auto k = contiguous<3>(b.k, kvShape);
+  auto v = contiguous<3>(b.v, kvShape);
+  auto cu = contiguous<1>(b.cuSeqlens, {b.numSequences + 1});
+  auto out = contiguous<3>(b.out, qShape);
+  auto lse = contiguous<2>(b.lse, rowShape);
+  auto dout = contiguous<3>(b.dout, qShape);
+  auto dlse = contiguous<2>(b.dlse, rowShape);
+  auto dq = contiguous<3>(b.dq, qShape);
+  auto dk = contiguous<3>(b.dk, kvShape);
+  auto dv = contiguous<3>(b.dv, kvShape);
+  reinterpret_cast<GradEntryFn>(entry)(&q, &k, &v, &cu, &out, &lse, &dout,
+                                       &dlse, &dq, &dk, &dv);
 }

@@ -95,6 +95,11 @@ bool jitDebugRequested();
 void callAttentionEntry(void *entry, const AttentionConfig &config,
                         const AttentionBuffers &buffers);
 
+/// Calls the C interface `_mlir_ciface_moba_attention_grad` at `entry`
+/// with contiguous memref descriptors of `buffers` (whose dlse is set).
+void callGradEntry(void *entry, const AttentionConfig &config,
+                   const GradBuffers &buffers);
+
 } // namespace mlir::moba::detail
 
 #endif // MOBA_LIB_RUNNER_RUNNERSUPPORT_H

@@ -430,6 +430,98 @@ class Kernel:
             raise ValueError(f"{name} is not contiguous")
         return given
 
+    def backward(self, q, k, v, cu_seqlens, out, lse, grad_out,
+                 grad_lse=None, dq=None, dk=None, dv=None, *,
+                 max_seqlen=None):
+        """The gradients (dq, dk, dv) of the loss with respect to q, k and v
+        (docs/semantics.md, "Gradients"), given the forward's inputs, its
+        results `out` and `lse` on them, and the loss's gradients with
+        respect to them: `grad_out` (out's shape and dtype) and `grad_lse`
+        (lse's shape, float32; None when the loss does not use lse). dk and
+        dv sum over the query heads that share a key/value head. Needs a
+        kernel compiled with backward=True; numpy arrays or CPU torch
+        tensors (GPU tensors raise NotImplementedError for now).
+
+        `dq`, `dk`, `dv`, when given, are written instead of new arrays:
+        contiguous, writable, of q's, k's and v's shape and dtype, sharing
+        no memory with an input or each other. New arrays are of q's kind
+        (torch tensors for torch inputs)."""
+        if any(_is_gpu_array(x) for x in (q, k, v, out, grad_out)):
+            raise NotImplementedError(
+                "the backward runs on the CPU target only so far: pass host "
+                "arrays (numpy or CPU torch tensors)")
+        if not self.config.get("backward"):
+            raise ValueError("this kernel was compiled without the backward: "
+                             "compile it with moba.compile(..., "
+                             "backward=True)")
+        if max_seqlen is not None:
+            max_seqlen = _capi.int64("max_seqlen", max_seqlen)
+            if max_seqlen < 0:
+                raise ValueError(f"max_seqlen must not be negative, got "
+                                 f"{max_seqlen}")
+        handle = self._handle_for(False, "q")
+        c = self.config
+        like = q
+        arrays = {}
+        for name, x in (("q", q), ("k", k), ("v", v), ("out", out),
+                        ("grad_out", grad_out)):
+            arrays[name] = _as_numpy(name, x)
+        q, k, v = arrays["q"], arrays["k"], arrays["v"]
+        contiguous = lambda x: x.flags["C_CONTIGUOUS"]
+        self._check_qkv(q, k, v, contiguous)
+        for name in ("out", "grad_out"):
+            x = arrays[name]
+            self._check_tensor(name, x, c["num_heads"], contiguous(x))
+            if x.shape != q.shape:
+                raise ValueError(f"{name} has shape {x.shape} but q has "
+                                 f"{q.shape}: they must agree")
+        for name, x in (("lse", lse), ("grad_lse", grad_lse)):
+            if x is None:
+                if name == "lse":
+                    raise ValueError("lse is required: the forward's "
+                                     "log-sum-exp (return_lse=True)")
+                continue
+            x = _as_numpy(name, x)
+            self._result(name, x, q.shape[:-1], np.dtype(np.float32), None)
+            arrays[name] = x
+        inputs = dict(arrays)
+
+        if c["layout"] == "batched":
+            if cu_seqlens is not None:
+                raise ValueError("cu_seqlens is only for layout='varlen'")
+            batch, seq = q.shape[:2]
+            _check_max_seqlen(max_seqlen, seq if batch else 0)
+            cu = _uniform_offsets(batch, seq)
+            tokens = batch * seq
+        else:
+            tokens = q.shape[0]
+            if _is_gpu_array(cu_seqlens):
+                raise ValueError("cu_seqlens is on a GPU but q is on the "
+                                 "host: they must be on the same device")
+            cu = self._check_cu_seqlens(cu_seqlens, tokens, max_seqlen)
+            inputs["cu_seqlens"] = cu
+        cu32 = np.ascontiguousarray(cu, dtype=np.int32)
+
+        results = {}
+        for name, given, x in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
+            result, array = self._host_result(name, given, x.shape, x.dtype,
+                                              inputs)
+            for other, (_, other_array) in results.items():
+                if _overlaps(array, other_array):
+                    raise ValueError(f"{name} overlaps {other}: pass "
+                                     "separate arrays")
+            results[name] = (result, array)
+        pointer = lambda name: (arrays[name].ctypes.data
+                                if name in arrays else None)
+        _capi.run_grad_kernel(
+            handle, q.ctypes.data, k.ctypes.data, v.ctypes.data,
+            cu32.ctypes.data, len(cu32) - 1, tokens, pointer("out"),
+            pointer("lse"), pointer("grad_out"), pointer("grad_lse"),
+            *(results[n][1].ctypes.data for n in ("dq", "dk", "dv")))
+        return tuple(_like(like, results[n][0]) if given is None
+                     else results[n][0]
+                     for n, given in (("dq", dq), ("dk", dk), ("dv", dv)))
+
     def _call_gpu(self, q, k, v, cu_seqlens, max_seqlen, return_lse,
                   out=None, lse=None):
         handle = self._handle_for(True, "q")
@@ -586,7 +678,7 @@ def _compile_handle(config, target):
         os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"],
         c["mma_warps"], c["mma_key_chunk"], c["mma_instruction"],
         c["mma_key_value_loads"], c["mma_merge"], c["mma_stages"],
-        c["mma_schedule"])
+        c["mma_schedule"], c["backward"])
     return handle, from_cache, _capi.cache_warning(handle)
 
 
@@ -639,8 +731,13 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             stage="fused", tile_q=None, tile_k=None, gpu_attention="mma",
             mma_warps=None, mma_key_chunk=None, mma_instruction=None,
             mma_key_value_loads=None, mma_merge=None, mma_stages=None,
-            mma_schedule=None):
+            mma_schedule=None, backward=False):
     """Compiles one MoBA attention configuration and returns a Kernel.
+
+    backward: also compile the gradient (Kernel.backward), in the same
+    compilation as the forward so that it recomputes the forward's selection
+    bit for bit (docs/semantics.md, "Gradients"); the CPU target only so
+    far.
 
     target: "cpu"; "sm_80" (Ampere and newer) or "sm_90a" (Hopper), which
     need a GPU; or "auto": the GPU's chip when there is a GPU, else the CPU
@@ -703,6 +800,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     mma_key_chunk = _optional_positive_int("mma_key_chunk", mma_key_chunk)
     mma_stages = _optional_positive_int("mma_stages", mma_stages)
     causal = _bool("causal", causal)
+    backward = _bool("backward", backward)
     if scale is not None:
         scale = _capi.float32_scale(scale)  # what the kernel will use
     name = str(dtype).replace("torch.", "")
@@ -735,7 +833,11 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
     first = target
-    if target in ("sm_80", "sm_90a", "auto"):
+    if target == "auto" and backward:
+        # The backward runs on the CPU only so far: "auto" is the CPU here,
+        # whatever GPU there is (a GPU call then says why it cannot run).
+        first = "cpu"
+    elif target in ("sm_80", "sm_90a", "auto"):
         chip, why = _available_gpu_target()
         if target != "auto" and chip is None:
             raise ValueError(f"target {target!r} needs a GPU, but {why}")
@@ -754,7 +856,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                   mma_instruction=mma_instruction,
                   mma_key_value_loads=mma_key_value_loads,
                   mma_merge=mma_merge, mma_stages=mma_stages,
-                  mma_schedule=mma_schedule)
+                  mma_schedule=mma_schedule, backward=backward)
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)
@@ -765,7 +867,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
             scale, dtype, first, stage, tile_q, tile_k, gpu_attention,
             mma_warps, mma_key_chunk, mma_instruction, mma_key_value_loads,
-            mma_merge, mma_stages, mma_schedule)
+            mma_merge, mma_stages, mma_schedule, backward)
         if problem is not None:
             raise ValueError(problem)
     return _kernel_for(key, config, first)
@@ -818,19 +920,54 @@ try:  # the autograd wrapper exists where torch does
     import torch as _torch
 
     class MobaAttention(_torch.autograd.Function):
-        """moba_attn_varlen as a torch.autograd.Function."""
+        """moba_attn_varlen as a torch.autograd.Function:
+        MobaAttention.apply(q, k, v, cu_seqlens, max_seqlen, moba_chunk_size,
+        moba_topk, return_lse=False) returns out, or (out, lse) with
+        return_lse=True. The backward gives q, k and v their gradients, from
+        out's and (when returned and used) lse's; cu_seqlens and the sizes
+        get none. It saves q, k, v, out and lse, and recomputes the
+        selection (docs/semantics.md, "Gradients"); CPU tensors only so
+        far."""
 
         @staticmethod
         def forward(ctx, q, k, v, cu_seqlens, max_seqlen, moba_chunk_size,
-                    moba_topk):
-            return moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen,
-                                    moba_chunk_size, moba_topk)
+                    moba_topk, return_lse=False):
+            return_lse = _bool("return_lse", return_lse)
+            on_gpu = any(_is_gpu_array(x) for x in (q, k, v))
+            kernel = compile(head_dim=q.shape[-1], num_heads=q.shape[-2],
+                             num_kv_heads=k.shape[-2],
+                             block_size=moba_chunk_size, top_k=moba_topk,
+                             dtype=_infer_dtype(q), layout="varlen",
+                             backward=not on_gpu)
+            _keep_recent(kernel)
+            out, lse = kernel(q, k, v, cu_seqlens, max_seqlen=max_seqlen,
+                              return_lse=True)
+            out = _like(q, out)
+            lse = _torch.from_numpy(lse)  # float32 whatever q's dtype
+            ctx.kernel, ctx.cu_seqlens = kernel, cu_seqlens
+            ctx.max_seqlen = max_seqlen
+            ctx.save_for_backward(q, k, v, out, lse)
+            if not return_lse:
+                ctx.mark_non_differentiable(lse)
+                return out
+            return out, lse
 
         @staticmethod
-        def backward(ctx, grad_out):
-            raise NotImplementedError(
-                "moba-mlir has no backward kernels yet: MoBA training "
-                "through moba is not supported until the backward issue lands")
+        def backward(ctx, grad_out, grad_lse=None):
+            q, k, v, out, lse = ctx.saved_tensors
+            if any(_is_gpu_array(x) for x in (q, k, v)):
+                raise NotImplementedError(
+                    "the backward runs on the CPU target only so far: "
+                    "MobaAttention on GPU tensors has no backward yet")
+            if grad_out is None:  # only lse reached the loss
+                grad_out = _torch.zeros_like(out)
+            dq, dk, dv = ctx.kernel.backward(
+                q, k, v, ctx.cu_seqlens, out, lse,
+                grad_out.to(out.dtype).contiguous(),
+                None if grad_lse is None else
+                grad_lse.to(_torch.float32).contiguous(),
+                max_seqlen=ctx.max_seqlen)
+            return dq, dk, dv, None, None, None, None, None
 
     __all__.append("MobaAttention")
 except ImportError:

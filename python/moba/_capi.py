@@ -45,6 +45,7 @@ class MobaConfig(ctypes.Structure):
         ("mma_merge", ctypes.c_int),
         ("mma_stages", ctypes.c_int64),
         ("mma_schedule", ctypes.c_int),
+        ("backward", ctypes.c_int32),
     ]
 
 
@@ -78,6 +79,15 @@ def _load():
     lib.mobaRun.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4 + [
         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
         char_pp]
+    # backward fills what was MobaConfig's tail padding, so the size check
+    # below cannot tell a library older than it: the entry point does.
+    if not hasattr(lib, "mobaRunGrad"):
+        raise ImportError(
+            f"moba: {path!r} has no mobaRunGrad: the library is older than "
+            "this Python package")
+    lib.mobaRunGrad.restype = ctypes.c_int32
+    lib.mobaRunGrad.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4 + [
+        ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 7 + [char_pp]
     lib.mobaRunDevice.restype = ctypes.c_int32
     lib.mobaRunDevice.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4 + [
         ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [char_pp]
@@ -166,7 +176,7 @@ def _config(head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
             scale, dtype, target, stage, tile_q, tile_k, cache_dir, dump_dir,
             gpu_attention, mma_warps, mma_key_chunk, mma_instruction,
             mma_key_value_loads, mma_merge, mma_stages=None,
-            mma_schedule=None):
+            mma_schedule=None, backward=False):
     """A MobaConfig; None for tile_q, tile_k, mma_warps, mma_key_chunk,
     mma_stages and scale is the C API's 0, "the default"."""
     config = MobaConfig()
@@ -192,6 +202,7 @@ def _config(head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
     config.mma_key_value_loads = _KEY_VALUE_LOADS[mma_key_value_loads]
     config.mma_merge = _MERGES[mma_merge]
     config.mma_schedule = _SCHEDULES[mma_schedule]
+    config.backward = 1 if backward else 0
     return config
 
 
@@ -199,14 +210,15 @@ def check_config(head_dim, num_heads, num_kv_heads, block_size, top_k,
                  causal, scale, dtype, target, stage, tile_q, tile_k,
                  gpu_attention="mma", mma_warps=None, mma_key_chunk=None,
                  mma_instruction=None, mma_key_value_loads=None,
-                 mma_merge=None, mma_stages=None, mma_schedule=None):
+                 mma_merge=None, mma_stages=None, mma_schedule=None,
+                 backward=False):
     """None when the library would compile these values, else its message
     naming the first bad one."""
     config = _config(head_dim, num_heads, num_kv_heads, block_size, top_k,
                      causal, scale, dtype, target, stage, tile_q, tile_k,
                      None, None, gpu_attention, mma_warps, mma_key_chunk,
                      mma_instruction, mma_key_value_loads, mma_merge,
-                     mma_stages, mma_schedule)
+                     mma_stages, mma_schedule, backward)
     error = ctypes.c_void_p()
     if _lib.mobaCheckConfig(ctypes.byref(config), ctypes.byref(error)):
         return _take_error(error.value)
@@ -218,13 +230,13 @@ def compile_kernel(head_dim, num_heads, num_kv_heads, block_size, top_k,
                    cache_dir, dump_dir, gpu_attention="mma", mma_warps=None,
                    mma_key_chunk=None, mma_instruction=None,
                    mma_key_value_loads=None, mma_merge=None, mma_stages=None,
-                   mma_schedule=None):
+                   mma_schedule=None, backward=False):
     """Returns (handle, from_cache); raises CompileError."""
     config = _config(head_dim, num_heads, num_kv_heads, block_size, top_k,
                      causal, scale, dtype, target, stage, tile_q, tile_k,
                      cache_dir, dump_dir, gpu_attention, mma_warps,
                      mma_key_chunk, mma_instruction, mma_key_value_loads,
-                     mma_merge, mma_stages, mma_schedule)
+                     mma_merge, mma_stages, mma_schedule, backward)
     from_cache = ctypes.c_int32(0)
     error = ctypes.c_void_p()
     handle = _lib.mobaCompile(ctypes.byref(config), ctypes.byref(from_cache),
@@ -241,6 +253,20 @@ def run_kernel(handle, q, k, v, cu_seqlens, num_sequences, tokens, out, lse):
     error = ctypes.c_void_p()
     status = _lib.mobaRun(handle, q, k, v, cu_seqlens, num_sequences, tokens,
                           out, lse, ctypes.byref(error))
+    if status != 0:
+        raise RuntimeError(_take_error(error.value))
+
+
+def run_grad_kernel(handle, q, k, v, cu_seqlens, num_sequences, tokens, out,
+                    lse, dout, dlse, dq, dk, dv):
+    """Pointers in (dlse may be None: a zero gradient); raises
+    RuntimeError with the runner's message."""
+    num_sequences = int64("num_sequences", num_sequences)
+    tokens = int64("tokens", tokens)
+    error = ctypes.c_void_p()
+    status = _lib.mobaRunGrad(handle, q, k, v, cu_seqlens, num_sequences,
+                              tokens, out, lse, dout, dlse, dq, dk, dv,
+                              ctypes.byref(error))
     if status != 0:
         raise RuntimeError(_take_error(error.value))
 

@@ -5,6 +5,10 @@ random inputs (outputs poisoned first) and compares output and log-sum-exp
 with the float64 reference; near-tied rows are skipped and counted. Prints a
 line per case and a summary; exits 1 if any case failed.
 
+With `-- --grad` each case also runs the backward (moba-run --grad) and
+compares dq, dk and dv with the float64 gradients; rows and keys whose
+selection is near-tied are skipped and counted as "unsure".
+
   grid.py MOBA_RUN [--heads H:KV ...] [--head-dims ...] [--block-sizes ...]
           [--top-ks ...] [--causal true,false] [--dtypes f32,bf16]
           [--stages fused] [--seqlens 1,5,17,130,300] [-- extra moba-run args]
@@ -38,7 +42,7 @@ def main():
         argv = argv[:argv.index("--")]
     a = p.parse_args(argv)
 
-    cases = passed = skipped_rows = 0
+    cases = passed = skipped_rows = skipped_unsure = 0
     failures = []
     for heads, d, bs, k, causal, dtype, stage in itertools.product(
             a.heads, a.head_dims, a.block_sizes, a.top_ks, a.causal,
@@ -55,16 +59,23 @@ def main():
         rows = re.search(r"rows: (\d+) compared, (\d+) skipped", proc.stdout)
         if rows:
             skipped_rows += int(rows.group(2))
+        unsure = sum(int(n) for n in re.findall(
+            r"compared, (\d+) skipped as unsure", proc.stdout))
+        skipped_unsure += unsure
         if proc.returncode == 0 and "PASS" in proc.stdout and rows:
             passed += 1
+            grads = (f", {unsure} unsure gradient rows/keys skipped"
+                     if "--grad" in extra else "")
             print(f"ok   {name}: {rows.group(1)} rows, "
-                  f"{rows.group(2)} near-ties skipped")
+                  f"{rows.group(2)} near-ties skipped{grads}")
         else:
             failures.append(name)
             print(f"FAIL {name} (exit {proc.returncode})\n{proc.stdout}"
                   f"{proc.stderr}")
+    grads = (f", {skipped_unsure} unsure gradient rows/keys skipped"
+             if "--grad" in extra else "")
     print(f"grid: {cases} cases, {passed} passed, {len(failures)} failed, "
-          f"{skipped_rows} near-tie rows skipped")
+          f"{skipped_rows} near-tie rows skipped{grads}")
     return 1 if failures or cases == 0 else 0
 
 

@@ -3,8 +3,10 @@
 // Part of moba-mlir. Compiles one configuration with the CPU backend, runs it
 // on fresh random inputs (outputs poisoned with NaN first), compares output
 // and log-sum-exp with the float64 reference, and prints the error and the
-// time. Exit code: 0 when every compared value is within tolerance, 1 when
-// one is not (NaN never is), 2 on a usage or compile error.
+// time. With --grad, also runs the backward on a random upstream gradient
+// and compares dq, dk and dv with the float64 gradients. Exit code: 0 when
+// every compared value is within tolerance, 1 when one is not (NaN never
+// is), 2 on a usage or compile error.
 //
 //===----------------------------------------------------------------------===//
 
@@ -82,6 +84,19 @@ static cl::opt<std::string> mutation(
     "mutate-reference", cl::init("none"), cl::cat(category),
     cl::desc("Break one rule in the reference (future-block, "
              "own-block-not-forced, wrong-kv-head): the check must fail"));
+static cl::opt<bool> grad(
+    "grad", cl::init(false), cl::cat(category),
+    cl::desc("Also run the backward on a random upstream gradient of out "
+             "(and of lse) and check dq, dk, dv against the float64 "
+             "reference"));
+static cl::opt<bool> noGradLse(
+    "no-grad-lse", cl::init(false), cl::cat(category),
+    cl::desc("With --grad: no gradient of lse (the kernel gets none)"));
+static cl::opt<std::string> gradMutation(
+    "mutate-grad-check", cl::init("none"), cl::cat(category),
+    cl::desc("With --grad, break the check once (drop-grad-lse: the "
+             "reference gets no gradient of lse; swap-dk-dv: dk is compared "
+             "with the reference's dv): it must fail"));
 static cl::opt<std::string> cacheDir(
     "cache-dir", cl::init(""), cl::cat(category),
     cl::desc("Keep compiled kernels in this directory and reuse them"));
@@ -247,7 +262,8 @@ offsetsOf(const std::vector<int64_t> &lengths) {
 /// in its element type and lse in f32, the reference's q, k, v, out and lse
 /// in double with a flag per row. Checked arithmetic throughout; the
 /// allocation may still fail.
-llvm::Error checkMemory(const AttentionConfig &config, int64_t tokens) {
+llvm::Error checkMemory(const AttentionConfig &config, int64_t tokens,
+                        bool withGrad) {
   auto bytes = attentionBufferBytes(config, tokens);
   if (!bytes)
     return bytes.takeError();
@@ -255,9 +271,14 @@ llvm::Error checkMemory(const AttentionConfig &config, int64_t tokens) {
   int64_t qElements = bytes->q / element, kvElements = bytes->kv / element;
   int64_t rows = bytes->lse / 4;
   // 2 * elements cannot overflow: elements * element (>= 2) did not.
+  // With the backward: dout and dq, dk and dv, dlse, in both forms, and
+  // the flags of unsure rows and keys.
+  const int64_t g = withGrad ? 1 : 0;
   const std::pair<int64_t, int64_t> parts[] = {
       {2 * qElements, element}, {2 * kvElements, element}, {rows, 4},
-      {2 * qElements, 8},       {2 * kvElements, 8},       {rows, 8 + 1}};
+      {2 * qElements, 8},       {2 * kvElements, 8},       {rows, 8 + 1},
+      {g * qElements, 2 * (element + 8)}, {g * kvElements, 2 * (element + 8)},
+      {g * rows, 4 + 8 + 1},    {g * kvElements, 1}};
   int64_t total = 0;
   for (auto [count, size] : parts) {
     std::optional<int64_t> part = llvm::checkedMul(count, size);
@@ -276,6 +297,161 @@ llvm::Error checkMemory(const AttentionConfig &config, int64_t tokens) {
         "of memory and swap here",
         (long long)tokens, (long long)total, (unsigned long long)memory);
   return llvm::Error::success();
+}
+
+/// One backward run: its inputs as the reference sees them and the
+/// gradients the kernel wrote.
+struct GradRun {
+  std::vector<double> dout, dlse;
+  bool withDlse = false;
+  std::optional<Buffer> dq, dk, dv;
+  double seconds = 0;
+};
+
+/// Runs the backward of `kernel` `repeat` times on the forward's inputs
+/// and results, with a random upstream gradient of out (and of lse unless
+/// --no-grad-lse), the gradients poisoned with NaN before each run.
+llvm::Expected<GradRun>
+runBackward(const CpuAttentionKernel &kernel, const AttentionConfig &config,
+            const ref::Problem &problem, const Buffer &q, const Buffer &k,
+            const Buffer &v, const Buffer &out, const std::vector<float> &lse,
+            const std::vector<int32_t> &cu, int64_t numSequences,
+            std::mt19937_64 &rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  GradRun run;
+  std::optional<Buffer> dout;
+  std::vector<float> dlse;
+  try {
+    dout.emplace(config.dtype, q.size());
+    run.dq.emplace(config.dtype, q.size());
+    run.dk.emplace(config.dtype, k.size());
+    run.dv.emplace(config.dtype, v.size());
+    run.dout.resize(q.size());
+    if (!noGradLse) {
+      dlse.resize(lse.size());
+      run.dlse.resize(lse.size());
+    }
+  } catch (const std::bad_alloc &) {
+    return llvm::createStringError(
+        "could not allocate the backward's buffers of %lld tokens",
+        (long long)problem.cuSeqlens.back());
+  }
+  for (size_t i = 0; i < dout->size(); ++i)
+    run.dout[i] = dout->set(i, normal(rng));
+  for (size_t i = 0; i < dlse.size(); ++i)
+    run.dlse[i] = dlse[i] = normal(rng);
+  run.withDlse = !noGradLse;
+
+  GradBuffers buffers;
+  buffers.q = q.bytes.data();
+  buffers.k = k.bytes.data();
+  buffers.v = v.bytes.data();
+  buffers.cuSeqlens = cu.data();
+  buffers.out = out.bytes.data();
+  buffers.lse = lse.data();
+  buffers.dout = dout->bytes.data();
+  buffers.dlse = noGradLse ? nullptr : dlse.data();
+  buffers.dq = run.dq->bytes.data();
+  buffers.dk = run.dk->bytes.data();
+  buffers.dv = run.dv->bytes.data();
+  buffers.tokens = cu.back();
+  buffers.numSequences = numSequences;
+  std::vector<double> times;
+  for (int i = 0; i < repeat; ++i) {
+    run.dq->poison();
+    run.dk->poison();
+    run.dv->poison();
+    auto t0 = std::chrono::steady_clock::now();
+    if (auto e = kernel.runGrad(buffers))
+      return std::move(e);
+    times.push_back(std::chrono::duration<double>(
+                        std::chrono::steady_clock::now() - t0)
+                        .count());
+  }
+  std::sort(times.begin(), times.end());
+  run.seconds = times[times.size() / 2];
+  return std::move(run);
+}
+
+/// The largest relative error of a gradient's tensor the check accepts:
+/// ||got - want|| / ||want|| over the compared rows. The gradient is
+/// computed from the kernel's own `out` (rounded to the element type) and
+/// rounded once more, so the low-precision types are looser. The grid's
+/// largest errors: f32 4e-7, f16 3e-4, bf16 2.6e-3; the tolerances leave
+/// room for longer sums without letting a wrong term through.
+double gradTolerance(ElementType type) {
+  switch (type) {
+  case ElementType::F32:
+    return 2e-5;
+  case ElementType::F16:
+    return 2e-3;
+  case ElementType::BF16:
+    return 1e-2;
+  }
+  return 0;
+}
+
+/// Compares the kernel's dq, dk and dv with the reference's, rows of
+/// `width` values at a time, skipping the rows `unsure` flags; prints one
+/// line per tensor and returns whether every one is within tolerance (a NaN
+/// never is, and neither is a tensor whose every row was skipped while
+/// there were rows).
+bool checkBackward(const AttentionConfig &config, const ref::Problem &problem,
+                   const GradRun &run) {
+  std::vector<double> dlse = run.dlse;
+  bool dropDlse = gradMutation == "drop-grad-lse";
+  ref::GradResult want = ref::attentionGrad(
+      problem, run.dout, run.withDlse && !dropDlse ? &dlse : nullptr);
+  const double tolerance = gradTolerance(config.dtype);
+  const int64_t D = config.headDim;
+  struct Tensor {
+    const char *name;
+    const Buffer &got;
+    const std::vector<double> &want;
+    const std::vector<uint8_t> &unsure;
+    const char *rows;
+  };
+  bool swap = gradMutation == "swap-dk-dv";
+  const Tensor tensors[] = {
+      {"dq", *run.dq, want.dq, want.dqUnsure, "rows"},
+      {"dk", *run.dk, swap ? want.dv : want.dk, want.dkvUnsure, "keys"},
+      {"dv", *run.dv, swap ? want.dk : want.dv, want.dkvUnsure, "keys"}};
+  bool pass = true;
+  for (const Tensor &t : tensors) {
+    double errSquares = 0, wantSquares = 0, maxAbs = 0;
+    int64_t compared = 0, skipped = 0;
+    for (size_t row = 0; row < t.unsure.size(); ++row) {
+      if (t.unsure[row]) {
+        ++skipped;
+        continue;
+      }
+      ++compared;
+      for (int64_t d = 0; d < D; ++d) {
+        double got = t.got.get(row * D + d), expect = t.want[row * D + d];
+        double err = std::fabs(got - expect);
+        // NaN sticks: every later comparison with it is false.
+        maxAbs = std::isnan(err) || std::isnan(maxAbs)
+                     ? NAN
+                     : std::max(maxAbs, err);
+        errSquares += err * err;
+        wantSquares += expect * expect;
+      }
+    }
+    double relative =
+        wantSquares > 0 ? std::sqrt(errSquares / wantSquares)
+                        : (errSquares > 0 ? INFINITY : 0.0);
+    if (std::isnan(errSquares))
+      relative = NAN;
+    bool ok = relative <= tolerance &&
+              (compared > 0 || t.unsure.empty());
+    llvm::outs() << llvm::format(
+        "%s: relative error %.3g (tolerance %.1g), max abs %.3g; %lld %s "
+        "compared, %lld skipped as unsure: %s\n",
+        t.name, relative, tolerance, maxAbs, (long long)compared, t.rows,
+        (long long)skipped, ok ? "ok" : "WRONG");
+    pass &= ok;
+  }
+  return pass;
 }
 
 } // namespace
@@ -305,6 +481,7 @@ int main(int argc, char **argv) {
   if (!type)
     return fail(type.takeError());
   config.dtype = *type;
+  config.backward = grad;
   if (auto e = config.validate())
     return fail(std::move(e));
 
@@ -325,6 +502,15 @@ int main(int argc, char **argv) {
         "--mutate-reference must be none, future-block, "
         "own-block-not-forced or wrong-kv-head; got '%s'",
         mutation.c_str()));
+  if (gradMutation != "none" && gradMutation != "drop-grad-lse" &&
+      gradMutation != "swap-dk-dv")
+    return fail(llvm::createStringError(
+        "--mutate-grad-check must be none, drop-grad-lse or swap-dk-dv; got "
+        "'%s'",
+        gradMutation.c_str()));
+  if (!grad && (noGradLse || gradMutation != "none"))
+    return fail(llvm::createStringError(
+        "--no-grad-lse and --mutate-grad-check need --grad"));
   if (!dumpStage.empty()) {
     if (dumpStage != "moba" && dumpStage != "loops" && dumpStage != "llvm")
       return fail(llvm::createStringError(
@@ -347,7 +533,7 @@ int main(int argc, char **argv) {
     return fail(offsets.takeError());
   std::vector<int32_t> cu = std::move(*offsets);
   const int64_t tokens = cu.back();
-  if (auto e = checkMemory(config, tokens))
+  if (auto e = checkMemory(config, tokens, grad))
     return fail(std::move(e));
   if (auto e = CpuAttentionKernel::check(config, options))
     return fail(std::move(e));
@@ -458,6 +644,17 @@ int main(int argc, char **argv) {
                                compileSeconds,
                                (*kernel)->fromCache() ? " (from the cache)" : "",
                                1e3 * times[times.size() / 2], times.size());
+  std::optional<GradRun> gradRun;
+  if (grad) {
+    auto ran = runBackward(**kernel, config, problem, q, k, v, out, lse, cu,
+                           int64_t(lengths.size()), rng);
+    if (!ran)
+      return fail(ran.takeError());
+    gradRun = std::move(*ran);
+    llvm::outs() << llvm::format("backward: %.3f ms (median of %zu)%s\n",
+                                 1e3 * gradRun->seconds, size_t(repeat),
+                                 noGradLse ? ", no gradient of lse" : "");
+  }
   if (noCheck)
     return 0;
 
@@ -500,6 +697,10 @@ int main(int argc, char **argv) {
   // nothing, which is all it can be checked for. Otherwise a run where
   // every row was skipped proves nothing.
   bool pass = bad == 0 && (compared > 0 || tokens == 0);
+  if (gradRun) {
+    llvm::outs() << "forward: " << (pass ? "PASS" : "FAIL") << "\n";
+    pass &= checkBackward(config, problem, *gradRun);
+  }
   llvm::outs() << (pass ? "PASS" : "FAIL") << "\n";
   return pass ? 0 : 1;
 }

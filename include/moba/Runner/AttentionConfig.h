@@ -66,12 +66,17 @@ struct AttentionConfig {
   bool causal = true;
   std::optional<float> scale; ///< Default: 1/sqrt(headDim).
   ElementType dtype = ElementType::BF16;
+  /// Also compile the gradient entry `@moba_attention_grad` (CPU target
+  /// only so far): one compilation holds both, so that the backward
+  /// recomputes the forward's selection with the same lowering.
+  bool backward = false;
 
   /// Checks the configuration against the limits above; the error names
   /// the offending field and its value.
   llvm::Error validate() const;
   /// A short stable spelling, e.g. "d128_h32_kv8_b512_k3_causal_bf16"; a
-  /// scale is spelled exactly (its float32 bits).
+  /// scale is spelled exactly (its float32 bits), and "_grad" ends the key
+  /// of a configuration with the backward.
   std::string key() const;
 };
 
@@ -95,6 +100,26 @@ struct AttentionBuffers {
   const int32_t *cuSeqlens = nullptr; ///< [numSequences + 1]
   void *out = nullptr;                ///< [tokens, Hq, D]
   float *lse = nullptr;               ///< [tokens, Hq]
+  int64_t tokens = 0;
+  int64_t numSequences = 0;
+};
+
+/// The buffers of one backward call, contiguous, in host memory: the
+/// forward's inputs and results, the upstream gradients, and the gradients
+/// written.
+struct GradBuffers {
+  const void *q = nullptr;            ///< [tokens, Hq, D]
+  const void *k = nullptr;            ///< [tokens, Hkv, D]
+  const void *v = nullptr;            ///< [tokens, Hkv, D]
+  const int32_t *cuSeqlens = nullptr; ///< [numSequences + 1]
+  const void *out = nullptr;          ///< [tokens, Hq, D], the forward's
+  const float *lse = nullptr;         ///< [tokens, Hq], the forward's
+  const void *dout = nullptr;         ///< [tokens, Hq, D]
+  /// [tokens, Hq]; null: the caller does not differentiate lse (zero).
+  const float *dlse = nullptr;
+  void *dq = nullptr; ///< [tokens, Hq, D]
+  void *dk = nullptr; ///< [tokens, Hkv, D]
+  void *dv = nullptr; ///< [tokens, Hkv, D]
   int64_t tokens = 0;
   int64_t numSequences = 0;
 };
@@ -130,6 +155,15 @@ llvm::Expected<int64_t> kernelScratchBytes(const AttentionConfig &config,
                                            int64_t tokens,
                                            int64_t numSequences);
 
+/// An upper bound of the bytes the backward of `config` allocates for one
+/// call on `tokens` tokens in `numSequences` sequences (the selection
+/// recomputed: block means, gate scores and selected blocks; the row term,
+/// the query groups, the per-slot dq partials [top_k, T, Hq, D] in f32 and
+/// f32 accumulators of dk and dv), in checked arithmetic.
+llvm::Expected<int64_t> gradScratchBytes(const AttentionConfig &config,
+                                         int64_t tokens,
+                                         int64_t numSequences);
+
 /// The bytes of memory and swap of this host (0 when unknown): more than
 /// that, malloc fails.
 uint64_t hostMemoryBytes();
@@ -144,10 +178,23 @@ llvm::Error checkAttentionBuffers(const AttentionConfig &config,
                                   const AttentionBuffers &buffers,
                                   const int32_t *hostCuSeqlens);
 
+/// Checks a backward call's buffers as checkAttentionBuffers does the
+/// forward's (out and lse are the forward's results, read here), and that
+/// dout, dq, dk and dv are not null when there are tokens and that no
+/// gradient written overlaps another buffer (their sizes are known from
+/// the counts). `dlse` may be null.
+llvm::Error checkGradBuffers(const AttentionConfig &config,
+                             const GradBuffers &buffers,
+                             const int32_t *hostCuSeqlens);
+
 /// The moba IR of `config`: a function `@moba_attention` taking the buffers
 /// q [T, Hq, D], k and v [T, Hkv, D], cu_seqlens [B + 1] (i32), out
 /// [T, Hq, D] and lse [T, Hq] (f32), with a C interface, whose body is one
-/// moba.attention.
+/// moba.attention. With `config.backward`, a second function
+/// `@moba_attention_grad` taking q, k, v, cu_seqlens, out, lse, dout
+/// [T, Hq, D], dlse [T, Hq] (f32), and the results dq [T, Hq, D], dk and dv
+/// [T, Hkv, D], whose body is one moba.attention_grad with the same
+/// attributes.
 std::string buildAttentionModule(const AttentionConfig &config);
 
 } // namespace mlir::moba

@@ -76,9 +76,16 @@ public:
                            const CpuCompileOptions &options);
   ~CpuAttentionKernel();
 
-  /// Runs on `buffers`. Checks the shapes it can (cu_seqlens starts at 0,
-  /// never decreases, ends at `tokens`) and reports the first violation.
+  /// Runs the forward on `buffers`. Checks the shapes it can (cu_seqlens
+  /// starts at 0, never decreases, ends at `tokens`) and reports the first
+  /// violation.
   llvm::Error run(const AttentionBuffers &buffers) const;
+
+  /// Runs the backward on `buffers` (a kernel compiled with
+  /// `config().backward`): writes dq, dk and dv. Checks what run() checks
+  /// and that no gradient overlaps another buffer; a null `dlse` is a zero
+  /// one the kernel provides.
+  llvm::Error runGrad(const GradBuffers &buffers) const;
 
   const AttentionConfig &config() const { return cfg; }
   /// True when the code was loaded from the disk cache.
@@ -92,7 +99,7 @@ public:
 private:
   CpuAttentionKernel(AttentionConfig config);
   /// Links `object` (a relocatable object for this host) into a JIT of its
-  /// own and finds the entry point.
+  /// own and finds the entry points.
   llvm::Error load(std::unique_ptr<llvm::MemoryBuffer> object);
 
   AttentionConfig cfg;
@@ -100,6 +107,8 @@ private:
   KernelScratch scratch;
   std::unique_ptr<llvm::orc::LLJIT> jit;
   void *entry = nullptr;
+  /// `_mlir_ciface_moba_attention_grad`; null without the backward.
+  void *gradEntry = nullptr;
   bool loadedFromCache = false;
   std::string cacheProblems;
 };
