@@ -943,7 +943,8 @@ try:  # the autograd wrapper exists where torch does
             out, lse = kernel(q, k, v, cu_seqlens, max_seqlen=max_seqlen,
                               return_lse=True)
             out = _like(q, out)
-            lse = _torch.from_numpy(lse)  # float32 whatever q's dtype
+            if not isinstance(lse, _torch.Tensor):  # CPU calls give numpy
+                lse = _torch.from_numpy(lse)  # float32 whatever q's dtype
             ctx.kernel, ctx.cu_seqlens = kernel, cu_seqlens
             ctx.max_seqlen = max_seqlen
             ctx.save_for_backward(q, k, v, out, lse)
