@@ -347,6 +347,24 @@ class Kernel:
                              f"{tuple(k.shape)}: their leading dims must "
                              "agree")
 
+    def _host_call_offsets(self, q, cu_seqlens, max_seqlen, inputs):
+        """The host call's sequence offsets and token count: the batched
+        layout's uniform ones, or the caller's cu_seqlens checked (and
+        recorded in `inputs`, for the aliasing checks)."""
+        if self.config["layout"] == "batched":
+            if cu_seqlens is not None:
+                raise ValueError("cu_seqlens is only for layout='varlen'")
+            batch, seq = q.shape[:2]
+            _check_max_seqlen(max_seqlen, seq if batch else 0)
+            return _uniform_offsets(batch, seq), batch * seq
+        tokens = q.shape[0]
+        if _is_gpu_array(cu_seqlens):
+            raise ValueError("cu_seqlens is on a GPU but q is on the "
+                             "host: they must be on the same device")
+        cu = self._check_cu_seqlens(cu_seqlens, tokens, max_seqlen)
+        inputs["cu_seqlens"] = cu
+        return cu, tokens
+
     def __call__(self, q, k, v, cu_seqlens=None, *, max_seqlen=None,
                  return_lse=False, out=None, lse=None):
         """Returns the output (and the log-sum-exp with return_lse=True).
@@ -367,22 +385,8 @@ class Kernel:
         q, k, v = (_as_numpy(n, x) for n, x in (("q", q), ("k", k), ("v", v)))
         self._check_qkv(q, k, v, lambda x: x.flags["C_CONTIGUOUS"])
         inputs = {"q": q, "k": k, "v": v}
-
-        if c["layout"] == "batched":
-            if cu_seqlens is not None:
-                raise ValueError("cu_seqlens is only for layout='varlen'")
-            batch, seq = q.shape[:2]
-            _check_max_seqlen(max_seqlen, seq if batch else 0)
-            cu = _uniform_offsets(batch, seq)
-            tokens = batch * seq
-        else:
-            tokens = q.shape[0]
-            if _is_gpu_array(cu_seqlens):
-                raise ValueError("cu_seqlens is on a GPU but q is on the "
-                                 "host: they must be on the same device")
-            cu = self._check_cu_seqlens(cu_seqlens, tokens, max_seqlen)
-            inputs["cu_seqlens"] = cu
-
+        cu, tokens = self._host_call_offsets(q, cu_seqlens, max_seqlen,
+                                             inputs)
         cu32 = np.ascontiguousarray(cu, dtype=np.int32)
         out, out_array = self._host_result("out", out, q.shape, q.dtype,
                                            inputs)
@@ -486,20 +490,8 @@ class Kernel:
             arrays[name] = x
         inputs = dict(arrays)
 
-        if c["layout"] == "batched":
-            if cu_seqlens is not None:
-                raise ValueError("cu_seqlens is only for layout='varlen'")
-            batch, seq = q.shape[:2]
-            _check_max_seqlen(max_seqlen, seq if batch else 0)
-            cu = _uniform_offsets(batch, seq)
-            tokens = batch * seq
-        else:
-            tokens = q.shape[0]
-            if _is_gpu_array(cu_seqlens):
-                raise ValueError("cu_seqlens is on a GPU but q is on the "
-                                 "host: they must be on the same device")
-            cu = self._check_cu_seqlens(cu_seqlens, tokens, max_seqlen)
-            inputs["cu_seqlens"] = cu
+        cu, tokens = self._host_call_offsets(q, cu_seqlens, max_seqlen,
+                                             inputs)
         cu32 = np.ascontiguousarray(cu, dtype=np.int32)
 
         results = {}
