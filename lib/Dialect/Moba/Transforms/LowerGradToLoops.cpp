@@ -40,6 +40,29 @@ Value zeroFilled(ImplicitLocOpBuilder &b, Value init) {
 // moba.attention_row_term
 //===----------------------------------------------------------------------===//
 
+/// The serial nest over tokens [0, tokens) and heads [0, numHeads) that
+/// updates the tensor `init` once per (token, head): `body` gets a builder
+/// and loop emitter inside the nest, t, h and the running tensor, and
+/// returns it updated. The row ops of the backward have no cu_seqlens, so
+/// LoopEmitter's per-sequence nest does not fit them.
+Value forEachTokenAndHead(
+    LoopEmitter &e, Value tokens, int64_t numHeads, Value init,
+    llvm::function_ref<Value(ImplicitLocOpBuilder &, LoopEmitter &, Value,
+                             Value, Value)>
+        body) {
+  return e.forLoop(
+      e.index(0), tokens, ValueRange{init},
+      [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
+        LoopEmitter te(tb);
+        return te.forLoop(te.index(0), te.index(numHeads), tc,
+                          [&](ImplicitLocOpBuilder &hb, Value h,
+                              ValueRange hc) -> SmallVector<Value> {
+                            LoopEmitter he(hb);
+                            return {body(hb, he, t, h, hc[0])};
+                          });
+      })[0];
+}
+
 struct LowerAttentionRowTerm : LoweringPattern<AttentionRowTermOp> {
   using LoweringPattern::LoweringPattern;
 
@@ -52,26 +75,19 @@ struct LowerAttentionRowTerm : LoweringPattern<AttentionRowTermOp> {
     LoopEmitter e(b);
     int64_t numHeads = op.getGradOut().getType().getDimSize(1);
     Value tokens = tensor::DimOp::create(b, op.getGradOut(), 0);
-    Value result = e.forLoop(
-        e.index(0), tokens, ValueRange{op.getInit()},
-        [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
-          LoopEmitter te(tb);
-          return te.forLoop(
-              te.index(0), te.index(numHeads), tc,
-              [&](ImplicitLocOpBuilder &hb, Value h,
-                  ValueRange hc) -> SmallVector<Value> {
-                LoopEmitter he(hb);
-                Value delta = he.dot(he.readRow(op.getGradOut(), {t, h}),
-                                     he.readRow(op.getOut(), {t, h}));
-                if (Value gradLse = op.getGradLse())
-                  delta = arith::SubFOp::create(
-                      hb, delta,
-                      tensor::ExtractOp::create(hb, gradLse,
-                                                ValueRange{t, h}));
-                return {tensor::InsertOp::create(hb, delta, hc[0],
-                                                 ValueRange{t, h})};
-              });
-        })[0];
+    Value result = forEachTokenAndHead(
+        e, tokens, numHeads, op.getInit(),
+        [&](ImplicitLocOpBuilder &hb, LoopEmitter &he, Value t, Value h,
+            Value rowTerms) -> Value {
+          Value delta = he.dot(he.readRow(op.getGradOut(), {t, h}),
+                               he.readRow(op.getOut(), {t, h}));
+          if (Value gradLse = op.getGradLse())
+            delta = arith::SubFOp::create(
+                hb, delta,
+                tensor::ExtractOp::create(hb, gradLse, ValueRange{t, h}));
+          return tensor::InsertOp::create(hb, delta, rowTerms,
+                                          ValueRange{t, h});
+        });
     rewriter.replaceOp(op, result);
     return success();
   }
@@ -274,26 +290,20 @@ struct LowerSumSlots : LoweringPattern<SumSlotsOp> {
     Value tokens = tensor::DimOp::create(b, op.getInit(), 0);
     Value slots = tensor::DimOp::create(b, op.getPartials(), 0);
     Value zeroRow = e.splat(e.f32(0.0), headDim);
-    Value result = e.forLoop(
-        e.index(0), tokens, ValueRange{op.getInit()},
-        [&](ImplicitLocOpBuilder &tb, Value t, ValueRange tc) {
-          LoopEmitter te(tb);
-          return te.forLoop(
-              te.index(0), te.index(numHeads), tc,
-              [&](ImplicitLocOpBuilder &hb, Value h,
-                  ValueRange hc) -> SmallVector<Value> {
-                LoopEmitter he(hb);
-                Value sum = he.forLoop(
-                    he.index(0), slots, ValueRange{zeroRow},
-                    [&](ImplicitLocOpBuilder &sb, Value s,
-                        ValueRange sc) -> SmallVector<Value> {
-                      LoopEmitter se(sb);
-                      return {arith::AddFOp::create(
-                          sb, sc[0], se.readRow(op.getPartials(), {s, t, h}))};
-                    })[0];
-                return {he.writeRow(sum, hc[0], {t, h})};
-              });
-        })[0];
+    Value result = forEachTokenAndHead(
+        e, tokens, numHeads, op.getInit(),
+        [&](ImplicitLocOpBuilder &, LoopEmitter &he, Value t, Value h,
+            Value sums) -> Value {
+          Value sum = he.forLoop(
+              he.index(0), slots, ValueRange{zeroRow},
+              [&](ImplicitLocOpBuilder &sb, Value s,
+                  ValueRange sc) -> SmallVector<Value> {
+                LoopEmitter se(sb);
+                return {arith::AddFOp::create(
+                    sb, sc[0], se.readRow(op.getPartials(), {s, t, h}))};
+              })[0];
+          return he.writeRow(sum, sums, {t, h});
+        });
     rewriter.replaceOp(op, result);
     return success();
   }
