@@ -80,6 +80,67 @@ def MobaAlignRowAccesses : Pass<"moba-align-row-accesses"> {
                            "::mlir::vector::VectorDialect"];
 }
 
+def MobaConvertGroupedAttentionGradToNVVM
+    : Pass<"moba-convert-grouped-attention-grad-to-nvvm"> {
+  let summary = "The grouped attention backward on tensor cores (mma.sync)";
+  let description = [{
+    Lowers every `moba.grouped_block_attention_grad` on buffers (after
+    bufferization) to four `gpu.launch`es, none of which adds to a float
+    in memory that another thread also adds to: every sum is one thread's
+    loop, so the same inputs give the same bits on every run.
+
+     * A kernel zeroes `dq_partials` (slots that attend nothing must read
+       0 for `moba.sum_slots`).
+     * The tile list and the dq kernel are the forward kernel's frame
+       (moba-convert-grouped-attention-to-nvvm, mma.sync form): a CTA of
+       `warps` warps takes 16 x `warps` entries of one group (queries that
+       chose one key block), and the block's K and V pass through two
+       shared-memory buffers `key-chunk` keys at a time (cp.async). Per
+       chunk each warp recomputes `S = Q K^T` and `P = exp(scale S - lse)`
+       (the forward's log-sum-exp: no running max), `dP = dO V^T`,
+       `dS = P (dP - delta)` and adds `dS K` to the rows' dq accumulators;
+       each row's `scale * dq` is its slot's partial.
+     * The key/value kernel gives each CTA 16 x `warps` keys of one block
+       row and one KV head, each warp 16 keys: it stages their K and V
+       once, then walks the queries of every group of the KV head's query
+       heads for that block, `query-chunk` at a time (gathered by token
+       into two cp.async buffers, with their lse and delta), and keeps the
+       transposed products `S^T = K Q^T`, `dP^T = V dO^T` on the tensor
+       cores, accumulating `dV += P^T dO` and `dK += dS^T Q` in registers;
+       it writes `scale * dK` and `dV`, rounded once. Causally it skips the
+       leading queries of each group that lie before its keys (the entries
+       are in token order) and masks the rest.
+
+    All products are `nvvm.mma.sync` m16n8k16 (f16 or bf16 operands, f32
+    accumulation; `P` and `dS` rounded to the operand type as flash
+    attention does), fragments by `ldmatrix`; sm_80 and newer. Needs f16 or
+    bf16, head_dim a static multiple of 16 up to 128, static heads.
+  }];
+  let options = [
+    Option<"warps", "warps", "int64_t", /*default=*/"4",
+           "Warps per CTA (16 queries of the dq kernel, 16 keys of the "
+           "key/value kernel, each): 1, 2, 4 or 8">,
+    Option<"keyChunk", "key-chunk", "int64_t", /*default=*/"64",
+           "Keys of the dq kernel staged per step (a multiple of 16, up "
+           "to 128)">,
+    Option<"queryChunk", "query-chunk", "int64_t", /*default=*/"0",
+           "Queries of the key/value kernel staged per step (a multiple "
+           "of 16, up to 128; 0: 64 for head_dim up to 64, else 32, which "
+           "keeps its accumulators in registers)">,
+  ];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect",
+    "::mlir::gpu::GPUDialect",
+    "::mlir::LLVM::LLVMDialect",
+    "::mlir::math::MathDialect",
+    "::mlir::memref::MemRefDialect",
+    "::mlir::NVVM::NVVMDialect",
+    "::mlir::nvgpu::NVGPUDialect",
+    "::mlir::scf::SCFDialect",
+    "::mlir::vector::VectorDialect",
+  ];
+}
+
 def MobaConvertGroupedAttentionToNVVM
     : Pass<"moba-convert-grouped-attention-to-nvvm"> {
   let summary = "Grouped block attention on tensor cores (mma.sync or wgmma)";

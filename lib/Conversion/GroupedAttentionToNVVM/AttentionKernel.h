@@ -21,6 +21,8 @@
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 
+#include <functional>
+
 
 namespace mlir::moba::grouped_attention {
 
@@ -267,6 +269,8 @@ void clusterBarrier(ImplicitLocOpBuilder &b, bool relaxed = false);
 void bufferBarrier(ImplicitLocOpBuilder &b, const CtaTile &t);
 
 struct AttentionKernel {
+  /// The op lowered; null for the backward's dq kernel (ctaWork), which
+  /// neither loads by TMA nor merges, the two parts that read it.
   GroupedBlockAttentionOp op;
   Value q, k, v, cu, starts, counts, entries, partialOut, partialLse;
   int64_t numHeads, group, headDim, slotsPerToken, blockSize;
@@ -280,6 +284,11 @@ struct AttentionKernel {
   /// shape.bulkLoads: the tensor maps of K and V in device memory
   /// (memref<32xi64>, two CUtensorMaps), set by emitTensorMaps.
   Value tensorMaps;
+  /// What a CTA does once emitCta has read its tile (`t` complete up to its
+  /// chunk counts): when set, it replaces the forward's chunk loops and
+  /// partial writes. The backward's dq kernel (GroupedAttentionGradToNVVM)
+  /// runs on the forward's tile list, CTA prologue and K/V pipeline this way.
+  std::function<void(ImplicitLocOpBuilder &, const CtaTile &)> ctaWork;
 
   void emit(ImplicitLocOpBuilder &b);
 
@@ -383,15 +392,19 @@ struct AttentionKernel {
   /// this chunk is multiplied (`body`). Two loops, the same but for the
   /// mask: chunks [0, unmasked) need none, the rest (the block's end, the
   /// diagonal) do. Returns what they carry at the end.
+  /// The loops carry `inits`, or where it is empty chunkLoopInits().
   SmallVector<Value> emitChunkLoops(ImplicitLocOpBuilder &b, const CtaTile &t,
                                     bool asyncProxyReads, ValueStaging values,
-                                    StageFn stage, ChunkFn body);
+                                    StageFn stage, ChunkFn body,
+                                    ValueRange inits = {});
   /// The two chunk loops both pipelines share: chunks [0, unmasked) with
   /// `step` unmasked, then [unmasked, chunks) masked, carrying what
-  /// chunkLoopInits starts; chunk c's buffer is its ring slot and its first key
-  /// keyFirst + c * keyChunk. Returns what they carry at the end.
+  /// `inits` (chunkLoopInits where empty) starts; chunk c's buffer is its
+  /// ring slot and its first key keyFirst + c * keyChunk. Returns what they
+  /// carry at the end.
   SmallVector<Value> emitSplitChunkLoops(ImplicitLocOpBuilder &b,
-                                         const CtaTile &t, ChunkFn step);
+                                         const CtaTile &t, ChunkFn step,
+                                         ValueRange inits = {});
   /// The TMA pipeline of the in-order wgmma loop (shape.bulkLoads): the
   /// same plain and masked loops as emitChunkLoops, each chunk behind the
   /// barrier after which its buffers may refill (bufferBarrier); `body`
@@ -410,8 +423,13 @@ struct AttentionKernel {
     SmallVector<Value, 2> alpha; ///< the lane's two rows' factors
     Value moved; ///< i1: a row's running max moved (else both alphas are 1)
   };
+  /// `scores` (nTiles x 4 f32, m16n8 accumulator layout) of the keys from
+  /// `base` on set to -inf where a row does not attend the key: keys at or
+  /// past t.keyLimit and, causally, past the row's query.
+  void maskScores(ImplicitLocOpBuilder &ib, const CtaTile &t,
+                  SmallVector<SmallVector<Value>> &scores, Value base);
   /// `scores` (nTiles x 4 f32, m16n8 accumulator layout) masked where
-  /// `masked`, then one online-softmax step: `scores` become the
+  /// `masked` (maskScores), then one online-softmax step: `scores` become the
   /// probabilities; returns the new max and sums in `carried`'s first four
   /// and the accumulators that follow them rescaled; `factors`, when given,
   /// receives the rescale.

@@ -16,7 +16,7 @@ using namespace mlir::moba::grouped_attention;
 
 SmallVector<Value> AttentionKernel::emitChunkLoops(
     ImplicitLocOpBuilder &b, const CtaTile &t, bool asyncProxyReads,
-    ValueStaging values, StageFn stage, ChunkFn body) {
+    ValueStaging values, StageFn stage, ChunkFn body, ValueRange inits) {
   KernelBuilder e{b, element()};
   Value chunkKeys = e.index(shape.keyChunk);
   bool late = values == ValueStaging::OneChunkLate;
@@ -68,7 +68,8 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
           stage(ib, /*operand=*/1, buffer, keyBase);
         NVVM::CpAsyncCommitGroupOp::create(ib);
         return body(ib, chunk, buffer, keyBase, c, masked);
-      });
+      },
+      inits);
   NVVM::CpAsyncWaitGroupOp::create(b, 0);
   if (late) {
     // The last V, and the last P the body wrote, published.
@@ -80,7 +81,8 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
 }
 
 SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
-    ImplicitLocOpBuilder &b, const CtaTile &t, ChunkFn step) {
+    ImplicitLocOpBuilder &b, const CtaTile &t, ChunkFn step,
+    ValueRange inits) {
   KernelBuilder e{b, element()};
   auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
                        bool masked) {
@@ -96,8 +98,10 @@ SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
                                step(ib, chunk, buffer, keyBase, c, masked));
         });
   };
-  auto plain = chunkLoop(e.index(0), t.unmasked, chunkLoopInits(e),
-                         /*masked=*/false);
+  SmallVector<Value> starts(inits.begin(), inits.end());
+  if (starts.empty())
+    starts = chunkLoopInits(e);
+  auto plain = chunkLoop(e.index(0), t.unmasked, starts, /*masked=*/false);
   auto loop =
       chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
   return SmallVector<Value>(loop.getResults());

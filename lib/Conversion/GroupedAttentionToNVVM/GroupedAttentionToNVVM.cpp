@@ -199,8 +199,6 @@ void AttentionKernel::emitTileList(ImplicitLocOpBuilder &b, Value tileList,
         auto fromI32 = [&](ImplicitLocOpBuilder &ib, Value x) -> Value {
           return arith::IndexCastOp::create(ib, ib.getIndexType(), x);
         };
-        Value sequences = ke.sub(memref::DimOp::create(kb, cu, 0),
-                                 ke.index(1));
         auto chunks = scf::ForOp::create(
             kb, ke.index(0), rows, ke.index(32), ValueRange{ke.index(0)},
             [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
@@ -220,32 +218,10 @@ void AttentionKernel::emitTileList(ImplicitLocOpBuilder &b, Value tileList,
                                                    gpu::ShuffleMode::IDX)
                                 .getShuffleResult();
               Value firstTile = ie.add(c[0], ie.sub(fromI32(ib, sum), tiles));
-              // The row's keys: its sequence by a scan of cu_seqlens.
-              auto seqScan = scf::ForOp::create(
-                  ib, ie.index(0), sequences, ie.index(1),
-                  ValueRange{ie.index(0), ie.index(0), ie.index(0),
-                             ie.index(0)},
-                  [&](OpBuilder &sb, Location sloc, Value i, ValueRange s) {
-                    ImplicitLocOpBuilder jb(sloc, sb);
-                    KernelBuilder je{jb, e.element};
-                    Value start = je.loadIndex(cu, {i});
-                    Value end = je.loadIndex(cu, {je.add(i, je.index(1))});
-                    Value blocksHere = arith::CeilDivUIOp::create(
-                        jb, je.sub(end, start), je.index(blockSize));
-                    Value next = je.add(s[3], blocksHere);
-                    Value in = arith::AndIOp::create(
-                        jb, je.ule(s[3], row), je.ult(row, next));
-                    scf::YieldOp::create(
-                        jb, ValueRange{je.select(in, start, s[0]),
-                                       je.select(in, end, s[1]),
-                                       je.select(in, s[3], s[2]), next});
-                  });
-              Value keyFirst = ie.add(
-                  seqScan.getResult(0),
-                  ie.mul(ie.sub(row, seqScan.getResult(2)),
-                         ie.index(blockSize)));
-              Value keyEnd = ie.minU(ie.add(keyFirst, ie.index(blockSize)),
-                                     seqScan.getResult(1));
+              // The row's keys.
+              nvvm_kernel::BlockRow keys =
+                  nvvm_kernel::locateBlockRow(ib, cu, row, blockSize);
+              Value keyFirst = keys.first, keyEnd = keys.end;
               scf::ForOp::create(
                   ib, ie.index(0), tiles, ie.index(1), ValueRange{},
                   [&](OpBuilder &tb, Location tloc, Value t, ValueRange) {
@@ -415,6 +391,8 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
                                         e.index(shape.keyChunk));
   t.unmasked = e.minU(t.chunks, e.div(e.sub(unmaskedEnd, t.keyFirst),
                                       e.index(shape.keyChunk)));
+  if (ctaWork)
+    return ctaWork(b, t);
 
   SmallVector<Value> finals =
       shape.isWgmma() ? emitWgmmaChunks(b, t) : emitMmaSyncChunks(b, t);

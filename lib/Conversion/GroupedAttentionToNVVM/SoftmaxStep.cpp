@@ -26,6 +26,23 @@ SmallVector<Value> AttentionKernel::chunkLoopInits(KernelBuilder &e) {
   return inits;
 }
 
+void AttentionKernel::maskScores(ImplicitLocOpBuilder &ib, const CtaTile &t,
+                                 SmallVector<SmallVector<Value>> &scores,
+                                 Value base) {
+  KernelBuilder ie{ib, element()};
+  for (auto [nt, tile] : llvm::enumerate(scores))
+    for (int64_t i = 0; i < 4; ++i) {
+      Value keyAt = ie.add(
+          base, ie.add(ie.index(8 * static_cast<int64_t>(nt) + i % 2),
+                       t.pairCol));
+      Value keep = ie.ult(keyAt, t.keyLimit);
+      if (causal)
+        keep =
+            arith::AndIOp::create(ib, keep, ie.ule(keyAt, t.token[i / 2]));
+      tile[i] = ie.select(keep, tile[i], ie.f32(kNegInf));
+    }
+}
+
 SmallVector<Value>
 AttentionKernel::softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
                              SmallVector<SmallVector<Value>> &scores,
@@ -33,19 +50,8 @@ AttentionKernel::softmaxStep(ImplicitLocOpBuilder &ib, const CtaTile &t,
                              Rescale *factorsOut) {
   KernelBuilder ie{ib, element()};
   int64_t nTiles = scores.size();
-  // Masked to -inf: keys past keyLimit and, causally, past the row's
-  // query.
   if (masked)
-    for (int64_t nt = 0; nt < nTiles; ++nt)
-      for (int64_t i = 0; i < 4; ++i) {
-        Value keyAt =
-            ie.add(base, ie.add(ie.index(8 * nt + i % 2), t.pairCol));
-        Value keep = ie.ult(keyAt, t.keyLimit);
-        if (causal)
-          keep = arith::AndIOp::create(ib, keep,
-                                       ie.ule(keyAt, t.token[i / 2]));
-        scores[nt][i] = ie.select(keep, scores[nt][i], ie.f32(kNegInf));
-      }
+    maskScores(ib, t, scores, base);
   // The softmax runs in base 2: p = exp2(s * scale * log2(e) - max).
   double scaleLog2 = scale / std::log(2.0);
   // Per row (values i = 0, 1 are row 0; 2, 3 row 1).

@@ -71,3 +71,34 @@ mlir::moba::nvvm_kernel::locateSequence(ImplicitLocOpBuilder &b, Value cu,
       });
   return {scan.getResult(0), scan.getResult(1), scan.getResult(2)};
 }
+
+mlir::moba::nvvm_kernel::BlockRow
+mlir::moba::nvvm_kernel::locateBlockRow(ImplicitLocOpBuilder &b, Value cu,
+                                        Value row, int64_t blockSize) {
+  KernelBuilder e{b, b.getI32Type()};
+  Value sequences = e.sub(memref::DimOp::create(b, cu, 0), e.index(1));
+  Value zero = e.index(0);
+  // [start, end) of the row's sequence, the sequence's first row, and the
+  // rows before the sequence scanned.
+  auto scan = scf::ForOp::create(
+      b, zero, sequences, e.index(1), ValueRange{zero, zero, zero, zero},
+      [&](OpBuilder &fb, Location loc, Value i, ValueRange c) {
+        ImplicitLocOpBuilder sb(loc, fb);
+        KernelBuilder se{sb, sb.getI32Type()};
+        Value start = se.loadIndex(cu, {i});
+        Value end = se.loadIndex(cu, {se.add(i, se.index(1))});
+        Value blocks = arith::CeilDivUIOp::create(sb, se.sub(end, start),
+                                                  se.index(blockSize));
+        Value next = se.add(c[3], blocks);
+        Value inside =
+            arith::AndIOp::create(sb, se.ule(c[3], row), se.ult(row, next));
+        scf::YieldOp::create(
+            sb, ValueRange{se.select(inside, start, c[0]),
+                           se.select(inside, end, c[1]),
+                           se.select(inside, c[3], c[2]), next});
+      });
+  Value first = e.add(scan.getResult(0), e.mul(e.sub(row, scan.getResult(2)),
+                                               e.index(blockSize)));
+  Value end = e.minU(e.add(first, e.index(blockSize)), scan.getResult(1));
+  return {first, end};
+}

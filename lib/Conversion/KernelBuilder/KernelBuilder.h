@@ -202,6 +202,18 @@ struct TokenSequence {
 TokenSequence locateSequence(ImplicitLocOpBuilder &b, Value cu, Value t,
                              int64_t blockSize);
 
+/// The keys [first, end) of block row `row` (index; the blocks of all
+/// sequences in order, as moba.block_pool numbers them): the row's block
+/// of its sequence, cut at the sequence's end; both zero past the last row.
+struct BlockRow {
+  Value first, end;
+};
+
+/// Block row `row`'s keys, by a scan of `cu` (cu_seqlens, i32) with blocks
+/// of `blockSize` tokens.
+BlockRow locateBlockRow(ImplicitLocOpBuilder &b, Value cu, Value row,
+                        int64_t blockSize);
+
 /// One gpu.launch of `blocks` x `threads` whose body `build` fills (the
 /// terminator is added after it), with `sharedBytes` (i32) of dynamic
 /// shared memory and static shared buffers of `workgroup` types.
