@@ -89,8 +89,9 @@ def MobaConvertGroupedAttentionGradToNVVM
     in memory that another thread also adds to: every sum is one thread's
     loop, so the same inputs give the same bits on every run.
 
-     * A kernel zeroes `dq_partials` (slots that attend nothing must read
-       0 for `moba.sum_slots`).
+     * A kernel zeroes the partials of the slots that attend nothing
+       (`moba.sum_slots` adds every slot; the dq kernel writes the listed
+       ones).
      * The tile list and the dq kernel are the forward kernel's frame
        (moba-convert-grouped-attention-to-nvvm, mma.sync form): a CTA of
        `warps` warps takes 16 x `warps` entries of one group (queries that

@@ -17,7 +17,7 @@ namespace mlir::moba::grouped_attention_grad {
 
 /// The buffers and sizes of one moba.grouped_block_attention_grad.
 struct GradOperands {
-  Value q, k, v, cu, starts, counts, entries, gradOut, lse, rowTerm;
+  Value q, k, v, cu, selected, starts, counts, entries, gradOut, lse, rowTerm;
   Value dqPartials, dk, dv;
   int64_t numHeads, group, headDim, slotsPerToken, blockSize;
   bool causal;
@@ -60,7 +60,8 @@ struct KeyValueGradShape {
   }
 };
 
-/// dq: zeroes `dqPartials`, then the dq kernel (the forward's tile list and
+/// dq: zeroes the partials of the slots that attend nothing, then the dq
+/// kernel (the forward's tile list and
 /// CTA frame, mma.sync, `warps` warps, `keyChunk` keys a step) writes the
 /// partial of every listed (slot, token, head).
 void emitQueryGrad(ImplicitLocOpBuilder &b, const GradOperands &ops,

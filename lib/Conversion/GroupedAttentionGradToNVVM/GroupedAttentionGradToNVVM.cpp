@@ -107,6 +107,7 @@ struct MobaConvertGroupedAttentionGradToNVVMPass
                         op.getK(),
                         op.getV(),
                         op.getCuSeqlens(),
+                        op.getSelected(),
                         op.getStarts(),
                         op.getCounts(),
                         op.getEntries(),

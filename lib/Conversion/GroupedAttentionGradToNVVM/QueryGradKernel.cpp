@@ -34,31 +34,45 @@ using namespace mlir::moba::grouped_attention_grad;
 
 namespace {
 
-/// Every element of `partials` ([K, T, Hq, D] f32, D a multiple of 4) 0, four
-/// a thread: the slots that attend nothing must hold 0 for moba.sum_slots.
-void emitZeroPartials(ImplicitLocOpBuilder &b, Value partials,
-                      int64_t headDim) {
+/// The partials of the slots that attend nothing set to 0, one thread per
+/// (token, head): moba.sum_slots adds every slot, and the dq kernel writes
+/// only the listed ones (moba.group_queries' rule, slotIsListed). Top-k
+/// lists every slot but where a sequence has fewer blocks than slots (or
+/// a caller's selection repeats one), so this writes almost nothing, where
+/// zeroing all partials would cost a pass over K x T x Hq x D floats.
+void emitZeroUnlistedPartials(ImplicitLocOpBuilder &b,
+                              const GradOperands &ops) {
   KernelBuilder e{b, b.getF32Type()};
-  SmallVector<Value> sizes;
-  for (int64_t d = 0; d < 3; ++d)
-    sizes.push_back(memref::DimOp::create(b, partials, d));
-  int64_t quads = headDim / 4;
-  Value count = e.mul(e.mul(e.mul(sizes[0], sizes[1]), sizes[2]),
-                      e.index(quads));
+  Value tokens = memref::DimOp::create(b, ops.q, 0);
+  Value items = e.mul(tokens, e.index(ops.numHeads));
   nvvm_kernel::launchPerItem(
-      b, count, /*threads=*/256, [&](ImplicitLocOpBuilder &kb, Value linear) {
+      b, items, /*threads=*/128, [&](ImplicitLocOpBuilder &kb, Value linear) {
         KernelBuilder ke{kb, kb.getF32Type()};
-        Value col = ke.mul(ke.rem(linear, ke.index(quads)), ke.index(4));
-        Value rest = ke.div(linear, ke.index(quads));
-        Value h = ke.rem(rest, sizes[2]);
-        rest = ke.div(rest, sizes[2]);
-        Value t = ke.rem(rest, sizes[1]);
-        Value s = ke.div(rest, sizes[1]);
+        Value h = ke.rem(linear, ke.index(ops.numHeads));
+        Value t = ke.div(linear, ke.index(ops.numHeads));
+        nvvm_kernel::TokenSequence sequence =
+            nvvm_kernel::locateSequence(kb, ops.cu, t, ops.blockSize);
+        Value blocks = nvvm_kernel::toI32(
+            kb, arith::CeilDivUIOp::create(
+                    kb, ke.sub(sequence.end, sequence.start),
+                    ke.index(ops.blockSize)));
         auto type = VectorType::get({4}, kb.getF32Type());
         Value zeros = arith::ConstantOp::create(
             kb, type, DenseElementsAttr::get(type, kb.getF32FloatAttr(0.0)));
-        vector::StoreOp::create(kb, zeros, partials, ValueRange{s, t, h, col})
-            .setAlignment(16);
+        for (int64_t s = 0; s < ops.slotsPerToken; ++s) {
+          Value listed = nvvm_kernel::slotIsListed(kb, ops.selected, t, h,
+                                                   ke.index(s), blocks);
+          Value unlisted = arith::XOrIOp::create(
+              kb, listed, arith::ConstantIntOp::create(kb, 1, 1));
+          nvvm_kernel::ifThen(kb, unlisted, [&](ImplicitLocOpBuilder &zb) {
+            KernelBuilder ze{zb, zb.getF32Type()};
+            for (int64_t col = 0; col < ops.headDim; col += 4)
+              vector::StoreOp::create(
+                  zb, zeros, ops.dqPartials,
+                  ValueRange{ze.index(s), t, h, ze.index(col)})
+                  .setAlignment(16);
+          });
+        }
       });
 }
 
@@ -212,7 +226,7 @@ void emitQueryGradCta(ImplicitLocOpBuilder &b, AttentionKernel &kernel,
 void mlir::moba::grouped_attention_grad::emitQueryGrad(
     ImplicitLocOpBuilder &b, const GradOperands &ops, int64_t warps,
     int64_t keyChunk) {
-  emitZeroPartials(b, ops.dqPartials, ops.headDim);
+  emitZeroUnlistedPartials(b, ops);
   AttentionKernelPlan plan;
   plan.instruction = MatrixInstruction::MmaSync;
   plan.warps = warps;

@@ -82,9 +82,6 @@ void AttentionKernel::emitMergeInit(ImplicitLocOpBuilder &b, Value tokens) {
             kb, arith::CeilDivUIOp::create(
                     kb, ke.sub(sequence.end, sequence.start),
                     ke.index(blockSize)));
-        auto slotAt = [&](ImplicitLocOpBuilder &ib, Value s) -> Value {
-          return memref::LoadOp::create(ib, selected, ValueRange{t, h, s});
-        };
         auto countLoop = scf::ForOp::create(
             kb, ke.index(0), ke.index(slotsPerToken), ke.index(1),
             ValueRange{ke.i32(0)},
@@ -93,31 +90,8 @@ void AttentionKernel::emitMergeInit(ImplicitLocOpBuilder &b, Value tokens) {
               KernelBuilder se{sb, e.element};
               memref::StoreOp::create(sb, se.f32(kNegInf), partialLse,
                                       ValueRange{s, t, h});
-              Value block = slotAt(sb, s);
-              Value inSequence = arith::AndIOp::create(
-                  sb,
-                  arith::CmpIOp::create(sb, arith::CmpIPredicate::sge, block,
-                                        se.i32(0)),
-                  arith::CmpIOp::create(sb, arith::CmpIPredicate::slt, block,
-                                        blocks));
-              // Whether a lower slot holds the block already.
-              auto lower = scf::ForOp::create(
-                  sb, se.index(0), s, se.index(1),
-                  ValueRange{arith::ConstantIntOp::create(sb, 0, 1)},
-                  [&](OpBuilder &lb, Location lloc, Value s2,
-                      ValueRange held) {
-                    ImplicitLocOpBuilder ob(lloc, lb);
-                    Value same = arith::CmpIOp::create(
-                        ob, arith::CmpIPredicate::eq, slotAt(ob, s2), block);
-                    scf::YieldOp::create(
-                        ob, ValueRange{arith::OrIOp::create(ob, held[0],
-                                                            same)});
-                  });
-              Value attends = arith::AndIOp::create(
-                  sb, inSequence,
-                  arith::XOrIOp::create(
-                      sb, lower.getResult(0),
-                      arith::ConstantIntOp::create(sb, 1, 1)));
+              Value attends =
+                  nvvm_kernel::slotIsListed(sb, selected, t, h, s, blocks);
               scf::YieldOp::create(
                   sb, ValueRange{se.add(count[0],
                                         se.select(attends, se.i32(1),

@@ -102,3 +102,31 @@ mlir::moba::nvvm_kernel::locateBlockRow(ImplicitLocOpBuilder &b, Value cu,
   Value end = e.minU(e.add(first, e.index(blockSize)), scan.getResult(1));
   return {first, end};
 }
+
+Value mlir::moba::nvvm_kernel::slotIsListed(ImplicitLocOpBuilder &b,
+                                            Value selected, Value t, Value h,
+                                            Value s, Value blocks) {
+  KernelBuilder e{b, b.getI32Type()};
+  auto slotAt = [&](ImplicitLocOpBuilder &ib, Value slot) -> Value {
+    return memref::LoadOp::create(ib, selected, ValueRange{t, h, slot});
+  };
+  Value block = slotAt(b, s);
+  Value inSequence = arith::AndIOp::create(
+      b, arith::CmpIOp::create(b, arith::CmpIPredicate::sge, block, e.i32(0)),
+      arith::CmpIOp::create(b, arith::CmpIPredicate::slt, block, blocks));
+  // Whether a lower slot holds the block already.
+  auto lower = scf::ForOp::create(
+      b, e.index(0), s, e.index(1),
+      ValueRange{arith::ConstantIntOp::create(b, 0, 1)},
+      [&](OpBuilder &lb, Location loc, Value s2, ValueRange held) {
+        ImplicitLocOpBuilder ob(loc, lb);
+        Value same = arith::CmpIOp::create(ob, arith::CmpIPredicate::eq,
+                                           slotAt(ob, s2), block);
+        scf::YieldOp::create(
+            ob, ValueRange{arith::OrIOp::create(ob, held[0], same)});
+      });
+  return arith::AndIOp::create(
+      b, inSequence,
+      arith::XOrIOp::create(b, lower.getResult(0),
+                            arith::ConstantIntOp::create(b, 1, 1)));
+}

@@ -202,6 +202,12 @@ struct TokenSequence {
 TokenSequence locateSequence(ImplicitLocOpBuilder &b, Value cu, Value t,
                              int64_t blockSize);
 
+/// Whether slot `s` of (`t`, `h`) in `selected` ([T, Hq, K] i32) is listed
+/// by moba.group_queries, i.e. attends a block (i1): its block lies in the
+/// token's sequence of `blocks` blocks (i32) and no lower slot holds it.
+Value slotIsListed(ImplicitLocOpBuilder &b, Value selected, Value t, Value h,
+                   Value s, Value blocks);
+
 /// The keys [first, end) of block row `row` (index; the blocks of all
 /// sequences in order, as moba.block_pool numbers them): the row's block
 /// of its sequence, cut at the sequence's end; both zero past the last row.
