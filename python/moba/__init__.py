@@ -10,6 +10,10 @@
                                 moba_chunk_size=64, moba_topk=3)
     out = kernel(q_cuda, k_cuda, v_cuda, cu_seqlens_cuda)  # torch on a GPU
 
+On torch tensors moba_attn_varlen is differentiable and, with torch 2.4 or
+newer, runs through the torch.library ops of moba.torch_ops, which
+torch.compile(fullgraph=True) traces (docs/python.md).
+
 Layouts: "varlen" q [T, Hq, D], k and v [T, Hkv, D] with cu_seqlens [B + 1];
 "batched" q [B, S, Hq, D], k and v [B, S, Hkv, D]. The log-sum-exp has q's
 shape without D. Semantics: docs/semantics.md.

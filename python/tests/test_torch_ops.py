@@ -114,8 +114,12 @@ def test_check_sizes_names_the_argument(args, kind, text):
 
 
 def test_check_sizes_takes_numpy_scalars():
-    assert torch_ops.check_sizes(np.int64(30), np.int32(8), 2, np.bool_(0),
-                                 np.float32(0.5)) == (30, 8, 2, False, 0.5)
+    """numpy scalars become the Python types of the op's schema, which the
+    dispatcher takes."""
+    sizes = torch_ops.check_sizes(np.int64(30), np.int32(8), 2, np.bool_(0),
+                                  np.float32(0.5))
+    assert sizes == (30, 8, 2, False, 0.5)
+    assert [type(x) for x in sizes] == [int, int, int, bool, float]
 
 
 # --- moba_attn_varlen's keywords on numpy (any torch) ------------------------
