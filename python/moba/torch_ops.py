@@ -86,6 +86,11 @@ def check_shapes(q, k, v, cu_seqlens):
     the fake implementation can say before anything runs (torch.compile
     traces with it). The values (cu_seqlens, sizes the library limits) are
     checked when the kernel runs."""
+    for name, x in (("q", q), ("k", k), ("v", v), ("cu_seqlens",
+                                                    cu_seqlens)):
+        if not is_tensor(x):
+            raise TypeError(f"{name} must be a torch tensor like q, got "
+                            f"{type(x).__name__}")
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 3:
             raise ValueError(f"{name} must have rank 3 [tokens, heads, "

@@ -91,6 +91,8 @@ def test_check_shapes_accepts_good_inputs():
      "cu_seqlens must be a 1-D int32 or int64 tensor"),
     (lambda q, k, v, cu: (q, k, v, cu[None]), TypeError,
      "shape (1, 3)"),
+    (lambda q, k, v, cu: (q, k.numpy(), v, cu), TypeError,
+     "k must be a torch tensor like q, got ndarray"),
 ])
 def test_check_shapes_names_the_problem(change, kind, text):
     with pytest.raises(kind) as e:
@@ -297,3 +299,37 @@ def test_torch_compile_fullgraph_matches_eager(backend):
                                        for p in model.parameters()])
     for eager, traced in zip(*results):
         torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-4)
+
+
+# --- which kernel the ops compile ------------------------------------------------
+
+def test_cpu_tensors_compile_the_backward_with_the_forward():
+    """One kernel for both ops: the backward recomputes the forward's
+    selection only within one compilation."""
+    q, k, _, _ = tensors(d=16)
+    kernel = torch_ops.kernel_for(q, k, 8, 2, True, None)
+    assert kernel.config["backward"] is True
+    assert kernel is torch_ops.kernel_for(q, k, 8, 2, True, None)
+
+
+@pytest.mark.parametrize("chip", ["sm_80", "sm_90a"])
+def test_gpu_tensors_carry_the_backward_where_the_library_has_it(
+        monkeypatch, chip):
+    """GPU kernels carry the backward exactly when the library compiles it
+    for that chip (today it says the CPU only: then the forward runs and
+    the backward raises NotImplementedError)."""
+    from moba import _capi
+    monkeypatch.setattr(torch_ops, "_is_gpu_array", lambda x: True)
+    monkeypatch.setattr(torch_ops, "_available_gpu_target",
+                        lambda: (chip, None))
+    monkeypatch.setattr(torch_ops, "_gpu_backward", {})
+    q, k, _, _ = tensors(d=16, dtype=torch.bfloat16)
+    library = _capi.check_config(16, 4, 2, 8, 2, True, None, "bf16", chip,
+                                 "fused", None, None, backward=True)
+    assert torch_ops._backward_compiles_for(q, k, 8, 2, True, None,
+                                            "bf16") is (library is None)
+    monkeypatch.setattr(torch_ops, "_available_gpu_target",
+                        lambda: (None, "no GPU"))
+    monkeypatch.setattr(torch_ops, "_gpu_backward", {})
+    assert torch_ops._backward_compiles_for(q, k, 8, 2, True, None,
+                                            "bf16") is False
