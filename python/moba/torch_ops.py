@@ -114,8 +114,8 @@ def check_shapes(q, k, v, cu_seqlens):
         raise ValueError(f"q has {q.shape[1]} heads and k {k.shape[1]}: the "
                          "query heads must be a multiple of the key/value "
                          "heads")
-    if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (
-            getattr(torch, "int32", None), getattr(torch, "int64", None)):
+    if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32,
+                                                         torch.int64):
         raise TypeError(f"cu_seqlens must be a 1-D int32 or int64 tensor, "
                         f"got dtype {cu_seqlens.dtype} shape "
                         f"{tuple(cu_seqlens.shape)}")

@@ -298,7 +298,7 @@ def test_torch_compile_fullgraph_matches_eager(backend):
         results.append([y.detach()] + [p.grad.clone()
                                        for p in model.parameters()])
     for eager, traced in zip(*results):
-        torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(traced, eager, atol=1e-4, rtol=1e-3)
 
 
 # --- which kernel the ops compile ------------------------------------------------
