@@ -6,6 +6,7 @@
 #
 #   bash scripts/device-bundle.sh            # after scripts/build.sh
 #   on the device: bash .device/run.sh MODE   # see test/device/gpu_check.py
+#                  bash .device/pytest.sh     # python/tests/test_torch_ops.py
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${MOBA_BUILD_DIR:-$root/build}
@@ -15,6 +16,11 @@ cp "$build"/python/moba/*.py "$out/moba/"
 gzip -9 -c "$build/python/moba/libMobaC.so" > "$out/moba/libMobaC.so.gz"
 cp "$root/test/device/gpu_check.py" "$root/test/device/nan_check.py" \
    "$root/python/tests/reference.py" "$root"/bench/*.py "$out/"
+# The torch ops' pytest file and what it imports, for pytest.sh: the device
+# has the torch (>= 2.4) those tests need, this machine does not.
+mkdir -p "$out/tests"
+cp "$root"/python/tests/{conftest,reference,test_grad,test_torch_ops}.py \
+   "$out/tests/"
 # The peers' code (../shared/bench) travels with the bundle when it is there.
 if [ -d "$root/../shared/bench" ]; then
   mkdir -p "$out/peers" && cp "$root"/../shared/bench/*.py "$out/peers/"
@@ -37,6 +43,20 @@ for tool in bench:moba_bench tune:tune; do
 done
 sed -i 's|exec python3|export MOBA_PEERS="$here/peers"\nexec python3|' \
   "$out/bench.sh"
+# pytest.sh: python/tests/test_torch_ops.py on the device's torch (pytest
+# must be installed there).
+cat > "$out/pytest.sh" <<'PYTEST'
+#!/usr/bin/env bash
+# usage: pytest.sh [pytest args]; runs tests/test_torch_ops.py.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+[ -f "$here/moba/libMobaC.so" ] || gunzip -k "$here/moba/libMobaC.so.gz"
+export PYTHONPATH="$here:$here/tests" PYTHONUNBUFFERED=1
+python3 -c "import pytest" 2>/dev/null ||
+  { echo "pytest.sh: pytest is not installed on this machine" >&2; exit 2; }
+exec python3 -m pytest -p no:cacheprovider -q -rs \
+  "$here/tests/test_torch_ops.py" "$@"
+PYTEST
 # sanitize.sh: one compute-sanitizer tool over the grid in interleaved
 # parts (gpu_check.py --slice), as many as fit a time budget, since one
 # sanitized grid takes longer than a device call may run.

@@ -10,6 +10,10 @@
                                 moba_chunk_size=64, moba_topk=3)
     out = kernel(q_cuda, k_cuda, v_cuda, cu_seqlens_cuda)  # torch on a GPU
 
+On torch tensors moba_attn_varlen is differentiable and, with torch 2.4 or
+newer, runs through the torch.library ops of moba.torch_ops, which
+torch.compile(fullgraph=True) traces (docs/python.md).
+
 Layouts: "varlen" q [T, Hq, D], k and v [T, Hkv, D] with cu_seqlens [B + 1];
 "batched" q [B, S, Hq, D], k and v [B, S, Hkv, D]. The log-sum-exp has q's
 shape without D. Semantics: docs/semantics.md.
@@ -877,15 +881,55 @@ def _infer_dtype(x):
 
 
 def moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen, moba_chunk_size,
-                     moba_topk):
-    """MoBA's reference signature (causal): q [T, Hq, D], k and v
-    [T, Hkv, D], cu_seqlens [B + 1]; returns the output [T, Hq, D]."""
+                     moba_topk, *, causal=True, softmax_scale=None,
+                     return_lse=False):
+    """MoBA's reference signature, with flash-attn's keywords: q [T, Hq, D],
+    k and v [T, Hkv, D], cu_seqlens [B + 1]; returns the output [T, Hq, D]
+    (and the log-sum-exp [T, Hq], float32, with return_lse=True).
+    softmax_scale None: 1/sqrt(D).
+
+    torch tensors with torch 2.4 or newer go through the custom op
+    torch.ops.moba.attention_varlen (moba.torch_ops): q, k and v get
+    gradients, and torch.compile(fullgraph=True) traces the call. With an
+    older torch a call that needs gradients goes through MobaAttention,
+    which is causal with the default scale (others raise RuntimeError
+    naming the torch version); one that needs none runs the kernel."""
+    if _torch_ops.is_tensor(q):
+        if _torch_ops.OPS_AVAILABLE:
+            return _torch_ops.moba_attn_varlen_torch(
+                q, k, v, cu_seqlens, max_seqlen, moba_chunk_size, moba_topk,
+                causal, softmax_scale, return_lse)
+        if _needs_grad(q, k, v):
+            if causal is not True or softmax_scale is not None:
+                raise RuntimeError(
+                    "moba_attn_varlen: gradients with causal=False or a "
+                    "softmax_scale need moba's torch ops; "
+                    f"{_torch_ops.UNAVAILABLE_REASON} (without gradients, "
+                    "under torch.no_grad(), this call runs)")
+            return MobaAttention.apply(q, k, v, cu_seqlens, max_seqlen,
+                                       moba_chunk_size, moba_topk,
+                                       return_lse)
+    return_lse = _bool("return_lse", return_lse)
     kernel = compile(head_dim=q.shape[-1], num_heads=q.shape[-2],
                      num_kv_heads=k.shape[-2], block_size=moba_chunk_size,
-                     top_k=moba_topk, dtype=_infer_dtype(q), layout="varlen")
+                     top_k=moba_topk, dtype=_infer_dtype(q), layout="varlen",
+                     causal=causal, scale=softmax_scale)
     _keep_recent(kernel)
-    out = kernel(q, k, v, cu_seqlens, max_seqlen=max_seqlen)
-    return _like(q, out)
+    out, lse = kernel(q, k, v, cu_seqlens, max_seqlen=max_seqlen,
+                      return_lse=True)
+    out = _like(q, out)
+    if not return_lse:
+        return out
+    if not isinstance(q, np.ndarray) and isinstance(lse, np.ndarray):
+        import torch
+        lse = torch.from_numpy(lse)  # float32 whatever q's dtype
+    return out, lse
+
+
+def _needs_grad(*tensors):
+    """Whether autograd would record a call on these torch tensors."""
+    import torch
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def moba_attn_batched(q, k, v, moba_chunk_size, moba_topk, causal=True):
@@ -965,3 +1009,6 @@ try:  # the autograd wrapper exists where torch does
     __all__.append("MobaAttention")
 except ImportError:
     pass
+
+# torch.library ops (torch >= 2.4); imported last: they build on the above.
+from . import torch_ops as _torch_ops  # noqa: E402

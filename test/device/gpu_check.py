@@ -19,6 +19,12 @@ skipped and counted; NaN never passes, skipped rows included.
   gpu_check.py api                 the torch-facing API: moba_attn_varlen,
                                    the batched form, MobaAttention, errors,
                                    cold compile and cached lookup times
+  gpu_check.py torch-compile       moba's torch.library ops (torch >= 2.4)
+                                   on CUDA and CPU tensors: opcheck, the
+                                   gradients against the float64 reference,
+                                   and a torch.compile(fullgraph=True)
+                                   training step of a small attention
+                                   module against eager
 Exit status 1 when any case fails.
 """
 import argparse
@@ -449,9 +455,228 @@ def api_checks():
     return failures
 
 
+class Checks:
+    """Named checks that print as they go and collect their failures."""
+
+    def __init__(self):
+        self.failures = []
+
+    def expect(self, name, condition, detail=""):
+        print(f"{'ok  ' if condition else 'FAIL'} {name} {detail}",
+              flush=True)
+        if not condition:
+            self.failures.append(name)
+
+    def runs(self, name, call):
+        """Runs `call`; any exception fails `name`. Returns its result or
+        None."""
+        try:
+            return call()
+        except Exception as e:  # reported as a failure, never hidden
+            self.expect(name, False, f"raised {type(e).__name__}: {e}")
+            return None
+
+
+def _relative(got, want, keep):
+    """||got - want|| / ||want|| over the rows `keep` (numpy)."""
+    import numpy as np
+    diff = np.linalg.norm((got - want)[keep])
+    return diff / max(np.linalg.norm(want[keep]), 1e-30)
+
+
+class TinyAttention(torch.nn.Module):
+    """projection -> moba_attn_varlen -> projection, as a transformer layer
+    calls attention."""
+
+    def __init__(self, attend, embed, hq, hkv, d, block, top_k):
+        super().__init__()
+        self.attend = attend  # moba.moba_attn_varlen
+        self.hq, self.hkv, self.d = hq, hkv, d
+        self.block, self.top_k = block, top_k
+        self.qkv = torch.nn.Linear(embed, (hq + 2 * hkv) * d)
+        self.proj = torch.nn.Linear(hq * d, embed)
+
+    def forward(self, x, cu_seqlens, max_seqlen):
+        q, k, v = self.qkv(x).split(
+            [self.hq * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
+        out = self.attend(
+            q.reshape(-1, self.hq, self.d), k.reshape(-1, self.hkv, self.d),
+            v.reshape(-1, self.hkv, self.d), cu_seqlens, max_seqlen,
+            self.block, self.top_k)
+        return self.proj(out.reshape(-1, self.hq * self.d))
+
+
+def training_step(model, x, cu, max_seqlen, weight, backward):
+    """One SGD step of `model` on the loss sum(model(x) * weight): returns
+    the output and the parameters after the step (their gradients applied)
+    when `backward`, else the output alone."""
+    y = model(x, cu, max_seqlen)
+    if not backward:
+        return [y.detach()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    (y.float() * weight).sum().backward()
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    return [y.detach()] + grads
+
+
+def torch_compile_checks():
+    """moba's torch.library ops on CUDA and CPU tensors; returns the
+    failures."""
+    import copy
+    import shutil
+    import numpy as np
+    import moba
+    from moba import torch_ops
+    from reference import moba_grad_reference, moba_reference
+    checks = Checks()
+    print(f"torch {torch.__version__}")
+    if not torch_ops.OPS_AVAILABLE:
+        checks.expect("torch ops available", False,
+                      torch_ops.UNAVAILABLE_REASON)
+        return checks.failures
+    hq, hkv, d, block, top_k = 4, 2, 64, 16, 3
+    seqlens = [0, 1, 40, 100, 17]
+    cu = torch.tensor([0] + list(itertools.accumulate(seqlens)),
+                      dtype=torch.int32)
+    tokens = int(cu[-1])
+    g = torch.Generator().manual_seed(11)
+    base = [torch.randn(tokens, h, d, generator=g) for h in (hq, hkv, hkv)]
+    dout = torch.randn(tokens, hq, d, generator=g)
+    dlse = torch.randn(tokens, hq, generator=g)
+    for device in ("cuda", "cpu"):
+        cu_dev = cu.to(device)
+        has_backward = torch_ops._backward_compiles_for(
+            base[0].to(device), base[1].to(device), block, top_k, True,
+            None, "bf16")
+        print(f"--- {device}: backward "
+              f"{'available' if has_backward else 'not in this library'}")
+        for dtype, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+            atol, rtol = TOLERANCE[name]
+            q, k, v = (x.to(device, dtype).requires_grad_() for x in base)
+            label = f"{device} {name}"
+            # opcheck: schema, fake (shapes without running), autograd
+            # registration, AOTAutograd with dynamic shapes (gradients too
+            # where the backward runs).
+            checks.runs(f"opcheck attention_varlen {label}", lambda: (
+                torch.library.opcheck(
+                    torch.ops.moba.attention_varlen.default,
+                    tuple(x.detach().requires_grad_(has_backward)
+                          for x in (q, k, v)) +
+                    (cu_dev, None, block, top_k, True, None)),
+                checks.expect(f"opcheck attention_varlen {label}", True)))
+            # The op under torch.compile(fullgraph=True) against the float64
+            # reference, forward and gradients (of out and lse).
+            torch._dynamo.reset()
+            attend = torch.compile(
+                lambda q, k, v, cu: moba.moba_attn_varlen(
+                    q, k, v, cu, max(seqlens), block, top_k,
+                    return_lse=True), fullgraph=True)
+            result = checks.runs(f"compiled moba_attn_varlen {label}",
+                                 lambda: attend(q, k, v, cu_dev))
+            if result is None:
+                continue
+            out, lse = result
+            seen = [x.detach().double().cpu().numpy() for x in (q, k, v)]
+            ref, ref_lse, near = moba_reference(*seen, cu.numpy(), block,
+                                                top_k)
+            got = out.detach().double().cpu().numpy()
+            bad = (np.abs(got - ref) > atol + rtol * np.abs(ref)).any(-1)
+            lse_err = np.abs(lse.detach().double().cpu().numpy() - ref_lse)
+            checks.expect(f"compiled forward vs reference {label}",
+                          not (bad & ~near).any() and
+                          (lse_err[~near] <= 2e-4 + 2e-5 *
+                           np.abs(ref_lse[~near])).all(),
+                          f"{int((bad & ~near).sum())} rows off, "
+                          f"{int(near.sum())} near-ties skipped")
+            loss = lambda: ((out.float() * dout.to(device)).sum() +
+                            (lse * dlse.to(device)).sum())
+            if not has_backward:
+                try:
+                    loss().backward()
+                    checks.expect(f"backward refused {label}", False,
+                                  "ran, but the library has no backward "
+                                  "for this target")
+                except NotImplementedError as e:
+                    checks.expect(f"backward refused {label}",
+                                  "CPU target only" in str(e),
+                                  f"(NotImplementedError: {e})")
+                continue
+            checks.runs(f"opcheck attention_varlen_backward {label}",
+                        lambda: (torch.library.opcheck(
+                            torch.ops.moba.attention_varlen_backward.default,
+                            (dout.to(device, dtype), dlse.to(device),
+                             q.detach(), k.detach(), v.detach(),
+                             out.detach(), lse.detach(), cu_dev, None, block,
+                             top_k, True, None)),
+                            checks.expect(
+                                f"opcheck attention_varlen_backward {label}",
+                                True)))
+            if checks.runs(f"compiled backward {label}",
+                           lambda: loss().backward() or True) is None:
+                continue
+            grads = moba_grad_reference(
+                *seen, cu.numpy(), block, top_k,
+                dout.to(dtype).double().numpy(), dlse.double().numpy())
+            dq_keep, dkv_keep = ~grads[3], ~grads[4]
+            tolerance = {"f32": 2e-5, "bf16": 1e-2}[name]
+            for n, x, want, keep in (("dq", q, grads[0], dq_keep),
+                                     ("dk", k, grads[1], dkv_keep),
+                                     ("dv", v, grads[2], dkv_keep)):
+                err = _relative(x.grad.double().cpu().numpy(), want, keep)
+                checks.expect(f"{n} vs reference {label}",
+                              err <= tolerance, f"relative error {err:.2e}")
+
+        # A training step of a small attention module, compiled with
+        # fullgraph=True, against the same step in eager.
+        backends = ["aot_eager", "inductor"]
+        if device == "cpu" and not (shutil.which("g++") or
+                                    shutil.which("c++")):
+            print("skip inductor on cpu: no C++ compiler here")
+            backends = ["aot_eager"]
+        for dtype, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+            for backend in backends:
+                label = f"{device} {name} {backend}"
+                torch._dynamo.reset()  # a fresh cache for each model
+                torch.manual_seed(0)
+                eager = TinyAttention(moba.moba_attn_varlen, 64, hq, hkv, d,
+                                      block, top_k).to(
+                    device, dtype)
+                model = copy.deepcopy(eager)
+                x = torch.randn(tokens, 64, generator=g).to(device, dtype)
+                weight = torch.randn(tokens, 64, generator=g).to(device)
+                want = checks.runs(f"eager step {label}", lambda: (
+                    training_step(eager, x, cu_dev, max(seqlens), weight,
+                                  has_backward)))
+                compiled = torch.compile(model, backend=backend,
+                                         fullgraph=True)
+                got = checks.runs(f"compiled step {label}", lambda: (
+                    training_step(compiled, x, cu_dev, max(seqlens), weight,
+                                  has_backward)))
+                if want is None or got is None:
+                    continue
+                tol = dict(atol=1e-4, rtol=1e-3) if name == "f32" else \
+                    dict(atol=3e-2, rtol=3e-2)
+                worst = max(float((a.float() - b.float()).abs().max())
+                            for a, b in zip(got, want))
+                close = all(torch.allclose(a.float(), b.float(), **tol)
+                            for a, b in zip(got, want))
+                after = all(torch.allclose(a.float(), b.float(), **tol)
+                            for a, b in zip(model.parameters(),
+                                            eager.parameters()))
+                checks.expect(
+                    f"compiled {'training step' if has_backward else 'forward'}"
+                    f" vs eager {label}", close and after,
+                    f"max |diff| {worst:.2e} over output"
+                    f"{', gradients, parameters' if has_backward else ''}")
+    return checks.failures
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["grid", "long", "time", "small", "api"])
+    p.add_argument("mode", choices=["grid", "long", "time", "small", "api",
+                                    "torch-compile"])
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--profile", action="store_true",
                    help="with `time`: each kernel's share of a call")
@@ -483,6 +708,10 @@ def main():
     elif a.mode == "api":
         failures = api_checks()
         print(f"api: {'all passed' if not failures else failures}")
+        ok = not failures
+    elif a.mode == "torch-compile":
+        failures = torch_compile_checks()
+        print(f"torch-compile: {'all passed' if not failures else failures}")
         ok = not failures
     elif a.mode in ("long", "small"):
         cases = long_cases() if a.mode == "long" else small_cases()
