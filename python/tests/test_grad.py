@@ -202,9 +202,12 @@ def test_error_dq_wrong_shape(prepared):
         call(prepared, dq=np.empty_like(prepared[1]["k"]))
 
 
-def test_error_gpu_arrays(prepared):
-    with pytest.raises(NotImplementedError, match="CPU target only"):
-        call(prepared, grad_out=FakeCudaArray())
+@pytest.mark.parametrize("name", ["k", "out", "lse", "grad_out", "grad_lse",
+                                  "dq", "dv"])
+def test_error_a_gpu_array_among_host_ones(prepared, name):
+    with pytest.raises(ValueError, match=f"{name} is on a GPU but q is in "
+                       "host memory"):
+        call(prepared, **{name: FakeCudaArray()})
 
 
 def test_error_kernel_without_backward(prepared):
@@ -214,12 +217,15 @@ def test_error_kernel_without_backward(prepared):
         kernel.backward(**args)
 
 
-def test_error_backward_on_a_gpu_target():
+def test_a_gpu_target_takes_the_backward():
+    """The runner takes the backward for the GPU targets too: whether it
+    compiles is the GPU pipeline's to say (test_stand_in_driver.py runs
+    it)."""
     from moba import _capi
-    problem_text = _capi.check_config(D, HQ, HKV, BLOCK, TOP_K, True, None,
-                                      "bf16", "sm_90a", "fused", None, None,
-                                      backward=True)
-    assert "the backward runs on the CPU target only so far" in problem_text
+    for target in ("sm_80", "sm_90a"):
+        assert _capi.check_config(D, HQ, HKV, BLOCK, TOP_K, True, None,
+                                  "bf16", target, "fused", None, None,
+                                  backward=True) is None
 
 
 def test_error_backward_not_a_bool():
