@@ -538,6 +538,9 @@ class Kernel:
         for name, x in (("out", out), ("grad_out", grad_out), ("lse", lse),
                         ("grad_lse", grad_lse)):
             if x is None:
+                if name in ("out", "grad_out"):
+                    raise TypeError(f"{name} is required: a tensor of q's "
+                                    "shape and dtype on its device")
                 continue
             if not _is_gpu_array(x):
                 raise ValueError(f"{name} is in host memory but q is on "

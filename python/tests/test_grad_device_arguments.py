@@ -94,6 +94,9 @@ BAD = {
     "out not contiguous": (dict(out=lambda a: on_gpu(torch.randn(
         HQ, T, D)).transpose(0, 1)), ValueError, r"out is not contiguous"),
     "lse missing": (dict(lse=None), ValueError, r"lse is required"),
+    "out missing": (dict(out=None), TypeError, r"out is required"),
+    "grad_out missing": (dict(grad_out=None), TypeError,
+                         r"grad_out is required"),
     "lse shape": (dict(lse=lambda a: on_gpu(torch.randn(T, HKV))),
                   ValueError, r"lse has shape \(32, 2\) and dtype "
                   r"torch.float32; expected \(32, 4\)"),

@@ -68,7 +68,9 @@ struct GpuLaunch {
 
 class GpuAttentionKernel {
 public:
-  /// Compiles `config`. Needs no GPU: kernels are loaded on first use.
+  /// Compiles `config` (with `config.backward`, the gradient entry too, in
+  /// the same module, so that it recomputes the forward's selection with
+  /// the same lowering). Needs no GPU: kernels are loaded on first use.
   static llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
   compile(const AttentionConfig &config, const GpuCompileOptions &options);
   /// Checks `config` and `options` as compile() does, without compiling:
