@@ -317,3 +317,17 @@ def test_library_checks_the_buffers_itself(prepared):
     with pytest.raises(RuntimeError, match="compiled without the backward"):
         _capi.run_grad_kernel(forward_only._handles["cpu"], *[None] * 4, 1,
                               0, *[None] * 7)
+
+
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_autograd_compiles_the_backward_only_for_a_gradient(requires_grad):
+    """MobaAttention's forward compiles the backward with it when q, k or v
+    requires a gradient, and only then (inference pays no backward
+    compile)."""
+    q, k, v, cu, _, _ = problem(9, seqlens=[19])
+    tensors = [torch.from_numpy(x) for x in (q, k, v)]
+    tensors[1].requires_grad_(requires_grad)
+    moba.MobaAttention.apply(*tensors, torch.from_numpy(cu), None, BLOCK,
+                             TOP_K)
+    used = list(moba._recent)[-1]
+    assert used.config["backward"] is requires_grad
