@@ -23,8 +23,20 @@ A sweep over sequence lengths (8K to 128K) gives the plot
 docs/moba-vs-peers.png (time against length for moba, dense cuDNN, MoBA's
 official algorithm and FlexAttention).
 
+With --backward it times the backward instead (BACKWARD_TABLE): moba's
+Kernel.backward (compiled with backward=True; dq, dk, dv into preallocated
+tensors, grad_lse None) against the dense causal backward of SDPA (cuDNN
+and flash backends) and of flash-attn (flash_attn_func, where it is
+installed), and FlexAttention's backward with the MoBA block mask (the
+peers' gate, built outside the timing), each timed as
+torch.autograd.grad of out against a random grad_out, and prints each
+peer's time over moba's. TFLOP/s count 2.5 times the forward's pairs (the
+usual convention for attention backwards). moba's gradients are checked
+for NaN here; their values are checked by test/device/gpu_check.py grad.
+
 On the device, after `bash scripts/device-bundle.sh`:
     bash .device/bench.sh [--quick] [--no-sweep]
+    bash .device/bench.sh --backward [--quick]
 Results go to stdout and, as JSON and PNG, to $OUT (or the current folder).
 """
 import argparse
@@ -48,6 +60,12 @@ TABLE = [  # (N, Hq, Hkv, block, top_k, target ms on the H200: issue 19)
     (131072, 32, 8, 4096, 8, 100.0),
 ]
 SWEEP = [8192, 16384, 32768, 65536, 131072]  # with 32/8 heads, 512, top 3
+BACKWARD_TABLE = [  # (N, Hq, Hkv, block, top_k); the first is the quick one
+    (4096, 32, 8, 512, 3),
+    (32768, 32, 32, 512, 3),
+    (131072, 32, 8, 4096, 8),
+]
+BACKWARD_PEERS = ["sdpa_cudnn", "sdpa_flash", "flash_attn", "flex_moba"]
 D = 128
 
 
@@ -161,6 +179,124 @@ def run_config(moba, gpu_check, peers, n, hq, hkv, block, top_k, which,
     return result
 
 
+def run_backward_config(moba, gpu_check, peers, n, hq, hkv, block, top_k,
+                        seed):
+    """Times moba's backward and the peers' on one configuration; returns
+    a dict of results (ms and TFLOP/s per implementation)."""
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    make = lambda h: torch.randn((n, h, D), generator=generator,
+                                 device="cuda").to(torch.bfloat16)
+    q, k, v = make(hq), make(hkv), make(hkv)
+    dout = make(hq)
+    cu = torch.tensor([0, n], dtype=torch.int32, device="cuda")
+    result = dict(N=n, Hq=hq, Hkv=hkv, block=block, top_k=top_k)
+    qb, kb, vb, dob = (x.transpose(0, 1)[None].contiguous()
+                       for x in (q, k, v, dout))
+    with torch.no_grad():
+        sel = peers.moba_gate(qb, kb, block, top_k)
+        pairs = peers.pairs_moba(sel, block, n)
+    dense_flops = 2.5 * 4 * D * hq * n * (n + 1) / 2
+    moba_flops = 2.5 * 4 * D * pairs
+    result["density"] = pairs / (hq * n * (n + 1) / 2)
+
+    def record(name, fn, flops, rep=100):
+        try:
+            fn()
+            torch.cuda.synchronize()
+            ms = peers.bench(fn, rep=rep)
+            result[name] = dict(ms=ms, tflops=flops / ms / 1e9)
+        except Exception as error:  # one that cannot run this size
+            result[name] = dict(error=repr(error)[:300])
+        torch.cuda.synchronize()
+
+    try:
+        kernel = moba.compile(head_dim=D, num_heads=hq, num_kv_heads=hkv,
+                              block_size=block, top_k=top_k, dtype="bf16",
+                              backward=True, **gpu_check.mma_options())
+        out, lse = kernel(q, k, v, cu, return_lse=True)
+        grads = [torch.full_like(x, math.nan) for x in (q, k, v)]
+        kernel.backward(q, k, v, cu, out, lse, dout, None, *grads)
+        torch.cuda.synchronize()
+        bad = [name for name, g in zip(("dq", "dk", "dv"), grads)
+               if torch.isnan(g).any()]
+        if bad:
+            raise SystemExit(f"moba's backward left NaN in {bad} at N={n}")
+        record("moba", lambda: kernel.backward(q, k, v, cu, out, lse, dout,
+                                               None, *grads), moba_flops)
+        result["moba_kernels_ms"] = [
+            round(ms, 3) for ms in gpu_check.device_times(
+                lambda: kernel.backward(q, k, v, cu, out, lse, dout, None,
+                                        *grads))]
+        del out, lse, grads
+    except (moba.CompileError, RuntimeError, ValueError) as error:
+        result["moba"] = dict(error=repr(error)[:300])
+    print(f"  moba backward N={n} {hq}/{hkv} block {block} top {top_k}: "
+          f"{describe(result, 'moba')}", flush=True)
+
+    gqa = hq != hkv
+    leaves = [x.detach().requires_grad_() for x in (qb, kb, vb)]
+
+    def backward_of(forward):
+        """The backward of `forward` alone: the graph is built once."""
+        o = forward()
+        return lambda: torch.autograd.grad(o, leaves, dob, retain_graph=True)
+
+    for name, backend in (("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
+                          ("sdpa_flash", SDPBackend.FLASH_ATTENTION)):
+        def dense(backend=backend):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(
+                    *leaves, is_causal=True, enable_gqa=gqa)
+        try:
+            record(name, backward_of(dense), dense_flops)
+        except Exception as error:  # the forward itself failed
+            result[name] = dict(error=repr(error)[:300])
+        torch.cuda.empty_cache()
+    try:
+        from flash_attn import flash_attn_func
+        # flash-attn's layout is [B, N, H, D]; GQA by its own head count.
+        flash_leaves = [x[None].detach().requires_grad_() for x in (q, k, v)]
+        o = flash_attn_func(*flash_leaves, causal=True)
+        record("flash_attn",
+               lambda: torch.autograd.grad(o, flash_leaves, dout[None],
+                                           retain_graph=True), dense_flops)
+        del o, flash_leaves
+    except ImportError as error:
+        result["flash_attn"] = dict(error=f"not installed: {error}")
+    except Exception as error:
+        result["flash_attn"] = dict(error=repr(error)[:300])
+    torch.cuda.empty_cache()
+    try:
+        with torch.no_grad():
+            mask = peers.moba_block_mask(sel, block, n)
+        record("flex_moba", backward_of(
+            lambda: peers.flex(*leaves, block_mask=mask, enable_gqa=gqa)),
+            moba_flops)
+        del mask
+    except Exception as error:
+        result["flex_moba"] = dict(error=repr(error)[:300])
+    del sel, q, k, v, dout, qb, kb, vb, dob, leaves
+    torch.cuda.empty_cache()
+    return result
+
+
+def print_backward_table(results):
+    print("\n| N | heads q/kv | block | top_k | moba bwd ms (TFLOP/s) | "
+          + " | ".join(f"{p} bwd ms (TFLOP/s)" for p in BACKWARD_PEERS)
+          + " | " + " | ".join(f"{p} / moba" for p in BACKWARD_PEERS)
+          + " |")
+    print("|---" * (5 + 2 * len(BACKWARD_PEERS)) + "|")
+    for r in results:
+        print(f"| {r['N']} | {r['Hq']}/{r['Hkv']} | {r['block']} | "
+              f"{r['top_k']} | {describe(r, 'moba')} | "
+              + " | ".join(describe(r, p) for p in BACKWARD_PEERS) + " | "
+              + " | ".join(speedup(r, p) for p in BACKWARD_PEERS) + " |")
+    for r in results:
+        for name in ["moba"] + BACKWARD_PEERS:
+            if "error" in r.get(name, {}):
+                print(f"N={r['N']} {name}: {r[name]['error']}")
+
+
 def describe(r, name):
     entry = r.get(name)
     if not entry:
@@ -225,6 +361,9 @@ def main():
     p.add_argument("--quick", action="store_true",
                    help="the first table row only, no sweep")
     p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--backward", action="store_true",
+                   help="time the backward (BACKWARD_TABLE; with --quick "
+                        "its first row)")
     a = p.parse_args()
     import moba
     import gpu_check
@@ -233,6 +372,19 @@ def main():
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, "
           f"moba {moba.version()}", flush=True)
     start = time.time()
+    if a.backward:
+        table = BACKWARD_TABLE[:1] if a.quick else BACKWARD_TABLE
+        results = []
+        for seed, (n, hq, hkv, block, top_k) in enumerate(table):
+            r = run_backward_config(moba, gpu_check, peers, n, hq, hkv,
+                                    block, top_k, 200 + seed)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+        print_backward_table(results)
+        with open(os.path.join(out_dir, "bench-backward.json"), "w") as f:
+            json.dump(dict(backward=results), f, indent=1)
+        print(f"\n{time.time() - start:.0f} s")
+        return
     table = TABLE[:1] if a.quick else TABLE
     results = []
     for seed, (n, hq, hkv, block, top_k, target) in enumerate(table):

@@ -65,22 +65,24 @@ cat > "$out/sanitize.sh" <<'SAN'
 # usage: sanitize.sh TOOL PARTS FIRST BUDGET_S [gpu_check.py grid args]
 # Runs parts FIRST, FIRST+1, ... of PARTS (slices i::PARTS) until the next
 # would pass BUDGET_S seconds; each part's log goes to $OUT (or /tmp).
+# MOBA_SANITIZE_MODE=grad sanitizes the backward's grid instead.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 [ -f "$here/moba/libMobaC.so" ] || gunzip -k "$here/moba/libMobaC.so.gz"
 export PYTHONPATH="$here" PYTHONUNBUFFERED=1
 tool=$1 parts=$2 first=$3 budget=$4; shift 4
+mode=${MOBA_SANITIZE_MODE:-grid}
 logs=${OUT:-/tmp}
 t0=$(date +%s)
 for ((i = first; i < parts; i++)); do
   s=$(date +%s)
   compute-sanitizer --tool "$tool" --target-processes all --error-exitcode 9 \
-    --print-limit 20 python3 "$here/gpu_check.py" grid --workers 14 \
+    --print-limit 20 python3 "$here/gpu_check.py" "$mode" --workers 14 \
     --slice "$i::$parts" "$@" > "$logs/$tool-$i.log" 2>&1
   rc=$?
   e=$(date +%s)
   echo "$tool part $i::$parts rc=$rc $((e - s)) s:" \
-    "$(grep '^grid:' "$logs/$tool-$i.log")"
+    "$(grep "^$mode:" "$logs/$tool-$i.log")"
   grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$logs/$tool-$i.log" |
     sort | uniq -c
   if (( e - t0 + (e - s) > budget )); then echo "stop after part $i"; break; fi

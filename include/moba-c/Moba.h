@@ -23,7 +23,8 @@
  *   input that reaches it is a bug to report. Setting MOBA_TEST_CRASH to
  *   fatal-error, bad-alloc, exception or abort makes every mobaCompile fail
  *   that way (a test hook).
- * - mobaRun, mobaRunGrad and mobaRunDevice check their counts and
+ * - mobaRun, mobaRunGrad, mobaRunDevice and mobaRunGradDevice check
+ *   their counts and
  *   pointers, then run the compiled kernel; exceptions become errors, but a
  *   crash inside a kernel (only possible when the buffers are not as large
  *   as the counts say) is not caught: it would mean memory was already corrupted.
@@ -60,7 +61,7 @@
 extern "C" {
 #endif
 
-#define MOBA_C_API_VERSION 8
+#define MOBA_C_API_VERSION 9
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -164,9 +165,9 @@ typedef struct MobaConfig {
   int64_t mma_stages;
   /* MOBA_GPU_ATTENTION_MMA: the wgmma chunk loop's order. */
   MobaSchedule mma_schedule;
-  /* Non-zero: also compile the gradient entry, which mobaRunGrad runs
-   * (docs/semantics.md, "Gradients"); CPU target only so far. Part of the
-   * kernel's name and disk cache key. */
+  /* Non-zero: also compile the gradient entry, which mobaRunGrad (CPU) and
+   * mobaRunGradDevice (GPU) run (docs/semantics.md, "Gradients"). Part of
+   * the kernel's name and disk cache key. */
   int32_t backward;
 } MobaConfig;
 
@@ -240,7 +241,8 @@ int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
  * must not overlap each other or any input (checked from the counts). The
  * caller promises the lengths as for mobaRun; with tokens = 0 every data
  * pointer may be NULL. Returns 0, or non-zero and sets *error (a kernel
- * compiled without the backward is an error, as is a GPU kernel). */
+ * compiled without the backward is an error, as is a GPU kernel: see
+ * mobaRunGradDevice). */
 int32_t mobaRunGrad(const MobaKernel *kernel, const void *q, const void *k,
                     const void *v, const int32_t *cu_seqlens,
                     int64_t num_sequences, int64_t tokens, const void *out,
@@ -261,6 +263,22 @@ int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
                       int64_t num_sequences, int64_t tokens, void *out,
                       float *lse, void *stream,
                       const int32_t *host_cu_seqlens, char **error);
+
+/* Runs the backward of a GPU kernel compiled with `backward` set, on
+ * contiguous device buffers (same shapes and rules as mobaRunGrad), ordered
+ * on `stream` like mobaRunDevice, `host_cu_seqlens` likewise checked first
+ * when given. Unlike mobaRunGrad, dlse must not be NULL when there are
+ * tokens: pass a device buffer of zeros when the loss does not use lse (the
+ * library makes no device memory of its own outside a kernel's scratch).
+ * q, k, v, out, dout, dq, dk and dv must be 16-byte aligned. Returns once
+ * the work is queued on `stream`; returns 0, or non-zero and sets *error. */
+int32_t mobaRunGradDevice(const MobaKernel *kernel, const void *q,
+                          const void *k, const void *v,
+                          const int32_t *cu_seqlens, int64_t num_sequences,
+                          int64_t tokens, const void *out, const float *lse,
+                          const void *dout, const float *dlse, void *dq,
+                          void *dk, void *dv, void *stream,
+                          const int32_t *host_cu_seqlens, char **error);
 
 void mobaDestroy(MobaKernel *kernel);
 void mobaFreeString(char *string);

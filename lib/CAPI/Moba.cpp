@@ -292,6 +292,30 @@ llvm::Error checkRequest(const CompileRequest &r) {
   return GpuAttentionKernel::check(r.config, r.gpu);
 }
 
+/// The buffers of a backward call, as mobaRunGrad and mobaRunGradDevice
+/// take them.
+GradBuffers gradBuffers(const void *q, const void *k, const void *v,
+                        const int32_t *cuSeqlens, int64_t numSequences,
+                        int64_t tokens, const void *out, const float *lse,
+                        const void *dout, const float *dlse, void *dq, void *dk,
+                        void *dv) {
+  GradBuffers buffers;
+  buffers.q = q;
+  buffers.k = k;
+  buffers.v = v;
+  buffers.cuSeqlens = cuSeqlens;
+  buffers.out = out;
+  buffers.lse = lse;
+  buffers.dout = dout;
+  buffers.dlse = dlse;
+  buffers.dq = dq;
+  buffers.dk = dk;
+  buffers.dv = dv;
+  buffers.tokens = tokens;
+  buffers.numSequences = numSequences;
+  return buffers;
+}
+
 /// Compiles `r`; the request has been read and checked.
 llvm::Expected<std::unique_ptr<MobaKernel>>
 compileRequest(const CompileRequest &r) {
@@ -454,23 +478,11 @@ int32_t mobaRunGrad(const MobaKernel *kernel, const void *q, const void *k,
       return llvm::createStringError("kernel is NULL");
     if (!kernel->cpu)
       return llvm::createStringError(
-          "the backward runs on the CPU target only so far: this kernel "
-          "runs on the GPU");
-    GradBuffers buffers;
-    buffers.q = q;
-    buffers.k = k;
-    buffers.v = v;
-    buffers.cuSeqlens = cuSeqlens;
-    buffers.out = out;
-    buffers.lse = lse;
-    buffers.dout = dout;
-    buffers.dlse = dlse;
-    buffers.dq = dq;
-    buffers.dk = dk;
-    buffers.dv = dv;
-    buffers.tokens = tokens;
-    buffers.numSequences = numSequences;
-    return kernel->cpu->runGrad(buffers);
+          "this kernel runs on the GPU: call mobaRunGradDevice with device "
+          "buffers");
+    return kernel->cpu->runGrad(gradBuffers(q, k, v, cuSeqlens, numSequences,
+                                            tokens, out, lse, dout, dlse, dq,
+                                            dk, dv));
   });
   if (e) {
     setError(error, llvm::toString(std::move(e)));
@@ -494,6 +506,32 @@ int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
                              out, lse, tokens, numSequences};
     GpuLaunch launch{stream, hostCuSeqlens};
     return kernel->gpu->run(buffers, launch);
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
+int32_t mobaRunGradDevice(const MobaKernel *kernel, const void *q,
+                          const void *k, const void *v,
+                          const int32_t *cuSeqlens, int64_t numSequences,
+                          int64_t tokens, const void *out, const float *lse,
+                          const void *dout, const float *dlse, void *dq,
+                          void *dk, void *dv, void *stream,
+                          const int32_t *hostCuSeqlens, char **error) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    if (!kernel)
+      return llvm::createStringError("kernel is NULL");
+    if (!kernel->gpu)
+      return llvm::createStringError(
+          "this kernel runs on the CPU: call mobaRunGrad with host buffers");
+    GpuLaunch launch{stream, hostCuSeqlens};
+    return kernel->gpu->runGrad(gradBuffers(q, k, v, cuSeqlens, numSequences,
+                                            tokens, out, lse, dout, dlse, dq,
+                                            dk, dv),
+                                launch);
   });
   if (e) {
     setError(error, llvm::toString(std::move(e)));

@@ -257,7 +257,8 @@ llvm::Expected<int64_t> mlir::moba::kernelScratchBytes(
 
 llvm::Expected<int64_t> mlir::moba::gradScratchBytes(const AttentionConfig &c,
                                                      int64_t tokens,
-                                                     int64_t numSequences) {
+                                                     int64_t numSequences,
+                                                     KernelScratch scratch) {
   const int64_t f32 = 4, i32 = 4, element = elementTypeBytes(c.dtype);
   const int64_t t = tokens, hq = c.numHeads, hkv = c.numKvHeads,
                 d = c.headDim, k = c.topK;
@@ -274,6 +275,8 @@ llvm::Expected<int64_t> mlir::moba::gradScratchBytes(const AttentionConfig &c,
       .add({k, t, hq, d, f32})          // dq partials per slot
       .add({2, t, hkv, d, f32})         // dk and dv accumulators
       .add({3, t, hq, d, element});     // staging rows of dq, dk, dv
+  if (scratch.chunkedPooling)
+    bytes.add({rows, (c.blockSize + 255) / 256, hkv, d, f32});
   if (std::optional<int64_t> total = bytes.value())
     return *total;
   return llvm::createStringError(

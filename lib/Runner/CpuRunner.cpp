@@ -258,8 +258,8 @@ llvm::Error CpuAttentionKernel::runGrad(const GradBuffers &b) const {
   if (llvm::Error e = checkGradBuffers(cfg, b, b.cuSeqlens))
     return e;
   if (llvm::Error e =
-          checkScratch(gradScratchBytes(cfg, b.tokens, b.numSequences), cfg,
-                       b.tokens, b.numSequences))
+          checkScratch(gradScratchBytes(cfg, b.tokens, b.numSequences, scratch),
+                       cfg, b.tokens, b.numSequences))
     return e;
   // A caller who does not differentiate lse passes none: its gradient is
   // zero, in a buffer of our own (the bound above counts it).

@@ -157,6 +157,29 @@ void initializeTargets() {
 
 } // namespace
 
+namespace {
+
+/// The tensor-core kernels copy rows 16 bytes at a time (cp.async), the
+/// others read pairs and vectors of elements: every buffer of rows must be
+/// 16-byte aligned. The error names the first one that is not.
+llvm::Error checkRowAlignment(
+    llvm::ArrayRef<std::pair<const char *, const void *>> rowBuffers) {
+  for (auto [name, pointer] : rowBuffers)
+    if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0) {
+      std::vector<llvm::StringRef> names;
+      for (auto [each, unused] : rowBuffers)
+        names.push_back(each);
+      return llvm::createStringError(
+          llvm::formatv("{0} at {1} is not 16-byte aligned: the GPU kernels "
+                        "need 16-byte aligned {2}",
+                        name, pointer, llvm::join(names, ", "))
+              .str());
+    }
+  return llvm::Error::success();
+}
+
+} // namespace
+
 GpuAttentionKernel::GpuAttentionKernel(AttentionConfig config, std::string chip)
     : cfg(std::move(config)), chipName(std::move(chip)) {}
 
@@ -175,11 +198,6 @@ llvm::Error fillPipelineOptions(const AttentionConfig &config,
                                 AttentionKernelPlan *filledPlan = nullptr) {
   if (llvm::Error e = config.validate())
     return e;
-  if (config.backward)
-    return llvm::createStringError(
-        "the backward runs on the CPU target only so far (%s): compile it "
-        "for the CPU",
-        options.chip.c_str());
   if (llvm::Error e = checkTileSizes(std::nullopt, options.tileK))
     return e;
   pipeline.chip = options.chip;
@@ -263,6 +281,12 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
   if (!entry)
     return entry.takeError();
   kernel->entry = *entry;
+  if (config.backward) {
+    auto gradEntry = kernel->engine->lookup("_mlir_ciface_moba_attention_grad");
+    if (!gradEntry)
+      return gradEntry.takeError();
+    kernel->gradEntry = *gradEntry;
+  }
   auto load = kernel->engine->lookup(kLoadModules);
   if (!load)
     return load.takeError();
@@ -317,17 +341,11 @@ llvm::Error GpuAttentionKernel::run(const AttentionBuffers &buffers,
                                       buffers.numSequences);
       !bytes)
     return bytes.takeError();
-  // The tensor-core kernel copies K and V rows 16 bytes at a time
-  // (cp.async), the others read pairs and vectors of elements.
-  const std::pair<const char *, const void *> rowBuffers[] = {
-      {"q", buffers.q}, {"k", buffers.k}, {"v", buffers.v},
-      {"out", buffers.out}};
-  for (auto [name, pointer] : rowBuffers)
-    if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0)
-      return llvm::createStringError(llvm::formatv(
-          "{0} at {1} is not 16-byte aligned: the GPU kernels need "
-          "16-byte aligned q, k, v and out",
-          name, pointer).str());
+  if (llvm::Error e = checkRowAlignment({{"q", buffers.q},
+                                         {"k", buffers.k},
+                                         {"v", buffers.v},
+                                         {"out", buffers.out}}))
+    return e;
   if (llvm::Error e = load())
     return e;
   cuda::LaunchScope scope(static_cast<cuda::CUstream>(launch.stream));
@@ -335,5 +353,46 @@ llvm::Error GpuAttentionKernel::run(const AttentionBuffers &buffers,
   if (llvm::Error e = scope.takeError())
     return llvm::createStringError("running " + cfg.key() + " failed: " +
                                    llvm::toString(std::move(e)));
+  return llvm::Error::success();
+}
+
+llvm::Error GpuAttentionKernel::runGrad(const GradBuffers &buffers,
+                                        const GpuLaunch &launch) const {
+  if (!gradEntry)
+    return llvm::createStringError(
+        "%s was compiled without the backward: compile it with backward "
+        "set",
+        cfg.key().c_str());
+  if (llvm::Error e = checkGradBuffers(cfg, buffers, launch.hostCuSeqlens))
+    return e;
+  if (buffers.tokens > 0 && !buffers.dlse)
+    return llvm::createStringError(
+        "dlse is null but there are %lld tokens: the GPU backward takes a "
+        "device buffer of lse's gradient (zeros when the loss does not use "
+        "lse)",
+        static_cast<long long>(buffers.tokens));
+  // The backward's scratch (the selection recomputed, the query groups,
+  // the per-slot dq partials in f32, ...) comes from the runtime's pool;
+  // sizes that wrap would not be its errors.
+  if (auto bytes =
+          gradScratchBytes(cfg, buffers.tokens, buffers.numSequences, scratch);
+      !bytes)
+    return bytes.takeError();
+  if (llvm::Error e = checkRowAlignment({{"q", buffers.q},
+                                         {"k", buffers.k},
+                                         {"v", buffers.v},
+                                         {"out", buffers.out},
+                                         {"dout", buffers.dout},
+                                         {"dq", buffers.dq},
+                                         {"dk", buffers.dk},
+                                         {"dv", buffers.dv}}))
+    return e;
+  if (llvm::Error e = load())
+    return e;
+  cuda::LaunchScope scope(static_cast<cuda::CUstream>(launch.stream));
+  callGradEntry(gradEntry, cfg, buffers);
+  if (llvm::Error e = scope.takeError())
+    return llvm::createStringError("running the backward of " + cfg.key() +
+                                   " failed: " + llvm::toString(std::move(e)));
   return llvm::Error::success();
 }

@@ -447,17 +447,15 @@ class Kernel:
         respect to them: `grad_out` (out's shape and dtype) and `grad_lse`
         (lse's shape, float32; None when the loss does not use lse). dk and
         dv sum over the query heads that share a key/value head. Needs a
-        kernel compiled with backward=True; numpy arrays or CPU torch
-        tensors (GPU tensors raise NotImplementedError for now).
+        kernel compiled with backward=True. Host arrays (numpy, CPU torch
+        tensors) run on the CPU; torch CUDA tensors (or other CUDA arrays,
+        all on q's device) on the GPU, on torch's current stream, where
+        every argument is checked before anything is queued.
 
         `dq`, `dk`, `dv`, when given, are written instead of new arrays:
         contiguous, writable, of q's, k's and v's shape and dtype, sharing
         no memory with an input or each other. New arrays are of q's kind
         (torch tensors for torch inputs)."""
-        if any(_is_gpu_array(x) for x in (q, k, v, out, grad_out)):
-            raise NotImplementedError(
-                "the backward runs on the CPU target only so far: pass host "
-                "arrays (numpy or CPU torch tensors)")
         if not self.config.get("backward"):
             raise ValueError("this kernel was compiled without the backward: "
                              "compile it with moba.compile(..., "
@@ -467,6 +465,17 @@ class Kernel:
             if max_seqlen < 0:
                 raise ValueError(f"max_seqlen must not be negative, got "
                                  f"{max_seqlen}")
+        on_gpu = [name for name, x in (
+            ("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse),
+            ("grad_out", grad_out), ("grad_lse", grad_lse), ("dq", dq),
+            ("dk", dk), ("dv", dv)) if x is not None and _is_gpu_array(x)]
+        if on_gpu and on_gpu[0] != "q":
+            raise ValueError(f"{on_gpu[0]} is on a GPU but q is in host "
+                             "memory: they must be on the same device")
+        if on_gpu:
+            return self._backward_gpu(q, k, v, cu_seqlens, out, lse,
+                                      grad_out, grad_lse, dq, dk, dv,
+                                      max_seqlen)
         handle = self._handle_for(False, "q")
         c = self.config
         like = q
@@ -518,50 +527,87 @@ class Kernel:
                      else results[n][0]
                      for n, given in (("dq", dq), ("dk", dk), ("dv", dv)))
 
-    def _call_gpu(self, q, k, v, cu_seqlens, max_seqlen, return_lse,
-                  out=None, lse=None):
-        handle = self._handle_for(True, "q")
+    def _backward_gpu(self, q, k, v, cu_seqlens, out, lse, grad_out,
+                      grad_lse, dq, dk, dv, max_seqlen):
+        """Kernel.backward on device tensors. Everything is checked before
+        the GPU handle is taken (which compiles it on first use): a bad
+        argument is an error naming it, whatever the machine."""
         import torch
         c = self.config
-        q, k, v = (_as_cuda_tensor(n, x) for n, x in (("q", q), ("k", k),
-                                                      ("v", v)))
-        for name, x in (("k", k), ("v", v)):
+        if lse is None:
+            raise ValueError("lse is required: the forward's log-sum-exp "
+                             "(return_lse=True)")
+        q, k, v = self._device_qkv(q, k, v)
+        tensors = {}
+        for name, x in (("out", out), ("grad_out", grad_out), ("lse", lse),
+                        ("grad_lse", grad_lse)):
+            if x is None:
+                if name in ("out", "grad_out"):
+                    raise TypeError(f"{name} is required: a tensor of q's "
+                                    "shape and dtype on its device")
+                continue
+            if not _is_gpu_array(x):
+                raise ValueError(f"{name} is in host memory but q is on "
+                                 f"{q.device}: they must be on the same "
+                                 "device")
+            x = _as_cuda_tensor(name, x)
             if x.device != q.device:
                 raise ValueError(f"{name} is on {x.device} but q is on "
                                  f"{q.device}: they must be on the same "
                                  "device")
-        self._check_qkv(q, k, v, lambda x: x.is_contiguous())
+            if name in ("out", "grad_out"):
+                self._check_tensor(name, x, c["num_heads"], x.is_contiguous())
+                if x.shape != q.shape:
+                    raise ValueError(f"{name} has shape {tuple(x.shape)} but "
+                                     f"q has {tuple(q.shape)}: they must "
+                                     "agree")
+            else:
+                self._result(name, x, q.shape[:-1], torch.float32, None)
+            tensors[name] = x
+        cu, host_cu, tokens, inputs = self._device_offsets(q, cu_seqlens,
+                                                           max_seqlen)
+        inputs.update(q=q, k=k, v=v, **tensors)
+        given = {}
+        for name, x, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
+            if x is None:
+                continue
+            if not isinstance(x, torch.Tensor) or x.device != q.device:
+                raise ValueError(f"{name} must be a torch tensor on "
+                                 f"{q.device}")
+            self._result(name, x, like.shape, like.dtype, None)
+            for other, y in list(inputs.items()) + list(given.items()):
+                if _spans_overlap(x, y):
+                    raise ValueError(
+                        f"{name} overlaps {other}: each gradient needs a "
+                        "tensor of its own")
+            given[name] = x
 
-        if c["layout"] == "batched":
-            if cu_seqlens is not None:
-                raise ValueError("cu_seqlens is only for layout='varlen'")
-            batch, seq = q.shape[:2]
-            _check_max_seqlen(max_seqlen, seq if batch else 0)
-            tokens = batch * seq
-            host_cu = _uniform_offsets(batch, seq)
-            # Uploaded once per shape and device: a copy from pageable host
-            # memory would wait for the stream on every call.
-            uploads = self.__dict__.setdefault("_batched_offsets", {})
-            cu = uploads.get((batch, seq, q.device))
-            if cu is None:
-                cu = torch.from_numpy(host_cu).to(q.device)
-                uploads[(batch, seq, q.device)] = cu
-        else:
-            tokens = q.shape[0]
-            if cu_seqlens is None:
-                raise ValueError("cu_seqlens is required for layout='varlen'")
-            if not _is_gpu_array(cu_seqlens):
-                raise ValueError("cu_seqlens is in host memory but q is on "
-                                 f"{q.device}: they must be on the same "
-                                 "device")
-            cu = _as_cuda_tensor("cu_seqlens", cu_seqlens)
-            if cu.device != q.device:
-                raise ValueError(f"cu_seqlens is on {cu.device} but q is on "
-                                 f"{q.device}: they must be on the same "
-                                 "device")
-            host_cu = self._host_offsets(cu, cu_seqlens, tokens, max_seqlen)
-            cu = cu.to(torch.int32).contiguous()
+        handle = self._handle_for(True, "q")
+        results = {name: given.get(name) if name in given else
+                   torch.empty_like(like)
+                   for name, like in (("dq", q), ("dk", k), ("dv", v))}
+        dlse = tensors.get("grad_lse")
+        if dlse is None:  # the GPU entry takes a buffer: a zero gradient
+            dlse = torch.zeros(q.shape[:-1], dtype=torch.float32,
+                               device=q.device)
+        with torch.cuda.device(q.device):
+            stream = torch.cuda.current_stream(q.device).cuda_stream
+            _capi.run_grad_kernel_on_device(
+                handle, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                cu.data_ptr(), len(host_cu) - 1, tokens,
+                tensors["out"].data_ptr(), tensors["lse"].data_ptr(),
+                tensors["grad_out"].data_ptr(), dlse.data_ptr(),
+                *(results[n].data_ptr() for n in ("dq", "dk", "dv")),
+                stream, host_cu.ctypes.data)
+        return results["dq"], results["dk"], results["dv"]
 
+    def _call_gpu(self, q, k, v, cu_seqlens, max_seqlen, return_lse,
+                  out=None, lse=None):
+        handle = self._handle_for(True, "q")
+        import torch
+        q, k, v = self._device_qkv(q, k, v)
+        cu, host_cu, tokens, inputs = self._device_offsets(q, cu_seqlens,
+                                                           max_seqlen)
         for name, given in (("out", out), ("lse", lse)):
             if given is not None and (not isinstance(given, torch.Tensor) or
                                       given.device != q.device):
@@ -573,9 +619,7 @@ class Kernel:
                            lambda: torch.empty(q.shape[:-1],
                                                dtype=torch.float32,
                                                device=q.device))
-        inputs = {"q": q, "k": k, "v": v}
-        if c["layout"] == "varlen":
-            inputs["cu_seqlens"] = _as_cuda_tensor("cu_seqlens", cu_seqlens)
+        inputs.update(q=q, k=k, v=v)
         for name, given in (("out", out), ("lse", lse)):
             for input_name, x in inputs.items():
                 if _spans_overlap(given, x):
@@ -591,6 +635,53 @@ class Kernel:
                 cu.data_ptr(), len(host_cu) - 1, tokens, out.data_ptr(),
                 lse.data_ptr(), stream, host_cu.ctypes.data)
         return (out, lse) if return_lse else out
+
+    def _device_qkv(self, q, k, v):
+        """q, k and v as torch CUDA tensors on one device, checked."""
+        q, k, v = (_as_cuda_tensor(n, x) for n, x in (("q", q), ("k", k),
+                                                      ("v", v)))
+        for name, x in (("k", k), ("v", v)):
+            if x.device != q.device:
+                raise ValueError(f"{name} is on {x.device} but q is on "
+                                 f"{q.device}: they must be on the same "
+                                 "device")
+        self._check_qkv(q, k, v, lambda x: x.is_contiguous())
+        return q, k, v
+
+    def _device_offsets(self, q, cu_seqlens, max_seqlen):
+        """A GPU call's sequence offsets: (the int32 device tensor, its
+        checked host copy, the token count, {"cu_seqlens": the caller's
+        offsets} for the aliasing checks, empty for the batched layout)."""
+        import torch
+        if self.config["layout"] == "batched":
+            if cu_seqlens is not None:
+                raise ValueError("cu_seqlens is only for layout='varlen'")
+            batch, seq = q.shape[:2]
+            _check_max_seqlen(max_seqlen, seq if batch else 0)
+            host_cu = _uniform_offsets(batch, seq)
+            # Uploaded once per shape and device: a copy from pageable host
+            # memory would wait for the stream on every call.
+            uploads = self.__dict__.setdefault("_batched_offsets", {})
+            cu = uploads.get((batch, seq, q.device))
+            if cu is None:
+                cu = torch.from_numpy(host_cu).to(q.device)
+                uploads[(batch, seq, q.device)] = cu
+            return cu, host_cu, batch * seq, {}
+        tokens = q.shape[0]
+        if cu_seqlens is None:
+            raise ValueError("cu_seqlens is required for layout='varlen'")
+        if not _is_gpu_array(cu_seqlens):
+            raise ValueError("cu_seqlens is in host memory but q is on "
+                             f"{q.device}: they must be on the same "
+                             "device")
+        cu = _as_cuda_tensor("cu_seqlens", cu_seqlens)
+        if cu.device != q.device:
+            raise ValueError(f"cu_seqlens is on {cu.device} but q is on "
+                             f"{q.device}: they must be on the same "
+                             "device")
+        host_cu = self._host_offsets(cu, cu_seqlens, tokens, max_seqlen)
+        return cu.to(torch.int32).contiguous(), host_cu, tokens, {
+            "cu_seqlens": _as_cuda_tensor("cu_seqlens", cu_seqlens)}
 
     def _host_offsets(self, cu, given, tokens, max_seqlen):
         """The checked host copy of the device offsets `cu` (a torch view of
@@ -732,8 +823,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
 
     backward: also compile the gradient (Kernel.backward), in the same
     compilation as the forward so that it recomputes the forward's selection
-    bit for bit (docs/semantics.md, "Gradients"); the CPU target only so
-    far.
+    bit for bit (docs/semantics.md, "Gradients"), for every target.
 
     target: "cpu"; "sm_80" (Ampere and newer) or "sm_90a" (Hopper), which
     need a GPU; or "auto": the GPU's chip when there is a GPU, else the CPU
@@ -829,11 +919,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")
     first = target
-    if target == "auto" and backward:
-        # The backward runs on the CPU only so far: "auto" is the CPU here,
-        # whatever GPU there is (a GPU call then says why it cannot run).
-        first = "cpu"
-    elif target in ("sm_80", "sm_90a", "auto"):
+    if target in ("sm_80", "sm_90a", "auto"):
         chip, why = _available_gpu_target()
         if target != "auto" and chip is None:
             raise ValueError(f"target {target!r} needs a GPU, but {why}")
@@ -962,19 +1048,19 @@ try:  # the autograd wrapper exists where torch does
         return_lse=True. The backward gives q, k and v their gradients, from
         out's and (when returned and used) lse's; cu_seqlens and the sizes
         get none. It saves q, k, v, out and lse, and recomputes the
-        selection (docs/semantics.md, "Gradients"); CPU tensors only so
-        far."""
+        selection (docs/semantics.md, "Gradients"), on the CPU or the
+        GPU where the tensors are. The backward is compiled with the
+        forward when q, k or v requires a gradient."""
 
         @staticmethod
         def forward(ctx, q, k, v, cu_seqlens, max_seqlen, moba_chunk_size,
                     moba_topk, return_lse=False):
             return_lse = _bool("return_lse", return_lse)
-            on_gpu = any(_is_gpu_array(x) for x in (q, k, v))
             kernel = compile(head_dim=q.shape[-1], num_heads=q.shape[-2],
                              num_kv_heads=k.shape[-2],
                              block_size=moba_chunk_size, top_k=moba_topk,
                              dtype=_infer_dtype(q), layout="varlen",
-                             backward=not on_gpu)
+                             backward=any(ctx.needs_input_grad[:3]))
             _keep_recent(kernel)
             out, lse = kernel(q, k, v, cu_seqlens, max_seqlen=max_seqlen,
                               return_lse=True)
@@ -992,10 +1078,6 @@ try:  # the autograd wrapper exists where torch does
         @staticmethod
         def backward(ctx, grad_out, grad_lse=None):
             q, k, v, out, lse = ctx.saved_tensors
-            if any(_is_gpu_array(x) for x in (q, k, v)):
-                raise NotImplementedError(
-                    "the backward runs on the CPU target only so far: "
-                    "MobaAttention on GPU tensors has no backward yet")
             if grad_out is None:  # only lse reached the loss
                 grad_out = _torch.zeros_like(out)
             dq, dk, dv = ctx.kernel.backward(

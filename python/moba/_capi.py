@@ -88,6 +88,14 @@ def _load():
     lib.mobaRunGrad.restype = ctypes.c_int32
     lib.mobaRunGrad.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4 + [
         ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 7 + [char_pp]
+    if not hasattr(lib, "mobaRunGradDevice"):
+        raise ImportError(
+            f"moba: {path!r} has no mobaRunGradDevice: the library is older "
+            "than this Python package")
+    lib.mobaRunGradDevice.restype = ctypes.c_int32
+    lib.mobaRunGradDevice.argtypes = [ctypes.c_void_p] + [
+        ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64] + [
+        ctypes.c_void_p] * 9 + [char_pp]
     lib.mobaRunDevice.restype = ctypes.c_int32
     lib.mobaRunDevice.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4 + [
         ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [char_pp]
@@ -280,6 +288,22 @@ def run_kernel_on_device(handle, q, k, v, cu_seqlens, num_sequences, tokens,
     status = _lib.mobaRunDevice(handle, q, k, v, cu_seqlens, num_sequences,
                                 tokens, out, lse, stream, host_cu_seqlens,
                                 ctypes.byref(error))
+    if status != 0:
+        raise RuntimeError(_take_error(error.value))
+
+
+def run_grad_kernel_on_device(handle, q, k, v, cu_seqlens, num_sequences,
+                              tokens, out, lse, dout, dlse, dq, dk, dv,
+                              stream, host_cu_seqlens):
+    """Device pointers in (dlse a device buffer whenever there are
+    tokens); returns once the work is queued on `stream`."""
+    num_sequences = int64("num_sequences", num_sequences)
+    tokens = int64("tokens", tokens)
+    error = ctypes.c_void_p()
+    status = _lib.mobaRunGradDevice(handle, q, k, v, cu_seqlens,
+                                    num_sequences, tokens, out, lse, dout,
+                                    dlse, dq, dk, dv, stream,
+                                    host_cu_seqlens, ctypes.byref(error))
     if status != 0:
         raise RuntimeError(_take_error(error.value))
 

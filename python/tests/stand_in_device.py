@@ -37,6 +37,10 @@ def library_path():
                                          LIBRARY_NAME))
 
 
+# The device buffers allocated per configuration: q, k, v, out, lse,
+# cu_seqlens, and the backward's dout, dlse, dq, dk and dv.
+BUFFERS_PER_CONFIGURATION = 11
+
 _driver = None
 _kernels = {}  # name -> (handle, config)
 _buffers = {}  # config -> dict of device pointers and host offsets
@@ -112,6 +116,18 @@ def compile(name, target, **options):
     return _kernels[name][0]
 
 
+def compile_grad(name, target, **options):
+    """Compiles compile()'s configuration with the backward under `name`,
+    once. Returns None, or the compiler's message when it fails (the GPU
+    pipeline that does not carry the backward says so)."""
+    from moba import CompileError
+    try:
+        compile(name, target, backward=True, **options)
+    except CompileError as e:
+        return str(e)
+    return None
+
+
 def allocate_buffers(name):
     """Allocates the device buffers kernel `name` runs on, if not yet."""
     _device_buffers(_kernels[name][1])
@@ -137,6 +153,9 @@ def _device_buffers(config):
         "lse": TOKENS * c["num_heads"] * 4,
         "cu_seqlens": len(SEQLENS) * 4,
     }
+    # The backward's: the upstream gradients and the gradients written.
+    sizes.update(dout=sizes["out"], dlse=sizes["lse"], dq=sizes["q"],
+                 dk=sizes["k"], dv=sizes["v"])
     buffers = {}
     for name, size in sizes.items():
         pointer = ctypes.c_uint64()
@@ -149,6 +168,7 @@ def _device_buffers(config):
                                    ctypes.c_size_t(host.nbytes)),
            "cuMemcpyHtoD_v2")
     buffers["host_cu_seqlens"] = host
+    assert len(sizes) == BUFFERS_PER_CONFIGURATION
     _buffers[config] = buffers
     return buffers
 
@@ -237,6 +257,7 @@ def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
             call()
         after = count(*LEAK_COUNTERS, "launches", "last_launch_stream",
                       "rejected", "pools_keeping_memory",
+                      "pool_bytes_requested",
                       *("calls:" + entry for entry in ENTRIES),
                       *("after_failure:" + entry for entry in ENTRIES))
     finally:
@@ -245,6 +266,44 @@ def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
         raise RuntimeError("the call raised something other than an error "
                            "message (see the worker's output)")
     return outcome["error"], after
+
+
+def run_grad(name, fail="", stream=None, tokens=TOKENS, **changes):
+    """Calls mobaRunGradDevice on kernel `name` with the failure plan `fail`
+    in force for this call only; `changes` replace pointers of the call
+    ("dq": an address or None, "host_cu_seqlens": a host array). Returns
+    (None or the error message, counters) as run() does."""
+    from moba import _capi
+    handle, config = _kernels[name]
+    buffers = dict(_device_buffers(config))
+    buffers.update(changes)
+    host_cu = buffers["host_cu_seqlens"]
+    set_failures(fail)
+    try:
+        try:
+            _capi.run_grad_kernel_on_device(
+                handle, *(buffers[n] for n in ("q", "k", "v", "cu_seqlens")),
+                len(SEQLENS) - 1, tokens,
+                *(buffers[n] for n in ("out", "lse", "dout", "dlse", "dq",
+                                       "dk", "dv")),
+                stream,
+                None if host_cu is None else host_cu.ctypes.data)
+            error = None
+        except RuntimeError as e:
+            error = str(e)
+        after = count(*LEAK_COUNTERS, "launches", "last_launch_stream",
+                      "rejected", "pools_keeping_memory",
+                      "pool_bytes_requested",
+                      *("calls:" + entry for entry in ENTRIES),
+                      *("after_failure:" + entry for entry in ENTRIES))
+    finally:
+        set_failures("")
+    return error, after
+
+
+def grad_buffer(name, buffer):
+    """The device address of `buffer` ("q", "dq", ...) of kernel `name`."""
+    return _device_buffers(_kernels[name][1])[buffer]
 
 
 def run_concurrently(name, threads, rounds, fail="", latency_us=100):

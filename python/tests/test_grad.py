@@ -202,9 +202,12 @@ def test_error_dq_wrong_shape(prepared):
         call(prepared, dq=np.empty_like(prepared[1]["k"]))
 
 
-def test_error_gpu_arrays(prepared):
-    with pytest.raises(NotImplementedError, match="CPU target only"):
-        call(prepared, grad_out=FakeCudaArray())
+@pytest.mark.parametrize("name", ["k", "out", "lse", "grad_out", "grad_lse",
+                                  "dq", "dv"])
+def test_error_a_gpu_array_among_host_ones(prepared, name):
+    with pytest.raises(ValueError, match=f"{name} is on a GPU but q is in "
+                       "host memory"):
+        call(prepared, **{name: FakeCudaArray()})
 
 
 def test_error_kernel_without_backward(prepared):
@@ -214,12 +217,15 @@ def test_error_kernel_without_backward(prepared):
         kernel.backward(**args)
 
 
-def test_error_backward_on_a_gpu_target():
+def test_a_gpu_target_takes_the_backward():
+    """The runner takes the backward for the GPU targets too: whether it
+    compiles is the GPU pipeline's to say (test_stand_in_driver.py runs
+    it)."""
     from moba import _capi
-    problem_text = _capi.check_config(D, HQ, HKV, BLOCK, TOP_K, True, None,
-                                      "bf16", "sm_90a", "fused", None, None,
-                                      backward=True)
-    assert "the backward runs on the CPU target only so far" in problem_text
+    for target in ("sm_80", "sm_90a"):
+        assert _capi.check_config(D, HQ, HKV, BLOCK, TOP_K, True, None,
+                                  "bf16", target, "fused", None, None,
+                                  backward=True) is None
 
 
 def test_error_backward_not_a_bool():
@@ -311,3 +317,17 @@ def test_library_checks_the_buffers_itself(prepared):
     with pytest.raises(RuntimeError, match="compiled without the backward"):
         _capi.run_grad_kernel(forward_only._handles["cpu"], *[None] * 4, 1,
                               0, *[None] * 7)
+
+
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_autograd_compiles_the_backward_only_for_a_gradient(requires_grad):
+    """MobaAttention's forward compiles the backward with it when q, k or v
+    requires a gradient, and only then (inference pays no backward
+    compile)."""
+    q, k, v, cu, _, _ = problem(9, seqlens=[19])
+    tensors = [torch.from_numpy(x) for x in (q, k, v)]
+    tensors[1].requires_grad_(requires_grad)
+    moba.MobaAttention.apply(*tensors, torch.from_numpy(cu), None, BLOCK,
+                             TOP_K)
+    used = list(moba._recent)[-1]
+    assert used.config["backward"] is requires_grad

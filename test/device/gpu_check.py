@@ -25,6 +25,21 @@ skipped and counted; NaN never passes, skipped rows included.
                                    and a torch.compile(fullgraph=True)
                                    training step of a small attention
                                    module against eager
+  gpu_check.py grad [--workers N]  the backward: MHA/GQA/MQA x head_dim
+                                   64/128 x block 64/128/512 x top_k 1-4 x
+                                   causal/full x f16/bf16 on varlen batches
+                                   with empty and 1-token sequences
+  gpu_check.py grad-small          a few backward cases (compute-sanitizer)
+
+The backward cases compile with backward=True, run the forward, poison dq,
+dk and dv with NaN, run Kernel.backward with a random grad_out (and
+grad_lse in every other case), and compare each gradient with a float64
+reference (grad_reference, docs/semantics.md "Gradients") by its relative
+error ||got - want|| / ||want|| (docs/cpu-backend.md: f32 2e-5, f16 2e-3,
+bf16 1e-2), skipping the near-tied rows and the keys such a row may or may
+not attend; NaN fails; a second run must give the same bits.
+MOBA_CHECK_DEVICE=cpu runs the cases on CPU tensors (the CPU target): the
+script checked on a machine without a GPU.
 Exit status 1 when any case fails.
 """
 import argparse
@@ -41,6 +56,62 @@ TOLERANCE = {"f32": (2e-5, 2e-4), "f16": (2e-3, 2e-3), "bf16": (1e-2, 1e-2)}
 TORCH_DTYPE = {"f32": torch.float32, "f16": torch.float16,
                "bf16": torch.bfloat16}
 TIE_TOLERANCE = 4e-5
+
+
+def select_blocks(qs, ks, block, top_k, causal):
+    """The selection of docs/semantics.md for one sequence: qs [n, Hq, D]
+    and ks [n, Hq, D] (each query head's keys) in float64. Returns
+    (selected [n, Hq, nb] bool, near [n, Hq]: near-tied rows, unsure
+    [n, Hq, nb]: for near-tied rows, the candidate blocks within the
+    tolerance of the top_k-th score, chosen or not)."""
+    n, hq, d = qs.shape
+    device = qs.device
+    nb = -(-n // block)
+    pad = nb * block - n
+    padded = torch.nn.functional.pad(ks, (0, 0, 0, 0, 0, pad))
+    counts = torch.full((nb,), float(block), dtype=torch.float64,
+                        device=device)
+    counts[-1] = block - pad
+    means = padded.view(nb, block, hq, d).sum(1) / counts[:, None, None]
+    scores = torch.einsum("thd,bhd->thb", qs, means)
+    magnitude = torch.einsum("thd,bhd->thb", qs.abs(), means.abs())
+    t = torch.arange(n, device=device)
+    own = t // block
+    blocks = torch.arange(nb, device=device)
+    if causal:
+        candidate = blocks[None, :] < own[:, None]  # [n, nb]
+        take = top_k - 1
+    else:
+        candidate = torch.ones(n, nb, dtype=torch.bool, device=device)
+        take = top_k
+    candidate = candidate[:, None, :].expand(n, hq, nb)
+    masked = scores.masked_fill(~candidate, -math.inf)
+    # Higher score first; among equal scores the higher block index.
+    flipped = masked.flip(-1)
+    order_scores, order = torch.sort(flipped, dim=-1, descending=True,
+                                     stable=True)
+    order = nb - 1 - order
+    n_candidates = candidate.sum(-1)  # [n, Hq]
+    selected = torch.zeros(n, hq, nb, dtype=torch.bool, device=device)
+    near = torch.zeros(n, hq, dtype=torch.bool, device=device)
+    unsure = torch.zeros(n, hq, nb, dtype=torch.bool, device=device)
+    if take > 0:
+        width = min(take, nb)
+        chosen = order[..., :width]
+        valid = torch.arange(width, device=device) < n_candidates[..., None]
+        selected.scatter_(-1, chosen, valid)
+        if take < nb:
+            has_gap = (n_candidates > take)
+            boundary = order_scores[..., take - 1]
+            gap = boundary - order_scores[..., take]
+            bound = TIE_TOLERANCE * magnitude.masked_fill(~candidate,
+                                                          0).amax(-1)
+            near = has_gap & (gap > 0) & (gap <= bound)
+            unsure = near[..., None] & candidate & (
+                (masked - boundary[..., None]).abs() <= bound[..., None])
+    if causal:
+        selected.scatter_(-1, own[:, None, None].expand(n, hq, 1), True)
+    return selected, near, unsure
 
 
 def reference(q, k, v, cu, block, top_k, causal, scale=None, rows=None):
@@ -63,49 +134,12 @@ def reference(q, k, v, cu, block, top_k, causal, scale=None, rows=None):
         n = end - start
         if n == 0:
             continue
-        nb = -(-n // block)
         qs = q[start:end]
         ks = k[start:end][:, heads]  # [n, Hq, D]
         vs = v[start:end][:, heads]
-        pad = nb * block - n
-        padded = torch.nn.functional.pad(ks, (0, 0, 0, 0, 0, pad))
-        counts = torch.full((nb,), float(block), dtype=torch.float64,
-                            device=q.device)
-        counts[-1] = block - pad
-        means = padded.view(nb, block, hq, d).sum(1) / counts[:, None, None]
-        scores = torch.einsum("thd,bhd->thb", qs, means)
-        magnitude = torch.einsum("thd,bhd->thb", qs.abs(), means.abs())
+        selected, near[start:end], _ = select_blocks(qs, ks, block, top_k,
+                                                     causal)
         t = torch.arange(n, device=q.device)
-        own = t // block
-        blocks = torch.arange(nb, device=q.device)
-        if causal:
-            candidate = blocks[None, :] < own[:, None]  # [n, nb]
-            take = top_k - 1
-        else:
-            candidate = torch.ones(n, nb, dtype=torch.bool, device=q.device)
-            take = top_k
-        candidate = candidate[:, None, :].expand(n, hq, nb)
-        masked = scores.masked_fill(~candidate, -math.inf)
-        # Higher score first; among equal scores the higher block index.
-        flipped = masked.flip(-1)
-        order_scores, order = torch.sort(flipped, dim=-1, descending=True,
-                                         stable=True)
-        order = nb - 1 - order
-        n_candidates = candidate.sum(-1)  # [n, Hq]
-        selected = torch.zeros(n, hq, nb, dtype=torch.bool, device=q.device)
-        if take > 0:
-            width = min(take, nb)
-            chosen = order[..., :width]
-            valid = torch.arange(width, device=q.device) < n_candidates[..., None]
-            selected.scatter_(-1, chosen, valid)
-            if take < nb:
-                has_gap = (n_candidates > take)
-                gap = order_scores[..., take - 1] - order_scores[..., take]
-                largest = magnitude.masked_fill(~candidate, 0).amax(-1)
-                near[start:end] = has_gap & (gap > 0) & (
-                    gap <= TIE_TOLERANCE * largest)
-        if causal:
-            selected.scatter_(-1, own[:, None, None].expand(n, hq, 1), True)
         # Attention over the selected blocks, a chunk of queries at a time.
         chunk = max(1, (1 << 27) // (n * hq))
         key_block = t // block
@@ -126,13 +160,82 @@ def reference(q, k, v, cu, block, top_k, causal, scale=None, rows=None):
     return out, lse, near, pairs
 
 
-def random_case(seqlens, hq, hkv, d, dtype, generator):
+def grad_reference(q, k, v, cu, block, top_k, causal, dout, dlse=None,
+                   scale=None):
+    """float64 gradients of docs/semantics.md ("Gradients"), the selection
+    held fixed: (dq [T, Hq, D], dk, dv [T, Hkv, D], dq_unsure [T, Hq],
+    dkv_unsure [T, Hkv]). dq_unsure marks the near-tied rows; dkv_unsure
+    the keys whose dk, dv such a row may change by choosing the other way
+    (every key it attends, and those of the candidates within the tolerance
+    of the top_k-th score): python/tests/reference.py's moba_grad_reference,
+    vectorized for the GPU."""
+    q, k, v, dout = (x.double() for x in (q, k, v, dout))
+    dlse = None if dlse is None else dlse.double()
+    tokens, hq, d = q.shape
+    hkv = k.shape[1]
+    group = hq // hkv
+    heads = torch.arange(hq, device=q.device) // group
+    # The kernels' scale: 1/sqrt(head_dim) rounded to float32.
+    scale = (float(torch.tensor(1.0 / math.sqrt(d), dtype=torch.float32))
+             if scale is None else scale)
+    dq = torch.zeros_like(q)
+    # Per query head, summed over each KV head's group at the end.
+    dk_heads = torch.zeros(tokens, hq, d, dtype=torch.float64,
+                           device=q.device)
+    dv_heads = torch.zeros_like(dk_heads)
+    dq_unsure = torch.zeros(tokens, hq, dtype=torch.bool, device=q.device)
+    unsure_heads = torch.zeros(tokens, hq, dtype=torch.bool, device=q.device)
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        n = end - start
+        if n == 0:
+            continue
+        qs, dos = q[start:end], dout[start:end]
+        ks = k[start:end][:, heads]  # [n, Hq, D]
+        vs = v[start:end][:, heads]
+        selected, near, unsure = select_blocks(qs, ks, block, top_k, causal)
+        dq_unsure[start:end] = near
+        t = torch.arange(n, device=q.device)
+        key_block = t // block
+        chunk = max(1, (1 << 26) // (n * hq))
+        for a in range(0, n, chunk):
+            at = t[a:a + chunk]
+            allowed = selected[at][:, :, key_block]  # [c, Hq, n]
+            if causal:
+                allowed &= (t[None, None, :] <= at[:, None, None])
+            logits = scale * torch.einsum("thd,shd->ths", qs[at], ks)
+            logits = logits.masked_fill(~allowed, -math.inf)
+            row_lse = torch.logsumexp(logits, -1)
+            p = torch.exp(logits - row_lse[..., None])
+            out = torch.einsum("ths,shd->thd", p, vs)
+            delta = (dos[at] * out).sum(-1)
+            if dlse is not None:
+                delta = delta - dlse[start + at]
+            dp = torch.einsum("thd,shd->ths", dos[at], vs)
+            ds = p * (dp - delta[..., None])
+            dq[start + at] = scale * torch.einsum("ths,shd->thd", ds, ks)
+            dk_heads[start:end] += scale * torch.einsum("ths,thd->shd", ds,
+                                                        qs[at])
+            dv_heads[start:end] += torch.einsum("ths,thd->shd", p, dos[at])
+            tied = near[at][..., None]  # [c, Hq, 1]
+            maybe = (allowed | unsure[at][:, :, key_block]) & tied
+            unsure_heads[start:end] |= maybe.any(0).transpose(0, 1)
+    dk = dk_heads.view(tokens, hkv, group, d).sum(2)
+    dv = dv_heads.view(tokens, hkv, group, d).sum(2)
+    dkv_unsure = unsure_heads.view(tokens, hkv, group).any(-1)
+    return dq, dk, dv, dq_unsure, dkv_unsure
+
+
+# Where the cases run: "cuda", or "cpu" to check this script without a GPU.
+DEVICE = os.environ.get("MOBA_CHECK_DEVICE", "cuda")
+
+
+def random_case(seqlens, hq, hkv, d, dtype, generator, device="cuda"):
     cu = torch.tensor([0] + list(itertools.accumulate(seqlens)),
                       dtype=torch.int32)
     tokens = int(cu[-1])
     shape = lambda h: (tokens, h, d)
     make = lambda h: torch.randn(shape(h), generator=generator,
-                                 device="cuda").to(TORCH_DTYPE[dtype])
+                                 device=device).to(TORCH_DTYPE[dtype])
     return make(hq), make(hkv), make(hkv), cu
 
 
@@ -197,6 +300,87 @@ def compare(out, lse, ref_out, ref_lse, near, dtype):
     return True, f"rel {rel:.2e}", compared, skipped
 
 
+# Relative error ||got - want|| / ||want|| of each gradient
+# (docs/cpu-backend.md, "The backward").
+GRAD_TOLERANCE = {"f32": 2e-5, "f16": 2e-3, "bf16": 1e-2}
+
+
+def poisoned_like(x):
+    return torch.full_like(x, math.nan)
+
+
+def same_bits(a, b):
+    """Bit-identical tensors (NaN included)."""
+    return torch.equal(a.contiguous().view(torch.int8),
+                       b.contiguous().view(torch.int8))
+
+
+def check_grad_case(moba, hq, hkv, d, block, top_k, causal, dtype, seqlens,
+                    seed):
+    """Runs one backward case; returns (ok, message, compared, skipped):
+    rows of dq and keys of dk, dv compared, near-tie rows and keys
+    skipped."""
+    generator = torch.Generator(device=DEVICE).manual_seed(seed)
+    q, k, v, cu = random_case(seqlens, hq, hkv, d, dtype, generator, DEVICE)
+    dout = torch.randn(q.shape, generator=generator,
+                       device=DEVICE).to(q.dtype)
+    dlse = (torch.randn(q.shape[:-1], generator=generator, device=DEVICE)
+            if seed % 2 == 0 else None)
+    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                          block_size=block, top_k=top_k, dtype=dtype,
+                          causal=causal, target="auto", backward=True,
+                          gpu_attention=GPU_ATTENTION, **mma_options())
+    cu_dev = cu.to(DEVICE)
+    out = poisoned_like(q)
+    lse = torch.full(q.shape[:-1], math.nan, device=DEVICE)
+    kernel(q, k, v, cu_dev, out=out, lse=lse)
+    runs = []
+    for _ in range(2):  # the second must give the same bits
+        grads = tuple(poisoned_like(x) for x in (q, k, v))
+        kernel.backward(q, k, v, cu_dev, out, lse, dout, dlse, *grads)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        runs.append(grads)
+    for name, first, second in zip(("dq", "dk", "dv"), *runs):
+        if torch.isnan(first.double()).any():
+            return False, f"NaN in {name} (unwritten or computed)", 0, 0
+        if not same_bits(first, second):
+            return False, f"{name} differs between two runs", 0, 0
+    want = grad_reference(q, k, v, cu, block, top_k, causal, dout, dlse)
+    dq_keep, dkv_keep = ~want[3], ~want[4]
+    errors = []
+    for name, got, reference_grad, keep in zip(
+            ("dq", "dk", "dv"), runs[0], want[:3],
+            (dq_keep, dkv_keep, dkv_keep)):
+        diff = float((got.double() - reference_grad)[keep].norm())
+        norm = max(float(reference_grad[keep].norm()), 1e-30)
+        errors.append((name, diff / norm))
+    compared = int(dq_keep.sum()) + int(dkv_keep.sum())
+    skipped = int(want[3].sum()) + int(want[4].sum())
+    message = ", ".join(f"{name} rel {e:.2e}" for name, e in errors)
+    ok = all(e <= GRAD_TOLERANCE[dtype] for _, e in errors)
+    return ok, message, compared, skipped
+
+
+def grad_cases():
+    """The backward's grid: MHA, GQA, MQA x head_dim 64, 128 x block 64,
+    128, 512 x top_k 1-4 x causal/full x f16/bf16, on batches with empty
+    and 1-token sequences and sequences shorter than, equal to and not a
+    multiple of a block."""
+    seqlens = [0, 1, 700, 0, 1300, 64, 1]
+    return [(hq, hkv, d, block, top_k, causal, dtype, seqlens)
+            for (hq, hkv), d, block, top_k, causal, dtype in
+            itertools.product([(8, 8), (8, 2), (8, 1)], [64, 128],
+                              [64, 128, 512], [1, 2, 3, 4], [True, False],
+                              ["f16", "bf16"])]
+
+
+def grad_small_cases():
+    return [(8, 2, 64, 64, 3, True, "bf16", [0, 1, 130, 300]),
+            (4, 4, 128, 128, 2, False, "f16", [5, 0, 300]),
+            (8, 1, 64, 512, 4, True, "bf16", [1, 700])]
+
+
 def grid_cases():
     cases = []
     for (hq, hkv), d, block, top_k, causal, dtype in itertools.product(
@@ -219,10 +403,12 @@ def small_cases():
             (8, 1, 16, 16, 8, True, "f32", [77, 33])]
 
 
-def run_cases(cases, worker=0, workers=1, quiet=False):
-    """Runs the cases this worker owns. `cases` holds (index, case) pairs;
-    the index seeds the inputs, so a case is the same in any slice."""
+def run_cases(cases, worker=0, workers=1, quiet=False, grad=False):
+    """Runs the cases this worker owns (the backward's with `grad`).
+    `cases` holds (index, case) pairs; the index seeds the inputs, so a
+    case is the same in any slice."""
     import moba
+    check = check_grad_case if grad else check_case
     failures, results = [], []
     for n, (i, case) in enumerate(cases):
         if n % workers != worker:
@@ -231,7 +417,7 @@ def run_cases(cases, worker=0, workers=1, quiet=False):
         name = (f"Hq={hq} Hkv={hkv} D={d} block={block} top_k={top_k} "
                 f"causal={causal} {dtype} seqlens={seqlens}")
         try:
-            ok, message, compared, skipped = check_case(
+            ok, message, compared, skipped = check(
                 moba, hq, hkv, d, block, top_k, causal, dtype, seqlens,
                 seed=1000 + i)
         except Exception as e:  # reported as a failure, never hidden
@@ -246,8 +432,8 @@ def run_cases(cases, worker=0, workers=1, quiet=False):
 
 
 def _worker(args):
-    worker, workers, cases = args
-    return run_cases(cases, worker, workers, quiet=True)
+    worker, workers, cases, grad = args
+    return run_cases(cases, worker, workers, quiet=True, grad=grad)
 
 
 def summarize(label, failures, results, seconds):
@@ -392,12 +578,46 @@ def api_checks():
     expect("moba_attn_batched", outb.shape == qb.shape and errb < 4e-3,
            f"max |diff| {errb:.3g}")
 
-    # The autograd wrapper runs forward, and says why backward cannot.
-    qg = q.detach().requires_grad_()
-    outg = moba.MobaAttention.apply(qg, k, v, cu.cuda(), max(seqlens), block,
+    # The autograd wrapper: forward and backward on the GPU, against the
+    # float64 gradients.
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    outg = moba.MobaAttention.apply(*leaves, cu.cuda(), max(seqlens), block,
                                     top_k)
-    raises("MobaAttention backward", NotImplementedError, "no backward",
-           lambda: outg.float().sum().backward())
+    dout = torch.randn(q.shape, generator=g, device="cuda").to(q.dtype)
+    try:
+        outg.backward(dout)
+        want = grad_reference(q, k, v, cu, block, top_k, True, dout)
+        keeps = (~want[3], ~want[4], ~want[4])
+        errors = [float((x.grad.double() - w)[keep].norm() / w[keep].norm())
+                  for x, w, keep in zip(leaves, want[:3], keeps)]
+        expect("MobaAttention backward", all(x.grad.is_cuda for x in leaves)
+               and max(errors) < GRAD_TOLERANCE["bf16"],
+               "relative errors " + ", ".join(f"{e:.2e}" for e in errors))
+    except Exception as e:  # reported, never hidden
+        expect("MobaAttention backward", False, f"{type(e).__name__}: {e}")
+    grad_kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                               block_size=block, top_k=top_k, dtype="bf16",
+                               backward=True)
+    expect("target auto picks the GPU for the backward",
+           grad_kernel.targets == (moba._gpu_target_for(
+               torch.cuda.get_device_capability()[0] * 10 +
+               torch.cuda.get_device_capability()[1]),),
+           str(grad_kernel.targets))
+    cu_dev = cu.cuda()
+    out_, lse_ = grad_kernel(q, k, v, cu_dev, return_lse=True)
+    raises("backward: grad_out of the wrong dtype", TypeError,
+           "grad_out has dtype torch.float16",
+           lambda: grad_kernel.backward(q, k, v, cu_dev, out_, lse_,
+                                        dout.half()))
+    raises("backward: lse of the wrong shape", ValueError, "lse has shape",
+           lambda: grad_kernel.backward(q, k, v, cu_dev, out_, lse_[:, :1],
+                                        dout))
+    raises("backward: lse on the host", ValueError, "lse is in host memory",
+           lambda: grad_kernel.backward(q, k, v, cu_dev, out_, lse_.cpu(),
+                                        dout))
+    raises("backward: dq on grad_out", ValueError, "dq overlaps grad_out",
+           lambda: grad_kernel.backward(q, k, v, cu_dev, out_, lse_, dout,
+                                        dq=dout))
 
     kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
                           block_size=block, top_k=top_k, dtype="bf16")
@@ -676,7 +896,7 @@ def torch_compile_checks():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["grid", "long", "time", "small", "api",
-                                    "torch-compile"])
+                                    "torch-compile", "grad", "grad-small"])
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--profile", action="store_true",
                    help="with `time`: each kernel's share of a call")
@@ -693,18 +913,19 @@ def main():
                         "how the sanitizers cover the grid in parts)")
     a = p.parse_args()
     start = time.time()
-    if a.mode == "grid":
+    if a.mode in ("grid", "grad"):
+        grad = a.mode == "grad"
         parts = (a.slice.split(":") + ["", ""])[:3]
         start_, stop_, step_ = (int(x) if x else None for x in parts)
-        cases = list(enumerate(grid_cases()))[:a.limit or None]
-        cases = cases[start_:stop_:step_]
+        cases = list(enumerate(grad_cases() if grad else grid_cases()))
+        cases = cases[:a.limit or None][start_:stop_:step_]
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(a.workers) as pool:
-            parts = pool.map(_worker, [(w, a.workers, cases)
+            parts = pool.map(_worker, [(w, a.workers, cases, grad)
                                        for w in range(a.workers)])
         failures = [f for fs, _ in parts for f in fs]
         results = [r for _, rs in parts for r in rs]
-        ok = summarize("grid", failures, results, time.time() - start)
+        ok = summarize(a.mode, failures, results, time.time() - start)
     elif a.mode == "api":
         failures = api_checks()
         print(f"api: {'all passed' if not failures else failures}")
@@ -713,6 +934,10 @@ def main():
         failures = torch_compile_checks()
         print(f"torch-compile: {'all passed' if not failures else failures}")
         ok = not failures
+    elif a.mode == "grad-small":
+        failures, results = run_cases(list(enumerate(grad_small_cases())),
+                                      grad=True)
+        ok = summarize(a.mode, failures, results, time.time() - start)
     elif a.mode in ("long", "small"):
         cases = long_cases() if a.mode == "long" else small_cases()
         failures, results = run_cases(list(enumerate(cases)))

@@ -288,7 +288,8 @@ def capi_run_case(rng):
                           "[-2**31]", "'reversed'", "'zeros'", "'last+1'",
                           "'first=last'"])
     else:
-        arg = repr(rng.choice(["run_device", "destroy_null", "free_null",
+        arg = repr(rng.choice(["run_device", "run_grad_device",
+                               "destroy_null", "free_null",
                                "config_init_null", "compile_null",
                                "compile_no_outputs", "target_null",
                                "capability"]))

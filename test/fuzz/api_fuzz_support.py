@@ -828,6 +828,20 @@ def _entry_point(handle, cfg, seqlens, arg):
         if status == 0 or not message:
             raise Finding("accepted-invalid", "mobaRunDevice ran a CPU kernel")
         raise Refused(message)
+    if arg == "run_grad_device":
+        b = _c_inputs(cfg, seqlens, 2)
+        grads = _c_inputs(cfg, seqlens, 3)
+        status = _lib.mobaRunGradDevice(
+            handle, _ptr(b["q"]), _ptr(b["k"]), _ptr(b["v"]), _ptr(b["cu"]),
+            len(seqlens), sum(seqlens), _ptr(b["out"]), _ptr(b["lse"]),
+            _ptr(grads["out"]), _ptr(grads["lse"]), _ptr(grads["q"]),
+            _ptr(grads["k"]), _ptr(grads["v"]), None, _ptr(b["cu"]),
+            ctypes.byref(error))
+        message = _take_error(error.value)
+        if status == 0 or not message:
+            raise Finding("accepted-invalid",
+                          "mobaRunGradDevice ran a CPU kernel")
+        raise Refused(message)
     if arg == "destroy_null":
         _lib.mobaDestroy(None)
     elif arg == "free_null":

@@ -58,7 +58,9 @@
 // "launches", "injected" (failures injected so far), "rejected" (calls the
 // stand-in failed on its own: a bad handle, value or image -- in a correct
 // runtime, only those a test provokes), "last_launch_stream",
-// "max_dynamic_shared" (of the last launch's function), "calls:<entry>"
+// "max_dynamic_shared" (of the last launch's function),
+// "pool_bytes_requested" (the bytes the pools' allocations asked for since
+// the failure plan was set, freed or not), "calls:<entry>"
 // (calls of an entry since the failure plan was set), or
 // "after_failure:<entry>" (its calls since the last injected failure).
 //
@@ -232,6 +234,8 @@ struct Device {
   Context primary;
   std::set<Context *> contexts; ///< Those cuCtxCreate_v2 made.
   std::map<uintptr_t, Allocation> allocations;
+  /// The bytes asked of the memory pools since the failure plan was set.
+  long long poolBytesRequested = 0;
   std::set<Module *> modules;
   std::set<Function *> functions;
   std::set<Stream *> streams;
@@ -504,6 +508,7 @@ STAND_IN_EXPORT int mobaStandInSetFailures(const char *spec) {
   d.plan = std::move(plan);
   d.calls.clear();
   d.afterFailure.clear();
+  d.poolBytesRequested = 0;
   d.failedSincePlan = false;
   return 0;
 }
@@ -533,6 +538,8 @@ STAND_IN_EXPORT long long mobaStandInCount(const char *what) {
     }
     return name == "bytes" ? bytes : pooled;
   }
+  if (name == "pool_bytes_requested")
+    return d.poolBytesRequested;
   if (name == "modules")
     return static_cast<long long>(d.modules.size());
   if (name == "pools")
@@ -935,7 +942,10 @@ STAND_IN_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *pointer,
     NEEDS_CONTEXT;
     if (!d.pools.count(pool) || !validStream(d, stream))
       return kInvalidHandle;
-    return allocate(d, pointer, bytes, /*fromPool=*/true);
+    CUresult result = allocate(d, pointer, bytes, /*fromPool=*/true);
+    if (result == kSuccess)
+      d.poolBytesRequested += static_cast<long long>(bytes);
+    return result;
   });
 }
 

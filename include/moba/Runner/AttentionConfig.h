@@ -66,8 +66,8 @@ struct AttentionConfig {
   bool causal = true;
   std::optional<float> scale; ///< Default: 1/sqrt(headDim).
   ElementType dtype = ElementType::BF16;
-  /// Also compile the gradient entry `@moba_attention_grad` (CPU target
-  /// only so far): one compilation holds both, so that the backward
+  /// Also compile the gradient entry `@moba_attention_grad`: one
+  /// compilation holds both, so that the backward
   /// recomputes the forward's selection with the same lowering.
   bool backward = false;
 
@@ -104,7 +104,8 @@ struct AttentionBuffers {
   int64_t numSequences = 0;
 };
 
-/// The buffers of one backward call, contiguous, in host memory: the
+/// The buffers of one backward call, contiguous, in the memory the kernel
+/// runs on (as AttentionBuffers): the
 /// forward's inputs and results, the upstream gradients, and the gradients
 /// written.
 struct GradBuffers {
@@ -159,10 +160,11 @@ llvm::Expected<int64_t> kernelScratchBytes(const AttentionConfig &config,
 /// call on `tokens` tokens in `numSequences` sequences (the selection
 /// recomputed: block means, gate scores and selected blocks; the row term,
 /// the query groups, the per-slot dq partials [top_k, T, Hq, D] in f32 and
-/// f32 accumulators of dk and dv), in checked arithmetic.
+/// f32 accumulators of dk and dv, and with `scratch.chunkedPooling` the
+/// parallel form's chunk sums of the block means), in checked arithmetic.
 llvm::Expected<int64_t> gradScratchBytes(const AttentionConfig &config,
-                                         int64_t tokens,
-                                         int64_t numSequences);
+                                         int64_t tokens, int64_t numSequences,
+                                         KernelScratch scratch = {});
 
 /// The bytes of memory and swap of this host (0 when unknown): more than
 /// that, malloc fails.

@@ -68,7 +68,9 @@ struct GpuLaunch {
 
 class GpuAttentionKernel {
 public:
-  /// Compiles `config`. Needs no GPU: kernels are loaded on first use.
+  /// Compiles `config` (with `config.backward`, the gradient entry too, in
+  /// the same module, so that it recomputes the forward's selection with
+  /// the same lowering). Needs no GPU: kernels are loaded on first use.
   static llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
   compile(const AttentionConfig &config, const GpuCompileOptions &options);
   /// Checks `config` and `options` as compile() does, without compiling:
@@ -89,6 +91,16 @@ public:
   llvm::Error run(const AttentionBuffers &buffers,
                   const GpuLaunch &launch) const;
 
+  /// Runs the backward (a kernel compiled with `config().backward`) on
+  /// device buffers, ordered on `launch.stream`: writes dq, dk and dv.
+  /// Checks what run() does (counts, offsets when the host has them,
+  /// 16-byte alignment of every row buffer, the scratch size in checked
+  /// arithmetic) and that no gradient overlaps another buffer. `dlse` must
+  /// be given when there are tokens (a zero buffer when the loss does not
+  /// use lse): the runner makes no device memory of its own.
+  llvm::Error runGrad(const GradBuffers &buffers,
+                      const GpuLaunch &launch) const;
+
   const AttentionConfig &config() const { return cfg; }
   /// The tensor-core kernel's plan it was compiled with (the tuning
   /// table's choices filled in); none without mma.
@@ -106,6 +118,8 @@ private:
   std::unique_ptr<MLIRContext> context;
   std::unique_ptr<ExecutionEngine> engine;
   void *entry = nullptr;
+  /// `_mlir_ciface_moba_attention_grad`; null without the backward.
+  void *gradEntry = nullptr;
   /// Load and unload the kernels (the host module's constructors and
   /// destructors, which the engine never runs).
   void (*loadModules)() = nullptr;
