@@ -121,9 +121,10 @@ def MobaConvertGroupedAttentionGradToNVVM
     Option<"warps", "warps", "int64_t", /*default=*/"4",
            "Warps per CTA (16 queries of the dq kernel, 16 keys of the "
            "key/value kernel, each): 1, 2, 4 or 8">,
-    Option<"keyChunk", "key-chunk", "int64_t", /*default=*/"64",
+    Option<"keyChunk", "key-chunk", "int64_t", /*default=*/"0",
            "Keys of the dq kernel staged per step (a multiple of 16, up "
-           "to 128)">,
+           "to 128; 0: 64 for head_dim up to 64, else 32, which keeps its "
+           "accumulators in registers)">,
     Option<"queryChunk", "query-chunk", "int64_t", /*default=*/"0",
            "Queries of the key/value kernel staged per step (a multiple "
            "of 16, up to 128; 0: 64 for head_dim up to 64, else 32, which "

@@ -55,7 +55,7 @@ struct MobaConvertGroupedAttentionGradToNVVMPass
                           std::to_string(value))
                              .str());
     };
-    chunkProblem("key-chunk", keyChunk, /*zeroOk=*/false);
+    chunkProblem("key-chunk", keyChunk, /*zeroOk=*/true);
     chunkProblem("query-chunk", queryChunk, /*zeroOk=*/true);
     return problems;
   }
@@ -125,16 +125,19 @@ struct MobaConvertGroupedAttentionGradToNVVMPass
                         static_cast<int64_t>(op.getBlockSize()),
                         op.getCausal(),
                         op.getScale().convertToDouble()};
-      // 64 queries a step keep the key/value kernel's products (2 x 32
-      // f32) and accumulators (head_dim) in registers up to head_dim 64;
-      // past it 32.
-      int64_t queries = queryChunk != 0 ? static_cast<int64_t>(queryChunk)
-                        : headDim <= 64 ? 64
-                                        : 32;
-      KeyValueGradShape shape{warps, queries};
+      // Steps of 64 keep both kernels' two products (2 x 32 f32 a lane)
+      // beside their accumulators (head_dim f32 a lane for dK and dV, with
+      // Q and dO fragments for dq) within 255 registers up to head_dim 64;
+      // past it steps of 32 (ptxas 13.0 spills a few bytes either way at
+      // 128).
+      auto orDefault = [&](int64_t chunk) {
+        return chunk != 0 ? chunk : headDim <= 64 ? 64 : 32;
+      };
+      int64_t keys = orDefault(keyChunk);
+      KeyValueGradShape shape{warps, orDefault(queryChunk)};
       int64_t keyValueBytes = shape.sharedBytes(headDim, bytes, grad.group);
       // The dq kernel's: the forward's mma.sync stages of K and V.
-      int64_t queryBytes = 2 * 2 * keyChunk * (headDim + 8) * bytes;
+      int64_t queryBytes = 2 * 2 * keys * (headDim + 8) * bytes;
       for (auto [kernel, needed] :
            {std::make_pair("key/value", keyValueBytes),
             std::make_pair("dq", queryBytes)})
@@ -147,7 +150,7 @@ struct MobaConvertGroupedAttentionGradToNVVMPass
         }
       rewriter.setInsertionPoint(op);
       ImplicitLocOpBuilder b(op.getLoc(), rewriter);
-      emitQueryGrad(b, grad, warps, keyChunk);
+      emitQueryGrad(b, grad, warps, keys);
       emitKeyValueGrad(b, grad, shape);
       rewriter.eraseOp(op);
     }

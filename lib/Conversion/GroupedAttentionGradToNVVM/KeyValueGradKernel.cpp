@@ -105,7 +105,8 @@ void KeyValueGradCta::emitKeyValueCopies(ImplicitLocOpBuilder &b) {
         Value key = ie.div(j, ie.index(pieces()));
         Value col = ie.mul(ie.rem(j, ie.index(pieces())), ie.index(8));
         Value from = ie.minU(ie.add(tileFirst, key), lastKey);
-        for (auto [operand, source] : llvm::enumerate(ValueRange{ops.k, ops.v}))
+        Value sources[] = {ops.k, ops.v};
+        for (auto [operand, source] : llvm::enumerate(sources))
           nvgpu::DeviceAsyncCopyOp::create(
               ib, keyValues,
               ValueRange{ie.index(static_cast<int64_t>(operand)), key, col},
@@ -164,8 +165,8 @@ void KeyValueGradCta::emitHeadTable(ImplicitLocOpBuilder &b) {
         }
         Value steps = arith::CeilDivUIOp::create(ib, ie.sub(end, begin),
                                                  ie.index(chunk()));
-        for (auto [field, value] : llvm::enumerate(ValueRange{begin, end,
-                                                              steps}))
+        Value fields[] = {begin, end, steps};
+        for (auto [field, value] : llvm::enumerate(fields))
           memref::StoreOp::create(
               ib, nvvm_kernel::toI32(ib, value), table,
               ValueRange{ie.index(static_cast<int64_t>(field)), hh});
@@ -227,8 +228,8 @@ void KeyValueGradCta::emitQueryCopies(ImplicitLocOpBuilder &b, Value step,
         Value col = ie.mul(ie.rem(p, ie.index(pieces())), ie.index(8));
         auto [valid, token] = column(ie, j);
         Value copied = ie.select(valid, ie.index(8), ie.index(0));
-        for (auto [operand, source] :
-             llvm::enumerate(ValueRange{ops.q, ops.gradOut}))
+        Value sources[] = {ops.q, ops.gradOut};
+        for (auto [operand, source] : llvm::enumerate(sources))
           nvgpu::DeviceAsyncCopyOp::create(
               ib, queries,
               ValueRange{buffer, ie.index(static_cast<int64_t>(operand)), j,
