@@ -48,6 +48,13 @@ struct KeyValueGradCta {
   Value tid, warp, lane;
   Value g, row;
   Value tileFirst, keyEnd;
+  Value tileInBlock; ///< the tile's first key within its block
+  /// The CTA's part of the walk (split of splits) and, when the row's walk
+  /// is split, the first scratch slot of its parts (splits > 1).
+  Value split, splits, firstSlot;
+  /// [slot, key of the block, dK or dV, head_dim] f32: the split walks'
+  /// partial sums, which emitReduceSplits adds up in split order.
+  Value partials;
   /// [K or V][key][pitch]; [buffer][Q or dO][query][pitch]; [buffer][query]
   /// each; [first, end, chunks][head of the group].
   Value keyValues, queries, tokens, lseLog2, deltas, table;
@@ -63,6 +70,28 @@ struct KeyValueGradCta {
   SmallVector<Value> emitStep(ImplicitLocOpBuilder &b, Value buffer,
                               ValueRange accumulators);
   void emitWrites(ImplicitLocOpBuilder &b, ValueRange accumulators);
+};
+
+/// How the key/value kernel's work is cut: every (KV head, block row) walks
+/// its groups' queries in steps; a walk of more than kStepsPerSplit steps
+/// is split into parts of about equal length, each a CTA's (per key tile),
+/// that write f32 partial sums to scratch slots, added up in split order by
+/// a last kernel. Without it the block every query chooses (a sequence's
+/// first, often) would be one CTA's walk over the whole sequence while the
+/// other SMs idle; with it the longest walk is kStepsPerSplit steps, and
+/// the sums still do not depend on which CTA runs first.
+constexpr int64_t kStepsPerSplit = 128;
+
+/// The plan of the cut, sized on the host from bounds (the groups' sizes
+/// are on the device): per KV head at most `items` parts in all, and
+/// `slots` scratch slots (a split row of s > 1 parts takes s).
+struct SplitPlan {
+  Value rows;     ///< block rows
+  Value items;    ///< part bound per KV head
+  Value slots;    ///< scratch slot bound per KV head
+  Value rowPlan;  ///< [Hkv, rows, 4] i32: splits, first slot, keys [first, end)
+  Value itemList; ///< [Hkv, items, 2] i32: row (rows: unused), split
+  Value partials; ///< [Hkv * slots, blockSize, 2, head_dim] f32
 };
 
 } // namespace
@@ -379,10 +408,43 @@ void KeyValueGradCta::emitWrites(ImplicitLocOpBuilder &b,
   int64_t dTiles = ops.headDim / 8, half = dTiles * 4;
   Value quadRow = e.div(lane, e.index(4));
   Value pairCol = e.mul(e.rem(lane, e.index(4)), e.index(2));
+  Value whole = arith::CmpIOp::create(b, arith::CmpIPredicate::eq, splits,
+                                      e.index(1));
+  // KV head g's slots follow those of the heads before it.
+  Value slotsPerHead = e.div(memref::DimOp::create(b, partials, 0),
+                             e.index(ops.kvHeads()));
+  Value slot = e.add(e.mul(g, slotsPerHead), e.add(firstSlot, split));
   for (int64_t r = 0; r < 2; ++r) {
-    Value key = e.add(tileFirst, e.add(e.mul(warp, e.index(16)),
-                                       e.add(quadRow, e.index(8 * r))));
-    ifThen(b, e.ult(key, keyEnd), [&](ImplicitLocOpBuilder &ib) {
+    Value keyInTile = e.add(e.mul(warp, e.index(16)),
+                            e.add(quadRow, e.index(8 * r)));
+    Value key = e.add(tileFirst, keyInTile);
+    // A part of a split walk: its f32 sums into its slot.
+    ifThen(b, arith::AndIOp::create(b, e.ult(key, keyEnd),
+                                    arith::XOrIOp::create(
+                                        b, whole,
+                                        arith::ConstantIntOp::create(b, 1,
+                                                                     1))),
+           [&](ImplicitLocOpBuilder &ib) {
+      KernelBuilder ie{ib, e.element};
+      Value keyInBlock = ie.add(tileInBlock, keyInTile);
+      for (int64_t dn = 0; dn < dTiles; ++dn) {
+        Value col = ie.add(ie.index(dn * 8), pairCol);
+        for (int64_t which = 0; which < 2; ++which) {
+          int64_t at = which * half + dn * 4 + 2 * r;
+          double factor = which == 0 ? ops.scale : 1.0;
+          Value pair = vector::FromElementsOp::create(
+              ib, VectorType::get({2}, ib.getF32Type()),
+              ValueRange{ie.fmul(accumulators[at], ie.f32(factor)),
+                         ie.fmul(accumulators[at + 1], ie.f32(factor))});
+          vector::StoreOp::create(
+              ib, pair, partials,
+              ValueRange{slot, keyInBlock, ie.index(which), col})
+              .setAlignment(8);
+        }
+      }
+    });
+    ifThen(b, arith::AndIOp::create(b, e.ult(key, keyEnd), whole),
+           [&](ImplicitLocOpBuilder &ib) {
       KernelBuilder ie{ib, e.element};
       for (int64_t dn = 0; dn < dTiles; ++dn) {
         Value col = ie.add(ie.index(dn * 8), pairCol);
@@ -406,18 +468,205 @@ void KeyValueGradCta::emitWrites(ImplicitLocOpBuilder &b,
   }
 }
 
+namespace {
+
+/// Sizes the plan on the host and fills it on the device: one warp per KV
+/// head takes the block rows 32 at a time (a lane each): the row's keys,
+/// its walk's steps (the groups' sizes over queryChunk, summed over the
+/// head's query heads), its parts, and by prefix sums over the lanes its
+/// first part and first slot.
+SplitPlan emitSplitPlan(ImplicitLocOpBuilder &b, const GradOperands &ops,
+                        const KeyValueGradShape &shape) {
+  KernelBuilder e{b, ops.element()};
+  SplitPlan plan;
+  plan.rows = memref::DimOp::create(b, ops.counts, 1);
+  // A head's steps: at most (its entries + one partial step a row) per query
+  // head; a part holds kStepsPerSplit of them, and a row's parts at most
+  // one more than its share, so the head has at most steps / kStepsPerSplit
+  // + rows parts and (rows with s > 1 parts holding s <= 2 steps /
+  // kStepsPerSplit) 2 steps / kStepsPerSplit slots.
+  Value width = memref::DimOp::create(b, ops.entries, 1);
+  Value steps = e.mul(e.index(ops.group),
+                      e.add(arith::CeilDivUIOp::create(
+                                b, width, e.index(shape.queryChunk)),
+                            plan.rows));
+  Value perSplit = e.index(kStepsPerSplit);
+  plan.items = e.add(e.div(steps, perSplit), e.add(plan.rows, e.index(1)));
+  plan.slots = e.add(e.div(e.mul(steps, e.index(2)), perSplit), e.index(1));
+  int64_t kvHeads = ops.kvHeads();
+  auto i32 = b.getI32Type();
+  plan.rowPlan = memref::AllocOp::create(
+      b, MemRefType::get({kvHeads, ShapedType::kDynamic, 4}, i32),
+      ValueRange{plan.rows});
+  plan.itemList = memref::AllocOp::create(
+      b, MemRefType::get({kvHeads, ShapedType::kDynamic, 2}, i32),
+      ValueRange{plan.items});
+  plan.partials = memref::AllocOp::create(
+      b,
+      MemRefType::get({ShapedType::kDynamic, ops.blockSize, 2, ops.headDim},
+                      b.getF32Type()),
+      ValueRange{e.mul(plan.slots, e.index(kvHeads))});
+
+  nvvm_kernel::launch(
+      b, e.index(kvHeads), 32, /*sharedBytes=*/nullptr, /*workgroup=*/{},
+      [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp launchOp) {
+        KernelBuilder ke{kb, e.element};
+        Value g = launchOp.getBlockIds().x, lane = launchOp.getThreadIds().x;
+        auto lastLane = [&](KernelBuilder &ie, Value x) {
+          return arith::IndexCastOp::create(
+              ie.b, ie.b.getIndexType(),
+              gpu::ShuffleOp::create(ie.b, x, 31, 32, gpu::ShuffleMode::IDX)
+                  .getShuffleResult());
+        };
+        auto scan = scf::ForOp::create(
+            kb, ke.index(0), plan.rows, ke.index(32),
+            ValueRange{ke.index(0), ke.index(0)},
+            [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
+              ImplicitLocOpBuilder ib(loc, fb);
+              KernelBuilder ie{ib, e.element};
+              Value row = ie.add(chunk, lane);
+              Value inside = ie.ult(row, plan.rows);
+              Value at = ie.select(inside, row, ie.index(0));
+              Value rowSteps = ie.index(0);
+              for (int64_t hh = 0; hh < ops.group; ++hh) {
+                Value h = ie.add(ie.mul(g, ie.index(ops.group)),
+                                 ie.index(hh));
+                rowSteps = ie.add(
+                    rowSteps, arith::CeilDivUIOp::create(
+                                  ib, ie.loadIndex(ops.counts, {h, at}),
+                                  ie.index(shape.queryChunk)));
+              }
+              Value parts = arith::MaxUIOp::create(
+                  ib, arith::CeilDivUIOp::create(ib, rowSteps, perSplit),
+                  ie.index(1));
+              parts = ie.select(inside, parts, ie.index(0));
+              Value split = arith::CmpIOp::create(
+                  ib, arith::CmpIPredicate::ugt, parts, ie.index(1));
+              Value slots = ie.select(split, parts, ie.index(0));
+              Value partSum =
+                  ie.warpInclusiveSum(nvvm_kernel::toI32(ib, parts));
+              Value slotSum =
+                  ie.warpInclusiveSum(nvvm_kernel::toI32(ib, slots));
+              auto fromI32 = [&](Value x) -> Value {
+                return arith::IndexCastOp::create(ib, ib.getIndexType(), x);
+              };
+              Value firstPart = ie.add(c[0], ie.sub(fromI32(partSum), parts));
+              Value firstSlot = ie.add(c[1], ie.sub(fromI32(slotSum), slots));
+              ifThen(ib, inside, [&](ImplicitLocOpBuilder &jb) {
+                KernelBuilder je{jb, e.element};
+                nvvm_kernel::BlockRow keys = nvvm_kernel::locateBlockRow(
+                    jb, ops.cu, row, ops.blockSize);
+                Value fields[] = {parts, firstSlot, keys.first, keys.end};
+                for (auto [f, value] : llvm::enumerate(fields))
+                  memref::StoreOp::create(
+                      jb, nvvm_kernel::toI32(jb, value), plan.rowPlan,
+                      ValueRange{g, row, je.index(static_cast<int64_t>(f))});
+                scf::ForOp::create(
+                    jb, je.index(0), parts, je.index(1), ValueRange{},
+                    [&](OpBuilder &pb, Location ploc, Value part, ValueRange) {
+                      ImplicitLocOpBuilder qb(ploc, pb);
+                      KernelBuilder qe{qb, e.element};
+                      Value item = qe.add(firstPart, part);
+                      memref::StoreOp::create(
+                          qb, nvvm_kernel::toI32(qb, row), plan.itemList,
+                          ValueRange{g, item, qe.index(0)});
+                      memref::StoreOp::create(
+                          qb, nvvm_kernel::toI32(qb, part), plan.itemList,
+                          ValueRange{g, item, qe.index(1)});
+                      scf::YieldOp::create(qb);
+                    });
+              });
+              scf::YieldOp::create(
+                  ib, ValueRange{ie.add(c[0], lastLane(ie, partSum)),
+                                 ie.add(c[1], lastLane(ie, slotSum))});
+            });
+        // The parts past the head's last: row = rows.
+        scf::ForOp::create(
+            kb, ke.add(scan.getResult(0), lane), plan.items, ke.index(32),
+            ValueRange{}, [&](OpBuilder &fb, Location loc, Value item,
+                              ValueRange) {
+              ImplicitLocOpBuilder ib(loc, fb);
+              KernelBuilder ie{ib, e.element};
+              memref::StoreOp::create(ib, nvvm_kernel::toI32(ib, plan.rows),
+                                      plan.itemList,
+                                      ValueRange{g, item, ie.index(0)});
+              scf::YieldOp::create(ib);
+            });
+      });
+  return plan;
+}
+
+/// The rows whose walk was split: dK and dV of each key as the sum of its
+/// parts' slots in split order, rounded once; four columns a thread.
+void emitReduceSplits(ImplicitLocOpBuilder &b, const GradOperands &ops,
+                      const SplitPlan &plan) {
+  KernelBuilder e{b, ops.element()};
+  int64_t quads = ops.headDim / 4;
+  Value count = e.mul(e.mul(e.index(ops.kvHeads()), plan.rows),
+                      e.index(ops.blockSize * quads));
+  nvvm_kernel::launchPerItem(
+      b, count, /*threads=*/256, [&](ImplicitLocOpBuilder &kb, Value linear) {
+        KernelBuilder ke{kb, e.element};
+        Value col = ke.mul(ke.rem(linear, ke.index(quads)), ke.index(4));
+        Value rest = ke.div(linear, ke.index(quads));
+        Value keyInBlock = ke.rem(rest, ke.index(ops.blockSize));
+        rest = ke.div(rest, ke.index(ops.blockSize));
+        Value row = ke.rem(rest, plan.rows);
+        Value g = ke.div(rest, plan.rows);
+        auto field = [&](int64_t f) {
+          return ke.loadIndex(plan.rowPlan, {g, row, ke.index(f)});
+        };
+        Value parts = field(0);
+        Value key = ke.add(field(2), keyInBlock);
+        Value split = arith::CmpIOp::create(kb, arith::CmpIPredicate::ugt,
+                                            parts, ke.index(1));
+        ifThen(kb, arith::AndIOp::create(kb, split, ke.ult(key, field(3))),
+               [&](ImplicitLocOpBuilder &ib) {
+          KernelBuilder ie{ib, e.element};
+          Value first = ie.add(ie.mul(g, plan.slots), field(1));
+          auto type = VectorType::get({4}, ib.getF32Type());
+          for (auto [which, target] :
+               llvm::enumerate(SmallVector<Value, 2>{ops.dk, ops.dv})) {
+            Value zeros = arith::ConstantOp::create(
+                ib, type, DenseElementsAttr::get(type, ib.getF32FloatAttr(0)));
+            auto sum = scf::ForOp::create(
+                ib, ie.index(0), parts, ie.index(1), ValueRange{zeros},
+                [&](OpBuilder &fb, Location loc, Value part, ValueRange acc) {
+                  ImplicitLocOpBuilder sb(loc, fb);
+                  KernelBuilder se{sb, e.element};
+                  auto load = vector::LoadOp::create(
+                      sb, type, plan.partials,
+                      ValueRange{se.add(first, part), keyInBlock,
+                                 se.index(static_cast<int64_t>(which)), col});
+                  load.setAlignment(16);
+                  scf::YieldOp::create(
+                      sb, ValueRange{arith::AddFOp::create(sb, acc[0], load)});
+                });
+            Type stored = cast<MemRefType>(target.getType()).getElementType();
+            Value result = sum.getResult(0);
+            if (!stored.isF32())
+              result = arith::TruncFOp::create(
+                  ib, VectorType::get({4}, stored), result);
+            vector::StoreOp::create(ib, result, target,
+                                    ValueRange{key, g, col})
+                .setAlignment(4 * stored.getIntOrFloatBitWidth() / 8);
+          }
+        });
+      });
+}
+
+} // namespace
+
 void mlir::moba::grouped_attention_grad::emitKeyValueGrad(
     ImplicitLocOpBuilder &b, const GradOperands &ops,
     const KeyValueGradShape &shape) {
   KernelBuilder e{b, ops.element()};
-  Value rows = memref::DimOp::create(b, ops.counts, 1);
+  SplitPlan plan = emitSplitPlan(b, ops, shape);
   int64_t tilesPerRow = llvm::divideCeil(ops.blockSize, shape.keys());
-  // CTA (g, row, tile), tile-major within a row; one CTA even with no rows
-  // (a launch needs one), which then finds none.
-  Value perHead = e.mul(rows, e.index(tilesPerRow));
-  Value used = e.mul(perHead, e.index(ops.kvHeads()));
-  Value ctas = arith::MaxUIOp::create(b, used, e.index(1));
-  Value divisor = arith::MaxUIOp::create(b, perHead, e.index(1));
+  // CTA (g, part, tile), tile-major within a part; parts past a head's
+  // last find row = rows and return.
+  Value perHead = e.mul(plan.items, e.index(tilesPerRow));
+  Value ctas = e.mul(perHead, e.index(ops.kvHeads()));
   int64_t bytes = ops.element().getIntOrFloatBitWidth() / 8;
   int64_t sharedBytes = shape.sharedBytes(ops.headDim, bytes, ops.group);
   nvvm_kernel::launch(
@@ -425,23 +674,29 @@ void mlir::moba::grouped_attention_grad::emitKeyValueGrad(
       [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp launchOp) {
         KernelBuilder ke{kb, e.element};
         KeyValueGradCta cta{ops, shape};
+        cta.partials = plan.partials;
         Value id = launchOp.getBlockIds().x;
         cta.tid = launchOp.getThreadIds().x;
         cta.warp = ke.div(cta.tid, ke.index(32));
         cta.lane = ke.rem(cta.tid, ke.index(32));
-        cta.g = ke.div(id, divisor);
-        Value rest = ke.rem(id, divisor);
-        cta.row = ke.div(rest, ke.index(tilesPerRow));
+        cta.g = ke.div(id, perHead);
+        Value rest = ke.rem(id, perHead);
+        Value item = ke.div(rest, ke.index(tilesPerRow));
         Value tile = ke.rem(rest, ke.index(tilesPerRow));
+        cta.row = ke.loadIndex(plan.itemList, {cta.g, item, ke.index(0)});
         // Every thread takes the same branches: the barriers inside are
         // reached by all.
-        ifThen(kb, ke.ult(id, used), [&](ImplicitLocOpBuilder &ib) {
+        ifThen(kb, ke.ult(cta.row, plan.rows), [&](ImplicitLocOpBuilder &ib) {
           KernelBuilder ie{ib, e.element};
-          nvvm_kernel::BlockRow keys = nvvm_kernel::locateBlockRow(
-              ib, ops.cu, cta.row, ops.blockSize);
-          cta.tileFirst = ie.add(keys.first,
-                                 ie.mul(tile, ie.index(shape.keys())));
-          cta.keyEnd = keys.end;
+          auto field = [&](int64_t f) {
+            return ie.loadIndex(plan.rowPlan, {cta.g, cta.row, ie.index(f)});
+          };
+          cta.split = ie.loadIndex(plan.itemList, {cta.g, item, ie.index(1)});
+          cta.splits = field(0);
+          cta.firstSlot = field(1);
+          cta.tileInBlock = ie.mul(tile, ie.index(shape.keys()));
+          cta.tileFirst = ie.add(field(2), cta.tileInBlock);
+          cta.keyEnd = field(3);
           ifThen(ib, ie.ult(cta.tileFirst, cta.keyEnd),
                  [&](ImplicitLocOpBuilder &cb) {
             KernelBuilder ce{cb, e.element};
@@ -455,26 +710,31 @@ void mlir::moba::grouped_attention_grad::emitKeyValueGrad(
             cta.emitKeyValueCopies(cb);
             cta.emitHeadTable(cb);
             gpu::BarrierOp::create(cb);
+            // This part's steps of the tile's walk: the walk cut into
+            // `splits` runs of equal length.
             Value total = cta.emitTotalChunks(cb);
-            // Step 0's queries join the keys' copies in the first group;
-            // then one barrier a step publishes its copies and frees the
-            // buffer of the step before, which the next step's copies
+            Value length = arith::CeilDivUIOp::create(cb, total, cta.splits);
+            Value first = ce.minU(ce.mul(cta.split, length), total);
+            Value end = ce.minU(ce.add(first, length), total);
+            // The first step's queries join the keys' copies in the first
+            // group; then one barrier a step publishes its copies and frees
+            // the buffer of the step before, which the next step's copies
             // refill during this one.
-            ifThen(cb, ce.ult(ce.index(0), total),
-                   [&](ImplicitLocOpBuilder &sb) {
-                     cta.emitQueryCopies(sb, ce.index(0), ce.index(0));
-                   });
+            ifThen(cb, ce.ult(first, end), [&](ImplicitLocOpBuilder &sb) {
+              KernelBuilder se{sb, e.element};
+              cta.emitQueryCopies(sb, first, se.rem(first, se.index(2)));
+            });
             NVVM::CpAsyncCommitGroupOp::create(cb);
             SmallVector<Value> inits(ops.headDim, ce.f32(0.0));
             auto walk = scf::ForOp::create(
-                cb, ce.index(0), total, ce.index(1), inits,
+                cb, first, end, ce.index(1), inits,
                 [&](OpBuilder &fb, Location loc, Value step, ValueRange acc) {
                   ImplicitLocOpBuilder lb(loc, fb);
                   KernelBuilder le{lb, e.element};
                   NVVM::CpAsyncWaitGroupOp::create(lb, 0);
                   gpu::BarrierOp::create(lb);
                   Value next = le.add(step, le.index(1));
-                  ifThen(lb, le.ult(next, total),
+                  ifThen(lb, le.ult(next, end),
                          [&](ImplicitLocOpBuilder &sb) {
                            KernelBuilder se{sb, e.element};
                            cta.emitQueryCopies(sb, next,
@@ -489,4 +749,7 @@ void mlir::moba::grouped_attention_grad::emitKeyValueGrad(
           });
         });
       });
+  emitReduceSplits(b, ops, plan);
+  for (Value buffer : {plan.rowPlan, plan.itemList, plan.partials})
+    memref::DeallocOp::create(b, buffer);
 }
