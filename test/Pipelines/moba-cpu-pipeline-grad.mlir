@@ -56,7 +56,7 @@
 // LLVM-NOT: scf.
 // LLVM-NOT: memref.
 
-// GPU: error: 'moba.attention_grad' op has no GPU lowering yet: the attention backward compiles with moba-cpu-pipeline only
+// GPU: error: 'moba.attention_grad' op has no GPU lowering here: the GPU backward runs only on the tensor-core path: moba-gpu-pipeline needs mma=true and densify=true for it
 
 func.func @moba_attention_grad(
     %q: memref<?x8x64xbf16>, %k: memref<?x2x64xbf16>, %v: memref<?x2x64xbf16>,
