@@ -47,20 +47,72 @@ struct RejectOptionsPass
   std::string message;
 };
 
-/// Fails on the ops of the attention backward, which have loop lowerings
-/// for the CPU but no GPU kernels: a clear error, where the GPU passes would
+/// Fails on the ops of the attention backward that the GPU cannot run. The
+/// row term and the slot sum become parallel loops on GPU threads; the
+/// grouped backward has only its tensor-core lowering, which needs the
+/// tensor-core path (mma, with densify) and operands it takes
+/// (GroupedBlockAttentionGradOp::isMmaSyncCompatible). moba.attention_grad
+/// is checked on its own operands, which its decomposition hands the
+/// grouped backward: a clear error here, where the GPU passes would
 /// otherwise meet moba ops they do not know.
 struct RejectGradientsPass
     : public PassWrapper<RejectGradientsPass, OperationPass<>> {
   MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(RejectGradientsPass)
+  explicit RejectGradientsPass(bool tensorCores) : tensorCores(tensorCores) {}
   StringRef getArgument() const override { return "moba-reject-gradients"; }
+
+  /// Why the grouped backward of q and k cannot run on the GPU, or "".
+  std::string whyNot(Type q, Type k) const {
+    if (!tensorCores)
+      return "the GPU backward runs only on the tensor-core path: "
+             "moba-gpu-pipeline needs mma=true and densify=true for it";
+    if (!GroupedBlockAttentionGradOp::isMmaSyncCompatible(q, k))
+      return "the GPU backward's tensor-core kernel needs f16 or bf16 q, "
+             "a static head_dim that is a multiple of 16 up to 128 and "
+             "static head counts; got q of type " +
+             typeString(q) + " and k of type " + typeString(k) +
+             " (moba-cpu-pipeline compiles it)";
+    return "";
+  }
+  static std::string typeString(Type type) {
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    os << type;
+    return text;
+  }
+
+  void runOnOperation() override {
+    WalkResult result = getOperation()->walk([&](Operation *op) {
+      std::string problem;
+      if (auto grad = dyn_cast<AttentionGradOp>(op))
+        problem = whyNot(grad.getQ().getType(), grad.getK().getType());
+      else if (auto grad = dyn_cast<GroupedBlockAttentionGradOp>(op))
+        problem = whyNot(grad.getQ().getType(), grad.getK().getType());
+      if (problem.empty())
+        return WalkResult::advance();
+      op->emitOpError("has no GPU lowering here: ") << problem;
+      return WalkResult::interrupt();
+    });
+    if (result.wasInterrupted())
+      signalPassFailure();
+  }
+
+  bool tensorCores;
+};
+
+/// Fails on moba ops that are still there once the GPU lowerings and the
+/// mapping of the loops have run: an op kept for a kernel that did not take
+/// it would otherwise reach the LLVM lowering, which leaves it as it is.
+struct RejectUnloweredOpsPass
+    : public PassWrapper<RejectUnloweredOpsPass, OperationPass<>> {
+  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(RejectUnloweredOpsPass)
+  StringRef getArgument() const override { return "moba-reject-unlowered"; }
   void runOnOperation() override {
     WalkResult result = getOperation()->walk([](Operation *op) {
-      if (!isa<AttentionGradOp, AttentionRowTermOp,
-               GroupedBlockAttentionGradOp, SumSlotsOp>(op))
+      if (!isa<MobaDialect>(op->getDialect()))
         return WalkResult::advance();
-      op->emitOpError("has no GPU lowering yet: the attention backward "
-                      "compiles with moba-cpu-pipeline only");
+      op->emitOpError("is left after the GPU lowerings: no kernel of this "
+                      "pipeline took it");
       return WalkResult::interrupt();
     });
     if (result.wasInterrupted())
@@ -197,7 +249,8 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
     pm.addPass(std::make_unique<RejectOptionsPass>(problem));
     return;
   }
-  pm.addPass(std::make_unique<RejectGradientsPass>());
+  pm.addPass(std::make_unique<RejectGradientsPass>(options.densify &&
+                                                   options.mma));
   // Checked above: the plan parses.
   AttentionKernelPlan plan = cantFail(mmaKernelPlan(options));
   CpuPipelineOptions loops;
@@ -216,13 +269,16 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
     pm.addPass(createMobaConvertGroupQueriesToNVVM());
   if (loops.keepMmaCompatibleGate)
     pm.addPass(createMobaConvertGateTopKToNVVM());
-  if (options.densify && options.mma)
+  if (options.densify && options.mma) {
     pm.addPass(createMobaConvertGroupedAttentionToNVVM(
         MobaConvertGroupedAttentionToNVVMOptions{plan.warps, plan.keyChunk,
                                                  plan.instruction, plan.loads,
                                                  plan.stages, plan.schedule}));
+    // moba-convert-grouped-attention-grad-to-nvvm runs here (lead adds).
+  }
   pm.addPass(createMobaMapForallToGpu(
       MobaMapForallToGpuOptions{options.threadsPerBlock}));
+  pm.addPass(std::make_unique<RejectUnloweredOpsPass>());
   pm.addPass(createCanonicalizerPass());
   // Rows of q, k, v, out and of device allocations start 16-byte aligned
   // (the runner checks the caller's): whole-row vector transfers become

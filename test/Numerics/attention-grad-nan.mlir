@@ -10,6 +10,10 @@
 // RUN:   | mlir-runner -e main -entry-point-result=void \
 // RUN:       -shared-libs=%mlir_lib_dir/libmlir_c_runner_utils.so \
 // RUN:   | FileCheck %s
+// RUN: moba-opt %s --moba-cpu-pipeline="parallel=true" \
+// RUN:   | mlir-runner -e main -entry-point-result=void \
+// RUN:       -shared-libs=%mlir_lib_dir/libmlir_c_runner_utils.so \
+// RUN:   | FileCheck %s
 
 // NaN propagates as docs/semantics.md ("Gradients") says: the inputs of
 // attention-grad-tiny.mlir with q[1, head 0] NaN, hence its lse NaN. Its dq

@@ -10,6 +10,10 @@
 // RUN:   | mlir-runner -e main -entry-point-result=void \
 // RUN:       -shared-libs=%mlir_lib_dir/libmlir_c_runner_utils.so \
 // RUN:   | FileCheck %s
+// RUN: moba-opt %s --moba-cpu-pipeline="parallel=true" \
+// RUN:   | mlir-runner -e main -entry-point-result=void \
+// RUN:       -shared-libs=%mlir_lib_dir/libmlir_c_runner_utils.so \
+// RUN:   | FileCheck %s
 
 // moba.attention_grad compiled by the CPU pipeline and run on inputs small
 // enough to differentiate by hand. One sequence of two tokens, blocks of one

@@ -8,7 +8,8 @@ blocks of 3, and a caller's selection of 3 slots per query holding -1,
 blocks past the sequence's end and duplicates (which attend nothing), and,
 when causal, the own block first. The forward's out and lse come from the
 reference; the gradients dq, dk, dv of the compiled function must match the
-reference's to 1e-4. Prints one line per stage and gradient.
+reference's to 1e-4. Prints one line per stage (and for the parallel form)
+and gradient.
 
   grad_check.py MOBA_OPT MLIR_RUNNER RUNNER_LIB SEED causal|full
 """
@@ -175,9 +176,14 @@ func.func @main() {{
 """
 
 failed = False
-for stage in ["fused", "decomposed", "tiled"]:
+# Every stage, and the parallel form of the loops (scf.forall over rows and
+# over (key/value head, block row)), which must agree like the serial ones.
+for stage, options in [("fused", "stage=fused"),
+                       ("decomposed", "stage=decomposed"),
+                       ("tiled", "stage=tiled"),
+                       ("parallel", "stage=fused parallel=true")]:
     llvm = subprocess.run(
-        [moba_opt, "-", f"--moba-cpu-pipeline=stage={stage}"], input=module,
+        [moba_opt, "-", f"--moba-cpu-pipeline={options}"], input=module,
         capture_output=True, text=True, check=True).stdout
     result = subprocess.run(
         [mlir_runner, "-e", "main", "-entry-point-result=void",

@@ -5,6 +5,7 @@
 // RUN: moba-opt %s --moba-cpu-pipeline | FileCheck %s --check-prefix=LLVM
 // RUN: moba-opt %s --moba-cpu-pipeline="stage=decomposed" | FileCheck %s --check-prefix=LLVM
 // RUN: moba-opt %s --moba-cpu-pipeline="stage=tiled" | FileCheck %s --check-prefix=LLVM
+// RUN: moba-opt %s --moba-cpu-pipeline="parallel=true" | FileCheck %s --check-prefixes=LLVM,INPLACE
 // RUN: not moba-opt %s --moba-gpu-pipeline="format=isa" 2>&1 | FileCheck %s --check-prefix=GPU
 
 // The backward on the entry function a runner compiles (dynamic token
@@ -45,13 +46,17 @@
 // LOOPS: return
 
 // Down to the LLVM dialect, with the C interface a runner calls.
+// The parallel form's iterations write the dq partials in place: no copy of
+// the buffer onto itself is left (memrefCopy, which the runners do not link).
+// INPLACE-NOT: memrefCopy
 // LLVM: llvm.func @moba_attention_grad
+// INPLACE-NOT: memrefCopy
 // LLVM: llvm.func @_mlir_ciface_moba_attention_grad
 // LLVM-NOT: moba.
 // LLVM-NOT: scf.
 // LLVM-NOT: memref.
 
-// GPU: error: 'moba.attention_grad' op has no GPU lowering yet: the attention backward compiles with moba-cpu-pipeline only
+// GPU: error: 'moba.attention_grad' op has no GPU lowering here: the GPU backward runs only on the tensor-core path: moba-gpu-pipeline needs mma=true and densify=true for it
 
 func.func @moba_attention_grad(
     %q: memref<?x8x64xbf16>, %k: memref<?x2x64xbf16>, %v: memref<?x2x64xbf16>,

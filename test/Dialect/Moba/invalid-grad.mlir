@@ -168,3 +168,12 @@ func.func @sum_slots_no_slots(%p: tensor<0x64x8x32xf32>, %init: tensor<64x8x32xb
   %dq = moba.sum_slots partials(%p : tensor<0x64x8x32xf32>) outs(%init : tensor<64x8x32xbf16>)
   return
 }
+
+// -----
+
+// The grouped backward exists on tensors or on memrefs, not both at once.
+func.func @grouped_grad_mixed_forms(%q: tensor<64x4x32xbf16>, %k: tensor<64x2x32xbf16>, %cu: tensor<3xi32>, %sel: tensor<64x4x2xi32>, %g: tensor<4x5xi32>, %e: tensor<4x128xi32>, %lse: tensor<64x4xf32>, %dqp: tensor<2x64x4x32xf32>, %dk: tensor<64x2x32xbf16>, %row: memref<64x4xf32>) {
+  // expected-error @+1 {{operands must be all tensors or all memrefs}}
+  %r:3 = moba.grouped_block_attention_grad q(%q : tensor<64x4x32xbf16>) k(%k : tensor<64x2x32xbf16>) v(%k : tensor<64x2x32xbf16>) cu_seqlens(%cu : tensor<3xi32>) selected(%sel : tensor<64x4x2xi32>) groups(%g : tensor<4x5xi32>, %g : tensor<4x5xi32>, %e : tensor<4x128xi32>) grad_out(%q : tensor<64x4x32xbf16>) lse(%lse : tensor<64x4xf32>) row_term(%row : memref<64x4xf32>) outs(%dqp : tensor<2x64x4x32xf32>, %dk : tensor<64x2x32xbf16>, %dk : tensor<64x2x32xbf16>) {block_size = 16, scale = 0.25 : f32}
+  return
+}

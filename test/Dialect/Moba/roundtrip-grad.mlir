@@ -117,6 +117,28 @@ func.func @grouped_grad(
                           tensor<4096x8x128xf32>
 }
 
+// The memref form (after bufferization): no results, the inits written in
+// place.
+// CHECK-LABEL: func @grouped_grad_on_buffers
+func.func @grouped_grad_on_buffers(
+    %q: memref<64x4x32xbf16>, %k: memref<64x2x32xbf16>, %cu: memref<3xi32>,
+    %sel: memref<64x4x2xi32>, %g: memref<4x5xi32>, %e: memref<4x128xi32>,
+    %lse: memref<64x4xf32>, %dqp: memref<2x64x4x32xf32>,
+    %dk: memref<64x2x32xbf16>, %dv: memref<64x2x32xbf16>) {
+  // CHECK: moba.grouped_block_attention_grad q(%{{[a-z0-9_]+}} : memref<64x4x32xbf16>)
+  // CHECK-SAME: outs(%{{[a-z0-9_]+}} : memref<2x64x4x32xf32>, %{{[a-z0-9_]+}} : memref<64x2x32xbf16>, %{{[a-z0-9_]+}} : memref<64x2x32xbf16>)
+  // CHECK-SAME: block_size = 16
+  // CHECK-NOT: ->
+  moba.grouped_block_attention_grad
+      q(%q : memref<64x4x32xbf16>) k(%k : memref<64x2x32xbf16>) v(%k : memref<64x2x32xbf16>)
+      cu_seqlens(%cu : memref<3xi32>) selected(%sel : memref<64x4x2xi32>)
+      groups(%g : memref<4x5xi32>, %g : memref<4x5xi32>, %e : memref<4x128xi32>)
+      grad_out(%q : memref<64x4x32xbf16>) lse(%lse : memref<64x4xf32>) row_term(%lse : memref<64x4xf32>)
+      outs(%dqp : memref<2x64x4x32xf32>, %dk : memref<64x2x32xbf16>, %dv : memref<64x2x32xbf16>)
+      {block_size = 16, scale = 0.25 : f32}
+  return
+}
+
 // CHECK-LABEL: func @sum_slots
 func.func @sum_slots(%p: tensor<3x?x32x128xf32>, %init: tensor<?x32x128xbf16>)
     -> tensor<?x32x128xbf16> {

@@ -578,8 +578,8 @@ static LogicalResult verifyTensorOrBufferForm(DestinationStyleOpInterface op,
 
 /// f16 or bf16 queries with head_dim a static multiple of 16 up to 128: what
 /// the tensor-core lowerings take.
-static bool hasMmaCompatibleQueries(Value queries) {
-  auto q = cast<ShapedType>(queries.getType());
+static bool hasMmaCompatibleQueries(Type queries) {
+  auto q = cast<ShapedType>(queries);
   int64_t d = q.getShape().back();
   return (q.getElementType().isF16() || q.getElementType().isBF16()) &&
          !ShapedType::isDynamic(d) && d % 16 == 0 && d <= 128;
@@ -619,7 +619,7 @@ void GateTopKOp::getEffects(
 }
 
 bool GateTopKOp::isMmaSyncCompatible() {
-  return hasMmaCompatibleQueries(getQueries()) &&
+  return hasMmaCompatibleQueries(getQueries().getType()) &&
          getKeptByScore() <= kMaxMmaKeptBlocks;
 }
 
@@ -794,7 +794,7 @@ void GroupedBlockAttentionOp::getEffects(
 }
 
 bool GroupedBlockAttentionOp::isMmaSyncCompatible() {
-  return hasMmaCompatibleQueries(getQ());
+  return hasMmaCompatibleQueries(getQ().getType());
 }
 
 LogicalResult GroupedBlockAttentionOp::verify() {
@@ -887,8 +887,38 @@ MutableOperandRange GroupedBlockAttentionGradOp::getDpsInitsMutable() {
   return trailingOperands(*this, 3);
 }
 
+void GroupedBlockAttentionGradOp::getAsmResultNames(
+    function_ref<void(Value, StringRef)> setNameFn) {
+  // One name per result (%dq_partials, %dk, %dv), not one pack of three.
+  if (getNumResults() == 3) {
+    setNameFn(getDqPartials(), "dq_partials");
+    setNameFn(getDk(), "dk");
+    setNameFn(getDv(), "dv");
+  }
+}
+
+void GroupedBlockAttentionGradOp::getEffects(
+    SmallVectorImpl<SideEffects::EffectInstance<MemoryEffects::Effect>>
+        &effects) {
+  addBufferFormEffects(*this, effects);
+}
+
+bool GroupedBlockAttentionGradOp::isMmaSyncCompatible() {
+  return isMmaSyncCompatible(getQ().getType(), getK().getType());
+}
+
+bool GroupedBlockAttentionGradOp::isMmaSyncCompatible(Type q, Type k) {
+  // Ranked [tokens, heads, head_dim] (the verifiers of both ops check).
+  auto qType = cast<ShapedType>(q), kType = cast<ShapedType>(k);
+  return hasMmaCompatibleQueries(q) && !qType.isDynamicDim(1) &&
+         !kType.isDynamicDim(1);
+}
+
 LogicalResult GroupedBlockAttentionGradOp::verify() {
-  if (failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
+  if (failed(verifyTensorOrBufferForm(*this, "three results of the types of "
+                                             "dq_partials_init, dk_init and "
+                                             "dv_init")) ||
+      failed(verifyPackedAttentionOperands(*this, getQ(), getK(), getV(),
                                            getCuSeqlens(), getSelected(),
                                            getBlockSize(), getScaleAttr())) ||
       failed(verifyGroups(*this, getSelected(), getStarts(), getCounts(),

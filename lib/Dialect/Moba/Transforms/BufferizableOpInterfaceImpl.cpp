@@ -26,7 +26,10 @@ namespace {
 ///    (listed slots with their block's attention, the others -inf);
 ///  * moba.gate_topk writes the K slots of every token and head;
 ///  * moba.group_queries writes every start and count, and every entry
-///    (listed, or -1 past the last).
+///    (listed, or -1 past the last);
+///  * moba.grouped_block_attention_grad writes every dq partial (0 for a
+///    slot that attends nothing) and every dk and dv row (0 for a key no
+///    query attends).
 /// The op is re-created on its operands' buffers, with no results; its
 /// results become the init buffers.
 template <typename OpTy>
@@ -71,5 +74,7 @@ void mlir::moba::registerBufferizableOpInterfaceExternalModels(
         *context);
     GroupQueriesOp::attachInterface<
         WriteOnlyInitsBufferization<GroupQueriesOp>>(*context);
+    GroupedBlockAttentionGradOp::attachInterface<
+        WriteOnlyInitsBufferization<GroupedBlockAttentionGradOp>>(*context);
   });
 }

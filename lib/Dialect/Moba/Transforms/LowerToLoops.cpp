@@ -55,6 +55,9 @@ struct MobaLowerToLoopsPass
       if (auto grouped = dyn_cast<GroupedBlockAttentionOp>(op))
         if (keepMmaCompatibleAttention && grouped.isMmaSyncCompatible())
           return WalkResult::advance();
+      if (auto grad = dyn_cast<GroupedBlockAttentionGradOp>(op))
+        if (keepMmaCompatibleAttention && grad.isMmaSyncCompatible())
+          return WalkResult::advance();
       if (auto gate = dyn_cast<GateTopKOp>(op))
         if (keepMmaCompatibleGate && gate.isMmaSyncCompatible())
           return WalkResult::advance();
@@ -92,5 +95,6 @@ void mlir::moba::populateMobaLowerToLoopsPatterns(
   populateLowerMergeToLoopsPatterns(patterns, parallel);
   populateLowerGroupingToLoopsPatterns(patterns, parallel,
                                        keepWarpCompatibleGrouping);
-  populateLowerGradToLoopsPatterns(patterns, parallel);
+  populateLowerGradToLoopsPatterns(patterns, parallel,
+                                   keepMmaCompatibleAttention);
 }

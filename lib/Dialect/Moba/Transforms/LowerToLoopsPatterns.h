@@ -50,9 +50,11 @@ void populateLowerGroupingToLoopsPatterns(RewritePatternSet &patterns,
                                           bool keepWarpCompatibleGrouping);
 
 /// moba.attention_row_term, moba.grouped_block_attention_grad and
-/// moba.sum_slots (LowerGradToLoops.cpp): serial loops either way.
+/// moba.sum_slots (LowerGradToLoops.cpp); with `keepMmaCompatibleAttention`,
+/// grouped backward ops the tensor-core lowering handles stay.
 void populateLowerGradToLoopsPatterns(RewritePatternSet &patterns,
-                                      bool parallel);
+                                      bool parallel,
+                                      bool keepMmaCompatibleAttention);
 
 } // namespace mlir::moba
 

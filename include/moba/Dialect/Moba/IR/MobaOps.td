@@ -792,10 +792,11 @@ def Moba_AttentionRowTermOp : Moba_DpsOp<"attention_row_term",
   let hasVerifier = 1;
 }
 
-def Moba_GroupedBlockAttentionGradOp : Moba_DpsOp<
+def Moba_GroupedBlockAttentionGradOp : Moba_Op<
     "grouped_block_attention_grad",
-    [AllTypesMatch<["dq_partials_init", "dq_partials"]>,
-     AllTypesMatch<["dk_init", "dk"]>, AllTypesMatch<["dv_init", "dv"]>]> {
+    [DeclareOpInterfaceMethods<DestinationStyleOpInterface>,
+     DeclareOpInterfaceMethods<MemoryEffectsOpInterface>,
+     DeclareOpInterfaceMethods<OpAsmOpInterface, ["getAsmResultNames"]>]> {
   let summary = "Attention backward per key block, over the queries that "
                 "chose it";
   let description = [{
@@ -827,6 +828,13 @@ def Moba_GroupedBlockAttentionGradOp : Moba_DpsOp<
     and `lse` the forward's. Grouping by key block makes every sum a loop
     within one block's work: no atomics, and the same bits on every run.
 
+    Like `moba.grouped_block_attention` it exists on tensors (three results,
+    of the types of the inits) and, after bufferization, on memrefs (no
+    results, the inits written in place): the GPU pipeline keeps the ops its
+    tensor-core lowering takes (`isMmaSyncCompatible`) through
+    bufferization, since that kernel's warps share fragments that no tensor
+    value describes.
+
     Example:
 
     ```mlir
@@ -845,29 +853,27 @@ def Moba_GroupedBlockAttentionGradOp : Moba_DpsOp<
   }];
 
   let arguments = (ins
-    Moba_QKVTensor:$q,
-    Moba_QKVTensor:$k,
-    Moba_QKVTensor:$v,
-    Moba_CuSeqlens:$cu_seqlens,
-    Moba_IndexTensor:$selected,
-    Moba_IndexTensor:$starts,
-    Moba_IndexTensor:$counts,
-    Moba_IndexTensor:$entries,
-    Moba_QKVTensor:$grad_out,
-    Moba_F32Tensor:$lse,
-    Moba_F32Tensor:$row_term,
-    Moba_F32Tensor:$dq_partials_init,
-    Moba_QKVTensor:$dk_init,
-    Moba_QKVTensor:$dv_init,
+    Moba_QKVShaped:$q,
+    Moba_QKVShaped:$k,
+    Moba_QKVShaped:$v,
+    Moba_CuSeqlensShaped:$cu_seqlens,
+    Moba_IndexShaped:$selected,
+    Moba_IndexShaped:$starts,
+    Moba_IndexShaped:$counts,
+    Moba_IndexShaped:$entries,
+    Moba_QKVShaped:$grad_out,
+    Moba_F32Shaped:$lse,
+    Moba_F32Shaped:$row_term,
+    Moba_F32Shaped:$dq_partials_init,
+    Moba_QKVShaped:$dk_init,
+    Moba_QKVShaped:$dv_init,
     I64Attr:$block_size,
     F32Attr:$scale,
     DefaultValuedAttr<BoolAttr, "true">:$causal
   );
-  let results = (outs
-    Moba_F32Tensor:$dq_partials,
-    Moba_QKVTensor:$dk,
-    Moba_QKVTensor:$dv
-  );
+  // Three results on tensors (dq_partials, dk, dv), none on memrefs: their
+  // types are the inits', so the assembly does not spell them.
+  let results = (outs Variadic<Moba_QKVTensor>:$results);
   let assemblyFormat = [{
     `q` `(` $q `:` type($q) `)`
     `k` `(` $k `:` type($k) `)`
@@ -881,7 +887,25 @@ def Moba_GroupedBlockAttentionGradOp : Moba_DpsOp<
     `row_term` `(` $row_term `:` type($row_term) `)`
     `outs` `(` $dq_partials_init `:` type($dq_partials_init) `,`
                $dk_init `:` type($dk_init) `,`
-               $dv_init `:` type($dv_init) `)` attr-dict
+               $dv_init `:` type($dv_init) `)`
+    custom<ResultsOfInits>(type($results), ref(type($dq_partials_init)),
+                           ref(type($dk_init)), ref(type($dv_init)))
+    attr-dict
+  }];
+  let extraClassDeclaration = [{
+    /// The results of the tensor form.
+    ::mlir::Value getDqPartials() { return getResults()[0]; }
+    ::mlir::Value getDk() { return getResults()[1]; }
+    ::mlir::Value getDv() { return getResults()[2]; }
+    /// The operands allow the tensor-core lowering
+    /// (moba-convert-grouped-attention-grad-to-nvvm): f16 or bf16 q,
+    /// head_dim a static multiple of 16 up to 128 (the rule of
+    /// moba.grouped_block_attention), and static query and key/value head
+    /// counts (the kernel's grid and its GQA grouping are built from them).
+    bool isMmaSyncCompatible();
+    /// The same rule on the types of q and k, for moba.attention_grad,
+    /// whose decomposition hands its q and k to this op.
+    static bool isMmaSyncCompatible(::mlir::Type q, ::mlir::Type k);
   }];
   let hasVerifier = 1;
 }

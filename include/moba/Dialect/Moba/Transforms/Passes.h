@@ -52,9 +52,9 @@ void populateMobaTileAttentionPatterns(RewritePatternSet &patterns,
 /// The other decomposed ops (and untiled sparse attention) -> loops; with
 /// `parallel`, scf.forall loops over independent rows.
 /// With `keepMmaCompatibleAttention` (`keepMmaCompatibleGate`,
-/// `keepWarpCompatibleGrouping`), moba.grouped_block_attention
-/// (moba.gate_topk, moba.group_queries) ops that the GPU lowerings handle
-/// are left as they are.
+/// `keepWarpCompatibleGrouping`), moba.grouped_block_attention and
+/// moba.grouped_block_attention_grad (moba.gate_topk, moba.group_queries)
+/// ops that the GPU lowerings handle are left as they are.
 void populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
                                       bool parallel = false,
                                       bool keepMmaCompatibleAttention = false,

@@ -175,11 +175,14 @@ def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
     passes over (head, block row)); `moba.grouped_block_attention` walks the
     groups serially, or runs one iteration per (slot, token, head) reading
     the selection in parallel; `moba.lse_merge` merges per (token, head).
-    The backward's ops become serial loops with or without `parallel`:
-    `moba.attention_row_term` and `moba.sum_slots` per (token, head), and
-    `moba.grouped_block_attention_grad` per (key/value head, block row),
-    over the entries of the groups of the block, summing the block's `dk`
-    and `dv` rows in an f32 scratch of one block.
+    The backward's ops: `moba.attention_row_term` and `moba.sum_slots` per
+    (token, head) (with `parallel`, one `scf.forall` over them), and
+    `moba.grouped_block_attention_grad` per (key/value head, block row), over
+    the entries of the groups of the block, summing the block's `dk` and `dv`
+    rows in an f32 scratch of one block (with `parallel`, one `scf.forall`
+    over (key/value head, block row), each iteration with its own scratch:
+    it alone writes its block's `dk` and `dv` rows and its entries' `dq`
+    partials, so the result is the serial form's, bit for bit).
   }];
   let options = [
     Option<"parallel", "parallel", "bool", /*default=*/"false",
@@ -187,8 +190,9 @@ def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
     Option<"keepMmaCompatibleAttention", "keep-mma-compatible-attention",
            "bool", /*default=*/"false",
            "Leave moba.grouped_block_attention (f16/bf16, head_dim a "
-           "multiple of 16 up to 128) for the tensor-core lowering, which "
-           "runs after bufferization">,
+           "multiple of 16 up to 128) and moba.grouped_block_attention_grad "
+           "(the same, with static head counts) for the tensor-core "
+           "lowerings, which run after bufferization">,
     Option<"keepMmaCompatibleGate", "keep-mma-compatible-gate",
            "bool", /*default=*/"false",
            "Leave moba.gate_topk (f16/bf16 queries, head_dim a multiple of "
