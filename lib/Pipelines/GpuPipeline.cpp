@@ -274,7 +274,9 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
         MobaConvertGroupedAttentionToNVVMOptions{plan.warps, plan.keyChunk,
                                                  plan.instruction, plan.loads,
                                                  plan.stages, plan.schedule}));
-    // moba-convert-grouped-attention-grad-to-nvvm runs here (lead adds).
+    // The backward's grouped op, kept like the forward's, on the same
+    // tensor cores (mma.sync: its own kernel shapes, not the forward's plan).
+    pm.addPass(createMobaConvertGroupedAttentionGradToNVVM());
   }
   pm.addPass(createMobaMapForallToGpu(
       MobaMapForallToGpuOptions{options.threadsPerBlock}));

@@ -2,10 +2,11 @@
 // RUN: FileCheck %s --check-prefix=MAPPED < %t.mapped
 // RUN: not moba-opt %s --moba-gpu-pipeline="format=isa" -split-input-file 2>&1 | FileCheck %s --check-prefix=NOMMA
 // RUN: not moba-opt %s --moba-gpu-pipeline="format=isa densify=true mma=true" -split-input-file 2>&1 | FileCheck %s --check-prefix=BAD
-// Until moba-convert-grouped-attention-grad-to-nvvm runs in the pipeline,
-// nothing takes the kept grouped backward, and the pipeline says so rather
-// than hand it to the LLVM lowering.
-// RUN: not moba-opt %s --moba-gpu-pipeline="format=isa densify=true mma=true" -split-input-file 2>&1 | FileCheck %s --check-prefix=LEFT
+// The whole pipeline, for sm_80 and sm_90a: moba-convert-grouped-attention-
+// grad-to-nvvm takes the kept grouped backward (the later cases fail, hence
+// `not`).
+// RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_80 format=isa densify=true mma=true" -split-input-file 2>/dev/null | FileCheck %s --check-prefix=PTX
+// RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" -split-input-file 2>/dev/null | FileCheck %s --check-prefix=PTXTEXT
 
 // The backward on the GPU (the entry function a runner compiles: dynamic
 // token counts, GQA, bf16, head_dim 64). Its row term and its slot sum are
@@ -21,7 +22,11 @@
 // MAPPED:   %[[ROW:.+]] = memref.subview %[[DELTA]][%{{.+}}, %{{.+}}] [1, 1] [1, 1]
 // MAPPED:   memref.store %{{.+}}, %[[ROW]][%{{.+}}, %{{.+}}] : memref<1x1xf32
 // MAPPED: %[[DQP:[^,]+]], %{{.+}} = gpu.alloc async [%{{.+}}] (%{{.+}}) : memref<3x?x8x64xf32>
-// MAPPED: moba.grouped_block_attention_grad q(%{{.+}} : memref<?x8x64xbf16>) {{.+}} grad_out(%[[DO]] : memref<?x8x64xbf16>) {{.+}} row_term(%[[DELTA]] : memref<?x8xf32>) outs(%[[DQP]] : memref<3x?x8x64xf32>, %[[DK]] : memref<?x2x64xbf16>, %[[DV]] : memref<?x2x64xbf16>)
+// MAPPED: memref.load %[[DELTA]]
+// MAPPED: nvvm.mma.sync
+// MAPPED: vector.store %{{.+}}, %[[DQP]]
+// MAPPED: vector.store %{{.+}}, %[[DK]]
+// MAPPED: vector.store %{{.+}}, %[[DV]]
 // MAPPED: gpu.launch
 // MAPPED:   vector.transfer_read %[[DQP]]
 // MAPPED:   %[[DQROW:.+]] = memref.subview %[[DQ]]
@@ -32,7 +37,18 @@
 // The GPU backward is the tensor-core path's.
 // NOMMA: error: 'moba.attention_grad' op has no GPU lowering here: the GPU backward runs only on the tensor-core path: moba-gpu-pipeline needs mma=true and densify=true for it
 
-// LEFT: error: 'moba.grouped_block_attention_grad' op is left after the GPU lowerings: no kernel of this pipeline took it
+// Fourteen kernels: pooling, the gate, the grouping, the row term; the dq
+// kernels (the unlisted slots zeroed, the tile list, dq); the key/value
+// kernels (the plan, dK and dV, the split rows' sums); the slot sum.
+// PTX: llvm.func @moba_attention_grad(
+// PTX-NOT: moba.
+// PTX-COUNT-14: gpu.binary @moba_attention_grad_kernel
+// PTX-NOT: gpu.binary
+// The backward's kernels on mma.sync and ldmatrix (.trans for the products
+// over keys and queries), copies by cp.async.
+// PTXTEXT-DAG: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+// PTXTEXT-DAG: ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
+// PTXTEXT-DAG: cp.async.cg.shared.global
 
 func.func @moba_attention_grad(
     %q: memref<?x8x64xbf16>, %k: memref<?x2x64xbf16>, %v: memref<?x2x64xbf16>,
