@@ -63,7 +63,8 @@ struct MobaLowerToLoopsPass
           return WalkResult::advance();
       if (!isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
                LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp,
-               AttentionRowTermOp, GroupedBlockAttentionGradOp, SumSlotsOp>(
+               AttentionRowTermOp, GroupedBlockAttentionGradOp, SumSlotsOp,
+               PagedKvAppendOp, PagedDecodeAttentionOp>(
               op))
         return WalkResult::advance();
       // The ops that exist on buffers (after bufferization) have only their
@@ -93,4 +94,5 @@ void mlir::moba::populateMobaLowerToLoopsPatterns(
   populateLowerGroupingToLoopsPatterns(patterns, parallel,
                                        keepWarpCompatibleGrouping);
   populateLowerGradToLoopsPatterns(patterns, parallel);
+  populateLowerPagedToLoopsPatterns(patterns, parallel);
 }

@@ -54,6 +54,11 @@ void populateLowerGroupingToLoopsPatterns(RewritePatternSet &patterns,
 void populateLowerGradToLoopsPatterns(RewritePatternSet &patterns,
                                       bool parallel);
 
+/// moba.paged_kv_append and moba.paged_decode_attention
+/// (LowerPagedToLoops.cpp): serial loops either way.
+void populateLowerPagedToLoopsPatterns(RewritePatternSet &patterns,
+                                       bool parallel);
+
 } // namespace mlir::moba
 
 #endif // MOBA_LIB_DIALECT_MOBA_TRANSFORMS_LOWERTOLOOPSPATTERNS_H
