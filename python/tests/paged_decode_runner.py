@@ -32,10 +32,14 @@ def _type(shape, element):
     return "tensor<" + "x".join(str(d) for d in shape) + f"x{element}>"
 
 
-def _constant(name, array):
+def _constant(name, array, element=None):
+    """`array` as a dense constant of its raw bytes; element "bf16" takes
+    float32 values and stores their bfloat16 bits (moba.to_bf16)."""
+    if element == "bf16":
+        array = moba.to_bf16(array)
     array = np.ascontiguousarray(array)
-    element = {np.dtype(np.float32): "f32", np.dtype(np.int32): "i32"}[
-        array.dtype]
+    element = element or {np.dtype(np.float32): "f32",
+                          np.dtype(np.int32): "i32"}[array.dtype]
     t = _type(array.shape, element)
     return (f'  %{name} = arith.constant dense<"0x{array.tobytes().hex()}"> '
             f": {t}\n", t)
@@ -43,7 +47,8 @@ def _constant(name, array):
 
 def run_decode_step(q, chunks, k, v, cu_seqlens, k_cache_poison,
                     block_table, block_size, top_k, max_blocks,
-                    selection="query_head", scale=None, decode_lens=None):
+                    selection="query_head", scale=None, decode_lens=None,
+                    dtype="f32"):
     """Appends the tokens of every sequence to an empty paged cache in
     `chunks` appends, then runs decode for the queries of the last chunk.
 
@@ -53,7 +58,9 @@ def run_decode_step(q, chunks, k, v, cu_seqlens, k_cache_poison,
     (only the rows of the last chunk are used). k_cache_poison: the pages'
     initial content ([pages, page_size, Hkv, D]; NaN, so a read of a slot
     never written shows). decode_lens: the cache_lens decode is given
-    (default: the true lengths).
+    (default: the true lengths). dtype: the element type of q, k, v, the
+    cache and the output, "f32" or "bf16" (values rounded to it on the way
+    in; the block sums and lse stay f32).
 
     Returns (out [Tq, Hq, D], lse [Tq, Hq], rows): rows are the packed
     indices of the queries in q.
@@ -64,13 +71,13 @@ def run_decode_step(q, chunks, k, v, cu_seqlens, k_cache_poison,
     hkv = k.shape[1]
     body, decls = "", {}
 
-    def const(name, array):
+    def const(name, array, element=None):
         nonlocal body
-        text, t = _constant(name, array)
+        text, t = _constant(name, array, element)
         body += text
         decls[name] = t
 
-    const("kc0", k_cache_poison.astype(np.float32))
+    const("kc0", k_cache_poison.astype(np.float32), dtype)
     const("table", block_table.astype(np.int32))
     sums0 = np.full((batch, max_blocks, hkv, d), np.nan, dtype=np.float32)
     const("sums0", sums0)
@@ -84,8 +91,8 @@ def run_decode_step(q, chunks, k, v, cu_seqlens, k_cache_poison,
             take.extend(range(cu[b] + done[b], cu[b] + done[b] + counts[b]))
             cu_new.append(cu_new[-1] + counts[b])
         take = np.asarray(take, dtype=np.int64)
-        const(f"k{step}", k[take].astype(np.float32))
-        const(f"v{step}", v[take].astype(np.float32))
+        const(f"k{step}", k[take].astype(np.float32), dtype)
+        const(f"v{step}", v[take].astype(np.float32), dtype)
         const(f"cu{step}", np.asarray(cu_new, dtype=np.int32))
         const(f"lens{step}", np.asarray(done, dtype=np.int32))
         body += (
@@ -100,13 +107,13 @@ def run_decode_step(q, chunks, k, v, cu_seqlens, k_cache_poison,
         kc, vc, sums = f"kc{step + 1}", f"vc{step + 1}", f"sums{step + 1}"
         done = [a + n for a, n in zip(done, counts)]
         rows = take
-    const("q", q[rows].astype(np.float32))
+    const("q", q[rows].astype(np.float32), dtype)
     const("cuq", np.asarray(np.concatenate([[0], np.cumsum(chunks[-1])]),
                             dtype=np.int32))
     lens = done if decode_lens is None else decode_lens
     const("lens", np.asarray(lens, dtype=np.int32))
     tq = len(rows)
-    out_t, lse_t = _type((tq, hq, d), "f32"), _type((tq, hq), "f32")
+    out_t, lse_t = _type((tq, hq, d), dtype), _type((tq, hq), "f32")
     attrs = f"block_size = {block_size}, top_k = {top_k}, " \
             f'selection = "{selection}"'
     if scale is not None:
@@ -123,14 +130,17 @@ def run_decode_step(q, chunks, k, v, cu_seqlens, k_cache_poison,
         f"outs(%o0 : {out_t}, %l0 : {lse_t}) {{{attrs}}}\n")
     # Every f32 of out, then of lse, as its bits.
     n_out, n_lse = tq * hq * d, tq * hq
-    body += f"""  %fo = tensor.collapse_shape %out [[0, 1, 2]] : {out_t} into tensor<{n_out}xf32>
+    widen = "" if dtype == "f32" else \
+        f"    %x = arith.extf %e : {dtype} to f32\n"
+    body += f"""  %fo = tensor.collapse_shape %out [[0, 1, 2]] : {out_t} into tensor<{n_out}x{dtype}>
   %fl = tensor.collapse_shape %lse [[0, 1]] : {lse_t} into tensor<{n_lse}xf32>
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   %no = arith.constant {n_out} : index
   %nl = arith.constant {n_lse} : index
   scf.for %i = %c0 to %no step %c1 {{
-    %x = tensor.extract %fo[%i] : tensor<{n_out}xf32>
+    %{"e" if widen else "x"} = tensor.extract %fo[%i] : tensor<{n_out}x{dtype}>
+{widen}
     %bits = arith.bitcast %x : f32 to i32
     vector.print %bits : i32
   }}

@@ -169,3 +169,34 @@ def test_bad_lengths_and_pages_give_nan_rows_and_no_stray_access():
                                      block, top_k, 5)
     assert np.isnan(out[6:]).all() and np.isnan(lse[6:]).all()
     assert not np.isnan(out[:6]).any()
+
+
+@pytest.mark.parametrize("page", [16, 64])
+def test_bf16_decode_rows_equal_the_full_forward(page):
+    """The same equivalence with a bf16 cache, queries and output (the
+    block sums, scores and lse f32): decode's rows against the bf16 full
+    forward's, at the numerics tests' bf16 tolerance."""
+    hq, hkv, d, top_k = 4, 2, 16, 3
+    block = 2 * page
+    seqlens, last = [300, 90, 140], [16, 1, 5]
+    rng = np.random.default_rng(page)
+    q, k, v, cu = random_inputs(rng, seqlens, hq, hkv, d)
+    q, k, v = (moba.from_bf16(moba.to_bf16(x)) for x in (q, k, v))
+    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                          block_size=block, top_k=top_k, dtype="bf16",
+                          target="cpu")
+    full_out, full_lse = kernel(*(moba.to_bf16(x) for x in (q, k, v)), cu,
+                                return_lse=True)
+    full_out = moba.from_bf16(full_out)
+    _, _, near_tie = moba_reference(q, k, v, cu, block, top_k)
+    table, pages = random_table(rng, seqlens, page)
+    poison = np.full((pages, page, hkv, d), np.nan, dtype=np.float32)
+    chunks = chunk_counts(rng, seqlens, last, 3)
+    max_blocks = max(-(-n // block) for n in seqlens)
+    out, lse, rows = run_decode_step(q, chunks, k, v, cu, poison, table,
+                                     block, top_k, max_blocks, dtype="bf16")
+    keep = ~near_tie[rows]
+    np.testing.assert_allclose(out[keep], full_out[rows][keep], rtol=1e-2,
+                               atol=1e-2)
+    np.testing.assert_allclose(lse[keep], full_lse[rows][keep], rtol=1e-2,
+                               atol=1e-2)
