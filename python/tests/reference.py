@@ -144,3 +144,107 @@ def random_inputs(rng, seqlens, hq, hkv, d):
     k = rng.standard_normal((tokens, hkv, d), dtype=np.float32)
     v = rng.standard_normal((tokens, hkv, d), dtype=np.float32)
     return q, k, v, cu
+
+
+def moba_paged_decode_reference(q, cu_seqlens_q, k_cache, v_cache,
+                                block_table, cache_lens, block_size, top_k,
+                                scale=None, selection="query_head",
+                                tie_tolerance=4e-5):
+    """Decode and chunked prefill against a paged KV cache
+    (docs/semantics.md, "Decode and chunked prefill"): query i of sequence
+    b's n_b queries sits at position cache_lens[b] - n_b + i and attends
+    causally to the sequence's cached keys, read through block_table. The
+    block means are computed here from the cached keys (in float64), not
+    taken from the kernel's running sums.
+
+    selection: "query_head" (MoBA's) or "kv_head" (the heads of a key/value
+    group share one top-k, ranked by the sum of their gate scores).
+
+    Returns (out [Tq, Hq, D], lse [Tq, Hq], near_tie [Tq, Hq] bool).
+    """
+    q, k_cache, v_cache = (np.asarray(x, dtype=np.float64)
+                           for x in (q, k_cache, v_cache))
+    if selection not in ("query_head", "kv_head"):
+        raise ValueError(f"selection must be query_head or kv_head, "
+                         f"got {selection!r}")
+    page_size = k_cache.shape[1]
+    if block_size % page_size:
+        raise ValueError(f"block_size {block_size} is not a multiple of "
+                         f"page_size {page_size}")
+    tokens, hq, d = q.shape
+    hkv = k_cache.shape[2]
+    group = hq // hkv
+    scale = _scale(scale, d)
+    out = np.zeros_like(q)
+    lse = np.zeros((tokens, hq))
+    near_tie = np.zeros((tokens, hq), dtype=bool)
+    cu = [int(x) for x in cu_seqlens_q]
+    with np.errstate(invalid="ignore"):
+        for b, (start, end) in enumerate(zip(cu[:-1], cu[1:])):
+            length = int(cache_lens[b])
+            positions = np.arange(length)
+            pages = np.asarray(block_table[b])[positions // page_size]
+            keys = k_cache[pages, positions % page_size]    # [len, Hkv, D]
+            values = v_cache[pages, positions % page_size]
+            for i, t in enumerate(range(start, end)):
+                p = length - (end - start) + i
+                own = p // block_size
+                means = [keys[j * block_size:(j + 1) * block_size].mean(0)
+                         for j in range(own)]               # finished blocks
+                for h in range(hq):
+                    g = h // group
+                    heads = (range(g * group, (g + 1) * group)
+                             if selection == "kv_head" else [h])
+                    scored = []
+                    for j in range(own):
+                        s = sum(float(q[t, hh] @ means[j][g]) for hh in heads)
+                        m = sum(float(np.abs(q[t, hh]) @ np.abs(means[j][g]))
+                                for hh in heads)
+                        scored.append((np.inf if np.isnan(s) else s, j, m))
+                    scored.sort(key=lambda x: (-x[0], -x[1]))
+                    take = top_k - 1
+                    chosen = [j for _, j, _ in scored[:take]] + [own]
+                    if 1 <= take < len(scored):
+                        bound = tie_tolerance * max(m for _, _, m in scored)
+                        gap = scored[take - 1][0] - scored[take][0]
+                        near_tie[t, h] = bool(0 < gap <= bound)
+                    attended = np.concatenate([
+                        np.arange(j * block_size,
+                                  min((j + 1) * block_size, p + 1))
+                        for j in chosen])
+                    w, lse[t, h] = _softmax(q[t, h], keys[attended, g], scale)
+                    out[t, h] = w @ values[attended, g]
+    return out, lse, near_tie
+
+
+def paged_cache_from_sequences(rng, k, v, cu_seqlens, page_size,
+                               extra_pages=3):
+    """Scatters the packed k, v [T, Hkv, D] of each sequence into the pages
+    of a fresh paged cache, pages assigned in random order across the batch
+    (plus a few unused pages filled with NaN, which no read may touch).
+
+    Returns (k_cache, v_cache [pages, page_size, Hkv, D], block_table
+    [B, max_pages] int32, cache_lens [B] int32).
+    """
+    cu = [int(x) for x in cu_seqlens]
+    lens = [e - s for s, e in zip(cu[:-1], cu[1:])]
+    need = [-(-n // page_size) for n in lens]
+    max_pages = max(need + [1])
+    pages = sum(need) + extra_pages
+    order = rng.permutation(pages).astype(np.int32)
+    shape = (pages, page_size) + k.shape[1:]
+    k_cache = np.full(shape, np.nan, dtype=k.dtype)
+    v_cache = np.full(shape, np.nan, dtype=v.dtype)
+    # Unused table entries name a real page: a kernel must not read them.
+    block_table = np.full((len(lens), max_pages), order[-1], dtype=np.int32)
+    used = 0
+    for b, (s, n) in enumerate(zip(cu[:-1], lens)):
+        for i in range(need[b]):
+            page = order[used]
+            used += 1
+            block_table[b, i] = page
+            rows = slice(s + i * page_size, min(s + (i + 1) * page_size, s + n))
+            count = rows.stop - rows.start
+            k_cache[page, :count] = k[rows]
+            v_cache[page, :count] = v[rows]
+    return k_cache, v_cache, block_table, np.asarray(lens, dtype=np.int32)

@@ -979,6 +979,136 @@ LogicalResult SumSlotsOp::verify() {
 }
 
 //===----------------------------------------------------------------------===//
+// The paged KV cache (PagedKvAppendOp, PagedDecodeAttentionOp)
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// Verifies the cache operands shared by the paged ops: k_cache and v_cache
+/// `[pages, page_size, Hkv, D]` (page_size static), block_table
+/// `[B, max_pages]`, cache_lens `[B]`, block_key_sums `[B, max_blocks, Hkv,
+/// D]`, `block_size` a multiple of page_size, and `cu` of `B + 1` offsets
+/// ending at `tokens`.
+LogicalResult verifyPagedCache(Operation *op, Checker &c, const Named &kc,
+                               const Named &vc, const Named &table,
+                               const Named &lens, const Named &sums, Value cu,
+                               StringRef cuName, int64_t tokens,
+                               int64_t blockSize) {
+  constexpr StringRef cacheLayout =
+      "[pages, page_size, key/value heads, head_dim]";
+  if (failed(c.rank(kc, 4, cacheLayout)) ||
+      failed(c.rank(vc, 4, cacheLayout)) || failed(c.sameShape(kc, vc)) ||
+      failed(c.sameElementType(kc, vc)) ||
+      failed(c.rank(table, 2, "[batch, max_pages]")) ||
+      failed(c.rank(lens, 1, "[batch]")) ||
+      failed(c.rank(sums, 4,
+                    "[batch, max_blocks, key/value heads, head_dim]")) ||
+      failed(c.positiveDim("number of key/value heads", kc, 2)) ||
+      failed(c.staticDimAtMost("head_dim", kc, 3, kMaxHeadDim)) ||
+      failed(c.sameDim("number of key/value heads", kc, 2, sums, 2)) ||
+      failed(c.sameDim("head_dim", kc, 3, sums, 3)) ||
+      failed(c.sameDim("batch", table, 0, lens, 0)) ||
+      failed(c.sameDim("batch", table, 0, sums, 0)) ||
+      failed(c.atLeastOne("block_size", blockSize)))
+    return failure();
+  int64_t pageSize = kc.dim(1);
+  if (ShapedType::isDynamic(pageSize))
+    return op->emitOpError("page_size (dim 1 of k_cache) must be static");
+  if (pageSize < 1)
+    return op->emitOpError() << "page_size (dim 1 of k_cache) must be at "
+                                "least 1, got "
+                             << pageSize;
+  if (blockSize % pageSize != 0)
+    return op->emitOpError()
+           << "block_size (" << blockSize
+           << ") must be a multiple of page_size (" << pageSize
+           << "): a MoBA block is a whole number of pages";
+  if (failed(c.cuSeqlens(cu, tokens)))
+    return failure();
+  int64_t offsets = cast<ShapedType>(cu.getType()).getDimSize(0);
+  int64_t batch = table.dim(0);
+  if (!ShapedType::isDynamic(offsets) && !ShapedType::isDynamic(batch) &&
+      offsets != batch + 1)
+    return op->emitOpError()
+           << cuName << " holds " << offsets
+           << " offsets, but block_table has " << batch
+           << " sequences (expected " << batch + 1 << " offsets)";
+  return success();
+}
+
+} // namespace
+
+MutableOperandRange PagedKvAppendOp::getDpsInitsMutable() {
+  return trailingOperands(*this, 3);
+}
+
+LogicalResult PagedKvAppendOp::verify() {
+  Checker c(*this);
+  Named k("k", getK()), v("v", getV()), kc("k_cache", getKCacheInit()),
+      vc("v_cache", getVCacheInit()), table("block_table", getBlockTable()),
+      lens("cache_lens", getCacheLens()),
+      sums("block_key_sums", getBlockKeySumsInit());
+  constexpr StringRef kvLayout = "[tokens, key/value heads, head_dim]";
+  if (failed(c.staticSizes()) || failed(c.rank(k, 3, kvLayout)) ||
+      failed(c.rank(v, 3, kvLayout)) || failed(c.sameShape(k, v)) ||
+      failed(c.sameElementType(k, v)) ||
+      failed(verifyPagedCache(*this, c, kc, vc, table, lens, sums,
+                              getCuSeqlens(), "cu_seqlens", k.dim(0),
+                              getBlockSize())) ||
+      failed(c.sameElementType(k, kc)) ||
+      failed(c.sameDim("number of key/value heads", k, 1, kc, 2)) ||
+      failed(c.sameDim("head_dim", k, 2, kc, 3)))
+    return failure();
+  return success();
+}
+
+MutableOperandRange PagedDecodeAttentionOp::getDpsInitsMutable() {
+  return trailingOperands(*this, 2);
+}
+
+double PagedDecodeAttentionOp::getScaleOrDefault() {
+  if (std::optional<APFloat> s = getScale())
+    return s->convertToDouble();
+  return 1.0 /
+         std::sqrt(double(getQ().getType().getDimSize(2)));
+}
+
+LogicalResult PagedDecodeAttentionOp::verify() {
+  Checker c(*this);
+  Named q("q", getQ()), kc("k_cache", getKCache()), vc("v_cache", getVCache()),
+      table("block_table", getBlockTable()),
+      lens("cache_lens", getCacheLens()),
+      sums("block_key_sums", getBlockKeySums()), out("out_init", getOutInit()),
+      lse("lse_init", getLseInit());
+  if (failed(c.staticSizes()) ||
+      failed(c.rank(q, 3, "[tokens, query heads, head_dim]")) ||
+      failed(c.rank(out, 3, "[tokens, query heads, head_dim]")) ||
+      failed(c.rank(lse, 2, "[tokens, query heads]")) ||
+      failed(verifyPagedCache(*this, c, kc, vc, table, lens, sums,
+                              getCuSeqlensQ(), "cu_seqlens_q", q.dim(0),
+                              getBlockSize())) ||
+      failed(c.sameElementType(q, kc)) || failed(c.sameElementType(q, out)) ||
+      failed(c.sameShape(q, out)) ||
+      failed(c.sameDim("number of tokens", q, 0, lse, 0)) ||
+      failed(c.sameDim("number of query heads", q, 1, lse, 1)) ||
+      failed(c.positiveDim("number of query heads", q, 1)) ||
+      failed(c.headGroups(q, 1, kc, 2)) ||
+      failed(c.sameDim("head_dim", q, 2, kc, 3)) ||
+      failed(c.atLeastOne("top_k", getTopK())) ||
+      failed(c.attrAtMost("top_k", getTopK(), kMaxSelectedBlocks)) ||
+      failed(c.scale(getScaleAttr())))
+    return failure();
+  if (getSelection() != "query_head" && getSelection() != "kv_head")
+    return emitOpError() << "selection must be \"query_head\" or "
+                            "\"kv_head\", got \""
+                         << getSelection() << "\"";
+  if (!getScale() && ShapedType::isDynamic(q.dim(2)))
+    return emitOpError("needs an explicit scale when head_dim is dynamic "
+                       "(the default 1/sqrt(head_dim) must be static)");
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
 // custom<ResultOfInit>: an op on tensors returns one value of its init's
 // type, on memrefs none; the assembly spells neither.
 //===----------------------------------------------------------------------===//

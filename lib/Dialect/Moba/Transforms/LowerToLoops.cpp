@@ -66,7 +66,8 @@ struct MobaLowerToLoopsPass
           return WalkResult::advance();
       if (!isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
                LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp,
-               AttentionRowTermOp, GroupedBlockAttentionGradOp, SumSlotsOp>(
+               AttentionRowTermOp, GroupedBlockAttentionGradOp, SumSlotsOp,
+               PagedKvAppendOp, PagedDecodeAttentionOp>(
               op))
         return WalkResult::advance();
       // The ops that exist on buffers (after bufferization) have only their
@@ -97,4 +98,5 @@ void mlir::moba::populateMobaLowerToLoopsPatterns(
                                        keepWarpCompatibleGrouping);
   populateLowerGradToLoopsPatterns(patterns, parallel,
                                    keepMmaCompatibleAttention);
+  populateLowerPagedToLoopsPatterns(patterns, parallel);
 }

@@ -56,6 +56,11 @@ void populateLowerGradToLoopsPatterns(RewritePatternSet &patterns,
                                       bool parallel,
                                       bool keepMmaCompatibleAttention);
 
+/// moba.paged_kv_append and moba.paged_decode_attention
+/// (LowerPagedToLoops.cpp): serial loops either way.
+void populateLowerPagedToLoopsPatterns(RewritePatternSet &patterns,
+                                       bool parallel);
+
 } // namespace mlir::moba
 
 #endif // MOBA_LIB_DIALECT_MOBA_TRANSFORMS_LOWERTOLOOPSPATTERNS_H

@@ -944,4 +944,179 @@ def Moba_SumSlotsOp : Moba_DpsOp<"sum_slots",
   let hasVerifier = 1;
 }
 
+//===----------------------------------------------------------------------===//
+// Decode against a paged KV cache (docs/semantics.md, "Decode and chunked
+// prefill"). Destination-passing style like the decomposed ops: the cache
+// tensors are the inits of the append, the output and lse those of decode.
+//===----------------------------------------------------------------------===//
+
+def Moba_PagedKvAppendOp : Moba_DpsOp<"paged_kv_append",
+    [AllTypesMatch<["k_cache_init", "k_cache"]>,
+     AllTypesMatch<["v_cache_init", "v_cache"]>,
+     AllTypesMatch<["block_key_sums_init", "block_key_sums"]>]> {
+  let summary = "Write new keys and values into a paged KV cache and keep "
+                "the f32 key sums of its MoBA blocks";
+  let description = [{
+    Appends `n_b = cu_seqlens[b + 1] - cu_seqlens[b]` new tokens to every
+    sequence `b` of a paged KV cache (the layout of vLLM and FlashInfer):
+    new token `i` of sequence `b` goes to position `p = cache_lens[b] + i`
+    (`cache_lens` are the lengths before the append), and
+
+    ```
+    page       = block_table[b, p / page_size]
+    k_cache[page, p % page_size, :, :] = k[cu_seqlens[b] + i, :, :]
+    v_cache[page, p % page_size, :, :] = v[cu_seqlens[b] + i, :, :]
+    j          = p / block_size
+    block_key_sums[b, j, :, :] = (p % block_size == 0 ? 0 : block_key_sums[b, j])
+                                 + f32(k[cu_seqlens[b] + i])
+    ```
+
+    in position order, so a finished block holds the f32 sum of its keys
+    added from its first key on: `moba.block_pool`'s mean is that sum over
+    `block_size`. The gate of `moba.paged_decode_attention` reads the sums
+    of finished blocks and never the keys. `block_size` must be a multiple
+    of `page_size` (dim 1 of the caches).
+
+    A sequence whose append does not fit (`cache_lens[b] < 0`, more
+    positions than `max_pages * page_size` or blocks than `max_blocks`, or
+    a page id outside `[0, pages)`) is left as it is: nothing of it is
+    written, nothing is read or written out of bounds, and the decode that
+    follows with the grown lengths reports NaN for it.
+
+    Example:
+
+    ```mlir
+    %kc, %vc, %sums = moba.paged_kv_append
+        k(%k : tensor<8x8x128xbf16>) v(%v : tensor<8x8x128xbf16>)
+        cu_seqlens(%cu : tensor<9xi32>)
+        block_table(%table : tensor<8x256xi32>)
+        cache_lens(%lens : tensor<8xi32>)
+        outs(%kc0 : tensor<2048x16x8x128xbf16>,
+             %vc0 : tensor<2048x16x8x128xbf16>,
+             %sums0 : tensor<8x64x8x128xf32>) {block_size = 64}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$k,
+    Moba_QKVTensor:$v,
+    Moba_CuSeqlens:$cu_seqlens,
+    Moba_IndexTensor:$block_table,
+    Moba_IndexTensor:$cache_lens,
+    Moba_QKVTensor:$k_cache_init,
+    Moba_QKVTensor:$v_cache_init,
+    Moba_F32Tensor:$block_key_sums_init,
+    I64Attr:$block_size
+  );
+  let results = (outs
+    Moba_QKVTensor:$k_cache,
+    Moba_QKVTensor:$v_cache,
+    Moba_F32Tensor:$block_key_sums
+  );
+  let assemblyFormat = [{
+    `k` `(` $k `:` type($k) `)`
+    `v` `(` $v `:` type($v) `)`
+    `cu_seqlens` `(` $cu_seqlens `:` type($cu_seqlens) `)`
+    `block_table` `(` $block_table `:` type($block_table) `)`
+    `cache_lens` `(` $cache_lens `:` type($cache_lens) `)`
+    `outs` `(` $k_cache_init `:` type($k_cache_init) `,`
+               $v_cache_init `:` type($v_cache_init) `,`
+               $block_key_sums_init `:` type($block_key_sums_init) `)`
+    attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+def Moba_PagedDecodeAttentionOp : Moba_DpsOp<"paged_decode_attention",
+    [AllTypesMatch<["out_init", "output"]>,
+     AllTypesMatch<["lse_init", "lse"]>]> {
+  let summary = "Causal MoBA of a few new queries per sequence against a "
+                "paged KV cache (decode and chunked prefill)";
+  let description = [{
+    The queries of sequence `b` (`q[cu_seqlens_q[b] .. cu_seqlens_q[b+1]]`,
+    `n_b` of them: 1 to 16 for decode and speculative decoding, more for
+    chunked prefill) are its last `n_b` tokens, whose keys and values are
+    already in the cache (`cache_lens` are the lengths after the append).
+    Query `i` sits at position `p = cache_lens[b] - n_b + i` and computes
+    row `p` of causal `moba.attention` over the sequence, with the cache
+    read through `block_table` and the block means taken from the f32
+    `block_key_sums` that `moba.paged_kv_append` keeps. With
+    `own = p / block_size`, `g = h / (Hq / Hkv)` and `page(s)` the slot of
+    position `s`:
+
+    ```
+    mean_j      = block_key_sums[b, j, g, :] / block_size       (j < own)
+    gate(t, j)  = q[t, h, :] . mean_j                     (f32, no scale)
+                  selection = "kv_head": summed over the heads of g's group
+    S(t)        = own, plus the top_k - 1 best j < own (ties: the later j)
+    K(t)        = positions of the blocks in S(t) that are <= p
+    lse[t, h]   = log(sum_{s in K(t)} exp(scale * q[t,h,:] . k_cache[page(s), g, :]))
+    out[t, h,:] = sum_{s in K(t)} exp(scale * q[t,h,:] . k_cache[page(s), g, :] - lse)
+                                  * v_cache[page(s), g, :]
+    ```
+
+    The gate reads the sums of finished blocks only (the own block is
+    forced), and the attention reads only the chosen blocks' keys and
+    values. `selection = "kv_head"` is an opt-in, different model
+    semantics: the query heads of a key/value group share one top-k,
+    ranked by the sum of their gate scores. `block_size` must be a
+    multiple of `page_size`; `scale` defaults to `1 / sqrt(head_dim)`.
+
+    A sequence whose lengths or pages do not describe a cache
+    (`n_b > cache_lens[b]`, more positions than `max_pages * page_size` or
+    blocks than `max_blocks`, or a page id outside `[0, pages)`) gets NaN
+    in its rows of `output` and `lse`; nothing is read out of bounds.
+
+    Example:
+
+    ```mlir
+    %out, %lse = moba.paged_decode_attention q(%q : tensor<8x32x128xbf16>)
+        cu_seqlens_q(%cuq : tensor<9xi32>)
+        k_cache(%kc : tensor<2048x16x8x128xbf16>)
+        v_cache(%vc : tensor<2048x16x8x128xbf16>)
+        block_table(%table : tensor<8x256xi32>)
+        cache_lens(%lens : tensor<8xi32>)
+        block_key_sums(%sums : tensor<8x64x8x128xf32>)
+        outs(%o : tensor<8x32x128xbf16>, %l : tensor<8x32xf32>)
+        {block_size = 64, top_k = 3, selection = "kv_head"}
+    ```
+  }];
+
+  let arguments = (ins
+    Moba_QKVTensor:$q,
+    Moba_CuSeqlens:$cu_seqlens_q,
+    Moba_QKVTensor:$k_cache,
+    Moba_QKVTensor:$v_cache,
+    Moba_IndexTensor:$block_table,
+    Moba_IndexTensor:$cache_lens,
+    Moba_F32Tensor:$block_key_sums,
+    Moba_QKVTensor:$out_init,
+    Moba_F32Tensor:$lse_init,
+    I64Attr:$block_size,
+    I64Attr:$top_k,
+    DefaultValuedAttr<StrAttr, "\"query_head\"">:$selection,
+    OptionalAttr<F32Attr>:$scale
+  );
+  let results = (outs Moba_QKVTensor:$output, Moba_F32Tensor:$lse);
+  let assemblyFormat = [{
+    `q` `(` $q `:` type($q) `)`
+    `cu_seqlens_q` `(` $cu_seqlens_q `:` type($cu_seqlens_q) `)`
+    `k_cache` `(` $k_cache `:` type($k_cache) `)`
+    `v_cache` `(` $v_cache `:` type($v_cache) `)`
+    `block_table` `(` $block_table `:` type($block_table) `)`
+    `cache_lens` `(` $cache_lens `:` type($cache_lens) `)`
+    `block_key_sums` `(` $block_key_sums `:` type($block_key_sums) `)`
+    `outs` `(` $out_init `:` type($out_init) `,`
+               $lse_init `:` type($lse_init) `)` attr-dict
+  }];
+  let extraClassDeclaration = [{
+    /// True for selection = "kv_head": one top-k per key/value group.
+    bool isSelectionPerKvHead() { return getSelection() == "kv_head"; }
+    /// The softmax scale: the attribute, or 1/sqrt(head_dim) (static, as
+    /// the verifier makes sure).
+    double getScaleOrDefault();
+  }];
+  let hasVerifier = 1;
+}
+
 #endif // MOBA_DIALECT_MOBA_IR_MOBAOPS_TD
