@@ -558,27 +558,27 @@ def test_a_gpu_kernel_without_the_backward_refuses_the_backward(worker):
     assert leaks(before, after) == {}
 
 
-# The GPU pipeline's refusal of the backward, while it has no GPU lowering
-# of the gradient ops (lib/Pipelines/GpuPipeline.cpp, RejectGradientsPass).
-NO_GPU_BACKWARD = "has no GPU lowering yet"
-GRAD_KERNELS = {"grad-sm90": "sm90", "grad-sm80": "sm80",
-                "grad-simt": "simt"}
+# The GPU backward runs on the tensor-core path only (its kernels are
+# mma.sync): the SIMT path's refusal (lib/Pipelines/GpuPipeline.cpp,
+# RejectGradientsPass).
+NO_SIMT_BACKWARD = "the GPU backward runs only on the tensor-core path"
+GRAD_KERNELS = {"grad-sm90": "sm90", "grad-sm80": "sm80"}
 
 
 def compile_grad(worker, name):
     """Compiles GRAD_KERNELS[name] with the backward and allocates its
-    buffers. While the GPU pipeline still refuses the backward, the test
-    is an expected failure (and runs in full once it compiles); any other
-    compile error fails it."""
+    buffers; a compile error fails the test."""
     target, known = KERNELS[GRAD_KERNELS[name]]
     problem = worker(device.compile_grad, name, target, **known)
     if problem is not None:
-        if NO_GPU_BACKWARD in problem:
-            pytest.xfail("the GPU pipeline does not compile the backward "
-                         "yet: " + next(line for line in problem.splitlines()
-                                        if NO_GPU_BACKWARD in line))
         pytest.fail(f"compiling {name} with the backward failed: {problem}")
     worker(device.allocate_buffers, name)
+
+
+def test_the_simt_path_refuses_the_backward_by_name(worker):
+    target, known = KERNELS["simt"]
+    problem = worker(device.compile_grad, "grad-simt", target, **known)
+    assert problem is not None and NO_SIMT_BACKWARD in problem, problem
 
 
 @pytest.mark.parametrize("name", sorted(GRAD_KERNELS))
@@ -631,18 +631,18 @@ def grad_argument_cases():
 
 @pytest.mark.parametrize("case", sorted(grad_argument_cases()))
 def test_a_bad_backward_call_names_the_value_before_any_launch(worker, case):
-    compile_grad(worker, "grad-simt")
+    compile_grad(worker, "grad-sm80")
     change, pattern = grad_argument_cases()[case]
-    changes = change(lambda buffer: worker(device.grad_buffer, "grad-simt",
+    changes = change(lambda buffer: worker(device.grad_buffer, "grad-sm80",
                                            buffer))
     before = worker(device.counters)
-    error, after = worker(device.run_grad, "grad-simt", **changes)
+    error, after = worker(device.run_grad, "grad-sm80", **changes)
     assert error is not None, f"{case} went unreported"
     assert re.search(pattern, error), error
     assert calls(after, "cuLaunchKernel") == 0
     assert calls(after, "cuMemAllocFromPoolAsync") == 0
     assert leaks(before, after) == {}
-    error, _ = worker(device.run_grad, "grad-simt")
+    error, _ = worker(device.run_grad, "grad-sm80")
     assert error is None, f"the call after {case}: {error}"
 
 

@@ -30,6 +30,7 @@
 
 #include "llvm/Support/MathExtras.h"
 
+#include <algorithm>
 #include <cmath>
 
 using namespace mlir;
@@ -81,6 +82,12 @@ struct KeyValueGradCta {
 /// other SMs idle; with it the longest walk is kStepsPerSplit steps, and
 /// the sums still do not depend on which CTA runs first.
 constexpr int64_t kStepsPerSplit = 128;
+/// The scratch of the split walks' sums stays within this many bytes: a
+/// slot holds a whole block's dK and dV in f32, so where blocks are long
+/// (4096 keys: 4 MiB a slot at head_dim 128) the parts grow past
+/// kStepsPerSplit until the bound on slots fits. Long blocks have many key
+/// tiles a row, hence CTAs enough without splitting much.
+constexpr int64_t kSplitScratchBytes = int64_t(1) << 30;
 
 /// The plan of the cut, sized on the host from bounds (the groups' sizes
 /// are on the device): per KV head at most `items` parts in all, and
@@ -490,10 +497,19 @@ SplitPlan emitSplitPlan(ImplicitLocOpBuilder &b, const GradOperands &ops,
                       e.add(arith::CeilDivUIOp::create(
                                 b, width, e.index(shape.queryChunk)),
                             plan.rows));
-  Value perSplit = e.index(kStepsPerSplit);
+  int64_t kvHeads = ops.kvHeads();
+  // Steps a part: kStepsPerSplit, or more where the slots' bound
+  // (2 steps / part + 1 a KV head, blockSize x 2 x head_dim f32 each)
+  // would pass kSplitScratchBytes (or, where one slot a KV head passes
+  // half of it, two slots).
+  int64_t slotBytes = ops.blockSize * 2 * ops.headDim * 4 * kvHeads;
+  Value perSplit = arith::MaxUIOp::create(
+      b, e.index(kStepsPerSplit),
+      arith::CeilDivUIOp::create(
+          b, e.mul(e.mul(steps, e.index(2)), e.index(slotBytes)),
+          e.index(std::max(kSplitScratchBytes - slotBytes, slotBytes))));
   plan.items = e.add(e.div(steps, perSplit), e.add(plan.rows, e.index(1)));
   plan.slots = e.add(e.div(e.mul(steps, e.index(2)), perSplit), e.index(1));
-  int64_t kvHeads = ops.kvHeads();
   auto i32 = b.getI32Type();
   plan.rowPlan = memref::AllocOp::create(
       b, MemRefType::get({kvHeads, ShapedType::kDynamic, 4}, i32),
