@@ -239,7 +239,26 @@ llvm::Error readConfig(const MobaConfig &c, CompileRequest &r) {
       return llvm::createStringError(
           "stage %d is for the CPU: GPU targets take only the fused stage",
           static_cast<int>(c.stage));
-    return readGpuOptions(c, r);
+    if (llvm::Error e = readGpuOptions(c, r))
+      return e;
+    // The GPU backward is the tensor-core path's (GpuPipeline.cpp,
+    // RejectGradientsPass): said here, before a compile, so that a caller
+    // asking whether a GPU kernel can carry the backward learns it now.
+    if (config.backward) {
+      if (!r.gpu.mma)
+        return llvm::createStringError(
+            "backward on a GPU target needs gpu_attention mma (the GPU "
+            "backward's kernels are on tensor cores)");
+      if (config.dtype == ElementType::F32 || config.headDim % 16 != 0 ||
+          config.headDim > 128)
+        return llvm::createStringError(
+            "backward on a GPU target needs f16 or bf16 and head_dim a "
+            "multiple of 16 up to 128, got %s and head_dim %lld: compile "
+            "it for the CPU",
+            config.dtype == ElementType::F32 ? "f32" : "f16/bf16",
+            static_cast<long long>(config.headDim));
+    }
+    return llvm::Error::success();
   }
   // The GPU fields do nothing on the CPU, but a value that no GPU would
   // take is refused here too: a caller of target "auto" on a machine

@@ -945,11 +945,19 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     with _registry_lock:
         known = key in _kernels
     if not known:  # a configuration checked once, before its compile
-        problem = _capi.check_config(
-            head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
-            scale, dtype, first, stage, tile_q, tile_k, gpu_attention,
-            mma_warps, mma_key_chunk, mma_instruction, mma_key_value_loads,
-            mma_merge, mma_stages, mma_schedule, backward)
+        def check(on):
+            return _capi.check_config(
+                head_dim, num_heads, num_kv_heads, block_size, top_k, causal,
+                scale, dtype, on, stage, tile_q, tile_k, gpu_attention,
+                mma_warps, mma_key_chunk, mma_instruction,
+                mma_key_value_loads, mma_merge, mma_stages, mma_schedule,
+                backward)
+        problem = check(first)
+        # "auto" with a backward the GPU cannot carry (f32, an odd
+        # head_dim): the CPU, which carries every backward.
+        if (problem is not None and backward and target == "auto" and
+                first != "cpu" and check("cpu") is None):
+            first, problem = "cpu", None
         if problem is not None:
             raise ValueError(problem)
     return _kernel_for(key, config, first)

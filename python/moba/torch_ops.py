@@ -177,10 +177,14 @@ def kernel_for(q, k, block_size, top_k, causal, scale):
     kv_heads = int(k.shape[-2])
     backward = _backward_compiles_for(q, k, block_size, top_k, causal, scale,
                                       dtype)
+    # The kernel of q's device: host tensors get the CPU's even where a GPU
+    # is present (target "auto" would pick the GPU).
     kernel = _compile(head_dim=head_dim, num_heads=heads,
                       num_kv_heads=kv_heads, block_size=block_size,
                       top_k=top_k, dtype=dtype, layout="varlen",
-                      causal=causal, scale=scale, backward=backward)
+                      causal=causal,
+                      target="auto" if _is_gpu_array(q) else "cpu",
+                      scale=scale, backward=backward)
     _keep_recent(kernel)
     return kernel
 

@@ -331,3 +331,21 @@ def test_autograd_compiles_the_backward_only_for_a_gradient(requires_grad):
                              TOP_K)
     used = list(moba._recent)[-1]
     assert used.config["backward"] is requires_grad
+
+
+def test_a_gpu_backward_needs_the_tensor_core_types():
+    """The C API's check says which GPU backward cannot compile (f32, a
+    head_dim the tensor cores do not take) before any compile, and target
+    "auto" then settles on the CPU, which carries every backward."""
+    from moba import _capi
+
+    def check(head_dim, dtype, target):
+        return _capi.check_config(head_dim, 4, 2, 64, 2, True, None, dtype,
+                                  target, "fused", None, None,
+                                  backward=True)
+
+    assert check(64, "bf16", "sm_90a") is None
+    assert check(64, "f16", "sm_80") is None
+    assert "f16 or bf16" in check(64, "f32", "sm_90a")
+    assert "multiple of 16 up to 128" in check(24, "bf16", "sm_80")
+    assert check(64, "f32", "cpu") is None

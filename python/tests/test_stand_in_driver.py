@@ -559,9 +559,9 @@ def test_a_gpu_kernel_without_the_backward_refuses_the_backward(worker):
 
 
 # The GPU backward runs on the tensor-core path only (its kernels are
-# mma.sync): the SIMT path's refusal (lib/Pipelines/GpuPipeline.cpp,
-# RejectGradientsPass).
-NO_SIMT_BACKWARD = "the GPU backward runs only on the tensor-core path"
+# mma.sync): the SIMT path's refusal, by the C API's check of the
+# configuration (lib/CAPI/Moba.cpp).
+NO_SIMT_BACKWARD = "backward on a GPU target needs gpu_attention mma"
 GRAD_KERNELS = {"grad-sm90": "sm90", "grad-sm80": "sm80"}
 
 

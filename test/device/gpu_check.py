@@ -776,7 +776,10 @@ def torch_compile_checks():
             print(f"--- {device} {name}: backward "
                   f"{'available' if has_backward else 'not in this library'}")
             atol, rtol = TOLERANCE[name]
-            q, k, v = (x.to(device, dtype).requires_grad_() for x in base)
+            # Fresh leaves (x.to with an unchanged device and dtype would
+            # return `base`'s own tensors, which the next dtype then copies).
+            q, k, v = (x.detach().to(device, dtype).clone().requires_grad_()
+                       for x in base)
             label = f"{device} {name}"
             # opcheck: schema, fake (shapes without running), autograd
             # registration, AOTAutograd with dynamic shapes (gradients too
