@@ -867,6 +867,13 @@ def torch_compile_checks():
             print("skip inductor on cpu: no C++ compiler here")
             backends = ["aot_eager"]
         for dtype, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+            # A training step needs the backward: none for f32 on a GPU.
+            if not torch_ops._backward_compiles_for(
+                    base[0].to(device), base[1].to(device), block, top_k,
+                    True, None, name):
+                print(f"skip the training step on {device} {name}: no "
+                      "backward for it in this library")
+                continue
             for backend in backends:
                 label = f"{device} {name} {backend}"
                 torch._dynamo.reset()  # a fresh cache for each model
