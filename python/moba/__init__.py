@@ -254,6 +254,10 @@ class Kernel:
 
     def __del__(self):
         handles, self._handles = getattr(self, "_handles", None) or {}, {}
+        # At interpreter exit the module's globals may already be None: the
+        # process's end frees the handles then.
+        if _capi is None or getattr(_capi, "destroy", None) is None:
+            return
         for handle in handles.values():
             _capi.destroy(handle)
 
