@@ -93,20 +93,9 @@ void emitQueryGradCta(ImplicitLocOpBuilder &b, AttentionKernel &kernel,
 
   // Q and dO of the lane's two rows as A fragments, once per tile; the
   // rows' lse (base 2) and delta.
-  auto aFragments = [&](Value source) {
-    SmallVector<SmallVector<Value>> frags;
-    for (int64_t kk = 0; kk < kSteps; ++kk) {
-      Value col = e.add(e.index(kk * 16), t.pairCol);
-      Value col8 = e.add(col, e.index(8));
-      frags.push_back({e.loadPair(source, {t.token[0], t.h, col}),
-                       e.loadPair(source, {t.token[1], t.h, col}),
-                       e.loadPair(source, {t.token[0], t.h, col8}),
-                       e.loadPair(source, {t.token[1], t.h, col8})});
-    }
-    return frags;
-  };
-  SmallVector<SmallVector<Value>> qFrag = aFragments(ops.q);
-  SmallVector<SmallVector<Value>> gradFrag = aFragments(ops.gradOut);
+  SmallVector<SmallVector<Value>> qFrag = kernel.rowFragments(b, t, ops.q);
+  SmallVector<SmallVector<Value>> gradFrag =
+      kernel.rowFragments(b, t, ops.gradOut);
   double log2e = 1.0 / std::log(2.0);
   SmallVector<Value, 2> negLse, delta;
   for (int64_t r = 0; r < 2; ++r) {

@@ -339,6 +339,12 @@ struct AttentionKernel {
   void emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch, Value h,
                Value tile, Value rows, Value tileList);
 
+  /// mma.sync: the lane's two rows (t.token, head t.h) of `source`
+  /// ([T, H, head_dim], the element type) as the A fragments of each
+  /// k-step of 16 columns (the m16n8k16 A layout).
+  SmallVector<SmallVector<Value>> rowFragments(ImplicitLocOpBuilder &b,
+                                               const CtaTile &t,
+                                               Value source);
   /// mma.sync: starts the cp.async copies of keys [base, base + keyChunk)
   /// of K (`operand` 0) or V (1) (rows past `lastKey` repeat it; the scores
   /// mask them) into stage `buffer`.

@@ -18,6 +18,22 @@ using namespace mlir;
 using namespace mlir::moba;
 using namespace mlir::moba::grouped_attention;
 
+SmallVector<SmallVector<Value>>
+AttentionKernel::rowFragments(ImplicitLocOpBuilder &b, const CtaTile &t,
+                              Value source) {
+  KernelBuilder e{b, element()};
+  SmallVector<SmallVector<Value>> fragments;
+  for (int64_t kk = 0; kk < headDim / 16; ++kk) {
+    Value col = e.add(e.index(kk * 16), t.pairCol);
+    Value col8 = e.add(col, e.index(8));
+    fragments.push_back({e.loadPair(source, {t.token[0], t.h, col}),
+                         e.loadPair(source, {t.token[1], t.h, col}),
+                         e.loadPair(source, {t.token[0], t.h, col8}),
+                         e.loadPair(source, {t.token[1], t.h, col8})});
+  }
+  return fragments;
+}
+
 void AttentionKernel::emitStage(ImplicitLocOpBuilder &b, Value stageBuffer,
                                 int64_t operand, Value buffer, Value base,
                                 Value lastKey, Value g, Value tid) {
@@ -57,15 +73,7 @@ SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
   // Q as A fragments, once per tile.
   int64_t kSteps = headDim / 16, dTiles = headDim / 8;
   int64_t nTiles = shape.keyChunk / 8;
-  SmallVector<SmallVector<Value>> qFrag;
-  for (int64_t kk = 0; kk < kSteps; ++kk) {
-    Value col = e.add(e.index(kk * 16), t.pairCol);
-    Value col8 = e.add(col, e.index(8));
-    qFrag.push_back({e.loadPair(q, {t.token[0], t.h, col}),
-                     e.loadPair(q, {t.token[1], t.h, col}),
-                     e.loadPair(q, {t.token[0], t.h, col8}),
-                     e.loadPair(q, {t.token[1], t.h, col8})});
-  }
+  SmallVector<SmallVector<Value>> qFrag = rowFragments(b, t, q);
 
   return emitChunkLoops(
       b, t, /*asyncProxyReads=*/false, ValueStaging::WithKeys,
