@@ -163,32 +163,10 @@ void emitQueryGradCta(ImplicitLocOpBuilder &b, AttentionKernel &kernel,
             }
             grads[nt][i] = ds;
           }
-        // dq += dS K: two key tiles are one k-step of A; K's B fragments
-        // by ldmatrix.trans (x4: two d-tiles).
+        // dq += dS K.
         SmallVector<Value> results(c.begin(), c.end());
-        Value kRow = ie.add(lane8, ie.mul(ie.rem(laneMatrix, ie.index(2)),
-                                          ie.index(8)));
-        Value kCol = ie.mul(ie.div(t.lane, ie.index(16)), ie.index(8));
-        for (int64_t kv = 0; kv < nTiles / 2; ++kv) {
-          const SmallVector<Value> &lo = grads[2 * kv], &hi = grads[2 * kv + 1];
-          SmallVector<Value> dsFrag = {ie.pack(lo[0], lo[1]),
-                                       ie.pack(lo[2], lo[3]),
-                                       ie.pack(hi[0], hi[1]),
-                                       ie.pack(hi[2], hi[3])};
-          Value keyRow = ie.add(ie.index(kv * 16), kRow);
-          for (int64_t dn = 0; dn < dTiles; dn += 2) {
-            SmallVector<Value> frag = ie.ldmatrix(
-                stageBuffer,
-                {buffer, ie.index(0), keyRow, ie.add(ie.index(dn * 8), kCol)},
-                4, /*transpose=*/true);
-            for (int64_t s = 0; s < 2; ++s) {
-              auto at = results.begin() + (dn + s) * 4;
-              SmallVector<Value> acc(at, at + 4);
-              llvm::copy(ie.mma(dsFrag, {frag[2 * s], frag[2 * s + 1]}, acc),
-                         at);
-            }
-          }
-        }
+        kernel.addProductWithStaged(ib, t, grads, stageBuffer, buffer,
+                                    /*operand=*/0, results);
         return results;
       },
       inits);

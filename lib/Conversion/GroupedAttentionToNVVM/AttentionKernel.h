@@ -345,6 +345,15 @@ struct AttentionKernel {
   SmallVector<SmallVector<Value>> rowFragments(ImplicitLocOpBuilder &b,
                                                const CtaTile &t,
                                                Value source);
+  /// mma.sync: `accumulators` (head_dim / 8 tiles of 4 f32, m16n8 layout)
+  /// += `tiles` (the warp's 16 rows over the chunk's keys, nTiles x 4 f32,
+  /// rounded to the element type) times the chunk's staged rows of
+  /// `operand` (0: K, 1: V) in `buffer`: P V in the forward, dS K in the
+  /// backward's dq kernel.
+  void addProductWithStaged(ImplicitLocOpBuilder &b, const CtaTile &t,
+                            ArrayRef<SmallVector<Value>> tiles,
+                            Value stageBuffer, Value buffer, int64_t operand,
+                            MutableArrayRef<Value> accumulators);
   /// mma.sync: starts the cp.async copies of keys [base, base + keyChunk)
   /// of K (`operand` 0) or V (1) (rows past `lastKey` repeat it; the scores
   /// mask them) into stage `buffer`.

@@ -34,6 +34,38 @@ AttentionKernel::rowFragments(ImplicitLocOpBuilder &b, const CtaTile &t,
   return fragments;
 }
 
+void AttentionKernel::addProductWithStaged(
+    ImplicitLocOpBuilder &b, const CtaTile &t,
+    ArrayRef<SmallVector<Value>> tiles, Value stageBuffer, Value buffer,
+    int64_t operand, MutableArrayRef<Value> accumulators) {
+  KernelBuilder e{b, element()};
+  // Two n-tiles of `tiles` (the m16n8 accumulator layout of two key tiles
+  // is the m16n8k16 A layout) are the A operand of one k-step; the staged
+  // rows' B fragments by ldmatrix.trans (x4: two d-tiles).
+  Value lane8 = e.rem(t.lane, e.index(8));
+  Value laneMatrix = e.div(t.lane, e.index(8));
+  Value row = e.add(lane8, e.mul(e.rem(laneMatrix, e.index(2)), e.index(8)));
+  Value col = e.mul(e.div(t.lane, e.index(16)), e.index(8));
+  for (size_t kv = 0; kv < tiles.size() / 2; ++kv) {
+    const SmallVector<Value> &lo = tiles[2 * kv], &hi = tiles[2 * kv + 1];
+    SmallVector<Value> a = {e.pack(lo[0], lo[1]), e.pack(lo[2], lo[3]),
+                            e.pack(hi[0], hi[1]), e.pack(hi[2], hi[3])};
+    Value keyRow = e.add(e.index(static_cast<int64_t>(kv) * 16), row);
+    for (int64_t dn = 0; dn < headDim / 8; dn += 2) {
+      SmallVector<Value> frag = e.ldmatrix(
+          stageBuffer,
+          {buffer, e.index(operand), keyRow, e.add(e.index(dn * 8), col)}, 4,
+          /*transpose=*/true);
+      for (int64_t s = 0; s < 2; ++s) {
+        MutableArrayRef<Value> acc = accumulators.slice((dn + s) * 4, 4);
+        llvm::copy(e.mma(a, {frag[2 * s], frag[2 * s + 1]},
+                         SmallVector<Value>(acc.begin(), acc.end())),
+                   acc.begin());
+      }
+    }
+  }
+}
+
 void AttentionKernel::emitStage(ImplicitLocOpBuilder &b, Value stageBuffer,
                                 int64_t operand, Value buffer, Value base,
                                 Value lastKey, Value g, Value tid) {
@@ -71,7 +103,7 @@ SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
                                              e.index(0), ValueRange{});
 
   // Q as A fragments, once per tile.
-  int64_t kSteps = headDim / 16, dTiles = headDim / 8;
+  int64_t kSteps = headDim / 16;
   int64_t nTiles = shape.keyChunk / 8;
   SmallVector<SmallVector<Value>> qFrag = rowFragments(b, t, q);
 
@@ -110,32 +142,10 @@ SmallVector<Value> AttentionKernel::emitMmaSyncChunks(ImplicitLocOpBuilder &b,
         }
         SmallVector<Value> results =
             softmaxStep(ib, t, scores, c, keyBase, masked);
-        // O = O * alpha + P V: P (two n-tiles) is the A operand of one
-        // k-step; V fragments by ldmatrix.trans (x4: two d-tiles).
-        Value vRow = ie.add(lane8, ie.mul(ie.rem(laneMatrix, ie.index(2)),
-                                          ie.index(8)));
-        Value vCol = ie.mul(ie.div(t.lane, ie.index(16)), ie.index(8));
-        for (int64_t kv = 0; kv < nTiles / 2; ++kv) {
-          const SmallVector<Value> &lo = scores[2 * kv],
-                                   &hi = scores[2 * kv + 1];
-          SmallVector<Value> pFrag = {
-              ie.pack(lo[0], lo[1]), ie.pack(lo[2], lo[3]),
-              ie.pack(hi[0], hi[1]), ie.pack(hi[2], hi[3])};
-          Value keyRow = ie.add(ie.index(kv * 16), vRow);
-          for (int64_t dn = 0; dn < dTiles; dn += 2) {
-            SmallVector<Value> frag = ie.ldmatrix(
-                stageBuffer,
-                {buffer, ie.index(1), keyRow, ie.add(ie.index(dn * 8), vCol)},
-                4, /*transpose=*/true);
-            for (int64_t s = 0; s < 2; ++s) {
-              SmallVector<Value> acc(results.begin() + 4 + (dn + s) * 4,
-                                     results.begin() + 8 + (dn + s) * 4);
-              SmallVector<Value> out =
-                  ie.mma(pFrag, {frag[2 * s], frag[2 * s + 1]}, acc);
-              llvm::copy(out, results.begin() + 4 + (dn + s) * 4);
-            }
-          }
-        }
+        // O = O * alpha + P V.
+        addProductWithStaged(ib, t, scores, stageBuffer, buffer,
+                             /*operand=*/1,
+                             MutableArrayRef<Value>(results).drop_front(4));
         return results;
       });
 }
