@@ -4,7 +4,9 @@ For each configuration (head layout, head_dim, block size, top-k, dtype) it
 compiles every candidate -- the matrix instruction (mma.sync; on sm_90a also
 wgmma), warps per CTA (16 queries each), keys staged in shared memory per
 step and, for wgmma, how K and V are loaded (cp.async or TMA) and, for TMA,
-the stages of the loads' ring (--stages) -- checks the candidate's output against
+the stages of the loads' ring (--stages) and the schedule (in order, or a
+producer warpgroup beside consumer warpgroups: --schedules) -- checks the
+candidate's output against
 the float64 reference (on a shorter sequence, sampled rows), times it on the
 full length with triton.testing.do_bench, and keeps the fastest. The winners
 are written as lib/Pipelines/MmaTuningTable.inc, the table the GPU runner
@@ -13,8 +15,8 @@ file into the repository and rebuild. docs/tuning.md has the steps.
 
 On the device, after `bash scripts/device-bundle.sh`:
     bash .device/tune.sh [--configs N:HQ:HKV:D:BLOCK:TOPK[:DTYPE],...]
-                         [--candidates INSTRUCTION:WARPS:KEY_CHUNK[:LOADS[:STAGES]],...]
-                         [--stages 2,3,4]
+                         [--candidates INSTRUCTION:WARPS:KEY_CHUNK[:LOADS[:STAGES[:SCHEDULE]]],...]
+                         [--stages 2,3,4] [--schedules auto,warp-specialized]
 The table goes to $OUT/MmaTuningTable.inc (or the current folder).
 """
 import argparse
@@ -44,40 +46,49 @@ WGMMA_LOADS = ("cp.async", "tma", "tma-multicast")
 # The stages of the TMA loads' ring searched by default (--stages); the
 # cp.async loops are double-buffered, so their candidates take 2.
 STAGES = (2,)
+# The schedules of the TMA candidates searched by default (--schedules):
+# "auto" runs them in order; "warp-specialized" gives the ring to a
+# producer warpgroup (TMA without multicast only).
+SCHEDULES = ("auto",)
 CHECK_TOKENS = 16384
 # The table names the instruction and the loads by their C++ enum values
 # (MatrixInstruction, KeyValueLoads in AttentionKernelPlan.h).
 ENUM_NAMES = {"mma.sync": "MmaSync", "wgmma": "Wgmma", "cp.async": "CpAsync",
-              "tma": "Tma", "tma-multicast": "TmaMulticast"}
+              "tma": "Tma", "tma-multicast": "TmaMulticast", "auto": "Auto",
+              "in-order": "InOrder", "overlapped": "Overlapped",
+              "warp-specialized": "WarpSpecialized"}
 
 
-def candidates(chip, stages=STAGES):
-    """(instruction, warps, key_chunk, loads, stages) to try on `chip`."""
-    found = [("mma.sync", w, c, "cp.async", 2) for w in WARPS
+def candidates(chip, stages=STAGES, schedules=SCHEDULES):
+    """(instruction, warps, key_chunk, loads, stages, schedule) to try on
+    `chip`."""
+    found = [("mma.sync", w, c, "cp.async", 2, "auto") for w in WARPS
              for c in KEY_CHUNKS]
     if chip == "sm_90a":
-        found += [("wgmma", w, c, loads, s) for w in WGMMA_WARPS
+        found += [("wgmma", w, c, loads, s, schedule) for w in WGMMA_WARPS
                   for c in WGMMA_KEY_CHUNKS for loads in WGMMA_LOADS
-                  for s in (stages if loads != "cp.async" else (2,))]
+                  for s in (stages if loads != "cp.async" else (2,))
+                  for schedule in (schedules if loads == "tma" else ("auto",))]
     return found
 
 
 def default_candidate(chip):
     """What the runner takes without a table row (MmaTuning.cpp)."""
-    return (("wgmma", 4, 64, "cp.async", 2) if chip == "sm_90a"
-            else ("mma.sync", 4, 64, "cp.async", 2))
+    return (("wgmma", 4, 64, "cp.async", 2, "auto") if chip == "sm_90a"
+            else ("mma.sync", 4, 64, "cp.async", 2, "auto"))
 
 
 def parse_candidates(text):
-    """INSTRUCTION:WARPS:KEY_CHUNK[:LOADS[:STAGES]],... (e.g.
-    wgmma:4:64:tma:3)."""
+    """INSTRUCTION:WARPS:KEY_CHUNK[:LOADS[:STAGES[:SCHEDULE]]],... (e.g.
+    wgmma:4:64:tma:3 or wgmma:8:64:tma:2:warp-specialized)."""
     found = []
     for item in text.split(","):
         fields = item.split(":")
         loads = fields[3] if len(fields) > 3 else "cp.async"
         stages = int(fields[4]) if len(fields) > 4 else 2
+        schedule = fields[5] if len(fields) > 5 else "auto"
         found.append((fields[0], int(fields[1]), int(fields[2]), loads,
-                      stages))
+                      stages, schedule))
     return found
 
 
@@ -86,14 +97,19 @@ def parse_stages(text):
     return tuple(int(x) for x in text.split(","))
 
 
+def parse_schedules(text):
+    """auto,warp-specialized -> ("auto", "warp-specialized")."""
+    return tuple(text.split(","))
+
+
 def table_row(chip, config, candidate, best, default):
     """One MOBA_MMA_TUNED(...) row of MmaTuningTable.inc: the winner of
     `config` and, as a comment, its time and the default's."""
     n, hq, hkv, d, block, top_k, dtype = config
-    instruction, warps, key_chunk, loads, stages = candidate
+    instruction, warps, key_chunk, loads, stages, schedule = candidate
     return (f'MOBA_MMA_TUNED("{chip}", "{dtype}", {d}, {hq // hkv}, '
             f'{block}, {ENUM_NAMES[instruction]}, {warps}, {key_chunk}, '
-            f'{ENUM_NAMES[loads]}, {stages}) '
+            f'{ENUM_NAMES[loads]}, {stages}, {ENUM_NAMES[schedule]}) '
             f"// N={n} {hq}/{hkv} top-{top_k}: {best:.3f} ms, "
             f"default {default:.3f} ms")
 
@@ -105,11 +121,12 @@ def table_text(rows, device, version):
         "// bench/tune.py on the device (see docs/tuning.md): one row per\n"
         "// configuration, MOBA_MMA_TUNED(chip, dtype, head_dim, query heads "
         "per KV\n// head, block_size, instruction, warps, key_chunk, K/V "
-        "loads, stages), the\n// instruction and loads as the names of "
-        "MatrixInstruction and KeyValueLoads\n// (include/moba/Conversion/"
-        "AttentionKernelPlan.h). Configurations without a\n// row use wgmma "
-        "on sm_90a, else mma.sync, with 4 warps and 64 keys, K and V\n// by "
-        "cp.async, 2 stages.\n"
+        "loads, stages,\n// schedule), the instruction, loads and schedule "
+        "as the names of\n// MatrixInstruction, KeyValueLoads and "
+        "KernelSchedule\n// (include/moba/Conversion/AttentionKernelPlan.h)."
+        " Configurations without a\n// row use wgmma on sm_90a, else "
+        "mma.sync, with 4 warps and 64 keys, K and V\n// by cp.async, 2 "
+        "stages, the auto schedule.\n"
         f"// Measured on {device} with moba {version}.\n")
     return header + "".join(row + "\n" for row in rows)
 
@@ -133,12 +150,12 @@ def tensors(n, hq, hkv, d, dtype, seed):
 
 def compile_candidate(moba, config, candidate):
     n, hq, hkv, d, block, top_k, dtype = config
-    instruction, warps, key_chunk, loads, stages = candidate
+    instruction, warps, key_chunk, loads, stages, schedule = candidate
     return moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
                         block_size=block, top_k=top_k, dtype=dtype,
                         mma_instruction=instruction, mma_warps=warps,
                         mma_key_chunk=key_chunk, mma_key_value_loads=loads,
-                        mma_stages=stages)
+                        mma_stages=stages, mma_schedule=schedule)
 
 
 def check(moba, config, candidate):
@@ -177,11 +194,15 @@ def main():
     p.add_argument("--configs", type=parse, default=DEFAULT_CONFIGS)
     p.add_argument("--candidates", type=parse_candidates, default=None,
                    help="only these shapes, "
-                        "INSTRUCTION:WARPS:KEY_CHUNK[:LOADS[:STAGES]],... "
+                        "INSTRUCTION:WARPS:KEY_CHUNK[:LOADS[:STAGES"
+                        "[:SCHEDULE]]],... "
                         "(default: the whole search space)")
     p.add_argument("--stages", type=parse_stages, default=STAGES,
                    help="the TMA candidates' ring stages to search, e.g. "
                         "2,3,4 (default: 2)")
+    p.add_argument("--schedules", type=parse_schedules, default=SCHEDULES,
+                   help="the TMA candidates' schedules to search, e.g. "
+                        "auto,warp-specialized (default: auto)")
     a = p.parse_args()
     import moba
     import torch
@@ -195,8 +216,9 @@ def main():
         data = tensors(n, hq, hkv, d, dtype, seed=2)
         data = data[:3] + (data[3].cuda(),)
         timings = {}
-        for candidate in a.candidates or candidates(chip, a.stages):
-            name = "{} {} x {} {} stages={}".format(*candidate)
+        for candidate in (a.candidates
+                          or candidates(chip, a.stages, a.schedules)):
+            name = "{} {} x {} {} stages={} {}".format(*candidate)
             # The compiler rejects shapes that do not fit (shared memory):
             # they are no candidates.
             try:
@@ -216,7 +238,7 @@ def main():
             raise SystemExit(f"no candidate of {config} was right")
         winner, best = min(timings.items(), key=lambda t: t[1])
         default = timings.get(default_candidate(chip), math.nan)
-        print("{}: {} {} x {} {} stages={}: ".format(config, *winner)
+        print("{}: {} {} x {} {} stages={} {}: ".format(config, *winner)
               + f"{best:.3f} ms (default: {default:.3f} ms)", flush=True)
         rows.append(table_row(chip, config, winner, best, default))
         del data

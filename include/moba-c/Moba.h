@@ -46,7 +46,8 @@
  *   and the kernel plan's rules between them (mma_instruction wgmma needs
  *   sm_90a, mma_warps a multiple of 4 and mma_key_chunk of 64; TMA loads
  *   need wgmma; mma_stages above 2 need TMA loads; MOBA_SCHEDULE_OVERLAPPED
- *   needs wgmma with cp.async loads), checked once the tuning table has
+ *   needs wgmma with cp.async loads, MOBA_SCHEDULE_WARP_SPECIALIZED wgmma
+ *   with TMA loads), checked once the tuning table has
  *   filled in what is 0: include/moba/Conversion/AttentionKernelPlan.h.
  *   tokens (per call)              0 .. 2^31 - 1 (cu_seqlens are int32)
  *   num_sequences (per call)       1 .. 2^31 - 1
@@ -133,6 +134,10 @@ typedef enum MobaSchedule {
   /* Each chunk's softmax under the previous chunk's P V; needs wgmma and
    * cp.async loads. */
   MOBA_SCHEDULE_OVERLAPPED = 2,
+  /* A producer warpgroup fills the TMA ring and gives its registers to the
+   * consumer warpgroups; needs wgmma with TMA loads (not multicast) and
+   * mma_warps at most 12. */
+  MOBA_SCHEDULE_WARP_SPECIALIZED = 3,
 } MobaSchedule;
 
 typedef struct MobaConfig {

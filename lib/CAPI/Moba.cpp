@@ -178,6 +178,9 @@ llvm::Error readGpuOptions(const MobaConfig &c, CompileRequest &r) {
   case MOBA_SCHEDULE_OVERLAPPED:
     plan.schedule = KernelSchedule::Overlapped;
     break;
+  case MOBA_SCHEDULE_WARP_SPECIALIZED:
+    plan.schedule = KernelSchedule::WarpSpecialized;
+    break;
   default:
     return llvm::createStringError("unknown mma_schedule %d",
                                    static_cast<int>(c.mma_schedule));

@@ -10,6 +10,7 @@
 #include "llvm/ADT/Twine.h"
 
 #include <algorithm>
+#include <utility>
 
 using namespace mlir::moba;
 using llvm::StringRef;
@@ -49,6 +50,9 @@ constexpr EnumName<KernelSchedule> kKernelSchedules[] = {
     {KernelSchedule::Overlapped, "overlapped",
      "each chunk's softmax under the previous chunk's P V (wgmma, "
      "cp.async)"},
+    {KernelSchedule::WarpSpecialized, "warp-specialized",
+     "a producer warpgroup fills the TMA ring, consumer warpgroups take "
+     "its registers and multiply"},
 };
 
 constexpr EnumName<MergeMode> kMergeModes[] = {
@@ -73,17 +77,16 @@ std::optional<Enum> parseIn(const EnumName<Enum> (&table)[N], StringRef name) {
   return std::nullopt;
 }
 
+template <typename Enum, size_t N, size_t... I>
+llvm::cl::ValuesClass valuesOf(const EnumName<Enum> (&table)[N],
+                               std::index_sequence<I...>) {
+  return llvm::cl::ValuesClass({llvm::cl::OptionEnumValue{
+      table[I].name, static_cast<int>(table[I].value), table[I].help}...});
+}
+
 template <typename Enum, size_t N>
 llvm::cl::ValuesClass valuesOf(const EnumName<Enum> (&table)[N]) {
-  static_assert(N >= 2 && N <= 3, "one initializer list per size");
-  auto value = [&](size_t i) {
-    return llvm::cl::OptionEnumValue{
-        table[i].name, static_cast<int>(table[i].value), table[i].help};
-  };
-  if constexpr (N == 2)
-    return llvm::cl::ValuesClass({value(0), value(1)});
-  else
-    return llvm::cl::ValuesClass({value(0), value(1), value(2)});
+  return valuesOf(table, std::make_index_sequence<N>());
 }
 
 /// The name of the field that the pass option `passName` holds, as
@@ -270,5 +273,17 @@ AttentionKernelPlan::problems(std::optional<StringRef> chip,
     problem(scheduleField + "=overlapped needs " + loadsField +
             "=cp.async (the TMA loop runs in order), got '" + nameOf(loads) +
             "'");
+  if (schedule == KernelSchedule::WarpSpecialized && !wgmma)
+    problem(scheduleField + "=warp-specialized needs " + instructionField +
+            "=wgmma, got '" + nameOf(instruction) + "'");
+  if (schedule == KernelSchedule::WarpSpecialized &&
+      loads != KeyValueLoads::Tma)
+    problem(scheduleField + "=warp-specialized needs " + loadsField +
+            "=tma (its producer owns one CTA's ring), got '" + nameOf(loads) +
+            "'");
+  if (schedule == KernelSchedule::WarpSpecialized && warps > 12)
+    problem(scheduleField + "=warp-specialized needs " + warpsField +
+            " at most 12 (three consumer warpgroups beside the producer's), "
+            "got " + llvm::Twine(warps));
   return found;
 }

@@ -18,22 +18,24 @@ struct TunedRow {
   int64_t warps, keyChunk;
   KeyValueLoads loads;
   int64_t stages;
+  KernelSchedule schedule;
 };
 
-// The rows bench/tune.py wrote, one MOBA_MMA_TUNED(...) each; instruction
-// and loads name the enums' values (Wgmma, Tma, ...).
+// The rows bench/tune.py wrote, one MOBA_MMA_TUNED(...) each; instruction,
+// loads and schedule name the enums' values (Wgmma, Tma, WarpSpecialized,
+// ...).
 constexpr TunedRow kTable[] = {
 #define MOBA_MMA_TUNED(chip, dtype, headDim, group, block, instruction, warps, \
-                       keyChunk, loads, stages)                                \
+                       keyChunk, loads, stages, schedule)                      \
   {chip,  dtype,    headDim,                                                   \
    group, block,    MatrixInstruction::instruction,                            \
    warps, keyChunk, KeyValueLoads::loads,                                      \
-   stages},
+   stages, KernelSchedule::schedule},
 #include "MmaTuningTable.inc"
 #undef MOBA_MMA_TUNED
     // A sentinel, so that an empty table still compiles; it matches nothing.
     {"", "", 0, 0, 0, MatrixInstruction::MmaSync, 4, 64, KeyValueLoads::CpAsync,
-     2},
+     2, KernelSchedule::Auto},
 };
 
 } // namespace
@@ -62,6 +64,7 @@ TunedKernelPlan mlir::moba::tunedKernelPlan(llvm::StringRef chip,
     tuned.plan.warps = match->warps;
     tuned.plan.keyChunk = match->keyChunk;
     tuned.plan.stages = match->stages;
+    tuned.plan.schedule = match->schedule;
     tuned.tuned = true;
     return tuned;
   }
@@ -88,7 +91,10 @@ mlir::moba::fillKernelPlan(const RequestedKernelPlan &requested,
       tableInstruction ? table.loads : KeyValueLoads::CpAsync);
   plan.stages = requested.stages.value_or(
       tableInstruction && plan.loads == table.loads ? table.stages : 2);
-  plan.schedule = requested.schedule.value_or(KernelSchedule::Auto);
+  bool tableLoads = tableInstruction && plan.loads == table.loads &&
+                    plan.stages == table.stages;
+  plan.schedule = requested.schedule.value_or(
+      tableLoads ? table.schedule : KernelSchedule::Auto);
   plan.merge = requested.merge.value_or(MergeMode::Separate);
   return plan;
 }

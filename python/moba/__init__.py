@@ -865,8 +865,10 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     loads, else 2.
     mma_schedule: with wgmma, the chunk loop's order: "in-order",
     "overlapped" (each chunk's softmax under the previous chunk's P V;
-    cp.async loads only) or "auto" (None: overlapped where one CTA fills an
-    SM and K and V come by cp.async, else in order).
+    cp.async loads only), "warp-specialized" (a producer warpgroup fills
+    the TMA ring while consumer warpgroups multiply; TMA loads only) or
+    "auto" (None: overlapped where one CTA fills an SM and K and V come by
+    cp.async, else in order).
     The rules between these (wgmma needs sm_90a and whole warpgroups, TMA
     needs wgmma, ...) are the library's, checked once the tuning table has
     filled in what is None; its messages name the argument and show the
@@ -916,9 +918,11 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     if mma_merge not in (None, "fused", "separate"):
         raise ValueError(f"mma_merge must be 'fused', 'separate' or None, "
                          f"got {mma_merge!r}")
-    if mma_schedule not in (None, "auto", "in-order", "overlapped"):
+    if mma_schedule not in (None, "auto", "in-order", "overlapped",
+                            "warp-specialized"):
         raise ValueError(f"mma_schedule must be 'auto', 'in-order', "
-                         f"'overlapped' or None, got {mma_schedule!r}")
+                         f"'overlapped', 'warp-specialized' or None, got "
+                         f"{mma_schedule!r}")
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "
                          f"got {stage!r}")

@@ -337,7 +337,8 @@ def test_cpu_target_refuses_gpu_fields_no_gpu_takes():
 
 def test_mma_schedule_rules():
     with pytest.raises(ValueError, match="mma_schedule must be 'auto', "
-                       "'in-order', 'overlapped' or None, got 'ping-pong'"):
+                       "'in-order', 'overlapped', 'warp-specialized' or "
+                       "None, got 'ping-pong'"):
         kernel(mma_schedule="ping-pong")
     assert gpu_problem(mma_schedule="overlapped",
                        mma_instruction="mma.sync").startswith(
@@ -347,8 +348,21 @@ def test_mma_schedule_rules():
                        mma_key_value_loads="tma").startswith(
         "mma_schedule=overlapped needs mma_key_value_loads=cp.async (the "
         "TMA loop runs in order), got 'tma' (plan wgmma,tma,overlapped,")
+    assert gpu_problem(mma_schedule="warp-specialized",
+                       mma_instruction="wgmma",
+                       mma_key_value_loads="tma-multicast").startswith(
+        "mma_schedule=warp-specialized needs mma_key_value_loads=tma (its "
+        "producer owns one CTA's ring), got 'tma-multicast' (plan "
+        "wgmma,tma-multicast,warp-specialized,")
+    assert gpu_problem(mma_schedule="warp-specialized",
+                       mma_instruction="wgmma", mma_key_value_loads="tma",
+                       mma_warps=16).startswith(
+        "mma_schedule=warp-specialized needs mma_warps at most 12")
     for schedule in ("auto", "in-order", "overlapped"):
         assert gpu_problem(mma_schedule=schedule) is None
+    assert gpu_problem(mma_schedule="warp-specialized",
+                       mma_instruction="wgmma",
+                       mma_key_value_loads="tma") is None
 
 
 def test_the_compiled_plan_reads_back():

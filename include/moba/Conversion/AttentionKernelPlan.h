@@ -60,6 +60,12 @@ enum class KernelSchedule {
   /// Each chunk's softmax runs while the tensor cores multiply the
   /// previous chunk's P V (wgmma with cp.async loads).
   Overlapped,
+  /// A producer warpgroup owns the TMA ring: one of its threads refills
+  /// each slot once every consumer has released it (an mbarrier of its
+  /// own), and the warpgroup gives its registers to the consumer
+  /// warpgroups (setmaxnreg), which run their chunks in order with no CTA
+  /// barrier between chunks (wgmma with TMA loads).
+  WarpSpecialized,
 };
 
 /// Where the slots' partials are merged.

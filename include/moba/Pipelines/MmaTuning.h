@@ -24,7 +24,7 @@ namespace mlir::moba {
 
 /// The table's plan for a configuration, or the default.
 struct TunedKernelPlan {
-  /// The table has no schedule or merge column: Auto and Separate.
+  /// The table has no merge column: Separate.
   AttentionKernelPlan plan;
   bool tuned = false; ///< from the table, not the default
 };
@@ -51,8 +51,9 @@ struct RequestedKernelPlan {
 /// table's choices go together: its instruction only with its shape (a
 /// caller who names warps or key chunk and no instruction gets mma.sync,
 /// which takes any shape), its loads only with its shape and instruction
-/// (else cp.async), its stages only with those and its loads (else 2). The
-/// schedule is Auto and the merge Separate unless given.
+/// (else cp.async), its stages only with those and its loads (else 2), its
+/// schedule only with all of those (else Auto). The merge is Separate
+/// unless given.
 AttentionKernelPlan fillKernelPlan(const RequestedKernelPlan &requested,
                                    const TunedKernelPlan &tuned);
 

@@ -120,11 +120,30 @@ struct MmaTileShape {
   }
 
   bool isWgmma() const { return instruction == MatrixInstruction::Wgmma; }
+  /// The warp-specialized schedule (TMA loads; the plan's rules): a
+  /// producer warpgroup after the `warps` consumer warps, which keep the
+  /// thread ids, rows and copies they have in the other schedules.
+  bool warpSpecialized() const {
+    return bulkLoads && schedule == KernelSchedule::WarpSpecialized;
+  }
+  /// The producer warpgroup's threads (setmaxnreg works on whole
+  /// warpgroups) and the registers it keeps: its one working thread
+  /// computes a chunk's slot, parity and coordinates.
+  static constexpr int64_t kProducerThreads = 128;
+  static constexpr int64_t kProducerRegisters = 40;
+  /// The most registers a consumer thread asks for (ptxas's limit is 255,
+  /// setmaxnreg's counts are multiples of 8).
+  static constexpr int64_t kMaxConsumerRegisters = 240;
   StageRing ring() const { return StageRing(stages); }
   /// The CTAs of a cluster: 2 with multicastPairs, else 1.
   int64_t clusterSize() const { return multicastPairs ? 2 : 1; }
   int64_t warpgroups() const { return warps / 4; }
-  int64_t threads() const { return 32 * warps; }
+  /// The threads that hold queries: every thread but the producer's.
+  int64_t consumerThreads() const { return 32 * warps; }
+  /// The CTA's threads.
+  int64_t threads() const {
+    return consumerThreads() + (warpSpecialized() ? kProducerThreads : 0);
+  }
   static int64_t bytesOf(Type element) {
     return element.getIntOrFloatBitWidth() / 8;
   }
@@ -148,7 +167,7 @@ struct MmaTileShape {
   }
   bool singleValueBuffer(int64_t headDim, Type element) const {
     if (!isWgmma() || warpgroups() != 1 ||
-        schedule == KernelSchedule::Overlapped)
+        schedule == KernelSchedule::Overlapped || warpSpecialized())
       return false;
     int64_t ring = ctasPerSM(sharedBytesWith(stages, headDim, element));
     int64_t single = ctasPerSM(sharedBytesWith(1, headDim, element));
@@ -166,8 +185,9 @@ struct MmaTileShape {
   int64_t reduceBytes() const { return 2 * warps * 4; }
   /// bulkLoads: the mbarriers on which the TMA copies of K and V complete,
   /// one per slot of each ring (V's unused past the first with a single
-  /// buffer), 8 bytes each, after the causal bounds.
-  int64_t bulkBarriers() const { return 2 * stages; }
+  /// buffer), and with warpSpecialized one per slot on which the consumers
+  /// release it; 8 bytes each, after the causal bounds.
+  int64_t bulkBarriers() const { return (warpSpecialized() ? 3 : 2) * stages; }
   int64_t barrierBytes() const { return bulkLoads ? bulkBarriers() * 8 : 0; }
   /// Whether bulkLoads may be set: the wgmma form, whose in-order loop
   /// (WgmmaTile::inOrderByTma in WgmmaChunkLoop.cpp) has the TMA pipeline.
@@ -210,8 +230,33 @@ struct MmaTileShape {
   int64_t statedCtasPerSM(int64_t headDim, Type element) const {
     if (!isWgmma())
       return 0;
+    // warpSpecialized: always, with the block's size (nvvm.maxntid), so
+    // that ptxas knows the registers every warp starts with
+    // (launchRegisters; without them it ignores setmaxnreg); as many CTAs
+    // as the shared memory allows while the consumers still get the
+    // registers the wgmma loop needs.
+    if (warpSpecialized()) {
+      int64_t ctas = ctasPerSM(sharedBytes(headDim, element));
+      while (ctas > 1 && consumerRegisters(ctas) < kWgmmaRegisters)
+        --ctas;
+      return std::max<int64_t>(ctas, 1);
+    }
     int64_t ctas = ctasPerSM(sharedBytes(headDim, element));
     return ctas >= 2 && registerBudget(ctas) >= kWgmmaRegisters ? ctas : 0;
+  }
+  /// warpSpecialized: the registers every thread starts with (ptxas's
+  /// limit for `ctas` CTAs of threads() each), and the registers the
+  /// consumers take once the producer has given back all but
+  /// kProducerRegisters; setmaxnreg is emitted only when that moves
+  /// registers (consumerRegisters above launchRegisters).
+  int64_t launchRegisters(int64_t ctas) const {
+    return std::min<int64_t>(registerBudget(ctas), 248);
+  }
+  int64_t consumerRegisters(int64_t ctas) const {
+    int64_t pool = kRegistersPerSM / ctas - kProducerRegisters *
+                                                 kProducerThreads;
+    return std::min(kMaxConsumerRegisters,
+                    pool / consumerThreads() / kRegisterStep * kRegisterStep);
   }
   /// wgmma: whether each chunk's softmax runs while the tensor cores
   /// multiply the previous chunk's P V (WgmmaChunkLoop.cpp), with cp.async
@@ -338,6 +383,16 @@ struct AttentionKernel {
   /// The body of one CTA: tile `tile` of head `h`.
   void emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch, Value h,
                Value tile, Value rows, Value tileList);
+  /// What a CTA's consumer threads (all of them, but for the
+  /// warp-specialized schedule's producer) do once the tile is read: the
+  /// chunk loops, then each valid row's partial and log-sum-exp, then the
+  /// fused merge's epilogue.
+  void emitCtaChunks(ImplicitLocOpBuilder &b, const CtaTile &t);
+  /// The warp-specialized schedule's producer warpgroup
+  /// (WgmmaChunkLoop.cpp): gives back its registers, and one of its
+  /// threads copies chunks 1 .. chunks - 1 into the ring, each slot once
+  /// the consumers have released it (startBulkLoads copied chunk 0).
+  void emitProducer(ImplicitLocOpBuilder &b, const CtaTile &t);
 
   /// mma.sync: the lane's two rows (t.token, head t.h) of `source`
   /// ([T, H, head_dim], the element type) as the A fragments of each

@@ -114,6 +114,12 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
              launchOp->setAttr(
                  NVVM::NVVMDialect::getMinctasmAttrName(),
                  kb.getI32IntegerAttr(static_cast<int32_t>(statedCtas)));
+           // The warp-specialized CTA's registers are set by its size:
+           // setmaxnreg needs every warp to start at ptxas's bound.
+           if (shape.warpSpecialized())
+             launchOp->setAttr(NVVM::NVVMDialect::getMaxntidAttrName(),
+                               kb.getDenseI32ArrayAttr(
+                                   {static_cast<int32_t>(threads()), 1, 1}));
            // Pairs of CTAs launched as clusters (.reqnctapercluster): the
            // grid's CTAs are an even number.
            if (shape.multicastPairs)
@@ -361,10 +367,13 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
       latest = arith::MaxUIOp::create(b, latest, other(latest));
       earliest = e.minU(earliest, other(earliest));
     }
-    auto leader = scf::IfOp::create(
-        b, arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.lane,
-                                 e.index(0)),
-        false);
+    // Lane 0 of each warp that holds queries (not the producer's).
+    Value leads =
+        arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.lane, e.index(0));
+    if (shape.warpSpecialized())
+      leads = arith::AndIOp::create(b, leads,
+                                    e.ult(t.warp, e.index(shape.warps)));
+    auto leader = scf::IfOp::create(b, leads, false);
     {
       OpBuilder::InsertionGuard leaderGuard(b);
       b.setInsertionPointToStart(&leader.getThenRegion().front());
@@ -393,7 +402,27 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
                                       e.index(shape.keyChunk)));
   if (ctaWork)
     return ctaWork(b, t);
+  if (!shape.warpSpecialized())
+    return emitCtaChunks(b, t);
 
+  // The producer warpgroup fills the ring, the others attend. One CTA
+  // barrier first publishes the mbarriers' initialization (startBulkLoads)
+  // to the producer; the two branches never meet again, so no barrier of
+  // the whole CTA follows (the consumers' have their own id).
+  gpu::BarrierOp::create(b);
+  auto roles = scf::IfOp::create(
+      b, e.ult(t.tid, e.index(shape.consumerThreads())),
+      /*withElseRegion=*/true);
+  b.setInsertionPointToStart(&roles.getThenRegion().front());
+  emitCtaChunks(b, t);
+  b.setInsertionPointToStart(&roles.getElseRegion().front());
+  emitProducer(b, t);
+}
+
+void AttentionKernel::emitCtaChunks(ImplicitLocOpBuilder &b,
+                                    const CtaTile &t) {
+  KernelBuilder e{b, element()};
+  Value h = t.h;
   SmallVector<Value> finals =
       shape.isWgmma() ? emitWgmmaChunks(b, t) : emitMmaSyncChunks(b, t);
 

@@ -31,6 +31,11 @@ void TmaLoader::initialize(ImplicitLocOpBuilder &b) {
       NVVM::MBarrierInitOp::create(b,
                                    fullBarrier(b, operand, e.index(slot)),
                                    e.i32(1), /*predicate=*/Value());
+  if (kernel.shape.warpSpecialized())
+    for (int64_t slot = 0; slot < kernel.shape.stages; ++slot)
+      NVVM::MBarrierInitOp::create(
+          b, releaseBarrier(b, e.index(slot)),
+          e.i32(kernel.shape.consumerThreads()), /*predicate=*/Value());
   NVVM::FenceMbarrierInitOp::create(b);
   for (Value map : {keyMap, valueMap})
     NVVM::FenceProxyAcquireOp::create(b, NVVM::MemScopeKind::GPU, map,
@@ -109,6 +114,20 @@ void TmaLoader::wait(ImplicitLocOpBuilder &b, int64_t operand,
       e.i32(kSuspendHintNs));
 }
 
+void TmaLoader::release(ImplicitLocOpBuilder &b, Value buffer) {
+  NVVM::MBarrierArriveOp::create(b, Type(), releaseBarrier(b, buffer),
+                                 /*count=*/Value(), NVVM::MemScopeKind::CTA,
+                                 /*relaxed=*/false);
+}
+
+void TmaLoader::waitReleased(ImplicitLocOpBuilder &b, Value buffer,
+                             Value fill) {
+  KernelBuilder e{b, kernel.element()};
+  NVVM::MBarrierTryWaitParityOp::create(b, releaseBarrier(b, buffer),
+                                        StageRing::parityOfFill(e, fill),
+                                        e.i32(kSuspendHintNs));
+}
+
 Value TmaLoader::pointer(ImplicitLocOpBuilder &b, Value address,
                          unsigned space) {
   return LLVM::IntToPtrOp::create(
@@ -120,8 +139,17 @@ Value TmaLoader::pointer(ImplicitLocOpBuilder &b, Value address,
 Value TmaLoader::fullBarrier(ImplicitLocOpBuilder &b, int64_t operand,
                              Value buffer) {
   KernelBuilder e{b, kernel.element()};
-  Value which = e.add(e.index(operand * kernel.shape.stages), buffer);
-  return pointer(b, e.add(barriers, e.mul(which, e.index(8))),
+  return barrierAt(b, e.add(e.index(operand * kernel.shape.stages), buffer));
+}
+
+Value TmaLoader::releaseBarrier(ImplicitLocOpBuilder &b, Value buffer) {
+  KernelBuilder e{b, kernel.element()};
+  return barrierAt(b, e.add(e.index(2 * kernel.shape.stages), buffer));
+}
+
+Value TmaLoader::barrierAt(ImplicitLocOpBuilder &b, Value index) {
+  KernelBuilder e{b, kernel.element()};
+  return pointer(b, e.add(barriers, e.mul(index, e.index(8))),
                  /*space=*/3);
 }
 

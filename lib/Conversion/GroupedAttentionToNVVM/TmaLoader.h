@@ -20,7 +20,9 @@ namespace mlir::moba::grouped_attention {
 /// (full[K ring slots, then V's], after the causal bounds; arrival count 1:
 /// its arrive.expect_tx, then the bytes), and the warps wait on the
 /// barrier's phase parity: the n-th fill of a buffer completes phase n
-/// (StageRing).
+/// (StageRing). The warp-specialized schedule adds a release barrier per
+/// slot after those (arrival count: the consumer threads), whose n-th phase
+/// completes when every consumer is done with the slot's n-th fill.
 class TmaLoader {
 public:
   TmaLoader(const AttentionKernel &kernel, ImplicitLocOpBuilder &b,
@@ -45,6 +47,15 @@ public:
   void wait(ImplicitLocOpBuilder &b, int64_t operand, Value buffer,
             Value fill);
 
+  /// MmaTileShape::warpSpecialized: this consumer thread is done with the
+  /// fill of slot `buffer` (K and V) it last read: an arrival on the
+  /// slot's release barrier (one arrival per consumer thread completes a
+  /// phase), ordered after the thread's wgmma reads by their wait.
+  void release(ImplicitLocOpBuilder &b, Value buffer);
+  /// MmaTileShape::warpSpecialized: the consumers have released fill
+  /// number `fill` of slot `buffer`, so its next fill may be copied.
+  void waitReleased(ImplicitLocOpBuilder &b, Value buffer, Value fill);
+
 private:
   static constexpr int64_t kMapBytes = 128;
   static constexpr int64_t kSuspendHintNs = 10'000'000;
@@ -52,6 +63,8 @@ private:
   static Value pointer(ImplicitLocOpBuilder &b, Value address,
                        unsigned space);
   Value fullBarrier(ImplicitLocOpBuilder &b, int64_t operand, Value buffer);
+  Value releaseBarrier(ImplicitLocOpBuilder &b, Value buffer);
+  Value barrierAt(ImplicitLocOpBuilder &b, Value index);
 
   const AttentionKernel &kernel;
   const CtaTile &t;

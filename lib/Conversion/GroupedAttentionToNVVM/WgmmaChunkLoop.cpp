@@ -70,6 +70,11 @@ public:
   SmallVector<Value> inOrderByTma(ImplicitLocOpBuilder &b);
   SmallVector<Value> inOrderByCpAsync(ImplicitLocOpBuilder &b);
   SmallVector<Value> overlapped(ImplicitLocOpBuilder &b);
+  /// The consumer warpgroups of the warp-specialized schedule: the
+  /// in-order chunk on the TMA ring, each chunk waited for on its slot's
+  /// mbarriers and released on the slot's release barrier once both
+  /// products have read it (emitProducer refills it).
+  SmallVector<Value> warpSpecialized(ImplicitLocOpBuilder &b);
 
 private:
   using WaitFn = function_ref<void(ImplicitLocOpBuilder &)>;
@@ -131,6 +136,10 @@ private:
   /// ids 1..warpgroups (0 is the CTA's). An id in a register makes ptxas
   /// reserve all 16 barriers, which allows one CTA per SM.
   void groupBarrier(ImplicitLocOpBuilder &b);
+  /// A barrier of every thread that holds queries: the CTA's, or with the
+  /// warp-specialized schedule id warpgroups + 1 of the consumer threads
+  /// (the producer never waits at one).
+  void consumerBarrier(ImplicitLocOpBuilder &b);
   /// One chunk in order: S, the softmax, P (through shared memory or in
   /// registers), O += P V; each product waited for. K of the chunk is in
   /// `buffer` once `waitKeys` returns, V in `valueBuffer` once
@@ -200,7 +209,7 @@ WgmmaTile::WgmmaTile(AttentionKernel &kernel, ImplicitLocOpBuilder &b,
                        plan.probabilityAddress);
 
   perRow = headDim / Layout::kChunkElements;
-  rowStep = kernel.threads() / perRow;
+  rowStep = shape.consumerThreads() / perRow;
   firstRow = e.div(t.tid, e.index(perRow));
   chunkOfRow = e.rem(t.tid, e.index(perRow));
   panelOfChunk = e.div(chunkOfRow, e.index(Layout::kChunksPerRow));
@@ -321,10 +330,10 @@ void WgmmaTile::zeroPastLastKey(ImplicitLocOpBuilder &b, Value slot,
     });
     // With P in shared memory its fence and barrier publish the zeros;
     // with P in registers they need their own (the branch is the same for
-    // the whole CTA).
+    // every consumer).
     if (shape.registerProbabilities) {
       pe.fenceAsyncProxy();
-      gpu::BarrierOp::create(pb);
+      consumerBarrier(pb);
     }
   });
 }
@@ -343,7 +352,8 @@ void WgmmaTile::zeroFill(ImplicitLocOpBuilder &b, Value address,
       t.sharedMemory, e.sub(address, plan.base), ValueRange{});
   scf::ForOp::create(
       b, e.mul(t.tid, e.index(Layout::kChunkElements)), e.index(elements),
-      e.index(kernel.threads() * Layout::kChunkElements), ValueRange{},
+      e.index(shape.consumerThreads() * Layout::kChunkElements),
+      ValueRange{},
       [&](OpBuilder &fb, Location loc, Value i, ValueRange) {
         ImplicitLocOpBuilder zb(loc, fb);
         vector::StoreOp::create(zb, zeros, flat, ValueRange{i})
@@ -493,13 +503,24 @@ SmallVector<Value> WgmmaTile::unpackAccumulators(ImplicitLocOpBuilder &b,
 
 void WgmmaTile::groupBarrier(ImplicitLocOpBuilder &b) {
   if (warpgroups == 1) {
-    gpu::BarrierOp::create(b);
+    consumerBarrier(b);
     return;
   }
   KernelBuilder e{b, element};
   Value id = arith::IndexCastOp::create(b, b.getI32Type(),
                                         e.add(warpgroup, e.index(1)));
   NVVM::BarrierOp::create(b, TypeRange{}, id, e.i32(128),
+                          /*reductionOp=*/{}, Value());
+}
+
+void WgmmaTile::consumerBarrier(ImplicitLocOpBuilder &b) {
+  if (!shape.warpSpecialized()) {
+    gpu::BarrierOp::create(b);
+    return;
+  }
+  KernelBuilder e{b, element};
+  NVVM::BarrierOp::create(b, TypeRange{}, e.i32(warpgroups + 1),
+                          e.i32(shape.consumerThreads()),
                           /*reductionOp=*/{}, Value());
 }
 
@@ -718,10 +739,106 @@ SmallVector<Value> WgmmaTile::overlapped(ImplicitLocOpBuilder &b) {
   return finals;
 }
 
+SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
+  KernelBuilder e{b, element};
+  TmaLoader loader(kernel, b, t);
+  // The queries (cp.async) landed and fenced for wgmma, published to the
+  // consumers; the producer copies chunks 1 on, startBulkLoads chunk 0.
+  NVVM::CpAsyncCommitGroupOp::create(b);
+  NVVM::CpAsyncWaitGroupOp::create(b, 0);
+  e.fenceAsyncProxy();
+  consumerBarrier(b);
+  SmallVector<Value> finals = kernel.emitSplitChunkLoops(
+      b, t,
+      [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
+          ValueRange c, bool masked) -> SmallVector<Value> {
+        KernelBuilder ie{ib, element};
+        Value fill = ring.fill(ie, chunk);
+        SmallVector<Value> results = inOrderChunk(
+            ib, buffer, buffer, keyBase, c, masked,
+            [&](ImplicitLocOpBuilder &wb) {
+              loader.wait(wb, 0, buffer, fill);
+            },
+            [&](ImplicitLocOpBuilder &wb) {
+              KernelBuilder we{wb, element};
+              loader.wait(wb, 1, buffer, fill);
+              if (masked)
+                zeroPastLastKey(wb, we.add(buffer, we.index(shape.stages)),
+                                keyBase);
+            },
+            /*whileScores=*/nullptr);
+        // Both products were waited for: the slot is free.
+        loader.release(ib, buffer);
+        return results;
+      });
+  // A tile with no chunk to attend still waits for the copies of chunk 0,
+  // so that none is in flight when the CTA exits.
+  ifThen(b,
+         arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.chunks,
+                               e.index(0)),
+         [&](ImplicitLocOpBuilder &ib) {
+           KernelBuilder ie{ib, element};
+           loader.wait(ib, 0, ie.index(0), ie.index(0));
+           loader.wait(ib, 1, ie.index(0), ie.index(0));
+         });
+  return finals;
+}
+
 } // namespace
+
+/// Whether the warp-specialized CTA moves registers from its producer to
+/// its consumers (setmaxnreg): where the consumers would gain some.
+static bool movesRegisters(const MmaTileShape &shape, int64_t ctas) {
+  return shape.consumerRegisters(ctas) > shape.launchRegisters(ctas);
+}
+
+void AttentionKernel::emitProducer(ImplicitLocOpBuilder &b,
+                                   const CtaTile &t) {
+  KernelBuilder e{b, element()};
+  int64_t ctas = shape.statedCtasPerSM(headDim, element());
+  if (movesRegisters(shape, ctas))
+    NVVM::SetMaxRegisterOp::create(
+        b, static_cast<int32_t>(MmaTileShape::kProducerRegisters),
+        NVVM::SetMaxRegisterAction::decrease);
+  TmaLoader loader(*this, b, t);
+  StageRing ring = shape.ring();
+  Value isIssuer = arith::CmpIOp::create(
+      b, arith::CmpIPredicate::eq, t.tid, e.index(shape.consumerThreads()));
+  ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
+    KernelBuilder ie{ib, e.element};
+    scf::ForOp::create(
+        ib, ie.index(1), t.chunks, ie.index(1), ValueRange{},
+        [&](OpBuilder &fb, Location loc, Value chunk, ValueRange) {
+          ImplicitLocOpBuilder lb(loc, fb);
+          KernelBuilder le{lb, e.element};
+          Value slot = ring.slot(le, chunk);
+          Value fill = ring.fill(le, chunk);
+          // The slot's fill before this one, chunk - stages, released by
+          // every consumer.
+          ifThen(lb, le.ult(le.index(0), fill),
+                 [&](ImplicitLocOpBuilder &wb) {
+                   KernelBuilder we{wb, e.element};
+                   loader.waitReleased(wb, slot,
+                                       we.sub(fill, we.index(1)));
+                 });
+          loader.issue(lb, 0, slot, chunk);
+          loader.issue(lb, 1, slot, chunk);
+          scf::YieldOp::create(lb);
+        });
+  });
+}
 
 SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
                                                     const CtaTile &t) {
+  if (shape.warpSpecialized()) {
+    int64_t ctas = shape.statedCtasPerSM(headDim, element());
+    if (movesRegisters(shape, ctas))
+      NVVM::SetMaxRegisterOp::create(
+          b, static_cast<int32_t>(shape.consumerRegisters(ctas)),
+          NVVM::SetMaxRegisterAction::increase);
+    WgmmaTile tile(*this, b, t);
+    return tile.warpSpecialized(b);
+  }
   WgmmaTile tile(*this, b, t);
   if (shape.overlapsSoftmax(headDim, element()))
     return tile.overlapped(b);

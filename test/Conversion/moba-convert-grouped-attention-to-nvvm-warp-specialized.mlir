@@ -1,0 +1,99 @@
+// The warp-specialized schedule (schedule=warp-specialized): a producer
+// warpgroup after the consumer warps (threads 256..383 of 384), which
+// owns the TMA ring; the consumers run the in-order chunk with no CTA
+// barrier between chunks. Per slot a full barrier of K and of V (one
+// arrival: the producer's expect_tx) and a release barrier (one arrival per
+// consumer thread). The kernel states its size and one CTA an SM
+// (nvvm.maxntid, nvvm.minctasm) so that ptxas knows every warp's registers
+// at entry (168) and honours setmaxnreg: the producer gives back all but
+// 40, the consumers take (65536 - 40 x 128) / 256 = 236, 232 in steps of
+// 8. With 4 warps and 4 stages one consumer warpgroup already has the
+// registers it can use (248 at entry): no setmaxnreg.
+// RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=3 warps=8 schedule=warp-specialized" | FileCheck %s
+// RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=4 warps=4 schedule=warp-specialized" | FileCheck %s --check-prefix=WIDE
+// RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma-multicast schedule=warp-specialized" 2>&1 | FileCheck %s --check-prefix=PAIRS
+// RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="schedule=warp-specialized key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=SYNC
+// RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma warps=16 schedule=warp-specialized" 2>&1 | FileCheck %s --check-prefix=WARPS
+
+// 384 threads; the bounds (64 bytes), nine mbarriers (72), the slack, Q of
+// two warpgroups (32768), three K and three V buffers (6 x 16384).
+// CHECK: gpu.launch {{.+}} threads({{.+}}) in ({{.+}} = %c384{{.*}}, {{.+}}) dynamic_shared_memory_size %c132232_i32 {
+// CHECK-COUNT-6: nvvm.mbarrier.init %{{.+}}, %c1_i32
+// CHECK-COUNT-3: nvvm.mbarrier.init %{{.+}}, %c256_i32
+// CHECK: nvvm.fence.mbarrier.init
+// Chunk 0's K and V start with the CTA, as in the other TMA loops.
+// CHECK-COUNT-2: nvvm.mbarrier.arrive.expect_tx
+// The causal bounds' barrier, then one that publishes the mbarriers to the
+// producer of a CTA without causal bounds too; then the roles.
+// CHECK: gpu.barrier
+// CHECK: gpu.barrier
+// CHECK-NEXT: %[[CONSUMERS:.+]] = arith.constant 256 : index
+// CHECK-NEXT: %[[ROLE:.+]] = arith.cmpi ult, %{{.+}}, %[[CONSUMERS]] : index
+// CHECK-NEXT: scf.if %[[ROLE]] {
+// CHECK-NEXT: nvvm.setmaxregister increase 232
+// The queries published to the consumers alone (barrier 3: 1 and 2 are the
+// warpgroups').
+// CHECK: nvvm.barrier id = %c3_i32 number_of_threads = %c256_i32
+// CHECK-NOT: gpu.barrier
+// The chunk: K's full barrier, S, the softmax, V's full barrier, P V, the
+// slot released by every consumer thread.
+// CHECK: scf.for
+// CHECK: nvvm.mbarrier.try_wait.parity
+// CHECK: nvvm.wgmma.mma_async
+// CHECK: nvvm.mbarrier.try_wait.parity
+// CHECK: nvvm.inline_ptx
+// CHECK: nvvm.wgmma.wait.group.sync.aligned 0
+// CHECK: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
+// CHECK: scf.yield
+// The masked loop zeroes V past the last key and publishes it to the
+// consumers, not the CTA.
+// CHECK: scf.for
+// CHECK: nvvm.barrier id = %c3_i32{{.*}} number_of_threads = %c256_i32
+// CHECK: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
+// CHECK-NOT: gpu.barrier
+// CHECK: } else {
+// CHECK-NEXT: nvvm.setmaxregister decrease 40
+// The producer's one thread (256): chunks 1 .. chunks - 1, each into slot
+// c mod 3 once fill c div 3 - 1 of it is released (release barriers 6..8,
+// after the K and V barriers), then K's and V's copies.
+// CHECK: %[[ISSUER:.+]] = arith.cmpi eq, %{{.+}}, %c256{{.*}} : index
+// CHECK-NEXT: scf.if %[[ISSUER]] {
+// CHECK: scf.for %[[C:.+]] = %c1{{.*}} to
+// CHECK: %[[SLOT:.+]] = arith.remui %[[C]], %c3{{.*}} : index
+// CHECK: %[[FILL:.+]] = arith.divui %[[C]], %c3{{.*}} : index
+// CHECK: %[[REFILL:.+]] = arith.cmpi ult, %c0{{.*}}, %[[FILL]] : index
+// CHECK: scf.if %[[REFILL]] {
+// CHECK: %[[BEFORE:.+]] = arith.subi %[[FILL]], %c1{{.*}} : index
+// CHECK: %[[PHASE:.+]] = arith.remui %[[BEFORE]], %c2{{.*}} : index
+// CHECK: %[[PARITY:.+]] = arith.index_castui %[[PHASE]] : index to i32
+// CHECK: %[[RELEASE:.+]] = arith.addi %c6{{.*}}, %[[SLOT]] : index
+// CHECK: nvvm.mbarrier.try_wait.parity %{{.+}}, %[[PARITY]]
+// CHECK: nvvm.mbarrier.arrive.expect_tx
+// CHECK-COUNT-2: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// CHECK: nvvm.mbarrier.arrive.expect_tx
+// CHECK-COUNT-2: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// CHECK: } {nvvm.maxntid = array<i32: 384, 1, 1>, nvvm.minctasm = 1 : i32}
+
+// 256 threads, one CTA an SM (4 x 2 buffers of 16384): every warp keeps
+// what it starts with.
+// WIDE: gpu.launch {{.+}} in ({{.+}} = %c256{{.*}}, {{.+}}) dynamic_shared_memory_size
+// WIDE-COUNT-8: nvvm.mbarrier.init %{{.+}}, %c1_i32
+// WIDE-COUNT-4: nvvm.mbarrier.init %{{.+}}, %c128_i32
+// WIDE-NOT: nvvm.setmaxregister
+// WIDE: arith.remui %{{.+}}, %c4{{.*}} : index
+// WIDE-NOT: nvvm.setmaxregister
+// WIDE: } {nvvm.maxntid = array<i32: 256, 1, 1>, nvvm.minctasm = 1 : i32}
+
+// PAIRS: schedule=warp-specialized needs key-value-loads=tma (its producer owns one CTA's ring), got 'tma-multicast'
+// SYNC: schedule=warp-specialized needs instruction=wgmma, got 'mma.sync'
+// WARPS: schedule=warp-specialized needs warps at most 12 (three consumer warpgroups beside the producer's), got 16
+func.func @producer(%q: memref<?x8x128xbf16>, %k: memref<?x2x128xbf16>,
+                    %v: memref<?x2x128xbf16>, %cu: memref<?xi32>,
+                    %sel: memref<?x8x3xi32>, %s: memref<8x?xi32>, %e: memref<8x?xi32>,
+                    %o: memref<3x?x8x128xbf16>, %l: memref<3x?x8xf32>) {
+  moba.grouped_block_attention q(%q : memref<?x8x128xbf16>) k(%k : memref<?x2x128xbf16>)
+      v(%v : memref<?x2x128xbf16>) cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x8x3xi32>)
+      groups(%s : memref<8x?xi32>, %s : memref<8x?xi32>, %e : memref<8x?xi32>)
+      outs(%o : memref<3x?x8x128xbf16>, %l : memref<3x?x8xf32>) {block_size = 512, scale = 0.088 : f32}
+  return
+}
