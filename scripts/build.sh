@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what moba-mlir needs from Debian (only what is missing), then
-# configures and builds it with ninja (and ccache when present).
+# configures and builds it with ninja (and ccache when present): the tools in
+# <build>/bin, the Python package in <build>/python/moba, and its wheel,
+# <build>/dist/moba_mlir-<version>-py3-none-linux_<arch>.whl.
 #
 #   scripts/build.sh [build-dir]      default: build
 #
@@ -18,6 +20,9 @@ packages=(
   python3 python3-numpy python3-pytest
   # The torch tests (autograd through moba.MobaAttention) on the CPU.
   python3-torch
+  # CI installs the wheel into a fresh virtual environment (scripts/test.sh);
+  # python3-venv brings ensurepip and the pip it installs there, offline.
+  python3-venv
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -43,5 +48,5 @@ if [ ! -f "$build/build.ninja" ]; then
     "${launcher[@]}"
 fi
 cmake --build "$build" --target moba-opt moba-run moba-reference-check \
-  moba-python mlir-doc \
+  moba-python moba-wheel mlir-doc \
   moba-stand-in-cuda

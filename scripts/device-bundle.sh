@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # device-bundle: packs what the GPU machine runs into .device/ (git-ignored),
-# for the device tool to carry: the moba Python package with libMobaC.so
-# (self-contained: MLIR and LLVM linked in) compressed, since it is larger
-# than one call may carry, and the check script. Nothing is built there.
+# for the device tool to carry: the moba wheel that scripts/build.sh wrote
+# (the package and the self-contained libMobaC.so, MLIR and LLVM linked in;
+# compressed, since the library is larger than one call may carry), the
+# check and bench scripts, and scripts that install the wheel on first use.
+# Nothing is built there.
 #
 #   bash scripts/device-bundle.sh            # after scripts/build.sh
 #   on the device: bash .device/run.sh MODE   # see test/device/gpu_check.py
 #                  bash .device/pytest.sh     # python/tests/test_torch_ops.py
+#                  bash .device/python.sh SCRIPT [ARGS]   # any other script
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${MOBA_BUILD_DIR:-$root/build}
 out=$root/.device
-rm -rf "$out" && mkdir -p "$out/moba"
-cp "$build"/python/moba/*.py "$out/moba/"
-gzip -9 -c "$build/python/moba/libMobaC.so" > "$out/moba/libMobaC.so.gz"
+wheels=("$build"/dist/moba_mlir-*.whl)
+if [ "${#wheels[@]}" -ne 1 ] || [ ! -f "${wheels[0]}" ]; then
+  echo "device-bundle.sh: want one wheel in $build/dist (scripts/build.sh" \
+       "writes it), found: ${wheels[*]}" >&2
+  exit 1
+fi
+rm -rf "$out" && mkdir -p "$out"
+cp "${wheels[0]}" "$out/"
 cp "$root/test/device/gpu_check.py" "$root/test/device/nan_check.py" \
    "$root/python/tests/reference.py" "$root"/bench/*.py "$out/"
 # The torch ops' pytest file and what it imports, for pytest.sh: the device
@@ -25,15 +33,49 @@ cp "$root"/python/tests/{conftest,reference,test_grad,test_torch_ops}.py \
 if [ -d "$root/../shared/bench" ]; then
   mkdir -p "$out/peers" && cp "$root"/../shared/bench/*.py "$out/peers/"
 fi
+# setup.sh, sourced by every script below: installs the wheel into
+# .device/site once (pip offline and without dependencies, since the device
+# has numpy and torch already; a plain unzip where pip is missing, as this
+# wheel's root is the installed layout, dist-info included) and puts site/
+# and .device/ on PYTHONPATH. site/ is named by the wheel's dist-info, so a
+# new bundle's wheel replaces an older install.
+cat > "$out/setup.sh" <<'SETUP'
+# Sourced (`source setup.sh || exit`): installs the moba wheel beside this
+# file on first use, then exports PYTHONPATH (the installed package, then this
+# folder's scripts). Returns non-zero if the wheel cannot be installed.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+wheel=$(echo "$here"/moba_mlir-*.whl)
+stem=$(basename "$wheel"); stem=${stem%%-py3-*}
+site=$here/site
+if [ ! -d "$site/$stem.dist-info" ]; then
+  staging=$(mktemp -d "$here/site.XXXXXX") || return 1
+  if python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install --quiet --no-index --no-deps \
+      --disable-pip-version-check --root-user-action=ignore \
+      --target "$staging" "$wheel"
+  else
+    python3 -m zipfile -e "$wheel" "$staging"
+  fi || { echo "setup.sh: cannot install $wheel" >&2; rm -rf "$staging"
+          return 1; }
+  rm -rf "$site" && mv "$staging" "$site" || return 1
+fi
+export PYTHONPATH="$site:$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+SETUP
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# Unpacks the library once, then runs gpu_check.py with the given arguments.
+# Installs the wheel once, then runs gpu_check.py with the given arguments.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-[ -f "$here/moba/libMobaC.so" ] || gunzip -k "$here/moba/libMobaC.so.gz"
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/setup.sh" || exit
 exec python3 "$here/gpu_check.py" "$@"
 RUN
+# python.sh: any script (nan_check.py, say) with the package installed.
+cat > "$out/python.sh" <<'PY'
+#!/usr/bin/env bash
+# usage: python.sh [python args]; python3 with the moba wheel installed.
+set -euo pipefail
+source "$(dirname "$0")/setup.sh" || exit
+exec python3 "$@"
+PY
 # bench.sh and tune.sh: the same environment for bench/moba_bench.py and
 # bench/tune.py.
 for tool in bench:moba_bench tune:tune; do
@@ -49,9 +91,8 @@ cat > "$out/pytest.sh" <<'PYTEST'
 #!/usr/bin/env bash
 # usage: pytest.sh [pytest args]; runs tests/test_torch_ops.py.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-[ -f "$here/moba/libMobaC.so" ] || gunzip -k "$here/moba/libMobaC.so.gz"
-export PYTHONPATH="$here:$here/tests" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/setup.sh" || exit
+export PYTHONPATH="$PYTHONPATH:$here/tests"
 python3 -c "import pytest" 2>/dev/null ||
   { echo "pytest.sh: pytest is not installed on this machine" >&2; exit 2; }
 exec python3 -m pytest -p no:cacheprovider -q -rs \
@@ -67,9 +108,7 @@ cat > "$out/sanitize.sh" <<'SAN'
 # would pass BUDGET_S seconds; each part's log goes to $OUT (or /tmp).
 # MOBA_SANITIZE_MODE=grad sanitizes the backward's grid instead.
 set -uo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-[ -f "$here/moba/libMobaC.so" ] || gunzip -k "$here/moba/libMobaC.so.gz"
-export PYTHONPATH="$here" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/setup.sh" || exit
 tool=$1 parts=$2 first=$3 budget=$4; shift 4
 mode=${MOBA_SANITIZE_MODE:-grid}
 logs=${OUT:-/tmp}

@@ -18,10 +18,15 @@ LLVM_BIN = "/usr/lib/llvm-22/bin"
 
 
 def moba_opt():
-    """The moba-opt beside the moba package of the build tree."""
-    package = os.path.dirname(os.path.abspath(moba.__file__))
-    path = os.path.join(package, "..", "..", "bin", "moba-opt")
-    return os.path.normpath(path)
+    """moba-opt of the build tree: $MOBA_BUILD_DIR/bin, else beside the moba
+    package when it is the build tree's (PYTHONPATH=<build>/python). An
+    installed package (the wheel) carries no moba-opt, so CI names the build
+    directory (scripts/test.sh)."""
+    build = os.environ.get("MOBA_BUILD_DIR")
+    if not build:
+        package = os.path.dirname(os.path.abspath(moba.__file__))
+        build = os.path.join(package, "..", "..")
+    return os.path.normpath(os.path.join(build, "bin", "moba-opt"))
 
 
 def _mlir_runner():

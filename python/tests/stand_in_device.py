@@ -26,15 +26,20 @@ SEQLENS = [0, 100, 256]
 
 
 def library_path():
-    """The stand-in driver: $MOBA_STAND_IN_DRIVER, else the build directory
-    the moba package was assembled in (PYTHONPATH=<build>/python)."""
+    """The stand-in driver: $MOBA_STAND_IN_DRIVER, else the lib folder of
+    $MOBA_BUILD_DIR, else that of the build directory the moba package was
+    assembled in (PYTHONPATH=<build>/python). An installed package (the
+    wheel) has no build directory beside it, so CI names it (scripts/test.sh).
+    """
     explicit = os.environ.get("MOBA_STAND_IN_DRIVER")
     if explicit:
         return explicit
-    import moba
-    package = os.path.dirname(os.path.abspath(moba.__file__))
-    return os.path.normpath(os.path.join(package, "..", "..", "lib",
-                                         LIBRARY_NAME))
+    build = os.environ.get("MOBA_BUILD_DIR")
+    if not build:
+        import moba
+        package = os.path.dirname(os.path.abspath(moba.__file__))
+        build = os.path.join(package, "..", "..")
+    return os.path.normpath(os.path.join(build, "lib", LIBRARY_NAME))
 
 
 # The device buffers allocated per configuration: q, k, v, out, lse,
