@@ -56,7 +56,8 @@ CHECK_TOKENS = 16384
 ENUM_NAMES = {"mma.sync": "MmaSync", "wgmma": "Wgmma", "cp.async": "CpAsync",
               "tma": "Tma", "tma-multicast": "TmaMulticast", "auto": "Auto",
               "in-order": "InOrder", "overlapped": "Overlapped",
-              "warp-specialized": "WarpSpecialized"}
+              "warp-specialized": "WarpSpecialized",
+              "warp-specialized-overlapped": "WarpSpecializedOverlapped"}
 
 
 def candidates(chip, stages=STAGES, schedules=SCHEDULES):

@@ -138,6 +138,9 @@ typedef enum MobaSchedule {
    * consumer warpgroups; needs wgmma with TMA loads (not multicast) and
    * mma_warps at most 12. */
   MOBA_SCHEDULE_WARP_SPECIALIZED = 3,
+  /* MOBA_SCHEDULE_WARP_SPECIALIZED, each consumer's softmax under the
+   * previous chunk's P V; the same rules. */
+  MOBA_SCHEDULE_WARP_SPECIALIZED_OVERLAPPED = 4,
 } MobaSchedule;
 
 typedef struct MobaConfig {

@@ -181,6 +181,9 @@ llvm::Error readGpuOptions(const MobaConfig &c, CompileRequest &r) {
   case MOBA_SCHEDULE_WARP_SPECIALIZED:
     plan.schedule = KernelSchedule::WarpSpecialized;
     break;
+  case MOBA_SCHEDULE_WARP_SPECIALIZED_OVERLAPPED:
+    plan.schedule = KernelSchedule::WarpSpecializedOverlapped;
+    break;
   default:
     return llvm::createStringError("unknown mma_schedule %d",
                                    static_cast<int>(c.mma_schedule));

@@ -53,6 +53,9 @@ constexpr EnumName<KernelSchedule> kKernelSchedules[] = {
     {KernelSchedule::WarpSpecialized, "warp-specialized",
      "a producer warpgroup fills the TMA ring, consumer warpgroups take "
      "its registers and multiply"},
+    {KernelSchedule::WarpSpecializedOverlapped, "warp-specialized-overlapped",
+     "warp-specialized, each consumer's softmax under the previous chunk's "
+     "P V"},
 };
 
 constexpr EnumName<MergeMode> kMergeModes[] = {
@@ -273,16 +276,15 @@ AttentionKernelPlan::problems(std::optional<StringRef> chip,
     problem(scheduleField + "=overlapped needs " + loadsField +
             "=cp.async (the TMA loop runs in order), got '" + nameOf(loads) +
             "'");
-  if (schedule == KernelSchedule::WarpSpecialized && !wgmma)
-    problem(scheduleField + "=warp-specialized needs " + instructionField +
-            "=wgmma, got '" + nameOf(instruction) + "'");
-  if (schedule == KernelSchedule::WarpSpecialized &&
-      loads != KeyValueLoads::Tma)
-    problem(scheduleField + "=warp-specialized needs " + loadsField +
+  if (warpSpecialized() && !wgmma)
+    problem(scheduleField + "=" + nameOf(schedule) + " needs " +
+            instructionField + "=wgmma, got '" + nameOf(instruction) + "'");
+  if (warpSpecialized() && loads != KeyValueLoads::Tma)
+    problem(scheduleField + "=" + nameOf(schedule) + " needs " + loadsField +
             "=tma (its producer owns one CTA's ring), got '" + nameOf(loads) +
             "'");
-  if (schedule == KernelSchedule::WarpSpecialized && warps > 12)
-    problem(scheduleField + "=warp-specialized needs " + warpsField +
+  if (warpSpecialized() && warps > 12)
+    problem(scheduleField + "=" + nameOf(schedule) + " needs " + warpsField +
             " at most 12 (three consumer warpgroups beside the producer's), "
             "got " + llvm::Twine(warps));
   return found;

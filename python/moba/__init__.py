@@ -866,7 +866,9 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     mma_schedule: with wgmma, the chunk loop's order: "in-order",
     "overlapped" (each chunk's softmax under the previous chunk's P V;
     cp.async loads only), "warp-specialized" (a producer warpgroup fills
-    the TMA ring while consumer warpgroups multiply; TMA loads only) or
+    the TMA ring while consumer warpgroups multiply; TMA loads only),
+    "warp-specialized-overlapped" (the same, each consumer's softmax under
+    the previous chunk's P V) or
     "auto" (None: overlapped where one CTA fills an SM and K and V come by
     cp.async, else in order).
     The rules between these (wgmma needs sm_90a and whole warpgroups, TMA
@@ -919,9 +921,11 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
         raise ValueError(f"mma_merge must be 'fused', 'separate' or None, "
                          f"got {mma_merge!r}")
     if mma_schedule not in (None, "auto", "in-order", "overlapped",
-                            "warp-specialized"):
+                            "warp-specialized",
+                            "warp-specialized-overlapped"):
         raise ValueError(f"mma_schedule must be 'auto', 'in-order', "
-                         f"'overlapped', 'warp-specialized' or None, got "
+                         f"'overlapped', 'warp-specialized', "
+                         f"'warp-specialized-overlapped' or None, got "
                          f"{mma_schedule!r}")
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "

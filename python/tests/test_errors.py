@@ -337,8 +337,9 @@ def test_cpu_target_refuses_gpu_fields_no_gpu_takes():
 
 def test_mma_schedule_rules():
     with pytest.raises(ValueError, match="mma_schedule must be 'auto', "
-                       "'in-order', 'overlapped', 'warp-specialized' or "
-                       "None, got 'ping-pong'"):
+                       "'in-order', 'overlapped', 'warp-specialized', "
+                       "'warp-specialized-overlapped' or None, got "
+                       "'ping-pong'"):
         kernel(mma_schedule="ping-pong")
     assert gpu_problem(mma_schedule="overlapped",
                        mma_instruction="mma.sync").startswith(

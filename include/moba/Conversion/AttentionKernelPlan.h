@@ -66,6 +66,12 @@ enum class KernelSchedule {
   /// warpgroups (setmaxnreg), which run their chunks in order with no CTA
   /// barrier between chunks (wgmma with TMA loads).
   WarpSpecialized,
+  /// WarpSpecialized, and each consumer warpgroup issues chunk c's
+  /// S = Q K^T and chunk c - 1's P V together and runs chunk c's softmax
+  /// while the tensor cores multiply P V (FA3's intra-warpgroup overlap;
+  /// P of the chunk before stays in registers). A slot is released one
+  /// chunk later than in order: three stages keep one chunk in flight.
+  WarpSpecializedOverlapped,
 };
 
 /// Where the slots' partials are merged.
@@ -114,6 +120,11 @@ struct AttentionKernelPlan {
   int64_t stages = 2;
 
   bool usesTma() const { return loads != KeyValueLoads::CpAsync; }
+  /// Either warp-specialized schedule.
+  bool warpSpecialized() const {
+    return schedule == KernelSchedule::WarpSpecialized ||
+           schedule == KernelSchedule::WarpSpecializedOverlapped;
+  }
 
   /// The canonical text: the four enums' names, then warps, key-chunk and
   /// stages, e.g. `wgmma,tma,in-order,separate,warps=4,key-chunk=64,

@@ -124,7 +124,8 @@ struct MmaTileShape {
   /// producer warpgroup after the `warps` consumer warps, which keep the
   /// thread ids, rows and copies they have in the other schedules.
   bool warpSpecialized() const {
-    return bulkLoads && schedule == KernelSchedule::WarpSpecialized;
+    return bulkLoads && (schedule == KernelSchedule::WarpSpecialized ||
+                         schedule == KernelSchedule::WarpSpecializedOverlapped);
   }
   /// The producer warpgroup's threads (setmaxnreg works on whole
   /// warpgroups) and the registers it keeps: its one working thread
@@ -471,10 +472,12 @@ struct AttentionKernel {
   /// `step` unmasked, then [unmasked, chunks) masked, carrying what
   /// `inits` (chunkLoopInits where empty) starts; chunk c's buffer is its
   /// ring slot and its first key keyFirst + c * keyChunk. Returns what they
-  /// carry at the end.
+  /// carry at the end. With `first` the loops start at that chunk instead
+  /// of 0 (the chunks before it were done by the caller).
   SmallVector<Value> emitSplitChunkLoops(ImplicitLocOpBuilder &b,
                                          const CtaTile &t, ChunkFn step,
-                                         ValueRange inits = {});
+                                         ValueRange inits = {},
+                                         Value first = {});
   /// The TMA pipeline of the in-order wgmma loop (shape.bulkLoads): the
   /// same plain and masked loops as emitChunkLoops, each chunk behind the
   /// barrier after which its buffers may refill (bufferBarrier); `body`

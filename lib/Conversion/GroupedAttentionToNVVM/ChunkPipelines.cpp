@@ -82,7 +82,7 @@ SmallVector<Value> AttentionKernel::emitChunkLoops(
 
 SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
     ImplicitLocOpBuilder &b, const CtaTile &t, ChunkFn step,
-    ValueRange inits) {
+    ValueRange inits, Value first) {
   KernelBuilder e{b, element()};
   auto chunkLoop = [&](Value from, Value to, ValueRange loopInits,
                        bool masked) {
@@ -101,9 +101,12 @@ SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
   SmallVector<Value> starts(inits.begin(), inits.end());
   if (starts.empty())
     starts = chunkLoopInits(e);
-  auto plain = chunkLoop(e.index(0), t.unmasked, starts, /*masked=*/false);
+  Value start = first ? first : e.index(0);
+  Value masked = first ? arith::MaxUIOp::create(b, first, t.unmasked)
+                       : t.unmasked;
+  auto plain = chunkLoop(start, masked, starts, /*masked=*/false);
   auto loop =
-      chunkLoop(t.unmasked, t.chunks, plain.getResults(), /*masked=*/true);
+      chunkLoop(masked, t.chunks, plain.getResults(), /*masked=*/true);
   return SmallVector<Value>(loop.getResults());
 }
 

@@ -75,6 +75,13 @@ public:
   /// mbarriers and released on the slot's release barrier once both
   /// products have read it (emitProducer refills it).
   SmallVector<Value> warpSpecialized(ImplicitLocOpBuilder &b);
+  /// The consumers of the warp-specialized schedule with each chunk's
+  /// softmax under the chunk before's P V: chunk 0's S and softmax, then
+  /// per chunk c S_c and P_(c-1) V_(c-1) issued together, S_c waited for
+  /// alone, the softmax, then P V and the release of chunk c - 1's slot;
+  /// the last P V after the loops. P of the chunk before is carried in
+  /// registers (f32, the m16n8 layout).
+  SmallVector<Value> warpSpecializedOverlapped(ImplicitLocOpBuilder &b);
 
 private:
   using WaitFn = function_ref<void(ImplicitLocOpBuilder &)>;
@@ -126,6 +133,12 @@ private:
   /// a barrier must publish it.
   void storeProbabilities(ImplicitLocOpBuilder &b,
                           ArrayRef<SmallVector<Value>> scores);
+  /// The warp-specialized consumers' start: the queries (cp.async) landed
+  /// and fenced for wgmma, published to the consumers.
+  void publishQueries(ImplicitLocOpBuilder &b);
+  /// A tile with no chunk to attend still waits for the copies of chunk 0
+  /// (startBulkLoads), so that none is in flight when the CTA exits.
+  void drainFirstChunk(ImplicitLocOpBuilder &b, TmaLoader &loader);
   /// The scores of a finished S in the m16n8 accumulator layout.
   SmallVector<SmallVector<Value>> scoreTiles(ImplicitLocOpBuilder &b,
                                              Value scoresAcc);
@@ -742,12 +755,8 @@ SmallVector<Value> WgmmaTile::overlapped(ImplicitLocOpBuilder &b) {
 SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
   KernelBuilder e{b, element};
   TmaLoader loader(kernel, b, t);
-  // The queries (cp.async) landed and fenced for wgmma, published to the
-  // consumers; the producer copies chunks 1 on, startBulkLoads chunk 0.
-  NVVM::CpAsyncCommitGroupOp::create(b);
-  NVVM::CpAsyncWaitGroupOp::create(b, 0);
-  e.fenceAsyncProxy();
-  consumerBarrier(b);
+  // The producer copies chunks 1 on, startBulkLoads chunk 0.
+  publishQueries(b);
   SmallVector<Value> finals = kernel.emitSplitChunkLoops(
       b, t,
       [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
@@ -771,8 +780,19 @@ SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
         loader.release(ib, buffer);
         return results;
       });
-  // A tile with no chunk to attend still waits for the copies of chunk 0,
-  // so that none is in flight when the CTA exits.
+  drainFirstChunk(b, loader);
+  return finals;
+}
+
+void WgmmaTile::publishQueries(ImplicitLocOpBuilder &b) {
+  NVVM::CpAsyncCommitGroupOp::create(b);
+  NVVM::CpAsyncWaitGroupOp::create(b, 0);
+  KernelBuilder{b, element}.fenceAsyncProxy();
+  consumerBarrier(b);
+}
+
+void WgmmaTile::drainFirstChunk(ImplicitLocOpBuilder &b, TmaLoader &loader) {
+  KernelBuilder e{b, element};
   ifThen(b,
          arith::CmpIOp::create(b, arith::CmpIPredicate::eq, t.chunks,
                                e.index(0)),
@@ -781,7 +801,134 @@ SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
            loader.wait(ib, 0, ie.index(0), ie.index(0));
            loader.wait(ib, 1, ie.index(0), ie.index(0));
          });
-  return finals;
+}
+
+SmallVector<Value>
+WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
+  KernelBuilder e{b, element};
+  TmaLoader loader(kernel, b, t);
+  publishQueries(b);
+  int64_t scoreCount = nTiles * 4;
+  auto flatten = [](ArrayRef<SmallVector<Value>> tiles) {
+    SmallVector<Value> flat;
+    for (const SmallVector<Value> &tile : tiles)
+      flat.append(tile.begin(), tile.end());
+    return flat;
+  };
+  auto tilesOf = [&](ValueRange flat) {
+    SmallVector<SmallVector<Value>> tiles(nTiles);
+    for (int64_t nt = 0; nt < nTiles; ++nt)
+      tiles[nt].assign(flat.begin() + 4 * nt, flat.begin() + 4 * nt + 4);
+    return tiles;
+  };
+  // V of chunk `chunk` (in slot `slot`) landed, and past the last key
+  // zeroed where the chunk reaches past it.
+  auto waitValues = [&](ImplicitLocOpBuilder &wb, Value chunk, Value slot,
+                        bool masked) {
+    KernelBuilder we{wb, element};
+    loader.wait(wb, 1, slot, ring.fill(we, chunk));
+    if (masked)
+      zeroPastLastKey(wb, we.add(slot, we.index(shape.stages)),
+                      we.add(t.keyFirst,
+                             we.mul(chunk, we.index(shape.keyChunk))));
+  };
+  // O (+)= P V of chunk `chunk`, P its probabilities, issued and
+  // committed.
+  auto multiplyPrevious = [&](ImplicitLocOpBuilder &mb, ValueRange out,
+                              ValueRange probabilities, Value slot) {
+    NVVM::WgmmaFenceAlignedOp::create(mb);
+    SmallVector<Value> product = multiplyValuesFromRegisters(
+        mb, out, tilesOf(probabilities), slot);
+    NVVM::WgmmaGroupSyncAlignedOp::create(mb);
+    return product;
+  };
+
+  // Chunk 0: S and the softmax, masked (the mask is exact on any chunk;
+  // the tile's first chunk may be its last). Carried: max, sums, O, and
+  // P of the chunk before. A tile without chunks carries the loops'
+  // initial values and zero probabilities through.
+  SmallVector<Value> inits = kernel.chunkLoopInits(e);
+  SmallVector<Type> carriedTypes;
+  for (Value init : inits)
+    carriedTypes.push_back(init.getType());
+  carriedTypes.append(scoreCount, b.getF32Type());
+  Value hasChunks = e.ult(e.index(0), t.chunks);
+  auto first = scf::IfOp::create(b, carriedTypes, hasChunks,
+                                 /*withElseRegion=*/true);
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&first.getThenRegion().front());
+    KernelBuilder fe{b, element};
+    loader.wait(b, 0, fe.index(0), fe.index(0));
+    NVVM::WgmmaFenceAlignedOp::create(b);
+    Value scoresAcc = multiplyKeys(b, fe.index(0));
+    NVVM::WgmmaWaitGroupSyncOp::create(b, 0);
+    SmallVector<SmallVector<Value>> scores = scoreTiles(b, scoresAcc);
+    SmallVector<Value> results = kernel.softmaxStep(
+        b, t, scores, ValueRange(inits), t.keyFirst, /*masked=*/true);
+    results.append(flatten(scores));
+    scf::YieldOp::create(b, results);
+    b.setInsertionPointToStart(&first.getElseRegion().front());
+    SmallVector<Value> none(inits);
+    none.append(scoreCount, fe.f32(0.0));
+    scf::YieldOp::create(b, none);
+  }
+  int64_t outCount = dTiles * 4;
+  SmallVector<Value> finals = kernel.emitSplitChunkLoops(
+      b, t,
+      [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
+          ValueRange c, bool masked) -> SmallVector<Value> {
+        KernelBuilder ie{ib, element};
+        Value previous = ie.sub(chunk, ie.index(1));
+        Value previousSlot = ring.previousSlot(ie, buffer);
+        loader.wait(ib, 0, buffer, ring.fill(ie, chunk));
+        // The chunk before is masked where this one is or it is chunk
+        // unmasked - 1 (zeroPastLastKey checks the keys itself).
+        waitValues(ib, previous, previousSlot, masked);
+        NVVM::WgmmaFenceAlignedOp::create(ib);
+        Value scoresAcc = multiplyKeys(ib, buffer);
+        SmallVector<Value> out = multiplyPrevious(
+            ib, c.slice(4, outCount), c.drop_front(4 + outCount),
+            previousSlot);
+        NVVM::WgmmaWaitGroupSyncOp::create(ib, 1);
+        SmallVector<SmallVector<Value>> scores = scoreTiles(ib, scoresAcc);
+        AttentionKernel::Rescale factors;
+        SmallVector<Value> results = kernel.softmaxStep(
+            ib, t, scores, c.take_front(4), keyBase, masked, &factors);
+        NVVM::WgmmaWaitGroupSyncOp::create(ib, 0);
+        // Both products of chunk c - 1's slot are done.
+        loader.release(ib, previousSlot);
+        AttentionKernel::rescale(out, factors, ie);
+        results.append(out);
+        results.append(flatten(scores));
+        return results;
+      },
+      first.getResults(), /*first=*/e.index(1));
+
+  // The last chunk's P V, where there was a chunk.
+  SmallVector<Type> outTypes(outCount, b.getF32Type());
+  auto last = scf::IfOp::create(b, outTypes, hasChunks,
+                                /*withElseRegion=*/true);
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&last.getThenRegion().front());
+    KernelBuilder le{b, element};
+    Value lastChunk = le.sub(t.chunks, le.index(1));
+    Value lastSlot = ring.slot(le, lastChunk);
+    waitValues(b, lastChunk, lastSlot, /*masked=*/true);
+    SmallVector<Value> out = multiplyPrevious(
+        b, ValueRange(finals).slice(4, outCount),
+        ValueRange(finals).drop_front(4 + outCount), lastSlot);
+    NVVM::WgmmaWaitGroupSyncOp::create(b, 0);
+    scf::YieldOp::create(b, out);
+    b.setInsertionPointToStart(&last.getElseRegion().front());
+    scf::YieldOp::create(
+        b, SmallVector<Value>(ValueRange(finals).slice(4, outCount)));
+  }
+  drainFirstChunk(b, loader);
+  SmallVector<Value> results(ValueRange(finals).take_front(4));
+  results.append(last.getResults().begin(), last.getResults().end());
+  return results;
 }
 
 } // namespace
@@ -837,6 +984,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
           b, static_cast<int32_t>(shape.consumerRegisters(ctas)),
           NVVM::SetMaxRegisterAction::increase);
     WgmmaTile tile(*this, b, t);
+    if (shape.schedule == KernelSchedule::WarpSpecializedOverlapped)
+      return tile.warpSpecializedOverlapped(b);
     return tile.warpSpecialized(b);
   }
   WgmmaTile tile(*this, b, t);
