@@ -1,8 +1,8 @@
 """Decode and chunked prefill against a paged KV cache, on the CPU.
 
     cache = moba.KVCache(num_pages=64, page_size=16, num_kv_heads=2,
-                         head_dim=64, dtype="f32", batch=4, block_size=64,
-                         top_k=3)
+                         head_dim=64, dtype="f32", batch=4, num_heads=8,
+                         block_size=64, top_k=3)
     out = cache.prefill(q, k, v, cu_seqlens)   # a chunk: cache + itself
     cache.append(k1, v1)                       # one new token a sequence
     out = cache.decode(q1)                     # its rows of the forward
@@ -94,13 +94,15 @@ def _check_shape(name, x, shape):
     got = tuple(x.shape)
     if len(got) != len(shape) or any(
             want is not None and g != want for g, want in zip(got, shape)):
-        spelled = tuple("*" if d is None else d for d in shape)
-        raise ValueError(f"{name} has shape {got}, expected {spelled}")
+        spelled = ", ".join("*" if d is None else str(d) for d in shape)
+        raise ValueError(f"{name} has shape {got}, expected ({spelled})")
 
 
 def _int32_array(name, x, shape):
     """An int32 copy of integer array `x` of `shape` (None: any), its values
-    checked to fit int32."""
+    checked to fit int32. Lists and tuples are taken too."""
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
     x = _as_host_array(name, x)
     if not np.issubdtype(x.dtype, np.integer):
         raise ValueError(f"{name} must be an integer array, got dtype "
@@ -197,6 +199,8 @@ class PagedKernel:
         if v_cache.shape != k_cache.shape:
             raise ValueError(f"v_cache has shape {v_cache.shape} but k_cache "
                              f"has {k_cache.shape}")
+        if isinstance(block_table, (list, tuple)):
+            block_table = np.asarray(block_table)
         block_table = _as_host_array("block_table", block_table)
         if block_table.ndim != 2:
             raise ValueError(f"block_table has shape {block_table.shape}, "
@@ -400,18 +404,20 @@ class KVCache:
     with the block sums, which only the appends keep; the functional forms
     (moba.paged_kv_append, moba.paged_decode) take caller-managed lengths.
 
-    top_k, selection and scale are the model's MoBA settings for decode
-    and prefill (see compile_paged). Arrays in (k, v, q) are numpy arrays
+    num_heads (query heads), top_k, selection and scale are the model's
+    MoBA settings for decode and prefill (see compile_paged). Arrays in (k, v, q) are numpy arrays
     or CPU torch tensors of `dtype`; results come back as the kind of array
     q is.
     """
 
     def __init__(self, num_pages, page_size, num_kv_heads, head_dim, dtype,
-                 *, batch, block_size, top_k, selection="query_head",
-                 scale=None, max_pages=None, block_table=None):
+                 *, batch, num_heads, block_size, top_k,
+                 selection="query_head", scale=None, max_pages=None,
+                 block_table=None):
         ints = {}
         for name, value in (("num_pages", num_pages),
                             ("page_size", page_size),
+                            ("num_heads", num_heads),
                             ("num_kv_heads", num_kv_heads),
                             ("head_dim", head_dim), ("batch", batch),
                             ("block_size", block_size), ("top_k", top_k)):
@@ -424,6 +430,7 @@ class KVCache:
             ints[name] = value
         self.dtype = _dtype_name(dtype)
         self.num_pages, self.page_size = ints["num_pages"], ints["page_size"]
+        self.num_heads = ints["num_heads"]
         self.num_kv_heads, self.head_dim = ints["num_kv_heads"], \
             ints["head_dim"]
         self.batch, self.block_size = ints["batch"], ints["block_size"]
@@ -431,7 +438,7 @@ class KVCache:
             scale
         # The configuration's checks, with the library's messages, now.
         problem = _capi.check_paged_config(
-            self.head_dim, self.num_kv_heads, self.num_kv_heads,
+            self.head_dim, self.num_heads, self.num_kv_heads,
             self.page_size, self.block_size, self.top_k, 0, scale,
             self.dtype, selection) if selection in _SELECTIONS else (
             f"selection must be 'query_head' or 'kv_head', got "
@@ -511,8 +518,8 @@ class KVCache:
             for i in range(int((self.block_table[b] >= 0).sum()), pages):
                 self.block_table[b, i] = self._free.pop()
 
-    def _kernel(self, num_heads, max_query_tokens):
-        return compile_paged(self.head_dim, num_heads, self.num_kv_heads,
+    def _kernel(self, max_query_tokens):
+        return compile_paged(self.head_dim, self.num_heads, self.num_kv_heads,
                              self.page_size, self.block_size, self.top_k,
                              self.dtype, selection=self.selection,
                              scale=self.scale,
@@ -534,7 +541,7 @@ class KVCache:
         grown = self.lengths.astype(np.int64) + counts
         if self._managed:
             self._reserve(grown)
-        kernel = self._kernel(self.num_kv_heads, MAX_DECODE_QUERY_TOKENS)
+        kernel = self._kernel(MAX_DECODE_QUERY_TOKENS)
         self.lengths = kernel.append(k_array, v_array, cu, self.k_cache,
                                      self.v_cache, self.block_key_sums,
                                      self.block_table, self.lengths)
@@ -553,7 +560,7 @@ class KVCache:
                 f"sequence {b} has {int(counts[b])} queries; decode takes at "
                 f"most {max_query_tokens} a sequence: use prefill() for a "
                 "longer chunk")
-        kernel = self._kernel(q_array.shape[1], max_query_tokens)
+        kernel = self._kernel(max_query_tokens)
         out, lse = kernel.decode(q_array, cu, self.k_cache, self.v_cache,
                                  self.block_key_sums, self.block_table,
                                  self.lengths)
