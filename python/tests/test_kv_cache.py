@@ -107,14 +107,14 @@ def test_decode_loop_on_torch_tensors():
     sequence appended and decoded, on CPU torch tensors (results come back
     as torch tensors); every step's rows equal the full forward's."""
     torch = pytest.importorskip("torch")
-    hq, hkv, d, page, block, top_k = 4, 2, 16, 16, 32, 3
+    hq, hkv, d, page, block, top_k = 4, 2, 16, 8, 16, 2
     prompt, steps = [40, 1, 75], 12
     seqlens = [n + steps for n in prompt]
     rng = np.random.default_rng(5)
     q, k, v, cu = random_inputs(rng, seqlens, hq, hkv, d)
     full_out, _ = full_forward(q, k, v, cu, block, top_k)
     _, _, near_tie = moba_reference(q, k, v, cu, block, top_k)
-    cache = moba.KVCache(16, page, hkv, d, torch.float32, batch=3,
+    cache = moba.KVCache(32, page, hkv, d, torch.float32, batch=3,
                          num_heads=hq, block_size=block, top_k=top_k)
     t = torch.from_numpy
     rows, cu_prompt = packed_rows(cu, [0, 0, 0], prompt)
