@@ -408,3 +408,71 @@ def test_gpu_tensors_are_refused_by_name():
     k, v = (torch.ones((2, 2, 8), device="cuda") for _ in range(2))
     with pytest.raises(ValueError, match="k is on cuda.*CPU only"):
         cache.append(k, v)
+
+
+@pytest.mark.parametrize("counts,message", [
+    (dict(num_pages=2**31), r"num_pages must be in 1..2147483647, got "
+                            r"2147483648"),
+    (dict(num_pages=0), "num_pages must be in 1..2147483647, got 0"),
+    (dict(max_pages=-1), "max_pages must be in 1..2147483647, got -1"),
+    (dict(max_blocks=2**31 - 1, num_sequences=2**31 - 1),
+     "block_key_sums would need more than 2\\^62 bytes"),
+    (dict(num_sequences=2**31), "num_sequences must be in 1..2147483647"),
+])
+def test_c_api_counts_are_checked_in_64_bits(counts, message):
+    """Counts a caller claims through the C API: each within its limit and
+    every buffer's bytes in checked 64-bit arithmetic, refused before
+    anything is read (the pointers are of a small cache)."""
+    paged = moba.compile_paged(8, 4, 4, 16, 32, 2, "f32")
+    k_cache = np.zeros((1, 16, 4, 8), np.float32)
+    sums = np.zeros((1, 1, 4, 8), np.float32)
+    table, lens = np.zeros((1, 1), np.int32), np.zeros(1, np.int32)
+    args = dict(num_pages=1, max_pages=1, max_blocks=1, num_sequences=1)
+    args.update(counts)
+    cache = _capi.paged_cache(k_cache.ctypes.data, k_cache.ctypes.data + 4,
+                              sums.ctypes.data, table.ctypes.data,
+                              lens.ctypes.data, **args)
+    cu = np.zeros(2, np.int32)
+    with pytest.raises(ValueError, match=message):
+        _capi.run_paged_append(paged._handle, cache, None, None,
+                               cu.ctypes.data, 0)
+    with pytest.raises(ValueError, match=message):
+        _capi.run_paged_decode(paged._handle, cache, None, cu.ctypes.data, 0,
+                               None, None)
+
+
+def test_c_api_token_counts_are_checked():
+    paged = moba.compile_paged(8, 4, 2, 16, 32, 2, "f32")
+    k_cache = np.zeros((1, 16, 2, 8), np.float32)
+    v_cache = np.zeros_like(k_cache)
+    sums = np.zeros((1, 1, 2, 8), np.float32)
+    table, lens = np.zeros((1, 1), np.int32), np.zeros(1, np.int32)
+    cache = _capi.paged_cache(k_cache.ctypes.data, v_cache.ctypes.data,
+                              sums.ctypes.data, table.ctypes.data,
+                              lens.ctypes.data, 1, 1, 1, 1)
+    cu = np.asarray([0, 2], np.int32)
+    with pytest.raises(ValueError, match="tokens must be in 0..2147483647, "
+                                         "got 2147483648"):
+        _capi.run_paged_decode(paged._handle, cache, None, cu.ctypes.data,
+                               2**31, None, None)
+    with pytest.raises(ValueError, match="k is null but there are 2 tokens"):
+        _capi.run_paged_append(paged._handle, cache, None, None,
+                               cu.ctypes.data, 2)
+    with pytest.raises(ValueError, match="cu_seqlens_q must end at the token "
+                                         "count 1, got 2"):
+        q = np.zeros((1, 4, 8), np.float32)
+        _capi.run_paged_decode(paged._handle, cache, q.ctypes.data,
+                               cu.ctypes.data, 1, q.copy().ctypes.data,
+                               np.zeros((1, 4), np.float32).ctypes.data)
+
+
+def test_c_api_refuses_gpu_targets_and_unknown_enums():
+    config = _capi._paged_config(64, 4, 2, 16, 32, 2, 16, None, "f32",
+                                 "query_head", None, None)
+    config.target = 1
+    error = __import__("ctypes").c_void_p()
+    assert _capi._lib.mobaCheckPagedConfig(config, error) != 0
+    assert "CPU only for now" in _capi._take_error(error.value)
+    config.target, config.selection = 0, 7
+    assert _capi._lib.mobaCheckPagedConfig(config, error) != 0
+    assert "unknown selection 7" in _capi._take_error(error.value)
