@@ -13,7 +13,7 @@
  *   compiler or a kernel, and every size derived from them is computed in
  *   checked 64-bit arithmetic; a value beyond a limit gets an error naming
  *   it (mobaCheckConfig checks a configuration without compiling it).
- * - mobaCompile runs the compiler recoverably: an LLVM fatal error or
+ * - mobaCompile (and mobaCompilePaged) runs the compiler recoverably: an LLVM fatal error or
  *   allocation failure, a C++ exception, or a crash signal (SIGSEGV,
  *   SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP) on the compiling thread
  *   becomes an error return, "internal compiler error: ..." (LLVM's
@@ -23,8 +23,8 @@
  *   input that reaches it is a bug to report. Setting MOBA_TEST_CRASH to
  *   fatal-error, bad-alloc, exception or abort makes every mobaCompile fail
  *   that way (a test hook).
- * - mobaRun, mobaRunGrad, mobaRunDevice and mobaRunGradDevice check
- *   their counts and
+ * - mobaRun, mobaRunGrad, mobaRunDevice, mobaRunGradDevice,
+ *   mobaPagedAppend and mobaPagedDecode check their counts and
  *   pointers, then run the compiled kernel; exceptions become errors, but a
  *   crash inside a kernel (only possible when the buffers are not as large
  *   as the counts say) is not caught: it would mean memory was already corrupted.

@@ -245,7 +245,7 @@ class PagedKernel:
         return arrays[4] + np.diff(cu).astype(np.int32)
 
     def decode(self, q, cu_seqlens_q, k_cache, v_cache, block_key_sums,
-               block_table, cache_lens, out=None, lse=None):
+               block_table, cache_lens):
         """The rows of q [Tq, Hq, D] (packed by cu_seqlens_q [B + 1]; the
         queries of sequence b are its last n_b cached tokens). Returns
         (out [Tq, Hq, D], lse [Tq, Hq] float32) as numpy arrays."""
@@ -257,10 +257,8 @@ class PagedKernel:
                     (None, c["num_heads"], c["head_dim"]))
         batch = arrays[3].shape[0]
         cu = _offsets("cu_seqlens_q", cu_seqlens_q, batch, q.shape[0])
-        if out is None:
-            out = np.empty(q.shape, dtype=q.dtype)
-        if lse is None:
-            lse = np.empty(q.shape[:2], dtype=np.float32)
+        out = np.empty(q.shape, dtype=q.dtype)
+        lse = np.empty(q.shape[:2], dtype=np.float32)
         _capi.run_paged_decode(self._handle, struct, q.ctypes.data,
                                cu.ctypes.data, q.shape[0], out.ctypes.data,
                                lse.ctypes.data)
@@ -397,12 +395,13 @@ class KVCache:
 
     block_table: None (the cache hands out pages as sequences grow, from a
     free list, and takes them back on reset()) or the caller's [batch,
-    max_pages] page ids, used as given (the caller's allocator decides;
-    entries past a sequence's pages are not read). max_pages: the most
-    pages one sequence may hold (default: the whole pool, or the table's
-    width). The lengths are the cache's own (`lengths`): they must agree
-    with the block sums, which only the appends keep; the functional forms
-    (moba.paged_kv_append, moba.paged_decode) take caller-managed lengths.
+    max_pages] page ids, copied (the caller's allocator decides; entries
+    past a sequence's pages are not read). max_pages: the most pages one
+    sequence may hold (default: the whole pool, or the table's width).
+    The cache allocates its arrays; KVCache.from_arrays wraps the caller's
+    own (caches, sums, a live block table and the lengths), written in
+    place; the functional forms (moba.paged_kv_append, moba.paged_decode)
+    take them call by call.
 
     num_heads (query heads), top_k, selection and scale are the model's
     MoBA settings for decode and prefill (see compile_paged). Arrays in (k, v, q) are numpy arrays
@@ -413,7 +412,7 @@ class KVCache:
     def __init__(self, num_pages, page_size, num_kv_heads, head_dim, dtype,
                  *, batch, num_heads, block_size, top_k,
                  selection="query_head", scale=None, max_pages=None,
-                 block_table=None):
+                 block_table=None, _storage=True):
         ints = {}
         for name, value in (("num_pages", num_pages),
                             ("page_size", page_size),
@@ -467,6 +466,8 @@ class KVCache:
         self.max_pages = self.block_table.shape[1]
         self.max_blocks = -(-self.max_pages * self.page_size //
                             self.block_size)
+        if not _storage:  # from_arrays: the caller's arrays
+            return
         shape = (self.num_pages, self.page_size, self.num_kv_heads,
                  self.head_dim)
         self.k_cache = np.zeros(shape, dtype=_STORAGE[self.dtype])
@@ -475,6 +476,58 @@ class KVCache:
             (self.batch, self.max_blocks, self.num_kv_heads, self.head_dim),
             dtype=np.float32)
         self.lengths = np.zeros(self.batch, dtype=np.int32)
+
+    @classmethod
+    def from_arrays(cls, k_cache, v_cache, block_key_sums, block_table,
+                    lengths, *, num_heads, block_size, top_k,
+                    selection="query_head", scale=None):
+        """A KVCache over the caller's arrays (numpy or CPU torch tensors),
+        all written in place: k_cache, v_cache [num_pages, page_size, Hkv,
+        D] of the cache's dtype, block_key_sums [batch, max_blocks, Hkv, D]
+        float32, block_table [batch, max_pages] (the caller's pages, used
+        as given) and lengths [batch] int32, which append() advances. The
+        sums must be those the appends made for the cached tokens (all
+        zero, or anything, for an empty cache)."""
+        arrays = {}
+        for name, x in (("k_cache", k_cache), ("v_cache", v_cache),
+                        ("block_key_sums", block_key_sums),
+                        ("lengths", lengths)):
+            x = _as_host_array(name, x)
+            if not x.flags.writeable:
+                raise ValueError(f"{name} is read-only: the cache is written "
+                                 "in place")
+            arrays[name] = x
+        k = arrays["k_cache"]
+        if k.ndim != 4:
+            raise ValueError(f"k_cache has shape {k.shape}, expected "
+                             "(pages, page_size, kv_heads, head_dim)")
+        table = _as_host_array("block_table", block_table)
+        if table.ndim != 2:
+            raise ValueError(f"block_table has shape {table.shape}, "
+                             "expected (batch, max_pages)")
+        lens = arrays["lengths"]
+        _check_data("lengths", lens, "int32", (table.shape[0],))
+        self = cls(k.shape[0], k.shape[1], k.shape[2], k.shape[3],
+                   _element_name(k), batch=table.shape[0],
+                   num_heads=num_heads, block_size=block_size, top_k=top_k,
+                   selection=selection, scale=scale, block_table=table,
+                   _storage=False)
+        cache_shape = (self.num_pages, self.page_size, self.num_kv_heads,
+                       self.head_dim)
+        _check_data("k_cache", k, self.dtype, cache_shape)
+        _check_data("v_cache", arrays["v_cache"], self.dtype, cache_shape)
+        _check_data("block_key_sums", arrays["block_key_sums"], "f32",
+                    (self.batch, self.max_blocks, self.num_kv_heads,
+                     self.head_dim))
+        _check_data("block_table", table, "int32", (self.batch, None))
+        self.block_table = table  # the caller's, live
+        if (lens < 0).any():
+            b = int(np.argmax(lens < 0))
+            raise ValueError(f"lengths[{b}] must not be negative, got "
+                             f"{int(lens[b])}")
+        self.k_cache, self.v_cache = k, arrays["v_cache"]
+        self.block_key_sums, self.lengths = arrays["block_key_sums"], lens
+        return self
 
     def __repr__(self):
         return (f"moba.KVCache(num_pages={self.num_pages}, page_size="
@@ -542,9 +595,10 @@ class KVCache:
         if self._managed:
             self._reserve(grown)
         kernel = self._kernel(MAX_DECODE_QUERY_TOKENS)
-        self.lengths = kernel.append(k_array, v_array, cu, self.k_cache,
-                                     self.v_cache, self.block_key_sums,
-                                     self.block_table, self.lengths)
+        # In place: the lengths may be the caller's array (from_arrays).
+        self.lengths[:] = kernel.append(k_array, v_array, cu, self.k_cache,
+                                        self.v_cache, self.block_key_sums,
+                                        self.block_table, self.lengths)
 
     def _attend(self, q, cu_seqlens_q, max_query_tokens, return_lse):
         q_array = _as_host_array("q", q)

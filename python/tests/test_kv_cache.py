@@ -476,3 +476,46 @@ def test_c_api_refuses_gpu_targets_and_unknown_enums():
     config.target, config.selection = 0, 7
     assert _capi._lib.mobaCheckPagedConfig(config, error) != 0
     assert "unknown selection 7" in _capi._take_error(error.value)
+
+
+def test_a_cache_over_the_callers_torch_tensors():
+    """KVCache.from_arrays: the caller's torch tensors (caches, sums, a
+    live block table, lengths) written in place, the table's pages placed
+    by the caller; prefill then decode equal the full forward, and the
+    caller's lengths tensor advances."""
+    torch = pytest.importorskip("torch")
+    hq, hkv, d, page, block, top_k = 2, 1, 8, 8, 16, 2
+    seqlens = [50, 21]
+    rng = np.random.default_rng(12)
+    q, k, v, cu = random_inputs(rng, seqlens, hq, hkv, d)
+    full_out, _ = full_forward(q, k, v, cu, block, top_k)
+    _, _, near_tie = moba_reference(q, k, v, cu, block, top_k)
+    table, pages = random_table(rng, seqlens, page)
+    k_cache = torch.zeros((pages, page, hkv, d))
+    v_cache = torch.zeros((pages, page, hkv, d))
+    sums = torch.zeros((2, 4, hkv, d))
+    lengths = torch.zeros(2, dtype=torch.int32)
+    cache = moba.KVCache.from_arrays(k_cache, v_cache, sums,
+                                     torch.from_numpy(table), lengths,
+                                     num_heads=hq, block_size=block,
+                                     top_k=top_k)
+    first = [n - 1 for n in seqlens]
+    rows, cu_rows = packed_rows(cu, [0, 0], first)
+    t = torch.from_numpy
+    out = cache.prefill(t(q[rows]), t(k[rows]), t(v[rows]), t(cu_rows))
+    assert lengths.tolist() == first
+    rows_last, _ = packed_rows(cu, first, [1, 1])
+    cache.append(t(k[rows_last]), t(v[rows_last]))
+    assert lengths.tolist() == seqlens
+    assert k_cache[table[1, 2], 4].equal(t(k[cu[1] + 20]))
+    out_last = cache.decode(t(q[rows_last]))
+    got = np.concatenate([out.numpy(), out_last.numpy()])
+    want_rows = np.concatenate([rows, rows_last])
+    keep = ~near_tie[want_rows]
+    np.testing.assert_allclose(got[keep], full_out[want_rows][keep],
+                               rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="lengths has dtype int64, expected "
+                                         "int32"):
+        moba.KVCache.from_arrays(k_cache, v_cache, sums, table,
+                                 torch.zeros(2, dtype=torch.int64),
+                                 num_heads=hq, block_size=block, top_k=top_k)
