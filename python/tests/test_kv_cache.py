@@ -519,3 +519,24 @@ def test_a_cache_over_the_callers_torch_tensors():
         moba.KVCache.from_arrays(k_cache, v_cache, sums, table,
                                  torch.zeros(2, dtype=torch.int64),
                                  num_heads=hq, block_size=block, top_k=top_k)
+
+
+def test_disk_cache_is_shared_across_max_query_tokens_and_dumps(
+        monkeypatch, tmp_path):
+    """The code does not depend on max_query_tokens, so its disk cache key
+    leaves it out: the prefill kernel (0) loads the decode kernel's (16)
+    object. MOBA_DUMP_IR writes every stage, named with the full key."""
+    if moba.cache_dir() is None:
+        pytest.skip("no disk cache (MOBA_CACHE_DIR is empty)")
+    decode = moba.compile_paged(24, 2, 1, 8, 8, 2, "f32")
+    prefill = moba.compile_paged(24, 2, 1, 8, 8, 2, "f32",
+                                 max_query_tokens=0)
+    assert not decode.from_cache and prefill.from_cache
+    monkeypatch.setenv("MOBA_DUMP_IR", str(tmp_path))
+    moba.compile_paged(24, 2, 1, 8, 8, 2, "f32", max_query_tokens=3)
+    name = "cpu-paged_d24_h2_kv1_p8_b8_k2_query_head_f32_q3-O3"
+    for stage in ("moba", "loops", "llvm"):
+        assert (tmp_path / f"{name}.{stage}.mlir").is_file(), stage
+    moba_ir = (tmp_path / f"{name}.moba.mlir").read_text()
+    assert "moba.paged_kv_append" in moba_ir
+    assert "moba.paged_decode_attention" in moba_ir
