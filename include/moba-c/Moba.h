@@ -13,7 +13,7 @@
  *   compiler or a kernel, and every size derived from them is computed in
  *   checked 64-bit arithmetic; a value beyond a limit gets an error naming
  *   it (mobaCheckConfig checks a configuration without compiling it).
- * - mobaCompile runs the compiler recoverably: an LLVM fatal error or
+ * - mobaCompile (and mobaCompilePaged) runs the compiler recoverably: an LLVM fatal error or
  *   allocation failure, a C++ exception, or a crash signal (SIGSEGV,
  *   SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP) on the compiling thread
  *   becomes an error return, "internal compiler error: ..." (LLVM's
@@ -23,8 +23,8 @@
  *   input that reaches it is a bug to report. Setting MOBA_TEST_CRASH to
  *   fatal-error, bad-alloc, exception or abort makes every mobaCompile fail
  *   that way (a test hook).
- * - mobaRun, mobaRunGrad, mobaRunDevice and mobaRunGradDevice check
- *   their counts and
+ * - mobaRun, mobaRunGrad, mobaRunDevice, mobaRunGradDevice,
+ *   mobaPagedAppend and mobaPagedDecode check their counts and
  *   pointers, then run the compiled kernel; exceptions become errors, but a
  *   crash inside a kernel (only possible when the buffers are not as large
  *   as the counts say) is not caught: it would mean memory was already corrupted.
@@ -51,6 +51,14 @@
  *   filled in what is 0: include/moba/Conversion/AttentionKernelPlan.h.
  *   tokens (per call)              0 .. 2^31 - 1 (cu_seqlens are int32)
  *   num_sequences (per call)       1 .. 2^31 - 1
+ *
+ * Paged KV cache kernels (MobaPagedConfig) take head_dim, num_heads,
+ * num_kv_heads, block_size, top_k and scale with the limits above, and
+ *   page_size                      1 .. 2^31 - 1, dividing block_size
+ *   max_query_tokens               1 .. 16 (decode), 0 (any: chunked prefill)
+ *   num_pages, max_pages, max_blocks (per call)  1 .. 2^31 - 1 (page ids
+ *                                  and lengths are int32), every buffer at
+ *                                  most 2^62 bytes
  */
 
 #ifndef MOBA_C_MOBA_H
@@ -62,7 +70,9 @@
 extern "C" {
 #endif
 
-#define MOBA_C_API_VERSION 9
+/* 10: decode against a paged KV cache (MobaPagedConfig, mobaCompilePaged,
+ * mobaPagedAppend, mobaPagedDecode); every entry point of 9 is unchanged. */
+#define MOBA_C_API_VERSION 10
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -287,6 +297,104 @@ int32_t mobaRunGradDevice(const MobaKernel *kernel, const void *q,
                           const void *dout, const float *dlse, void *dq,
                           void *dk, void *dv, void *stream,
                           const int32_t *host_cu_seqlens, char **error);
+
+/*===--------------------------------------------------------------------===*
+ * Decode against a paged KV cache (docs/semantics.md, "Decode and chunked
+ * prefill"; CPU only for now).
+ *
+ * A paged kernel has two entry points: mobaPagedAppend writes new keys and
+ * values into the cache's pages and keeps the f32 key sums of their MoBA
+ * blocks; mobaPagedDecode computes causal MoBA for the last few tokens of
+ * every sequence (decode, speculative decoding) or a longer chunk (chunked
+ * prefill), each query row equal to the row at its position of the full
+ * causal forward. The cache is vLLM's: k_cache and v_cache [num_pages,
+ * page_size, Hkv, D] in the kernel's element type, block_table
+ * [num_sequences, max_pages] (int32 page ids), cache_lens [num_sequences]
+ * (int32), block_key_sums [num_sequences, max_blocks, Hkv, D] (f32).
+ * Paged kernels are destroyed with mobaDestroy and counted by
+ * mobaLiveKernels; mobaRun and its kin refuse them, as mobaPagedAppend and
+ * mobaPagedDecode refuse attention kernels.
+ *===--------------------------------------------------------------------===*/
+
+/* Which query heads share a top-k. */
+typedef enum MobaSelection {
+  /* Every query head chooses its blocks (MoBA's own rule). */
+  MOBA_SELECTION_QUERY_HEAD = 0,
+  /* The query heads of a key/value group share one top-k, ranked by the
+   * sum of their gate scores: a different model semantics, opt-in. */
+  MOBA_SELECTION_KV_HEAD = 1,
+} MobaSelection;
+
+typedef struct MobaPagedConfig {
+  int64_t head_dim, num_heads, num_kv_heads;
+  int64_t page_size;  /* tokens a page */
+  int64_t block_size; /* a multiple of page_size */
+  int64_t top_k;
+  /* The most queries a sequence may have in one mobaPagedDecode, 1 .. 16;
+   * 0: any number (chunked prefill). Checked per call. */
+  int64_t max_query_tokens;
+  float scale; /* 0: 1/sqrt(head_dim) */
+  MobaDtype dtype;
+  MobaSelection selection;
+  MobaTarget target; /* MOBA_TARGET_CPU; GPU kernels are not built yet */
+  /* As MobaConfig's: a disk cache directory (NULL or "": none) and an IR
+   * dump directory (NULL or "": none). */
+  const char *cache_dir;
+  const char *dump_dir;
+} MobaPagedConfig;
+
+/* One call's cache, host memory, contiguous. cache_lens are the lengths
+ * before the append for mobaPagedAppend and after it for mobaPagedDecode;
+ * neither call changes them (the caller adds the appended counts). */
+typedef struct MobaPagedCache {
+  void *k_cache, *v_cache;
+  float *block_key_sums;
+  const int32_t *block_table;
+  const int32_t *cache_lens;
+  int64_t num_pages, max_pages, max_blocks, num_sequences;
+} MobaPagedCache;
+
+/* Fills `config` with the defaults. */
+void mobaPagedConfigInit(MobaPagedConfig *config);
+
+/* sizeof(MobaPagedConfig) and sizeof(MobaPagedCache) in this library, for
+ * bindings that lay the structs out themselves. */
+int64_t mobaPagedConfigSize(void);
+int64_t mobaPagedCacheSize(void);
+
+/* Checks `config` as mobaCompilePaged does. Returns 0, or non-zero and sets
+ * *error naming the first bad value. */
+int32_t mobaCheckPagedConfig(const MobaPagedConfig *config, char **error);
+
+/* Compiles `config` (runs recoverably, as mobaCompile). Returns NULL and
+ * sets *error on failure; *from_cache as for mobaCompile. */
+MobaKernel *mobaCompilePaged(const MobaPagedConfig *config,
+                             int32_t *from_cache, char **error);
+
+/* Appends tokens to the cache: k, v [tokens, Hkv, D] packed by cu_seqlens
+ * [num_sequences + 1]; new token i of sequence b goes to position
+ * cache_lens[b] + i. Writes k_cache, v_cache and block_key_sums in place.
+ * Checked first, on the host (an error names the first bad value and
+ * nothing is written): the counts, cu_seqlens, every sequence's grown
+ * length within its max_pages pages, its max_blocks blocks and int32, the
+ * page ids of its positions in [0, num_pages), and that the written buffers
+ * overlap neither each other nor an input. With tokens = 0, k and v may be
+ * NULL. Returns 0, or non-zero and sets *error. */
+int32_t mobaPagedAppend(const MobaKernel *kernel, const MobaPagedCache *cache,
+                        const void *k, const void *v,
+                        const int32_t *cu_seqlens, int64_t tokens,
+                        char **error);
+
+/* Decode (or chunked prefill) against the cache: q [tokens, Hq, D] packed
+ * by cu_seqlens_q [num_sequences + 1], the queries of sequence b being its
+ * last n_b tokens (already appended: cache_lens are the lengths after the
+ * append). Writes out [tokens, Hq, D] and lse [tokens, Hq] (f32). Checked
+ * as mobaPagedAppend (n_b <= cache_lens[b], n_b <= max_query_tokens when
+ * that is not 0; out and lse overlap nothing else). Returns 0, or non-zero
+ * and sets *error. */
+int32_t mobaPagedDecode(const MobaKernel *kernel, const MobaPagedCache *cache,
+                        const void *q, const int32_t *cu_seqlens_q,
+                        int64_t tokens, void *out, float *lse, char **error);
 
 void mobaDestroy(MobaKernel *kernel);
 void mobaFreeString(char *string);

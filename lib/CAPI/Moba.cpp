@@ -10,6 +10,7 @@
 
 #include "CrashRecovery.h"
 
+#include "moba/Runner/CpuPagedRunner.h"
 #include "moba/Runner/CpuRunner.h"
 #include "moba/Runner/GpuRunner.h"
 #include "moba/Runtime/CudaDriver.h"
@@ -31,6 +32,8 @@ struct MobaKernel {
   MobaTarget target;
   std::unique_ptr<CpuAttentionKernel> cpu; ///< Set for MOBA_TARGET_CPU.
   std::unique_ptr<GpuAttentionKernel> gpu; ///< Set for the GPU targets.
+  /// Set for a paged KV cache kernel (mobaCompilePaged), alone.
+  std::unique_ptr<CpuPagedKernel> paged;
   /// The tensor-core kernel's plan, printed; empty without one.
   std::string plan;
 };
@@ -97,6 +100,13 @@ dumpToDirectory(std::string dir, std::string key,
       *failure = "could not write the IR dump " + path.str().str() + ": " +
                  ec.message();
   };
+}
+
+/// The error of an attention entry point given a paged kernel.
+llvm::Error refusePaged() {
+  return llvm::createStringError(
+      "this kernel is a paged KV cache kernel (mobaCompilePaged): call "
+      "mobaPagedAppend or mobaPagedDecode");
 }
 
 /// What mobaCompile makes of a MobaConfig.
@@ -364,6 +374,99 @@ compileRequest(const CompileRequest &r) {
   return std::move(kernel);
 }
 
+/// What mobaCompilePaged makes of a MobaPagedConfig.
+struct PagedRequest {
+  PagedConfig config;
+  CpuPagedCompileOptions cpu;
+  std::shared_ptr<std::string> dumpFailure = std::make_shared<std::string>();
+};
+
+/// Reads `c` into `r`: every enum known, the target the CPU.
+llvm::Error readPagedConfig(const MobaPagedConfig &c, PagedRequest &r) {
+  if (c.target != MOBA_TARGET_CPU) {
+    if (c.target == MOBA_TARGET_SM80 || c.target == MOBA_TARGET_SM90A)
+      return llvm::createStringError(
+          "paged KV cache kernels run on the CPU only for now: target %d "
+          "(a GPU) is not built yet",
+          static_cast<int>(c.target));
+    return llvm::createStringError("unknown target %d",
+                                   static_cast<int>(c.target));
+  }
+  PagedConfig &config = r.config;
+  config.headDim = c.head_dim;
+  config.numHeads = c.num_heads;
+  config.numKvHeads = c.num_kv_heads;
+  config.pageSize = c.page_size;
+  config.blockSize = c.block_size;
+  config.topK = c.top_k;
+  config.maxQueryTokens = c.max_query_tokens;
+  if (c.scale != 0.0f)
+    config.scale = c.scale;
+  switch (c.dtype) {
+  case MOBA_DTYPE_F32:
+    config.dtype = ElementType::F32;
+    break;
+  case MOBA_DTYPE_F16:
+    config.dtype = ElementType::F16;
+    break;
+  case MOBA_DTYPE_BF16:
+    config.dtype = ElementType::BF16;
+    break;
+  default:
+    return llvm::createStringError("unknown dtype %d",
+                                   static_cast<int>(c.dtype));
+  }
+  switch (c.selection) {
+  case MOBA_SELECTION_QUERY_HEAD:
+    config.selection = Selection::QueryHead;
+    break;
+  case MOBA_SELECTION_KV_HEAD:
+    config.selection = Selection::KvHead;
+    break;
+  default:
+    return llvm::createStringError("unknown selection %d",
+                                   static_cast<int>(c.selection));
+  }
+  if (c.cache_dir)
+    r.cpu.cacheDir = c.cache_dir;
+  if (c.dump_dir && *c.dump_dir) {
+    // Dumps mean every stage runs: the cache would skip them.
+    r.cpu.cacheDir.clear();
+    r.cpu.dumpIR = dumpToDirectory(c.dump_dir,
+                                   pagedKernelName(config, r.cpu),
+                                   r.dumpFailure);
+  }
+  return CpuPagedKernel::check(config, r.cpu);
+}
+
+/// The paged kernel of `kernel`, or the error of a call that needs one.
+llvm::Expected<const CpuPagedKernel *> pagedKernel(const MobaKernel *kernel) {
+  if (!kernel)
+    return llvm::createStringError("kernel is NULL");
+  if (!kernel->paged)
+    return llvm::createStringError(
+        "this kernel is an attention kernel (mobaCompile): paged calls need "
+        "a kernel of mobaCompilePaged");
+  return kernel->paged.get();
+}
+
+/// The C struct's cache as the runner takes it.
+llvm::Expected<PagedCacheBuffers> pagedCache(const MobaPagedCache *c) {
+  if (!c)
+    return llvm::createStringError("cache is NULL");
+  PagedCacheBuffers buffers;
+  buffers.kCache = c->k_cache;
+  buffers.vCache = c->v_cache;
+  buffers.blockKeySums = c->block_key_sums;
+  buffers.blockTable = c->block_table;
+  buffers.cacheLens = c->cache_lens;
+  buffers.pages = c->num_pages;
+  buffers.maxPages = c->max_pages;
+  buffers.maxBlocks = c->max_blocks;
+  buffers.numSequences = c->num_sequences;
+  return buffers;
+}
+
 } // namespace
 
 extern "C" {
@@ -436,9 +539,14 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
 }
 
 const char *mobaKernelCacheWarning(const MobaKernel *kernel) {
-  if (!kernel || !kernel->cpu || kernel->cpu->cacheWarning().empty())
+  if (!kernel)
     return nullptr;
-  return kernel->cpu->cacheWarning().c_str();
+  const std::string *warning = kernel->cpu     ? &kernel->cpu->cacheWarning()
+                               : kernel->paged ? &kernel->paged->cacheWarning()
+                                               : nullptr;
+  if (!warning || warning->empty())
+    return nullptr;
+  return warning->c_str();
 }
 
 const char *mobaKernelPlan(const MobaKernel *kernel) {
@@ -478,6 +586,8 @@ int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
   llvm::Error e = catchExceptions([&]() -> llvm::Error {
     if (!kernel)
       return llvm::createStringError("kernel is NULL");
+    if (kernel->paged)
+      return refusePaged();
     if (!kernel->cpu)
       return llvm::createStringError(
           "this kernel runs on the GPU: call mobaRunDevice with device "
@@ -501,6 +611,8 @@ int32_t mobaRunGrad(const MobaKernel *kernel, const void *q, const void *k,
   llvm::Error e = catchExceptions([&]() -> llvm::Error {
     if (!kernel)
       return llvm::createStringError("kernel is NULL");
+    if (kernel->paged)
+      return refusePaged();
     if (!kernel->cpu)
       return llvm::createStringError(
           "this kernel runs on the GPU: call mobaRunGradDevice with device "
@@ -524,6 +636,8 @@ int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
   llvm::Error e = catchExceptions([&]() -> llvm::Error {
     if (!kernel)
       return llvm::createStringError("kernel is NULL");
+    if (kernel->paged)
+      return refusePaged();
     if (!kernel->gpu)
       return llvm::createStringError(
           "this kernel runs on the CPU: call mobaRun with host buffers");
@@ -549,6 +663,8 @@ int32_t mobaRunGradDevice(const MobaKernel *kernel, const void *q,
   llvm::Error e = catchExceptions([&]() -> llvm::Error {
     if (!kernel)
       return llvm::createStringError("kernel is NULL");
+    if (kernel->paged)
+      return refusePaged();
     if (!kernel->gpu)
       return llvm::createStringError(
           "this kernel runs on the CPU: call mobaRunGrad with host buffers");
@@ -557,6 +673,122 @@ int32_t mobaRunGradDevice(const MobaKernel *kernel, const void *q,
                                             tokens, out, lse, dout, dlse, dq,
                                             dk, dv),
                                 launch);
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
+void mobaPagedConfigInit(MobaPagedConfig *config) {
+  if (!config)
+    return;
+  PagedConfig defaults;
+  *config = MobaPagedConfig{};
+  config->head_dim = defaults.headDim;
+  config->num_heads = defaults.numHeads;
+  config->num_kv_heads = defaults.numKvHeads;
+  config->page_size = defaults.pageSize;
+  config->block_size = defaults.blockSize;
+  config->top_k = defaults.topK;
+  config->max_query_tokens = defaults.maxQueryTokens;
+  config->scale = 0.0f;
+  config->dtype = MOBA_DTYPE_BF16;
+  config->selection = MOBA_SELECTION_QUERY_HEAD;
+  config->target = MOBA_TARGET_CPU;
+}
+
+int64_t mobaPagedConfigSize(void) { return sizeof(MobaPagedConfig); }
+
+int64_t mobaPagedCacheSize(void) { return sizeof(MobaPagedCache); }
+
+int32_t mobaCheckPagedConfig(const MobaPagedConfig *c, char **error) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    if (!c)
+      return llvm::createStringError("config is NULL");
+    PagedRequest request;
+    return readPagedConfig(*c, request);
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
+MobaKernel *mobaCompilePaged(const MobaPagedConfig *c, int32_t *fromCache,
+                             char **error) {
+  std::unique_ptr<MobaKernel> kernel;
+  llvm::Error e = capi::runRecoverably([&]() -> llvm::Error {
+    if (const char *crash = std::getenv("MOBA_TEST_CRASH"))
+      capi::crashForTesting(crash);
+    if (!c)
+      return llvm::createStringError("config is NULL");
+    PagedRequest request;
+    if (llvm::Error e = readPagedConfig(*c, request))
+      return e;
+    auto compiled = CpuPagedKernel::compile(request.config, request.cpu);
+    if (!compiled)
+      return compiled.takeError();
+    if (!request.dumpFailure->empty())
+      return llvm::createStringError(*request.dumpFailure);
+    kernel = std::make_unique<MobaKernel>();
+    kernel->target = MOBA_TARGET_CPU;
+    kernel->paged = std::move(*compiled);
+    return llvm::Error::success();
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
+    return nullptr;
+  }
+  if (fromCache)
+    *fromCache = kernel->paged->fromCache() ? 1 : 0;
+  return tracked(kernel.release());
+}
+
+int32_t mobaPagedAppend(const MobaKernel *kernel, const MobaPagedCache *cache,
+                        const void *k, const void *v,
+                        const int32_t *cuSeqlens, int64_t tokens,
+                        char **error) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    auto paged = pagedKernel(kernel);
+    if (!paged)
+      return paged.takeError();
+    auto buffers = pagedCache(cache);
+    if (!buffers)
+      return buffers.takeError();
+    PagedAppendBuffers append;
+    append.k = k;
+    append.v = v;
+    append.cuSeqlens = cuSeqlens;
+    append.tokens = tokens;
+    return (*paged)->append(*buffers, append);
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
+int32_t mobaPagedDecode(const MobaKernel *kernel, const MobaPagedCache *cache,
+                        const void *q, const int32_t *cuSeqlensQ,
+                        int64_t tokens, void *out, float *lse, char **error) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    auto paged = pagedKernel(kernel);
+    if (!paged)
+      return paged.takeError();
+    auto buffers = pagedCache(cache);
+    if (!buffers)
+      return buffers.takeError();
+    PagedDecodeBuffers decode;
+    decode.q = q;
+    decode.cuSeqlensQ = cuSeqlensQ;
+    decode.out = out;
+    decode.lse = lse;
+    decode.tokens = tokens;
+    return (*paged)->decode(*buffers, decode);
   });
   if (e) {
     setError(error, llvm::toString(std::move(e)));

@@ -38,16 +38,23 @@
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
 #include "mlir/Target/LLVMIR/Export.h"
+#include "llvm/ExecutionEngine/JITEventListener.h"
 #include "llvm/ExecutionEngine/Orc/CompileUtils.h"
+#include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
+#include "llvm/ExecutionEngine/Orc/LLJIT.h"
+#include "llvm/ExecutionEngine/Orc/RTDyldObjectLinkingLayer.h"
+#include "llvm/ExecutionEngine/SectionMemoryManager.h"
 #include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
 #include "llvm/IR/LLVMContext.h"
 #include "llvm/IR/Module.h"
 #include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/TargetSelect.h"
 #include "llvm/Support/raw_ostream.h"
 #include "llvm/Target/TargetMachine.h"
 
 #include <array>
 #include <cstdlib>
+#include <mutex>
 
 using namespace mlir;
 using namespace mlir::moba;
@@ -123,7 +130,12 @@ DialectRegistry mlir::moba::detail::loopPipelineRegistry() {
 
 EntryCompiler::EntryCompiler(const DialectRegistry &registry,
                              const AttentionConfig &config, DumpFn dump)
-    : config(config), dump(std::move(dump)),
+    : EntryCompiler(registry, buildAttentionModule(config), config.key(),
+                    std::move(dump)) {}
+
+EntryCompiler::EntryCompiler(const DialectRegistry &registry,
+                             std::string source, std::string name, DumpFn dump)
+    : source(std::move(source)), name(std::move(name)), dump(std::move(dump)),
       context(std::make_unique<MLIRContext>(registry)) {
   context->disableMultithreading();
   handler = context->getDiagEngine().registerHandler([this](Diagnostic &d) {
@@ -140,11 +152,11 @@ EntryCompiler::~EntryCompiler() {
 
 llvm::Error EntryCompiler::fail(llvm::StringRef what) const {
   return llvm::createStringError("%s failed for %s:\n%s", what.str().c_str(),
-                                 config.key().c_str(), diagnostics.c_str());
+                                 name.c_str(), diagnostics.c_str());
 }
 
 llvm::Expected<ModuleOp> EntryCompiler::parse() {
-  module = parseSourceString<ModuleOp>(buildAttentionModule(config),
+  module = parseSourceString<ModuleOp>(source,
                                        ParserConfig(context.get()));
   if (!module)
     return fail("parsing the generated moba IR");
@@ -196,7 +208,7 @@ EntryCompiler::jit(unsigned optLevel,
     if (!prepareError.empty())
       why += ": " + prepareError;
     return llvm::createStringError("JIT compilation failed for %s: %s",
-                                   config.key().c_str(), why.c_str());
+                                   name.c_str(), why.c_str());
   }
   return std::move(*engine);
 }
@@ -205,7 +217,7 @@ llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>>
 EntryCompiler::emitHostObject(unsigned optLevel) {
   auto failed = [&](llvm::StringRef what, llvm::Error e) {
     return llvm::createStringError("%s failed for %s: %s", what.str().c_str(),
-                                   config.key().c_str(),
+                                   name.c_str(),
                                    llvm::toString(std::move(e)).c_str());
   };
   llvm::LLVMContext llvmContext;
@@ -232,6 +244,54 @@ EntryCompiler::emitHostObject(unsigned optLevel) {
   if (!object)
     return failed("code generation", object.takeError());
   return std::move(*object);
+}
+
+llvm::Expected<std::unique_ptr<llvm::orc::LLJIT>>
+mlir::moba::detail::loadHostObject(std::unique_ptr<llvm::MemoryBuffer> object) {
+  // The object layer ExecutionEngine uses, with its listeners only on
+  // request.
+  bool debug = jitDebugRequested();
+  auto created =
+      llvm::orc::LLJITBuilder()
+          .setObjectLinkingLayerCreator([debug](llvm::orc::ExecutionSession
+                                                    &session)
+                                            -> llvm::Expected<std::unique_ptr<
+                                                llvm::orc::ObjectLayer>> {
+            auto layer = std::make_unique<llvm::orc::RTDyldObjectLinkingLayer>(
+                session, [](const llvm::MemoryBuffer &) {
+                  return std::make_unique<llvm::SectionMemoryManager>();
+                });
+            if (debug) {
+              layer->registerJITEventListener(
+                  *llvm::JITEventListener::createGDBRegistrationListener());
+              if (auto *perf =
+                      llvm::JITEventListener::createPerfJITEventListener())
+                layer->registerJITEventListener(*perf);
+            }
+            return layer;
+          })
+          .create();
+  if (!created)
+    return created.takeError();
+  std::unique_ptr<llvm::orc::LLJIT> loaded = std::move(*created);
+  // The object calls malloc, free and libm: resolve them in this process.
+  auto generator =
+      llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
+          loaded->getDataLayout().getGlobalPrefix());
+  if (!generator)
+    return generator.takeError();
+  loaded->getMainJITDylib().addGenerator(std::move(*generator));
+  if (llvm::Error e = loaded->addObjectFile(std::move(object)))
+    return e;
+  return std::move(loaded);
+}
+
+void mlir::moba::detail::initializeNativeTarget() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    llvm::InitializeNativeTarget();
+    llvm::InitializeNativeTargetAsmPrinter();
+  });
 }
 
 bool mlir::moba::detail::jitDebugRequested() {
@@ -276,4 +336,67 @@ void mlir::moba::detail::callGradEntry(void *entry, const AttentionConfig &cfg,
   auto dv = contiguous<3>(b.dv, kvShape);
   reinterpret_cast<GradEntryFn>(entry)(&q, &k, &v, &cu, &out, &lse, &dout,
                                        &dlse, &dq, &dk, &dv);
+}
+
+namespace {
+
+using PagedAppendFn = void (*)(MemRefDescriptor<3> *, MemRefDescriptor<3> *,
+                               MemRefDescriptor<1> *, MemRefDescriptor<2> *,
+                               MemRefDescriptor<1> *, MemRefDescriptor<4> *,
+                               MemRefDescriptor<4> *, MemRefDescriptor<4> *);
+
+using PagedDecodeFn = void (*)(MemRefDescriptor<3> *, MemRefDescriptor<1> *,
+                               MemRefDescriptor<4> *, MemRefDescriptor<4> *,
+                               MemRefDescriptor<2> *, MemRefDescriptor<1> *,
+                               MemRefDescriptor<4> *, MemRefDescriptor<3> *,
+                               MemRefDescriptor<2> *);
+
+/// The descriptors of a paged cache, in the entry points' order.
+struct PagedCacheDescriptors {
+  MemRefDescriptor<4> kCache, vCache, sums;
+  MemRefDescriptor<2> table;
+  MemRefDescriptor<1> lens;
+};
+
+PagedCacheDescriptors pagedCache(const PagedConfig &cfg,
+                                 const PagedCacheBuffers &c) {
+  const std::array<int64_t, 4> cacheShape = {c.pages, cfg.pageSize,
+                                             cfg.numKvHeads, cfg.headDim};
+  return {contiguous<4>(c.kCache, cacheShape),
+          contiguous<4>(c.vCache, cacheShape),
+          contiguous<4>(c.blockKeySums, {c.numSequences, c.maxBlocks,
+                                         cfg.numKvHeads, cfg.headDim}),
+          contiguous<2>(c.blockTable, {c.numSequences, c.maxPages}),
+          contiguous<1>(c.cacheLens, {c.numSequences})};
+}
+
+} // namespace
+
+void mlir::moba::detail::callPagedAppendEntry(void *entry,
+                                              const PagedConfig &cfg,
+                                              const PagedCacheBuffers &c,
+                                              const PagedAppendBuffers &a) {
+  PagedCacheDescriptors d = pagedCache(cfg, c);
+  const std::array<int64_t, 3> kvShape = {a.tokens, cfg.numKvHeads,
+                                          cfg.headDim};
+  auto k = contiguous<3>(a.k, kvShape);
+  auto v = contiguous<3>(a.v, kvShape);
+  auto cu = contiguous<1>(a.cuSeqlens, {c.numSequences + 1});
+  reinterpret_cast<PagedAppendFn>(entry)(&k, &v, &cu, &d.table, &d.lens,
+                                         &d.kCache, &d.vCache, &d.sums);
+}
+
+void mlir::moba::detail::callPagedDecodeEntry(void *entry,
+                                              const PagedConfig &cfg,
+                                              const PagedCacheBuffers &c,
+                                              const PagedDecodeBuffers &q) {
+  PagedCacheDescriptors d = pagedCache(cfg, c);
+  const std::array<int64_t, 3> qShape = {q.tokens, cfg.numHeads, cfg.headDim};
+  auto query = contiguous<3>(q.q, qShape);
+  auto cu = contiguous<1>(q.cuSeqlensQ, {c.numSequences + 1});
+  auto out = contiguous<3>(q.out, qShape);
+  auto lse = contiguous<2>(q.lse, {q.tokens, cfg.numHeads});
+  reinterpret_cast<PagedDecodeFn>(entry)(&query, &cu, &d.kCache, &d.vCache,
+                                         &d.table, &d.lens, &d.sums, &out,
+                                         &lse);
 }

@@ -10,6 +10,7 @@
 #define MOBA_LIB_RUNNER_RUNNERSUPPORT_H
 
 #include "moba/Runner/AttentionConfig.h"
+#include "moba/Runner/PagedConfig.h"
 
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/DialectRegistry.h"
@@ -22,6 +23,9 @@
 namespace llvm {
 class MemoryBuffer;
 class Module;
+namespace orc {
+class LLJIT;
+} // namespace orc
 } // namespace llvm
 
 namespace mlir {
@@ -39,15 +43,19 @@ DialectRegistry loopPipelineRegistry();
 /// Called with a stage name and the module's text after each stage.
 using DumpFn = std::function<void(llvm::StringRef stage, llvm::StringRef ir)>;
 
-/// One compilation of `config`'s entry function: owns the context, turns
+/// One compilation of generated entry functions: owns the context, turns
 /// diagnostics into the errors it returns, dumps the IR after each stage.
 class EntryCompiler {
 public:
+  /// Compiles `config`'s entry functions (buildAttentionModule).
   EntryCompiler(const DialectRegistry &registry, const AttentionConfig &config,
                 DumpFn dump);
+  /// Compiles the moba IR `source`; `name` names it in errors.
+  EntryCompiler(const DialectRegistry &registry, std::string source,
+                std::string name, DumpFn dump);
   ~EntryCompiler();
 
-  /// Parses the entry function (stage "moba").
+  /// Parses the entry functions (stage "moba").
   llvm::Expected<ModuleOp> parse();
   /// Runs the passes `build` adds on the parsed module, then dumps it as
   /// `stage`; `what` says what failed ("lowering moba to loops").
@@ -76,13 +84,23 @@ public:
   OwningOpRef<ModuleOp> takeModule() { return std::move(module); }
 
 private:
-  AttentionConfig config;
+  std::string source;
+  std::string name;
   DumpFn dump;
   std::unique_ptr<MLIRContext> context;
   std::string diagnostics;
   uint64_t handler = 0;
   OwningOpRef<ModuleOp> module;
 };
+
+/// Links `object` (a relocatable object for this host, from
+/// EntryCompiler::emitHostObject) into a JIT of its own, which resolves
+/// malloc, free and libm in this process.
+llvm::Expected<std::unique_ptr<llvm::orc::LLJIT>>
+loadHostObject(std::unique_ptr<llvm::MemoryBuffer> object);
+
+/// Initializes LLVM's native target and its printer, once per process.
+void initializeNativeTarget();
 
 /// True when MOBA_JIT_DEBUG=1: JIT-compiled code is then announced to
 /// debuggers (GDB's JIT interface) and to perf, which writes
@@ -99,6 +117,18 @@ void callAttentionEntry(void *entry, const AttentionConfig &config,
 /// with contiguous memref descriptors of `buffers` (whose dlse is set).
 void callGradEntry(void *entry, const AttentionConfig &config,
                    const GradBuffers &buffers);
+
+/// Calls the C interface `_mlir_ciface_moba_paged_append` at `entry` with
+/// contiguous memref descriptors of `cache` and `append`.
+void callPagedAppendEntry(void *entry, const PagedConfig &config,
+                          const PagedCacheBuffers &cache,
+                          const PagedAppendBuffers &append);
+
+/// Calls the C interface `_mlir_ciface_moba_paged_decode` at `entry` with
+/// contiguous memref descriptors of `cache` and `decode`.
+void callPagedDecodeEntry(void *entry, const PagedConfig &config,
+                          const PagedCacheBuffers &cache,
+                          const PagedDecodeBuffers &decode);
 
 } // namespace mlir::moba::detail
 

@@ -50,6 +50,41 @@ class MobaConfig(ctypes.Structure):
     ]
 
 
+_SELECTIONS = {"query_head": 0, "kv_head": 1}
+
+
+class MobaPagedConfig(ctypes.Structure):
+    _fields_ = [
+        ("head_dim", ctypes.c_int64),
+        ("num_heads", ctypes.c_int64),
+        ("num_kv_heads", ctypes.c_int64),
+        ("page_size", ctypes.c_int64),
+        ("block_size", ctypes.c_int64),
+        ("top_k", ctypes.c_int64),
+        ("max_query_tokens", ctypes.c_int64),
+        ("scale", ctypes.c_float),
+        ("dtype", ctypes.c_int),
+        ("selection", ctypes.c_int),
+        ("target", ctypes.c_int),
+        ("cache_dir", ctypes.c_char_p),
+        ("dump_dir", ctypes.c_char_p),
+    ]
+
+
+class MobaPagedCache(ctypes.Structure):
+    _fields_ = [
+        ("k_cache", ctypes.c_void_p),
+        ("v_cache", ctypes.c_void_p),
+        ("block_key_sums", ctypes.c_void_p),
+        ("block_table", ctypes.c_void_p),
+        ("cache_lens", ctypes.c_void_p),
+        ("num_pages", ctypes.c_int64),
+        ("max_pages", ctypes.c_int64),
+        ("max_blocks", ctypes.c_int64),
+        ("num_sequences", ctypes.c_int64),
+    ]
+
+
 def _library_path():
     explicit = os.environ.get("MOBA_LIBRARY")
     if explicit:
@@ -113,6 +148,37 @@ def _load():
             f"moba: {path!r} lays out MobaConfig in {lib.mobaConfigSize()} "
             f"bytes, this binding in {ctypes.sizeof(MobaConfig)}: the library "
             "and the Python package are of different versions")
+    if not hasattr(lib, "mobaCompilePaged"):
+        raise ImportError(
+            f"moba: {path!r} has no mobaCompilePaged: the library is older "
+            "than this Python package")
+    lib.mobaPagedConfigInit.restype = None
+    lib.mobaPagedConfigInit.argtypes = [ctypes.POINTER(MobaPagedConfig)]
+    for name, struct in (("mobaPagedConfigSize", MobaPagedConfig),
+                         ("mobaPagedCacheSize", MobaPagedCache)):
+        getattr(lib, name).restype = ctypes.c_int64
+        getattr(lib, name).argtypes = []
+        if getattr(lib, name)() != ctypes.sizeof(struct):
+            raise ImportError(
+                f"moba: {path!r} lays out {struct.__name__} in "
+                f"{getattr(lib, name)()} bytes, this binding in "
+                f"{ctypes.sizeof(struct)}: the library and the Python "
+                "package are of different versions")
+    lib.mobaCheckPagedConfig.restype = ctypes.c_int32
+    lib.mobaCheckPagedConfig.argtypes = [ctypes.POINTER(MobaPagedConfig),
+                                         char_pp]
+    lib.mobaCompilePaged.restype = ctypes.c_void_p
+    lib.mobaCompilePaged.argtypes = [ctypes.POINTER(MobaPagedConfig),
+                                     ctypes.POINTER(ctypes.c_int32), char_pp]
+    lib.mobaPagedAppend.restype = ctypes.c_int32
+    lib.mobaPagedAppend.argtypes = [
+        ctypes.c_void_p, ctypes.POINTER(MobaPagedCache)] + [
+        ctypes.c_void_p] * 3 + [ctypes.c_int64, char_pp]
+    lib.mobaPagedDecode.restype = ctypes.c_int32
+    lib.mobaPagedDecode.argtypes = [
+        ctypes.c_void_p, ctypes.POINTER(MobaPagedCache)] + [
+        ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [
+        char_pp]
     lib.mobaLiveKernels.restype = ctypes.c_int64
     lib.mobaLiveKernels.argtypes = []
     lib.mobaDestroy.restype = None
@@ -307,6 +373,89 @@ def run_grad_kernel_on_device(handle, q, k, v, cu_seqlens, num_sequences,
                                     host_cu_seqlens, ctypes.byref(error))
     if status != 0:
         raise RuntimeError(_take_error(error.value))
+
+
+def _paged_config(head_dim, num_heads, num_kv_heads, page_size, block_size,
+                  top_k, max_query_tokens, scale, dtype, selection, cache_dir,
+                  dump_dir):
+    config = MobaPagedConfig()
+    _lib.mobaPagedConfigInit(ctypes.byref(config))
+    for name, value in (("head_dim", head_dim), ("num_heads", num_heads),
+                        ("num_kv_heads", num_kv_heads),
+                        ("page_size", page_size), ("block_size", block_size),
+                        ("top_k", top_k),
+                        ("max_query_tokens", max_query_tokens)):
+        setattr(config, name, int64(name, value))
+    config.scale = float32_scale(scale)
+    config.dtype = _DTYPES[dtype]
+    config.selection = _SELECTIONS[selection]
+    config.target = _TARGETS["cpu"]
+    config.cache_dir = cache_dir.encode() if cache_dir else None
+    config.dump_dir = dump_dir.encode() if dump_dir else None
+    return config
+
+
+def check_paged_config(head_dim, num_heads, num_kv_heads, page_size,
+                       block_size, top_k, max_query_tokens, scale, dtype,
+                       selection):
+    """None when the library would compile these values, else its message
+    naming the first bad one."""
+    config = _paged_config(head_dim, num_heads, num_kv_heads, page_size,
+                           block_size, top_k, max_query_tokens, scale, dtype,
+                           selection, None, None)
+    error = ctypes.c_void_p()
+    if _lib.mobaCheckPagedConfig(ctypes.byref(config), ctypes.byref(error)):
+        return _take_error(error.value)
+    return None
+
+
+def compile_paged_kernel(head_dim, num_heads, num_kv_heads, page_size,
+                         block_size, top_k, max_query_tokens, scale, dtype,
+                         selection, cache_dir, dump_dir):
+    """Returns (handle, from_cache); raises CompileError."""
+    config = _paged_config(head_dim, num_heads, num_kv_heads, page_size,
+                           block_size, top_k, max_query_tokens, scale, dtype,
+                           selection, cache_dir, dump_dir)
+    from_cache = ctypes.c_int32(0)
+    error = ctypes.c_void_p()
+    handle = _lib.mobaCompilePaged(ctypes.byref(config),
+                                   ctypes.byref(from_cache),
+                                   ctypes.byref(error))
+    if not handle:
+        raise CompileError(_take_error(error.value))
+    return handle, bool(from_cache.value)
+
+
+def paged_cache(k_cache, v_cache, block_key_sums, block_table, cache_lens,
+                num_pages, max_pages, max_blocks, num_sequences):
+    """A MobaPagedCache of pointers and counts."""
+    cache = MobaPagedCache()
+    cache.k_cache, cache.v_cache = k_cache, v_cache
+    cache.block_key_sums = block_key_sums
+    cache.block_table, cache.cache_lens = block_table, cache_lens
+    for name, value in (("num_pages", num_pages), ("max_pages", max_pages),
+                        ("max_blocks", max_blocks),
+                        ("num_sequences", num_sequences)):
+        setattr(cache, name, int64(name, value))
+    return cache
+
+
+def run_paged_append(handle, cache, k, v, cu_seqlens, tokens):
+    """Pointers in; raises ValueError with the runner's message (every
+    failure of a call is a bad value it names)."""
+    error = ctypes.c_void_p()
+    if _lib.mobaPagedAppend(handle, ctypes.byref(cache), k, v, cu_seqlens,
+                            int64("tokens", tokens), ctypes.byref(error)):
+        raise ValueError(_take_error(error.value))
+
+
+def run_paged_decode(handle, cache, q, cu_seqlens_q, tokens, out, lse):
+    """Pointers in; raises ValueError with the runner's message."""
+    error = ctypes.c_void_p()
+    if _lib.mobaPagedDecode(handle, ctypes.byref(cache), q, cu_seqlens_q,
+                            int64("tokens", tokens), out, lse,
+                            ctypes.byref(error)):
+        raise ValueError(_take_error(error.value))
 
 
 def gpu_compute_capability():

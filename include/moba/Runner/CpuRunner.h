@@ -60,6 +60,11 @@ llvm::StringRef compilerVersion();
 std::string kernelName(const AttentionConfig &config,
                        const CpuCompileOptions &options);
 
+/// The disk cache's key of a kernel named `name` on this host: the name, the
+/// compiler version and the host CPU's name, then after a '|' the CPU
+/// features the code is compiled for ("+avx2,+fma,...").
+std::string hostCacheKey(llvm::StringRef name);
+
 /// The disk cache's key of `config` compiled with `options` on this host:
 /// kernelName(), the compiler version and the host CPU's name, then after a
 /// '|' the CPU features the code is compiled for ("+avx2,+fma,...").
