@@ -193,11 +193,16 @@ llvm::Error readGpuOptions(const MobaConfig &c, CompileRequest &r) {
     return llvm::createStringError("unknown gpu_attention %d",
                                    static_cast<int>(c.gpu_attention));
   }
-  if (!r.dumpDir.empty())
+  if (c.cache_dir)
+    options.cacheDir = c.cache_dir;
+  if (!r.dumpDir.empty()) {
+    // Dumps mean every stage runs: the cache would skip them.
+    options.cacheDir.clear();
     options.dumpIR = dumpToDirectory(
         r.dumpDir,
         options.chip + (options.mma ? "-mma-" : "-simt-") + r.config.key(),
         r.dumpFailure);
+  }
   return llvm::Error::success();
 }
 
@@ -425,14 +430,22 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
     return nullptr;
   }
   if (fromCache)
-    *fromCache = kernel->cpu && kernel->cpu->fromCache() ? 1 : 0;
+    *fromCache = (kernel->cpu && kernel->cpu->fromCache()) ||
+                         (kernel->gpu && kernel->gpu->fromCache())
+                     ? 1
+                     : 0;
   return tracked(kernel.release());
 }
 
 const char *mobaKernelCacheWarning(const MobaKernel *kernel) {
-  if (!kernel || !kernel->cpu || kernel->cpu->cacheWarning().empty())
+  if (!kernel)
     return nullptr;
-  return kernel->cpu->cacheWarning().c_str();
+  const std::string *warning = kernel->cpu   ? &kernel->cpu->cacheWarning()
+                               : kernel->gpu ? &kernel->gpu->cacheWarning()
+                                             : nullptr;
+  if (!warning || warning->empty())
+    return nullptr;
+  return warning->c_str();
 }
 
 const char *mobaKernelPlan(const MobaKernel *kernel) {

@@ -11,19 +11,13 @@
 
 #include "moba/Version.h"
 
-#include "llvm/ADT/STLExtras.h"
-#include "llvm/ExecutionEngine/JITEventListener.h"
-#include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
 #include "llvm/ExecutionEngine/Orc/LLJIT.h"
-#include "llvm/ExecutionEngine/Orc/RTDyldObjectLinkingLayer.h"
-#include "llvm/ExecutionEngine/SectionMemoryManager.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/TargetSelect.h"
 #include "llvm/TargetParser/Host.h"
 
 #include <mutex>
-#include <vector>
 
 using namespace mlir;
 using namespace mlir::moba;
@@ -37,20 +31,6 @@ void initializeNativeTarget() {
     llvm::InitializeNativeTarget();
     llvm::InitializeNativeTargetAsmPrinter();
   });
-}
-
-/// The host CPU's features the JIT compiles for, enabled ones only, sorted:
-/// "+aes,+avx,+avx2,...".
-const std::string &hostCpuFeatures() {
-  static const std::string features = [] {
-    std::vector<std::string> enabled;
-    for (const auto &feature : llvm::sys::getHostCPUFeatures())
-      if (feature.second)
-        enabled.push_back("+" + feature.first().str());
-    llvm::sort(enabled);
-    return llvm::join(enabled, ",");
-  }();
-  return features;
 }
 
 } // namespace
@@ -82,41 +62,11 @@ CpuAttentionKernel::~CpuAttentionKernel() = default;
 
 llvm::Error
 CpuAttentionKernel::load(std::unique_ptr<llvm::MemoryBuffer> object) {
-  // The object layer ExecutionEngine uses, with its listeners only on
-  // request.
-  bool debug = jitDebugRequested();
-  auto created =
-      llvm::orc::LLJITBuilder()
-          .setObjectLinkingLayerCreator([debug](llvm::orc::ExecutionSession
-                                                    &session)
-                                            -> llvm::Expected<std::unique_ptr<
-                                                llvm::orc::ObjectLayer>> {
-            auto layer = std::make_unique<llvm::orc::RTDyldObjectLinkingLayer>(
-                session, [](const llvm::MemoryBuffer &) {
-                  return std::make_unique<llvm::SectionMemoryManager>();
-                });
-            if (debug) {
-              layer->registerJITEventListener(
-                  *llvm::JITEventListener::createGDBRegistrationListener());
-              if (auto *perf =
-                      llvm::JITEventListener::createPerfJITEventListener())
-                layer->registerJITEventListener(*perf);
-            }
-            return layer;
-          })
-          .create();
-  if (!created)
-    return created.takeError();
-  std::unique_ptr<llvm::orc::LLJIT> loaded = std::move(*created);
-  // The object calls malloc, free and libm: resolve them in this process.
-  auto generator =
-      llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
-          loaded->getDataLayout().getGlobalPrefix());
-  if (!generator)
-    return generator.takeError();
-  loaded->getMainJITDylib().addGenerator(std::move(*generator));
-  if (llvm::Error e = loaded->addObjectFile(std::move(object)))
-    return e;
+  // The object calls malloc, free and libm: resolved in this process.
+  auto linked = linkHostObject(std::move(object));
+  if (!linked)
+    return linked.takeError();
+  std::unique_ptr<llvm::orc::LLJIT> loaded = std::move(*linked);
   auto symbol = loaded->lookup("_mlir_ciface_moba_attention");
   if (!symbol)
     return symbol.takeError();
