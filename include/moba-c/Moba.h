@@ -161,9 +161,11 @@ typedef struct MobaConfig {
   MobaTarget target;
   MobaStage stage;
   int64_t tile_q, tile_k; /* 0: defaults; GPU targets use tile_k only */
-  /* NULL or "": no disk cache; CPU target only. A directory of the
-   * caller's own with mode 0700 (created so when missing; any other is not
-   * used), holding one verified file per kernel (docs/python.md). */
+  /* NULL or "": no disk cache. A directory of the caller's own with mode
+   * 0700 (created so when missing; any other is not used), holding one
+   * verified file per kernel: the object code of a CPU kernel, or a GPU
+   * kernel's host object with its PTX or cubin embedded (docs/python.md).
+   * Ignored when dump_dir is set (every stage then runs). */
   const char *cache_dir;
   const char *dump_dir;   /* NULL or "": no IR dumps */
   /* GPU targets: how the attention runs. */

@@ -209,11 +209,16 @@ llvm::Error readGpuOptions(const MobaConfig &c, CompileRequest &r) {
     return llvm::createStringError("unknown gpu_attention %d",
                                    static_cast<int>(c.gpu_attention));
   }
-  if (!r.dumpDir.empty())
+  if (c.cache_dir)
+    options.cacheDir = c.cache_dir;
+  if (!r.dumpDir.empty()) {
+    // Dumps mean every stage runs: the cache would skip them.
+    options.cacheDir.clear();
     options.dumpIR = dumpToDirectory(
         r.dumpDir,
         options.chip + (options.mma ? "-mma-" : "-simt-") + r.config.key(),
         r.dumpFailure);
+  }
   return llvm::Error::success();
 }
 
@@ -534,7 +539,10 @@ MobaKernel *mobaCompile(const MobaConfig *c, int32_t *fromCache,
     return nullptr;
   }
   if (fromCache)
-    *fromCache = kernel->cpu && kernel->cpu->fromCache() ? 1 : 0;
+    *fromCache = (kernel->cpu && kernel->cpu->fromCache()) ||
+                         (kernel->gpu && kernel->gpu->fromCache())
+                     ? 1
+                     : 0;
   return tracked(kernel.release());
 }
 
@@ -542,6 +550,7 @@ const char *mobaKernelCacheWarning(const MobaKernel *kernel) {
   if (!kernel)
     return nullptr;
   const std::string *warning = kernel->cpu     ? &kernel->cpu->cacheWarning()
+                               : kernel->gpu   ? &kernel->gpu->cacheWarning()
                                : kernel->paged ? &kernel->paged->cacheWarning()
                                                : nullptr;
   if (!warning || warning->empty())

@@ -36,7 +36,7 @@ CpuPagedKernel::CpuPagedKernel(PagedConfig config) : cfg(std::move(config)) {}
 CpuPagedKernel::~CpuPagedKernel() = default;
 
 llvm::Error CpuPagedKernel::load(std::unique_ptr<llvm::MemoryBuffer> object) {
-  auto linked = loadHostObject(std::move(object));
+  auto linked = linkHostObject(std::move(object));
   if (!linked)
     return linked.takeError();
   auto append = (*linked)->lookup("_mlir_ciface_moba_paged_append");

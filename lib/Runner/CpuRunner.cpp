@@ -11,35 +11,14 @@
 
 #include "moba/Version.h"
 
-#include "llvm/ADT/STLExtras.h"
 #include "llvm/ExecutionEngine/Orc/LLJIT.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/TargetParser/Host.h"
 
-#include <vector>
-
 using namespace mlir;
 using namespace mlir::moba;
 using namespace mlir::moba::detail;
-
-namespace {
-
-/// The host CPU's features the JIT compiles for, enabled ones only, sorted:
-/// "+aes,+avx,+avx2,...".
-const std::string &hostCpuFeatures() {
-  static const std::string features = [] {
-    std::vector<std::string> enabled;
-    for (const auto &feature : llvm::sys::getHostCPUFeatures())
-      if (feature.second)
-        enabled.push_back("+" + feature.first().str());
-    llvm::sort(enabled);
-    return llvm::join(enabled, ",");
-  }();
-  return features;
-}
-
-} // namespace
 
 llvm::StringRef mlir::moba::compilerVersion() { return MOBA_VERSION; }
 
@@ -71,7 +50,8 @@ CpuAttentionKernel::~CpuAttentionKernel() = default;
 
 llvm::Error
 CpuAttentionKernel::load(std::unique_ptr<llvm::MemoryBuffer> object) {
-  auto linked = loadHostObject(std::move(object));
+  // The object calls malloc, free and libm: resolved in this process.
+  auto linked = linkHostObject(std::move(object));
   if (!linked)
     return linked.takeError();
   std::unique_ptr<llvm::orc::LLJIT> loaded = std::move(*linked);

@@ -6,12 +6,14 @@
 
 #include "moba/Runner/GpuRunner.h"
 
+#include "KernelCache.h"
 #include "RunnerSupport.h"
 
 #include "moba/Dialect/Moba/IR/MobaDialect.h"
 #include "moba/Dialect/Moba/Transforms/BufferizableOpInterfaceImpl.h"
 #include "moba/Pipelines/MmaTuning.h"
 #include "moba/Pipelines/Pipelines.h"
+#include "moba/Runner/CpuRunner.h"
 #include "moba/Runtime/CudaDriver.h"
 #include "moba/Runtime/GpuRuntime.h"
 
@@ -49,17 +51,23 @@
 #include "mlir/Dialect/UB/IR/UBOps.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/Dialect/Vector/Transforms/BufferizableOpInterfaceImpl.h"
-#include "mlir/ExecutionEngine/ExecutionEngine.h"
 #include "mlir/Target/LLVM/NVVM/Target.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/GPU/GPUToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/NVVM/NVVMToLLVMIRTranslation.h"
 #include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
+#include "llvm/ExecutionEngine/Orc/LLJIT.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/Module.h"
+#include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/Program.h"
 #include "llvm/Support/TargetSelect.h"
+#include "llvm/Support/raw_ostream.h"
+#include "llvm/TargetParser/Host.h"
 
 using namespace mlir;
 using namespace mlir::moba;
@@ -99,12 +107,12 @@ constexpr llvm::StringLiteral kUnloadModules = "moba_unload_modules";
 
 /// The host module's global constructors load its kernels (an
 /// mgpuModuleLoad* per gpu.binary, kept in a global) and its destructors
-/// unload them. The ExecutionEngine would run the constructors once, so a
-/// load that failed half way could neither give back what it had loaded
-/// nor be tried again. They become two functions that the runner calls
-/// instead, kLoadModules and kUnloadModules: a failed load unloads what it
-/// loaded, and the next call loads afresh (every constructor stores its
-/// module, so no handle of the unloaded ones survives a load).
+/// unload them. A JIT would run the constructors once, when the object is
+/// linked, so a load that failed half way could neither give back what it
+/// had loaded nor be tried again. They become two functions that the runner
+/// calls instead, kLoadModules and kUnloadModules: a failed load unloads
+/// what it loaded, and the next call loads afresh (every constructor stores
+/// its module, so no handle of the unloaded ones survives a load).
 llvm::Error exposeModuleLoading(llvm::Module &module) {
   auto makeCaller = [&](llvm::StringRef name, llvm::StringRef list,
                         auto functions, bool reversed) -> llvm::Error {
@@ -239,10 +247,124 @@ llvm::Error fillPipelineOptions(const AttentionConfig &config,
 
 } // namespace
 
+namespace {
+
+/// A file's identity in a cache key: its path, size and modification time;
+/// "<path>:absent" when there is none.
+std::string fileIdentity(llvm::StringRef path) {
+  llvm::sys::fs::file_status status;
+  if (llvm::sys::fs::status(path, status) || !llvm::sys::fs::exists(status))
+    return (path + ":absent").str();
+  return llvm::formatv(
+             "{0}:{1}:{2}", path, status.getSize(),
+             status.getLastModificationTime().time_since_epoch().count())
+      .str();
+}
+
+/// The ptxas gpu-module-to-binary runs for `toolkit` (format bin): the
+/// toolkit's bin/ptxas when it is executable, else the first on PATH, the
+/// order in which MLIR's NVVM target looks.
+std::string ptxasPath(llvm::StringRef toolkit) {
+  llvm::SmallString<256> path(toolkit);
+  llvm::sys::path::append(path, "bin", "ptxas");
+  if (llvm::sys::fs::can_execute(path))
+    return path.str().str();
+  if (llvm::ErrorOr<std::string> found = llvm::sys::findProgramByName("ptxas"))
+    return *found;
+  return "ptxas";
+}
+
+/// The readable part of a GPU kernel's cache key (its file name's prefix).
+std::string gpuKernelName(const AttentionConfig &config,
+                          const GpuCompileOptions &options) {
+  return llvm::formatv("gpu-{0}-{1}-{2}-{3}-O{4}", options.chip, config.key(),
+                       options.mma ? "mma" : "simt", options.format,
+                       options.optLevel)
+      .str();
+}
+
+/// cacheKey() of `config` and `options`, whose pipeline options and plan
+/// fillPipelineOptions() gave.
+std::string gpuCacheKey(const AttentionConfig &config,
+                        const GpuCompileOptions &options,
+                        const GpuPipelineOptions &pipeline,
+                        const AttentionKernelPlan &plan) {
+  std::string pipelineText;
+  llvm::raw_string_ostream os(pipelineText);
+  pipeline.print(os);
+  std::string toolkit = cudaToolkitPath(options.toolkit);
+  llvm::SmallString<256> libdevice(toolkit);
+  llvm::sys::path::append(libdevice, "nvvm", "libdevice", "libdevice.10.bc");
+  // PTX (isa) is compiled by the driver when it is loaded, a cubin (bin)
+  // by ptxas here: only the latter depends on ptxas.
+  bool ptx = options.format == "isa";
+  return llvm::formatv(
+             "{0}-{1}-{2}|{3}|plan={4}|pipeline={5}|loading={6}|toolkit={7}|"
+             "libdevice={8}|ptxas={9}",
+             gpuKernelName(config, options), compilerVersion(),
+             llvm::sys::getHostCPUName(), hostCpuFeatures(),
+             options.mma ? plan.print() : std::string("none"), pipelineText,
+             ptx ? "moba_load_modules,mgpuModuleLoadJIT"
+                 : "moba_load_modules,mgpuModuleLoad",
+             toolkit, fileIdentity(libdevice),
+             ptx ? std::string("unused") : fileIdentity(ptxasPath(toolkit)))
+      .str();
+}
+
+} // namespace
+
+llvm::Expected<std::string>
+mlir::moba::cacheKey(const AttentionConfig &config,
+                     const GpuCompileOptions &options) {
+  GpuPipelineOptions pipeline;
+  AttentionKernelPlan plan;
+  if (llvm::Error e = fillPipelineOptions(config, options, pipeline, &plan))
+    return std::move(e);
+  return gpuCacheKey(config, options, pipeline, plan);
+}
+
 llvm::Error GpuAttentionKernel::check(const AttentionConfig &config,
                                       const GpuCompileOptions &options) {
   GpuPipelineOptions pipeline;
   return fillPipelineOptions(config, options, pipeline);
+}
+
+llvm::Error
+GpuAttentionKernel::link(std::unique_ptr<llvm::MemoryBuffer> object) {
+  // The host code calls the project's runtime, never a library's; malloc
+  // and free come from this process.
+  auto linked = linkHostObject(std::move(object), cuda::runtimeSymbols);
+  if (!linked)
+    return linked.takeError();
+  std::unique_ptr<llvm::orc::LLJIT> linkedJit = std::move(*linked);
+  auto lookup = [&](llvm::StringRef name) -> llvm::Expected<void *> {
+    auto symbol = linkedJit->lookup(name);
+    if (!symbol)
+      return symbol.takeError();
+    return symbol->toPtr<void *>();
+  };
+  auto attention = lookup("_mlir_ciface_moba_attention");
+  if (!attention)
+    return attention.takeError();
+  void *grad = nullptr;
+  if (cfg.backward) {
+    auto found = lookup("_mlir_ciface_moba_attention_grad");
+    if (!found)
+      return found.takeError();
+    grad = *found;
+  }
+  auto load = lookup(kLoadModules);
+  if (!load)
+    return load.takeError();
+  auto unload = lookup(kUnloadModules);
+  if (!unload)
+    return unload.takeError();
+  entry = *attention;
+  gradEntry = grad;
+  loadModules = reinterpret_cast<void (*)()>(*load);
+  unloadModules = reinterpret_cast<void (*)()>(*unload);
+  jit = std::move(linkedJit);
+  return llvm::Error::success();
 }
 
 llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
@@ -260,6 +382,34 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
     kernel->plan = plan;
   kernel->scratch.chunkedPooling = true;
   kernel->scratch.densified = options.densify;
+  std::unique_ptr<KernelCache> cache;
+  std::string key;
+  if (!options.cacheDir.empty()) {
+    cache = std::make_unique<KernelCache>(options.cacheDir);
+    key = gpuCacheKey(config, options, pipeline, plan);
+  }
+  // Problems met on the way, reported with the kernel.
+  std::string linkProblem;
+  auto finish = [&]() -> std::unique_ptr<GpuAttentionKernel> {
+    kernel->cacheProblems = linkProblem + (cache ? cache->problems() : "");
+    return std::move(kernel);
+  };
+  if (cache && cache->usable()) {
+    if (auto object = cache->load(key)) {
+      // Verified, so this is our own object for this key; linking it can
+      // still fail (a compiler whose version string did not change). The
+      // kernels it embeds are loaded on first use, as a fresh compile's.
+      llvm::Error e = kernel->link(std::move(object));
+      if (!e) {
+        kernel->loadedFromCache = true;
+        return finish();
+      }
+      linkProblem = "the cached kernel of " + gpuKernelName(config, options) +
+                    " could not be linked (" + llvm::toString(std::move(e)) +
+                    "); compiling it again\n";
+    }
+  }
+
   EntryCompiler compiler(gpuRegistry(), config, options.dumpIR);
   auto module = compiler.parse();
   if (!module)
@@ -269,33 +419,19 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
                                      buildMobaGpuPipeline(pm, pipeline);
                                    }))
     return std::move(e);
+  auto object = compiler.emitHostObject(options.optLevel, exposeModuleLoading);
+  if (!object)
+    return object.takeError();
 
-  auto engine = compiler.jit(options.optLevel, exposeModuleLoading);
-  kernel->context = compiler.takeContext();
-  if (!engine)
-    return engine.takeError();
-  kernel->engine = std::move(*engine);
-  // The host code calls the project's runtime, never a library's.
-  kernel->engine->registerSymbols(cuda::runtimeSymbols);
-  auto entry = kernel->engine->lookup("_mlir_ciface_moba_attention");
-  if (!entry)
-    return entry.takeError();
-  kernel->entry = *entry;
-  if (config.backward) {
-    auto gradEntry = kernel->engine->lookup("_mlir_ciface_moba_attention_grad");
-    if (!gradEntry)
-      return gradEntry.takeError();
-    kernel->gradEntry = *gradEntry;
-  }
-  auto load = kernel->engine->lookup(kLoadModules);
-  if (!load)
-    return load.takeError();
-  auto unload = kernel->engine->lookup(kUnloadModules);
-  if (!unload)
-    return unload.takeError();
-  kernel->loadModules = reinterpret_cast<void (*)()>(*load);
-  kernel->unloadModules = reinterpret_cast<void (*)()>(*unload);
-  return kernel;
+  // The bytes that are cached are the bytes that run. A cache that cannot
+  // be written is not an error: the kernel works without it.
+  if (cache && cache->usable())
+    cache->store(key, (*object)->getBuffer());
+  if (llvm::Error e = kernel->link(std::move(*object)))
+    return llvm::createStringError("loading the compiled code of %s failed: %s",
+                                   config.key().c_str(),
+                                   llvm::toString(std::move(e)).c_str());
+  return finish();
 }
 
 llvm::Error GpuAttentionKernel::load() const {

@@ -1,4 +1,4 @@
-//===- KernelCache.cpp - The disk cache of compiled CPU kernels -----------===//
+//===- KernelCache.cpp - The disk cache of compiled kernels ---------------===//
 //
 // Part of moba-mlir.
 //
@@ -15,6 +15,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <utility>
@@ -67,6 +68,16 @@ public:
 private:
   int fd;
 };
+
+/// The test hook of KernelCache::store(): creates the file `path`, then
+/// waits until it is gone, at most 60 s.
+void pauseForTest(const char *path) {
+  int fd = ::open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd >= 0)
+    ::close(fd);
+  for (int waited = 0; waited < 6000 && ::access(path, F_OK) == 0; ++waited)
+    ::usleep(10000);
+}
 
 std::string octalMode(mode_t mode) {
   char text[8];
@@ -321,16 +332,24 @@ void KernelCache::store(llvm::StringRef key, llvm::StringRef object) {
     ::unlinkat(dirFd, temporary.c_str(), 0);
     problem("the kernel was not cached: " + why);
   };
-  bool written = ::fchmod(fd, 0600) == 0;
-  for (size_t done = 0; written && done < contents.size();) {
-    ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      written = false;
-      break;
+  // Writes contents[from, to); false on an error, left in errno.
+  auto writeRange = [&](size_t from, size_t to) {
+    for (size_t done = from; done < to;) {
+      ssize_t n = ::write(fd, contents.data() + done, to - done);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        return false;
+      done += static_cast<size_t>(n);
     }
-    done += static_cast<size_t>(n);
+    return true;
+  };
+  const char *pause = std::getenv("MOBA_TEST_CACHE_STORE_PAUSE");
+  size_t half = pause && *pause ? contents.size() / 2 : contents.size();
+  bool written = ::fchmod(fd, 0600) == 0 && writeRange(0, half);
+  if (written && half < contents.size()) {
+    pauseForTest(pause);
+    written = writeRange(half, contents.size());
   }
   error = errno;
   if (::close(fd) != 0 && written) {

@@ -1,8 +1,10 @@
-//===- KernelCache.h - The disk cache of compiled CPU kernels ---*- C++ -*-===//
+//===- KernelCache.h - The disk cache of compiled kernels -------*- C++ -*-===//
 //
-// Part of moba-mlir. Private to lib/Runner: object code of compiled CPU
-// kernels kept in a directory between processes. Code loaded from there runs
-// in the caller's process, so nothing in the directory is trusted:
+// Part of moba-mlir. Private to lib/Runner: object code of compiled kernels
+// kept in a directory between processes -- a CPU kernel's object, or a GPU
+// kernel's host object with its PTX or cubin embedded -- so that another
+// process loads it without running the compiler. Code loaded from there
+// runs in the caller's process, so nothing in the directory is trusted:
 //
 // * the directory must be the caller's own (owner = effective uid, no group
 //   or other permission bits, not a symbolic link), else the cache is not
@@ -15,7 +17,7 @@
 //   object is handed to the JIT; a file that fails is reported and replaced;
 // * files are written to a fresh temporary (O_CREAT | O_EXCL, mode 0600) in
 //   the directory and renamed over their name, so that a reader sees a whole
-//   file or none.
+//   file or none, also while other processes store the same key.
 //
 // The layout is described in docs/python.md ("Cache and IR dumps").
 //
@@ -55,6 +57,10 @@ public:
 
   /// Stores `object` under `key`: written to a new temporary file and renamed
   /// over the final name. A failure is reported in problems(), never fatal.
+  /// Test hook: with MOBA_TEST_CACHE_STORE_PAUSE=<path>, half the file is
+  /// written, then <path> is created and the store waits until it is
+  /// removed (at most 60 s) before writing the rest, so that a test can
+  /// read the cache while a store is half done.
   void store(llvm::StringRef key, llvm::StringRef object);
 
   /// What went wrong so far, one sentence a line; empty when nothing did.

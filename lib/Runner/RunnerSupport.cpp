@@ -29,7 +29,6 @@
 #include "mlir/Dialect/Tensor/Transforms/BufferizableOpInterfaceImpl.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/Dialect/Vector/Transforms/BufferizableOpInterfaceImpl.h"
-#include "mlir/ExecutionEngine/ExecutionEngine.h"
 #include "mlir/ExecutionEngine/OptUtils.h"
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
@@ -38,23 +37,27 @@
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
 #include "mlir/Target/LLVMIR/Export.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/ExecutionEngine/JITEventListener.h"
 #include "llvm/ExecutionEngine/Orc/CompileUtils.h"
 #include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
+#include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
 #include "llvm/ExecutionEngine/Orc/LLJIT.h"
 #include "llvm/ExecutionEngine/Orc/RTDyldObjectLinkingLayer.h"
 #include "llvm/ExecutionEngine/SectionMemoryManager.h"
-#include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
 #include "llvm/IR/LLVMContext.h"
 #include "llvm/IR/Module.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/TargetSelect.h"
 #include "llvm/Support/raw_ostream.h"
 #include "llvm/Target/TargetMachine.h"
+#include "llvm/TargetParser/Host.h"
 
 #include <array>
 #include <cstdlib>
 #include <mutex>
+#include <vector>
 
 using namespace mlir;
 using namespace mlir::moba;
@@ -177,44 +180,10 @@ EntryCompiler::run(llvm::StringRef what, llvm::StringRef stage,
   return llvm::Error::success();
 }
 
-llvm::Expected<std::unique_ptr<ExecutionEngine>>
-EntryCompiler::jit(unsigned optLevel,
-                   llvm::function_ref<llvm::Error(llvm::Module &)> prepare) {
-  // The options hold their functions by reference (function_ref): they live
-  // here, through ExecutionEngine::create.
-  std::string prepareError;
-  auto build = [&](Operation *op, llvm::LLVMContext &llvmContext)
-      -> std::unique_ptr<llvm::Module> {
-    std::unique_ptr<llvm::Module> llvmModule =
-        translateModuleToLLVMIR(op, llvmContext);
-    if (llvmModule && prepare)
-      if (llvm::Error e = prepare(*llvmModule)) {
-        prepareError = llvm::toString(std::move(e));
-        return nullptr;
-      }
-    return llvmModule;
-  };
-  auto optimize = makeOptimizingTransformer(optLevel, /*sizeLevel=*/0,
-                                            /*targetMachine=*/nullptr);
-  ExecutionEngineOptions options;
-  options.llvmModuleBuilder = build;
-  options.transformer = optimize;
-  options.jitCodeGenOptLevel = static_cast<llvm::CodeGenOptLevel>(optLevel);
-  options.enableGDBNotificationListener = jitDebugRequested();
-  options.enablePerfNotificationListener = jitDebugRequested();
-  auto engine = ExecutionEngine::create(*module, options);
-  if (!engine) {
-    std::string why = llvm::toString(engine.takeError());
-    if (!prepareError.empty())
-      why += ": " + prepareError;
-    return llvm::createStringError("JIT compilation failed for %s: %s",
-                                   name.c_str(), why.c_str());
-  }
-  return std::move(*engine);
-}
-
 llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>>
-EntryCompiler::emitHostObject(unsigned optLevel) {
+EntryCompiler::emitHostObject(
+    unsigned optLevel,
+    llvm::function_ref<llvm::Error(llvm::Module &)> prepare) {
   auto failed = [&](llvm::StringRef what, llvm::Error e) {
     return llvm::createStringError("%s failed for %s: %s", what.str().c_str(),
                                    name.c_str(),
@@ -225,6 +194,9 @@ EntryCompiler::emitHostObject(unsigned optLevel) {
       translateModuleToLLVMIR(*module, llvmContext);
   if (!llvmModule)
     return fail("translating to LLVM IR");
+  if (prepare)
+    if (llvm::Error e = prepare(*llvmModule))
+      return failed("preparing the host module", std::move(e));
   // What ExecutionEngine::create does: the host's CPU name and features.
   auto builder = llvm::orc::JITTargetMachineBuilder::detectHost();
   if (!builder)
@@ -246,8 +218,22 @@ EntryCompiler::emitHostObject(unsigned optLevel) {
   return std::move(*object);
 }
 
+void mlir::moba::detail::initializeNativeTarget() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    llvm::InitializeNativeTarget();
+    llvm::InitializeNativeTargetAsmPrinter();
+  });
+}
+
+bool mlir::moba::detail::jitDebugRequested() {
+  const char *value = std::getenv("MOBA_JIT_DEBUG");
+  return value && llvm::StringRef(value) == "1";
+}
+
 llvm::Expected<std::unique_ptr<llvm::orc::LLJIT>>
-mlir::moba::detail::loadHostObject(std::unique_ptr<llvm::MemoryBuffer> object) {
+mlir::moba::detail::linkHostObject(std::unique_ptr<llvm::MemoryBuffer> object,
+                                   SymbolsFn symbols) {
   // The object layer ExecutionEngine uses, with its listeners only on
   // request.
   bool debug = jitDebugRequested();
@@ -273,36 +259,38 @@ mlir::moba::detail::loadHostObject(std::unique_ptr<llvm::MemoryBuffer> object) {
           .create();
   if (!created)
     return created.takeError();
-  std::unique_ptr<llvm::orc::LLJIT> loaded = std::move(*created);
-  // The object calls malloc, free and libm: resolve them in this process.
+  std::unique_ptr<llvm::orc::LLJIT> jit = std::move(*created);
+  llvm::orc::JITDylib &library = jit->getMainJITDylib();
+  // Definitions come before the generator: `symbols` win over any library
+  // of this process that exports the same names.
+  if (symbols) {
+    llvm::orc::MangleAndInterner interner(jit->getExecutionSession(),
+                                          jit->getDataLayout());
+    if (llvm::Error e =
+            library.define(llvm::orc::absoluteSymbols(symbols(interner))))
+      return std::move(e);
+  }
   auto generator =
       llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
-          loaded->getDataLayout().getGlobalPrefix());
+          jit->getDataLayout().getGlobalPrefix());
   if (!generator)
     return generator.takeError();
-  loaded->getMainJITDylib().addGenerator(std::move(*generator));
-  if (llvm::Error e = loaded->addObjectFile(std::move(object)))
-    return e;
-  return std::move(loaded);
+  library.addGenerator(std::move(*generator));
+  if (llvm::Error e = jit->addObjectFile(std::move(object)))
+    return std::move(e);
+  return std::move(jit);
 }
 
-void mlir::moba::detail::initializeNativeTarget() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    llvm::InitializeNativeTarget();
-    llvm::InitializeNativeTargetAsmPrinter();
-  });
-}
-
-bool mlir::moba::detail::jitDebugRequested() {
-  const char *value = std::getenv("MOBA_JIT_DEBUG");
-  return value && llvm::StringRef(value) == "1";
-}
-
-std::unique_ptr<MLIRContext> EntryCompiler::takeContext() {
-  // Diagnostics after compilation (from a JIT) must not reach this object.
-  context->getDiagEngine().eraseHandler(handler);
-  return std::move(context);
+const std::string &mlir::moba::detail::hostCpuFeatures() {
+  static const std::string features = [] {
+    std::vector<std::string> enabled;
+    for (const auto &feature : llvm::sys::getHostCPUFeatures())
+      if (feature.second)
+        enabled.push_back("+" + feature.first().str());
+    llvm::sort(enabled);
+    return llvm::join(enabled, ",");
+  }();
+  return features;
 }
 
 void mlir::moba::detail::callAttentionEntry(void *entry,

@@ -1,8 +1,8 @@
 //===- RunnerSupport.h - What the CPU and GPU runners share -----*- C++ -*-===//
 //
 // Part of moba-mlir. Private to lib/Runner: compiling the generated entry
-// function through pass pipelines with every diagnostic collected, and
-// calling its C interface.
+// function through pass pipelines with every diagnostic collected, linking
+// its object code into a JIT, and calling its C interface.
 //
 //===----------------------------------------------------------------------===//
 
@@ -16,9 +16,12 @@
 #include "mlir/IR/DialectRegistry.h"
 #include "mlir/IR/OwningOpRef.h"
 #include "mlir/Pass/PassManager.h"
+#include "llvm/ExecutionEngine/Orc/Core.h"
+#include "llvm/ExecutionEngine/Orc/Mangling.h"
 
 #include <functional>
 #include <memory>
+#include <string>
 
 namespace llvm {
 class MemoryBuffer;
@@ -27,10 +30,6 @@ namespace orc {
 class LLJIT;
 } // namespace orc
 } // namespace llvm
-
-namespace mlir {
-class ExecutionEngine;
-} // namespace mlir
 
 namespace mlir::moba::detail {
 
@@ -64,24 +63,15 @@ public:
   /// An error "`what` failed for <config>" with the diagnostics so far.
   llvm::Error fail(llvm::StringRef what) const;
 
-  /// JIT-compiles the module at LLVM `optLevel` (0-3). The debugger and
-  /// perf listeners are registered only when jitDebugRequested().
+  /// Compiles the module to a relocatable object for this host at LLVM
+  /// `optLevel` (0-3), as MLIR's ExecutionEngine would compile it: the same
+  /// optimization and target machine (the host CPU with all its features).
   /// `prepare`, when given, changes the module once translated to LLVM IR;
   /// its error fails the compilation.
-  llvm::Expected<std::unique_ptr<ExecutionEngine>>
-  jit(unsigned optLevel,
-      llvm::function_ref<llvm::Error(llvm::Module &)> prepare = {});
-
-  /// Compiles the module to a relocatable object for this host at LLVM
-  /// `optLevel` (0-3), as jit() would compile it: the same optimization and
-  /// target machine (the host CPU with all its features).
   llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>>
-  emitHostObject(unsigned optLevel);
+  emitHostObject(unsigned optLevel,
+                 llvm::function_ref<llvm::Error(llvm::Module &)> prepare = {});
 
-  /// The context and module, which the caller keeps alive while code JIT
-  /// compiled from them runs.
-  std::unique_ptr<MLIRContext> takeContext();
-  OwningOpRef<ModuleOp> takeModule() { return std::move(module); }
 
 private:
   std::string source;
@@ -93,11 +83,24 @@ private:
   OwningOpRef<ModuleOp> module;
 };
 
-/// Links `object` (a relocatable object for this host, from
-/// EntryCompiler::emitHostObject) into a JIT of its own, which resolves
-/// malloc, free and libm in this process.
+/// The entry points an object's undefined symbols resolve to before this
+/// process's own, named through the JIT's mangler.
+using SymbolsFn =
+    llvm::function_ref<llvm::orc::SymbolMap(llvm::orc::MangleAndInterner)>;
+
+/// Links `object` (a relocatable object for this host, as emitHostObject()
+/// makes it) into a JIT of its own. Its undefined symbols resolve to
+/// `symbols`, when given, then to this process's (malloc, free, libm): an
+/// object resolves the same whether it was just compiled or read from the
+/// disk cache. The debugger and perf listeners are registered only when
+/// jitDebugRequested().
 llvm::Expected<std::unique_ptr<llvm::orc::LLJIT>>
-loadHostObject(std::unique_ptr<llvm::MemoryBuffer> object);
+linkHostObject(std::unique_ptr<llvm::MemoryBuffer> object,
+               SymbolsFn symbols = {});
+
+/// The host CPU's features the host code is compiled for, enabled ones
+/// only, sorted: "+aes,+avx,+avx2,...". Part of every disk cache key.
+const std::string &hostCpuFeatures();
 
 /// Initializes LLVM's native target and its printer, once per process.
 void initializeNativeTarget();

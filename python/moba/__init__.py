@@ -19,9 +19,10 @@ Layouts: "varlen" q [T, Hq, D], k and v [T, Hkv, D] with cu_seqlens [B + 1];
 shape without D. Semantics: docs/semantics.md.
 
 Environment:
-  MOBA_CACHE_DIR  where compiled CPU kernels are kept (default
+  MOBA_CACHE_DIR  where compiled kernels, CPU and GPU, are kept (default
                   $XDG_CACHE_HOME/moba-mlir or ~/.cache/moba-mlir);
-                  set it to an empty string to keep nothing on disk. It
+                  set it to an empty string to keep nothing on disk
+                  (compile(..., cache=False) does so for one kernel). It
                   must be your own directory with mode 0700 (it is created
                   so); any other is not used and a moba.CacheWarning says
                   why. Cached files are verified before they run
@@ -34,6 +35,9 @@ Environment:
   MOBA_TEST_CRASH a test hook: every compile fails as an internal error
                   would (fatal-error, bad-alloc, exception, abort) and
                   raises CompileError (include/moba-c/Moba.h).
+  MOBA_TEST_CACHE_STORE_PAUSE  a test hook: a path; a store into the disk
+                  cache writes half its file, creates the path and waits
+                  until it is removed (lib/Runner/KernelCache.h).
   MOBA_JIT_DEBUG  1: announce JIT-compiled code to debuggers (GDB's JIT
                   interface) and to perf, which writes a jit-<pid>.dump
                   under .debug/jit/ per process. Off otherwise, so that no
@@ -765,7 +769,7 @@ def _compile_handle(config, target):
     handle, from_cache = _capi.compile_kernel(
         c["head_dim"], c["num_heads"], c["num_kv_heads"], c["block_size"],
         c["top_k"], c["causal"], c["scale"], c["dtype"], target, c["stage"],
-        c["tile_q"], c["tile_k"], cache_dir() if target == "cpu" else None,
+        c["tile_q"], c["tile_k"], cache_dir() if c["cache"] else None,
         os.environ.get("MOBA_DUMP_IR") or None, c["gpu_attention"],
         c["mma_warps"], c["mma_key_chunk"], c["mma_instruction"],
         c["mma_key_value_loads"], c["mma_merge"], c["mma_stages"],
@@ -822,7 +826,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
             stage="fused", tile_q=None, tile_k=None, gpu_attention="mma",
             mma_warps=None, mma_key_chunk=None, mma_instruction=None,
             mma_key_value_loads=None, mma_merge=None, mma_stages=None,
-            mma_schedule=None, backward=False):
+            mma_schedule=None, backward=False, cache=True):
     """Compiles one MoBA attention configuration and returns a Kernel.
 
     backward: also compile the gradient (Kernel.backward), in the same
@@ -835,11 +839,15 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     there).
 
     Kernels are kept in memory while something holds them (the same
-    arguments then give the same Kernel) and, for the CPU, on disk (see
-    cache_dir()), keyed by the configuration, the compiler's version and the
-    host CPU. Raises ValueError or TypeError naming a bad argument, and
-    CompileError if the compiler fails; warns with CacheWarning when the
-    disk cache was not used as asked.
+    arguments then give the same Kernel) and on disk (see cache_dir()),
+    keyed by the configuration, the compiler's version and the host CPU,
+    and for a GPU by the chip, the kernel plan and the CUDA toolkit too
+    (docs/python.md): a second process loads a compiled configuration
+    from there without running the compiler (kernel.from_cache says so).
+    cache=False neither reads nor writes the disk cache for this kernel.
+    Raises ValueError or TypeError naming a bad argument, and CompileError
+    if the compiler fails; warns with CacheWarning when the disk cache was
+    not used as asked.
 
     gpu_attention: "mma" (default): the queries grouped by the key block they
     chose, attended in 16-query tiles on tensor cores, partials merged by
@@ -895,6 +903,7 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     mma_stages = _optional_positive_int("mma_stages", mma_stages)
     causal = _bool("causal", causal)
     backward = _bool("backward", backward)
+    cache = _bool("cache", cache)
     if scale is not None:
         scale = _capi.float32_scale(scale)  # what the kernel will use
     name = str(dtype).replace("torch.", "")
@@ -950,8 +959,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                   mma_instruction=mma_instruction,
                   mma_key_value_loads=mma_key_value_loads,
                   mma_merge=mma_merge, mma_stages=mma_stages,
-                  mma_schedule=mma_schedule, backward=backward)
-    disk = cache_dir()
+                  mma_schedule=mma_schedule, backward=backward, cache=cache)
+    disk = cache_dir() if cache else None
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)
     with _registry_lock:

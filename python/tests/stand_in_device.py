@@ -48,6 +48,7 @@ BUFFERS_PER_CONFIGURATION = 11
 
 _driver = None
 _kernels = {}  # name -> (handle, config)
+_cache_info = {}  # name -> how its compile went (cache_info())
 _buffers = {}  # config -> dict of device pointers and host offsets
 
 
@@ -105,20 +106,32 @@ def compute_capability():
     return _capi.gpu_compute_capability()
 
 
-def compile(name, target, **options):
+def compile(name, target, cache_dir=None, **options):
     """Compiles a GPU kernel (head_dim 64, 2 query heads on 1 KV head, block
-    64, top-2, bf16) under `name`, once."""
+    64, top-2, bf16) under `name`, once; with `cache_dir`, through the disk
+    cache there (cache_info() says how it went)."""
+    import time
     from moba import _capi
     if name not in _kernels:
         config = dict(head_dim=options.pop("head_dim", 64), num_heads=2,
                       num_kv_heads=1, block_size=64, top_k=2, dtype="bf16")
-        handle, _ = _capi.compile_kernel(
+        start = time.perf_counter()
+        handle, from_cache = _capi.compile_kernel(
             config["head_dim"], config["num_heads"], config["num_kv_heads"],
             config["block_size"], config["top_k"], True, None,
-            config["dtype"], target, "fused", None, None, None, None,
+            config["dtype"], target, "fused", None, None, cache_dir, None,
             **options)
+        _cache_info[name] = dict(from_cache=from_cache,
+                                 warning=_capi.cache_warning(handle),
+                                 seconds=time.perf_counter() - start)
         _kernels[name] = (handle, tuple(sorted(config.items())))
     return _kernels[name][0]
+
+
+def cache_info(name):
+    """How compile() of kernel `name` went: from_cache, the cache's warning
+    (None when there was nothing to say) and the seconds it took."""
+    return _cache_info[name]
 
 
 def compile_grad(name, target, **options):

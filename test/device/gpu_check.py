@@ -18,7 +18,8 @@ skipped and counted; NaN never passes, skipped rows included.
   MOBA_GPU_ATTENTION=mma|simt picks the kernels checked (default mma).
   gpu_check.py api                 the torch-facing API: moba_attn_varlen,
                                    the batched form, MobaAttention, errors,
-                                   cold compile and cached lookup times
+                                   cold compile, disk cache load and
+                                   cached lookup times
   gpu_check.py torch-compile       moba's torch.library ops (torch >= 2.4)
                                    on CUDA and CPU tensors: opcheck, the
                                    gradients against the float64 reference,
@@ -653,25 +654,39 @@ def api_checks():
     err80 = float((out80.double() - ref_out)[rows].abs().max())
     expect("sm_80 kernel on the H200", err80 < 2e-2, f"max |diff| {err80:.3g}")
 
-    # Cold compile (a configuration not compiled before in this process)
-    # and the cached lookup.
+    # Cold compile (a configuration not compiled before in this process,
+    # cache=False: not read from the disk cache either), the load of the
+    # same configuration from the disk cache (stored by a first compile
+    # whose Kernel is then dropped), and the in-memory lookup.
+    shape = dict(head_dim=128, num_heads=32, num_kv_heads=8, block_size=512,
+                 top_k=3, dtype="bf16")
     start = time.perf_counter()
-    fresh = moba.compile(head_dim=128, num_heads=32, num_kv_heads=8,
-                         block_size=512, top_k=3, dtype="bf16")
+    fresh = moba.compile(**shape, cache=False)
     cold = time.perf_counter() - start
     qf, kf, vf, cuf = random_case([4096], 32, 8, 128, "bf16", g)
     start = time.perf_counter()
     fresh(qf, kf, vf, cuf.cuda())
     torch.cuda.synchronize()
     first = time.perf_counter() - start
+    stored = moba.compile(**shape)  # into the disk cache, if not there yet
+    del stored
+    start = time.perf_counter()
+    loaded = moba.compile(**shape)
+    disk = time.perf_counter() - start
+    expect("a GPU kernel from the disk cache", loaded.from_cache,
+           loaded.cache_warning or "")
+    out_disk = loaded(qf, kf, vf, cuf.cuda())
+    out_fresh = fresh(qf, kf, vf, cuf.cuda())
+    err_disk = float((out_disk.double() - out_fresh.double()).abs().max())
+    expect("the cached kernel computes what the fresh one does",
+           err_disk < 2e-2, f"max |diff| {err_disk:.3g}")
     start = time.perf_counter()
     for _ in range(100):
-        moba.compile(head_dim=128, num_heads=32, num_kv_heads=8,
-                     block_size=512, top_k=3, dtype="bf16")
+        moba.compile(**shape)
     cached = (time.perf_counter() - start) / 100
     print(f"cold compile {cold * 1e3:.0f} ms; first call (driver loads the "
-          f"PTX) {first * 1e3:.0f} ms; cached moba.compile "
-          f"{cached * 1e6:.1f} us")
+          f"PTX) {first * 1e3:.0f} ms; from the disk cache "
+          f"{disk * 1e3:.1f} ms; cached moba.compile {cached * 1e6:.1f} us")
     return failures
 
 

@@ -1,9 +1,11 @@
 //===- GpuRunner.h - JIT-compiled MoBA attention on NVIDIA GPUs -*- C++ -*-===//
 //
 // Part of moba-mlir. The GPU backend: compiles an AttentionConfig through
-// `moba-gpu-pipeline` into host code (JIT-compiled by MLIR's
-// ExecutionEngine) and kernels (PTX, loaded by the driver), and runs it on
+// `moba-gpu-pipeline` into a host object (linked into a JIT of its own) that
+// embeds the kernels (PTX or cubin, loaded by the driver), and runs it on
 // the caller's device buffers and stream through the project's CUDA runtime.
+// The host object, kernels included, can be kept in the disk cache of
+// compiled kernels (cacheDir), as the CPU backend's objects are.
 //
 //===----------------------------------------------------------------------===//
 
@@ -21,9 +23,14 @@
 #include <optional>
 #include <string>
 
+namespace llvm {
+class MemoryBuffer;
+namespace orc {
+class LLJIT;
+} // namespace orc
+} // namespace llvm
+
 namespace mlir {
-class ExecutionEngine;
-class MLIRContext;
 namespace moba {
 
 struct GpuCompileOptions {
@@ -54,7 +61,23 @@ struct GpuCompileOptions {
   /// When set, called with a stage name and the module's text after each
   /// stage ("moba", "gpu": host LLVM code with the embedded kernels).
   std::function<void(llvm::StringRef stage, llvm::StringRef ir)> dumpIR;
+  /// When not empty, the compiled host object (kernels included) is kept in
+  /// this directory under cacheKey() and loaded from there instead of
+  /// compiled again: the same directory and checks as
+  /// CpuCompileOptions::cacheDir. A directory or file that fails is reported
+  /// through GpuAttentionKernel::cacheWarning(), never an error.
+  std::string cacheDir;
 };
+
+/// The disk cache's key of `config` compiled with `options` on this host:
+/// "gpu-<chip>-<config>-<attention>-<format>-O<n>", the compiler version and
+/// the host CPU's name, then after a '|' everything else the object
+/// depends on: the host CPU's features, the kernel plan with the tuning
+/// table's choices filled in, every option of the GPU pipeline, how the
+/// kernels are loaded, and the CUDA toolkit's libdevice and ptxas (path,
+/// size, modification time). Fails as GpuAttentionKernel::check() does.
+llvm::Expected<std::string> cacheKey(const AttentionConfig &config,
+                                     const GpuCompileOptions &options);
 
 /// One call on the device: `buffers` hold device pointers.
 struct GpuLaunch {
@@ -70,7 +93,8 @@ class GpuAttentionKernel {
 public:
   /// Compiles `config` (with `config.backward`, the gradient entry too, in
   /// the same module, so that it recomputes the forward's selection with
-  /// the same lowering). Needs no GPU: kernels are loaded on first use.
+  /// the same lowering), or loads it from the disk cache. Needs no GPU:
+  /// kernels are loaded on first use.
   static llvm::Expected<std::unique_ptr<GpuAttentionKernel>>
   compile(const AttentionConfig &config, const GpuCompileOptions &options);
   /// Checks `config` and `options` as compile() does, without compiling:
@@ -106,24 +130,35 @@ public:
   /// table's choices filled in); none without mma.
   const std::optional<AttentionKernelPlan> &mmaPlan() const { return plan; }
   llvm::StringRef chip() const { return chipName; }
+  /// True when the host object and its kernels came from the disk cache
+  /// (no pipeline ran).
+  bool fromCache() const { return loadedFromCache; }
+  /// What went wrong with the disk cache, one sentence a line, as
+  /// CpuAttentionKernel::cacheWarning() says it. Empty when nothing did.
+  const std::string &cacheWarning() const { return cacheProblems; }
 
 private:
   GpuAttentionKernel(AttentionConfig config, std::string chip);
+  /// Links `object` (the host object, for this host) into a JIT of its own
+  /// with the project's runtime entry points, and finds the entry points
+  /// and the module loading functions.
+  llvm::Error link(std::unique_ptr<llvm::MemoryBuffer> object);
 
   AttentionConfig cfg;
   std::optional<AttentionKernelPlan> plan;
   /// What the kernel allocates per call (checked before each run).
   KernelScratch scratch;
   std::string chipName;
-  std::unique_ptr<MLIRContext> context;
-  std::unique_ptr<ExecutionEngine> engine;
+  std::unique_ptr<llvm::orc::LLJIT> jit;
   void *entry = nullptr;
   /// `_mlir_ciface_moba_attention_grad`; null without the backward.
   void *gradEntry = nullptr;
   /// Load and unload the kernels (the host module's constructors and
-  /// destructors, which the engine never runs).
+  /// destructors, which are never run as such).
   void (*loadModules)() = nullptr;
   void (*unloadModules)() = nullptr;
+  bool loadedFromCache = false;
+  std::string cacheProblems;
   /// The CUcontext the kernels were loaded into; null while not loaded.
   mutable std::mutex loadMutex;
   mutable void *loadedContext = nullptr;
