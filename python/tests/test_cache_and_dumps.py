@@ -106,10 +106,10 @@ def _key_value_loads(tmp_path, block=4096, **shape):
 
 
 def test_tuned_row_loads_key_values_by_tma(tmp_path):
-    # The table's row for block 4096 chose TMA multicast to pairs of CTAs,
-    # the untuned default is cp.async: this tells the table from the
-    # default.
-    assert _key_value_loads(tmp_path / "tuned") == "tma-multicast"
+    # The table's row for block 4096 chose TMA with the warp-specialized
+    # schedule, the untuned default is cp.async: this tells the table from
+    # the default.
+    assert _key_value_loads(tmp_path / "tuned") == "tma"
     assert _key_value_loads(tmp_path / "untuned", block=256) == "cp.async"
 
 
@@ -121,9 +121,9 @@ def test_explicit_key_value_loads_win_over_the_table(tmp_path):
     assert _key_value_loads(tmp_path / "pairs", block=256,
                             mma_key_value_loads="tma-multicast"
                             ) == "tma-multicast"
-    # Over the table's multicast row for block 4096.
+    # Over the table's row for block 4096 (TMA, warp-specialized).
     assert _key_value_loads(tmp_path / "alone",
-                            mma_key_value_loads="tma") == "tma"
+                            mma_key_value_loads="cp.async") == "cp.async"
 
 
 def _kernels(tmp_path, **shape):
@@ -149,12 +149,15 @@ def test_merge_fused_into_the_attention_on_request(tmp_path):
         separate
 
 
-def test_tuned_tile_shape_is_the_default(tmp_path):
+def test_tuned_row_is_warp_specialized(tmp_path):
     # lib/Pipelines/MmaTuningTable.inc tunes this configuration (block
-    # 4096) to wgmma, 4 warps: since the constants were sunk into the
-    # kernels (57f5c78) the tuner's winner is the untuned default too, so
-    # this checks the shape, not that it came from the table.
-    assert _attention_kernel(tmp_path / "tuned") == (128, "wgmma")
+    # 4096) to wgmma, 12 warps and the warp-specialized schedule: three
+    # consumer warpgroups and the producer's (512 threads), which moves
+    # registers to the consumers.
+    assert _attention_kernel(tmp_path / "tuned") == (512, "wgmma")
+    ptx = _attention_ptx(tmp_path / "registers")
+    assert "setmaxnreg.inc.sync.aligned.u32" in ptx
+    assert "setmaxnreg.dec.sync.aligned.u32" in ptx
 
 
 def test_untuned_sm90a_default_is_wgmma_4_warps(tmp_path):
