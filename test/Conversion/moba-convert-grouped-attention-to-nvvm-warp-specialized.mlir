@@ -11,7 +11,9 @@
 // registers it can use (248 at entry): no setmaxnreg.
 // RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=3 warps=8 schedule=warp-specialized" | FileCheck %s
 // RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=4 warps=4 schedule=warp-specialized" | FileCheck %s --check-prefix=WIDE
+// RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=3 warps=8 schedule=warp-specialized-overlapped" | FileCheck %s --check-prefix=OVERLAP
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma-multicast schedule=warp-specialized" 2>&1 | FileCheck %s --check-prefix=PAIRS
+// RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=cp.async schedule=warp-specialized-overlapped" 2>&1 | FileCheck %s --check-prefix=OVERLAP-LOADS
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="schedule=warp-specialized key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=SYNC
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma warps=16 schedule=warp-specialized" 2>&1 | FileCheck %s --check-prefix=WARPS
 
@@ -84,7 +86,38 @@
 // WIDE-NOT: nvvm.setmaxregister
 // WIDE: } {nvvm.maxntid = array<i32: 256, 1, 1>, nvvm.minctasm = 1 : i32}
 
+// The overlapped consumers: chunk 0's S and softmax where the tile has a
+// chunk (its probabilities carried out with max, sums and O: 4 + 64 + 32
+// values), then per chunk c from 1: K_c's and V_(c-1)'s full barriers,
+// S_c's eight k-steps, P_(c-1) V_(c-1) from registers, S_c alone waited
+// for (wait_group 1), the softmax, P V waited for, the slot of c - 1
+// released; the last P V after the loops, where the tile has a chunk.
+// OVERLAP: nvvm.setmaxregister increase 232
+// OVERLAP: %[[HAS:.+]] = arith.cmpi ult, %c0{{.*}}, %[[CHUNKS:.+]] : index
+// OVERLAP: scf.if %[[HAS]] -> (f32, {{.*}}) {
+// OVERLAP: nvvm.mbarrier.try_wait.parity
+// OVERLAP-COUNT-8: nvvm.wgmma.mma_async
+// OVERLAP: nvvm.wgmma.wait.group.sync.aligned 0
+// OVERLAP: scf.for %{{.+}} = %c1{{.*}} to
+// OVERLAP: nvvm.mbarrier.try_wait.parity
+// OVERLAP: nvvm.mbarrier.try_wait.parity
+// OVERLAP-COUNT-8: nvvm.wgmma.mma_async
+// OVERLAP: nvvm.inline_ptx
+// OVERLAP: nvvm.wgmma.wait.group.sync.aligned 1
+// OVERLAP: nvvm.wgmma.wait.group.sync.aligned 0
+// OVERLAP-NEXT: %{{.+}} = arith.constant
+// OVERLAP: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
+// OVERLAP: scf.for
+// OVERLAP: nvvm.wgmma.wait.group.sync.aligned 1
+// OVERLAP: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
+// OVERLAP: scf.if %[[HAS]] -> (f32, {{.*}}) {
+// OVERLAP: nvvm.mbarrier.try_wait.parity
+// OVERLAP: nvvm.inline_ptx
+// OVERLAP: nvvm.wgmma.wait.group.sync.aligned 0
+// OVERLAP: nvvm.setmaxregister decrease 40
+
 // PAIRS: schedule=warp-specialized needs key-value-loads=tma (its producer owns one CTA's ring), got 'tma-multicast'
+// OVERLAP-LOADS: schedule=warp-specialized-overlapped needs key-value-loads=tma (its producer owns one CTA's ring), got 'cp.async'
 // SYNC: schedule=warp-specialized needs instruction=wgmma, got 'mma.sync'
 // WARPS: schedule=warp-specialized needs warps at most 12 (three consumer warpgroups beside the producer's), got 16
 func.func @producer(%q: memref<?x8x128xbf16>, %k: memref<?x2x128xbf16>,
