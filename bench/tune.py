@@ -57,7 +57,8 @@ ENUM_NAMES = {"mma.sync": "MmaSync", "wgmma": "Wgmma", "cp.async": "CpAsync",
               "tma": "Tma", "tma-multicast": "TmaMulticast", "auto": "Auto",
               "in-order": "InOrder", "overlapped": "Overlapped",
               "warp-specialized": "WarpSpecialized",
-              "warp-specialized-overlapped": "WarpSpecializedOverlapped"}
+              "warp-specialized-overlapped": "WarpSpecializedOverlapped",
+              "ping-pong": "PingPong"}
 
 
 def candidates(chip, stages=STAGES, schedules=SCHEDULES):

@@ -151,6 +151,9 @@ typedef enum MobaSchedule {
   /* MOBA_SCHEDULE_WARP_SPECIALIZED, each consumer's softmax under the
    * previous chunk's P V; the same rules. */
   MOBA_SCHEDULE_WARP_SPECIALIZED_OVERLAPPED = 4,
+  /* MOBA_SCHEDULE_WARP_SPECIALIZED_OVERLAPPED with the consumer warpgroups
+   * taking turns on the tensor cores; mma_warps 8 or 12. */
+  MOBA_SCHEDULE_PING_PONG = 5,
 } MobaSchedule;
 
 typedef struct MobaConfig {

@@ -194,6 +194,9 @@ llvm::Error readGpuOptions(const MobaConfig &c, CompileRequest &r) {
   case MOBA_SCHEDULE_WARP_SPECIALIZED_OVERLAPPED:
     plan.schedule = KernelSchedule::WarpSpecializedOverlapped;
     break;
+  case MOBA_SCHEDULE_PING_PONG:
+    plan.schedule = KernelSchedule::PingPong;
+    break;
   default:
     return llvm::createStringError("unknown mma_schedule %d",
                                    static_cast<int>(c.mma_schedule));

@@ -56,6 +56,9 @@ constexpr EnumName<KernelSchedule> kKernelSchedules[] = {
     {KernelSchedule::WarpSpecializedOverlapped, "warp-specialized-overlapped",
      "warp-specialized, each consumer's softmax under the previous chunk's "
      "P V"},
+    {KernelSchedule::PingPong, "ping-pong",
+     "warp-specialized-overlapped, the consumers taking turns on the tensor "
+     "cores"},
 };
 
 constexpr EnumName<MergeMode> kMergeModes[] = {
@@ -283,6 +286,10 @@ AttentionKernelPlan::problems(std::optional<StringRef> chip,
     problem(scheduleField + "=" + nameOf(schedule) + " needs " + loadsField +
             "=tma (its producer owns one CTA's ring), got '" + nameOf(loads) +
             "'");
+  if (schedule == KernelSchedule::PingPong && (warps < 8 || warps % 4 != 0))
+    problem(scheduleField + "=ping-pong needs " + warpsField +
+            " 8 or 12 (two or three consumer warpgroups to take turns), got " +
+            llvm::Twine(warps));
   if (warpSpecialized() && warps > 12)
     problem(scheduleField + "=" + nameOf(schedule) + " needs " + warpsField +
             " at most 12 (three consumer warpgroups beside the producer's), "

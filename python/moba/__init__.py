@@ -876,7 +876,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     cp.async loads only), "warp-specialized" (a producer warpgroup fills
     the TMA ring while consumer warpgroups multiply; TMA loads only),
     "warp-specialized-overlapped" (the same, each consumer's softmax under
-    the previous chunk's P V) or
+    the previous chunk's P V), "ping-pong" (that, with the consumer
+    warpgroups taking turns on the tensor cores; mma_warps 8 or 12) or
     "auto" (None: overlapped where one CTA fills an SM and K and V come by
     cp.async, else in order).
     The rules between these (wgmma needs sm_90a and whole warpgroups, TMA
@@ -931,10 +932,11 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                          f"got {mma_merge!r}")
     if mma_schedule not in (None, "auto", "in-order", "overlapped",
                             "warp-specialized",
-                            "warp-specialized-overlapped"):
+                            "warp-specialized-overlapped", "ping-pong"):
         raise ValueError(f"mma_schedule must be 'auto', 'in-order', "
                          f"'overlapped', 'warp-specialized', "
-                         f"'warp-specialized-overlapped' or None, got "
+                         f"'warp-specialized-overlapped', 'ping-pong' or "
+                         f"None, got "
                          f"{mma_schedule!r}")
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "

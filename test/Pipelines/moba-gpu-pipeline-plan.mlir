@@ -8,7 +8,7 @@
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-stages=3" 2>&1 | FileCheck %s --check-prefix=RING
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma mma-stages=5" 2>&1 | FileCheck %s --check-prefix=STAGES
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma-multicast mma-schedule=overlapped" 2>&1 | FileCheck %s --check-prefix=OVERLAP
-// RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-schedule=ping-pong" 2>&1 | FileCheck %s --check-prefix=SCHEDULE-NAME
+// RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-schedule=round-robin" 2>&1 | FileCheck %s --check-prefix=SCHEDULE-NAME
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-schedule=warp-specialized" 2>&1 | FileCheck %s --check-prefix=PRODUCER
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma-multicast mma-schedule=warp-specialized mma-warps=16" 2>&1 | FileCheck %s --check-prefix=PRODUCER-RING
 //
@@ -33,7 +33,7 @@
 // RING: error: moba-gpu-pipeline: mma-stages=3 needs mma-key-value-loads tma or tma-multicast (the cp.async loops are double-buffered), got 'cp.async' (plan mma.sync,cp.async,auto,separate,warps=4,key-chunk=64,stages=3)
 // STAGES: error: moba-gpu-pipeline: mma-stages must be in [2, 4], got 5 (plan wgmma,tma,auto,separate,warps=4,key-chunk=64,stages=5)
 // OVERLAP: error: moba-gpu-pipeline: mma-schedule=overlapped needs mma-key-value-loads=cp.async (the TMA loop runs in order), got 'tma-multicast'
-// SCHEDULE-NAME: for the --mma-schedule option: Cannot find option named 'ping-pong'!
+// SCHEDULE-NAME: for the --mma-schedule option: Cannot find option named 'round-robin'!
 // PRODUCER: mma-schedule=warp-specialized needs mma-instruction=wgmma, got 'mma.sync'; mma-schedule=warp-specialized needs mma-key-value-loads=tma (its producer owns one CTA's ring), got 'cp.async' (plan mma.sync,cp.async,warp-specialized,separate,warps=4,key-chunk=64,stages=2)
 // PRODUCER-RING: mma-schedule=warp-specialized needs mma-key-value-loads=tma (its producer owns one CTA's ring), got 'tma-multicast'; mma-schedule=warp-specialized needs mma-warps at most 12 (three consumer warpgroups beside the producer's), got 16 (plan wgmma,tma-multicast,warp-specialized,separate,warps=16,key-chunk=64,stages=2)
 // ROUND: error: moba-gpu-pipeline: mma-stages=3 needs mma-key-value-loads tma or tma-multicast (the cp.async loops are double-buffered), got 'cp.async' (plan wgmma,cp.async,overlapped,fused,warps=8,key-chunk=128,stages=3)

@@ -72,6 +72,11 @@ enum class KernelSchedule {
   /// P of the chunk before stays in registers). A slot is released one
   /// chunk later than in order: three stages keep one chunk in flight.
   WarpSpecializedOverlapped,
+  /// WarpSpecializedOverlapped, and the consumer warpgroups take turns to
+  /// issue their products (named barriers in a ring), so that one's
+  /// softmax runs while the tensor cores multiply another's (FA3's
+  /// ping-pong); two or three consumer warpgroups.
+  PingPong,
 };
 
 /// Where the slots' partials are merged.
@@ -123,7 +128,8 @@ struct AttentionKernelPlan {
   /// Either warp-specialized schedule.
   bool warpSpecialized() const {
     return schedule == KernelSchedule::WarpSpecialized ||
-           schedule == KernelSchedule::WarpSpecializedOverlapped;
+           schedule == KernelSchedule::WarpSpecializedOverlapped ||
+           schedule == KernelSchedule::PingPong;
   }
 
   /// The canonical text: the four enums' names, then warps, key-chunk and

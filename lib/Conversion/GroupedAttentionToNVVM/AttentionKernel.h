@@ -125,7 +125,8 @@ struct MmaTileShape {
   /// thread ids, rows and copies they have in the other schedules.
   bool warpSpecialized() const {
     return bulkLoads && (schedule == KernelSchedule::WarpSpecialized ||
-                         schedule == KernelSchedule::WarpSpecializedOverlapped);
+                         schedule == KernelSchedule::WarpSpecializedOverlapped ||
+                         schedule == KernelSchedule::PingPong);
   }
   /// The producer warpgroup's threads (setmaxnreg works on whole
   /// warpgroups) and the registers it keeps: its one working thread

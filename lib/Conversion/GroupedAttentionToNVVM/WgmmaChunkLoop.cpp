@@ -133,6 +133,24 @@ private:
   /// a barrier must publish it.
   void storeProbabilities(ImplicitLocOpBuilder &b,
                           ArrayRef<SmallVector<Value>> scores);
+  /// The ping-pong schedule's turns: the consumer warpgroups issue their
+  /// products in a ring, each between takeTurn (a named barrier of its
+  /// own, which the warpgroup before it arrives on) and passTurn (arrival
+  /// on the next one's), so that one warpgroup's softmax runs while the
+  /// tensor cores multiply another's. startTurns lets warpgroup 0 go first;
+  /// finishTurns consumes the one arrival the ring has left over, so that
+  /// every barrier ends as it started. No-ops in the other schedules.
+  void startTurns(ImplicitLocOpBuilder &b);
+  void takeTurn(ImplicitLocOpBuilder &b);
+  void passTurn(ImplicitLocOpBuilder &b);
+  void finishTurns(ImplicitLocOpBuilder &b);
+  /// The named barrier of warpgroup `group`'s turn: after the warpgroups'
+  /// own (1 .. warpgroups) and the consumers' (warpgroups + 1).
+  int64_t turnBarrier(int64_t group) const { return warpgroups + 2 + group; }
+  /// `then(group)` in the branch of this thread's warpgroup: the barrier
+  /// ids stay constants (an id in a register makes ptxas reserve all 16).
+  void forOwnGroup(ImplicitLocOpBuilder &b,
+                   function_ref<void(ImplicitLocOpBuilder &, int64_t)> then);
   /// The warp-specialized consumers' start: the queries (cp.async) landed
   /// and fenced for wgmma, published to the consumers.
   void publishQueries(ImplicitLocOpBuilder &b);
@@ -791,6 +809,59 @@ void WgmmaTile::publishQueries(ImplicitLocOpBuilder &b) {
   consumerBarrier(b);
 }
 
+void WgmmaTile::forOwnGroup(
+    ImplicitLocOpBuilder &b,
+    function_ref<void(ImplicitLocOpBuilder &, int64_t)> then) {
+  KernelBuilder e{b, element};
+  for (int64_t group = 0; group < warpgroups; ++group)
+    ifThen(b,
+           arith::CmpIOp::create(b, arith::CmpIPredicate::eq, warpgroup,
+                                 e.index(group)),
+           [&](ImplicitLocOpBuilder &gb) { then(gb, group); });
+}
+
+void WgmmaTile::startTurns(ImplicitLocOpBuilder &b) {
+  if (shape.schedule != KernelSchedule::PingPong)
+    return;
+  forOwnGroup(b, [&](ImplicitLocOpBuilder &gb, int64_t group) {
+    if (group == warpgroups - 1)
+      NVVM::BarrierArriveOp::create(
+          gb, KernelBuilder{gb, element}.i32(turnBarrier(0)),
+          KernelBuilder{gb, element}.i32(256));
+  });
+}
+
+void WgmmaTile::takeTurn(ImplicitLocOpBuilder &b) {
+  if (shape.schedule != KernelSchedule::PingPong)
+    return;
+  forOwnGroup(b, [&](ImplicitLocOpBuilder &gb, int64_t group) {
+    KernelBuilder ge{gb, element};
+    NVVM::BarrierOp::create(gb, TypeRange{}, ge.i32(turnBarrier(group)),
+                            ge.i32(256), /*reductionOp=*/{}, Value());
+  });
+}
+
+void WgmmaTile::passTurn(ImplicitLocOpBuilder &b) {
+  if (shape.schedule != KernelSchedule::PingPong)
+    return;
+  forOwnGroup(b, [&](ImplicitLocOpBuilder &gb, int64_t group) {
+    KernelBuilder ge{gb, element};
+    NVVM::BarrierArriveOp::create(
+        gb, ge.i32(turnBarrier((group + 1) % warpgroups)), ge.i32(256));
+  });
+}
+
+void WgmmaTile::finishTurns(ImplicitLocOpBuilder &b) {
+  if (shape.schedule != KernelSchedule::PingPong)
+    return;
+  forOwnGroup(b, [&](ImplicitLocOpBuilder &gb, int64_t group) {
+    KernelBuilder ge{gb, element};
+    if (group == 0)
+      NVVM::BarrierOp::create(gb, TypeRange{}, ge.i32(turnBarrier(0)),
+                              ge.i32(256), /*reductionOp=*/{}, Value());
+  });
+}
+
 void WgmmaTile::drainFirstChunk(ImplicitLocOpBuilder &b, TmaLoader &loader) {
   KernelBuilder e{b, element};
   ifThen(b,
@@ -808,6 +879,7 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
   KernelBuilder e{b, element};
   TmaLoader loader(kernel, b, t);
   publishQueries(b);
+  startTurns(b);
   int64_t scoreCount = nTiles * 4;
   auto flatten = [](ArrayRef<SmallVector<Value>> tiles) {
     SmallVector<Value> flat;
@@ -860,8 +932,10 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
     b.setInsertionPointToStart(&first.getThenRegion().front());
     KernelBuilder fe{b, element};
     loader.wait(b, 0, fe.index(0), fe.index(0));
+    takeTurn(b);
     NVVM::WgmmaFenceAlignedOp::create(b);
     Value scoresAcc = multiplyKeys(b, fe.index(0));
+    passTurn(b);
     NVVM::WgmmaWaitGroupSyncOp::create(b, 0);
     SmallVector<SmallVector<Value>> scores = scoreTiles(b, scoresAcc);
     SmallVector<Value> results = kernel.softmaxStep(
@@ -885,11 +959,13 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
         // The chunk before is masked where this one is or it is chunk
         // unmasked - 1 (zeroPastLastKey checks the keys itself).
         waitValues(ib, previous, previousSlot, masked);
+        takeTurn(ib);
         NVVM::WgmmaFenceAlignedOp::create(ib);
         Value scoresAcc = multiplyKeys(ib, buffer);
         SmallVector<Value> out = multiplyPrevious(
             ib, c.slice(4, outCount), c.drop_front(4 + outCount),
             previousSlot);
+        passTurn(ib);
         NVVM::WgmmaWaitGroupSyncOp::create(ib, 1);
         SmallVector<SmallVector<Value>> scores = scoreTiles(ib, scoresAcc);
         AttentionKernel::Rescale factors;
@@ -916,15 +992,18 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
     Value lastChunk = le.sub(t.chunks, le.index(1));
     Value lastSlot = ring.slot(le, lastChunk);
     waitValues(b, lastChunk, lastSlot, /*masked=*/true);
+    takeTurn(b);
     SmallVector<Value> out = multiplyPrevious(
         b, ValueRange(finals).slice(4, outCount),
         ValueRange(finals).drop_front(4 + outCount), lastSlot);
+    passTurn(b);
     NVVM::WgmmaWaitGroupSyncOp::create(b, 0);
     scf::YieldOp::create(b, out);
     b.setInsertionPointToStart(&last.getElseRegion().front());
     scf::YieldOp::create(
         b, SmallVector<Value>(ValueRange(finals).slice(4, outCount)));
   }
+  finishTurns(b);
   drainFirstChunk(b, loader);
   SmallVector<Value> results(ValueRange(finals).take_front(4));
   results.append(last.getResults().begin(), last.getResults().end());
@@ -984,7 +1063,8 @@ SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
           b, static_cast<int32_t>(shape.consumerRegisters(ctas)),
           NVVM::SetMaxRegisterAction::increase);
     WgmmaTile tile(*this, b, t);
-    if (shape.schedule == KernelSchedule::WarpSpecializedOverlapped)
+    if (shape.schedule == KernelSchedule::WarpSpecializedOverlapped ||
+        shape.schedule == KernelSchedule::PingPong)
       return tile.warpSpecializedOverlapped(b);
     return tile.warpSpecialized(b);
   }
