@@ -12,6 +12,7 @@
 // RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=3 warps=8 schedule=warp-specialized" | FileCheck %s
 // RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=4 warps=4 schedule=warp-specialized" | FileCheck %s --check-prefix=WIDE
 // RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=3 warps=8 schedule=warp-specialized-overlapped" | FileCheck %s --check-prefix=OVERLAP
+// RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=3 warps=8 schedule=ping-pong" | FileCheck %s --check-prefix=TURNS
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma-multicast schedule=warp-specialized" 2>&1 | FileCheck %s --check-prefix=PAIRS
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=cp.async schedule=warp-specialized-overlapped" 2>&1 | FileCheck %s --check-prefix=OVERLAP-LOADS
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="schedule=warp-specialized key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=SYNC
@@ -115,6 +116,33 @@
 // OVERLAP: nvvm.inline_ptx
 // OVERLAP: nvvm.wgmma.wait.group.sync.aligned 0
 // OVERLAP: nvvm.setmaxregister decrease 40
+
+// Ping-pong, two consumer warpgroups: barriers 4 (warpgroup 0's turn) and
+// 5 (warpgroup 1's), 256 threads each (the one taking its turn, the one
+// passing it). Warpgroup 1 lets 0 go first; each product is issued between
+// the warpgroup's own barrier and an arrival on the other's; warpgroup 0
+// takes the ring's one left-over arrival at the end.
+// TURNS: nvvm.setmaxregister increase 232
+// TURNS: nvvm.barrier.arrive id = %c4_i32{{.*}} number_of_threads = %c256_i32
+// TURNS: nvvm.barrier id = %c4_i32{{.*}} number_of_threads = %c256_i32
+// TURNS: nvvm.barrier id = %c5_i32{{.*}} number_of_threads = %c256_i32
+// TURNS-COUNT-8: nvvm.wgmma.mma_async
+// TURNS: nvvm.barrier.arrive id = %c5_i32{{.*}} number_of_threads = %c256_i32
+// TURNS: nvvm.barrier.arrive id = %c4_i32{{.*}} number_of_threads = %c256_i32
+// TURNS: scf.for %{{.+}} = %c1{{.*}} to
+// TURNS: nvvm.barrier id = %c4_i32{{.*}}
+// TURNS: nvvm.barrier id = %c5_i32{{.*}}
+// TURNS: nvvm.wgmma.mma_async
+// TURNS: nvvm.inline_ptx
+// TURNS: nvvm.barrier.arrive id = %c5_i32{{.*}}
+// TURNS: nvvm.barrier.arrive id = %c4_i32{{.*}}
+// TURNS: nvvm.wgmma.wait.group.sync.aligned 1
+// TURNS: nvvm.inline_ptx
+// TURNS: nvvm.barrier.arrive id = %c5_i32{{.*}}
+// TURNS: nvvm.barrier.arrive id = %c4_i32{{.*}}
+// TURNS: nvvm.wgmma.wait.group.sync.aligned 0
+// TURNS: nvvm.barrier id = %c4_i32{{.*}} number_of_threads = %c256_i32
+// TURNS: nvvm.setmaxregister decrease 40
 
 // PAIRS: schedule=warp-specialized needs key-value-loads=tma (its producer owns one CTA's ring), got 'tma-multicast'
 // OVERLAP-LOADS: schedule=warp-specialized-overlapped needs key-value-loads=tma (its producer owns one CTA's ring), got 'cp.async'
