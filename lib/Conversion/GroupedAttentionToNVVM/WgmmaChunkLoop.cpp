@@ -151,6 +151,10 @@ private:
   /// ids stay constants (an id in a register makes ptxas reserve all 16).
   void forOwnGroup(ImplicitLocOpBuilder &b,
                    function_ref<void(ImplicitLocOpBuilder &, int64_t)> then);
+  /// By TMA: V's fill `fill` of slot `buffer` landed, and where the chunk
+  /// (from `keyBase`) is `masked`, its rows past the last key zeroed.
+  void waitValuesByTma(ImplicitLocOpBuilder &b, TmaLoader &loader,
+                       Value buffer, Value fill, Value keyBase, bool masked);
   /// The warp-specialized consumers' start: the queries (cp.async) landed
   /// and fenced for wgmma, published to the consumers.
   void publishQueries(ImplicitLocOpBuilder &b);
@@ -658,11 +662,8 @@ SmallVector<Value> WgmmaTile::inOrderByTma(ImplicitLocOpBuilder &b) {
               loader.wait(wb, 0, buffer, fill);
             },
             [&](ImplicitLocOpBuilder &wb) {
-              KernelBuilder we{wb, element};
-              loader.wait(wb, 1, valueBuffer, valueFill);
-              if (masked)
-                zeroPastLastKey(
-                    wb, we.add(valueBuffer, we.index(shape.stages)), keyBase);
+              waitValuesByTma(wb, loader, valueBuffer, valueFill, keyBase,
+                              masked);
             },
             // Thread 0 starts the copies while the tensor cores multiply
             // S, not before: its warp would otherwise reach S's wgmma,
@@ -787,11 +788,7 @@ SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
               loader.wait(wb, 0, buffer, fill);
             },
             [&](ImplicitLocOpBuilder &wb) {
-              KernelBuilder we{wb, element};
-              loader.wait(wb, 1, buffer, fill);
-              if (masked)
-                zeroPastLastKey(wb, we.add(buffer, we.index(shape.stages)),
-                                keyBase);
+              waitValuesByTma(wb, loader, buffer, fill, keyBase, masked);
             },
             /*whileScores=*/nullptr);
         // Both products were waited for: the slot is free.
@@ -800,6 +797,15 @@ SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
       });
   drainFirstChunk(b, loader);
   return finals;
+}
+
+void WgmmaTile::waitValuesByTma(ImplicitLocOpBuilder &b, TmaLoader &loader,
+                                Value buffer, Value fill, Value keyBase,
+                                bool masked) {
+  KernelBuilder e{b, element};
+  loader.wait(b, 1, buffer, fill);
+  if (masked)
+    zeroPastLastKey(b, e.add(buffer, e.index(shape.stages)), keyBase);
 }
 
 void WgmmaTile::publishQueries(ImplicitLocOpBuilder &b) {
@@ -898,11 +904,9 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
   auto waitValues = [&](ImplicitLocOpBuilder &wb, Value chunk, Value slot,
                         bool masked) {
     KernelBuilder we{wb, element};
-    loader.wait(wb, 1, slot, ring.fill(we, chunk));
-    if (masked)
-      zeroPastLastKey(wb, we.add(slot, we.index(shape.stages)),
-                      we.add(t.keyFirst,
-                             we.mul(chunk, we.index(shape.keyChunk))));
+    waitValuesByTma(
+        wb, loader, slot, ring.fill(we, chunk),
+        we.add(t.keyFirst, we.mul(chunk, we.index(shape.keyChunk))), masked);
   };
   // O (+)= P V of chunk `chunk`, P its probabilities, issued and
   // committed.
