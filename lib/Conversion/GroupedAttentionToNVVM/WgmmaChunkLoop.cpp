@@ -80,7 +80,7 @@ public:
   /// per chunk c S_c and P_(c-1) V_(c-1) issued together, S_c waited for
   /// alone, the softmax, then P V and the release of chunk c - 1's slot;
   /// the last P V after the loops. P of the chunk before is carried in
-  /// registers (f32, the m16n8 layout).
+  /// registers as wgmma's A words (probabilityWords).
   SmallVector<Value> warpSpecializedOverlapped(ImplicitLocOpBuilder &b);
 
 private:
@@ -129,6 +129,21 @@ private:
                               ValueRange accumulators,
                               ArrayRef<SmallVector<Value>> scores,
                               Value buffer);
+  /// P's f32 probabilities (the m16n8 layout of S) as wgmma's A fragments:
+  /// pairs rounded to the element type in i32 words, four a k-step of 16
+  /// keys (keyChunk / 4 words), what the overlapped loops carry.
+  SmallVector<Value> probabilityWords(ImplicitLocOpBuilder &b,
+                                      ArrayRef<SmallVector<Value>> scores);
+  /// multiplyValuesFromRegisters on P already in words, V by its
+  /// descriptor (valuesOf).
+  SmallVector<Value> multiplyValuesFromWords(ImplicitLocOpBuilder &b,
+                                             ValueRange accumulators,
+                                             ValueRange words, Value values);
+  /// The matrix descriptor of V in buffer `buffer`.
+  Value valuesOf(KernelBuilder &e, Value buffer) {
+    return advanceDescriptor(e, valueDesc,
+                             e.mul(buffer, e.index(bufferBytes)));
+  }
   /// P to shared memory, the A operand of P V, fenced for the async proxy;
   /// a barrier must publish it.
   void storeProbabilities(ImplicitLocOpBuilder &b,
@@ -436,10 +451,9 @@ Value WgmmaTile::multiplyValues(ImplicitLocOpBuilder &b, Value outAcc,
 // and g + 8. The accumulators are read-only operands copied into the
 // write-only results by movs that ptxas folds (nvvm.inline_ptx drops the
 // values of read-write operands in LLVM 22); scale-d is a true predicate.
-SmallVector<Value> WgmmaTile::multiplyValuesFromRegisters(
-    ImplicitLocOpBuilder &b, ValueRange accumulators,
-    ArrayRef<SmallVector<Value>> scores, Value buffer) {
-  KernelBuilder e{b, element};
+SmallVector<Value>
+WgmmaTile::probabilityWords(ImplicitLocOpBuilder &b,
+                            ArrayRef<SmallVector<Value>> scores) {
   auto word = [&](Value lo, Value hi) -> Value {
     Value pair = vector::FromElementsOp::create(
         b, VectorType::get({2}, element),
@@ -449,15 +463,32 @@ SmallVector<Value> WgmmaTile::multiplyValuesFromRegisters(
         b, VectorType::get({1}, b.getI32Type()), pair);
     return vector::ExtractOp::create(b, bits, ArrayRef<int64_t>{0});
   };
-  int64_t n = static_cast<int64_t>(accumulators.size());
-  int64_t steps = shape.keyChunk / 16;
-  Value values = advanceDescriptor(e, valueDesc,
-                                   e.mul(buffer, e.index(bufferBytes)));
-  SmallVector<Value> operands(accumulators.begin(), accumulators.end());
-  for (int64_t kv = 0; kv < steps; ++kv)
+  SmallVector<Value> words;
+  for (int64_t kv = 0; kv < shape.keyChunk / 16; ++kv)
     for (int64_t tile : {2 * kv, 2 * kv + 1})
       for (int64_t r = 0; r < 2; ++r)
-        operands.push_back(word(scores[tile][2 * r], scores[tile][2 * r + 1]));
+        words.push_back(word(scores[tile][2 * r], scores[tile][2 * r + 1]));
+  return words;
+}
+
+SmallVector<Value> WgmmaTile::multiplyValuesFromRegisters(
+    ImplicitLocOpBuilder &b, ValueRange accumulators,
+    ArrayRef<SmallVector<Value>> scores, Value buffer) {
+  KernelBuilder e{b, element};
+  Value values = valuesOf(e, buffer);
+  return multiplyValuesFromWords(b, accumulators, probabilityWords(b, scores),
+                                 values);
+}
+
+SmallVector<Value> WgmmaTile::multiplyValuesFromWords(ImplicitLocOpBuilder &b,
+                                                      ValueRange accumulators,
+                                                      ValueRange words,
+                                                      Value values) {
+  KernelBuilder e{b, element};
+  int64_t n = static_cast<int64_t>(accumulators.size());
+  int64_t steps = shape.keyChunk / 16;
+  SmallVector<Value> operands(accumulators.begin(), accumulators.end());
+  operands.append(words.begin(), words.end());
   for (int64_t kv = 0; kv < steps; ++kv)
     operands.push_back(
         advanceDescriptor(e, values, kv * 16 * Layout::kRowBytes));
@@ -886,19 +917,7 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
   TmaLoader loader(kernel, b, t);
   publishQueries(b);
   startTurns(b);
-  int64_t scoreCount = nTiles * 4;
-  auto flatten = [](ArrayRef<SmallVector<Value>> tiles) {
-    SmallVector<Value> flat;
-    for (const SmallVector<Value> &tile : tiles)
-      flat.append(tile.begin(), tile.end());
-    return flat;
-  };
-  auto tilesOf = [&](ValueRange flat) {
-    SmallVector<SmallVector<Value>> tiles(nTiles);
-    for (int64_t nt = 0; nt < nTiles; ++nt)
-      tiles[nt].assign(flat.begin() + 4 * nt, flat.begin() + 4 * nt + 4);
-    return tiles;
-  };
+  int64_t wordCount = shape.keyChunk / 4;
   // V of chunk `chunk` (in slot `slot`) landed, and past the last key
   // zeroed where the chunk reaches past it.
   auto waitValues = [&](ImplicitLocOpBuilder &wb, Value chunk, Value slot,
@@ -913,8 +932,9 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
   auto multiplyPrevious = [&](ImplicitLocOpBuilder &mb, ValueRange out,
                               ValueRange probabilities, Value slot) {
     NVVM::WgmmaFenceAlignedOp::create(mb);
-    SmallVector<Value> product = multiplyValuesFromRegisters(
-        mb, out, tilesOf(probabilities), slot);
+    KernelBuilder me{mb, element};
+    SmallVector<Value> product =
+        multiplyValuesFromWords(mb, out, probabilities, valuesOf(me, slot));
     NVVM::WgmmaGroupSyncAlignedOp::create(mb);
     return product;
   };
@@ -927,7 +947,7 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
   SmallVector<Type> carriedTypes;
   for (Value init : inits)
     carriedTypes.push_back(init.getType());
-  carriedTypes.append(scoreCount, b.getF32Type());
+  carriedTypes.append(wordCount, b.getI32Type());
   Value hasChunks = e.ult(e.index(0), t.chunks);
   auto first = scf::IfOp::create(b, carriedTypes, hasChunks,
                                  /*withElseRegion=*/true);
@@ -944,11 +964,11 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
     SmallVector<SmallVector<Value>> scores = scoreTiles(b, scoresAcc);
     SmallVector<Value> results = kernel.softmaxStep(
         b, t, scores, ValueRange(inits), t.keyFirst, /*masked=*/true);
-    results.append(flatten(scores));
+    results.append(probabilityWords(b, scores));
     scf::YieldOp::create(b, results);
     b.setInsertionPointToStart(&first.getElseRegion().front());
     SmallVector<Value> none(inits);
-    none.append(scoreCount, fe.f32(0.0));
+    none.append(wordCount, fe.i32(0));
     scf::YieldOp::create(b, none);
   }
   int64_t outCount = dTiles * 4;
@@ -980,7 +1000,7 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
         loader.release(ib, previousSlot);
         AttentionKernel::rescale(out, factors, ie);
         results.append(out);
-        results.append(flatten(scores));
+        results.append(probabilityWords(ib, scores));
         return results;
       },
       first.getResults(), /*first=*/e.index(1));
