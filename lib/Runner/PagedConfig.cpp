@@ -13,6 +13,7 @@
 #include "llvm/Support/FormatVariadic.h"
 
 #include <limits>
+#include <vector>
 
 using namespace mlir;
 using namespace mlir::moba;
@@ -306,6 +307,51 @@ llvm::Error checkSequence(const PagedConfig &config, const PagedCacheBuffers &c,
   return llvm::Error::success();
 }
 
+/// Refuses an append that writes a page some other position of the table
+/// also names: the same page at two positions of one sequence, or in two
+/// sequences' rows. Both would land in the same cache slots, and the other
+/// sequence (or position) would read this append's keys with no error.
+/// Pages only read (finished ones shared by a common prefix) may repeat.
+llvm::Error checkWrittenPagesUnshared(const PagedConfig &config,
+                                      const PagedCacheBuffers &c,
+                                      const PagedAppendBuffers &a) {
+  struct Use {
+    int32_t page;
+    int64_t sequence, position;
+    bool written;
+  };
+  std::vector<Use> uses;
+  for (int64_t b = 0; b < c.numSequences; ++b) {
+    int64_t old = c.cacheLens[b];
+    int64_t fresh = a.cuSeqlens[b + 1] - a.cuSeqlens[b];
+    int64_t used = (old + fresh + config.pageSize - 1) / config.pageSize;
+    int64_t firstWritten = fresh > 0 ? old / config.pageSize : used;
+    const int32_t *row = c.blockTable + b * c.maxPages;
+    for (int64_t i = 0; i < used; ++i)
+      uses.push_back({row[i], b, i, i >= firstWritten});
+  }
+  llvm::stable_sort(uses,
+                    [](const Use &x, const Use &y) { return x.page < y.page; });
+  for (size_t i = 0; i < uses.size();) {
+    size_t end = i + 1;
+    while (end < uses.size() && uses[end].page == uses[i].page)
+      ++end;
+    for (size_t w = i; end - i > 1 && w < end; ++w) {
+      if (!uses[w].written)
+        continue;
+      const Use &other = uses[w == i ? i + 1 : i];
+      return llvm::createStringError(
+          "block_table[%lld, %lld] = %d is written by this append, and "
+          "block_table[%lld, %lld] names the same page: two positions "
+          "cannot share a page that is written",
+          ll(uses[w].sequence), ll(uses[w].position), uses[w].page,
+          ll(other.sequence), ll(other.position));
+    }
+    i = end;
+  }
+  return llvm::Error::success();
+}
+
 } // namespace
 
 llvm::Error mlir::moba::checkPagedAppend(const PagedConfig &config,
@@ -345,6 +391,8 @@ llvm::Error mlir::moba::checkPagedAppend(const PagedConfig &config,
     if (llvm::Error e = checkSequence(config, c, b, old + fresh, what))
       return e;
   }
+  if (llvm::Error e = checkWrittenPagesUnshared(config, c, a))
+    return e;
   ByteRange written[] = {rangeOf("k_cache", c.kCache, bytes->cache),
                          rangeOf("v_cache", c.vCache, bytes->cache),
                          rangeOf("block_key_sums", c.blockKeySums,

@@ -374,6 +374,34 @@ def test_callers_pages_and_lengths_are_checked_on_the_host():
     assert not k_cache.any() and not sums.any()
 
 
+def test_a_written_page_cannot_be_shared():
+    """Two sequences whose rows name the same page, or one row naming a page
+    twice, where this append writes it: ValueError naming both positions,
+    nothing written. A page only read (a shared finished prefix) may
+    repeat."""
+    k_cache = np.zeros((4, 16, 2, 8), np.float32)
+    v_cache = np.zeros_like(k_cache)
+    sums = np.zeros((2, 2, 2, 8), np.float32)
+    k, v = kv(2)
+    with pytest.raises(ValueError, match=r"block_table\[0, 0\] = 0 is written "
+                                         r"by this append, and "
+                                         r"block_table\[1, 0\] names the "
+                                         r"same page"):
+        moba.paged_kv_append(k, v, [0, 1, 2], k_cache, v_cache, sums,
+                             [[0, 1], [0, 2]], [0, 0], block_size=16)
+    with pytest.raises(ValueError, match=r"block_table\[0, 0\] = 3 is written "
+                                         r"by this append, and "
+                                         r"block_table\[0, 1\] names"):
+        moba.paged_kv_append(k, v, [0, 2, 2], k_cache, v_cache, sums,
+                             [[3, 3], [1, 2]], [15, 0], block_size=16)
+    assert not k_cache.any() and not v_cache.any() and not sums.any()
+    # Page 0 full and shared by both sequences, each writing its own page.
+    lens = moba.paged_kv_append(k, v, [0, 1, 2], k_cache, v_cache, sums,
+                                [[0, 1], [0, 2]], [16, 16], block_size=16)
+    assert lens.tolist() == [17, 17]
+    assert k_cache[1, 0].any() and k_cache[2, 0].any()
+
+
 def test_compile_paged_limits_and_kernel_kinds():
     with pytest.raises(ValueError, match="max_query_tokens must be 1..16 "
                                          r"\(decode\) or 0"):
