@@ -642,6 +642,10 @@ class KVCache:
         if k_array.shape[:1] != q_array.shape[:1]:
             raise ValueError(f"q has shape {q_array.shape} but k has "
                              f"{k_array.shape}: one key a query")
+        # q is checked before the append writes anything: a refused q must
+        # leave the cache as it was, so that the call can be retried.
+        _check_data("q", q_array, self.dtype,
+                    (k_array.shape[0], self.num_heads, self.head_dim))
         self.append(k, v, cu_seqlens)
         return self._attend(q, cu_seqlens, 0, return_lse)
 

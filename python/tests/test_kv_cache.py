@@ -568,3 +568,19 @@ def test_disk_cache_is_shared_across_max_query_tokens_and_dumps(
     moba_ir = (tmp_path / f"{name}.moba.mlir").read_text()
     assert "moba.paged_kv_append" in moba_ir
     assert "moba.paged_decode_attention" in moba_ir
+
+
+def test_prefill_with_a_bad_query_writes_nothing():
+    """prefill checks q before it appends: a q of the wrong dtype or head
+    count raises and leaves the lengths and the cache as they were, so
+    that the corrected call can follow."""
+    cache = small_cache()
+    k, v = kv(3)
+    good = np.ones((3, 4, 8), np.float32)
+    for bad, message in ((good.astype(np.float64), "q"),
+                         (np.ones((3, 2, 8), np.float32), "q")):
+        with pytest.raises(ValueError, match=message):
+            cache.prefill(bad, k, v, [0, 3, 3])
+        assert cache.lengths.tolist() == [0, 0] and not cache.k_cache.any()
+    out = cache.prefill(good, k, v, [0, 3, 3])
+    assert out.shape == (3, 4, 8) and cache.lengths.tolist() == [3, 0]
