@@ -69,14 +69,19 @@ private:
   int fd;
 };
 
-/// The test hook of KernelCache::store(): creates the file `path`, then
-/// waits until it is gone, at most 60 s.
-void pauseForTest(const char *path) {
-  int fd = ::open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd >= 0)
-    ::close(fd);
+/// The test hook of KernelCache::store(): creates the file `path` (it
+/// must not exist: a file left behind by an earlier run never stalls a
+/// store), then waits until it is gone, at most 60 s. False when it did not
+/// create the file, and so did not wait.
+bool pauseForTest(const char *path) {
+  int fd = ::open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                  0600);
+  if (fd < 0)
+    return false;
+  ::close(fd);
   for (int waited = 0; waited < 6000 && ::access(path, F_OK) == 0; ++waited)
     ::usleep(10000);
+  return true;
 }
 
 std::string octalMode(mode_t mode) {
@@ -348,7 +353,10 @@ void KernelCache::store(llvm::StringRef key, llvm::StringRef object) {
   size_t half = pause && *pause ? contents.size() / 2 : contents.size();
   bool written = ::fchmod(fd, 0600) == 0 && writeRange(0, half);
   if (written && half < contents.size()) {
-    pauseForTest(pause);
+    // Said in the warning, so that a variable left set by accident shows.
+    if (pauseForTest(pause))
+      problem("the test hook MOBA_TEST_CACHE_STORE_PAUSE paused this store "
+              "half-written");
     written = writeRange(half, contents.size());
   }
   error = errno;
