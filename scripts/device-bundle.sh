@@ -49,14 +49,16 @@ stem=$(basename "$wheel"); stem=${stem%%-py3-*}
 site=$here/site
 if [ ! -d "$site/$stem.dist-info" ]; then
   staging=$(mktemp -d "$here/site.XXXXXX") || return 1
-  if python3 -m pip --version >/dev/null 2>&1; then
-    python3 -m pip install --quiet --no-index --no-deps \
-      --disable-pip-version-check --root-user-action=ignore \
-      --target "$staging" "$wheel"
-  else
-    python3 -m zipfile -e "$wheel" "$staging"
-  fi || { echo "setup.sh: cannot install $wheel" >&2; rm -rf "$staging"
-          return 1; }
+  # pip where it works (PIP_ROOT_USER_ACTION: older pips ignore it, where
+  # the flag would be an error), else the wheel unpacked: its root is the
+  # installed layout.
+  { PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --no-index \
+      --no-deps --disable-pip-version-check --target "$staging" "$wheel" \
+      2>/dev/null ||
+    { rm -rf "$staging" && mkdir "$staging" &&
+      python3 -m zipfile -e "$wheel" "$staging"; }
+  } || { echo "setup.sh: cannot install $wheel" >&2; rm -rf "$staging"
+         return 1; }
   rm -rf "$site" && mv "$staging" "$site" || return 1
 fi
 export PYTHONPATH="$site:$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
