@@ -138,6 +138,7 @@ def main(argv):
         fail(f"{package} has no __init__.py")
     files = [(f"moba/{f}", os.path.join(package, f)) for f in sources]
     files.append((f"moba/{LIBRARY}", library))
+    files.sort()
 
     tag = f"py3-none-{platform}"
     stem = f"{DISTRIBUTION}-{version}"
@@ -158,10 +159,13 @@ def main(argv):
             record.append(record_line(name, text.encode()))
         record.append(f"{info}/RECORD,,\n")
         add(archive, f"{info}/RECORD", "".join(record).encode())
-    for old in os.listdir(out):
-        if old.startswith(DISTRIBUTION + "-") and old.endswith(".whl"):
-            os.remove(os.path.join(out, old))
+    # The new wheel first, then the others gone: a reader of dist/ (a
+    # concurrent device-bundle.sh) always finds one.
     os.replace(partial, wheel)
+    for old in os.listdir(out):
+        if (old.startswith(DISTRIBUTION + "-") and old.endswith(".whl")
+                and old != os.path.basename(wheel)):
+            os.remove(os.path.join(out, old))
     print(wheel)
 
 

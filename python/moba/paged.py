@@ -108,8 +108,12 @@ def _int32_array(name, x, shape):
         raise ValueError(f"{name} must be an integer array, got dtype "
                          f"{x.dtype}")
     _check_shape(name, x, shape)
-    wide = x.astype(np.int64)
     info = np.iinfo(np.int32)
+    if x.dtype.kind == "u" and x.size and x.max() > info.max:
+        # Before the cast to int64, which would wrap 2^64 - 1 to -1.
+        raise ValueError(f"{name} holds {int(x.max())}, which does not fit "
+                         "int32")
+    wide = x.astype(np.int64)
     if wide.size and (wide.min() < info.min or wide.max() > info.max):
         bad = int(wide.flat[int(np.argmax((wide < info.min) |
                                           (wide > info.max)))])

@@ -584,3 +584,18 @@ def test_prefill_with_a_bad_query_writes_nothing():
         assert cache.lengths.tolist() == [0, 0] and not cache.k_cache.any()
     out = cache.prefill(good, k, v, [0, 3, 3])
     assert out.shape == (3, 4, 8) and cache.lengths.tolist() == [3, 0]
+
+
+def test_unsigned_lengths_are_named_before_they_wrap():
+    """A uint64 length past int32 is named as given, not as the -1 a cast
+    to int64 would make of 2^64 - 1."""
+    k_cache = np.zeros((4, 16, 2, 8), np.float32)
+    sums = np.zeros((2, 2, 2, 8), np.float32)
+    k, v = kv(1)
+    with pytest.raises(ValueError, match=r"cache_lens holds "
+                                         r"18446744073709551615, which does "
+                                         r"not fit int32"):
+        moba.paged_kv_append(k, v, [0, 1, 1], k_cache, k_cache.copy(), sums,
+                             [[0, 1], [2, 3]],
+                             np.array([2**64 - 1, 0], np.uint64),
+                             block_size=16)
