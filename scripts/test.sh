@@ -53,11 +53,19 @@ else
     -p no:cacheprovider -q "$root/python/tests" 2>&1 | tee "$log" ||
     pystatus=$?
 fi
-pypassed=$(grep -Eo '[0-9]+ passed' "$log" | tail -n1 | grep -Eo '[0-9]+' || true)
-pyfailed=$( (grep -Eo '[0-9]+ (failed|errors?)' "$log" || true) |
+# The counts of pytest's closing summary line only ("5 failed, 516 passed,
+# 16 skipped in 156.52s"): a test's own output may say "3 failed" too.
+summary=$(grep -E '[0-9]+ (passed|failed|errors?).* in [0-9.]+s' "$log" |
+  tail -n1 || true)
+pypassed=$(echo "$summary" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+' ||
+  true)
+pyfailed=$( (echo "$summary" | grep -Eo '[0-9]+ (failed|errors?)' || true) |
   awk '{ n += $1 } END { print n + 0 }')
 pypassed=${pypassed:-0}
 pyfailed=${pyfailed:-0}
+if [ "$pystatus" -ne 0 ] && [ "$pyfailed" -eq 0 ]; then
+  pyfailed=1
+fi
 if [ "$pypassed" -eq 0 ]; then
   echo "test.sh: pytest ran no test" >&2
   pystatus=1
