@@ -310,7 +310,8 @@ llvm::Error checkSequence(const PagedConfig &config, const PagedCacheBuffers &c,
 
 llvm::Error mlir::moba::checkPagedAppend(const PagedConfig &config,
                                          const PagedCacheBuffers &c,
-                                         const PagedAppendBuffers &a) {
+                                         const PagedAppendBuffers &a,
+                                         PagedMemory memory) {
   auto bytes = checkCache(config, c);
   if (!bytes)
     return bytes.takeError();
@@ -327,10 +328,14 @@ llvm::Error mlir::moba::checkPagedAppend(const PagedConfig &config,
       if (!pointer)
         return llvm::createStringError("%s is null but there are %lld tokens",
                                        name, ll(a.tokens));
-  if (llvm::Error e =
-          checkOffsets("cu_seqlens", a.cuSeqlens, c.numSequences, a.tokens))
-    return e;
-  for (int64_t b = 0; b < c.numSequences; ++b) {
+  if (memory == PagedMemory::Device && !a.cuSeqlens)
+    return llvm::createStringError("cu_seqlens is null");
+  if (memory == PagedMemory::Host)
+    if (llvm::Error e =
+            checkOffsets("cu_seqlens", a.cuSeqlens, c.numSequences, a.tokens))
+      return e;
+  for (int64_t b = 0; memory == PagedMemory::Host && b < c.numSequences;
+       ++b) {
     int64_t old = c.cacheLens[b];
     int64_t fresh = a.cuSeqlens[b + 1] - a.cuSeqlens[b];
     if (old < 0)
@@ -363,7 +368,8 @@ llvm::Error mlir::moba::checkPagedAppend(const PagedConfig &config,
 
 llvm::Error mlir::moba::checkPagedDecode(const PagedConfig &config,
                                          const PagedCacheBuffers &c,
-                                         const PagedDecodeBuffers &d) {
+                                         const PagedDecodeBuffers &d,
+                                         PagedMemory memory) {
   auto bytes = checkCache(config, c);
   if (!bytes)
     return bytes.takeError();
@@ -384,10 +390,14 @@ llvm::Error mlir::moba::checkPagedDecode(const PagedConfig &config,
       if (!pointer)
         return llvm::createStringError("%s is null but there are %lld tokens",
                                        name, ll(d.tokens));
-  if (llvm::Error e = checkOffsets("cu_seqlens_q", d.cuSeqlensQ,
-                                   c.numSequences, d.tokens))
-    return e;
-  for (int64_t b = 0; b < c.numSequences; ++b) {
+  if (memory == PagedMemory::Device && !d.cuSeqlensQ)
+    return llvm::createStringError("cu_seqlens_q is null");
+  if (memory == PagedMemory::Host)
+    if (llvm::Error e = checkOffsets("cu_seqlens_q", d.cuSeqlensQ,
+                                     c.numSequences, d.tokens))
+      return e;
+  for (int64_t b = 0; memory == PagedMemory::Host && b < c.numSequences;
+       ++b) {
     int64_t length = c.cacheLens[b];
     int64_t queries = d.cuSeqlensQ[b + 1] - d.cuSeqlensQ[b];
     if (length < 0)

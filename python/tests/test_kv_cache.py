@@ -466,13 +466,16 @@ def test_c_api_token_counts_are_checked():
                                np.zeros((1, 4), np.float32).ctypes.data)
 
 
-def test_c_api_refuses_gpu_targets_and_unknown_enums():
+def test_c_api_takes_gpu_targets_and_refuses_unknown_enums():
     config = _capi._paged_config(64, 4, 2, 16, 32, 2, 16, None, "f32",
                                  "query_head", None, None)
-    config.target = 1
     error = __import__("ctypes").c_void_p()
+    for target in (1, 2):  # sm_80, sm_90a
+        config.target = target
+        assert _capi._lib.mobaCheckPagedConfig(config, error) == 0
+    config.target = 3
     assert _capi._lib.mobaCheckPagedConfig(config, error) != 0
-    assert "CPU only for now" in _capi._take_error(error.value)
+    assert "unknown target 3" in _capi._take_error(error.value)
     config.target, config.selection = 0, 7
     assert _capi._lib.mobaCheckPagedConfig(config, error) != 0
     assert "unknown selection 7" in _capi._take_error(error.value)
