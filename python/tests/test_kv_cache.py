@@ -543,3 +543,29 @@ def test_disk_cache_is_shared_across_max_query_tokens_and_dumps(
     moba_ir = (tmp_path / f"{name}.moba.mlir").read_text()
     assert "moba.paged_kv_append" in moba_ir
     assert "moba.paged_decode_attention" in moba_ir
+
+
+def test_gpu_paged_kernels_compile_here_and_refuse_host_arrays():
+    """A GPU paged kernel compiles without a GPU (PTX); its calls take CUDA
+    torch tensors only, and say so before anything reaches the library."""
+    torch = pytest.importorskip("torch")
+    kernel = moba.compile_paged(64, 4, 2, 16, 32, 2, "bf16",
+                                target="sm_90a")
+    assert isinstance(kernel, moba.GpuPagedKernel)
+    assert "moba.GpuPagedKernel(head_dim=64" in repr(kernel)
+    k_cache = torch.zeros((4, 16, 2, 64), dtype=torch.bfloat16)
+    sums = torch.zeros((1, 2, 2, 64))
+    table = torch.zeros((1, 2), dtype=torch.int32)
+    lens = torch.zeros(1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="k_cache must be a CUDA torch "
+                                         "tensor .* on cpu"):
+        kernel.decode(torch.zeros((1, 4, 64), dtype=torch.bfloat16),
+                      torch.tensor([0, 1], dtype=torch.int32), k_cache,
+                      k_cache.clone(), sums, table, lens)
+    with pytest.raises(ValueError, match="target must be 'cpu', 'sm_80' or "
+                                         "'sm_90a', got 'sm_70'"):
+        moba.compile_paged(64, 4, 2, 16, 32, 2, "bf16", target="sm_70")
+    with pytest.raises(ValueError, match="device must be 'cpu' or a CUDA "
+                                         "device, got 'meta'"):
+        moba.KVCache(4, 16, 2, 64, "bf16", batch=1, num_heads=4,
+                     block_size=32, top_k=2, device="meta")
