@@ -140,6 +140,18 @@ def test_cpu_and_gpu_paged_kernels_refuse_each_others_calls(worker):
             _capi.run_paged_append(handle, cache, 96, 112, 128, 0)
         finally:
             _capi.destroy(handle)
+    handle, _ = _capi.compile_paged_kernel(
+        c["head_dim"], c["num_heads"], c["num_kv_heads"], c["page_size"],
+        c["block_size"], c["top_k"], 16, None, c["dtype"], "query_head", None,
+        None, "cpu")
+    try:
+        with pytest.raises(RuntimeError, match="runs on the CPU: call "
+                                               "mobaPagedAppend or "
+                                               "mobaPagedDecode"):
+            _capi.run_paged_decode_on_device(handle, cache, 96, 112, 0, 128,
+                                             144, None)
+    finally:
+        _capi.destroy(handle)
 
 
 @pytest.mark.parametrize("failing", ["cuLaunchKernel",
