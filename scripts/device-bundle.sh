@@ -23,6 +23,7 @@ fi
 rm -rf "$out" && mkdir -p "$out"
 cp "${wheels[0]}" "$out/"
 cp "$root/test/device/gpu_check.py" "$root/test/device/nan_check.py" \
+   "$root/test/device/paged_check.py" \
    "$root/python/tests/reference.py" "$root"/bench/*.py "$out/"
 # The torch ops' pytest file and what it imports, for pytest.sh: the device
 # has the torch (>= 2.4) those tests need, this machine does not.

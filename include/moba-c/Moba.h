@@ -71,8 +71,10 @@ extern "C" {
 #endif
 
 /* 10: decode against a paged KV cache (MobaPagedConfig, mobaCompilePaged,
- * mobaPagedAppend, mobaPagedDecode); every entry point of 9 is unchanged. */
-#define MOBA_C_API_VERSION 10
+ * mobaPagedAppend, mobaPagedDecode); every entry point of 9 is unchanged.
+ * 11: paged kernels for the GPU targets (mobaPagedAppendDevice,
+ * mobaPagedDecodeDevice); every entry point of 10 is unchanged. */
+#define MOBA_C_API_VERSION 11
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -305,7 +307,7 @@ int32_t mobaRunGradDevice(const MobaKernel *kernel, const void *q,
 
 /*===--------------------------------------------------------------------===*
  * Decode against a paged KV cache (docs/semantics.md, "Decode and chunked
- * prefill"; CPU only for now).
+ * prefill"), on the CPU or, with a GPU target, on device buffers.
  *
  * A paged kernel has two entry points: mobaPagedAppend writes new keys and
  * values into the cache's pages and keeps the f32 key sums of their MoBA
@@ -341,14 +343,18 @@ typedef struct MobaPagedConfig {
   float scale; /* 0: 1/sqrt(head_dim) */
   MobaDtype dtype;
   MobaSelection selection;
-  MobaTarget target; /* MOBA_TARGET_CPU; GPU kernels are not built yet */
+  /* MOBA_TARGET_CPU (mobaPagedAppend, mobaPagedDecode on host buffers) or
+   * a GPU target (mobaPagedAppendDevice, mobaPagedDecodeDevice on device
+   * buffers; cache_dir is not used for them). */
+  MobaTarget target;
   /* As MobaConfig's: a disk cache directory (NULL or "": none) and an IR
    * dump directory (NULL or "": none). */
   const char *cache_dir;
   const char *dump_dir;
 } MobaPagedConfig;
 
-/* One call's cache, host memory, contiguous. cache_lens are the lengths
+/* One call's cache, contiguous: host memory for a CPU kernel, device memory
+ * for a GPU one. cache_lens are the lengths
  * before the append for mobaPagedAppend and after it for mobaPagedDecode;
  * neither call changes them (the caller adds the appended counts). */
 typedef struct MobaPagedCache {
@@ -400,6 +406,27 @@ int32_t mobaPagedAppend(const MobaKernel *kernel, const MobaPagedCache *cache,
 int32_t mobaPagedDecode(const MobaKernel *kernel, const MobaPagedCache *cache,
                         const void *q, const int32_t *cu_seqlens_q,
                         int64_t tokens, void *out, float *lse, char **error);
+
+/* mobaPagedAppend and mobaPagedDecode of a GPU paged kernel: every pointer
+ * (of `cache` too) is device memory of the calling thread's current CUDA
+ * context, the work ordered on `stream` (a CUstream; NULL: the legacy
+ * default stream), done when the call returns. The host reads none of the
+ * buffers, so it checks the counts, the pointers (non-NULL, rows 16-byte
+ * aligned) and that the written ranges overlap nothing else; the kernels
+ * check every sequence's offsets (within the tokens), lengths (within its
+ * pages and blocks, queries within the cache) and page ids (within the
+ * pool) before they touch the cache: a sequence that fails has nothing
+ * appended, and NaN rows (out and lse) in a decode. Bad values are never an
+ * out-of-bounds access. Returns 0, or non-zero and sets *error. */
+int32_t mobaPagedAppendDevice(const MobaKernel *kernel,
+                              const MobaPagedCache *cache, const void *k,
+                              const void *v, const int32_t *cu_seqlens,
+                              int64_t tokens, void *stream, char **error);
+int32_t mobaPagedDecodeDevice(const MobaKernel *kernel,
+                              const MobaPagedCache *cache, const void *q,
+                              const int32_t *cu_seqlens_q, int64_t tokens,
+                              void *out, float *lse, void *stream,
+                              char **error);
 
 void mobaDestroy(MobaKernel *kernel);
 void mobaFreeString(char *string);

@@ -12,6 +12,7 @@
 
 #include "moba/Runner/CpuPagedRunner.h"
 #include "moba/Runner/CpuRunner.h"
+#include "moba/Runner/GpuPagedRunner.h"
 #include "moba/Runner/GpuRunner.h"
 #include "moba/Runtime/CudaDriver.h"
 
@@ -32,8 +33,10 @@ struct MobaKernel {
   MobaTarget target;
   std::unique_ptr<CpuAttentionKernel> cpu; ///< Set for MOBA_TARGET_CPU.
   std::unique_ptr<GpuAttentionKernel> gpu; ///< Set for the GPU targets.
-  /// Set for a paged KV cache kernel (mobaCompilePaged), alone.
+  /// Set for a paged KV cache kernel (mobaCompilePaged), alone: `paged`
+  /// for MOBA_TARGET_CPU, `pagedGpu` for the GPU targets.
   std::unique_ptr<CpuPagedKernel> paged;
+  std::unique_ptr<GpuPagedKernel> pagedGpu;
   /// The tensor-core kernel's plan, printed; empty without one.
   std::string plan;
 };
@@ -384,22 +387,22 @@ compileRequest(const CompileRequest &r) {
 
 /// What mobaCompilePaged makes of a MobaPagedConfig.
 struct PagedRequest {
+  MobaTarget target = MOBA_TARGET_CPU;
   PagedConfig config;
   CpuPagedCompileOptions cpu;
+  GpuCompileOptions gpu;
   std::shared_ptr<std::string> dumpFailure = std::make_shared<std::string>();
 };
 
-/// Reads `c` into `r`: every enum known, the target the CPU.
+/// Reads `c` into `r`: every enum known.
 llvm::Error readPagedConfig(const MobaPagedConfig &c, PagedRequest &r) {
-  if (c.target != MOBA_TARGET_CPU) {
-    if (c.target == MOBA_TARGET_SM80 || c.target == MOBA_TARGET_SM90A)
-      return llvm::createStringError(
-          "paged KV cache kernels run on the CPU only for now: target %d "
-          "(a GPU) is not built yet",
-          static_cast<int>(c.target));
+  if (c.target != MOBA_TARGET_CPU && c.target != MOBA_TARGET_SM80 &&
+      c.target != MOBA_TARGET_SM90A)
     return llvm::createStringError("unknown target %d",
                                    static_cast<int>(c.target));
-  }
+  r.target = c.target;
+  if (c.target != MOBA_TARGET_CPU)
+    r.gpu.chip = c.target == MOBA_TARGET_SM80 ? "sm_80" : "sm_90a";
   PagedConfig &config = r.config;
   config.headDim = c.head_dim;
   config.numHeads = c.num_heads;
@@ -440,10 +443,15 @@ llvm::Error readPagedConfig(const MobaPagedConfig &c, PagedRequest &r) {
   if (c.dump_dir && *c.dump_dir) {
     // Dumps mean every stage runs: the cache would skip them.
     r.cpu.cacheDir.clear();
-    r.cpu.dumpIR = dumpToDirectory(c.dump_dir,
-                                   pagedKernelName(config, r.cpu),
-                                   r.dumpFailure);
+    std::string name = r.target == MOBA_TARGET_CPU
+                           ? pagedKernelName(config, r.cpu)
+                           : "gpu-" + r.gpu.chip + "-" + config.key();
+    auto dump = dumpToDirectory(c.dump_dir, name, r.dumpFailure);
+    r.cpu.dumpIR = dump;
+    r.gpu.dumpIR = dump;
   }
+  if (r.target != MOBA_TARGET_CPU)
+    return GpuPagedKernel::check(config, r.gpu);
   return CpuPagedKernel::check(config, r.cpu);
 }
 
@@ -451,11 +459,31 @@ llvm::Error readPagedConfig(const MobaPagedConfig &c, PagedRequest &r) {
 llvm::Expected<const CpuPagedKernel *> pagedKernel(const MobaKernel *kernel) {
   if (!kernel)
     return llvm::createStringError("kernel is NULL");
+  if (kernel->pagedGpu)
+    return llvm::createStringError(
+        "this paged kernel runs on the GPU: call mobaPagedAppendDevice or "
+        "mobaPagedDecodeDevice with device buffers");
   if (!kernel->paged)
     return llvm::createStringError(
         "this kernel is an attention kernel (mobaCompile): paged calls need "
         "a kernel of mobaCompilePaged");
   return kernel->paged.get();
+}
+
+/// The GPU paged kernel of `kernel`, or the error of a call that needs one.
+llvm::Expected<const GpuPagedKernel *>
+pagedGpuKernel(const MobaKernel *kernel) {
+  if (!kernel)
+    return llvm::createStringError("kernel is NULL");
+  if (kernel->paged)
+    return llvm::createStringError(
+        "this paged kernel runs on the CPU: call mobaPagedAppend or "
+        "mobaPagedDecode with host buffers");
+  if (!kernel->pagedGpu)
+    return llvm::createStringError(
+        "this kernel is an attention kernel (mobaCompile): paged calls need "
+        "a kernel of mobaCompilePaged");
+  return kernel->pagedGpu.get();
 }
 
 /// The C struct's cache as the runner takes it.
@@ -598,7 +626,7 @@ int32_t mobaRun(const MobaKernel *kernel, const void *q, const void *k,
   llvm::Error e = catchExceptions([&]() -> llvm::Error {
     if (!kernel)
       return llvm::createStringError("kernel is NULL");
-    if (kernel->paged)
+    if (kernel->paged || kernel->pagedGpu)
       return refusePaged();
     if (!kernel->cpu)
       return llvm::createStringError(
@@ -623,7 +651,7 @@ int32_t mobaRunGrad(const MobaKernel *kernel, const void *q, const void *k,
   llvm::Error e = catchExceptions([&]() -> llvm::Error {
     if (!kernel)
       return llvm::createStringError("kernel is NULL");
-    if (kernel->paged)
+    if (kernel->paged || kernel->pagedGpu)
       return refusePaged();
     if (!kernel->cpu)
       return llvm::createStringError(
@@ -648,7 +676,7 @@ int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
   llvm::Error e = catchExceptions([&]() -> llvm::Error {
     if (!kernel)
       return llvm::createStringError("kernel is NULL");
-    if (kernel->paged)
+    if (kernel->paged || kernel->pagedGpu)
       return refusePaged();
     if (!kernel->gpu)
       return llvm::createStringError(
@@ -675,7 +703,7 @@ int32_t mobaRunGradDevice(const MobaKernel *kernel, const void *q,
   llvm::Error e = catchExceptions([&]() -> llvm::Error {
     if (!kernel)
       return llvm::createStringError("kernel is NULL");
-    if (kernel->paged)
+    if (kernel->paged || kernel->pagedGpu)
       return refusePaged();
     if (!kernel->gpu)
       return llvm::createStringError(
@@ -740,14 +768,21 @@ MobaKernel *mobaCompilePaged(const MobaPagedConfig *c, int32_t *fromCache,
     PagedRequest request;
     if (llvm::Error e = readPagedConfig(*c, request))
       return e;
-    auto compiled = CpuPagedKernel::compile(request.config, request.cpu);
-    if (!compiled)
-      return compiled.takeError();
+    kernel = std::make_unique<MobaKernel>();
+    kernel->target = request.target;
+    if (request.target == MOBA_TARGET_CPU) {
+      auto compiled = CpuPagedKernel::compile(request.config, request.cpu);
+      if (!compiled)
+        return compiled.takeError();
+      kernel->paged = std::move(*compiled);
+    } else {
+      auto compiled = GpuPagedKernel::compile(request.config, request.gpu);
+      if (!compiled)
+        return compiled.takeError();
+      kernel->pagedGpu = std::move(*compiled);
+    }
     if (!request.dumpFailure->empty())
       return llvm::createStringError(*request.dumpFailure);
-    kernel = std::make_unique<MobaKernel>();
-    kernel->target = MOBA_TARGET_CPU;
-    kernel->paged = std::move(*compiled);
     return llvm::Error::success();
   });
   if (e) {
@@ -755,7 +790,7 @@ MobaKernel *mobaCompilePaged(const MobaPagedConfig *c, int32_t *fromCache,
     return nullptr;
   }
   if (fromCache)
-    *fromCache = kernel->paged->fromCache() ? 1 : 0;
+    *fromCache = kernel->paged && kernel->paged->fromCache() ? 1 : 0;
   return tracked(kernel.release());
 }
 
@@ -801,6 +836,58 @@ int32_t mobaPagedDecode(const MobaKernel *kernel, const MobaPagedCache *cache,
     decode.lse = lse;
     decode.tokens = tokens;
     return (*paged)->decode(*buffers, decode);
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
+int32_t mobaPagedAppendDevice(const MobaKernel *kernel,
+                              const MobaPagedCache *cache, const void *k,
+                              const void *v, const int32_t *cuSeqlens,
+                              int64_t tokens, void *stream, char **error) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    auto paged = pagedGpuKernel(kernel);
+    if (!paged)
+      return paged.takeError();
+    auto buffers = pagedCache(cache);
+    if (!buffers)
+      return buffers.takeError();
+    PagedAppendBuffers append;
+    append.k = k;
+    append.v = v;
+    append.cuSeqlens = cuSeqlens;
+    append.tokens = tokens;
+    return (*paged)->append(*buffers, append, stream);
+  });
+  if (e) {
+    setError(error, llvm::toString(std::move(e)));
+    return 1;
+  }
+  return 0;
+}
+
+int32_t mobaPagedDecodeDevice(const MobaKernel *kernel,
+                              const MobaPagedCache *cache, const void *q,
+                              const int32_t *cuSeqlensQ, int64_t tokens,
+                              void *out, float *lse, void *stream,
+                              char **error) {
+  llvm::Error e = catchExceptions([&]() -> llvm::Error {
+    auto paged = pagedGpuKernel(kernel);
+    if (!paged)
+      return paged.takeError();
+    auto buffers = pagedCache(cache);
+    if (!buffers)
+      return buffers.takeError();
+    PagedDecodeBuffers decode;
+    decode.q = q;
+    decode.cuSeqlensQ = cuSeqlensQ;
+    decode.out = out;
+    decode.lse = lse;
+    decode.tokens = tokens;
+    return (*paged)->decode(*buffers, decode, stream);
   });
   if (e) {
     setError(error, llvm::toString(std::move(e)));

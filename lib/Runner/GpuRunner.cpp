@@ -6,6 +6,7 @@
 
 #include "moba/Runner/GpuRunner.h"
 
+#include "GpuSupport.h"
 #include "KernelCache.h"
 #include "RunnerSupport.h"
 
@@ -73,10 +74,8 @@ using namespace mlir;
 using namespace mlir::moba;
 using namespace mlir::moba::detail;
 
-namespace {
-
 /// The dialects, interfaces and translations the GPU pipeline meets.
-DialectRegistry gpuRegistry() {
+DialectRegistry mlir::moba::detail::gpuRegistry() {
   DialectRegistry registry = loopPipelineRegistry();
   registry.insert<gpu::GPUDialect, NVVM::NVVMDialect, ub::UBDialect>();
   // gpu-to-llvm and convert-gpu-to-nvvm convert every dialect they find
@@ -101,10 +100,6 @@ DialectRegistry gpuRegistry() {
   return registry;
 }
 
-/// The functions exposeModuleLoading() makes.
-constexpr llvm::StringLiteral kLoadModules = "moba_load_modules";
-constexpr llvm::StringLiteral kUnloadModules = "moba_unload_modules";
-
 /// The host module's global constructors load its kernels (an
 /// mgpuModuleLoad* per gpu.binary, kept in a global) and its destructors
 /// unload them. A JIT would run the constructors once, when the object is
@@ -113,7 +108,7 @@ constexpr llvm::StringLiteral kUnloadModules = "moba_unload_modules";
 /// calls instead, kLoadModules and kUnloadModules: a failed load unloads
 /// what it loaded, and the next call loads afresh (every constructor stores
 /// its module, so no handle of the unloaded ones survives a load).
-llvm::Error exposeModuleLoading(llvm::Module &module) {
+llvm::Error mlir::moba::detail::exposeModuleLoading(llvm::Module &module) {
   auto makeCaller = [&](llvm::StringRef name, llvm::StringRef list,
                         auto functions, bool reversed) -> llvm::Error {
     std::vector<std::pair<unsigned, llvm::Function *>> ordered;
@@ -155,7 +150,7 @@ llvm::Error exposeModuleLoading(llvm::Module &module) {
                     llvm::orc::getDestructors(module), /*reversed=*/true);
 }
 
-void initializeTargets() {
+void mlir::moba::detail::initializeGpuTargets() {
   static std::once_flag once;
   std::call_once(once, [] {
     llvm::InitializeNativeTarget();
@@ -163,14 +158,7 @@ void initializeTargets() {
   });
 }
 
-} // namespace
-
-namespace {
-
-/// The tensor-core kernels copy rows 16 bytes at a time (cp.async), the
-/// others read pairs and vectors of elements: every buffer of rows must be
-/// 16-byte aligned. The error names the first one that is not.
-llvm::Error checkRowAlignment(
+llvm::Error mlir::moba::detail::checkRowAlignment(
     llvm::ArrayRef<std::pair<const char *, const void *>> rowBuffers) {
   for (auto [name, pointer] : rowBuffers)
     if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0) {
@@ -185,8 +173,6 @@ llvm::Error checkRowAlignment(
     }
   return llvm::Error::success();
 }
-
-} // namespace
 
 GpuAttentionKernel::GpuAttentionKernel(AttentionConfig config, std::string chip)
     : cfg(std::move(config)), chipName(std::move(chip)) {}
@@ -374,7 +360,7 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
   AttentionKernelPlan plan;
   if (llvm::Error e = fillPipelineOptions(config, options, pipeline, &plan))
     return std::move(e);
-  initializeTargets();
+  initializeGpuTargets();
 
   std::unique_ptr<GpuAttentionKernel> kernel(
       new GpuAttentionKernel(config, options.chip));

@@ -356,7 +356,8 @@ llvm::Error checkWrittenPagesUnshared(const PagedConfig &config,
 
 llvm::Error mlir::moba::checkPagedAppend(const PagedConfig &config,
                                          const PagedCacheBuffers &c,
-                                         const PagedAppendBuffers &a) {
+                                         const PagedAppendBuffers &a,
+                                         PagedMemory memory) {
   auto bytes = checkCache(config, c);
   if (!bytes)
     return bytes.takeError();
@@ -373,10 +374,14 @@ llvm::Error mlir::moba::checkPagedAppend(const PagedConfig &config,
       if (!pointer)
         return llvm::createStringError("%s is null but there are %lld tokens",
                                        name, ll(a.tokens));
-  if (llvm::Error e =
-          checkOffsets("cu_seqlens", a.cuSeqlens, c.numSequences, a.tokens))
-    return e;
-  for (int64_t b = 0; b < c.numSequences; ++b) {
+  if (memory == PagedMemory::Device && !a.cuSeqlens)
+    return llvm::createStringError("cu_seqlens is null");
+  if (memory == PagedMemory::Host)
+    if (llvm::Error e =
+            checkOffsets("cu_seqlens", a.cuSeqlens, c.numSequences, a.tokens))
+      return e;
+  for (int64_t b = 0; memory == PagedMemory::Host && b < c.numSequences;
+       ++b) {
     int64_t old = c.cacheLens[b];
     int64_t fresh = a.cuSeqlens[b + 1] - a.cuSeqlens[b];
     if (old < 0)
@@ -391,8 +396,11 @@ llvm::Error mlir::moba::checkPagedAppend(const PagedConfig &config,
     if (llvm::Error e = checkSequence(config, c, b, old + fresh, what))
       return e;
   }
-  if (llvm::Error e = checkWrittenPagesUnshared(config, c, a))
-    return e;
+  // The host's tables only: device tables are the kernels' to check, and
+  // their check does not look for shared pages yet.
+  if (memory == PagedMemory::Host)
+    if (llvm::Error e = checkWrittenPagesUnshared(config, c, a))
+      return e;
   ByteRange written[] = {rangeOf("k_cache", c.kCache, bytes->cache),
                          rangeOf("v_cache", c.vCache, bytes->cache),
                          rangeOf("block_key_sums", c.blockKeySums,
@@ -411,7 +419,8 @@ llvm::Error mlir::moba::checkPagedAppend(const PagedConfig &config,
 
 llvm::Error mlir::moba::checkPagedDecode(const PagedConfig &config,
                                          const PagedCacheBuffers &c,
-                                         const PagedDecodeBuffers &d) {
+                                         const PagedDecodeBuffers &d,
+                                         PagedMemory memory) {
   auto bytes = checkCache(config, c);
   if (!bytes)
     return bytes.takeError();
@@ -432,10 +441,14 @@ llvm::Error mlir::moba::checkPagedDecode(const PagedConfig &config,
       if (!pointer)
         return llvm::createStringError("%s is null but there are %lld tokens",
                                        name, ll(d.tokens));
-  if (llvm::Error e = checkOffsets("cu_seqlens_q", d.cuSeqlensQ,
-                                   c.numSequences, d.tokens))
-    return e;
-  for (int64_t b = 0; b < c.numSequences; ++b) {
+  if (memory == PagedMemory::Device && !d.cuSeqlensQ)
+    return llvm::createStringError("cu_seqlens_q is null");
+  if (memory == PagedMemory::Host)
+    if (llvm::Error e = checkOffsets("cu_seqlens_q", d.cuSeqlensQ,
+                                     c.numSequences, d.tokens))
+      return e;
+  for (int64_t b = 0; memory == PagedMemory::Host && b < c.numSequences;
+       ++b) {
     int64_t length = c.cacheLens[b];
     int64_t queries = d.cuSeqlensQ[b + 1] - d.cuSeqlensQ[b];
     if (length < 0)

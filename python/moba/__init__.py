@@ -1123,12 +1123,12 @@ try:  # the autograd wrapper exists where torch does
 except ImportError:
     pass
 
-# Decode against a paged KV cache (CPU).
-from .paged import (KVCache, PagedKernel, compile_paged,  # noqa: E402
-                    paged_decode, paged_kv_append)
+# Decode against a paged KV cache (CPU and GPU).
+from .paged import (GpuPagedKernel, KVCache, PagedKernel,  # noqa: E402
+                    compile_paged, paged_decode, paged_kv_append)
 
-__all__ += ["KVCache", "PagedKernel", "compile_paged", "paged_decode",
-            "paged_kv_append"]
+__all__ += ["GpuPagedKernel", "KVCache", "PagedKernel", "compile_paged",
+            "paged_decode", "paged_kv_append"]
 
 # torch.library ops (torch >= 2.4); imported last: they build on the above.
 from . import torch_ops as _torch_ops  # noqa: E402

@@ -180,6 +180,19 @@ def _load():
         ctypes.c_void_p, ctypes.POINTER(MobaPagedCache)] + [
         ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [
         char_pp]
+    if not hasattr(lib, "mobaPagedDecodeDevice"):
+        raise ImportError(
+            f"moba: {path!r} has no mobaPagedDecodeDevice: the library is "
+            "older than this Python package")
+    lib.mobaPagedAppendDevice.restype = ctypes.c_int32
+    lib.mobaPagedAppendDevice.argtypes = [
+        ctypes.c_void_p, ctypes.POINTER(MobaPagedCache)] + [
+        ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p, char_pp]
+    lib.mobaPagedDecodeDevice.restype = ctypes.c_int32
+    lib.mobaPagedDecodeDevice.argtypes = [
+        ctypes.c_void_p, ctypes.POINTER(MobaPagedCache)] + [
+        ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [
+        char_pp]
     lib.mobaLiveKernels.restype = ctypes.c_int64
     lib.mobaLiveKernels.argtypes = []
     lib.mobaDestroy.restype = None
@@ -378,7 +391,7 @@ def run_grad_kernel_on_device(handle, q, k, v, cu_seqlens, num_sequences,
 
 def _paged_config(head_dim, num_heads, num_kv_heads, page_size, block_size,
                   top_k, max_query_tokens, scale, dtype, selection, cache_dir,
-                  dump_dir):
+                  dump_dir, target="cpu"):
     config = MobaPagedConfig()
     _lib.mobaPagedConfigInit(ctypes.byref(config))
     for name, value in (("head_dim", head_dim), ("num_heads", num_heads),
@@ -390,7 +403,7 @@ def _paged_config(head_dim, num_heads, num_kv_heads, page_size, block_size,
     config.scale = float32_scale(scale)
     config.dtype = _DTYPES[dtype]
     config.selection = _SELECTIONS[selection]
-    config.target = _TARGETS["cpu"]
+    config.target = _TARGETS[target]
     config.cache_dir = cache_dir.encode() if cache_dir else None
     config.dump_dir = dump_dir.encode() if dump_dir else None
     return config
@@ -412,11 +425,12 @@ def check_paged_config(head_dim, num_heads, num_kv_heads, page_size,
 
 def compile_paged_kernel(head_dim, num_heads, num_kv_heads, page_size,
                          block_size, top_k, max_query_tokens, scale, dtype,
-                         selection, cache_dir, dump_dir):
-    """Returns (handle, from_cache); raises CompileError."""
+                         selection, cache_dir, dump_dir, target="cpu"):
+    """Returns (handle, from_cache); raises CompileError. target: "cpu",
+    "sm_80" or "sm_90a"."""
     config = _paged_config(head_dim, num_heads, num_kv_heads, page_size,
                            block_size, top_k, max_query_tokens, scale, dtype,
-                           selection, cache_dir, dump_dir)
+                           selection, cache_dir, dump_dir, target)
     from_cache = ctypes.c_int32(0)
     error = ctypes.c_void_p()
     handle = _lib.mobaCompilePaged(ctypes.byref(config),
@@ -457,6 +471,28 @@ def run_paged_decode(handle, cache, q, cu_seqlens_q, tokens, out, lse):
                             int64("tokens", tokens), out, lse,
                             ctypes.byref(error)):
         raise ValueError(_take_error(error.value))
+
+
+def run_paged_append_on_device(handle, cache, k, v, cu_seqlens, tokens,
+                               stream):
+    """Device pointers in (a GPU paged kernel); raises RuntimeError with
+    the runner's message (a bad value, or a failure of the driver)."""
+    error = ctypes.c_void_p()
+    if _lib.mobaPagedAppendDevice(handle, ctypes.byref(cache), k, v,
+                                  cu_seqlens, int64("tokens", tokens), stream,
+                                  ctypes.byref(error)):
+        raise RuntimeError(_take_error(error.value))
+
+
+def run_paged_decode_on_device(handle, cache, q, cu_seqlens_q, tokens, out,
+                               lse, stream):
+    """Device pointers in; raises RuntimeError with the runner's
+    message."""
+    error = ctypes.c_void_p()
+    if _lib.mobaPagedDecodeDevice(handle, ctypes.byref(cache), q,
+                                  cu_seqlens_q, int64("tokens", tokens), out,
+                                  lse, stream, ctypes.byref(error)):
+        raise RuntimeError(_take_error(error.value))
 
 
 def gpu_compute_capability():

@@ -1,4 +1,4 @@
-"""Decode and chunked prefill against a paged KV cache, on the CPU.
+"""Decode and chunked prefill against a paged KV cache, on the CPU or a GPU.
 
     cache = moba.KVCache(num_pages=64, page_size=16, num_kv_heads=2,
                          head_dim=64, dtype="f32", batch=4, num_heads=8,
@@ -18,8 +18,13 @@ k_cache, v_cache [num_pages, page_size, Hkv, D], block_table [B, max_pages]
 of int32 page ids, cache_lens [B] int32, and the f32 key sums of every MoBA
 block, block_key_sums [B, max_blocks, Hkv, D], which the append keeps so that
 decode never re-reads old keys to gate. A query at position p computes row p
-of the full causal forward. Arrays are numpy or CPU torch tensors; GPU
-kernels (and CUDA-graph capture) are not built yet.
+of the full causal forward. Arrays are numpy or CPU torch tensors, or CUDA
+torch tensors (all of one call on one GPU; the kernels run on torch's
+current stream): KVCache(..., device="cuda") keeps its cache on the GPU.
+On the GPU the host never reads the device's offsets, table or lengths:
+the kernels check them and give NaN rows for a sequence that fails (the
+functional forms), while KVCache checks its own host copies first and
+raises ValueError as on the CPU. CUDA-graph capture is not supported yet.
 """
 import threading
 import weakref
@@ -67,8 +72,9 @@ def _as_host_array(name, x):
         import torch
         if x.device.type != "cpu":
             raise ValueError(
-                f"{name} is on {x.device}: the paged KV cache kernels run on "
-                "the CPU only for now (GPU kernels come later)")
+                f"{name} is on {x.device} but the call's other arrays are "
+                "host arrays: pass all of one call's arrays on the CPU or "
+                "all on one GPU")
         x = x.detach()
         if x.dtype == torch.bfloat16:
             return x.view(torch.int16).numpy().view(np.uint16)
@@ -269,6 +275,133 @@ class PagedKernel:
         return out, lse
 
 
+def _is_cuda(x):
+    return _is_torch(x) and x.device.type == "cuda"
+
+
+def _gpu_target(device):
+    """The chip to compile for on torch device `device`."""
+    import torch
+    from . import _gpu_target_for
+    major, minor = torch.cuda.get_device_capability(device)
+    return _gpu_target_for(10 * major + minor)
+
+
+def _cuda_data(name, x, dtype, shape, device):
+    """CUDA tensor `x` checked: on `device`, of moba dtype `dtype` (or
+    "int32") and `shape` (None: any size there), contiguous."""
+    if not _is_cuda(x):
+        raise ValueError(f"{name} must be a CUDA torch tensor like the "
+                         f"call's other arrays, got {type(x).__name__}"
+                         + (f" on {x.device}" if _is_torch(x) else ""))
+    if x.device != device:
+        raise ValueError(f"{name} is on {x.device} but the call runs on "
+                         f"{device}")
+    got = str(x.dtype).replace("torch.", "")
+    if _DTYPE_NAMES.get(got, got) != dtype:
+        raise ValueError(f"{name} has dtype {x.dtype}, expected {dtype}")
+    _check_shape(name, x, shape)
+    if not x.is_contiguous():
+        raise ValueError(f"{name} is not contiguous (strides {x.stride()}); "
+                         "pass a contiguous tensor")
+    return x.detach()
+
+
+class _DeviceCall:
+    """The CUDA tensors of one GPU call, checked, and its C struct."""
+
+    def __init__(self, config, k_cache, v_cache, block_key_sums,
+                 block_table, cache_lens):
+        c = config
+        self.device = k_cache.device if _is_torch(k_cache) else None
+        cache_shape = (None, c["page_size"], c["num_kv_heads"], c["head_dim"])
+        self.k_cache = _cuda_data("k_cache", k_cache, c["dtype"],
+                                  cache_shape, self.device)
+        self.v_cache = _cuda_data("v_cache", v_cache, c["dtype"],
+                                  tuple(self.k_cache.shape), self.device)
+        if block_table.ndim != 2:
+            raise ValueError(f"block_table has shape "
+                             f"{tuple(block_table.shape)}, expected (batch, "
+                             "max_pages)")
+        self.batch = block_table.shape[0]
+        self.block_table = _cuda_data("block_table", block_table, "int32",
+                                      (self.batch, None), self.device)
+        self.cache_lens = _cuda_data("cache_lens", cache_lens, "int32",
+                                     (self.batch,), self.device)
+        self.sums = _cuda_data("block_key_sums", block_key_sums, "f32",
+                               (self.batch, None, c["num_kv_heads"],
+                                c["head_dim"]), self.device)
+        self.struct = _capi.paged_cache(
+            self.k_cache.data_ptr(), self.v_cache.data_ptr(),
+            self.sums.data_ptr(), self.block_table.data_ptr(),
+            self.cache_lens.data_ptr(), self.k_cache.shape[0],
+            self.block_table.shape[1], self.sums.shape[1], self.batch)
+
+    def stream(self):
+        import torch
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+
+class GpuPagedKernel:
+    """A paged KV cache configuration compiled for a GPU (moba.compile_paged
+    with target "sm_80" or "sm_90a"): append and decode on CUDA torch
+    tensors, on torch's current stream."""
+
+    def __init__(self, config, handle):
+        self._handle = handle
+        self.config = config
+
+    def __del__(self):
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle and _capi is not None and getattr(_capi, "destroy", None):
+            _capi.destroy(handle)
+
+    def __repr__(self):
+        return PagedKernel.__repr__(self).replace("moba.PagedKernel(",
+                                                  "moba.GpuPagedKernel(")
+
+    def append(self, k, v, cu_seqlens, k_cache, v_cache, block_key_sums,
+               block_table, cache_lens):
+        """As PagedKernel.append, on CUDA tensors (cu_seqlens, block_table
+        and cache_lens int32 CUDA tensors too). The kernels check every
+        sequence (offsets, lengths, page ids) and write nothing of one that
+        fails; nothing is returned (the device lengths are the caller's)."""
+        import torch
+        c = self.config
+        call = _DeviceCall(c, k_cache, v_cache, block_key_sums, block_table,
+                           cache_lens)
+        kv_shape = (None, c["num_kv_heads"], c["head_dim"])
+        k = _cuda_data("k", k, c["dtype"], kv_shape, call.device)
+        v = _cuda_data("v", v, c["dtype"], tuple(k.shape), call.device)
+        cu = _cuda_data("cu_seqlens", cu_seqlens, "int32", (call.batch + 1,),
+                        call.device)
+        with torch.cuda.device(call.device):
+            _capi.run_paged_append_on_device(
+                self._handle, call.struct, k.data_ptr(), v.data_ptr(),
+                cu.data_ptr(), k.shape[0], call.stream())
+
+    def decode(self, q, cu_seqlens_q, k_cache, v_cache, block_key_sums,
+               block_table, cache_lens):
+        """As PagedKernel.decode, on CUDA tensors: returns (out, lse) as
+        CUDA tensors; the rows of a sequence the kernels' check rejects are
+        NaN."""
+        import torch
+        c = self.config
+        call = _DeviceCall(c, k_cache, v_cache, block_key_sums, block_table,
+                           cache_lens)
+        q = _cuda_data("q", q, c["dtype"], (None, c["num_heads"],
+                                            c["head_dim"]), call.device)
+        cu = _cuda_data("cu_seqlens_q", cu_seqlens_q, "int32",
+                        (call.batch + 1,), call.device)
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+        with torch.cuda.device(call.device):
+            _capi.run_paged_decode_on_device(
+                self._handle, call.struct, q.data_ptr(), cu.data_ptr(),
+                q.shape[0], out.data_ptr(), lse.data_ptr(), call.stream())
+        return out, lse
+
+
 # compile_paged()'s kernels while something holds them, and the last few
 # the functional forms and caches used (they keep no kernel of their own).
 _kernels = weakref.WeakValueDictionary()
@@ -279,9 +412,11 @@ _lock = threading.Lock()
 
 def compile_paged(head_dim, num_heads, num_kv_heads, page_size, block_size,
                   top_k, dtype, *, selection="query_head", scale=None,
-                  max_query_tokens=MAX_DECODE_QUERY_TOKENS):
+                  max_query_tokens=MAX_DECODE_QUERY_TOKENS, target="cpu"):
     """Compiles the append and decode entry points of one paged KV cache
-    configuration for the CPU and returns a PagedKernel.
+    configuration and returns a PagedKernel (target "cpu") or a
+    GpuPagedKernel (target "sm_80" or "sm_90a": the GPU pipeline's generic
+    kernels; not kept in the disk cache).
 
     block_size: a multiple of page_size. selection: "query_head" (MoBA's
     rule, every query head chooses) or "kv_head" (the query heads of a GQA
@@ -308,7 +443,11 @@ def compile_paged(head_dim, num_heads, num_kv_heads, page_size, block_size,
             ints[name] = _capi.int64(name, value)
         except TypeError as e:
             raise ValueError(str(e)) from None
-    config = dict(ints, dtype=dtype, selection=selection, scale=scale)
+    if target not in ("cpu", "sm_80", "sm_90a"):
+        raise ValueError(f"target must be 'cpu', 'sm_80' or 'sm_90a', got "
+                         f"{target!r}")
+    config = dict(ints, dtype=dtype, selection=selection, scale=scale,
+                  target=target)
     disk = cache_dir()
     dump = os.environ.get("MOBA_DUMP_IR") or None
     key = (tuple(sorted(config.items())), disk, dump)
@@ -322,6 +461,16 @@ def compile_paged(head_dim, num_heads, num_kv_heads, page_size, block_size,
     problem = _capi.check_paged_config(*args)
     if problem is not None:
         raise ValueError(problem)
+    if target != "cpu":
+        handle, _ = _capi.compile_paged_kernel(*args, None, dump, target)
+        kernel = GpuPagedKernel(config, handle)
+        with _lock:
+            kernel = _kernels.setdefault(key, kernel)
+            if kernel in _recent:
+                _recent.remove(kernel)
+            _recent.append(kernel)
+            del _recent[:-_RECENT_KERNELS]
+        return kernel
     handle, from_cache = _capi.compile_paged_kernel(*args, disk, dump)
     kernel = PagedKernel(config, handle, from_cache)
     if kernel.cache_warning:
@@ -345,7 +494,20 @@ def paged_kv_append(k, v, cu_seqlens, k_cache, v_cache, block_key_sums,
     tensors) and returns the grown lengths, int32, as the kind of array
     cache_lens is; cache_lens itself is not changed. A sequence that would
     not fit its pages or blocks, or whose pages are outside the pool,
-    raises ValueError naming it, and nothing is written."""
+    raises ValueError naming it, and nothing is written.
+
+    With CUDA torch tensors (all of them) the append runs on their GPU and
+    returns the grown lengths as a CUDA tensor; the kernels, not the host,
+    check the lengths and pages, and skip a sequence that fails."""
+    if _is_cuda(k):
+        _, page_size, kv_heads, head_dim = k_cache.shape
+        kernel = compile_paged(head_dim, kv_heads, kv_heads, page_size,
+                               block_size, 1, _element_name(k),
+                               max_query_tokens=0,
+                               target=_gpu_target(k.device))
+        kernel.append(k, v, cu_seqlens, k_cache, v_cache, block_key_sums,
+                      block_table, cache_lens)
+        return cache_lens + (cu_seqlens[1:] - cu_seqlens[:-1])
     k_array = _as_host_array("k", k)
     cache = _as_host_array("k_cache", k_cache)
     if cache.ndim != 4:
@@ -373,7 +535,24 @@ def paged_decode(q, cu_seqlens_q, k_cache, v_cache, block_key_sums,
     sequence is decode, more is chunked prefill; either way every row
     equals the full causal forward's row at its position. Returns out
     [Tq, Hq, D] (and lse [Tq, Hq], float32, with return_lse=True) as the
-    kind of array q is."""
+    kind of array q is. With CUDA torch tensors (all of them) it runs on
+    their GPU; the rows of a sequence whose lengths or pages the kernels
+    reject are NaN."""
+    if _is_cuda(q):
+        if q.ndim != 3 or k_cache.ndim != 4:
+            raise ValueError(f"q has shape {tuple(q.shape)} and k_cache "
+                             f"{tuple(k_cache.shape)}, expected (tokens, "
+                             "heads, head_dim) and (pages, page_size, "
+                             "kv_heads, head_dim)")
+        _, page_size, kv_heads, head_dim = k_cache.shape
+        kernel = compile_paged(head_dim, q.shape[1], kv_heads, page_size,
+                               block_size, top_k, _element_name(q),
+                               selection=selection, scale=scale,
+                               max_query_tokens=0,
+                               target=_gpu_target(q.device))
+        out, lse = kernel.decode(q, cu_seqlens_q, k_cache, v_cache,
+                                 block_key_sums, block_table, cache_lens)
+        return (out, lse) if return_lse else out
     q_array = _as_host_array("q", q)
     cache = _as_host_array("k_cache", k_cache)
     if cache.ndim != 4:
@@ -411,12 +590,18 @@ class KVCache:
     MoBA settings for decode and prefill (see compile_paged). Arrays in (k, v, q) are numpy arrays
     or CPU torch tensors of `dtype`; results come back as the kind of array
     q is.
+
+    device: "cpu", or a CUDA device ("cuda", "cuda:1", a torch.device): the
+    caches and sums are then torch tensors on it, k, v and q CUDA tensors
+    there, and the kernels run on torch's current stream. The block table
+    and lengths stay on the host (their device copies are made per call),
+    so every length and page is checked on the host first, as on the CPU.
     """
 
     def __init__(self, num_pages, page_size, num_kv_heads, head_dim, dtype,
                  *, batch, num_heads, block_size, top_k,
                  selection="query_head", scale=None, max_pages=None,
-                 block_table=None, _storage=True):
+                 block_table=None, device="cpu", _storage=True):
         ints = {}
         for name, value in (("num_pages", num_pages),
                             ("page_size", page_size),
@@ -470,10 +655,36 @@ class KVCache:
         self.max_pages = self.block_table.shape[1]
         self.max_blocks = -(-self.max_pages * self.page_size //
                             self.block_size)
+        self.device = None
+        if str(device) != "cpu":
+            import torch
+            self.device = torch.device(device)
+            if self.device.type != "cuda":
+                raise ValueError(f"device must be 'cpu' or a CUDA device, "
+                                 f"got {device!r}")
+            if self.device.index is None:
+                self.device = torch.device("cuda",
+                                           torch.cuda.current_device())
+            if not _storage:
+                raise ValueError("KVCache.from_arrays takes host arrays; a "
+                                 "GPU cache allocates its own")
         if not _storage:  # from_arrays: the caller's arrays
             return
         shape = (self.num_pages, self.page_size, self.num_kv_heads,
                  self.head_dim)
+        if self.device is not None:
+            import torch
+            element = {"f32": torch.float32, "f16": torch.float16,
+                       "bf16": torch.bfloat16}[self.dtype]
+            self.k_cache = torch.zeros(shape, dtype=element,
+                                       device=self.device)
+            self.v_cache = torch.zeros(shape, dtype=element,
+                                       device=self.device)
+            self.block_key_sums = torch.zeros(
+                (self.batch, self.max_blocks, self.num_kv_heads,
+                 self.head_dim), dtype=torch.float32, device=self.device)
+            self.lengths = np.zeros(self.batch, dtype=np.int32)
+            return
         self.k_cache = np.zeros(shape, dtype=_STORAGE[self.dtype])
         self.v_cache = np.zeros(shape, dtype=_STORAGE[self.dtype])
         self.block_key_sums = np.zeros(
@@ -576,17 +787,93 @@ class KVCache:
                 self.block_table[b, i] = self._free.pop()
 
     def _kernel(self, max_query_tokens):
+        target = "cpu" if self.device is None else _gpu_target(self.device)
         return compile_paged(self.head_dim, self.num_heads, self.num_kv_heads,
                              self.page_size, self.block_size, self.top_k,
                              self.dtype, selection=self.selection,
                              scale=self.scale,
-                             max_query_tokens=max_query_tokens)
+                             max_query_tokens=max_query_tokens, target=target)
+
+    def _host_offsets(self, name, cu_seqlens, tokens):
+        """_counts of offsets that may be a CUDA tensor (copied to the
+        host, which waits for the stream)."""
+        if _is_cuda(cu_seqlens):
+            cu_seqlens = cu_seqlens.cpu()
+        return self._counts(name, cu_seqlens, tokens)
+
+    def _device_copies(self, cu, lengths):
+        """The device copies of offsets `cu`, the block table and
+        `lengths` (host int32 arrays) for one GPU call."""
+        import torch
+        return tuple(torch.from_numpy(np.ascontiguousarray(x)).to(
+            self.device) for x in (cu, self.block_table, lengths))
+
+    def _check_pages(self, grown):
+        """Every page of lengths `grown` in the pool (a caller's table)."""
+        for b, n in enumerate(grown):
+            used = self.block_table[b, :-(-int(n) // self.page_size)]
+            bad = (used < 0) | (used >= self.num_pages)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(
+                    f"sequence {b}: block_table[{b}, {i}] = {int(used[i])} "
+                    f"is not a page of the pool (0..{self.num_pages - 1}), "
+                    f"and the sequence's {int(n)} tokens use it")
+
+    def _append_on_device(self, k, v, cu_seqlens):
+        c = dict(dtype=self.dtype)
+        kv_shape = (None, self.num_kv_heads, self.head_dim)
+        k = _cuda_data("k", k, c["dtype"], kv_shape, self.device)
+        v = _cuda_data("v", v, c["dtype"], tuple(k.shape), self.device)
+        cu, counts = self._host_offsets("cu_seqlens", cu_seqlens, k.shape[0])
+        grown = self.lengths.astype(np.int64) + counts
+        if self._managed:
+            self._reserve(grown)
+        elif (grown > self.max_pages * self.page_size).any():
+            b = int(np.argmax(grown > self.max_pages * self.page_size))
+            raise ValueError(
+                f"sequence {b} would hold {int(grown[b])} tokens, more than "
+                f"its max_pages = {self.max_pages} pages of {self.page_size}")
+        self._check_pages(grown)
+        cu_d, table_d, lens_d = self._device_copies(cu, self.lengths)
+        self._kernel(MAX_DECODE_QUERY_TOKENS).append(
+            k, v, cu_d, self.k_cache, self.v_cache, self.block_key_sums,
+            table_d, lens_d)
+        self.lengths[:] = grown.astype(np.int32)
+
+    def _attend_on_device(self, q, cu_seqlens_q, max_query_tokens,
+                          return_lse):
+        q = _cuda_data("q", q, self.dtype,
+                       (None, self.num_heads, self.head_dim), self.device)
+        cu, counts = self._host_offsets("cu_seqlens_q", cu_seqlens_q,
+                                        q.shape[0])
+        if max_query_tokens and counts.size and \
+                counts.max() > max_query_tokens:
+            b = int(np.argmax(counts > max_query_tokens))
+            raise ValueError(
+                f"sequence {b} has {int(counts[b])} queries; decode takes at "
+                f"most {max_query_tokens} a sequence: use prefill() for a "
+                "longer chunk")
+        if (counts > self.lengths).any():
+            b = int(np.argmax(counts > self.lengths))
+            raise ValueError(
+                f"sequence {b}: cache_lens[{b}] = {int(self.lengths[b])}, "
+                f"fewer than its {int(counts[b])} queries (the queries are "
+                "the last tokens of the cache: append their keys and values "
+                "first)")
+        cu_d, table_d, lens_d = self._device_copies(cu, self.lengths)
+        out, lse = self._kernel(max_query_tokens).decode(
+            q, cu_d, self.k_cache, self.v_cache, self.block_key_sums,
+            table_d, lens_d)
+        return (out, lse) if return_lse else out
 
     def append(self, k, v, cu_seqlens=None):
         """Appends k, v [N, Hkv, D] to the sequences, packed by cu_seqlens
         [batch + 1] (None: one token a sequence). Raises ValueError naming a
         bad shape, dtype or length (a sequence past its pages or blocks)
         and then changes nothing."""
+        if self.device is not None:
+            return self._append_on_device(k, v, cu_seqlens)
         k_array, v_array = _as_host_array("k", k), _as_host_array("v", v)
         kv_shape = (None, self.num_kv_heads, self.head_dim)
         _check_data("k", k_array, self.dtype, kv_shape)
@@ -605,6 +892,9 @@ class KVCache:
                                         self.block_table, self.lengths)
 
     def _attend(self, q, cu_seqlens_q, max_query_tokens, return_lse):
+        if self.device is not None:
+            return self._attend_on_device(q, cu_seqlens_q, max_query_tokens,
+                                          return_lse)
         q_array = _as_host_array("q", q)
         if q_array.ndim != 3:
             raise ValueError(f"q has shape {q_array.shape}, expected "
@@ -638,11 +928,13 @@ class KVCache:
         packed by cu_seqlens [batch + 1]; None: one a sequence) and returns
         the rows of its queries q [N, Hq, D], each attending to the cache
         and the chunk up to itself."""
-        q_array = _as_host_array("q", q)
+        host = _as_host_array if self.device is None else (
+            lambda name, x: x)
+        q_array = host("q", q)
         if q_array.ndim != 3:
-            raise ValueError(f"q has shape {q_array.shape}, expected "
+            raise ValueError(f"q has shape {tuple(q_array.shape)}, expected "
                              "(tokens, heads, head_dim)")
-        k_array = _as_host_array("k", k)
+        k_array = host("k", k)
         if k_array.shape[:1] != q_array.shape[:1]:
             raise ValueError(f"q has shape {q_array.shape} but k has "
                              f"{k_array.shape}: one key a query")

@@ -53,7 +53,7 @@ def _constant(name, array, element=None):
 def run_decode_step(q, chunks, k, v, cu_seqlens, k_cache_poison,
                     block_table, block_size, top_k, max_blocks,
                     selection="query_head", scale=None, decode_lens=None,
-                    dtype="f32"):
+                    dtype="f32", parallel=False):
     """Appends the tokens of every sequence to an empty paged cache in
     `chunks` appends, then runs decode for the queries of the last chunk.
 
@@ -65,7 +65,8 @@ def run_decode_step(q, chunks, k, v, cu_seqlens, k_cache_poison,
     never written shows). decode_lens: the cache_lens decode is given
     (default: the true lengths). dtype: the element type of q, k, v, the
     cache and the output, "f32" or "bf16" (values rounded to it on the way
-    in; the block sums and lse stay f32).
+    in; the block sums and lse stay f32). parallel: lower the ops to their
+    scf.forall forms (the GPU pipeline's), run here as serial loops.
 
     Returns (out [Tq, Hq, D], lse [Tq, Hq], rows): rows are the packed
     indices of the queries in q.
@@ -157,7 +158,8 @@ def run_decode_step(q, chunks, k, v, cu_seqlens, k_cache_poison,
 """
     module = "func.func @main() {\n" + body + "  return\n}\n"
     lowered = subprocess.run(
-        [moba_opt(), "-", "--moba-cpu-pipeline=stage=fused"], input=module,
+        [moba_opt(), "-", "--moba-cpu-pipeline=stage=fused" +
+         (" parallel=true" if parallel else "")], input=module,
         capture_output=True, text=True)
     if lowered.returncode != 0:
         raise RuntimeError("moba-opt failed:\n" + lowered.stderr)

@@ -370,3 +370,109 @@ def run_concurrently(name, threads, rounds, fail="", latency_us=100):
 def counters():
     """The LEAK_COUNTERS, "rejected" and "pools_keeping_memory" now."""
     return count(*LEAK_COUNTERS, "rejected", "pools_keeping_memory")
+
+
+# The paged KV cache kernels' tests: head_dim 64, 4 query heads on 2 KV
+# heads, pages of 16, blocks of 32, top-2, bf16; a cache of 8 pages, 4 a
+# sequence, 50 blocks of sums a sequence, 3 sequences; 200 new tokens, 40
+# queries (the counts make the launches' grids differ).
+PAGED = dict(head_dim=64, num_heads=4, num_kv_heads=2, page_size=16,
+             block_size=32, top_k=2, dtype="bf16")
+PAGED_COUNTS = dict(num_pages=8, max_pages=4, max_blocks=50,
+                    num_sequences=3, tokens=200, queries=40)
+
+
+def compile_paged(name, target):
+    """Compiles the PAGED kernels for `target` under `name`, once."""
+    from moba import _capi
+    if name not in _kernels:
+        c = PAGED
+        handle, _ = _capi.compile_paged_kernel(
+            c["head_dim"], c["num_heads"], c["num_kv_heads"], c["page_size"],
+            c["block_size"], c["top_k"], 16, None, c["dtype"], "query_head",
+            None, None, target)
+        _kernels[name] = (handle, "paged")
+    return _kernels[name][0]
+
+
+def _paged_buffers():
+    if "paged" in _buffers:
+        return _buffers["paged"]
+    _make_context_current()
+    c, n = PAGED, PAGED_COUNTS
+    row = c["head_dim"] * 2  # bf16
+    sizes = {
+        "k_cache": n["num_pages"] * c["page_size"] * c["num_kv_heads"] * row,
+        "v_cache": n["num_pages"] * c["page_size"] * c["num_kv_heads"] * row,
+        "block_key_sums": n["num_sequences"] * n["max_blocks"] *
+        c["num_kv_heads"] * c["head_dim"] * 4,
+        "block_table": n["num_sequences"] * n["max_pages"] * 4,
+        "cache_lens": n["num_sequences"] * 4,
+        "k": n["tokens"] * c["num_kv_heads"] * row,
+        "v": n["tokens"] * c["num_kv_heads"] * row,
+        "cu_seqlens": (n["num_sequences"] + 1) * 4,
+        "q": n["queries"] * c["num_heads"] * row,
+        "cu_seqlens_q": (n["num_sequences"] + 1) * 4,
+        "out": n["queries"] * c["num_heads"] * row,
+        "lse": n["queries"] * c["num_heads"] * 4,
+    }
+    buffers = {}
+    for name, size in sizes.items():
+        pointer = ctypes.c_uint64()
+        _check(_driver.cuMemAlloc_v2(ctypes.byref(pointer),
+                                     ctypes.c_size_t(size)), "cuMemAlloc_v2")
+        buffers[name] = pointer.value
+    _buffers["paged"] = buffers
+    return buffers
+
+
+def run_paged(name, entry, stream=None, fail="", **changes):
+    """Calls mobaPagedAppendDevice (entry "append") or mobaPagedDecodeDevice
+    ("decode") of kernel `name` on the PAGED buffers, with `changes` to the
+    pointers (by buffer name: an int address, or None) and counts. Returns
+    (None or the error message, counters as run()'s, the launches:
+    [(kernel, grid x, block x)] from the stand-in's trace, which the worker
+    must have on: MOBA_STAND_IN_TRACE=1)."""
+    import tempfile
+    from moba import _capi
+    handle, _ = _kernels[name]
+    b = dict(_paged_buffers())
+    n = dict(PAGED_COUNTS)
+    for key, value in changes.items():
+        (n if key in n else b)[key] = value
+    cache = _capi.paged_cache(b["k_cache"], b["v_cache"], b["block_key_sums"],
+                              b["block_table"], b["cache_lens"],
+                              n["num_pages"], n["max_pages"], n["max_blocks"],
+                              n["num_sequences"])
+    outcome = {}
+    set_failures(fail)
+    log = tempfile.TemporaryFile(mode="w+")
+    saved = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    try:
+        if entry == "append":
+            _capi.run_paged_append_on_device(handle, cache, b["k"], b["v"],
+                                             b["cu_seqlens"], n["tokens"],
+                                             stream)
+        else:
+            _capi.run_paged_decode_on_device(handle, cache, b["q"],
+                                             b["cu_seqlens_q"], n["queries"],
+                                             b["out"], b["lse"], stream)
+        outcome["error"] = None
+    except (RuntimeError, ValueError) as e:
+        outcome["error"] = str(e)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        after = count(*LEAK_COUNTERS, "launches", "last_launch_stream",
+                      "rejected",
+                      *("calls:" + entry for entry in ENTRIES))
+        set_failures("")
+    log.seek(0)
+    launches = []
+    for line in log.read().splitlines():
+        parts = line.split()
+        if parts[:2] == ["stand-in:", "launch"]:
+            launches.append((parts[2], int(parts[4].split("x")[0]),
+                             int(parts[6].split("x")[0])))
+    return outcome["error"], after, launches

@@ -494,13 +494,16 @@ def test_c_api_token_counts_are_checked():
                                np.zeros((1, 4), np.float32).ctypes.data)
 
 
-def test_c_api_refuses_gpu_targets_and_unknown_enums():
+def test_c_api_takes_gpu_targets_and_refuses_unknown_enums():
     config = _capi._paged_config(64, 4, 2, 16, 32, 2, 16, None, "f32",
                                  "query_head", None, None)
-    config.target = 1
     error = __import__("ctypes").c_void_p()
+    for target in (1, 2):  # sm_80, sm_90a
+        config.target = target
+        assert _capi._lib.mobaCheckPagedConfig(config, error) == 0
+    config.target = 3
     assert _capi._lib.mobaCheckPagedConfig(config, error) != 0
-    assert "CPU only for now" in _capi._take_error(error.value)
+    assert "unknown target 3" in _capi._take_error(error.value)
     config.target, config.selection = 0, 7
     assert _capi._lib.mobaCheckPagedConfig(config, error) != 0
     assert "unknown selection 7" in _capi._take_error(error.value)
@@ -599,3 +602,29 @@ def test_unsigned_lengths_are_named_before_they_wrap():
                              [[0, 1], [2, 3]],
                              np.array([2**64 - 1, 0], np.uint64),
                              block_size=16)
+
+
+def test_gpu_paged_kernels_compile_here_and_refuse_host_arrays():
+    """A GPU paged kernel compiles without a GPU (PTX); its calls take CUDA
+    torch tensors only, and say so before anything reaches the library."""
+    torch = pytest.importorskip("torch")
+    kernel = moba.compile_paged(64, 4, 2, 16, 32, 2, "bf16",
+                                target="sm_90a")
+    assert isinstance(kernel, moba.GpuPagedKernel)
+    assert "moba.GpuPagedKernel(head_dim=64" in repr(kernel)
+    k_cache = torch.zeros((4, 16, 2, 64), dtype=torch.bfloat16)
+    sums = torch.zeros((1, 2, 2, 64))
+    table = torch.zeros((1, 2), dtype=torch.int32)
+    lens = torch.zeros(1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="k_cache must be a CUDA torch "
+                                         "tensor .* on cpu"):
+        kernel.decode(torch.zeros((1, 4, 64), dtype=torch.bfloat16),
+                      torch.tensor([0, 1], dtype=torch.int32), k_cache,
+                      k_cache.clone(), sums, table, lens)
+    with pytest.raises(ValueError, match="target must be 'cpu', 'sm_80' or "
+                                         "'sm_90a', got 'sm_70'"):
+        moba.compile_paged(64, 4, 2, 16, 32, 2, "bf16", target="sm_70")
+    with pytest.raises(ValueError, match="device must be 'cpu' or a CUDA "
+                                         "device, got 'meta'"):
+        moba.KVCache(4, 16, 2, 64, "bf16", batch=1, num_heads=4,
+                     block_size=32, top_k=2, device="meta")

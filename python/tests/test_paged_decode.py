@@ -83,8 +83,15 @@ CASES = {
 }
 
 
+# Every test runs both lowerings: the serial loops (the CPU's) and the
+# scf.forall forms the GPU pipeline maps onto threads, run here serially.
+FORMS = pytest.mark.parametrize("parallel", [False, True],
+                                ids=["serial", "forall"])
+
+
+@FORMS
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_decode_rows_equal_the_full_forward(name):
+def test_decode_rows_equal_the_full_forward(name, parallel):
     hq, hkv, d, page, per_block, top_k, seqlens, last, appends = CASES[name]
     block = page * per_block
     rng = np.random.default_rng(sum(map(ord, name)))
@@ -100,14 +107,16 @@ def test_decode_rows_equal_the_full_forward(name):
     max_blocks = max(-(-n // block) for n in seqlens) + 1
     chunks = chunk_counts(rng, seqlens, last, appends)
     out, lse, rows = run_decode_step(q, chunks, k, v, cu, poison, table,
-                                     block, top_k, max_blocks)
+                                     block, top_k, max_blocks,
+                                     parallel=parallel)
     assert len(rows) == sum(chunks[-1])
     check_rows(name, out, lse, full_out[rows], full_lse[rows], near_tie[rows])
     print(f"{name}: {len(rows)} rows x {hq} heads, "
           f"{int(near_tie[rows].sum())} near-tied rows skipped")
 
 
-def test_kv_head_selection_matches_its_float64_reference():
+@FORMS
+def test_kv_head_selection_matches_its_float64_reference(parallel):
     """selection = "kv_head" has no full forward; it is checked against the
     paged float64 reference, and it must differ from per-head selection
     (4 query heads a group choose differently)."""
@@ -121,7 +130,8 @@ def test_kv_head_selection_matches_its_float64_reference():
     results = {}
     for selection in ("kv_head", "query_head"):
         out, lse, rows = run_decode_step(q, chunks, k, v, cu, poison, table,
-                                         block, top_k, 11, selection)
+                                         block, top_k, 11, selection,
+                                         parallel=parallel)
         cu_q = np.concatenate([[0], np.cumsum(last)]).astype(np.int32)
         k_cache = np.zeros((pages, page, hkv, d))
         v_cache = np.zeros((pages, page, hkv, d))
@@ -137,7 +147,8 @@ def test_kv_head_selection_matches_its_float64_reference():
     assert not np.allclose(results["kv_head"], results["query_head"])
 
 
-def test_bad_lengths_and_pages_give_nan_rows_and_no_stray_access():
+@FORMS
+def test_bad_lengths_and_pages_give_nan_rows_and_no_stray_access(parallel):
     """A sequence whose length exceeds its pages, whose queries outnumber
     its cache, or whose block table names a page outside the pool gets NaN
     rows; the other sequences are untouched."""
@@ -159,20 +170,22 @@ def test_bad_lengths_and_pages_give_nan_rows_and_no_stray_access():
     lens[2] = 1  # sequence 2: 2 queries, 1 cached token
     # The appends see the good table; decode the bad one and bad lengths.
     out, lse, rows = run_decode_step(q, chunks, k, v, cu, poison, table,
-                                     block, top_k, 5, decode_lens=lens)
+                                     block, top_k, 5, decode_lens=lens,
+                                     parallel=parallel)
     good = np.asarray([0, 1, 6, 7])  # sequences 0 and 3
     _, _, tie = moba_reference(q, k, v, cu, block, top_k)
     check_rows("good", out[good], lse[good], full_out[rows[good]],
                full_lse[rows[good]], tie[rows[good]])
     assert np.isnan(out[2:6]).all() and np.isnan(lse[2:6]).all()
     out, lse, rows = run_decode_step(q, chunks, k, v, cu, poison, bad_table,
-                                     block, top_k, 5)
+                                     block, top_k, 5, parallel=parallel)
     assert np.isnan(out[6:]).all() and np.isnan(lse[6:]).all()
     assert not np.isnan(out[:6]).any()
 
 
+@FORMS
 @pytest.mark.parametrize("page", [16, 64])
-def test_bf16_decode_rows_equal_the_full_forward(page):
+def test_bf16_decode_rows_equal_the_full_forward(page, parallel):
     """The same equivalence with a bf16 cache, queries and output (the
     block sums, scores and lse f32): decode's rows against the bf16 full
     forward's, at the numerics tests' bf16 tolerance."""
@@ -194,9 +207,32 @@ def test_bf16_decode_rows_equal_the_full_forward(page):
     chunks = chunk_counts(rng, seqlens, last, 3)
     max_blocks = max(-(-n // block) for n in seqlens)
     out, lse, rows = run_decode_step(q, chunks, k, v, cu, poison, table,
-                                     block, top_k, max_blocks, dtype="bf16")
+                                     block, top_k, max_blocks, dtype="bf16",
+                                     parallel=parallel)
     keep = ~near_tie[rows]
     np.testing.assert_allclose(out[keep], full_out[rows][keep], rtol=1e-2,
                                atol=1e-2)
     np.testing.assert_allclose(lse[keep], full_lse[rows][keep], rtol=1e-2,
                                atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_forall_forms_match_the_serial_loops_bit_for_bit(dtype):
+    """The parallel forms add every block sum's keys and every row's scores
+    in the serial loops' order: the same bits, over several appends (blocks
+    that start in one append and end in another), GQA, and a sequence with
+    no cached tokens before its only append."""
+    hq, hkv, d, page, block, top_k = 4, 2, 16, 8, 16, 3
+    seqlens, last = [75, 1, 40, 33], [3, 1, 16, 9]
+    rng = np.random.default_rng(5)
+    q, k, v, cu = random_inputs(rng, seqlens, hq, hkv, d)
+    table, pages = random_table(rng, seqlens, page)
+    poison = np.full((pages, page, hkv, d), np.nan, dtype=np.float32)
+    chunks = chunk_counts(rng, seqlens, last, 3)
+    got = [run_decode_step(q, chunks, k, v, cu, poison, table, block, top_k,
+                           6, dtype=dtype, parallel=parallel)
+           for parallel in (False, True)]
+    assert not np.isnan(got[0][0]).any()
+    for serial, forall in zip(got[0][:2], got[1][:2]):
+        np.testing.assert_array_equal(serial.view(np.uint32),
+                                      forall.view(np.uint32))

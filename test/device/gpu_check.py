@@ -31,6 +31,11 @@ skipped and counted; NaN never passes, skipped rows included.
                                    causal/full x f16/bf16 on varlen batches
                                    with empty and 1-token sequences
   gpu_check.py grad-small          a few backward cases (compute-sanitizer)
+  gpu_check.py decode              the paged KV cache on the GPU: decode
+                                   and chunked prefill against the
+                                   reference and the CPU path, and the
+                                   kernels' own checks (paged_check.py)
+  gpu_check.py decode-time         one 128K decode step vs torch SDPA
 
 The backward cases compile with backward=True, run the forward, poison dq,
 dk and dv with NaN, run Kernel.backward with a random grad_out (and
@@ -929,7 +934,8 @@ def torch_compile_checks():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["grid", "long", "time", "small", "api",
-                                    "torch-compile", "grad", "grad-small"])
+                                    "torch-compile", "grad", "grad-small",
+                                    "decode", "decode-time"])
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--profile", action="store_true",
                    help="with `time`: each kernel's share of a call")
@@ -967,6 +973,16 @@ def main():
         failures = torch_compile_checks()
         print(f"torch-compile: {'all passed' if not failures else failures}")
         ok = not failures
+    elif a.mode in ("decode", "decode-time"):
+        import moba
+        import paged_check
+        if a.mode == "decode":
+            ok, lines = paged_check.decode_checks(moba)
+            print("\n".join(lines))
+            print(f"decode: {'all passed' if ok else 'FAILED'} in "
+                  f"{time.time() - start:.0f} s")
+        else:
+            ok = paged_check.decode_time(moba)
     elif a.mode == "grad-small":
         failures, results = run_cases(list(enumerate(grad_small_cases())),
                                       grad=True)

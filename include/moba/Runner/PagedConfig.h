@@ -106,16 +106,24 @@ struct PagedDecodeBuffers {
   int64_t tokens = 0;
 };
 
+/// Where a call's buffers are. On the device the host reads none of them:
+/// the checks below keep to the counts, the pointers and the byte ranges,
+/// and the kernels check the lengths, offsets and page ids they read
+/// (docs/gpu-backend.md, "Paged KV cache").
+enum class PagedMemory { Host, Device };
+
 /// Checks an append on host memory: the counts within their limits and
 /// every buffer's bytes in int64, no null pointer where something is read
 /// or written, cu_seqlens well formed, and for every sequence that its
 /// grown length fits its pages, its blocks and int32, and that the page ids
 /// of those positions are in [0, pages); the written buffers (caches and
 /// sums) overlap neither each other nor an input. The error names the first
-/// bad value (a sequence by its index).
+/// bad value (a sequence by its index). With PagedMemory::Device, the
+/// contents of cu_seqlens, block_table and cache_lens are not read.
 llvm::Error checkPagedAppend(const PagedConfig &config,
                              const PagedCacheBuffers &cache,
-                             const PagedAppendBuffers &append);
+                             const PagedAppendBuffers &append,
+                             PagedMemory memory = PagedMemory::Host);
 
 /// Checks a decode on host memory as checkPagedAppend does an append: a
 /// sequence's queries are its last tokens, so none may have more queries
@@ -123,7 +131,8 @@ llvm::Error checkPagedAppend(const PagedConfig &config,
 /// out and lse overlap no other buffer.
 llvm::Error checkPagedDecode(const PagedConfig &config,
                              const PagedCacheBuffers &cache,
-                             const PagedDecodeBuffers &decode);
+                             const PagedDecodeBuffers &decode,
+                             PagedMemory memory = PagedMemory::Host);
 
 } // namespace mlir::moba
 

@@ -7,12 +7,29 @@
 // moba.paged_decode_attention (the causal rows of a few queries per
 // sequence: the gate over the cached sums of finished blocks, a running
 // top-k, and the exact two-pass softmax over the chosen blocks read through
-// the block table). Serial loops either way: the CPU's equivalence tests
-// run them; the device kernels are lowered apart.
+// the block table). Serial loops (sequences, then tokens, then heads), or,
+// when `parallel` (the GPU pipeline), scf.foralls whose iterations write
+// disjoint rows:
 //
-// Both ops first decide, per sequence, whether its lengths and page ids
-// describe the cache (`fitsCache`); every read and write of the cache sits
-// under that test, so a bad length is never an out-of-bounds access.
+//  - a first forall over sequences decides, per sequence, whether its
+//    lengths and page ids describe the cache (an i8 flag each), so that the
+//    walk over a sequence's page ids runs once, not once per row;
+//  - decode: one iteration per (query token, query head), which finds its
+//    sequence by a scan of cu_seqlens_q and writes its output row and
+//    log-sum-exp (NaN for a sequence that failed its check, or a token
+//    that lies in no sequence);
+//  - append: one iteration per (new token, key/value head) writes the key
+//    and value rows to their page slot (a slice of one or zero rows, so an
+//    iteration of a failed sequence writes nothing), and one iteration per
+//    (sequence, block, key/value head) rewrites its block's f32 key sum,
+//    adding the block's new keys in position order to its old sum (or to
+//    zero when the block starts among them): each sum has one writer, so
+//    the update has no race and its rounding is the serial loop's.
+//
+// Either way, every read and write of the cache sits under the check
+// (`fitsCache`, plus, in the parallel forms, cu_seqlens within the packed
+// tokens, which device callers cannot have checked on the host), so a bad
+// length or page id is never an out-of-bounds access.
 //
 //===----------------------------------------------------------------------===//
 
@@ -22,6 +39,7 @@
 #include "moba/Dialect/Moba/IR/MobaOps.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Arith/Utils/Utils.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
@@ -128,6 +146,100 @@ std::pair<Value, Value> pageSlot(ImplicitLocOpBuilder &b, const PagedCache &c,
   return {page, slot};
 }
 
+/// Element `indices` of the i32 tensor `tensor`, as i64.
+Value extractI64(ImplicitLocOpBuilder &b, Value tensor, ValueRange indices) {
+  return arith::ExtSIOp::create(b, b.getI64Type(),
+                                tensor::ExtractOp::create(b, tensor, indices));
+}
+
+/// The parallel forms' cache check: an i8 tensor with one flag per
+/// sequence, 1 where fitsCache accepts its length (the grown one when
+/// `grown`: the append's) and its tokens [cu[s], cu[s + 1]) lie within the
+/// `numTokens` (index) packed tokens. One forall iteration per sequence.
+Value fitsPerSequence(ImplicitLocOpBuilder &b, const PagedCache &c, Value cu,
+                      Value numTokens, bool grown) {
+  LoopEmitter e(b);
+  OpFoldResult numSequences =
+      tensor::getMixedSize(b, b.getLoc(), c.cacheLens, 0);
+  Value init = tensor::EmptyOp::create(b, ArrayRef<OpFoldResult>{numSequences},
+                                       b.getI8Type());
+  Value tokens = toI64(b, numTokens);
+  return e.forall(
+      {numSequences}, ValueRange{init},
+      [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+          ValueRange outs) -> SmallVector<SliceWrite> {
+        LoopEmitter pe(pb);
+        Value s = ivs[0];
+        Value first = extractI64(pb, cu, {s});
+        Value last = extractI64(
+            pb, cu, {arith::AddIOp::create(pb, s, pe.index(1)).getResult()});
+        Value lens = extractI64(pb, c.cacheLens, {s});
+        Value fresh = arith::SubIOp::create(pb, last, first);
+        Value length =
+            grown ? arith::AddIOp::create(pb, lens, fresh).getResult() : lens;
+        Value ok = fitsCache(pb, c, s, length, fresh);
+        Value zero = arith::ConstantOp::create(pb, pb.getI64IntegerAttr(0));
+        ok = arith::AndIOp::create(
+            pb, ok,
+            arith::CmpIOp::create(pb, arith::CmpIPredicate::sge, first, zero));
+        ok = arith::AndIOp::create(
+            pb, ok,
+            arith::CmpIOp::create(pb, arith::CmpIPredicate::sle, last, tokens));
+        Value flag = arith::ExtUIOp::create(pb, pb.getI8Type(), ok);
+        return {pe.scalarWrite(flag, outs[0], {s})};
+      })[0];
+}
+
+/// The sequence of packed token `token` (index) in a parallel iteration:
+/// the first s with cu[s] <= token < cu[s + 1], found by a scan over the
+/// sequences, and whether its flag in `fits` (fitsPerSequence) is set;
+/// false, with sequence 0, for a token in no sequence.
+std::pair<Value, Value> locateFittingSequence(ImplicitLocOpBuilder &b,
+                                              Value cu, Value fits,
+                                              Value token) {
+  LoopEmitter e(b);
+  Value numSequences = tensor::DimOp::create(b, fits, 0);
+  Value t = toI64(b, token);
+  Value no = arith::ConstantOp::create(b, b.getBoolAttr(false));
+  SmallVector<Value> found = e.forLoop(
+      e.index(0), numSequences, ValueRange{e.index(0), no},
+      [&](ImplicitLocOpBuilder &sb, Value s,
+          ValueRange acc) -> SmallVector<Value> {
+        LoopEmitter se(sb);
+        Value first = extractI64(sb, cu, {s});
+        Value last = extractI64(
+            sb, cu, {arith::AddIOp::create(sb, s, se.index(1)).getResult()});
+        Value inside = arith::AndIOp::create(
+            sb, arith::CmpIOp::create(sb, arith::CmpIPredicate::sle, first, t),
+            arith::CmpIOp::create(sb, arith::CmpIPredicate::slt, t, last));
+        Value take = arith::AndIOp::create(
+            sb, inside,
+            arith::XOrIOp::create(
+                sb, acc[1],
+                arith::ConstantOp::create(sb, sb.getBoolAttr(true))));
+        return {arith::SelectOp::create(sb, take, s, acc[0]),
+                arith::OrIOp::create(sb, acc[1], inside)};
+      });
+  // The flag is read only for a sequence that exists.
+  auto ifOp = scf::IfOp::create(
+      b, found[1],
+      [&](OpBuilder &ob, Location loc) {
+        ImplicitLocOpBuilder ib(loc, ob);
+        Value flag = tensor::ExtractOp::create(ib, fits, ValueRange{found[0]});
+        Value set = arith::CmpIOp::create(
+            ib, arith::CmpIPredicate::ne, flag,
+            arith::ConstantOp::create(ib, ib.getI8IntegerAttr(0)));
+        scf::YieldOp::create(ib, set);
+      },
+      [&](OpBuilder &ob, Location loc) {
+        ImplicitLocOpBuilder ib(loc, ob);
+        scf::YieldOp::create(
+            ib, ValueRange{arith::ConstantOp::create(ib, ib.getBoolAttr(false))
+                               .getResult()});
+      });
+  return {found[0], ifOp.getResult(0)};
+}
+
 //===----------------------------------------------------------------------===//
 // moba.paged_kv_append
 //===----------------------------------------------------------------------===//
@@ -156,6 +268,10 @@ struct LowerPagedKvAppend : LoweringPattern<PagedKvAppendOp> {
     int64_t kvHeads = op.getK().getType().getDimSize(1);
     int64_t headDim = op.getK().getType().getDimSize(2);
     Value cu = op.getCuSeqlens(), k = op.getK(), v = op.getV();
+    if (parallel) {
+      rewriter.replaceOp(op, appendInParallel(b, c, op, kvHeads, headDim));
+      return success();
+    }
     Value numSequences = tensor::DimOp::create(b, c.cacheLens, 0);
     Value zeros = e.splat(e.f32(0.0), headDim);
     SmallVector<Value> result = e.forLoop(
@@ -218,6 +334,168 @@ struct LowerPagedKvAppend : LoweringPattern<PagedKvAppendOp> {
     rewriter.replaceOp(op, result);
     return success();
   }
+
+  /// The parallel form (see the file comment): the flags, then the rows,
+  /// then the block sums.
+  static SmallVector<Value> appendInParallel(ImplicitLocOpBuilder &b,
+                                             const PagedCache &c,
+                                             PagedKvAppendOp op,
+                                             int64_t kvHeads,
+                                             int64_t headDim) {
+    LoopEmitter e(b);
+    Value cu = op.getCuSeqlens(), k = op.getK(), v = op.getV();
+    OpFoldResult tokens = tensor::getMixedSize(b, b.getLoc(), k, 0);
+    Value fits = fitsPerSequence(
+        b, c, cu, getValueOrCreateConstantIndexOp(b, b.getLoc(), tokens),
+        /*grown=*/true);
+
+    // The key and value rows: one iteration per (new token, kv head).
+    SmallVector<Value> rows = e.forall(
+        {tokens, b.getIndexAttr(kvHeads)},
+        ValueRange{op.getKCacheInit(), op.getVCacheInit()},
+        [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+            ValueRange outs) -> SmallVector<SliceWrite> {
+          LoopEmitter pe(pb);
+          Value t = ivs[0], g = ivs[1];
+          auto [seq, ok] = locateFittingSequence(pb, cu, fits, t);
+          // The page and slot of the token (0 and 0 when it is written
+          // nowhere): read only for a sequence whose check passed.
+          auto where = scf::IfOp::create(
+              pb, ok,
+              [&](OpBuilder &ob, Location loc) {
+                ImplicitLocOpBuilder ib(loc, ob);
+                Value first = extractI64(ib, cu, {seq});
+                Value old = extractI64(ib, c.cacheLens, {seq});
+                Value pos = arith::IndexCastOp::create(
+                    ib, ib.getIndexType(),
+                    arith::AddIOp::create(
+                        ib, old,
+                        arith::SubIOp::create(ib, toI64(ib, t), first)));
+                auto [page, slot] = pageSlot(ib, c, seq, pos);
+                scf::YieldOp::create(ib, ValueRange{page, slot});
+              },
+              [&](OpBuilder &ob, Location loc) {
+                ImplicitLocOpBuilder ib(loc, ob);
+                LoopEmitter ie(ib);
+                scf::YieldOp::create(ib,
+                                     ValueRange{ie.index(0), ie.index(0)});
+              });
+          Value page = where.getResult(0), slot = where.getResult(1);
+          // One row, or none: the slice's first dim is 1 or 0.
+          Value count = arith::SelectOp::create(pb, ok, pe.index(1),
+                                                pe.index(0));
+          OpFoldResult one = pb.getIndexAttr(1);
+          SmallVector<OpFoldResult> offsets = {page, slot, g,
+                                               pb.getIndexAttr(0)};
+          SmallVector<OpFoldResult> sizes = {count, one, one,
+                                             pb.getIndexAttr(headDim)};
+          SmallVector<OpFoldResult> strides(4, one);
+          SmallVector<SliceWrite> writes;
+          for (auto [source, dest] : {std::pair{k, outs[0]},
+                                      std::pair{v, outs[1]}}) {
+            Value slice = tensor::ExtractSliceOp::create(pb, dest, offsets,
+                                                         sizes, strides);
+            SmallVector<Value> written = pe.ifThen(
+                ok, ValueRange{slice},
+                [&](ImplicitLocOpBuilder &ib) -> SmallVector<Value> {
+                  LoopEmitter ie(ib);
+                  Value row = ie.readRow(source, {t, g});
+                  return {ie.writeRow(row, slice,
+                                      {ie.index(0), ie.index(0), ie.index(0)})};
+                });
+            writes.push_back({written[0], dest, offsets, sizes});
+          }
+          return writes;
+        });
+
+    // The block sums: one iteration per (sequence, block, kv head), each
+    // the one writer of its sum.
+    Value zeros = e.splat(e.f32(0.0), headDim);
+    Value sums = e.forall(
+        {tensor::getMixedSize(b, b.getLoc(), c.blockKeySums, 0),
+         tensor::getMixedSize(b, b.getLoc(), c.blockKeySums, 1),
+         b.getIndexAttr(kvHeads)},
+        ValueRange{op.getBlockKeySumsInit()},
+        [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+            ValueRange outs) -> SmallVector<SliceWrite> {
+          LoopEmitter pe(pb);
+          Value s = ivs[0], j = ivs[1], g = ivs[2];
+          Value old = pe.readRow(outs[0], {s, j, g});
+          // Rows past the batch's sequences (a sums tensor with more rows
+          // than cache_lens) are left as they are.
+          Value numSequences = tensor::DimOp::create(pb, fits, 0);
+          Value exists = arith::CmpIOp::create(pb, arith::CmpIPredicate::ult,
+                                               s, numSequences);
+          Value sum = pe.ifThen(
+              exists, ValueRange{old},
+              [&](ImplicitLocOpBuilder &xb) -> SmallVector<Value> {
+                LoopEmitter xe(xb);
+                Value flag =
+                    tensor::ExtractOp::create(xb, fits, ValueRange{s});
+                Value ok = arith::CmpIOp::create(
+                    xb, arith::CmpIPredicate::ne, flag,
+                    arith::ConstantOp::create(xb, xb.getI8IntegerAttr(0)));
+                return xe.ifThen(
+                    ok, ValueRange{old},
+                    [&](ImplicitLocOpBuilder &ib) -> SmallVector<Value> {
+                      LoopEmitter ie(ib);
+                      Value first = extractI64(ib, cu, {s});
+                      Value last = extractI64(
+                          ib, cu,
+                          {arith::AddIOp::create(ib, s, ie.index(1))
+                               .getResult()});
+                      Value lens = extractI64(ib, c.cacheLens, {s});
+                      Value grown = arith::AddIOp::create(
+                          ib, lens, arith::SubIOp::create(ib, last, first));
+                      Value blockFirst = arith::MulIOp::create(
+                          ib, toI64(ib, j),
+                          arith::ConstantOp::create(
+                              ib, ib.getI64IntegerAttr(c.blockSize)));
+                      Value blockEnd = arith::AddIOp::create(
+                          ib, blockFirst,
+                          arith::ConstantOp::create(
+                              ib, ib.getI64IntegerAttr(c.blockSize)));
+                      // The block's new positions [from, to).
+                      Value from = arith::MaxSIOp::create(ib, lens, blockFirst);
+                      Value to = arith::MinSIOp::create(ib, grown, blockEnd);
+                      Value touched = arith::CmpIOp::create(
+                          ib, arith::CmpIPredicate::slt, from, to);
+                      return ie.ifThen(
+                          touched, ValueRange{old},
+                          [&](ImplicitLocOpBuilder &tb) -> SmallVector<Value> {
+                            LoopEmitter te(tb);
+                            // A block whose first key is new starts afresh.
+                            Value fresh = arith::CmpIOp::create(
+                                tb, arith::CmpIPredicate::sge, blockFirst,
+                                lens);
+                            Value start =
+                                arith::SelectOp::create(tb, fresh, zeros, old);
+                            // Packed token of position p: first + p - lens.
+                            Value shift = arith::SubIOp::create(tb, first, lens);
+                            auto asIndex = [&](Value x) {
+                              return arith::IndexCastOp::create(
+                                         tb, tb.getIndexType(), x)
+                                  .getResult();
+                            };
+                            return te.forLoop(
+                                asIndex(from), asIndex(to), ValueRange{start},
+                                [&](ImplicitLocOpBuilder &kb, Value p,
+                                    ValueRange acc) -> SmallVector<Value> {
+                                  LoopEmitter ke(kb);
+                                  Value t = arith::IndexCastOp::create(
+                                      kb, kb.getIndexType(),
+                                      arith::AddIOp::create(kb, toI64(kb, p),
+                                                            shift));
+                                  return {arith::AddFOp::create(
+                                      kb, acc[0], ke.readRow(k, {t, g}))};
+                                });
+                          });
+                    });
+              })[0];
+          return {pe.vectorWrite(sum, outs[0], {s, j, g, pe.index(0)})};
+        })[0];
+    return {rows[0], rows[1], sums};
+  }
 };
 
 //===----------------------------------------------------------------------===//
@@ -251,8 +529,54 @@ struct LowerPagedDecodeAttention : LoweringPattern<PagedDecodeAttentionOp> {
     bool perKvHead = op.isSelectionPerKvHead();
     double scale = op.getScaleOrDefault();
     Value q = op.getQ(), cu = op.getCuSeqlensQ();
-    Value numSequences = tensor::DimOp::create(b, c.cacheLens, 0);
     Value nan = e.f32(std::numeric_limits<double>::quiet_NaN());
+    if (parallel) {
+      // One iteration per (query token, query head); see the file comment.
+      OpFoldResult tokens = tensor::getMixedSize(b, b.getLoc(), q, 0);
+      Value fits = fitsPerSequence(
+          b, c, cu, getValueOrCreateConstantIndexOp(b, b.getLoc(), tokens),
+          /*grown=*/false);
+      SmallVector<Value> result = e.forall(
+          {tokens, b.getIndexAttr(numHeads)},
+          ValueRange{op.getOutInit(), op.getLseInit()},
+          [&](ImplicitLocOpBuilder &pb, ValueRange ivs,
+              ValueRange outs) -> SmallVector<SliceWrite> {
+            LoopEmitter pe(pb);
+            Value t = ivs[0], h = ivs[1];
+            auto [seq, ok] = locateFittingSequence(pb, cu, fits, t);
+            auto ifOp = scf::IfOp::create(
+                pb, ok,
+                [&](OpBuilder &ob, Location loc) {
+                  ImplicitLocOpBuilder ib(loc, ob);
+                  Value first = extractI64(ib, cu, {seq});
+                  Value last = extractI64(
+                      ib, cu,
+                      {arith::AddIOp::create(ib, seq, LoopEmitter(ib).index(1))
+                           .getResult()});
+                  Value length = extractI64(ib, c.cacheLens, {seq});
+                  // length - (last - first) + (t - first).
+                  Value pos = arith::IndexCastOp::create(
+                      ib, ib.getIndexType(),
+                      arith::AddIOp::create(
+                          ib, arith::SubIOp::create(ib, length, last),
+                          toI64(ib, t)));
+                  QueryResult r = attendRow(ib, c, op, seq, t, h, pos, group,
+                                            topK, perKvHead, scale);
+                  scf::YieldOp::create(ib, ValueRange{r.row, r.lse});
+                },
+                [&](OpBuilder &ob, Location loc) {
+                  ImplicitLocOpBuilder ib(loc, ob);
+                  LoopEmitter ie(ib);
+                  scf::YieldOp::create(
+                      ib, ValueRange{ie.splat(nan, headDim), nan});
+                });
+            return pe.rowAndScalarWrites(outs[0], outs[1], {t, h},
+                                         ifOp.getResult(0), ifOp.getResult(1));
+          });
+      rewriter.replaceOp(op, result);
+      return success();
+    }
+    Value numSequences = tensor::DimOp::create(b, c.cacheLens, 0);
 
     SmallVector<Value> result = e.forLoop(
         e.index(0), numSequences,

@@ -57,7 +57,7 @@ void populateLowerGradToLoopsPatterns(RewritePatternSet &patterns,
                                       bool keepMmaCompatibleAttention);
 
 /// moba.paged_kv_append and moba.paged_decode_attention
-/// (LowerPagedToLoops.cpp): serial loops either way.
+/// (LowerPagedToLoops.cpp): serial loops, or scf.foralls when `parallel`.
 void populateLowerPagedToLoopsPatterns(RewritePatternSet &patterns,
                                        bool parallel);
 
