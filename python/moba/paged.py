@@ -940,8 +940,11 @@ class KVCache:
                              f"{k_array.shape}: one key a query")
         # q is checked before the append writes anything: a refused q must
         # leave the cache as it was, so that the call can be retried.
-        _check_data("q", q_array, self.dtype,
-                    (k_array.shape[0], self.num_heads, self.head_dim))
+        shape = (k_array.shape[0], self.num_heads, self.head_dim)
+        if self.device is None:
+            _check_data("q", q_array, self.dtype, shape)
+        else:
+            _cuda_data("q", q_array, self.dtype, shape, self.device)
         self.append(k, v, cu_seqlens)
         return self._attend(q, cu_seqlens, 0, return_lse)
 
