@@ -941,8 +941,9 @@ def memory_checks(tokens=32768):
     head_dim 128, block 512, top-3, bf16, causal):
 
     * max_memory_allocated during the call exceeds what the call's own
-      outputs take by the scratch, and memory_allocated after it is back to
-      the outputs alone (the scratch went back to torch's cache);
+      outputs take by the scratch (at least 64 MiB), and memory_allocated
+      after it is back to the outputs alone, within 1 MiB (the scratch went
+      back to torch's cache);
     * empty_cache gives the scratch back to the driver: the device's free
       memory (mem_get_info) returns to within 64 MiB of what it was before
       the call, less the outputs; with moba's pool it would stay in use;
@@ -997,8 +998,10 @@ def memory_checks(tokens=32768):
                       f"(peak {peak / MIB:.0f} MiB above the inputs, outputs "
                       f"{outputs / MIB:.0f} MiB, scratch "
                       f"{scratch / MIB:.0f} MiB)")
+        # Within 1 MiB: what torch itself keeps around a call (the
+        # checked cu_seqlens) is small; the scratch is not.
         checks.expect(f"{name}: memory_allocated after the call is the "
-                      "outputs", kept == outputs,
+                      "outputs", abs(kept - outputs) <= MIB,
                       f"({kept / MIB:.1f} MiB kept, outputs "
                       f"{outputs / MIB:.1f} MiB)")
         reserved = torch.cuda.memory_reserved()
