@@ -400,6 +400,10 @@ LaunchScope::LaunchScope(CUstream stream, const ScratchAllocator &allocator) {
   state.error.clear();
   state.allocator = allocator ? allocator : ScratchAllocator{};
   state.outstanding.clear();
+  // Room for every buffer of a call (about ten), made here, where running
+  // out of memory can still unwind to the C API, rather than in the host
+  // code's calls; the capacity stays with the thread.
+  state.outstanding.reserve(64);
 }
 
 LaunchScope::~LaunchScope() {
