@@ -544,3 +544,29 @@ def set_incomplete_allocator(missing):
     previous = _capi.MobaScratchAllocator()
     _capi._lib.mobaSetScratchAllocator(None, ctypes.byref(previous), None)
     return status, message, not previous.allocate and not previous.deallocate
+
+
+def run_inside_an_outer_allocator(name):
+    """Sets an outer RecordingAllocator on this thread through the C API,
+    then calls kernel `name` with an inner one through _capi (which scopes
+    it to the call). Returns (error, allocations the outer and the inner
+    recorded, and whether the thread's allocator afterwards is the outer
+    one again)."""
+    from moba import _capi
+    outer = RecordingAllocator()
+    outer_allocator = _capi.ScratchAllocator(outer.allocate,
+                                             outer.deallocate)
+    assert _capi._lib.mobaSetScratchAllocator(
+        ctypes.byref(outer_allocator.struct), None, None) == 0
+    try:
+        error, counters = run(name, scratch={})
+    finally:
+        now = _capi.MobaScratchAllocator()
+        _capi._lib.mobaSetScratchAllocator(None, ctypes.byref(now), None)
+    address = lambda f: ctypes.cast(f, ctypes.c_void_p).value
+    restored = (address(now.allocate) ==
+                address(outer_allocator.struct.allocate) and
+                address(now.deallocate) ==
+                address(outer_allocator.struct.deallocate))
+    return (error, len(outer.allocations),
+            len(counters["scratch"]["allocations"]), restored)

@@ -854,3 +854,12 @@ def test_torchs_out_of_memory_fails_the_call_with_its_message(worker):
     assert failed["cause"] == "OutOfMemoryError"
     assert balanced(failed["scratch"], 0), failed["scratch"]
     assert leaks(clean, failed) == {}
+
+
+def test_a_calls_allocator_gives_the_thread_its_own_back(worker):
+    worker.compile("sm80")
+    error, outer, inner, restored = worker(
+        device.run_inside_an_outer_allocator, "sm80")
+    assert error is None, error
+    assert outer == 0 and inner > 0
+    assert restored
