@@ -73,8 +73,10 @@ extern "C" {
 /* 10: decode against a paged KV cache (MobaPagedConfig, mobaCompilePaged,
  * mobaPagedAppend, mobaPagedDecode); every entry point of 9 is unchanged.
  * 11: paged kernels for the GPU targets (mobaPagedAppendDevice,
- * mobaPagedDecodeDevice); every entry point of 10 is unchanged. */
-#define MOBA_C_API_VERSION 11
+ * mobaPagedDecodeDevice); every entry point of 10 is unchanged.
+ * 12: the caller's scratch allocator (MobaScratchAllocator,
+ * mobaSetScratchAllocator); every entry point of 11 is unchanged. */
+#define MOBA_C_API_VERSION 12
 
 typedef enum MobaDtype { MOBA_DTYPE_F32 = 0, MOBA_DTYPE_F16 = 1, MOBA_DTYPE_BF16 = 2 } MobaDtype;
 
@@ -280,7 +282,9 @@ int32_t mobaRunGrad(const MobaKernel *kernel, const void *q, const void *k,
  * they are checked first; device offsets are never read back. Returns once
  * the work is queued on `stream`, like any CUDA library call: synchronize
  * the stream before reading the results on the host. Scratch memory comes
- * from a stream-ordered pool that moba keeps between calls. Returns 0, or
+ * from the calling thread's scratch allocator (mobaSetScratchAllocator)
+ * when it has one, else from a stream-ordered pool that moba keeps between
+ * calls. Returns 0, or
  * non-zero and sets *error (an error of a kernel itself shows at the next
  * synchronizing call). */
 int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
@@ -304,6 +308,40 @@ int32_t mobaRunGradDevice(const MobaKernel *kernel, const void *q,
                           const void *dout, const float *dlse, void *dq,
                           void *dk, void *dv, void *stream,
                           const int32_t *host_cu_seqlens, char **error);
+
+/* Where a GPU call's scratch comes from, in place of moba's pool: the
+ * caller's allocator (torch's caching allocator, so that torch's memory
+ * statistics, empty_cache and memory-fraction limits see it).
+ *
+ * `allocate` returns device memory of the calling thread's current CUDA
+ * context, at least `bytes` bytes, 256-byte aligned, usable by work queued
+ * on `stream` after the call (stream-ordered, as cuMemAllocAsync); NULL when
+ * it cannot, which fails the GPU call with an error naming the size (a
+ * misaligned pointer fails it too, after being given back). `deallocate`
+ * takes back a pointer `allocate` returned, with its size, in order on
+ * `stream`: work queued on that stream before it may still use the memory,
+ * work queued after it may reuse it. Every pointer is given back before the
+ * GPU call returns, on every path, its errors' included. Both run on the
+ * thread of the GPU call, inside it, and must not call into moba. A
+ * `deallocate` cannot fail: an allocator that must report one records it
+ * itself. */
+typedef struct MobaScratchAllocator {
+  void *(*allocate)(void *user_data, int64_t bytes, void *stream);
+  void (*deallocate)(void *user_data, void *pointer, int64_t bytes,
+                     void *stream);
+  void *user_data;
+} MobaScratchAllocator;
+
+/* Sets the calling thread's scratch allocator, used by the GPU calls
+ * (mobaRunDevice, mobaRunGradDevice) that this thread makes from now on;
+ * NULL: moba's pool again. The struct is copied; its functions and
+ * user_data must stay valid while it is set. Other threads keep theirs (a
+ * thread starts with none), so concurrent callers each scope their own.
+ * When `previous` is not NULL it receives the allocator that was set (all
+ * NULL for none), so that a caller can restore it. Returns 0, or non-zero
+ * and sets *error (allocate or deallocate NULL; nothing is changed). */
+int32_t mobaSetScratchAllocator(const MobaScratchAllocator *allocator,
+                                MobaScratchAllocator *previous, char **error);
 
 /*===--------------------------------------------------------------------===*
  * Decode against a paged KV cache (docs/semantics.md, "Decode and chunked

@@ -46,6 +46,10 @@ namespace {
 /// Kernels compiled and not yet destroyed.
 std::atomic<int64_t> liveKernels{0};
 
+/// The calling thread's scratch allocator (mobaSetScratchAllocator); unset:
+/// the runtime's pool.
+thread_local cuda::ScratchAllocator threadScratchAllocator;
+
 MobaKernel *tracked(MobaKernel *kernel) {
   ++liveKernels;
   return kernel;
@@ -668,6 +672,29 @@ int32_t mobaRunGrad(const MobaKernel *kernel, const void *q, const void *k,
   return 0;
 }
 
+int32_t mobaSetScratchAllocator(const MobaScratchAllocator *allocator,
+                                MobaScratchAllocator *previous,
+                                char **error) {
+  if (allocator && (!allocator->allocate || !allocator->deallocate)) {
+    setError(error, allocator->allocate
+                        ? "the scratch allocator's deallocate is NULL"
+                        : "the scratch allocator's allocate is NULL");
+    return 1;
+  }
+  if (previous) {
+    previous->allocate = threadScratchAllocator.allocate;
+    previous->deallocate = threadScratchAllocator.deallocate;
+    previous->user_data = threadScratchAllocator.userData;
+  }
+  threadScratchAllocator = {};
+  if (allocator) {
+    threadScratchAllocator.allocate = allocator->allocate;
+    threadScratchAllocator.deallocate = allocator->deallocate;
+    threadScratchAllocator.userData = allocator->user_data;
+  }
+  return 0;
+}
+
 int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
                       const void *v, const int32_t *cuSeqlens,
                       int64_t numSequences, int64_t tokens, void *out,
@@ -683,7 +710,7 @@ int32_t mobaRunDevice(const MobaKernel *kernel, const void *q, const void *k,
           "this kernel runs on the CPU: call mobaRun with host buffers");
     AttentionBuffers buffers{q,   k,   v,      cuSeqlens,
                              out, lse, tokens, numSequences};
-    GpuLaunch launch{stream, hostCuSeqlens};
+    GpuLaunch launch{stream, hostCuSeqlens, threadScratchAllocator};
     return kernel->gpu->run(buffers, launch);
   });
   if (e) {
@@ -708,7 +735,7 @@ int32_t mobaRunGradDevice(const MobaKernel *kernel, const void *q,
     if (!kernel->gpu)
       return llvm::createStringError(
           "this kernel runs on the CPU: call mobaRunGrad with host buffers");
-    GpuLaunch launch{stream, hostCuSeqlens};
+    GpuLaunch launch{stream, hostCuSeqlens, threadScratchAllocator};
     return kernel->gpu->runGrad(gradBuffers(q, k, v, cuSeqlens, numSequences,
                                             tokens, out, lse, dout, dlse, dq,
                                             dk, dv),

@@ -470,7 +470,8 @@ llvm::Error GpuAttentionKernel::run(const AttentionBuffers &buffers,
     return e;
   if (llvm::Error e = load())
     return e;
-  cuda::LaunchScope scope(static_cast<cuda::CUstream>(launch.stream));
+  cuda::LaunchScope scope(static_cast<cuda::CUstream>(launch.stream),
+                          launch.allocator);
   callAttentionEntry(entry, cfg, buffers);
   if (llvm::Error e = scope.takeError())
     return llvm::createStringError("running " + cfg.key() + " failed: " +
@@ -511,7 +512,8 @@ llvm::Error GpuAttentionKernel::runGrad(const GradBuffers &buffers,
     return e;
   if (llvm::Error e = load())
     return e;
-  cuda::LaunchScope scope(static_cast<cuda::CUstream>(launch.stream));
+  cuda::LaunchScope scope(static_cast<cuda::CUstream>(launch.stream),
+                          launch.allocator);
   callGradEntry(gradEntry, cfg, buffers);
   if (llvm::Error e = scope.takeError())
     return llvm::createStringError("running the backward of " + cfg.key() +

@@ -17,15 +17,26 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 using namespace mlir::moba;
 using namespace mlir::moba::cuda;
 
 namespace {
 
+/// One scratch buffer from the caller's allocator, not yet given back.
+struct CallerAllocation {
+  void *pointer;
+  int64_t bytes;
+};
+
 struct ThreadState {
   CUstream stream = nullptr;
   std::string error;
+  ScratchAllocator allocator;
+  /// What `allocator` gave in this scope and was not freed yet: a call
+  /// holds a handful at once.
+  std::vector<CallerAllocation> outstanding;
 };
 
 thread_local ThreadState state;
@@ -101,6 +112,56 @@ CUmemoryPool devicePool(const DriverApi &api) {
   return entry.pool;
 }
 
+/// `bytes` of scratch from the caller's allocator, checked; nullptr after
+/// recording why not.
+void *callerAlloc(uint64_t bytes, CUstream stream) {
+  const ScratchAllocator &allocator = state.allocator;
+  if (bytes > static_cast<uint64_t>(INT64_MAX)) {
+    state.error = llvm::formatv("the caller's scratch allocator cannot be "
+                                "asked for {0} bytes (more than 2^63 - 1)",
+                                bytes)
+                      .str();
+    return nullptr;
+  }
+  auto size = static_cast<int64_t>(bytes);
+  void *pointer = allocator.allocate(allocator.userData, size, stream);
+  if (!pointer) {
+    state.error = llvm::formatv("the caller's scratch allocator could not "
+                                "allocate {0} bytes on stream {1:x}",
+                                size, reinterpret_cast<uintptr_t>(stream))
+                      .str();
+    return nullptr;
+  }
+  if (reinterpret_cast<uintptr_t>(pointer) % kScratchAlignment != 0) {
+    allocator.deallocate(allocator.userData, pointer, size, stream);
+    state.error = llvm::formatv("the caller's scratch allocator returned "
+                                "{0:x} for {1} bytes: scratch must be "
+                                "{2}-byte aligned",
+                                reinterpret_cast<uintptr_t>(pointer), size,
+                                kScratchAlignment)
+                      .str();
+    return nullptr;
+  }
+  state.outstanding.push_back({pointer, size});
+  return pointer;
+}
+
+/// Gives `pointer` back to the caller's allocator; false when it did not
+/// come from there.
+bool callerFree(void *pointer, CUstream stream) {
+  auto &outstanding = state.outstanding;
+  for (auto it = outstanding.begin(); it != outstanding.end(); ++it) {
+    if (it->pointer != pointer)
+      continue;
+    CallerAllocation allocation = *it;
+    outstanding.erase(it);
+    state.allocator.deallocate(state.allocator.userData, allocation.pointer,
+                               allocation.bytes, stream);
+    return true;
+  }
+  return false;
+}
+
 void *memAlloc(uint64_t bytes, CUstream stream, bool hostShared) {
   const DriverApi *api = ready();
   if (!api || bytes == 0)
@@ -110,6 +171,8 @@ void *memAlloc(uint64_t bytes, CUstream stream, bool hostShared) {
                   "gpu.alloc host_shared reached it)";
     return nullptr;
   }
+  if (state.allocator)
+    return callerAlloc(bytes, stream);
   CUmemoryPool pool = devicePool(*api);
   if (!pool)
     return nullptr;
@@ -124,7 +187,10 @@ void *memAlloc(uint64_t bytes, CUstream stream, bool hostShared) {
 
 void memFree(void *pointer, CUstream stream) {
   // Frees even after an error, so that a failed call leaks nothing; the
-  // memory returns to the pool once the stream's work before it is done.
+  // memory returns to the pool (or the caller's allocator) once the
+  // stream's work before it is done.
+  if (pointer && callerFree(pointer, stream))
+    return;
   auto api = driver();
   if (!api) {
     llvm::consumeError(api.takeError());
@@ -329,14 +395,25 @@ llvm::ArrayRef<llvm::StringRef> mlir::moba::cuda::runtimeSymbolNames() {
   return names;
 }
 
-LaunchScope::LaunchScope(CUstream stream) {
+LaunchScope::LaunchScope(CUstream stream, const ScratchAllocator &allocator) {
   state.stream = stream;
   state.error.clear();
+  state.allocator = allocator ? allocator : ScratchAllocator{};
+  state.outstanding.clear();
+  // Room for every buffer of a call (about ten), made here, where running
+  // out of memory can still unwind to the C API, rather than in the host
+  // code's calls; the capacity stays with the thread.
+  state.outstanding.reserve(64);
 }
 
 LaunchScope::~LaunchScope() {
+  // The host code frees what it allocated on every path; this is the net
+  // under it, so that the caller's allocator never loses a buffer.
+  while (!state.outstanding.empty())
+    callerFree(state.outstanding.back().pointer, state.stream);
   state.stream = nullptr;
   state.error.clear();
+  state.allocator = {};
 }
 
 llvm::Error LaunchScope::takeError() {

@@ -57,7 +57,7 @@ import weakref
 
 import numpy as np
 
-from . import _capi
+from . import _capi, torch_scratch
 from ._capi import CompileError
 
 __all__ = ["compile", "Kernel", "moba_attn_varlen", "moba_attn_batched",
@@ -606,7 +606,8 @@ class Kernel:
                 tensors["out"].data_ptr(), tensors["lse"].data_ptr(),
                 tensors["grad_out"].data_ptr(), dlse.data_ptr(),
                 *(results[n].data_ptr() for n in ("dq", "dk", "dv")),
-                stream, host_cu.ctypes.data)
+                stream, host_cu.ctypes.data,
+                allocator=torch_scratch.scratch_allocator(q.device))
         return results["dq"], results["dk"], results["dv"]
 
     def _call_gpu(self, q, k, v, cu_seqlens, max_seqlen, return_lse,
@@ -641,7 +642,8 @@ class Kernel:
             _capi.run_kernel_on_device(
                 handle, q.data_ptr(), k.data_ptr(), v.data_ptr(),
                 cu.data_ptr(), len(host_cu) - 1, tokens, out.data_ptr(),
-                lse.data_ptr(), stream, host_cu.ctypes.data)
+                lse.data_ptr(), stream, host_cu.ctypes.data,
+                allocator=torch_scratch.scratch_allocator(q.device))
         return (out, lse) if return_lse else out
 
     def _device_qkv(self, q, k, v):

@@ -86,6 +86,20 @@ class MobaPagedCache(ctypes.Structure):
     ]
 
 
+_ALLOCATE = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                             ctypes.c_void_p)
+_DEALLOCATE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_int64, ctypes.c_void_p)
+
+
+class MobaScratchAllocator(ctypes.Structure):
+    _fields_ = [
+        ("allocate", _ALLOCATE),
+        ("deallocate", _DEALLOCATE),
+        ("user_data", ctypes.c_void_p),
+    ]
+
+
 def _library_path():
     explicit = os.environ.get("MOBA_LIBRARY")
     if explicit:
@@ -136,6 +150,14 @@ def _load():
     lib.mobaRunDevice.restype = ctypes.c_int32
     lib.mobaRunDevice.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4 + [
         ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [char_pp]
+    if not hasattr(lib, "mobaSetScratchAllocator"):
+        raise ImportError(
+            f"moba: {path!r} has no mobaSetScratchAllocator: the library is "
+            "older than this Python package")
+    lib.mobaSetScratchAllocator.restype = ctypes.c_int32
+    lib.mobaSetScratchAllocator.argtypes = [
+        ctypes.POINTER(MobaScratchAllocator),
+        ctypes.POINTER(MobaScratchAllocator), char_pp]
     lib.mobaGpuComputeCapability.restype = ctypes.c_int32
     lib.mobaGpuComputeCapability.argtypes = [char_pp]
     lib.mobaKernelCacheWarning.restype = ctypes.c_char_p
@@ -360,33 +382,113 @@ def run_grad_kernel(handle, q, k, v, cu_seqlens, num_sequences, tokens, out,
         raise RuntimeError(_take_error(error.value))
 
 
+class ScratchAllocator:
+    """Python functions as a GPU call's scratch allocator
+    (MobaScratchAllocator): `allocate(nbytes, stream)` returns a device
+    address (an int; 0 or None when it cannot), `deallocate(address, nbytes,
+    stream)` takes it back; `stream` is the call's CUstream as an int (0:
+    the legacy default stream).
+
+    The ctypes callbacks live as long as this object, which a call keeps.
+    An exception in either function must not unwind through the library's
+    C frames (ctypes would print and drop it): it is kept, the allocation
+    fails, and the call raises a RuntimeError chained to it (a
+    BaseException that is no Exception, e.g. KeyboardInterrupt, is raised
+    again as it is).
+    """
+
+    def __init__(self, allocate, deallocate):
+        self._allocate = allocate
+        self._deallocate = deallocate
+        self._error = None
+        self._callbacks = (_ALLOCATE(self._on_allocate),
+                           _DEALLOCATE(self._on_deallocate))
+        self.struct = MobaScratchAllocator(*self._callbacks, None)
+
+    def _keep(self, error):
+        if self._error is None:
+            self._error = error
+
+    def _on_allocate(self, _user_data, nbytes, stream):
+        try:
+            address = self._allocate(nbytes, stream or 0)
+            return int(address) if address else None
+        except BaseException as e:  # noqa: B036 -- none may reach C
+            self._keep(e)
+            return None
+
+    def _on_deallocate(self, _user_data, address, nbytes, stream):
+        try:
+            self._deallocate(address or 0, nbytes, stream or 0)
+        except BaseException as e:  # noqa: B036 -- none may reach C
+            self._keep(e)
+
+    def take_error(self):
+        """What the functions raised since the last take, or None."""
+        error, self._error = self._error, None
+        return error
+
+
+def _run_with_scratch(allocator, entry, *args):
+    """Calls `entry(*args, char **error)` with `allocator` (a
+    ScratchAllocator, or None for moba's pool) as the thread's scratch
+    allocator for this call only; raises RuntimeError on failure."""
+    error = ctypes.c_void_p()
+    if allocator is None:
+        if entry(*args, ctypes.byref(error)) != 0:
+            raise RuntimeError(_take_error(error.value))
+        return
+    previous = MobaScratchAllocator()
+    if _lib.mobaSetScratchAllocator(ctypes.byref(allocator.struct),
+                                    ctypes.byref(previous),
+                                    ctypes.byref(error)) != 0:
+        raise RuntimeError(_take_error(error.value))
+    allocator.take_error()
+    try:
+        status = entry(*args, ctypes.byref(error))
+    finally:
+        _lib.mobaSetScratchAllocator(
+            ctypes.byref(previous) if previous.allocate else None, None,
+            None)
+    raised = allocator.take_error()
+    if raised is not None and not isinstance(raised, Exception):
+        if status != 0:
+            _take_error(error.value)
+        raise raised
+    if status != 0:
+        message = _take_error(error.value)
+        if raised is not None:
+            message += f" ({type(raised).__name__}: {raised})"
+        raise RuntimeError(message) from raised
+    if raised is not None:
+        raise RuntimeError(
+            "the scratch allocator failed to take back moba's scratch "
+            f"({type(raised).__name__}: {raised})") from raised
+
+
 def run_kernel_on_device(handle, q, k, v, cu_seqlens, num_sequences, tokens,
-                         out, lse, stream, host_cu_seqlens):
-    """Device pointers in; returns when the work on `stream` is done."""
+                         out, lse, stream, host_cu_seqlens, allocator=None):
+    """Device pointers in; returns once the work is queued on `stream`.
+    Scratch comes from `allocator` (a ScratchAllocator), else moba's
+    pool."""
     num_sequences = int64("num_sequences", num_sequences)
     tokens = int64("tokens", tokens)
-    error = ctypes.c_void_p()
-    status = _lib.mobaRunDevice(handle, q, k, v, cu_seqlens, num_sequences,
-                                tokens, out, lse, stream, host_cu_seqlens,
-                                ctypes.byref(error))
-    if status != 0:
-        raise RuntimeError(_take_error(error.value))
+    _run_with_scratch(allocator, _lib.mobaRunDevice, handle, q, k, v,
+                      cu_seqlens, num_sequences, tokens, out, lse, stream,
+                      host_cu_seqlens)
 
 
 def run_grad_kernel_on_device(handle, q, k, v, cu_seqlens, num_sequences,
                               tokens, out, lse, dout, dlse, dq, dk, dv,
-                              stream, host_cu_seqlens):
+                              stream, host_cu_seqlens, allocator=None):
     """Device pointers in (dlse a device buffer whenever there are
-    tokens); returns once the work is queued on `stream`."""
+    tokens); returns once the work is queued on `stream`. Scratch as for
+    run_kernel_on_device."""
     num_sequences = int64("num_sequences", num_sequences)
     tokens = int64("tokens", tokens)
-    error = ctypes.c_void_p()
-    status = _lib.mobaRunGradDevice(handle, q, k, v, cu_seqlens,
-                                    num_sequences, tokens, out, lse, dout,
-                                    dlse, dq, dk, dv, stream,
-                                    host_cu_seqlens, ctypes.byref(error))
-    if status != 0:
-        raise RuntimeError(_take_error(error.value))
+    _run_with_scratch(allocator, _lib.mobaRunGradDevice, handle, q, k, v,
+                      cu_seqlens, num_sequences, tokens, out, lse, dout,
+                      dlse, dq, dk, dv, stream, host_cu_seqlens)
 
 
 def _paged_config(head_dim, num_heads, num_kv_heads, page_size, block_size,

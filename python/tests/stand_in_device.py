@@ -235,8 +235,133 @@ def _fake_buffers():
     return buffers
 
 
+class RecordingAllocator:
+    """A scratch allocator (the C API's MobaScratchAllocator) over the
+    stand-in's cuMemAlloc_v2 and cuMemFree_v2 that records every call.
+    Options: `fail_at` (the nth allocation returns 0), `raise_at` (it
+    raises MemoryError), `misalign_at` (it returns an address 16 bytes into
+    its buffer), `raise_in_free` (every deallocate raises after freeing)."""
+
+    def __init__(self, fail_at=None, raise_at=None, misalign_at=None,
+                 raise_in_free=False):
+        self.options = dict(fail_at=fail_at, raise_at=raise_at,
+                            misalign_at=misalign_at,
+                            raise_in_free=raise_in_free)
+        self.allocations = []  # (nbytes, stream, address or 0)
+        self.frees = []  # (address, nbytes, stream)
+        self.unknown_frees = 0
+        self.live = {}  # address given -> (driver's address, nbytes)
+        self.torch_calls = None
+
+    def allocate(self, nbytes, stream):
+        nth = len(self.allocations) + 1
+        if nth == self.options["fail_at"]:
+            self.allocations.append((nbytes, stream, 0))
+            return 0
+        if nth == self.options["raise_at"]:
+            self.allocations.append((nbytes, stream, 0))
+            raise MemoryError(f"the test allocator refuses {nbytes} bytes")
+        pointer = ctypes.c_uint64()
+        shift = 16 if nth == self.options["misalign_at"] else 0
+        _check(_driver.cuMemAlloc_v2(ctypes.byref(pointer),
+                                     ctypes.c_size_t(nbytes + shift)),
+               "cuMemAlloc_v2")
+        address = pointer.value + shift
+        self.live[address] = (pointer.value, nbytes)
+        self.allocations.append((nbytes, stream, address))
+        return address
+
+    def deallocate(self, address, nbytes, stream):
+        self.frees.append((address, nbytes, stream))
+        if address not in self.live or self.live[address][1] != nbytes:
+            self.unknown_frees += 1
+            return
+        base, _ = self.live.pop(address)
+        _check(_driver.cuMemFree_v2(ctypes.c_uint64(base)), "cuMemFree_v2")
+        if self.options["raise_in_free"]:
+            raise ValueError("the test allocator's deallocate raises")
+
+    def record(self):
+        return dict(allocations=list(self.allocations),
+                    frees=list(self.frees), live=len(self.live),
+                    unknown_frees=self.unknown_frees,
+                    torch_calls=self.torch_calls)
+
+
+class FakeTorch:
+    """What moba/torch_scratch.py uses of torch (torch.cuda's
+    current_device, caching_allocator_alloc and caching_allocator_delete),
+    over a RecordingAllocator, for a worker without torch. The nth
+    allocation (`oom_at`) raises FakeTorch.OutOfMemoryError as torch's
+    allocator does past its memory fraction. `calls` records each call's
+    device and stream, `deletes` each address deleted."""
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    def __init__(self, oom_at=None):
+        import types
+        self.recorder = RecordingAllocator()
+        self.oom_at = oom_at
+        self.calls = []  # (nbytes, device, stream)
+        self.cuda = types.SimpleNamespace(
+            current_device=lambda: 0,
+            caching_allocator_alloc=self._alloc,
+            caching_allocator_delete=self._delete)
+        self._sizes = {}
+
+    def _alloc(self, size, device=None, stream=None):
+        self.calls.append((size, device, stream))
+        if len(self.calls) == self.oom_at:
+            raise FakeTorch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate {size} bytes")
+        address = self.recorder.allocate(size, stream)
+        self._sizes[address] = (size, stream)
+        return address
+
+    def _delete(self, address):
+        size, stream = self._sizes.pop(address)
+        self.recorder.deallocate(address, size, stream)
+
+
+def _scratch(options):
+    """(the _capi.ScratchAllocator, the RecordingAllocator) for `options`,
+    or (None, None). With options["torch"], the allocator is
+    moba.torch_scratch's over a FakeTorch (`oom_at` its option); its calls
+    are then in the record as "torch_calls"."""
+    if options is None:
+        return None, None
+    from moba import _capi
+    if options.get("torch"):
+        import sys
+        from moba import torch_scratch
+        fake = FakeTorch(options.get("oom_at"))
+        real = sys.modules.get("torch")
+        sys.modules["torch"] = fake
+        try:
+            import types
+            allocator = torch_scratch.scratch_allocator(
+                types.SimpleNamespace(index=None))
+        finally:
+            if real is None:
+                del sys.modules["torch"]
+            else:
+                sys.modules["torch"] = real
+        fake.recorder.torch_calls = fake.calls
+        return allocator, fake.recorder
+    recorder = RecordingAllocator(**options)
+    return _capi.ScratchAllocator(recorder.allocate,
+                                  recorder.deallocate), recorder
+
+
+def _with_record(counters, recorder):
+    if recorder is not None:
+        counters["scratch"] = recorder.record()
+    return counters
+
+
 def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
-        other_context=False):
+        other_context=False, scratch=None):
     """Calls mobaRunDevice on kernel `name` with the failure plan `fail` in
     force for this call only. Returns (None or the error message, counters):
     the LEAK_COUNTERS, "launches", "last_launch_stream", "rejected" and
@@ -244,11 +369,14 @@ def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
     "after_failure:<entry>" for the ENTRIES during the call. `fake_buffers`: addresses that are no device
     memory, for a process where the driver cannot make any. `new_thread`:
     called from a thread with no current context; `other_context`: from one
-    whose current context is not the primary one."""
+    whose current context is not the primary one. `scratch`: the options
+    of a RecordingAllocator that the call's scratch comes from; its record
+    is then counters["scratch"]."""
     from moba import _capi
     handle, config = _kernels[name]
     buffers = _fake_buffers() if fake_buffers else _device_buffers(config)
     context = _another_context() if other_context else None
+    allocator, recorder = _scratch(scratch)
     outcome = {}
 
     def call():
@@ -260,10 +388,12 @@ def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
                 handle, buffers["q"], buffers["k"], buffers["v"],
                 buffers["cu_seqlens"], len(SEQLENS) - 1, TOKENS,
                 buffers["out"], buffers["lse"], stream,
-                buffers["host_cu_seqlens"].ctypes.data)
+                buffers["host_cu_seqlens"].ctypes.data, allocator=allocator)
             outcome["error"] = None
         except RuntimeError as e:
             outcome["error"] = str(e)
+            if e.__cause__ is not None:
+                outcome["cause"] = type(e.__cause__).__name__
 
     set_failures(fail)
     try:
@@ -283,16 +413,20 @@ def run(name, fail="", stream=None, new_thread=False, fake_buffers=False,
     if "error" not in outcome:
         raise RuntimeError("the call raised something other than an error "
                            "message (see the worker's output)")
-    return outcome["error"], after
+    after["cause"] = outcome.get("cause")
+    return outcome["error"], _with_record(after, recorder)
 
 
-def run_grad(name, fail="", stream=None, tokens=TOKENS, **changes):
+def run_grad(name, fail="", stream=None, tokens=TOKENS, scratch=None,
+             **changes):
     """Calls mobaRunGradDevice on kernel `name` with the failure plan `fail`
     in force for this call only; `changes` replace pointers of the call
-    ("dq": an address or None, "host_cu_seqlens": a host array). Returns
-    (None or the error message, counters) as run() does."""
+    ("dq": an address or None, "host_cu_seqlens": a host array); `scratch`
+    as for run(). Returns (None or the error message, counters) as run()
+    does."""
     from moba import _capi
     handle, config = _kernels[name]
+    allocator, recorder = _scratch(scratch)
     buffers = dict(_device_buffers(config))
     buffers.update(changes)
     host_cu = buffers["host_cu_seqlens"]
@@ -305,7 +439,8 @@ def run_grad(name, fail="", stream=None, tokens=TOKENS, **changes):
                 *(buffers[n] for n in ("out", "lse", "dout", "dlse", "dq",
                                        "dk", "dv")),
                 stream,
-                None if host_cu is None else host_cu.ctypes.data)
+                None if host_cu is None else host_cu.ctypes.data,
+                allocator=allocator)
             error = None
         except RuntimeError as e:
             error = str(e)
@@ -316,7 +451,7 @@ def run_grad(name, fail="", stream=None, tokens=TOKENS, **changes):
                       *("after_failure:" + entry for entry in ENTRIES))
     finally:
         set_failures("")
-    return error, after
+    return error, _with_record(after, recorder)
 
 
 def grad_buffer(name, buffer):
@@ -476,3 +611,68 @@ def run_paged(name, entry, stream=None, fail="", **changes):
             launches.append((parts[2], int(parts[4].split("x")[0]),
                              int(parts[6].split("x")[0])))
     return outcome["error"], after, launches
+
+
+def run_beside_a_thread_allocator(name):
+    """Sets a RecordingAllocator as this thread's scratch allocator through
+    the C API, calls kernel `name` from another thread, then from this one.
+    Returns (error, counters) of each call and the allocations recorded
+    after the first and after the second."""
+    from moba import _capi
+    recorder = RecordingAllocator()
+    allocator = _capi.ScratchAllocator(recorder.allocate, recorder.deallocate)
+    assert _capi._lib.mobaSetScratchAllocator(
+        ctypes.byref(allocator.struct), None, None) == 0
+    try:
+        other = run(name, new_thread=True)
+        after_other = len(recorder.allocations)
+        own = run(name)
+    finally:
+        _capi._lib.mobaSetScratchAllocator(None, None, None)
+    return other, own, after_other, recorder.record()
+
+
+def set_incomplete_allocator(missing):
+    """mobaSetScratchAllocator with `missing` ("allocate" or "deallocate")
+    NULL: (its status, its message, and whether the thread's allocator
+    stayed unset)."""
+    from moba import _capi
+    recorder = RecordingAllocator()
+    allocator = _capi.ScratchAllocator(recorder.allocate, recorder.deallocate)
+    incomplete = _capi.MobaScratchAllocator()
+    setattr(incomplete, "deallocate" if missing == "allocate" else
+            "allocate", getattr(allocator.struct, "deallocate" if missing ==
+                                "allocate" else "allocate"))
+    error = ctypes.c_void_p()
+    status = _capi._lib.mobaSetScratchAllocator(
+        ctypes.byref(incomplete), None, ctypes.byref(error))
+    message = _capi._take_error(error.value) if status else None
+    previous = _capi.MobaScratchAllocator()
+    _capi._lib.mobaSetScratchAllocator(None, ctypes.byref(previous), None)
+    return status, message, not previous.allocate and not previous.deallocate
+
+
+def run_inside_an_outer_allocator(name):
+    """Sets an outer RecordingAllocator on this thread through the C API,
+    then calls kernel `name` with an inner one through _capi (which scopes
+    it to the call). Returns (error, allocations the outer and the inner
+    recorded, and whether the thread's allocator afterwards is the outer
+    one again)."""
+    from moba import _capi
+    outer = RecordingAllocator()
+    outer_allocator = _capi.ScratchAllocator(outer.allocate,
+                                             outer.deallocate)
+    assert _capi._lib.mobaSetScratchAllocator(
+        ctypes.byref(outer_allocator.struct), None, None) == 0
+    try:
+        error, counters = run(name, scratch={})
+    finally:
+        now = _capi.MobaScratchAllocator()
+        _capi._lib.mobaSetScratchAllocator(None, ctypes.byref(now), None)
+    address = lambda f: ctypes.cast(f, ctypes.c_void_p).value
+    restored = (address(now.allocate) ==
+                address(outer_allocator.struct.allocate) and
+                address(now.deallocate) ==
+                address(outer_allocator.struct.deallocate))
+    return (error, len(outer.allocations),
+            len(counters["scratch"]["allocations"]), restored)

@@ -667,3 +667,199 @@ def test_each_failing_call_of_the_backward_leaks_nothing(worker, entry):
         error, after = worker(device.run_grad, "grad-sm80")
         assert error is None, f"the call after {entry}:{nth}: {error}"
         assert leaks(clean, after) == {}
+
+
+# The caller's scratch allocator (mobaSetScratchAllocator): the calls whose
+# scratch it gives, forward and backward.
+SCRATCH_CALLS = {"sm90": device.run, "sm80": device.run,
+                 "grad-sm80": device.run_grad}
+
+
+def scratch_call(worker, name, **options):
+    if name in GRAD_KERNELS:
+        compile_grad(worker, name)
+    else:
+        worker.compile(name)
+    return lambda **more: worker(SCRATCH_CALLS[name], name, **options, **more)
+
+
+def balanced(record, stream):
+    """Every address the allocator gave came back once, with its size, on
+    the call's stream, and nothing else did."""
+    given = sorted((address, nbytes) for nbytes, _, address in
+                   record["allocations"] if address)
+    taken = sorted((address, nbytes) for address, nbytes, _ in
+                   record["frees"])
+    return (given == taken and record["live"] == 0 and
+            record["unknown_frees"] == 0 and
+            all(s == stream for _, _, s in record["frees"]))
+
+
+@pytest.mark.parametrize("name", sorted(SCRATCH_CALLS))
+def test_every_scratch_buffer_comes_from_the_callers_allocator(worker, name):
+    stream = worker(device.create_stream)
+    call = scratch_call(worker, name, stream=stream)
+    error, _ = call()  # loads the kernels
+    assert error is None, error
+    error, pooled = call()
+    assert error is None, error
+    buffers = calls(pooled, "cuMemAllocFromPoolAsync")
+    assert buffers > 0
+    error, given = call(scratch={})
+    assert error is None, error
+    record = given["scratch"]
+    # Not one buffer from the pool: the allocator gave the same buffers,
+    # each on the call's stream, and took every one back.
+    assert calls(given, "cuMemAllocFromPoolAsync") == 0
+    assert calls(given, "cuMemFreeAsync") == 0
+    assert len(record["allocations"]) == buffers
+    assert sum(n for n, _, _ in record["allocations"]) == \
+        pooled["pool_bytes_requested"]
+    assert all(s == stream for _, s, _ in record["allocations"])
+    assert balanced(record, stream), record
+    assert calls(given, "cuLaunchKernel") == calls(pooled, "cuLaunchKernel")
+    assert given["last_launch_stream"] == stream
+    assert leaks(pooled, given) == {}
+    # Without an allocator the next call is the pool's again.
+    error, after = call()
+    assert error is None, error
+    assert calls(after, "cuMemAllocFromPoolAsync") == buffers
+    assert "scratch" not in after
+
+
+ALLOCATOR_FAILURES = {
+    "fail_at": (r"the caller's scratch allocator could not allocate (\d+) "
+                r"bytes on stream 0x[0-9a-f]+$", None),
+    "raise_at": (r"the caller's scratch allocator could not allocate (\d+) "
+                 r"bytes on stream 0x[0-9a-f]+ \(MemoryError: the test "
+                 r"allocator refuses (\d+) bytes\)", "MemoryError"),
+    "misalign_at": (r"the caller's scratch allocator returned 0x[0-9a-f]+ "
+                    r"for (\d+) bytes: scratch must be 256-byte aligned",
+                    None),
+}
+
+
+@pytest.mark.parametrize("name", ["sm90", "grad-sm80"])
+@pytest.mark.parametrize("failure", sorted(ALLOCATOR_FAILURES))
+def test_a_failing_scratch_allocator_is_an_error_that_leaks_nothing(
+        worker, name, failure):
+    stream = worker(device.create_stream)
+    call = scratch_call(worker, name, stream=stream)
+    error, clean = call(scratch={})
+    assert error is None, error
+    buffers = len(clean["scratch"]["allocations"])
+    assert buffers > 0
+    pattern, cause = ALLOCATOR_FAILURES[failure]
+    # Fail the first, each middle and the last allocation in turn.
+    for nth in range(1, buffers + 1):
+        error, failed = call(scratch={failure: nth})
+        assert error is not None, f"{failure}={nth} went unreported"
+        found = re.search(pattern, error)
+        assert found, error
+        record = failed["scratch"]
+        asked = record["allocations"][nth - 1][0]
+        assert all(int(size) == asked for size in found.groups()), error
+        # It asked for nothing after the failure, launched less than a
+        # whole call, and took back all it had given.
+        assert len(record["allocations"]) == nth
+        assert balanced(record, stream), record
+        assert leaks(clean, failed) == {}
+        assert calls(failed, "cuLaunchKernel") < \
+            calls(clean, "cuLaunchKernel")
+        assert calls(failed, "cuMemAllocFromPoolAsync") == 0
+        if name in SCRATCH_CALLS and SCRATCH_CALLS[name] is device.run:
+            assert failed["cause"] == cause
+    error, after = call(scratch={})
+    assert error is None, error
+    assert leaks(clean, after) == {}
+
+
+@pytest.mark.parametrize("entry", ["cuLaunchKernel", "cuModuleGetFunction"])
+def test_a_driver_failure_gives_the_callers_scratch_back(worker, entry):
+    call = scratch_call(worker, "sm90")
+    error, clean = call(scratch={})
+    assert error is None, error
+    error, failed = call(scratch={}, fail=f"{entry}:1")
+    assert error is not None and entry in error, error
+    assert balanced(failed["scratch"], 0), failed["scratch"]
+    assert leaks(clean, failed) == {}
+
+
+def test_a_raising_deallocate_is_an_error_after_the_call(worker):
+    call = scratch_call(worker, "sm80")
+    error, clean = call(scratch={})
+    assert error is None, error
+    error, raised = call(scratch={"raise_in_free": True})
+    assert error is not None and "failed to take back moba's scratch " \
+        "(ValueError: the test allocator's deallocate raises)" in error, error
+    assert raised["cause"] == "ValueError"
+    # Every buffer was still offered back (the test's frees them first).
+    assert balanced(raised["scratch"], 0)
+    assert calls(raised, "cuLaunchKernel") == calls(clean, "cuLaunchKernel")
+    assert leaks(clean, raised) == {}
+
+
+def test_the_scratch_allocator_belongs_to_its_thread(worker):
+    worker.compile("sm80")
+    (error, other), (own_error, own), after_other, record = worker(
+        device.run_beside_a_thread_allocator, "sm80")
+    assert error is None and own_error is None, (error, own_error)
+    # The other thread's call used the pool, this thread's the allocator.
+    assert calls(other, "cuMemAllocFromPoolAsync") > 0
+    assert after_other == 0
+    assert calls(own, "cuMemAllocFromPoolAsync") == 0
+    assert len(record["allocations"]) == calls(other,
+                                               "cuMemAllocFromPoolAsync")
+    assert balanced(record, 0), record
+
+
+@pytest.mark.parametrize("missing", ["allocate", "deallocate"])
+def test_an_incomplete_scratch_allocator_is_refused(worker, missing):
+    status, message, unset = worker(device.set_incomplete_allocator, missing)
+    assert status != 0
+    assert message == f"the scratch allocator's {missing} is NULL"
+    assert unset
+
+
+def test_torch_scratch_asks_torchs_allocator_on_the_calls_stream(worker):
+    """moba/torch_scratch.py over a stand-in for torch's caching allocator:
+    every buffer from caching_allocator_alloc on the call's device and
+    stream, every one deleted."""
+    stream = worker(device.create_stream)
+    call = scratch_call(worker, "sm80", stream=stream)
+    error, pooled = call()
+    assert error is None, error
+    error, given = call(scratch={"torch": True})
+    assert error is None, error
+    record = given["scratch"]
+    assert calls(given, "cuMemAllocFromPoolAsync") == 0
+    assert [(n, d, s) for n, d, s in record["torch_calls"]] == \
+        [(n, 0, stream) for n, _, _ in record["allocations"]]
+    assert len(record["allocations"]) == calls(pooled,
+                                               "cuMemAllocFromPoolAsync")
+    assert balanced(record, stream), record
+    assert leaks(pooled, given) == {}
+
+
+def test_torchs_out_of_memory_fails_the_call_with_its_message(worker):
+    call = scratch_call(worker, "sm80")
+    error, clean = call(scratch={"torch": True})
+    assert error is None, error
+    error, failed = call(scratch={"torch": True, "oom_at": 2})
+    assert error is not None
+    assert re.search(r"the caller's scratch allocator could not allocate "
+                     r"(\d+) bytes on stream 0x0 \(OutOfMemoryError: CUDA "
+                     r"out of memory. Tried to allocate \1 bytes\)$",
+                     error), error
+    assert failed["cause"] == "OutOfMemoryError"
+    assert balanced(failed["scratch"], 0), failed["scratch"]
+    assert leaks(clean, failed) == {}
+
+
+def test_a_calls_allocator_gives_the_thread_its_own_back(worker):
+    worker.compile("sm80")
+    error, outer, inner, restored = worker(
+        device.run_inside_an_outer_allocator, "sm80")
+    assert error is None, error
+    assert outer == 0 and inner > 0
+    assert restored

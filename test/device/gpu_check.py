@@ -36,6 +36,12 @@ skipped and counted; NaN never passes, skipped rows included.
                                    reference and the CPU path, and the
                                    kernels' own checks (paged_check.py)
   gpu_check.py decode-time         one 128K decode step vs torch SDPA
+  gpu_check.py memory              moba's scratch in torch's caching
+                                   allocator: a 32K forward and backward
+                                   seen by memory_allocated and
+                                   max_memory_allocated, released by
+                                   empty_cache, bounded by the memory
+                                   fraction, outputs equal to the pool's
 
 The backward cases compile with backward=True, run the forward, poison dq,
 dk and dv with NaN, run Kernel.backward with a random grad_out (and
@@ -931,11 +937,142 @@ def torch_compile_checks():
     return checks.failures
 
 
+MIB = 1 << 20
+
+
+def memory_checks(tokens=32768):
+    """moba's scratch from torch's caching allocator (moba/torch_scratch.py)
+    on a `tokens`-token call, forward and backward (32 query heads on 8,
+    head_dim 128, block 512, top-3, bf16, causal):
+
+    * max_memory_allocated during the call exceeds what the call's own
+      outputs take by the scratch (at least 64 MiB), and memory_allocated
+      after it is back to the outputs alone, within 1 MiB (the scratch went
+      back to torch's cache);
+    * empty_cache gives the scratch back to the driver: the device's free
+      memory (mem_get_info) returns to within 64 MiB of what it was before
+      the call, less the outputs; with moba's pool it would stay in use;
+    * a memory fraction too small for the scratch makes the call fail with
+      an error (torch's OutOfMemoryError as its cause), leaking nothing,
+      and the next call works;
+    * the outputs are bit for bit those of the same call on moba's pool.
+    """
+    import moba
+    from moba import torch_scratch
+    checks = Checks()
+    hq, hkv, d, block, top_k = 32, 8, 128, 512, 3
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, cu = random_case([tokens], hq, hkv, d, "bf16", generator)
+    cu = cu.cuda()
+    dout = torch.randn(q.shape, generator=generator,
+                       device="cuda").to(q.dtype)
+    kernel = moba.compile(head_dim=d, num_heads=hq, num_kv_heads=hkv,
+                          block_size=block, top_k=top_k, dtype="bf16",
+                          causal=True, target="auto", backward=True)
+
+    def forward():
+        return kernel(q, k, v, cu, return_lse=True)
+
+    def backward(out, lse):
+        return kernel.backward(q, k, v, cu, out, lse, dout)
+
+    def measured(call):
+        """(the call's results, its peak allocation above what was
+        allocated before, its outputs' bytes, allocated after less
+        before)."""
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        results = call()
+        torch.cuda.synchronize()
+        outputs = sum(x.numel() * x.element_size() for x in results)
+        return (results, torch.cuda.max_memory_allocated() - before,
+                outputs, torch.cuda.memory_allocated() - before)
+
+    out, lse = forward()  # compiles and loads the kernels
+    backward(out, lse)
+    calls = {"forward": forward, "backward": lambda: backward(out, lse)}
+    for name, call in calls.items():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        free_before = torch.cuda.mem_get_info()[0]
+        results, peak, outputs, kept = measured(call)
+        scratch = peak - outputs
+        checks.expect(f"{name}: max_memory_allocated sees the scratch",
+                      scratch >= 64 * MIB,
+                      f"(peak {peak / MIB:.0f} MiB above the inputs, outputs "
+                      f"{outputs / MIB:.0f} MiB, scratch "
+                      f"{scratch / MIB:.0f} MiB)")
+        # Within 1 MiB: what torch itself keeps around a call (the
+        # checked cu_seqlens) is small; the scratch is not.
+        checks.expect(f"{name}: memory_allocated after the call is the "
+                      "outputs", abs(kept - outputs) <= MIB,
+                      f"({kept / MIB:.1f} MiB kept, outputs "
+                      f"{outputs / MIB:.1f} MiB)")
+        reserved = torch.cuda.memory_reserved()
+        torch.cuda.empty_cache()
+        released = reserved - torch.cuda.memory_reserved()
+        free_after = torch.cuda.mem_get_info()[0]
+        checks.expect(f"{name}: empty_cache releases the scratch",
+                      free_after >= free_before - outputs - 64 * MIB,
+                      f"(released {released / MIB:.0f} MiB; free "
+                      f"{free_before / MIB:.0f} MiB before the call, "
+                      f"{free_after / MIB:.0f} MiB after, outputs "
+                      f"{outputs / MIB:.0f} MiB)")
+        # The same call on moba's pool: the same bits.
+        original = torch_scratch.scratch_allocator
+        torch_scratch.scratch_allocator = lambda device: None
+        try:
+            pooled = call()
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            free_pooled = torch.cuda.mem_get_info()[0]
+        finally:
+            torch_scratch.scratch_allocator = original
+        checks.expect(f"{name}: outputs equal the pool's",
+                      all(same_bits(a, b) for a, b in zip(results, pooled)))
+        print(f"     {name} on moba's pool: free memory after empty_cache "
+              f"{free_pooled / MIB:.0f} MiB (the pool keeps its scratch)",
+              flush=True)
+        del results, pooled
+
+    # A memory fraction that leaves no room for the scratch.
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    allocated = torch.cuda.memory_allocated()
+    # Room for the call's outputs (out as q, lse in f32) and a margin.
+    room = q.numel() * q.element_size() + lse.numel() * 4 + 64 * MIB
+    torch.cuda.set_per_process_memory_fraction(
+        (torch.cuda.memory_reserved() + room) / total)
+    try:
+        forward()
+        checks.expect("a memory fraction too small for the scratch fails "
+                      "the call", False, "(it ran)")
+    except RuntimeError as e:
+        cause = type(e.__cause__).__name__ if e.__cause__ else None
+        checks.expect("a memory fraction too small for the scratch fails "
+                      "the call with torch's error",
+                      "scratch allocator could not allocate" in str(e) and
+                      cause == "OutOfMemoryError",
+                      f"({cause}: {str(e)[:200]})")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    torch.cuda.synchronize()
+    checks.expect("nothing of the failed call stays allocated",
+                  torch.cuda.memory_allocated() == allocated,
+                  f"({(torch.cuda.memory_allocated() - allocated) / MIB:.1f}"
+                  " MiB more)")
+    checks.runs("the call after the failed one", forward)
+    return checks.failures
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["grid", "long", "time", "small", "api",
                                     "torch-compile", "grad", "grad-small",
-                                    "decode", "decode-time"])
+                                    "decode", "decode-time",
+                                    "memory"])
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--profile", action="store_true",
                    help="with `time`: each kernel's share of a call")
@@ -983,6 +1120,10 @@ def main():
                   f"{time.time() - start:.0f} s")
         else:
             ok = paged_check.decode_time(moba)
+    elif a.mode == "memory":
+        failures = memory_checks()
+        print(f"memory: {'all passed' if not failures else failures}")
+        ok = not failures
     elif a.mode == "grad-small":
         failures, results = run_cases(list(enumerate(grad_small_cases())),
                                       grad=True)

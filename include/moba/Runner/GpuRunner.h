@@ -14,6 +14,7 @@
 
 #include "moba/Pipelines/MmaTuning.h"
 #include "moba/Runner/AttentionConfig.h"
+#include "moba/Runtime/ScratchAllocator.h"
 
 #include "llvm/Support/Error.h"
 
@@ -87,6 +88,9 @@ struct GpuLaunch {
   /// them: they are then checked before the launch. Without them, offsets
   /// must be valid (the device copy is never read back).
   const int32_t *hostCuSeqlens = nullptr;
+  /// Where the call's scratch comes from: the caller's allocator when set,
+  /// else the runtime's pool.
+  cuda::ScratchAllocator allocator;
 };
 
 class GpuAttentionKernel {

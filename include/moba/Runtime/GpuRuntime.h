@@ -12,7 +12,9 @@
 //    and allocation of one call is ordered on the stream the user passed.
 //  * No waiting: synchronizing does nothing (one stream orders everything),
 //    and scratch comes from a stream-ordered pool (cuMemAllocFromPoolAsync,
-//    cuMemFreeAsync) that keeps its memory between calls; a call returns
+//    cuMemFreeAsync) that keeps its memory between calls, or from the
+//    caller's allocator when the LaunchScope has one (torch's caching
+//    allocator, so that torch's memory statistics see it); a call returns
 //    once its work is queued.
 //  * Kernels with more than 48 KiB of dynamic shared memory are opted in
 //    (cuFuncSetAttribute) at launch.
@@ -26,6 +28,7 @@
 #define MOBA_RUNTIME_GPURUNTIME_H
 
 #include "moba/Runtime/CudaDriver.h"
+#include "moba/Runtime/ScratchAllocator.h"
 
 #include "llvm/ExecutionEngine/Orc/Core.h"
 #include "llvm/ExecutionEngine/Orc/Mangling.h"
@@ -39,10 +42,14 @@ llvm::orc::SymbolMap runtimeSymbols(llvm::orc::MangleAndInterner interner);
 llvm::ArrayRef<llvm::StringRef> runtimeSymbolNames();
 
 /// For its lifetime, the entry points called on this thread use `stream` and
-/// record the first error. Scopes do not nest.
+/// record the first error; scratch comes from `allocator` when it is set,
+/// else from the device's pool. Whatever the allocator gave and the host
+/// code did not free (it frees everything, even after an error) is given
+/// back when the scope ends. Scopes do not nest.
 class LaunchScope {
 public:
-  explicit LaunchScope(CUstream stream);
+  explicit LaunchScope(CUstream stream,
+                       const ScratchAllocator &allocator = {});
   ~LaunchScope();
   LaunchScope(const LaunchScope &) = delete;
   LaunchScope &operator=(const LaunchScope &) = delete;
