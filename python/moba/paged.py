@@ -766,7 +766,8 @@ class KVCache:
 
     def _reserve(self, grown):
         """Hands out the pages that lengths `grown` need (managed table);
-        nothing changes when the pool or a sequence's row runs out."""
+        nothing changes when the pool or a sequence's row runs out. Returns
+        the (sequence, position) entries it filled, for _release."""
         need = [(b, -(-int(n) // self.page_size)) for b, n in
                 enumerate(grown)]
         extra = 0
@@ -782,9 +783,19 @@ class KVCache:
                              f"{len(self._free)} of {self.num_pages} are "
                              "free: reset() finished sequences or make a "
                              "larger cache")
+        handed = []
         for b, pages in need:
             for i in range(int((self.block_table[b] >= 0).sum()), pages):
                 self.block_table[b, i] = self._free.pop()
+                handed.append((b, i))
+        return handed
+
+    def _release(self, handed):
+        """Gives back the pages _reserve handed out, last first, so that the
+        table and the free list are as they were before it."""
+        for b, i in reversed(handed):
+            self._free.append(int(self.block_table[b, i]))
+            self.block_table[b, i] = -1
 
     def _kernel(self, max_query_tokens):
         target = "cpu" if self.device is None else _gpu_target(self.device)
@@ -827,18 +838,24 @@ class KVCache:
         v = _cuda_data("v", v, c["dtype"], tuple(k.shape), self.device)
         cu, counts = self._host_offsets("cu_seqlens", cu_seqlens, k.shape[0])
         grown = self.lengths.astype(np.int64) + counts
+        handed = []
         if self._managed:
-            self._reserve(grown)
+            handed = self._reserve(grown)
         elif (grown > self.max_pages * self.page_size).any():
             b = int(np.argmax(grown > self.max_pages * self.page_size))
             raise ValueError(
                 f"sequence {b} would hold {int(grown[b])} tokens, more than "
                 f"its max_pages = {self.max_pages} pages of {self.page_size}")
-        self._check_pages(grown)
-        cu_d, table_d, lens_d = self._device_copies(cu, self.lengths)
-        self._kernel(MAX_DECODE_QUERY_TOKENS).append(
-            k, v, cu_d, self.k_cache, self.v_cache, self.block_key_sums,
-            table_d, lens_d)
+        try:
+            self._check_pages(grown)
+            cu_d, table_d, lens_d = self._device_copies(cu, self.lengths)
+            self._kernel(MAX_DECODE_QUERY_TOKENS).append(
+                k, v, cu_d, self.k_cache, self.v_cache, self.block_key_sums,
+                table_d, lens_d)
+        except BaseException:
+            # A refused append changes nothing, the pages it took included.
+            self._release(handed)
+            raise
         self.lengths[:] = grown.astype(np.int32)
 
     def _attend_on_device(self, q, cu_seqlens_q, max_query_tokens,
@@ -883,13 +900,17 @@ class KVCache:
                              f"{k_array.shape}")
         cu, counts = self._counts("cu_seqlens", cu_seqlens, k_array.shape[0])
         grown = self.lengths.astype(np.int64) + counts
-        if self._managed:
-            self._reserve(grown)
-        kernel = self._kernel(MAX_DECODE_QUERY_TOKENS)
-        # In place: the lengths may be the caller's array (from_arrays).
-        self.lengths[:] = kernel.append(k_array, v_array, cu, self.k_cache,
-                                        self.v_cache, self.block_key_sums,
-                                        self.block_table, self.lengths)
+        handed = self._reserve(grown) if self._managed else []
+        try:
+            kernel = self._kernel(MAX_DECODE_QUERY_TOKENS)
+            # In place: the lengths may be the caller's array (from_arrays).
+            self.lengths[:] = kernel.append(
+                k_array, v_array, cu, self.k_cache, self.v_cache,
+                self.block_key_sums, self.block_table, self.lengths)
+        except BaseException:
+            # A refused append changes nothing, the pages it took included.
+            self._release(handed)
+            raise
 
     def _attend(self, q, cu_seqlens_q, max_query_tokens, return_lse):
         if self.device is not None:

@@ -628,3 +628,26 @@ def test_gpu_paged_kernels_compile_here_and_refuse_host_arrays():
                                          "device, got 'meta'"):
         moba.KVCache(4, 16, 2, 64, "bf16", batch=1, num_heads=4,
                      block_size=32, top_k=2, device="meta")
+
+
+def test_a_refused_append_gives_its_pages_back(monkeypatch):
+    """The managed table hands out pages before the library checks the
+    append; when the library refuses it, the pages go back to the pool and
+    the table is as it was."""
+    cache = small_cache()
+    k, v = kv(20)
+    table, free = cache.block_table.copy(), list(cache._free)
+
+    class Refusing:
+        def append(self, *args):
+            raise ValueError("refused by the library")
+
+    real = cache._kernel
+    monkeypatch.setattr(cache, "_kernel", lambda *args: Refusing())
+    with pytest.raises(ValueError, match="refused by the library"):
+        cache.append(k, v, [0, 2, 20])
+    assert (cache.block_table == table).all() and cache._free == free
+    assert cache.lengths.tolist() == [0, 0]
+    monkeypatch.setattr(cache, "_kernel", real)
+    cache.append(k, v, [0, 2, 20])
+    assert cache.lengths.tolist() == [2, 18]
