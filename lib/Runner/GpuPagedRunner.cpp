@@ -129,32 +129,8 @@ GpuPagedKernel::compile(const PagedConfig &config,
 }
 
 llvm::Error GpuPagedKernel::load() const {
-  std::lock_guard<std::mutex> lock(loadMutex);
-  cuda::DeviceInfo device;
-  auto context = cuda::currentContext(&device);
-  if (!context)
-    return context.takeError();
-  if (loadedContext) {
-    if (loadedContext == *context)
-      return llvm::Error::success();
-    return llvm::createStringError(llvm::formatv(
-        "the {0} kernel was loaded into another CUDA context than the "
-        "current one (device {1}): compile one kernel per device",
-        cfg.key(), device.ordinal).str());
-  }
-  if (llvm::Error e = cuda::checkChipRunsOn(chipName, device))
-    return e;
-  cuda::LaunchScope scope(/*stream=*/nullptr);
-  loadModules();
-  if (llvm::Error e = scope.takeError()) {
-    unloadModules();
-    return llvm::createStringError(
-        "loading the kernels of " + cfg.key() + " on device " +
-        std::to_string(device.ordinal) + " (" + device.name +
-        ") failed: " + llvm::toString(std::move(e)));
-  }
-  loadedContext = *context;
-  return llvm::Error::success();
+  return loadModulesOnce(loadMutex, loadedContext, cfg.key(), chipName,
+                         loadModules, unloadModules);
 }
 
 llvm::Error GpuPagedKernel::append(const PagedCacheBuffers &cache,

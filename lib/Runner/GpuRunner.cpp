@@ -420,8 +420,10 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
   return finish();
 }
 
-llvm::Error GpuAttentionKernel::load() const {
-  std::lock_guard<std::mutex> lock(loadMutex);
+llvm::Error mlir::moba::detail::loadModulesOnce(
+    std::mutex &mutex, void *&loadedContext, llvm::StringRef key,
+    llvm::StringRef chip, void (*loadModules)(), void (*unloadModules)()) {
+  std::lock_guard<std::mutex> lock(mutex);
   cuda::DeviceInfo device;
   auto context = cuda::currentContext(&device);
   if (!context)
@@ -432,9 +434,9 @@ llvm::Error GpuAttentionKernel::load() const {
     return llvm::createStringError(llvm::formatv(
         "the {0} kernel was loaded into another CUDA context than the "
         "current one (device {1}): compile one kernel per device",
-        cfg.key(), device.ordinal).str());
+        key, device.ordinal).str());
   }
-  if (llvm::Error e = cuda::checkChipRunsOn(chipName, device))
+  if (llvm::Error e = cuda::checkChipRunsOn(chip, device))
     return e;
   // After the first failure the loads do nothing; what loaded before it is
   // unloaded, so that a failed load holds no module and the next call tries
@@ -444,12 +446,17 @@ llvm::Error GpuAttentionKernel::load() const {
   if (llvm::Error e = scope.takeError()) {
     unloadModules();
     return llvm::createStringError(
-        "loading the kernels of " + cfg.key() + " on device " +
+        "loading the kernels of " + key + " on device " +
         std::to_string(device.ordinal) + " (" + device.name +
         ") failed: " + llvm::toString(std::move(e)));
   }
   loadedContext = *context;
   return llvm::Error::success();
+}
+
+llvm::Error GpuAttentionKernel::load() const {
+  return loadModulesOnce(loadMutex, loadedContext, cfg.key(), chipName,
+                         loadModules, unloadModules);
 }
 
 llvm::Error GpuAttentionKernel::run(const AttentionBuffers &buffers,

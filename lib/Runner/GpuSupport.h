@@ -14,6 +14,7 @@
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/Error.h"
 
+#include <mutex>
 #include <utility>
 
 namespace llvm {
@@ -42,6 +43,16 @@ void initializeGpuTargets();
 /// aligned. The error names the first one that is not.
 llvm::Error checkRowAlignment(
     llvm::ArrayRef<std::pair<const char *, const void *>> rowBuffers);
+
+/// Loads a compiled kernel's modules into the current CUDA context, once:
+/// the first call (under `mutex`) checks that the device runs `chip`, loads
+/// them and records the context in `loadedContext`; after a failed load
+/// what loaded is unloaded, so that the next call tries again. Later calls
+/// in that context do nothing; a call from another context is an error
+/// naming `key` (one kernel per device).
+llvm::Error loadModulesOnce(std::mutex &mutex, void *&loadedContext,
+                            llvm::StringRef key, llvm::StringRef chip,
+                            void (*loadModules)(), void (*unloadModules)());
 
 } // namespace mlir::moba::detail
 
