@@ -37,19 +37,7 @@ llvm::Error pagedPipeline(const PagedConfig &config,
   pipeline.toolkit = o.toolkit;
   pipeline.densify = false;
   pipeline.mma = false;
-  if (std::string problem = checkGpuPipelineOptions(pipeline);
-      !problem.empty())
-    return llvm::createStringError(problem);
-  if (auto chip = cuda::parseChip(o.chip); !chip)
-    return chip.takeError();
-  if (o.format == "fatbin")
-    return llvm::createStringError(
-        "format fatbin is for moba-opt; the GPU runner loads isa (PTX) or "
-        "bin (cubin)");
-  if (o.optLevel > 3)
-    return llvm::createStringError("opt_level must be 0-3, got %u",
-                                   o.optLevel);
-  return llvm::Error::success();
+  return checkRunnerPipeline(pipeline, o);
 }
 
 } // namespace

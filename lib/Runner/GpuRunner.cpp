@@ -216,19 +216,7 @@ llvm::Error fillPipelineOptions(const AttentionConfig &config,
   setMmaKernelPlan(pipeline, plan);
   if (filledPlan)
     *filledPlan = plan;
-  if (std::string problem = checkGpuPipelineOptions(pipeline);
-      !problem.empty())
-    return llvm::createStringError(problem);
-  if (auto chip = cuda::parseChip(options.chip); !chip)
-    return chip.takeError();
-  if (options.format == "fatbin")
-    return llvm::createStringError(
-        "format fatbin is for moba-opt; the GPU runner loads isa (PTX) or "
-        "bin (cubin)");
-  if (options.optLevel > 3)
-    return llvm::createStringError("opt_level must be 0-3, got %u",
-                                   options.optLevel);
-  return llvm::Error::success();
+  return checkRunnerPipeline(pipeline, options);
 }
 
 } // namespace
@@ -418,6 +406,24 @@ GpuAttentionKernel::compile(const AttentionConfig &config,
                                    config.key().c_str(),
                                    llvm::toString(std::move(e)).c_str());
   return finish();
+}
+
+llvm::Error
+mlir::moba::detail::checkRunnerPipeline(const GpuPipelineOptions &pipeline,
+                                        const GpuCompileOptions &options) {
+  if (std::string problem = checkGpuPipelineOptions(pipeline);
+      !problem.empty())
+    return llvm::createStringError(problem);
+  if (auto chip = cuda::parseChip(options.chip); !chip)
+    return chip.takeError();
+  if (options.format == "fatbin")
+    return llvm::createStringError(
+        "format fatbin is for moba-opt; the GPU runner loads isa (PTX) or "
+        "bin (cubin)");
+  if (options.optLevel > 3)
+    return llvm::createStringError("opt_level must be 0-3, got %u",
+                                   options.optLevel);
+  return llvm::Error::success();
 }
 
 llvm::Error mlir::moba::detail::loadModulesOnce(

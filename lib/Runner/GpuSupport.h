@@ -21,6 +21,11 @@ namespace llvm {
 class Module;
 } // namespace llvm
 
+namespace mlir::moba {
+struct GpuPipelineOptions;
+struct GpuCompileOptions;
+} // namespace mlir::moba
+
 namespace mlir::moba::detail {
 
 /// The dialects, interfaces and translations the GPU pipeline meets.
@@ -43,6 +48,12 @@ void initializeGpuTargets();
 /// aligned. The error names the first one that is not.
 llvm::Error checkRowAlignment(
     llvm::ArrayRef<std::pair<const char *, const void *>> rowBuffers);
+
+/// The checks of a GPU runner's compile after it filled `pipeline` from
+/// `options`: the pipeline's own rules, the chip, and what only moba-opt
+/// takes (format fatbin) or no pipeline takes (opt_level above 3).
+llvm::Error checkRunnerPipeline(const GpuPipelineOptions &pipeline,
+                                const GpuCompileOptions &options);
 
 /// Loads a compiled kernel's modules into the current CUDA context, once:
 /// the first call (under `mutex`) checks that the device runs `chip`, loads
