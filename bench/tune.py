@@ -58,7 +58,8 @@ ENUM_NAMES = {"mma.sync": "MmaSync", "wgmma": "Wgmma", "cp.async": "CpAsync",
               "in-order": "InOrder", "overlapped": "Overlapped",
               "warp-specialized": "WarpSpecialized",
               "warp-specialized-overlapped": "WarpSpecializedOverlapped",
-              "ping-pong": "PingPong"}
+              "ping-pong": "PingPong",
+              "persistent": "Persistent"}
 
 
 def candidates(chip, stages=STAGES, schedules=SCHEDULES):

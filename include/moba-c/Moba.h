@@ -158,6 +158,10 @@ typedef enum MobaSchedule {
   /* MOBA_SCHEDULE_WARP_SPECIALIZED_OVERLAPPED with the consumer warpgroups
    * taking turns on the tensor cores; mma_warps 8 or 12. */
   MOBA_SCHEDULE_PING_PONG = 5,
+  /* MOBA_SCHEDULE_WARP_SPECIALIZED on persistent CTAs (one wave, each CTA
+   * walking its share of the tiles, its producer copying the next tile's
+   * chunks while the consumers finish the current one); the same rules. */
+  MOBA_SCHEDULE_PERSISTENT = 6,
 } MobaSchedule;
 
 typedef struct MobaConfig {

@@ -204,6 +204,9 @@ llvm::Error readGpuOptions(const MobaConfig &c, CompileRequest &r) {
   case MOBA_SCHEDULE_PING_PONG:
     plan.schedule = KernelSchedule::PingPong;
     break;
+  case MOBA_SCHEDULE_PERSISTENT:
+    plan.schedule = KernelSchedule::Persistent;
+    break;
   default:
     return llvm::createStringError("unknown mma_schedule %d",
                                    static_cast<int>(c.mma_schedule));

@@ -59,6 +59,9 @@ constexpr EnumName<KernelSchedule> kKernelSchedules[] = {
     {KernelSchedule::PingPong, "ping-pong",
      "warp-specialized-overlapped, the consumers taking turns on the tensor "
      "cores"},
+    {KernelSchedule::Persistent, "persistent",
+     "warp-specialized on persistent CTAs, the producer running ahead "
+     "across tiles"},
 };
 
 constexpr EnumName<MergeMode> kMergeModes[] = {

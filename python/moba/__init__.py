@@ -879,8 +879,10 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     the TMA ring while consumer warpgroups multiply; TMA loads only),
     "warp-specialized-overlapped" (the same, each consumer's softmax under
     the previous chunk's P V), "ping-pong" (that, with the consumer
-    warpgroups taking turns on the tensor cores; mma_warps 8 or 12) or
-    "auto" (None: overlapped where one CTA fills an SM and K and V come by
+    warpgroups taking turns on the tensor cores; mma_warps 8 or 12),
+    "persistent" (warp-specialized on persistent CTAs, whose producer
+    copies the next tile's chunks while the consumers finish the current
+    one) or "auto" (None: overlapped where one CTA fills an SM and K and V come by
     cp.async, else in order).
     The rules between these (wgmma needs sm_90a and whole warpgroups, TMA
     needs wgmma, ...) are the library's, checked once the tuning table has
@@ -934,11 +936,12 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
                          f"got {mma_merge!r}")
     if mma_schedule not in (None, "auto", "in-order", "overlapped",
                             "warp-specialized",
-                            "warp-specialized-overlapped", "ping-pong"):
+                            "warp-specialized-overlapped", "ping-pong",
+                            "persistent"):
         raise ValueError(f"mma_schedule must be 'auto', 'in-order', "
                          f"'overlapped', 'warp-specialized', "
-                         f"'warp-specialized-overlapped', 'ping-pong' or "
-                         f"None, got "
+                         f"'warp-specialized-overlapped', 'ping-pong', "
+                         f"'persistent' or None, got "
                          f"{mma_schedule!r}")
     if stage not in ("fused", "tiled", "decomposed"):
         raise ValueError(f"stage must be 'fused', 'tiled' or 'decomposed', "

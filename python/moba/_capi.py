@@ -20,7 +20,7 @@ _KEY_VALUE_LOADS = {None: 0, "cp.async": 1, "tma": 2, "tma-multicast": 3}
 _MERGES = {None: 0, "fused": 1, "separate": 2}
 _SCHEDULES = {None: 0, "auto": 0, "in-order": 1, "overlapped": 2,
               "warp-specialized": 3, "warp-specialized-overlapped": 4,
-              "ping-pong": 5}
+              "ping-pong": 5, "persistent": 6}
 
 
 class MobaConfig(ctypes.Structure):

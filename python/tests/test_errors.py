@@ -338,13 +338,17 @@ def test_cpu_target_refuses_gpu_fields_no_gpu_takes():
 def test_mma_schedule_rules():
     with pytest.raises(ValueError, match="mma_schedule must be 'auto', "
                        "'in-order', 'overlapped', 'warp-specialized', "
-                       "'warp-specialized-overlapped', 'ping-pong' or None, "
-                       "got 'round-robin'"):
+                       "'warp-specialized-overlapped', 'ping-pong', "
+                       "'persistent' or None, got 'round-robin'"):
         kernel(mma_schedule="round-robin")
     assert gpu_problem(mma_schedule="ping-pong", mma_instruction="wgmma",
                        mma_key_value_loads="tma", mma_warps=4).startswith(
         "mma_schedule=ping-pong needs mma_warps 8 or 12 (two or three "
         "consumer warpgroups to take turns), got 4")
+    assert gpu_problem(mma_schedule="persistent", mma_instruction="wgmma",
+                       mma_key_value_loads="tma-multicast").startswith(
+        "mma_schedule=persistent needs mma_key_value_loads=tma (its "
+        "producer owns one CTA's ring), got 'tma-multicast'")
     assert gpu_problem(mma_schedule="overlapped",
                        mma_instruction="mma.sync").startswith(
         "mma_schedule=overlapped needs mma_instruction=wgmma, got "

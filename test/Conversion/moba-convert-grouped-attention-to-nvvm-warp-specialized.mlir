@@ -13,7 +13,9 @@
 // RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=4 warps=4 schedule=warp-specialized" | FileCheck %s --check-prefix=WIDE
 // RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=3 warps=8 schedule=warp-specialized-overlapped" | FileCheck %s --check-prefix=OVERLAP
 // RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=3 warps=8 schedule=ping-pong" | FileCheck %s --check-prefix=TURNS
+// RUN: moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma stages=3 warps=8 schedule=persistent" | FileCheck %s --check-prefix=PERSIST
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma-multicast schedule=warp-specialized" 2>&1 | FileCheck %s --check-prefix=PAIRS
+// RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma-multicast schedule=persistent" 2>&1 | FileCheck %s --check-prefix=PERSIST-PAIRS
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=cp.async schedule=warp-specialized-overlapped" 2>&1 | FileCheck %s --check-prefix=OVERLAP-LOADS
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="schedule=warp-specialized key-value-loads=tma" 2>&1 | FileCheck %s --check-prefix=SYNC
 // RUN: not moba-opt %s --moba-convert-grouped-attention-to-nvvm="instruction=wgmma key-value-loads=tma warps=16 schedule=warp-specialized" 2>&1 | FileCheck %s --check-prefix=WARPS
@@ -144,6 +146,42 @@
 // TURNS: nvvm.barrier id = %c4_i32{{.*}} number_of_threads = %c256_i32
 // TURNS: nvvm.setmaxregister decrease 40
 
+// Persistent CTAs: one wave (132 SMs x 1 CTA: the tiles, at most 132);
+// the barriers initialized once and published by the CTA's only barrier;
+// both roles walk tiles cta, cta + grid, ... carrying the ring's chunks;
+// the consumers wait for each other before a tile's queries overwrite the
+// last tile's; the producer's thread copies every chunk of a tile from 0,
+// into ring chunk base + c.
+// PERSIST: %[[TILES:.+]] = arith.muli %{{.+}}, %c8{{.*}} : index
+// PERSIST: %[[SOME:.+]] = arith.maxui %[[TILES]], %c1{{.*}} : index
+// PERSIST: %[[WAVE:.+]] = arith.minui %[[SOME]], %c132 : index
+// PERSIST: gpu.launch blocks(%[[CTA:.+]], %{{.+}}, %{{.+}}) in (%[[GRID:.+]] = %[[WAVE]], {{.+}} = %c384{{.*}}, {{.+}}) dynamic_shared_memory_size %c132232_i32 {
+// PERSIST-COUNT-9: nvvm.mbarrier.init
+// PERSIST: nvvm.fence.mbarrier.init
+// PERSIST: gpu.barrier
+// PERSIST-NOT: gpu.barrier
+// PERSIST: scf.if
+// PERSIST-NEXT: nvvm.setmaxregister increase 232
+// PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%{{.+}} = %c0{{.*}}) -> (index) {
+// PERSIST: scf.if %{{.+}} -> (index) {
+// PERSIST: nvvm.barrier id = %c3_i32 number_of_threads = %c256_i32
+// PERSIST: nvvm.mbarrier.try_wait.parity
+// PERSIST: nvvm.wgmma.mma_async
+// PERSIST: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
+// PERSIST-NOT: gpu.barrier
+// PERSIST: nvvm.setmaxregister decrease 40
+// PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%[[BASE:.+]] = %c0{{.*}}) -> (index) {
+// PERSIST: scf.for %[[C:.+]] = %c0{{.*}} to
+// PERSIST-NEXT: %[[AT:.+]] = arith.addi %[[BASE]], %[[C]] : index
+// PERSIST: %[[SLOT:.+]] = arith.remui %[[AT]], %c3{{.*}} : index
+// PERSIST: %[[FILL:.+]] = arith.divui %[[AT]], %c3{{.*}} : index
+// PERSIST: nvvm.mbarrier.try_wait.parity
+// PERSIST-COUNT-2: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// PERSIST: nvvm.mbarrier.arrive.expect_tx
+// PERSIST-COUNT-2: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// PERSIST: } {nvvm.maxntid = array<i32: 384, 1, 1>, nvvm.minctasm = 1 : i32}
+
+// PERSIST-PAIRS: schedule=persistent needs key-value-loads=tma (its producer owns one CTA's ring), got 'tma-multicast'
 // PAIRS: schedule=warp-specialized needs key-value-loads=tma (its producer owns one CTA's ring), got 'tma-multicast'
 // OVERLAP-LOADS: schedule=warp-specialized-overlapped needs key-value-loads=tma (its producer owns one CTA's ring), got 'cp.async'
 // SYNC: schedule=warp-specialized needs instruction=wgmma, got 'mma.sync'

@@ -29,6 +29,10 @@
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma mma-schedule=warp-specialized mma-warps=8 mma-stages=3" | FileCheck %s --check-prefix=TMABIN
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma mma-schedule=warp-specialized mma-warps=4 mma-stages=4" | FileCheck %s --check-prefix=TMABIN
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma mma-schedule=warp-specialized mma-warps=12 mma-stages=2" | FileCheck %s --check-prefix=TMABIN
+// The persistent schedule, likewise:
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma mma-schedule=persistent mma-warps=4 mma-stages=2" | FileCheck %s --check-prefix=TMABIN
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma mma-schedule=persistent mma-warps=8 mma-stages=3" | FileCheck %s --check-prefix=TMABIN
+// RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-instruction=wgmma mma-key-value-loads=tma mma-schedule=persistent mma-warps=12 mma-stages=2" | FileCheck %s --check-prefix=TMABIN
 // RUN: not moba-opt %s --moba-gpu-pipeline="chip=sm_90a densify=true mma=true mma-instruction=wgmma mma-stages=3" 2>&1 | FileCheck %s --check-prefix=BADSTAGES
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=isa densify=true mma=true" --mlir-print-ir-after=moba-convert-group-queries-to-nvvm -o /dev/null 2>&1 | FileCheck %s --check-prefix=GROUPING
 // RUN: moba-opt %s --moba-gpu-pipeline="chip=sm_90a format=bin densify=true mma=true mma-fused-merge=true" | FileCheck %s --check-prefix=FUSEDBIN

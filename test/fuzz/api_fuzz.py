@@ -87,7 +87,8 @@ CHOICE_PARAMS = {
     "mma_instruction": ["'wgmma'", "'mma.sync'", "'tcgen05'", "''"],
     "mma_key_value_loads": ["'tma'", "'cp.async'", "'ldg'"],
     "mma_merge": ["'fused'", "'separate'", "'both'"],
-    "mma_schedule": ["'auto'", "'in-order'", "'overlapped'", "'ping-pong'"],
+    "mma_schedule": ["'auto'", "'in-order'", "'overlapped'", "'ping-pong'",
+                     "'persistent'"],
 }
 
 

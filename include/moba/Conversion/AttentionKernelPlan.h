@@ -77,6 +77,11 @@ enum class KernelSchedule {
   /// softmax runs while the tensor cores multiply another's (FA3's
   /// ping-pong); two or three consumer warpgroups.
   PingPong,
+  /// WarpSpecialized on persistent CTAs: as many CTAs as the SMs hold at
+  /// once, each walking every grid-th tile of the list; the producer's
+  /// ring runs across tiles, so that it copies the next tile's first
+  /// chunks while the consumers finish the current one and write its rows.
+  Persistent,
 };
 
 /// Where the slots' partials are merged.
@@ -129,7 +134,8 @@ struct AttentionKernelPlan {
   bool warpSpecialized() const {
     return schedule == KernelSchedule::WarpSpecialized ||
            schedule == KernelSchedule::WarpSpecializedOverlapped ||
-           schedule == KernelSchedule::PingPong;
+           schedule == KernelSchedule::PingPong ||
+           schedule == KernelSchedule::Persistent;
   }
 
   /// The canonical text: the four enums' names, then warps, key-chunk and

@@ -126,8 +126,18 @@ struct MmaTileShape {
   bool warpSpecialized() const {
     return bulkLoads && (schedule == KernelSchedule::WarpSpecialized ||
                          schedule == KernelSchedule::WarpSpecializedOverlapped ||
-                         schedule == KernelSchedule::PingPong);
+                         schedule == KernelSchedule::PingPong ||
+                         schedule == KernelSchedule::Persistent);
   }
+  /// KernelSchedule::Persistent: CTAs that walk the tile list
+  /// (AttentionKernel::emitPersistentCta).
+  bool persistent() const {
+    return bulkLoads && schedule == KernelSchedule::Persistent;
+  }
+  /// The SMs a persistent grid fills (an H100 SXM's and an H200's): a
+  /// part with fewer runs the CTAs past its own in a second wave, which
+  /// is right but uneven.
+  static constexpr int64_t kPersistentSMs = 132;
   /// The producer warpgroup's threads (setmaxnreg works on whole
   /// warpgroups) and the registers it keeps: its one working thread
   /// computes a chunk's slot, parity and coordinates.
@@ -137,6 +147,9 @@ struct MmaTileShape {
   /// setmaxnreg's counts are multiples of 8).
   static constexpr int64_t kMaxConsumerRegisters = 240;
   StageRing ring() const { return StageRing(stages); }
+  /// warpSpecialized: the consumer threads' named barrier (ids 1 ..
+  /// warpgroups are the warpgroups' own, 0 the CTA's).
+  int64_t consumerBarrierId() const { return warpgroups() + 1; }
   /// The CTAs of a cluster: 2 with multicastPairs, else 1.
   int64_t clusterSize() const { return multicastPairs ? 2 : 1; }
   int64_t warpgroups() const { return warps / 4; }
@@ -305,6 +318,10 @@ struct CtaTile {
   Value paired, clusterRank;
   /// The lane's rows quadRow and quadRow + 8 of its warp's 16.
   SmallVector<Value, 2> rowValid, token, slot;
+  /// shape.persistent(): the chunks the CTA's ring carried for its earlier
+  /// tiles, so that chunk c of this tile is the ring's chunk ringBase + c
+  /// (AttentionKernel::ringChunk); null where the CTA has one tile.
+  Value ringBase;
 };
 
 /// Every thread of the cluster arrives (releasing its writes, unless
@@ -314,6 +331,8 @@ void clusterBarrier(ImplicitLocOpBuilder &b, bool relaxed = false);
 /// The barrier after which a chunk's K/V buffers may refill: the CTA's, or
 /// the cluster's where the CTA shares its copies with the other (t.paired).
 void bufferBarrier(ImplicitLocOpBuilder &b, const CtaTile &t);
+
+class TmaLoader;
 
 struct AttentionKernel {
   /// The op lowered; null for the backward's dq kernel (ctaWork), which
@@ -385,6 +404,42 @@ struct AttentionKernel {
   /// The body of one CTA: tile `tile` of head `h`.
   void emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch, Value h,
                Value tile, Value rows, Value tileList);
+  /// shape.persistent() (PersistentCta.cpp): the body of a CTA that walks
+  /// tiles cta, cta + grid, ... of the `tiles` (tilesPerHead per head):
+  /// its producer copies every chunk of every tile into the ring, which
+  /// runs across tiles, and its consumers attend and write each tile's
+  /// rows.
+  void emitPersistentCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
+                         Value tiles, Value tilesPerHead, Value rows,
+                         Value tileList);
+  /// The threads' ids and the shared memory, what a CTA's tiles share.
+  CtaTile ctaFrame(ImplicitLocOpBuilder &b, gpu::LaunchOp launch);
+  /// Tile `tile` of head t.h, of block row `row` (< rows): sets t.first,
+  /// valid, keyFirst, lastKey and g; returns the end of the row's keys.
+  Value readTileKeys(ImplicitLocOpBuilder &b, CtaTile &t, Value tile,
+                     Value row, Value tileList);
+  /// This lane's two rows of its warp's 16 (t.quadRow, t.rowValid, t.token,
+  /// t.slot, ...), from t.first and t.valid.
+  void readLaneRows(ImplicitLocOpBuilder &b, CtaTile &t);
+  /// t.keyLimit, chunks and unmasked of a tile whose keys end at `keyLast`
+  /// and, causally, whose queries are tokens `earliest` .. `latest` (both
+  /// null when not causal).
+  void boundChunks(ImplicitLocOpBuilder &b, CtaTile &t, Value keyLast,
+                   Value latest, Value earliest);
+  /// The ring's chunk (StageRing's index) of the tile's chunk `chunk`.
+  static Value ringChunk(KernelBuilder &e, const CtaTile &t, Value chunk) {
+    return t.ringBase ? e.add(t.ringBase, chunk) : chunk;
+  }
+  /// warpSpecialized: the producer warpgroup gives back all but
+  /// MmaTileShape::kProducerRegisters of its registers (`producer`), or a
+  /// consumer warpgroup takes MmaTileShape::consumerRegisters (setmaxnreg),
+  /// where that moves any.
+  void moveRegisters(ImplicitLocOpBuilder &b, bool producer);
+  /// By the producer's one thread (TmaLoader `loader` on tile t): chunks
+  /// `from` .. t.chunks - 1 of the tile into their slots, each once the
+  /// consumers have released the slot's fill before.
+  void produceChunks(ImplicitLocOpBuilder &b, const CtaTile &t,
+                     TmaLoader &loader, Value from);
   /// What a CTA's consumer threads (all of them, but for the
   /// warp-specialized schedule's producer) do once the tile is read: the
   /// chunk loops, then each valid row's partial and log-sum-exp, then the

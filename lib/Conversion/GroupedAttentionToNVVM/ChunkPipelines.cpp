@@ -91,7 +91,7 @@ SmallVector<Value> AttentionKernel::emitSplitChunkLoops(
         [&](OpBuilder &fb, Location loc, Value chunk, ValueRange c) {
           ImplicitLocOpBuilder ib(loc, fb);
           KernelBuilder ie{ib, e.element};
-          Value buffer = shape.ring().slot(ie, chunk);
+          Value buffer = shape.ring().slot(ie, ringChunk(ie, t, chunk));
           Value keyBase =
               ie.add(t.keyFirst, ie.mul(chunk, ie.index(shape.keyChunk)));
           scf::YieldOp::create(ib,

@@ -101,10 +101,13 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
 
   if (shape.bulkLoads)
     emitTensorMaps(b);
-  Value ctas = arith::MaxUIOp::create(
-      b, e.mul(tilesPerHead, e.index(numHeads)), e.index(1));
+  Value tiles = e.mul(tilesPerHead, e.index(numHeads));
+  Value ctas = arith::MaxUIOp::create(b, tiles, e.index(1));
   int64_t sharedBytes = shape.sharedBytes(headDim, element());
   int64_t statedCtas = shape.statedCtasPerSM(headDim, element());
+  // Persistent CTAs: one wave, as many as the SMs hold at once.
+  if (shape.persistent())
+    ctas = e.minU(ctas, e.index(MmaTileShape::kPersistentSMs * statedCtas));
   launch(b, ctas, threads(), e.i32(sharedBytes), /*workgroup=*/{},
          [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp launchOp) {
            // The occupancy the shared memory was sized for, as a cap on
@@ -127,6 +130,9 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
                  NVVM::NVVMDialect::getClusterDimAttrName(),
                  kb.getDenseI32ArrayAttr(
                      {static_cast<int32_t>(shape.clusterSize()), 1, 1}));
+           if (shape.persistent())
+             return emitPersistentCta(kb, launchOp, tiles, tilesPerHead,
+                                      rows, tileList);
            KernelBuilder ke{kb, e.element};
            Value cta = launchOp.getBlockIds().x;
            emitCta(kb, launchOp, ke.div(cta, tilesPerHead),
@@ -256,20 +262,29 @@ void AttentionKernel::emitTileList(ImplicitLocOpBuilder &b, Value tileList,
       });
 }
 
-void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
-                              Value h, Value tile, Value rows,
-                              Value tileList) {
+CtaTile AttentionKernel::ctaFrame(ImplicitLocOpBuilder &b,
+                                  gpu::LaunchOp launch) {
   KernelBuilder e{b, element()};
   CtaTile t;
   t.tid = launch.getThreadIds().x;
   t.warp = e.div(t.tid, e.index(32));
   t.lane = e.rem(t.tid, e.index(32));
-  t.h = h;
   auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
                                               gpu::AddressSpace::Workgroup);
   t.sharedMemory = gpu::DynamicSharedMemoryOp::create(
       b, MemRefType::get({ShapedType::kDynamic}, b.getI8Type(),
                          MemRefLayoutAttrInterface(), workgroup));
+  return t;
+}
+
+void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
+                              Value h, Value tile, Value rows,
+                              Value tileList) {
+  KernelBuilder e{b, element()};
+  CtaTile t = ctaFrame(b, launch);
+  t.h = h;
+  auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
+                                              gpu::AddressSpace::Workgroup);
   // [warp's last token..., warp's first token...]: behind the stages of
   // mma.sync, in front of wgmma's aligned operands.
   auto reduceType = MemRefType::get({2 * shape.warps}, b.getI32Type(),
@@ -289,14 +304,7 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
   OpBuilder::InsertionGuard guard(b);
   b.setInsertionPointToStart(&found.getThenRegion().front());
 
-  Value count = e.loadIndex(counts, {h, row});
-  Value tileRow = e.mul(field(1), e.index(ctaRows()));
-  t.first = e.add(e.loadIndex(starts, {h, row}), tileRow);
-  t.valid = e.minU(e.index(ctaRows()), e.sub(count, tileRow));
-  t.keyFirst = field(2);
-  Value keyLast = field(3);
-  t.lastKey = e.sub(keyLast, e.index(1));
-  t.g = e.div(h, e.index(group));
+  Value keyLast = readTileKeys(b, t, tile, row, tileList);
   if (shape.multicastPairs) {
     // The pair shares its copies where both tiles read the same chunks:
     // the same block row, and (causal) every query of both tiles past the
@@ -329,27 +337,11 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
   if (shape.bulkLoads)
     startBulkLoads(b, t);
 
-  // This lane's two rows of its warp's 16, and their (token, slot).
-  t.quadRow = e.div(t.lane, e.index(4));
-  t.quadCol = e.rem(t.lane, e.index(4));
-  t.pairCol = e.mul(t.quadCol, e.index(2));
-  Value warpRow = e.mul(t.warp, e.index(kTileRows));
-  for (int64_t half = 0; half < 2; ++half) {
-    Value i = e.add(warpRow, e.add(t.quadRow, e.index(8 * half)));
-    Value isValid = e.ult(i, t.valid);
-    Value at = e.add(t.first, e.select(isValid, i, e.index(0)));
-    Value entry = e.loadIndex(entries, {h, at});
-    t.rowValid.push_back(isValid);
-    t.token.push_back(e.div(entry, e.index(slotsPerToken)));
-    t.slot.push_back(e.rem(entry, e.index(slotsPerToken)));
-  }
+  readLaneRows(b, t);
 
-  // Causally no query of the tile sees keys past its last token: the
-  // chunks after it are skipped (half the own block, on average); and
-  // chunks that end before its first token and before keyLimit need no
-  // mask (all but the own block's diagonal).
-  t.keyLimit = keyLast;
-  Value unmaskedEnd = keyLast;
+  // The tile's first and last token (boundChunks), reduced over its
+  // entries: each thread reads one, the warps reduce by shuffles, then
+  // across warps through shared memory.
   if (causal) {
     Value mine =
         e.add(t.first, e.select(e.ult(t.tid, t.valid), t.tid, e.index(0)));
@@ -391,15 +383,10 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
       last = arith::MaxUIOp::create(b, last, reduced(w));
       firstToken = e.minU(firstToken, reduced(shape.warps + w));
     }
-    t.keyLimit = arith::MaxUIOp::create(
-        b, t.keyFirst, e.minU(keyLast, e.add(last, e.index(1))));
-    unmaskedEnd = arith::MaxUIOp::create(
-        b, t.keyFirst, e.minU(t.keyLimit, e.add(firstToken, e.index(1))));
+    boundChunks(b, t, keyLast, last, firstToken);
+  } else {
+    boundChunks(b, t, keyLast, Value(), Value());
   }
-  t.chunks = arith::CeilDivUIOp::create(b, e.sub(t.keyLimit, t.keyFirst),
-                                        e.index(shape.keyChunk));
-  t.unmasked = e.minU(t.chunks, e.div(e.sub(unmaskedEnd, t.keyFirst),
-                                      e.index(shape.keyChunk)));
   if (ctaWork)
     return ctaWork(b, t);
   if (!shape.warpSpecialized())
@@ -417,6 +404,65 @@ void AttentionKernel::emitCta(ImplicitLocOpBuilder &b, gpu::LaunchOp launch,
   emitCtaChunks(b, t);
   b.setInsertionPointToStart(&roles.getElseRegion().front());
   emitProducer(b, t);
+}
+
+Value AttentionKernel::readTileKeys(ImplicitLocOpBuilder &b, CtaTile &t,
+                                    Value tile, Value row, Value tileList) {
+  KernelBuilder e{b, element()};
+  auto field = [&](int64_t f) {
+    return e.loadIndex(tileList, {t.h, tile, e.index(f)});
+  };
+  Value count = e.loadIndex(counts, {t.h, row});
+  Value tileRow = e.mul(field(1), e.index(ctaRows()));
+  t.first = e.add(e.loadIndex(starts, {t.h, row}), tileRow);
+  t.valid = e.minU(e.index(ctaRows()), e.sub(count, tileRow));
+  t.keyFirst = field(2);
+  Value keyLast = field(3);
+  t.lastKey = e.sub(keyLast, e.index(1));
+  t.g = e.div(t.h, e.index(group));
+  return keyLast;
+}
+
+void AttentionKernel::readLaneRows(ImplicitLocOpBuilder &b, CtaTile &t) {
+  KernelBuilder e{b, element()};
+  t.quadRow = e.div(t.lane, e.index(4));
+  t.quadCol = e.rem(t.lane, e.index(4));
+  t.pairCol = e.mul(t.quadCol, e.index(2));
+  Value warpRow = e.mul(t.warp, e.index(kTileRows));
+  t.rowValid.clear();
+  t.token.clear();
+  t.slot.clear();
+  for (int64_t half = 0; half < 2; ++half) {
+    Value i = e.add(warpRow, e.add(t.quadRow, e.index(8 * half)));
+    Value isValid = e.ult(i, t.valid);
+    Value at = e.add(t.first, e.select(isValid, i, e.index(0)));
+    Value entry = e.loadIndex(entries, {t.h, at});
+    t.rowValid.push_back(isValid);
+    t.token.push_back(e.div(entry, e.index(slotsPerToken)));
+    t.slot.push_back(e.rem(entry, e.index(slotsPerToken)));
+  }
+}
+
+void AttentionKernel::boundChunks(ImplicitLocOpBuilder &b, CtaTile &t,
+                                  Value keyLast, Value latest,
+                                  Value earliest) {
+  KernelBuilder e{b, element()};
+  // Causally no query of the tile sees keys past its last token: the
+  // chunks after it are skipped (half the own block, on average); and
+  // chunks that end before its first token and before keyLimit need no
+  // mask (all but the own block's diagonal).
+  t.keyLimit = keyLast;
+  Value unmaskedEnd = keyLast;
+  if (latest) {
+    t.keyLimit = arith::MaxUIOp::create(
+        b, t.keyFirst, e.minU(keyLast, e.add(latest, e.index(1))));
+    unmaskedEnd = arith::MaxUIOp::create(
+        b, t.keyFirst, e.minU(t.keyLimit, e.add(earliest, e.index(1))));
+  }
+  t.chunks = arith::CeilDivUIOp::create(b, e.sub(t.keyLimit, t.keyFirst),
+                                        e.index(shape.keyChunk));
+  t.unmasked = e.minU(t.chunks, e.div(e.sub(unmaskedEnd, t.keyFirst),
+                                      e.index(shape.keyChunk)));
 }
 
 void AttentionKernel::emitCtaChunks(ImplicitLocOpBuilder &b,

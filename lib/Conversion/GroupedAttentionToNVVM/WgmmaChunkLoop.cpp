@@ -585,7 +585,7 @@ void WgmmaTile::consumerBarrier(ImplicitLocOpBuilder &b) {
     return;
   }
   KernelBuilder e{b, element};
-  NVVM::BarrierOp::create(b, TypeRange{}, e.i32(warpgroups + 1),
+  NVVM::BarrierOp::create(b, TypeRange{}, e.i32(shape.consumerBarrierId()),
                           e.i32(shape.consumerThreads()),
                           /*reductionOp=*/{}, Value());
 }
@@ -805,14 +805,15 @@ SmallVector<Value> WgmmaTile::overlapped(ImplicitLocOpBuilder &b) {
 SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
   KernelBuilder e{b, element};
   TmaLoader loader(kernel, b, t);
-  // The producer copies chunks 1 on, startBulkLoads chunk 0.
+  // The producer copies chunks 1 on, startBulkLoads chunk 0 (persistent:
+  // the producer copies every chunk).
   publishQueries(b);
   SmallVector<Value> finals = kernel.emitSplitChunkLoops(
       b, t,
       [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
           ValueRange c, bool masked) -> SmallVector<Value> {
         KernelBuilder ie{ib, element};
-        Value fill = ring.fill(ie, chunk);
+        Value fill = ring.fill(ie, AttentionKernel::ringChunk(ie, t, chunk));
         SmallVector<Value> results = inOrderChunk(
             ib, buffer, buffer, keyBase, c, masked,
             [&](ImplicitLocOpBuilder &wb) {
@@ -826,7 +827,8 @@ SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
         loader.release(ib, buffer);
         return results;
       });
-  drainFirstChunk(b, loader);
+  if (!shape.persistent())
+    drainFirstChunk(b, loader);
   return finals;
 }
 
@@ -1036,56 +1038,63 @@ WgmmaTile::warpSpecializedOverlapped(ImplicitLocOpBuilder &b) {
 
 } // namespace
 
-/// Whether the warp-specialized CTA moves registers from its producer to
-/// its consumers (setmaxnreg): where the consumers would gain some.
-static bool movesRegisters(const MmaTileShape &shape, int64_t ctas) {
-  return shape.consumerRegisters(ctas) > shape.launchRegisters(ctas);
+void AttentionKernel::moveRegisters(ImplicitLocOpBuilder &b, bool producer) {
+  int64_t ctas = shape.statedCtasPerSM(headDim, element());
+  // Only where the consumers would gain some.
+  if (shape.consumerRegisters(ctas) <= shape.launchRegisters(ctas))
+    return;
+  if (producer)
+    NVVM::SetMaxRegisterOp::create(
+        b, static_cast<int32_t>(MmaTileShape::kProducerRegisters),
+        NVVM::SetMaxRegisterAction::decrease);
+  else
+    NVVM::SetMaxRegisterOp::create(
+        b, static_cast<int32_t>(shape.consumerRegisters(ctas)),
+        NVVM::SetMaxRegisterAction::increase);
 }
 
 void AttentionKernel::emitProducer(ImplicitLocOpBuilder &b,
                                    const CtaTile &t) {
   KernelBuilder e{b, element()};
-  int64_t ctas = shape.statedCtasPerSM(headDim, element());
-  if (movesRegisters(shape, ctas))
-    NVVM::SetMaxRegisterOp::create(
-        b, static_cast<int32_t>(MmaTileShape::kProducerRegisters),
-        NVVM::SetMaxRegisterAction::decrease);
+  moveRegisters(b, /*producer=*/true);
   TmaLoader loader(*this, b, t);
-  StageRing ring = shape.ring();
   Value isIssuer = arith::CmpIOp::create(
       b, arith::CmpIPredicate::eq, t.tid, e.index(shape.consumerThreads()));
   ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
-    KernelBuilder ie{ib, e.element};
-    scf::ForOp::create(
-        ib, ie.index(1), t.chunks, ie.index(1), ValueRange{},
-        [&](OpBuilder &fb, Location loc, Value chunk, ValueRange) {
-          ImplicitLocOpBuilder lb(loc, fb);
-          KernelBuilder le{lb, e.element};
-          Value slot = ring.slot(le, chunk);
-          Value fill = ring.fill(le, chunk);
-          // The slot's fill before this one, chunk - stages, released by
-          // every consumer.
-          ifThen(lb, le.ult(le.index(0), fill),
-                 [&](ImplicitLocOpBuilder &wb) {
-                   KernelBuilder we{wb, e.element};
-                   loader.waitReleased(wb, slot,
-                                       we.sub(fill, we.index(1)));
-                 });
-          loader.issue(lb, 0, slot, chunk);
-          loader.issue(lb, 1, slot, chunk);
-          scf::YieldOp::create(lb);
-        });
+    produceChunks(ib, t, loader, KernelBuilder{ib, e.element}.index(1));
   });
+}
+
+void AttentionKernel::produceChunks(ImplicitLocOpBuilder &b, const CtaTile &t,
+                                   TmaLoader &loader, Value from) {
+  KernelBuilder e{b, element()};
+  StageRing ring = shape.ring();
+  scf::ForOp::create(
+      b, from, t.chunks, e.index(1), ValueRange{},
+      [&](OpBuilder &fb, Location loc, Value chunk, ValueRange) {
+        ImplicitLocOpBuilder lb(loc, fb);
+        KernelBuilder le{lb, e.element};
+        Value at = ringChunk(le, t, chunk);
+        Value slot = ring.slot(le, at);
+        Value fill = ring.fill(le, at);
+        // The slot's fill before this one, released by every consumer.
+        ifThen(lb, le.ult(le.index(0), fill), [&](ImplicitLocOpBuilder &wb) {
+          KernelBuilder we{wb, e.element};
+          loader.waitReleased(wb, slot, we.sub(fill, we.index(1)));
+        });
+        loader.issue(lb, 0, slot, chunk);
+        loader.issue(lb, 1, slot, chunk);
+        scf::YieldOp::create(lb);
+      });
 }
 
 SmallVector<Value> AttentionKernel::emitWgmmaChunks(ImplicitLocOpBuilder &b,
                                                     const CtaTile &t) {
   if (shape.warpSpecialized()) {
-    int64_t ctas = shape.statedCtasPerSM(headDim, element());
-    if (movesRegisters(shape, ctas))
-      NVVM::SetMaxRegisterOp::create(
-          b, static_cast<int32_t>(shape.consumerRegisters(ctas)),
-          NVVM::SetMaxRegisterAction::increase);
+    // A persistent CTA's consumers take their registers once, before
+    // their first tile (emitPersistentCta).
+    if (!shape.persistent())
+      moveRegisters(b, /*producer=*/false);
     WgmmaTile tile(*this, b, t);
     if (shape.schedule == KernelSchedule::WarpSpecializedOverlapped ||
         shape.schedule == KernelSchedule::PingPong)
