@@ -147,30 +147,52 @@
 // TURNS: nvvm.setmaxregister decrease 40
 
 // Persistent CTAs: one wave (132 SMs x 1 CTA: the tiles, at most 132);
-// the barriers initialized once and published by the CTA's only barrier;
-// both roles walk tiles cta, cta + grid, ... carrying the ring's chunks;
-// the consumers wait for each other before a tile's queries overwrite the
-// last tile's; the producer's thread copies every chunk of a tile from 0,
-// into ring chunk base + c.
+// two query buffers (2 x 32768 bytes more: 165032); the barriers
+// initialized once (the ring's, then each query buffer's landed barrier,
+// 96 gatherer arrivals, and its release barrier, 256 consumer arrivals)
+// and published by the CTA's only barrier. Every role walks tiles cta,
+// cta + grid, ... carrying the ring's chunks and the tiles taken. A
+// consumer waits for the tile's queries, runs the chunks and releases the
+// query buffer after its last S; the producer's lane 0 copies every chunk
+// of a tile from 0 into ring chunk base + c; its other warps gather the
+// queries (cp.async) once the consumers released the buffer's fill before,
+// and arrive on the buffer's barrier after their copies and a proxy fence.
 // PERSIST: %[[TILES:.+]] = arith.muli %{{.+}}, %c8{{.*}} : index
 // PERSIST: %[[SOME:.+]] = arith.maxui %[[TILES]], %c1{{.*}} : index
 // PERSIST: %[[WAVE:.+]] = arith.minui %[[SOME]], %c132 : index
-// PERSIST: gpu.launch blocks(%[[CTA:.+]], %{{.+}}, %{{.+}}) in (%[[GRID:.+]] = %[[WAVE]], {{.+}} = %c384{{.*}}, {{.+}}) dynamic_shared_memory_size %c132232_i32 {
-// PERSIST-COUNT-9: nvvm.mbarrier.init
+// PERSIST: gpu.launch blocks(%[[CTA:.+]], %{{.+}}, %{{.+}}) in (%[[GRID:.+]] = %[[WAVE]], {{.+}} = %c384{{.*}}, {{.+}}) dynamic_shared_memory_size %c165032_i32 {
+// PERSIST-COUNT-6: nvvm.mbarrier.init %{{.+}}, %c1_i32
+// PERSIST-COUNT-3: nvvm.mbarrier.init %{{.+}}, %c256_i32
+// PERSIST: nvvm.mbarrier.init %{{.+}}, %c96_i32
+// PERSIST: nvvm.mbarrier.init %{{.+}}, %c256_i32
+// PERSIST: nvvm.mbarrier.init %{{.+}}, %c96_i32
+// PERSIST: nvvm.mbarrier.init %{{.+}}, %c256_i32
 // PERSIST: nvvm.fence.mbarrier.init
 // PERSIST: gpu.barrier
 // PERSIST-NOT: gpu.barrier
 // PERSIST: scf.if
 // PERSIST-NEXT: nvvm.setmaxregister increase 232
-// PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%{{.+}} = %c0{{.*}}) -> (index) {
-// PERSIST: scf.if %{{.+}} -> (index) {
-// PERSIST: nvvm.barrier id = %c3_i32 number_of_threads = %c256_i32
+// PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%{{.+}} = %c0{{.*}}, %[[CTAKEN:.+]] = %c0{{.*}}) -> (index, index) {
+// PERSIST: scf.if %{{.+}} -> (index, index) {
+// PERSIST: %[[CQFILL:.+]] = arith.divui %[[CTAKEN]], %c2{{.*}} : index
+// PERSIST-NOT: nvgpu.device_async_copy
+// PERSIST-NOT: scf.for
+// PERSIST: %[[CQPHASE:.+]] = arith.remui %[[CQFILL]], %c2{{.*}} : index
+// PERSIST-NEXT: %[[CQPARITY:.+]] = arith.index_castui %[[CQPHASE]] : index to i32
+// PERSIST-NOT: scf.for
+// PERSIST: nvvm.mbarrier.try_wait.parity %{{.+}}, %[[CQPARITY]]
+// PERSIST: scf.for
 // PERSIST: nvvm.mbarrier.try_wait.parity
 // PERSIST: nvvm.wgmma.mma_async
 // PERSIST: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
+// PERSIST: scf.for
+// PERSIST: nvvm.barrier id = %c3_i32{{.*}} number_of_threads = %c256_i32
+// PERSIST: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
+// PERSIST: scf.yield
+// PERSIST: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
 // PERSIST-NOT: gpu.barrier
 // PERSIST: nvvm.setmaxregister decrease 40
-// PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%[[BASE:.+]] = %c0{{.*}}) -> (index) {
+// PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%[[BASE:.+]] = %c0{{.*}}, %{{.+}} = %c0{{.*}}) -> (index, index) {
 // PERSIST: scf.for %[[C:.+]] = %c0{{.*}} to
 // PERSIST-NEXT: %[[AT:.+]] = arith.addi %[[BASE]], %[[C]] : index
 // PERSIST: %[[SLOT:.+]] = arith.remui %[[AT]], %c3{{.*}} : index
@@ -179,6 +201,16 @@
 // PERSIST-COUNT-2: nvvm.cp.async.bulk.tensor.shared.cluster.global
 // PERSIST: nvvm.mbarrier.arrive.expect_tx
 // PERSIST-COUNT-2: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%{{.+}} = %c0{{.*}}, %[[TAKEN:.+]] = %c0{{.*}}) -> (index, index) {
+// PERSIST: %[[QBUF:.+]] = arith.remui %[[TAKEN]], %c2{{.*}} : index
+// PERSIST: %[[QFILL:.+]] = arith.divui %[[TAKEN]], %c2{{.*}} : index
+// PERSIST: nvvm.mbarrier.try_wait.parity
+// PERSIST: scf.for %{{.+}} = %{{.+}} to %c2048{{.*}} step %c96{{.*}} {
+// PERSIST: nvgpu.device_async_copy %arg0[{{.+}}], %{{.+}}[{{.+}}], 8 {bypassL1} : memref<?x8x128xbf16> to memref<2x2x64x64xbf16, #gpu.address_space<workgroup>>
+// PERSIST: nvvm.cp.async.commit.group
+// PERSIST-NEXT: nvvm.cp.async.wait.group 0
+// PERSIST-NEXT: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>
+// PERSIST: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
 // PERSIST: } {nvvm.maxntid = array<i32: 384, 1, 1>, nvvm.minctasm = 1 : i32}
 
 // PERSIST-PAIRS: schedule=persistent needs key-value-loads=tma (its producer owns one CTA's ring), got 'tma-multicast'

@@ -202,7 +202,13 @@ struct MmaTileShape {
   /// one per slot of each ring (V's unused past the first with a single
   /// buffer), and with warpSpecialized one per slot on which the consumers
   /// release it; 8 bytes each, after the causal bounds.
-  int64_t bulkBarriers() const { return (warpSpecialized() ? 3 : 2) * stages; }
+  /// persistent adds, for each of the two query buffers, one on which the
+  /// producer's gathered queries land (arrival count: queryGatherers) and
+  /// one on which the consumers release them (arrival count: the
+  /// consumer threads).
+  int64_t bulkBarriers() const {
+    return (warpSpecialized() ? 3 : 2) * stages + (persistent() ? 4 : 0);
+  }
   int64_t barrierBytes() const { return bulkLoads ? bulkBarriers() * 8 : 0; }
   /// Whether bulkLoads may be set: the wgmma form, whose in-order loop
   /// (WgmmaTile::inOrderByTma in WgmmaChunkLoop.cpp) has the TMA pipeline.
@@ -211,10 +217,19 @@ struct MmaTileShape {
   bool supportsRegisterProbabilities(int64_t headDim, Type element) const {
     return isWgmma() && !overlapsSoftmax(headDim, element);
   }
-  /// wgmma: each warpgroup's 64 queries.
-  int64_t queryBytes(int64_t headDim, Type element) const {
+  /// wgmma: each warpgroup's 64 queries, in one buffer or (persistent)
+  /// two: the producer gathers the next tile's while the consumers
+  /// multiply the current one's.
+  int64_t queryBufferBytes(int64_t headDim, Type element) const {
     return isWgmma() ? warpgroups() * 64 * headDim * bytesOf(element) : 0;
   }
+  int64_t queryBuffers() const { return persistent() ? 2 : 1; }
+  int64_t queryBytes(int64_t headDim, Type element) const {
+    return queryBuffers() * queryBufferBytes(headDim, element);
+  }
+  /// persistent: the producer's threads that gather queries (its warps
+  /// but the first, whose lane 0 copies K and V).
+  int64_t queryGatherers() const { return kProducerThreads - 32; }
   /// wgmma: each warpgroup's probabilities, 64 x keyChunk.
   int64_t probabilityBytes(Type element) const {
     return isWgmma() && !registerProbabilities
@@ -318,6 +333,10 @@ struct CtaTile {
   Value paired, clusterRank;
   /// The lane's rows quadRow and quadRow + 8 of its warp's 16.
   SmallVector<Value, 2> rowValid, token, slot;
+  /// shape.persistent(): which of the two query buffers holds the tile's
+  /// queries, and which fill of that buffer they are (the CTA's tiles
+  /// alternate between the buffers); null where the CTA has one tile.
+  Value queryBuffer, queryFill;
   /// shape.persistent(): the chunks the CTA's ring carried for its earlier
   /// tiles, so that chunk c of this tile is the ring's chunk ringBase + c
   /// (AttentionKernel::ringChunk); null where the CTA has one tile.
@@ -435,6 +454,12 @@ struct AttentionKernel {
   /// consumer warpgroup takes MmaTileShape::consumerRegisters (setmaxnreg),
   /// where that moves any.
   void moveRegisters(ImplicitLocOpBuilder &b, bool producer);
+  /// persistent: the producer's gatherer threads (`thread` of
+  /// queryGatherers) copy tile t's queries into t.queryBuffer once the
+  /// consumers have released its fill before, and arrive on its barrier
+  /// once their copies have landed (WgmmaChunkLoop.cpp).
+  void gatherQueriesAhead(ImplicitLocOpBuilder &b, const CtaTile &t,
+                          TmaLoader &loader, Value thread);
   /// By the producer's one thread (TmaLoader `loader` on tile t): chunks
   /// `from` .. t.chunks - 1 of the tile into their slots, each once the
   /// consumers have released the slot's fill before.

@@ -12,9 +12,11 @@
 // ringBase + c, ringBase the chunks of the CTA's earlier tiles), so the
 // producer copies the next tile's first chunks as soon as the consumers
 // release their slots, while they still multiply the current tile's last
-// chunks and write its rows. A CTA of one tile per launch waits for its
-// first chunk's copy and its queries at every tile; this one waits for the
-// queries only.
+// chunks and write its rows. The producer's other warps gather each
+// tile's queries (rows of q picked by the entries: no tensor map describes
+// them) into one of two buffers, on mbarriers of their own, as far as two
+// tiles ahead. A CTA of one tile per launch waits for its first chunk's
+// copy and its queries at every tile; this one finds both there.
 //
 // Without a CTA-wide reduction (the producer is not there to take part),
 // a tile's first and last token are its first and last entries: the
@@ -50,14 +52,15 @@ void AttentionKernel::emitPersistentCta(ImplicitLocOpBuilder &b,
 
   Value cta = launch.getBlockIds().x;
   Value grid = launch.getGridSize().x;
-  // `work` on each of the CTA's tiles that exists, with its keys, chunks
-  // and ringBase read; the walk carries the ring's chunk count.
+  // `work` on each of the CTA's tiles that exists, with its keys, chunks,
+  // ringBase and query buffer read; the walk carries the ring's chunks and
+  // the tiles taken.
   auto walkTiles = [&](ImplicitLocOpBuilder &wb, bool laneRows,
                        function_ref<void(ImplicitLocOpBuilder &, CtaTile &)>
                            work) {
     KernelBuilder we{wb, e.element};
     scf::ForOp::create(
-        wb, cta, tiles, grid, ValueRange{we.index(0)},
+        wb, cta, tiles, grid, ValueRange{we.index(0), we.index(0)},
         [&](OpBuilder &fb, Location loc, Value tile, ValueRange carried) {
           ImplicitLocOpBuilder lb(loc, fb);
           KernelBuilder le{lb, e.element};
@@ -65,9 +68,9 @@ void AttentionKernel::emitPersistentCta(ImplicitLocOpBuilder &b,
           t.h = le.div(tile, tilesPerHead);
           Value tileOfHead = le.rem(tile, tilesPerHead);
           Value row = le.loadIndex(tileList, {t.h, tileOfHead, le.index(0)});
-          auto exists = scf::IfOp::create(lb, lb.getIndexType(),
-                                          le.ult(row, rows),
-                                          /*withElseRegion=*/true);
+          auto exists = scf::IfOp::create(
+              lb, TypeRange{lb.getIndexType(), lb.getIndexType()},
+              le.ult(row, rows), /*withElseRegion=*/true);
           {
             OpBuilder::InsertionGuard guard(lb);
             lb.setInsertionPointToStart(&exists.getThenRegion().front());
@@ -86,10 +89,14 @@ void AttentionKernel::emitPersistentCta(ImplicitLocOpBuilder &b,
             if (laneRows)
               readLaneRows(lb, t);
             t.ringBase = carried[0];
+            t.queryBuffer = le.rem(carried[1], le.index(2));
+            t.queryFill = le.div(carried[1], le.index(2));
             work(lb, t);
-            scf::YieldOp::create(lb, le.add(carried[0], t.chunks));
+            scf::YieldOp::create(lb, ValueRange{le.add(carried[0], t.chunks),
+                                                le.add(carried[1],
+                                                       le.index(1))});
             lb.setInsertionPointToStart(&exists.getElseRegion().front());
-            scf::YieldOp::create(lb, carried[0]);
+            scf::YieldOp::create(lb, carried);
           }
           scf::YieldOp::create(lb, exists.getResults());
         });
@@ -102,27 +109,33 @@ void AttentionKernel::emitPersistentCta(ImplicitLocOpBuilder &b,
   b.setInsertionPointToStart(&roles.getThenRegion().front());
   moveRegisters(b, /*producer=*/false);
   walkTiles(b, /*laneRows=*/true, [&](ImplicitLocOpBuilder &tb, CtaTile &t) {
-    // Every consumer is done with the last tile's queries (its products
-    // were waited for) before they are overwritten.
-    KernelBuilder te{tb, e.element};
-    NVVM::BarrierOp::create(tb, TypeRange{},
-                            te.i32(shape.consumerBarrierId()),
-                            te.i32(shape.consumerThreads()),
-                            /*reductionOp=*/{}, Value());
     emitCtaChunks(tb, t);
   });
 
+  // The producer: lane 0 of its first warp copies K and V, its other warps
+  // gather queries, each at its own pace.
   b.setInsertionPointToStart(&roles.getElseRegion().front());
   moveRegisters(b, /*producer=*/true);
+  Value producerThread = e.sub(frame.tid, e.index(shape.consumerThreads()));
   ifThen(b,
-         arith::CmpIOp::create(b, arith::CmpIPredicate::eq, frame.tid,
-                               e.index(shape.consumerThreads())),
+         arith::CmpIOp::create(b, arith::CmpIPredicate::eq, producerThread,
+                               e.index(0)),
          [&](ImplicitLocOpBuilder &ib) {
            walkTiles(ib, /*laneRows=*/false,
                      [&](ImplicitLocOpBuilder &tb, CtaTile &t) {
                        TmaLoader loader(*this, tb, t);
                        produceChunks(tb, t, loader,
                                      KernelBuilder{tb, e.element}.index(0));
+                     });
+         });
+  ifThen(b, e.ult(e.index(31), producerThread),
+         [&](ImplicitLocOpBuilder &ib) {
+           Value gatherer = KernelBuilder{ib, e.element}.sub(
+               producerThread, KernelBuilder{ib, e.element}.index(32));
+           walkTiles(ib, /*laneRows=*/false,
+                     [&](ImplicitLocOpBuilder &tb, CtaTile &t) {
+                       TmaLoader loader(*this, tb, t);
+                       gatherQueriesAhead(tb, t, loader, gatherer);
                      });
          });
 }

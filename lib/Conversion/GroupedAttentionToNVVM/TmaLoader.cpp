@@ -36,6 +36,15 @@ void TmaLoader::initialize(ImplicitLocOpBuilder &b) {
       NVVM::MBarrierInitOp::create(
           b, releaseBarrier(b, e.index(slot)),
           e.i32(kernel.shape.consumerThreads()), /*predicate=*/Value());
+  if (kernel.shape.persistent())
+    for (int64_t buffer = 0; buffer < 2; ++buffer) {
+      NVVM::MBarrierInitOp::create(
+          b, queryBarrier(b, e.index(buffer), /*released=*/false),
+          e.i32(kernel.shape.queryGatherers()), /*predicate=*/Value());
+      NVVM::MBarrierInitOp::create(
+          b, queryBarrier(b, e.index(buffer), /*released=*/true),
+          e.i32(kernel.shape.consumerThreads()), /*predicate=*/Value());
+    }
   NVVM::FenceMbarrierInitOp::create(b);
   for (Value map : {keyMap, valueMap})
     NVVM::FenceProxyAcquireOp::create(b, NVVM::MemScopeKind::GPU, map,
@@ -126,6 +135,43 @@ void TmaLoader::waitReleased(ImplicitLocOpBuilder &b, Value buffer,
   NVVM::MBarrierTryWaitParityOp::create(b, releaseBarrier(b, buffer),
                                         StageRing::parityOfFill(e, fill),
                                         e.i32(kSuspendHintNs));
+}
+
+void TmaLoader::queriesGathered(ImplicitLocOpBuilder &b, Value buffer) {
+  NVVM::MBarrierArriveOp::create(b, Type(),
+                                 queryBarrier(b, buffer, /*released=*/false),
+                                 /*count=*/Value(), NVVM::MemScopeKind::CTA,
+                                 /*relaxed=*/false);
+}
+
+void TmaLoader::waitQueries(ImplicitLocOpBuilder &b, Value buffer,
+                            Value fill) {
+  KernelBuilder e{b, kernel.element()};
+  NVVM::MBarrierTryWaitParityOp::create(
+      b, queryBarrier(b, buffer, /*released=*/false),
+      StageRing::parityOfFill(e, fill), e.i32(kSuspendHintNs));
+}
+
+void TmaLoader::releaseQueries(ImplicitLocOpBuilder &b, Value buffer) {
+  NVVM::MBarrierArriveOp::create(b, Type(),
+                                 queryBarrier(b, buffer, /*released=*/true),
+                                 /*count=*/Value(), NVVM::MemScopeKind::CTA,
+                                 /*relaxed=*/false);
+}
+
+void TmaLoader::waitQueriesReleased(ImplicitLocOpBuilder &b, Value buffer,
+                                    Value fill) {
+  KernelBuilder e{b, kernel.element()};
+  NVVM::MBarrierTryWaitParityOp::create(
+      b, queryBarrier(b, buffer, /*released=*/true),
+      StageRing::parityOfFill(e, fill), e.i32(kSuspendHintNs));
+}
+
+Value TmaLoader::queryBarrier(ImplicitLocOpBuilder &b, Value buffer,
+                              bool released) {
+  KernelBuilder e{b, kernel.element()};
+  return barrierAt(
+      b, e.add(e.index(3 * kernel.shape.stages + (released ? 2 : 0)), buffer));
 }
 
 Value TmaLoader::pointer(ImplicitLocOpBuilder &b, Value address,

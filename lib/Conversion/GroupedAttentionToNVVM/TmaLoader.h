@@ -56,6 +56,16 @@ public:
   /// number `fill` of slot `buffer`, so its next fill may be copied.
   void waitReleased(ImplicitLocOpBuilder &b, Value buffer, Value fill);
 
+  /// MmaTileShape::persistent: the gatherers' copies of fill `fill` of
+  /// query buffer `buffer` have landed (queriesGathered: each gatherer's
+  /// arrival, after its copies and a proxy fence); the consumers are done
+  /// with the buffer's fill (releaseQueries: each consumer's arrival, after
+  /// its last S), so the next may be gathered (waitQueriesReleased).
+  void queriesGathered(ImplicitLocOpBuilder &b, Value buffer);
+  void waitQueries(ImplicitLocOpBuilder &b, Value buffer, Value fill);
+  void releaseQueries(ImplicitLocOpBuilder &b, Value buffer);
+  void waitQueriesReleased(ImplicitLocOpBuilder &b, Value buffer, Value fill);
+
 private:
   static constexpr int64_t kMapBytes = 128;
   static constexpr int64_t kSuspendHintNs = 10'000'000;
@@ -64,6 +74,9 @@ private:
                        unsigned space);
   Value fullBarrier(ImplicitLocOpBuilder &b, int64_t operand, Value buffer);
   Value releaseBarrier(ImplicitLocOpBuilder &b, Value buffer);
+  /// persistent: after the release barriers, the query buffers' landed
+  /// barriers (`released` false) and their release barriers.
+  Value queryBarrier(ImplicitLocOpBuilder &b, Value buffer, bool released);
   Value barrierAt(ImplicitLocOpBuilder &b, Value index);
 
   const AttentionKernel &kernel;

@@ -267,15 +267,23 @@ WgmmaTile::WgmmaTile(AttentionKernel &kernel, ImplicitLocOpBuilder &b,
   fixedColumn = swizzledColumn(
       e, firstRow, e.rem(chunkOfRow, e.index(Layout::kChunksPerRow)));
 
-  gatherQueries(b);
+  // A persistent CTA's producer gathers the queries into one of two
+  // buffers (AttentionKernel::gatherQueriesAhead).
+  Value queryAddress = plan.queryAddress;
+  if (t.queryBuffer)
+    queryAddress = e.add(
+        queryAddress,
+        e.mul(t.queryBuffer,
+              e.index(shape.queryBufferBytes(headDim, element))));
+  else
+    gatherQueries(b);
 
   warpgroup = e.div(t.warp, e.index(4));
   warpInGroup = e.rem(t.warp, e.index(4));
   int64_t groupStride = Layout::kPeriodBytes;
   queryDesc = advanceDescriptor(
       e,
-      matrixDescriptor(e, plan.queryAddress, /*leadingBytes=*/16,
-                       groupStride),
+      matrixDescriptor(e, queryAddress, /*leadingBytes=*/16, groupStride),
       e.mul(warpgroup, e.index(panels * queryPanelBytes)));
   keyDesc = matrixDescriptor(e, plan.stageAddress, 16, groupStride);
   valueDesc = advanceDescriptor(
@@ -806,8 +814,11 @@ SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
   KernelBuilder e{b, element};
   TmaLoader loader(kernel, b, t);
   // The producer copies chunks 1 on, startBulkLoads chunk 0 (persistent:
-  // the producer copies every chunk).
-  publishQueries(b);
+  // the producer copies every chunk, and gathers the queries too).
+  if (t.queryBuffer)
+    loader.waitQueries(b, t.queryBuffer, t.queryFill);
+  else
+    publishQueries(b);
   SmallVector<Value> finals = kernel.emitSplitChunkLoops(
       b, t,
       [&](ImplicitLocOpBuilder &ib, Value chunk, Value buffer, Value keyBase,
@@ -827,7 +838,10 @@ SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
         loader.release(ib, buffer);
         return results;
       });
-  if (!shape.persistent())
+  // Every S of the tile was waited for: the queries' buffer is free.
+  if (t.queryBuffer)
+    loader.releaseQueries(b, t.queryBuffer);
+  else
     drainFirstChunk(b, loader);
   return finals;
 }
@@ -1063,6 +1077,63 @@ void AttentionKernel::emitProducer(ImplicitLocOpBuilder &b,
   ifThen(b, isIssuer, [&](ImplicitLocOpBuilder &ib) {
     produceChunks(ib, t, loader, KernelBuilder{ib, e.element}.index(1));
   });
+}
+
+void AttentionKernel::gatherQueriesAhead(ImplicitLocOpBuilder &b,
+                                         const CtaTile &t, TmaLoader &loader,
+                                         Value thread) {
+  KernelBuilder e{b, element()};
+  ifThen(b, e.ult(e.index(0), t.queryFill), [&](ImplicitLocOpBuilder &wb) {
+    KernelBuilder we{wb, e.element};
+    loader.waitQueriesReleased(wb, t.queryBuffer,
+                               we.sub(t.queryFill, we.index(1)));
+  });
+  WgmmaSharedPlan plan(b, *this, t.sharedMemory);
+  int64_t panels = Layout::panels(headDim);
+  auto workgroup = gpu::AddressSpaceAttr::get(b.getContext(),
+                                              gpu::AddressSpace::Workgroup);
+  Value address = e.add(
+      plan.queryAddress,
+      e.mul(t.queryBuffer, e.index(shape.queryBufferBytes(headDim, element()))));
+  Value queries = memref::ViewOp::create(
+      b,
+      MemRefType::get({shape.warpgroups(), panels, 64, Layout::kColumns},
+                      element(), MemRefLayoutAttrInterface(), workgroup),
+      t.sharedMemory, e.sub(address, plan.base), ValueRange{});
+  // Chunk i of the tile's rows x 16-byte chunks; rows past `valid` repeat
+  // the tile's first (never written out).
+  int64_t perRow = headDim / Layout::kChunkElements;
+  scf::ForOp::create(
+      b, thread, e.index(ctaRows() * perRow),
+      e.index(shape.queryGatherers()), ValueRange{},
+      [&](OpBuilder &fb, Location loc, Value i, ValueRange) {
+        ImplicitLocOpBuilder lb(loc, fb);
+        KernelBuilder le{lb, e.element};
+        Value row = le.div(i, le.index(perRow));
+        Value chunk = le.rem(i, le.index(perRow));
+        Value at =
+            le.add(t.first, le.select(le.ult(row, t.valid), row, le.index(0)));
+        Value token = le.div(le.loadIndex(entries, {t.h, at}),
+                             le.index(slotsPerToken));
+        Value column = swizzledColumn(
+            le, row, le.rem(chunk, le.index(Layout::kChunksPerRow)));
+        nvgpu::DeviceAsyncCopyOp::create(
+            lb, queries,
+            ValueRange{le.div(row, le.index(64)),
+                       le.div(chunk, le.index(Layout::kChunksPerRow)),
+                       le.rem(row, le.index(64)), column},
+            q,
+            ValueRange{token, t.h,
+                       le.mul(chunk, le.index(Layout::kChunkElements))},
+            lb.getIndexAttr(Layout::kChunkElements),
+            /*srcElements=*/Value(), lb.getUnitAttr());
+        scf::YieldOp::create(lb);
+      });
+  // Landed, and ordered before the consumers' wgmma (the async proxy).
+  NVVM::CpAsyncCommitGroupOp::create(b);
+  NVVM::CpAsyncWaitGroupOp::create(b, 0);
+  e.fenceAsyncProxy();
+  loader.queriesGathered(b, t.queryBuffer);
 }
 
 void AttentionKernel::produceChunks(ImplicitLocOpBuilder &b, const CtaTile &t,
