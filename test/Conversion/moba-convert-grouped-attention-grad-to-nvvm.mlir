@@ -1,9 +1,12 @@
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-grad-to-nvvm --verify-diagnostics | FileCheck %s
 // RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-grad-to-nvvm="warps=2 key-chunk=32 query-chunk=16" --verify-diagnostics | FileCheck %s --check-prefix=SHAPE
+// RUN: moba-opt %s --split-input-file --moba-convert-grouped-attention-grad-to-nvvm="warps=2 key-value-warps=8 key-chunk=32 query-chunk=16" --verify-diagnostics | FileCheck %s --check-prefix=KVWARPS
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-grad-to-nvvm="warps=3" 2>&1 | FileCheck %s --check-prefix=BADWARPS
+// RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-grad-to-nvvm="key-value-warps=16" 2>&1 | FileCheck %s --check-prefix=BADKVWARPS
 // RUN: not moba-opt %s --split-input-file --moba-convert-grouped-attention-grad-to-nvvm="query-chunk=24 key-chunk=256" 2>&1 | FileCheck %s --check-prefix=BADCHUNK
 
 // BADWARPS: warps must be 1, 2, 4 or 8, got 3
+// BADKVWARPS: key-value-warps must be 0, 1, 2, 4 or 8, got 16
 // BADCHUNK: key-chunk must be a multiple of 16 in [16, 128] or 0, got 256
 // BADCHUNK: query-chunk must be a multiple of 16 in [16, 128] or 0, got 24
 
@@ -82,6 +85,13 @@
 // CHECK: memref.dealloc %[[ITEMS]]
 // CHECK: memref.dealloc %[[PARTS]]
 // CHECK-NOT: moba.grouped_block_attention_grad
+
+// The key/value kernel's own warps: the dq kernel keeps 2 (64 threads,
+// 18448 bytes), the key/value kernel takes 8 (256 threads; K and V of 128
+// keys: 2 x 128 x 72 x 2 bytes + the query buffers, columns and table).
+// KVWARPS-LABEL: func.func @bf16
+// KVWARPS: threads({{.+}}) in (%{{.+}} = %c64{{.*}}, {{.+}}) dynamic_shared_memory_size %c18448_i32
+// KVWARPS: threads({{.+}}) in (%{{.+}} = %c256{{.*}}, {{.+}}) dynamic_shared_memory_size %c46488_i32
 
 // SHAPE-LABEL: func.func @bf16
 // SHAPE: dynamic_shared_memory_size %c18448_i32

@@ -46,6 +46,10 @@ struct MobaConvertGroupedAttentionGradToNVVMPass
     if (!llvm::is_contained({1, 2, 4, 8}, static_cast<int64_t>(warps)))
       problems.push_back("warps must be 1, 2, 4 or 8, got " +
                          std::to_string(warps));
+    if (!llvm::is_contained({0, 1, 2, 4, 8},
+                            static_cast<int64_t>(keyValueWarps)))
+      problems.push_back("key-value-warps must be 0, 1, 2, 4 or 8, got " +
+                         std::to_string(keyValueWarps));
     auto chunkProblem = [&](StringRef name, int64_t value, bool zeroOk) {
       if ((zeroOk && value == 0) ||
           (value >= 16 && value <= 128 && value % 16 == 0))
@@ -134,7 +138,8 @@ struct MobaConvertGroupedAttentionGradToNVVMPass
         return chunk != 0 ? chunk : headDim <= 64 ? 64 : 32;
       };
       int64_t keys = orDefault(keyChunk);
-      KeyValueGradShape shape{warps, orDefault(queryChunk)};
+      KeyValueGradShape shape{keyValueWarps != 0 ? keyValueWarps : warps,
+                              orDefault(queryChunk)};
       int64_t keyValueBytes = shape.sharedBytes(headDim, bytes, grad.group);
       // The dq kernel's: the forward's mma.sync stages of K and V.
       int64_t queryBytes = 2 * 2 * keys * (headDim + 8) * bytes;
