@@ -127,8 +127,7 @@ def MobaConvertGroupedAttentionGradToNVVM
            "accumulators in registers)">,
     Option<"queryChunk", "query-chunk", "int64_t", /*default=*/"0",
            "Queries of the key/value kernel staged per step (a multiple "
-           "of 16, up to 128; 0: 64 for head_dim up to 64, else 32, which "
-           "keeps its accumulators in registers)">,
+           "of 16, up to 128; 0: 64)">,
     Option<"keyValueWarps", "key-value-warps", "int64_t", /*default=*/"0",
            "Warps per CTA of the key/value kernel (16 keys each), 1, 2, "
            "4 or 8; 0: `warps`">,

@@ -129,17 +129,17 @@ struct MobaConvertGroupedAttentionGradToNVVMPass
                         static_cast<int64_t>(op.getBlockSize()),
                         op.getCausal(),
                         op.getScale().convertToDouble()};
-      // Steps of 64 keep both kernels' two products (2 x 32 f32 a lane)
-      // beside their accumulators (head_dim f32 a lane for dK and dV, with
-      // Q and dO fragments for dq) within 255 registers up to head_dim 64;
-      // past it steps of 32 (ptxas 13.0 spills a few bytes either way at
-      // 128).
-      auto orDefault = [&](int64_t chunk) {
-        return chunk != 0 ? chunk : headDim <= 64 ? 64 : 32;
-      };
-      int64_t keys = orDefault(keyChunk);
+      // The dq kernel: steps of 64 keys keep its two products (2 x 32 f32
+      // a lane) beside its accumulators (head_dim f32 a lane, with the Q
+      // and dO fragments) within 255 registers up to head_dim 64; past it
+      // steps of 32 (64 measured the same at head_dim 128). The key/value
+      // kernel: steps of 64 queries at every head_dim; at 128 ptxas spills
+      // a few bytes more than at 32, but each step's gathers and barrier
+      // serve twice the queries (7-16% faster at head_dim 128,
+      // docs/PERFORMANCE.md).
+      int64_t keys = keyChunk != 0 ? keyChunk : headDim <= 64 ? 64 : 32;
       KeyValueGradShape shape{keyValueWarps != 0 ? keyValueWarps : warps,
-                              orDefault(queryChunk)};
+                              queryChunk != 0 ? queryChunk : 64};
       int64_t keyValueBytes = shape.sharedBytes(headDim, bytes, grad.group);
       // The dq kernel's: the forward's mma.sync stages of K and V.
       int64_t queryBytes = 2 * 2 * keys * (headDim + 8) * bytes;
