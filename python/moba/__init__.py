@@ -549,7 +549,6 @@ class Kernel:
             raise ValueError("lse is required: the forward's log-sum-exp "
                              "(return_lse=True)")
         q, k, v = self._device_qkv(q, k, v)
-        self._check_loaded_for_capture(q.device)
         tensors = {}
         for name, x in (("out", out), ("grad_out", grad_out), ("lse", lse),
                         ("grad_lse", grad_lse)):
@@ -595,6 +594,7 @@ class Kernel:
             given[name] = x
 
         handle = self._handle_for(True, "q")
+        self._check_loaded_for_capture(q.device)
         results = {name: given.get(name) if name in given else
                    torch.empty_like(like)
                    for name, like in (("dq", q), ("dk", k), ("dv", v))}

@@ -46,7 +46,9 @@ class OffsetsNotKnownError(RuntimeError):
     not known: reading them would synchronize the capturing stream."""
 
 
-_lock = threading.Lock()
+# Reentrant: a tensor's weakref callback (_forget) takes it, and the
+# collector may free a tensor while this thread holds it.
+_lock = threading.RLock()
 # id(tensor) -> _Entry; an entry is removed when its tensor is collected.
 _entries = {}
 
@@ -62,8 +64,11 @@ class _Entry:
 
 def stream_is_capturing(device):
     """Whether torch's current stream on `device` is capturing a CUDA
-    graph."""
+    graph. Where torch has not initialized CUDA nothing can be, and the
+    question initializes nothing."""
     import torch
+    if not torch.cuda.is_initialized():
+        return False
     with torch.cuda.device(device):
         return torch.cuda.is_current_stream_capturing()
 

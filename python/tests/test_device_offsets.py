@@ -205,3 +205,12 @@ def test_torch_version_counters_see_writes_through_views(capturing):
     cu.detach()[1:2].sub_(10)  # detach() shares the counter too
     np.testing.assert_array_equal(call(), [0, 40, 96])
     assert len(reads) == 3
+
+
+def test_the_capture_question_initializes_no_cuda():
+    """Nothing captures where torch has not initialized CUDA (here: a torch
+    without CUDA); asking must not initialize it, nor fail."""
+    torch = pytest.importorskip("torch")
+    assert not torch.cuda.is_initialized()
+    assert device_offsets.stream_is_capturing("cuda:0") is False
+    assert not torch.cuda.is_initialized()
