@@ -12,7 +12,11 @@
 
 On torch tensors moba_attn_varlen is differentiable and, with torch 2.4 or
 newer, runs through the torch.library ops of moba.torch_ops, which
-torch.compile(fullgraph=True) traces (docs/python.md).
+torch.compile(fullgraph=True) traces (docs/python.md). GPU calls with fixed
+shapes and cu_seqlens can be captured in a CUDA graph after one warm-up
+call (moba.device_offsets says why the warm-up). Hugging Face models:
+moba.integrations.transformers.register(block_size=..., top_k=...), then
+attn_implementation="moba".
 
 Layouts: "varlen" q [T, Hq, D], k and v [T, Hkv, D] with cu_seqlens [B + 1];
 "batched" q [B, S, Hq, D], k and v [B, S, Hkv, D]. The log-sum-exp has q's
