@@ -136,6 +136,13 @@ def main(argv):
     sources = sorted(f for f in os.listdir(package) if f.endswith(".py"))
     if "__init__.py" not in sources:
         fail(f"{package} has no __init__.py")
+    # Subpackages one level down (moba/integrations), each a package.
+    for sub in sorted(os.listdir(package)):
+        folder = os.path.join(package, sub)
+        if os.path.isdir(folder) and not os.path.islink(folder) and \
+                os.path.isfile(os.path.join(folder, "__init__.py")):
+            sources += sorted(f"{sub}/{f}" for f in os.listdir(folder)
+                              if f.endswith(".py"))
     files = [(f"moba/{f}", os.path.join(package, f)) for f in sources]
     files.append((f"moba/{LIBRARY}", library))
     files.sort()

@@ -8,6 +8,7 @@
 #
 #   bash scripts/device-bundle.sh            # after scripts/build.sh
 #   on the device: bash .device/run.sh MODE   # see test/device/gpu_check.py
+#                  (graphs, hf: test/device/torch_check.py)
 #                  bash .device/pytest.sh     # python/tests/test_torch_ops.py
 #                  bash .device/python.sh SCRIPT [ARGS]   # any other script
 set -euo pipefail
@@ -23,7 +24,7 @@ fi
 rm -rf "$out" && mkdir -p "$out"
 cp "${wheels[0]}" "$out/"
 cp "$root/test/device/gpu_check.py" "$root/test/device/nan_check.py" \
-   "$root/test/device/paged_check.py" \
+   "$root/test/device/paged_check.py" "$root/test/device/torch_check.py" \
    "$root/python/tests/reference.py" "$root"/bench/*.py "$out/"
 # The torch ops' pytest file and what it imports, for pytest.sh: the device
 # has the torch (>= 2.4) those tests need, this machine does not.
@@ -88,6 +89,19 @@ for tool in bench:moba_bench tune:tune; do
 done
 sed -i 's|exec python3|export MOBA_PEERS="$here/peers"\nexec python3|' \
   "$out/bench.sh"
+# run.sh's modes of test/device/torch_check.py (after bench.sh and tune.sh
+# were made from the plain run.sh above).
+cat > "$out/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Installs the wheel once, then runs gpu_check.py with the given arguments
+# (torch_check.py for its modes: graphs, hf).
+set -euo pipefail
+source "$(dirname "$0")/setup.sh" || exit
+case "${1:-}" in
+  graphs|hf) exec python3 "$here/torch_check.py" "$@" ;;
+esac
+exec python3 "$here/gpu_check.py" "$@"
+RUN
 # pytest.sh: python/tests/test_torch_ops.py on the device's torch (pytest
 # must be installed there).
 cat > "$out/pytest.sh" <<'PYTEST'

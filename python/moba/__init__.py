@@ -12,7 +12,11 @@
 
 On torch tensors moba_attn_varlen is differentiable and, with torch 2.4 or
 newer, runs through the torch.library ops of moba.torch_ops, which
-torch.compile(fullgraph=True) traces (docs/python.md).
+torch.compile(fullgraph=True) traces (docs/python.md). GPU calls with fixed
+shapes and cu_seqlens can be captured in a CUDA graph after one warm-up
+call (moba.device_offsets says why the warm-up). Hugging Face models:
+moba.integrations.transformers.register(block_size=..., top_k=...), then
+attn_implementation="moba".
 
 Layouts: "varlen" q [T, Hq, D], k and v [T, Hkv, D] with cu_seqlens [B + 1];
 "batched" q [B, S, Hq, D], k and v [B, S, Hkv, D]. The log-sum-exp has q's
@@ -57,7 +61,7 @@ import weakref
 
 import numpy as np
 
-from . import _capi, torch_scratch
+from . import _capi, device_offsets, torch_scratch
 from ._capi import CompileError
 
 __all__ = ["compile", "Kernel", "moba_attn_varlen", "moba_attn_batched",
@@ -249,6 +253,9 @@ class Kernel:
     def __init__(self, config, handles, from_cache, compile_seconds,
                  cache_warning=None):
         self._handles = handles  # "cpu" / "sm_80" / "sm_90a" -> handle
+        # The torch devices a GPU call has run on: the kernel's modules are
+        # loaded into their contexts (which CUDA-graph capture forbids).
+        self._loaded_on = set()
         # Held only to compile another target; calls never take it.
         self._lock = threading.Lock()
         self.config = config
@@ -591,6 +598,7 @@ class Kernel:
             given[name] = x
 
         handle = self._handle_for(True, "q")
+        self._check_loaded_for_capture(q.device)
         results = {name: given.get(name) if name in given else
                    torch.empty_like(like)
                    for name, like in (("dq", q), ("dk", k), ("dv", v))}
@@ -608,6 +616,7 @@ class Kernel:
                 *(results[n].data_ptr() for n in ("dq", "dk", "dv")),
                 stream, host_cu.ctypes.data,
                 allocator=torch_scratch.scratch_allocator(q.device))
+        self._loaded_on.add(q.device)
         return results["dq"], results["dk"], results["dv"]
 
     def _call_gpu(self, q, k, v, cu_seqlens, max_seqlen, return_lse,
@@ -615,6 +624,7 @@ class Kernel:
         handle = self._handle_for(True, "q")
         import torch
         q, k, v = self._device_qkv(q, k, v)
+        self._check_loaded_for_capture(q.device)
         cu, host_cu, tokens, inputs = self._device_offsets(q, cu_seqlens,
                                                            max_seqlen)
         for name, given in (("out", out), ("lse", lse)):
@@ -644,7 +654,23 @@ class Kernel:
                 cu.data_ptr(), len(host_cu) - 1, tokens, out.data_ptr(),
                 lse.data_ptr(), stream, host_cu.ctypes.data,
                 allocator=torch_scratch.scratch_allocator(q.device))
+        self._loaded_on.add(q.device)
         return (out, lse) if return_lse else out
+
+    def _check_loaded_for_capture(self, device):
+        """Raises when a call on torch device `device` is being captured
+        into a CUDA graph before any call has run there: the first call
+        loads the kernel's modules into the device's context, which is not
+        allowed during capture (it would invalidate it)."""
+        if device in self._loaded_on:
+            return
+        if device_offsets.stream_is_capturing(device):
+            raise RuntimeError(
+                f"{self!r} has not run on {device} yet and this call is "
+                "being captured into a CUDA graph: its first call loads the "
+                "kernel's modules into the device's context, which capture "
+                "does not allow. Call it once before the capture (the "
+                "warm-up torch.cuda.graph needs anyway)")
 
     def _device_qkv(self, q, k, v):
         """q, k and v as torch CUDA tensors on one device, checked."""
@@ -674,6 +700,14 @@ class Kernel:
             uploads = self.__dict__.setdefault("_batched_offsets", {})
             cu = uploads.get((batch, seq, q.device))
             if cu is None:
+                if device_offsets.stream_is_capturing(q.device):
+                    raise device_offsets.OffsetsNotKnownError(
+                        f"the first call of batch {batch} and seq {seq} on "
+                        f"{q.device} is being captured into a CUDA graph: "
+                        "it uploads the sequence offsets (a copy the "
+                        "capture does not allow). Call it once with this "
+                        "shape before the capture (the warm-up "
+                        "torch.cuda.graph needs anyway)")
                 cu = torch.from_numpy(host_cu).to(q.device)
                 uploads[(batch, seq, q.device)] = cu
             return cu, host_cu, batch * seq, {}
@@ -695,31 +729,12 @@ class Kernel:
 
     def _host_offsets(self, cu, given, tokens, max_seqlen):
         """The checked host copy of the device offsets `cu` (a torch view of
-        `given`, the caller's object).
-
-        The offsets are checked on the host: a bad one would make the kernels
-        read and write out of bounds. Reading them waits for the stream (every
-        call would then wait for the one before), so the copy is kept for the
-        caller's tensor while torch reports it unchanged: the same object
-        (`cu` is a fresh view each call) and the same version counter, which
-        its views share (writes that bypass torch are not seen). Other
-        arrays (cupy, DLPack) have no version counter and are read each
-        call.
-        """
-        import weakref
-        key = (tokens, max_seqlen)
-        tracked = hasattr(given, "_version")
-        cached = getattr(self, "_offsets", None)
-        if tracked and cached is not None:
-            ref, version, cached_key, host_cu = cached
-            if (ref() is given and version == given._version
-                    and cached_key == key):
-                return host_cu
-        host_cu = self._check_cu_seqlens(cu.cpu().numpy(), tokens, max_seqlen)
-        host_cu = np.ascontiguousarray(host_cu, dtype=np.int32)
-        if tracked:
-            self._offsets = (weakref.ref(given), given._version, key, host_cu)
-        return host_cu
+        `given`, the caller's object), kept per tensor while torch reports
+        it unchanged and read from the device only otherwise (never during
+        CUDA-graph capture): moba.device_offsets says how and why."""
+        return device_offsets.host_offsets(given, cu, cu.device, tokens,
+                                           max_seqlen,
+                                           self._check_cu_seqlens)
 
     @staticmethod
     def _check_cu_seqlens(cu_seqlens, tokens, max_seqlen):

@@ -451,19 +451,28 @@ def _run_with_scratch(allocator, entry, *args):
             ctypes.byref(previous) if previous.allocate else None, None,
             None)
     raised = allocator.take_error()
-    if raised is not None and not isinstance(raised, Exception):
+    # The allocator's exception was raised in a callback under this frame:
+    # its traceback's frames link back (f_back) to this one and to the
+    # caller's, which hold the call's outputs. Were this frame still to
+    # hold the exception while the error propagates, that would be a
+    # reference cycle, and the outputs would outlive the error until the
+    # garbage collector ran; so the local goes before anything is raised.
+    try:
+        if raised is not None and not isinstance(raised, Exception):
+            if status != 0:
+                _take_error(error.value)
+            raise raised
         if status != 0:
-            _take_error(error.value)
-        raise raised
-    if status != 0:
-        message = _take_error(error.value)
+            message = _take_error(error.value)
+            if raised is not None:
+                message += f" ({type(raised).__name__}: {raised})"
+            raise RuntimeError(message) from raised
         if raised is not None:
-            message += f" ({type(raised).__name__}: {raised})"
-        raise RuntimeError(message) from raised
-    if raised is not None:
-        raise RuntimeError(
-            "the scratch allocator failed to take back moba's scratch "
-            f"({type(raised).__name__}: {raised})") from raised
+            raise RuntimeError(
+                "the scratch allocator failed to take back moba's scratch "
+                f"({type(raised).__name__}: {raised})") from raised
+    finally:
+        del raised
 
 
 def run_kernel_on_device(handle, q, k, v, cu_seqlens, num_sequences, tokens,

@@ -24,7 +24,17 @@ current stream): KVCache(..., device="cuda") keeps its cache on the GPU.
 On the GPU the host never reads the device's offsets, table or lengths:
 the kernels check them and give NaN rows for a sequence that fails (the
 functional forms), while KVCache checks its own host copies first and
-raises ValueError as on the CPU. CUDA-graph capture is not supported yet.
+raises ValueError as on the CPU.
+
+CUDA graphs: the functional forms on CUDA tensors read nothing back to the
+host, so a decode step made of them can be captured once each kernel has
+run on the device (the warm-up; its first call loads its modules, which
+capture forbids): paged_kv_append, then cache_lens advanced on the device
+(cache_lens.copy_(the append's result)), then paged_decode, with a block
+table that already holds the pages the replays will fill. A KVCache cannot
+be captured: it keeps its lengths and page table on the host, checks and
+advances them in Python on every call and uploads them (a replay would
+skip all of that), so its calls raise RuntimeError during capture.
 """
 import threading
 import weakref
@@ -350,6 +360,24 @@ class GpuPagedKernel:
     def __init__(self, config, handle):
         self._handle = handle
         self.config = config
+        # The torch devices a call has run on (its modules are loaded
+        # there, which CUDA-graph capture forbids).
+        self._loaded_on = set()
+
+    def _check_loaded_for_capture(self, device):
+        """Raises when a call on `device` is being captured into a CUDA
+        graph before any call has run there (the first loads the kernel's
+        modules, which capture does not allow)."""
+        if device in self._loaded_on:
+            return
+        from . import device_offsets
+        if device_offsets.stream_is_capturing(device):
+            raise RuntimeError(
+                f"{self!r} has not run on {device} yet and this call is "
+                "being captured into a CUDA graph: its first call loads the "
+                "kernel's modules into the device's context, which capture "
+                "does not allow. Call it once before the capture (the "
+                "warm-up torch.cuda.graph needs anyway)")
 
     def __del__(self):
         handle, self._handle = getattr(self, "_handle", None), None
@@ -375,10 +403,12 @@ class GpuPagedKernel:
         v = _cuda_data("v", v, c["dtype"], tuple(k.shape), call.device)
         cu = _cuda_data("cu_seqlens", cu_seqlens, "int32", (call.batch + 1,),
                         call.device)
+        self._check_loaded_for_capture(call.device)
         with torch.cuda.device(call.device):
             _capi.run_paged_append_on_device(
                 self._handle, call.struct, k.data_ptr(), v.data_ptr(),
                 cu.data_ptr(), k.shape[0], call.stream())
+        self._loaded_on.add(call.device)
 
     def decode(self, q, cu_seqlens_q, k_cache, v_cache, block_key_sums,
                block_table, cache_lens):
@@ -393,12 +423,14 @@ class GpuPagedKernel:
                                             c["head_dim"]), call.device)
         cu = _cuda_data("cu_seqlens_q", cu_seqlens_q, "int32",
                         (call.batch + 1,), call.device)
+        self._check_loaded_for_capture(call.device)
         out = torch.empty_like(q)
         lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
         with torch.cuda.device(call.device):
             _capi.run_paged_decode_on_device(
                 self._handle, call.struct, q.data_ptr(), cu.data_ptr(),
                 q.shape[0], out.data_ptr(), lse.data_ptr(), call.stream())
+        self._loaded_on.add(call.device)
         return out, lse
 
 
@@ -831,7 +863,21 @@ class KVCache:
                     f"is not a page of the pool (0..{self.num_pages - 1}), "
                     f"and the sequence's {int(n)} tokens use it")
 
+    def _refuse_capture(self, what):
+        """KVCache's calls cannot be captured into a CUDA graph (the module
+        docstring says why)."""
+        from . import device_offsets
+        if device_offsets.stream_is_capturing(self.device):
+            raise RuntimeError(
+                f"KVCache.{what} is being captured into a CUDA graph, which "
+                "it does not support: it checks and advances its lengths and "
+                "page table on the host and uploads them every call, which a "
+                "replay would skip. Capture the functional forms instead "
+                "(moba.paged_kv_append and moba.paged_decode on device "
+                "tensors, advancing cache_lens on the device; docs/python.md)")
+
     def _append_on_device(self, k, v, cu_seqlens):
+        self._refuse_capture("append")
         c = dict(dtype=self.dtype)
         kv_shape = (None, self.num_kv_heads, self.head_dim)
         k = _cuda_data("k", k, c["dtype"], kv_shape, self.device)
@@ -860,6 +906,7 @@ class KVCache:
 
     def _attend_on_device(self, q, cu_seqlens_q, max_query_tokens,
                           return_lse):
+        self._refuse_capture("decode" if max_query_tokens else "prefill")
         q = _cuda_data("q", q, self.dtype,
                        (None, self.num_heads, self.head_dim), self.device)
         cu, counts = self._host_offsets("cu_seqlens_q", cu_seqlens_q,

@@ -676,3 +676,47 @@ def run_inside_an_outer_allocator(name):
                 address(outer_allocator.struct.deallocate))
     return (error, len(outer.allocations),
             len(counters["scratch"]["allocations"]), restored)
+
+
+def outputs_outlive_a_failed_call(name, oom_at):
+    """Calls kernel `name` from a frame that holds an object standing for
+    the call's outputs, with moba.torch_scratch's allocator over a
+    FakeTorch whose allocation `oom_at` raises OutOfMemoryError (inside the
+    runtime's callback, under mobaRunDevice), and drops the error. Returns
+    (the error's text, whether the outputs' stand-in is still alive) with
+    the garbage collector off: only reference counts free it, as they free
+    torch's output tensors right after a failed call."""
+    import gc
+    import weakref
+    from moba import _capi
+    handle, config = _kernels[name]
+    buffers = _device_buffers(config)
+
+    class Outputs:
+        pass
+
+    def call(outputs):
+        allocator, _ = _scratch({"torch": True, "oom_at": oom_at})
+        _capi.run_kernel_on_device(
+            handle, buffers["q"], buffers["k"], buffers["v"],
+            buffers["cu_seqlens"], len(SEQLENS) - 1, TOKENS,
+            buffers["out"], buffers["lse"], None,
+            buffers["host_cu_seqlens"].ctypes.data, allocator=allocator)
+        return outputs
+
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        outputs = Outputs()
+        alive = weakref.ref(outputs)
+        message = None
+        try:
+            call(outputs)
+        except RuntimeError as e:
+            message = str(e)
+        del outputs
+        return message, alive() is not None
+    finally:
+        if enabled:
+            gc.enable()

@@ -856,6 +856,19 @@ def test_torchs_out_of_memory_fails_the_call_with_its_message(worker):
     assert leaks(clean, failed) == {}
 
 
+@pytest.mark.parametrize("oom_at", [1, 2])
+def test_a_failed_call_leaves_its_callers_outputs_to_their_refcounts(
+        worker, oom_at):
+    """torch's OutOfMemoryError inside the allocator's callback must not
+    tie the failed call's frames (and the outputs they hold) into a
+    reference cycle (the device's memory check saw them stay allocated)."""
+    worker.compile("sm80")
+    error, alive = worker(device.outputs_outlive_a_failed_call, "sm80",
+                          oom_at)
+    assert error is not None and "OutOfMemoryError" in error, error
+    assert not alive
+
+
 def test_a_calls_allocator_gives_the_thread_its_own_back(worker):
     worker.compile("sm80")
     error, outer, inner, restored = worker(
