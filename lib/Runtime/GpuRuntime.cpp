@@ -2,9 +2,10 @@
 //
 // Part of moba-mlir. The signatures are those of upstream's
 // mlir/lib/ExecutionEngine/CudaRuntimeWrappers.cpp, which the host code of
-// gpu-to-llvm calls; test/Pipelines/moba-gpu-pipeline.mlir pins them. One
-// is ours: mobaEncodeTensorMap, which the host code of
-// moba-convert-grouped-attention-to-nvvm{key-value-loads=tma} calls.
+// gpu-to-llvm calls; test/Pipelines/moba-gpu-pipeline.mlir pins them. Two
+// are ours, called by the host code of moba-convert-grouped-attention-to-
+// nvvm: mobaEncodeTensorMap (key-value-loads=tma) and
+// mobaMultiprocessorCount (schedule=persistent).
 //
 //===----------------------------------------------------------------------===//
 
@@ -354,6 +355,23 @@ void encodeTensorMap(int64_t map, int64_t address, int64_t tokens,
   std::memcpy(out, &encoded, sizeof(encoded));
 }
 
+/// The SMs of the current context's device (a persistent kernel's grid is
+/// a wave of CTAs on them); 1 after recording why not, which keeps such a
+/// grid right, only narrow, until the error fails the call.
+int64_t multiprocessorCount() {
+  constexpr int kMultiprocessorCount = 16; // CU_DEVICE_ATTRIBUTE_*
+  const DriverApi *api = ready();
+  if (!api)
+    return 1;
+  CUdevice device = 0;
+  int count = 0;
+  if (!ok(api->cuCtxGetDevice(&device), [] { return "cuCtxGetDevice"; }) ||
+      !ok(api->cuDeviceGetAttribute(&count, kMultiprocessorCount, device),
+          [] { return "cuDeviceGetAttribute(multiprocessor count)"; }))
+    return 1;
+  return count > 0 ? count : 1;
+}
+
 struct EntryPoint {
   llvm::StringRef name;
   void *address;
@@ -371,6 +389,8 @@ const EntryPoint kEntryPoints[] = {
     {"mgpuModuleGetFunction", reinterpret_cast<void *>(&moduleGetFunction)},
     {"mgpuLaunchKernel", reinterpret_cast<void *>(&launchKernel)},
     {"mobaEncodeTensorMap", reinterpret_cast<void *>(&encodeTensorMap)},
+    {"mobaMultiprocessorCount",
+     reinterpret_cast<void *>(&multiprocessorCount)},
 };
 
 } // namespace

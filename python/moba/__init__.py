@@ -658,19 +658,8 @@ class Kernel:
         return (out, lse) if return_lse else out
 
     def _check_loaded_for_capture(self, device):
-        """Raises when a call on torch device `device` is being captured
-        into a CUDA graph before any call has run there: the first call
-        loads the kernel's modules into the device's context, which is not
-        allowed during capture (it would invalidate it)."""
-        if device in self._loaded_on:
-            return
-        if device_offsets.stream_is_capturing(device):
-            raise RuntimeError(
-                f"{self!r} has not run on {device} yet and this call is "
-                "being captured into a CUDA graph: its first call loads the "
-                "kernel's modules into the device's context, which capture "
-                "does not allow. Call it once before the capture (the "
-                "warm-up torch.cuda.graph needs anyway)")
+        device_offsets.refuse_first_call_in_capture(self, self._loaded_on,
+                                                    device)
 
     def _device_qkv(self, q, k, v):
         """q, k and v as torch CUDA tensors on one device, checked."""
@@ -897,8 +886,8 @@ def compile(head_dim, num_heads, num_kv_heads, block_size, top_k, dtype,
     warpgroups taking turns on the tensor cores; mma_warps 8 or 12),
     "persistent" (warp-specialized on persistent CTAs, whose producer
     copies the next tile's chunks while the consumers finish the current
-    one) or "auto" (None: overlapped where one CTA fills an SM and K and V come by
-    cp.async, else in order).
+    one) or "auto" (None: overlapped where one CTA fills an SM and K and V
+    come by cp.async, else in order).
     The rules between these (wgmma needs sm_90a and whole warpgroups, TMA
     needs wgmma, ...) are the library's, checked once the tuning table has
     filled in what is None; its messages name the argument and show the

@@ -73,6 +73,23 @@ def stream_is_capturing(device):
         return torch.cuda.is_current_stream_capturing()
 
 
+def refuse_first_call_in_capture(owner, loaded_on, device):
+    """Raises when a call of `owner` (a kernel, whose modules are loaded on
+    the devices in `loaded_on`) on torch device `device` is being captured
+    into a CUDA graph before any call has run there: the first call loads
+    the kernel's modules into the device's context, which capture does not
+    allow (it would invalidate the capture)."""
+    if device in loaded_on:
+        return
+    if stream_is_capturing(device):
+        raise RuntimeError(
+            f"{owner!r} has not run on {device} yet and this call is "
+            "being captured into a CUDA graph: its first call loads the "
+            "kernel's modules into the device's context, which capture "
+            "does not allow. Call it once before the capture (the "
+            "warm-up torch.cuda.graph needs anyway)")
+
+
 def _identity(tensor):
     """(data pointer, device) of a torch tensor, or None for other
     arrays."""

@@ -365,19 +365,9 @@ class GpuPagedKernel:
         self._loaded_on = set()
 
     def _check_loaded_for_capture(self, device):
-        """Raises when a call on `device` is being captured into a CUDA
-        graph before any call has run there (the first loads the kernel's
-        modules, which capture does not allow)."""
-        if device in self._loaded_on:
-            return
         from . import device_offsets
-        if device_offsets.stream_is_capturing(device):
-            raise RuntimeError(
-                f"{self!r} has not run on {device} yet and this call is "
-                "being captured into a CUDA graph: its first call loads the "
-                "kernel's modules into the device's context, which capture "
-                "does not allow. Call it once before the capture (the "
-                "warm-up torch.cuda.graph needs anyway)")
+        device_offsets.refuse_first_call_in_capture(self, self._loaded_on,
+                                                    device)
 
     def __del__(self):
         handle, self._handle = getattr(self, "_handle", None), None

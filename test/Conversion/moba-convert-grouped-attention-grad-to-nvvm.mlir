@@ -140,3 +140,34 @@ func.func @f32(%q: memref<?x4x64xf32>, %k: memref<?x2x64xf32>,
       {block_size = 128 : i64, scale = 0.125 : f32}
   return
 }
+
+// -----
+
+// head_dim 128 with the defaults: the dq kernel stages 32 keys a step
+// (2 x 2 buffers x 32 x 136 x 2 bytes = 34816, with the forward's bounds:
+// 34848), the key/value kernel 64 queries (K and V of 64 keys, 34816
+// bytes; two buffers of Q and dO of 64 queries, 69632; their columns,
+// 1536; the group's table, 24: 106008).
+// CHECK-LABEL: func.func @head_dim_128
+// CHECK: threads({{.+}}) in (%{{.+}} = %c128{{.*}}, {{.+}}) dynamic_shared_memory_size %c34848_i32
+// CHECK: threads({{.+}}) in (%{{.+}} = %c128{{.*}}, {{.+}}) dynamic_shared_memory_size %c106008_i32
+// CHECK: memref.view {{.+}} to memref<2x2x64x136xbf16, #gpu.address_space<workgroup>>
+func.func @head_dim_128(%q: memref<?x4x128xbf16>, %k: memref<?x2x128xbf16>,
+                %v: memref<?x2x128xbf16>, %cu: memref<?xi32>,
+                %sel: memref<?x4x2xi32>, %starts: memref<4x?xi32>,
+                %counts: memref<4x?xi32>, %entries: memref<4x?xi32>,
+                %do: memref<?x4x128xbf16>, %lse: memref<?x4xf32>,
+                %delta: memref<?x4xf32>, %dqp: memref<2x?x4x128xf32>,
+                %dk: memref<?x2x128xbf16>, %dv: memref<?x2x128xbf16>) {
+  moba.grouped_block_attention_grad q(%q : memref<?x4x128xbf16>)
+      k(%k : memref<?x2x128xbf16>) v(%v : memref<?x2x128xbf16>)
+      cu_seqlens(%cu : memref<?xi32>) selected(%sel : memref<?x4x2xi32>)
+      groups(%starts : memref<4x?xi32>, %counts : memref<4x?xi32>,
+             %entries : memref<4x?xi32>)
+      grad_out(%do : memref<?x4x128xbf16>) lse(%lse : memref<?x4xf32>)
+      row_term(%delta : memref<?x4xf32>)
+      outs(%dqp : memref<2x?x4x128xf32>, %dk : memref<?x2x128xbf16>,
+           %dv : memref<?x2x128xbf16>)
+      {block_size = 128 : i64, scale = 0.088 : f32}
+  return
+}

@@ -146,7 +146,8 @@
 // TURNS: nvvm.barrier id = %c4_i32{{.*}} number_of_threads = %c256_i32
 // TURNS: nvvm.setmaxregister decrease 40
 
-// Persistent CTAs: one wave (132 SMs x 1 CTA: the tiles, at most 132);
+// Persistent CTAs: one wave (the device's SMs, from the runtime, x 1 CTA
+// an SM: the tiles, at most that many);
 // two query buffers (2 x 32768 bytes more: 165032); the barriers
 // initialized once (the ring's, then each query buffer's landed barrier,
 // 96 gatherer arrivals, and its release barrier, 256 consumer arrivals)
@@ -157,9 +158,12 @@
 // of a tile from 0 into ring chunk base + c; its other warps gather the
 // queries (cp.async) once the consumers released the buffer's fill before,
 // and arrive on the buffer's barrier after their copies and a proxy fence.
+// PERSIST: func.func private @mobaMultiprocessorCount() -> index
 // PERSIST: %[[TILES:.+]] = arith.muli %{{.+}}, %c8{{.*}} : index
 // PERSIST: %[[SOME:.+]] = arith.maxui %[[TILES]], %c1{{.*}} : index
-// PERSIST: %[[WAVE:.+]] = arith.minui %[[SOME]], %c132 : index
+// PERSIST: %[[SMS:.+]] = call @mobaMultiprocessorCount() : () -> index
+// PERSIST: %[[SLOTS:.+]] = arith.muli %[[SMS]], %c1{{.*}} : index
+// PERSIST: %[[WAVE:.+]] = arith.minui %[[SOME]], %[[SLOTS]] : index
 // PERSIST: gpu.launch blocks(%[[CTA:.+]], %{{.+}}, %{{.+}}) in (%[[GRID:.+]] = %[[WAVE]], {{.+}} = %c384{{.*}}, {{.+}}) dynamic_shared_memory_size %c165032_i32 {
 // PERSIST-COUNT-6: nvvm.mbarrier.init %{{.+}}, %c1_i32
 // PERSIST-COUNT-3: nvvm.mbarrier.init %{{.+}}, %c256_i32
@@ -172,23 +176,46 @@
 // PERSIST-NOT: gpu.barrier
 // PERSIST: scf.if
 // PERSIST-NEXT: nvvm.setmaxregister increase 232
-// PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%{{.+}} = %c0{{.*}}, %[[CTAKEN:.+]] = %c0{{.*}}) -> (index, index) {
+// The consumers' walk: the tile's first and last token from its first
+// and last entries (the causal bounds, no CTA reduction), the query
+// buffer's landed barrier (9 + buffer) waited for at parity fill mod 2,
+// each chunk c in ring chunk base + c (slot and fill mod 3), the zeroed V
+// rows fenced for the async proxy before the consumers' barrier, and the
+// query buffer released (11 + buffer) after the loops.
+// PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%[[CBASE:.+]] = %c0{{.*}}, %[[CTAKEN:.+]] = %c0{{.*}}) -> (index, index) {
 // PERSIST: scf.if %{{.+}} -> (index, index) {
+// PERSIST: %[[FIRST:.+]] = arith.addi %{{.+}}, %{{.+}} : index
+// PERSIST: %[[END:.+]] = arith.addi %[[FIRST]], %{{.+}} : index
+// PERSIST-NEXT: %[[LASTAT:.+]] = arith.subi %[[END]], %c1{{.*}} : index
+// PERSIST: memref.load %arg6[%{{.+}}, %[[FIRST]]] : memref<8x?xi32>
+// PERSIST: memref.load %arg6[%{{.+}}, %[[LASTAT]]] : memref<8x?xi32>
+// PERSIST: %[[CQBUF:.+]] = arith.remui %[[CTAKEN]], %c2{{.*}} : index
 // PERSIST: %[[CQFILL:.+]] = arith.divui %[[CTAKEN]], %c2{{.*}} : index
 // PERSIST-NOT: nvgpu.device_async_copy
 // PERSIST-NOT: scf.for
 // PERSIST: %[[CQPHASE:.+]] = arith.remui %[[CQFILL]], %c2{{.*}} : index
 // PERSIST-NEXT: %[[CQPARITY:.+]] = arith.index_castui %[[CQPHASE]] : index to i32
+// PERSIST-NEXT: %[[C9:.+]] = arith.constant 9 : index
+// PERSIST-NEXT: arith.addi %[[C9]], %[[CQBUF]] : index
 // PERSIST-NOT: scf.for
 // PERSIST: nvvm.mbarrier.try_wait.parity %{{.+}}, %[[CQPARITY]]
-// PERSIST: scf.for
+// PERSIST: scf.for %[[CC:.+]] = %c0{{.*}} to
+// PERSIST-NEXT: %[[CAT:.+]] = arith.addi %[[CBASE]], %[[CC]] : index
+// PERSIST: arith.remui %[[CAT]], %c3{{.*}} : index
+// PERSIST: %[[CAT2:.+]] = arith.addi %[[CBASE]], %[[CC]] : index
+// PERSIST: arith.divui %[[CAT2]], %c3{{.*}} : index
 // PERSIST: nvvm.mbarrier.try_wait.parity
 // PERSIST: nvvm.wgmma.mma_async
 // PERSIST: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
 // PERSIST: scf.for
+// PERSIST: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>
+// PERSIST-NOT: nvvm.barrier
 // PERSIST: nvvm.barrier id = %c3_i32{{.*}} number_of_threads = %c256_i32
 // PERSIST: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
 // PERSIST: scf.yield
+// PERSIST-NEXT: }
+// PERSIST-NEXT: %[[C11:.+]] = arith.constant 11 : index
+// PERSIST-NEXT: arith.addi %[[C11]], %[[CQBUF]] : index
 // PERSIST: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
 // PERSIST-NOT: gpu.barrier
 // PERSIST: nvvm.setmaxregister decrease 40
@@ -204,12 +231,14 @@
 // PERSIST: scf.for %{{.+}} = %[[CTA]] to %[[TILES]] step %[[GRID]] iter_args(%{{.+}} = %c0{{.*}}, %[[TAKEN:.+]] = %c0{{.*}}) -> (index, index) {
 // PERSIST: %[[QBUF:.+]] = arith.remui %[[TAKEN]], %c2{{.*}} : index
 // PERSIST: %[[QFILL:.+]] = arith.divui %[[TAKEN]], %c2{{.*}} : index
+// PERSIST: arith.addi %c11{{.*}}, %[[QBUF]] : index
 // PERSIST: nvvm.mbarrier.try_wait.parity
 // PERSIST: scf.for %{{.+}} = %{{.+}} to %c2048{{.*}} step %c96{{.*}} {
 // PERSIST: nvgpu.device_async_copy %arg0[{{.+}}], %{{.+}}[{{.+}}], 8 {bypassL1} : memref<?x8x128xbf16> to memref<2x2x64x64xbf16, #gpu.address_space<workgroup>>
 // PERSIST: nvvm.cp.async.commit.group
 // PERSIST-NEXT: nvvm.cp.async.wait.group 0
 // PERSIST-NEXT: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>
+// PERSIST: arith.addi %c9{{.*}}, %[[QBUF]] : index
 // PERSIST: nvvm.mbarrier.arrive %{{.+}} : !llvm.ptr<3>
 // PERSIST: } {nvvm.maxntid = array<i32: 384, 1, 1>, nvvm.minctasm = 1 : i32}
 

@@ -119,8 +119,9 @@ def MobaConvertGroupedAttentionGradToNVVM
   }];
   let options = [
     Option<"warps", "warps", "int64_t", /*default=*/"4",
-           "Warps per CTA (16 queries of the dq kernel, 16 keys of the "
-           "key/value kernel, each): 1, 2, 4 or 8">,
+           "Warps per CTA, 1, 2, 4 or 8: the dq kernel's (16 queries "
+           "each), and the key/value kernel's (16 keys each) unless "
+           "key-value-warps is set">,
     Option<"keyChunk", "key-chunk", "int64_t", /*default=*/"0",
            "Keys of the dq kernel staged per step (a multiple of 16, up "
            "to 128; 0: 64 for head_dim up to 64, else 32, which keeps its "

@@ -135,8 +135,8 @@ struct MobaConvertGroupedAttentionGradToNVVMPass
       // steps of 32 (64 measured the same at head_dim 128). The key/value
       // kernel: steps of 64 queries at every head_dim; at 128 ptxas spills
       // a few bytes more than at 32, but each step's gathers and barrier
-      // serve twice the queries (7-16% faster at head_dim 128,
-      // docs/PERFORMANCE.md).
+      // serve twice the queries (at head_dim 128 the backward 7-11% faster,
+      // the key/value kernel 12-16%; docs/PERFORMANCE.md).
       int64_t keys = keyChunk != 0 ? keyChunk : headDim <= 64 ? 64 : 32;
       KeyValueGradShape shape{keyValueWarps != 0 ? keyValueWarps : warps,
                               queryChunk != 0 ? queryChunk : 64};

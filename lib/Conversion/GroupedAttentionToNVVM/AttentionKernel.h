@@ -124,23 +124,22 @@ struct MmaTileShape {
   /// producer warpgroup after the `warps` consumer warps, which keep the
   /// thread ids, rows and copies they have in the other schedules.
   bool warpSpecialized() const {
-    return bulkLoads && (schedule == KernelSchedule::WarpSpecialized ||
-                         schedule == KernelSchedule::WarpSpecializedOverlapped ||
-                         schedule == KernelSchedule::PingPong ||
-                         schedule == KernelSchedule::Persistent);
+    return bulkLoads &&
+           (schedule == KernelSchedule::WarpSpecialized ||
+            schedule == KernelSchedule::WarpSpecializedOverlapped ||
+            schedule == KernelSchedule::PingPong ||
+            schedule == KernelSchedule::Persistent);
   }
   /// KernelSchedule::Persistent: CTAs that walk the tile list
   /// (AttentionKernel::emitPersistentCta).
   bool persistent() const {
     return bulkLoads && schedule == KernelSchedule::Persistent;
   }
-  /// The SMs a persistent grid fills (an H100 SXM's and an H200's): a
-  /// part with fewer runs the CTAs past its own in a second wave, which
-  /// is right but uneven.
-  static constexpr int64_t kPersistentSMs = 132;
+
   /// The producer warpgroup's threads (setmaxnreg works on whole
-  /// warpgroups) and the registers it keeps: its one working thread
-  /// computes a chunk's slot, parity and coordinates.
+  /// warpgroups) and the registers it keeps: its one copying thread
+  /// computes a chunk's slot, parity and coordinates, and (persistent) its
+  /// gathering threads a query row's address (ptxas fits both in 40).
   static constexpr int64_t kProducerThreads = 128;
   static constexpr int64_t kProducerRegisters = 40;
   /// The most registers a consumer thread asks for (ptxas's limit is 255,
@@ -409,6 +408,11 @@ struct AttentionKernel {
   /// shuffles), so that no CTA has to.
   void emitTileList(ImplicitLocOpBuilder &b, Value tileList, Value rows,
                     Value tilesPerHead);
+  /// Declares `name`, a function of the project's GPU runtime
+  /// (lib/Runtime/GpuRuntime.cpp) that the host code calls, in the op's
+  /// module, once.
+  void declareRuntimeFunction(ImplicitLocOpBuilder &b, StringRef name,
+                              FunctionType type);
   /// shape.bulkLoads: K's and V's tensor maps encoded by the host
   /// (mobaEncodeKeyValueTensorMaps) and put into device memory by a
   /// one-thread launch that takes their bytes as arguments, so that they

@@ -105,9 +105,17 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
   Value ctas = arith::MaxUIOp::create(b, tiles, e.index(1));
   int64_t sharedBytes = shape.sharedBytes(headDim, element());
   int64_t statedCtas = shape.statedCtasPerSM(headDim, element());
-  // Persistent CTAs: one wave, as many as the SMs hold at once.
-  if (shape.persistent())
-    ctas = e.minU(ctas, e.index(MmaTileShape::kPersistentSMs * statedCtas));
+  // Persistent CTAs: one wave, as many as the device's SMs hold at once
+  // (the runtime's mobaMultiprocessorCount).
+  if (shape.persistent()) {
+    constexpr StringLiteral kCounter = "mobaMultiprocessorCount";
+    declareRuntimeFunction(
+        b, kCounter, FunctionType::get(b.getContext(), {}, {b.getIndexType()}));
+    Value sms = func::CallOp::create(b, kCounter, TypeRange{b.getIndexType()},
+                                     ValueRange{})
+                    .getResult(0);
+    ctas = e.minU(ctas, e.mul(sms, e.index(statedCtas)));
+  }
   launch(b, ctas, threads(), e.i32(sharedBytes), /*workgroup=*/{},
          [&](ImplicitLocOpBuilder &kb, gpu::LaunchOp launchOp) {
            // The occupancy the shared memory was sized for, as a cap on
@@ -145,20 +153,25 @@ void AttentionKernel::emit(ImplicitLocOpBuilder &b) {
     memref::DeallocOp::create(b, arrivals);
 }
 
+void AttentionKernel::declareRuntimeFunction(ImplicitLocOpBuilder &b,
+                                             StringRef name,
+                                             FunctionType type) {
+  auto module = op->getParentOfType<ModuleOp>();
+  if (module.lookupSymbol(name))
+    return;
+  OpBuilder mb = OpBuilder::atBlockBegin(module.getBody());
+  func::FuncOp::create(mb, b.getLoc(), name, type).setPrivate();
+}
+
 void AttentionKernel::emitTensorMaps(ImplicitLocOpBuilder &b) {
   KernelBuilder e{b, element()};
   MLIRContext *context = b.getContext();
   Type index = b.getIndexType();
   // The runtime's encoder, declared once per module.
   constexpr StringLiteral kEncoder = "mobaEncodeTensorMap";
-  auto module = op->getParentOfType<ModuleOp>();
-  if (!module.lookupSymbol(kEncoder)) {
-    OpBuilder mb = OpBuilder::atBlockBegin(module.getBody());
-    auto encoder = func::FuncOp::create(
-        mb, b.getLoc(), kEncoder,
-        FunctionType::get(context, SmallVector<Type>(10, index), {}));
-    encoder.setPrivate();
-  }
+  declareRuntimeFunction(
+      b, kEncoder,
+      FunctionType::get(context, SmallVector<Type>(10, index), {}));
   // Two CUtensorMaps of 16 words, encoded into host memory.
   constexpr int64_t kMapWords = 16;
   auto wordsType = MemRefType::get({2 * kMapWords}, b.getI64Type());
@@ -577,9 +590,14 @@ struct MobaConvertGroupedAttentionToNVVMPass
       if (sharedBytes > kMaxSharedBytes) {
         op.emitOpError() << "needs " << sharedBytes
                          << " bytes of shared memory with key-chunk "
-                         << static_cast<int64_t>(keyChunk) << " (at most "
+                         << static_cast<int64_t>(keyChunk) << ", warps "
+                         << static_cast<int64_t>(warps) << ", stages "
+                         << shape.stages << " and schedule="
+                         << nameOf(plan.schedule) << " (at most "
                          << kMaxSharedBytes
-                         << "): use a smaller key-chunk";
+                         << "): use a smaller key-chunk, fewer warps or "
+                            "stages, or (persistent: two query buffers) "
+                            "another schedule";
         return signalPassFailure();
       }
       if (shape.bulkLoads && !op->getParentOfType<ModuleOp>()) {

@@ -18,6 +18,13 @@
 // tiles ahead. A CTA of one tile per launch waits for its first chunk's
 // copy and its queries at every tile; this one finds both there.
 //
+// The ring's slots now pass from tile to tile: the V rows past a tile's
+// last key, which its consumers zero with generic stores
+// (WgmmaTile::zeroPastLastKey), are overwritten by the next tile's TMA copy
+// (the async proxy). The consumers' fence.proxy.async after the zeroing
+// (which wgmma's reads of them need anyway), their release arrival and the
+// producer's wait order the two.
+//
 // Without a CTA-wide reduction (the producer is not there to take part),
 // a tile's first and last token are its first and last entries: the
 // entries of a block row are in token order (moba.group_queries'
@@ -39,8 +46,9 @@ void AttentionKernel::emitPersistentCta(ImplicitLocOpBuilder &b,
                                         Value tileList) {
   KernelBuilder e{b, element()};
   CtaTile frame = ctaFrame(b, launch);
-  // Thread 0 initializes the ring's barriers, once for every tile; the CTA
-  // barrier publishes them, and is the last that all threads reach.
+  // Thread 0 initializes the ring's and the query buffers' barriers, once
+  // for all the CTA's tiles; the CTA barrier publishes them, and is the
+  // last that all threads reach.
   {
     TmaLoader loader(*this, b, frame);
     ifThen(b,

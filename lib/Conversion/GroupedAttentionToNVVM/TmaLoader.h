@@ -60,7 +60,8 @@ public:
   /// query buffer `buffer` have landed (queriesGathered: each gatherer's
   /// arrival, after its copies and a proxy fence); the consumers are done
   /// with the buffer's fill (releaseQueries: each consumer's arrival, after
-  /// its last S), so the next may be gathered (waitQueriesReleased).
+  /// the tile's last products), so the next may be gathered
+  /// (waitQueriesReleased).
   void queriesGathered(ImplicitLocOpBuilder &b, Value buffer);
   void waitQueries(ImplicitLocOpBuilder &b, Value buffer, Value fill);
   void releaseQueries(ImplicitLocOpBuilder &b, Value buffer);

@@ -4,7 +4,9 @@
 // loop (moba-convert-grouped-attention-to-nvvm{instruction=wgmma}).
 //
 // Each warpgroup (4 warps) of the CTA owns 64 consecutive entries of the
-// tile. Their queries are gathered once into shared memory; K and V pass
+// tile. Their queries are gathered once into shared memory (by the CTA's
+// threads, or with the persistent schedule by its producer ahead of the
+// tile: PersistentCta.cpp); K and V pass
 // through a ring of shared-memory buffers (StageRing) `keyChunk` keys at a
 // time, filled while earlier chunks are multiplied. Per chunk and
 // warpgroup:
@@ -73,7 +75,7 @@ public:
   /// The consumer warpgroups of the warp-specialized schedule: the
   /// in-order chunk on the TMA ring, each chunk waited for on its slot's
   /// mbarriers and released on the slot's release barrier once both
-  /// products have read it (emitProducer refills it).
+  /// products have read it (the producer refills it: produceChunks).
   SmallVector<Value> warpSpecialized(ImplicitLocOpBuilder &b);
   /// The consumers of the warp-specialized schedule with each chunk's
   /// softmax under the chunk before's P V: chunk 0's S and softmax, then
@@ -811,7 +813,6 @@ SmallVector<Value> WgmmaTile::overlapped(ImplicitLocOpBuilder &b) {
 }
 
 SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
-  KernelBuilder e{b, element};
   TmaLoader loader(kernel, b, t);
   // The producer copies chunks 1 on, startBulkLoads chunk 0 (persistent:
   // the producer copies every chunk, and gathers the queries too).
@@ -838,7 +839,7 @@ SmallVector<Value> WgmmaTile::warpSpecialized(ImplicitLocOpBuilder &b) {
         loader.release(ib, buffer);
         return results;
       });
-  // Every S of the tile was waited for: the queries' buffer is free.
+  // Every product of the tile was waited for: the queries' buffer is free.
   if (t.queryBuffer)
     loader.releaseQueries(b, t.queryBuffer);
   else
@@ -1094,7 +1095,8 @@ void AttentionKernel::gatherQueriesAhead(ImplicitLocOpBuilder &b,
                                               gpu::AddressSpace::Workgroup);
   Value address = e.add(
       plan.queryAddress,
-      e.mul(t.queryBuffer, e.index(shape.queryBufferBytes(headDim, element()))));
+      e.mul(t.queryBuffer,
+            e.index(shape.queryBufferBytes(headDim, element()))));
   Value queries = memref::ViewOp::create(
       b,
       MemRefType::get({shape.warpgroups(), panels, 64, Layout::kColumns},
