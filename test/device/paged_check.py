@@ -266,7 +266,10 @@ def decode_checks(moba):
         ok &= good
         lines.append(f"{'ok  ' if good else 'FAIL'} {case}: {message}")
     for i, case in enumerate(long_cases()):
-        good, message = check_long_case(moba, *case, seed=100 + i)
+        try:
+            good, message = check_long_case(moba, *case, seed=100 + i)
+        except Exception as e:  # reported, and the other cases still run
+            good, message = False, f"raised {type(e).__name__}: {e}"
         ok &= good
         lines.append(f"{'ok  ' if good else 'FAIL'} long {case}: {message}")
     failures = check_device_checks(moba)
@@ -357,10 +360,17 @@ def decode_time(moba, repeats=50):
     print("| step | batch | heads q/kv | D | cached | queries a seq | block "
           "| top_k | ms |")
     print("|---|---|---|---|---|---|---|---|---|")
+    ok = True
     for batch, length, queries in ((8, 131072, 1), (8, 131072, 4),
                                    (8, 32768, 1)):
-        for name, ms in time_decode_step(moba, batch, length, queries,
-                                         repeats):
+        try:
+            results = time_decode_step(moba, batch, length, queries, repeats)
+        except Exception as e:  # reported, and the other steps still run
+            print(f"| step of {queries} queries at {length} raised "
+                  f"{type(e).__name__}: {e} |", flush=True)
+            ok = False
+            continue
+        for name, ms in results:
             print(f"| {name} | {batch} | 32/8 | 128 | {length} | {queries} "
                   f"| 4096 | 8 | {ms:.3f} |", flush=True)
-    return True
+    return ok

@@ -785,6 +785,9 @@ void DecodeKernel::emitMerge(ImplicitLocOpBuilder &b, Value t0, Value n,
         Value t = ke.add(t0, tl);
         auto f32x4 = VectorType::get({4}, kb.getF32Type());
         auto elementx4 = VectorType::get({4}, element);
+        // Four elements at a multiple of 4 of a row that starts 16-byte
+        // aligned.
+        int64_t rowBytes = 4 * element.getIntOrFloatBitWidth() / 8;
         Value own = memref::LoadOp::create(kb, selection,
                                            ValueRange{tl, h, ke.index(0)});
         Value attends = arith::CmpIOp::create(kb, arith::CmpIPredicate::sge,
@@ -801,7 +804,8 @@ void DecodeKernel::emitMerge(ImplicitLocOpBuilder &b, Value t0, Value n,
           Value row4 = nans;
           if (element != kb.getF32Type())
             row4 = arith::TruncFOp::create(kb, elementx4, nans);
-          vector::StoreOp::create(kb, row4, out, ValueRange{t, h, d});
+          vector::StoreOp::create(kb, row4, out, ValueRange{t, h, d})
+              .setAlignment(rowBytes);
           nvvm_kernel::ifThen(kb, firstQuad, [&](ImplicitLocOpBuilder &ib) {
             memref::StoreOp::create(ib, nan, lse, ValueRange{t, h});
           });
@@ -876,7 +880,8 @@ void DecodeKernel::emitMerge(ImplicitLocOpBuilder &b, Value t0, Value n,
             kb, totals[1], vector::BroadcastOp::create(kb, f32x4, sum));
         if (element != kb.getF32Type())
           row4 = arith::TruncFOp::create(kb, elementx4, row4);
-        vector::StoreOp::create(kb, row4, out, ValueRange{t, h, d});
+        vector::StoreOp::create(kb, row4, out, ValueRange{t, h, d})
+            .setAlignment(rowBytes);
         nvvm_kernel::ifThen(kb, firstQuad, [&](ImplicitLocOpBuilder &ib) {
           KernelBuilder le{ib, element};
           // Back from log2 units: lse = ln(2) * (max + log2(sum)).
