@@ -182,6 +182,9 @@ def check_long_case(moba, block, selection, dtype, seed):
     messages.append("deterministic" if same else "two runs differ")
     index = torch.tensor(rows, dtype=torch.long, device="cuda")
     out, lse = results["cuda"]
+    # Rows whose selection is near-tied may choose differently on the two
+    # devices (known for query_head only: the reference has no kv_head).
+    keep = torch.ones(out.shape[:2], dtype=torch.bool)
     if selection == "query_head":
         ref_out, ref_lse, near, _ = reference(q, k, v, torch.tensor(cu), block,
                                               top_k, causal=True, rows=index)
@@ -190,13 +193,14 @@ def check_long_case(moba, block, selection, dtype, seed):
         ok &= good
         messages.append(f"decode: {message} ({compared} rows, {skipped} "
                         "near-tied)")
+        keep = ~near[index].cpu()
     # The CPU path on the same inputs (the only check of kv_head here).
     cpu_out, cpu_lse = results["cpu"]
     atol, rtol = TOLERANCE[dtype]
     diff = (out.cpu().double() - cpu_out.double()).abs()
-    bad = int((diff > atol + rtol * cpu_out.double().abs()).sum())
+    bad = int((diff > atol + rtol * cpu_out.double().abs())[keep].sum())
     lse_bad = int(((lse.cpu().double() - cpu_lse.double()).abs() >
-                   2e-4 + 2e-5 * cpu_lse.double().abs()).sum())
+                   2e-4 + 2e-5 * cpu_lse.double().abs())[keep].sum())
     nan = bool(torch.isnan(out).any() or torch.isnan(lse).any())
     ok &= bad == 0 and lse_bad == 0 and not nan
     messages.append(f"gpu vs cpu: {bad} elements, {lse_bad} lse differ"
@@ -340,7 +344,7 @@ def time_decode_step(moba, batch, length, queries, repeats=50):
                                                      enable_gqa=True)
         results.append(("torch SDPA (dense, enable_gqa)",
                          _elapsed_ms(gqa, repeats)))
-    except (TypeError, RuntimeError) as e:
+    except Exception as e:  # an older torch: no enable_gqa
         print(f"(SDPA with enable_gqa unavailable: {e})")
     kr = kd.repeat_interleave(hq // hkv, 1)
     vr = vd.repeat_interleave(hq // hkv, 1)
