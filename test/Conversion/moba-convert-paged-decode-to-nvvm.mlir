@@ -1,6 +1,8 @@
 // RUN: moba-opt %s --split-input-file --moba-convert-paged-decode-to-nvvm="rows-per-tile=2 key-steps=2" --verify-diagnostics | FileCheck %s
 // RUN: not moba-opt %s --moba-convert-paged-decode-to-nvvm="rows-per-tile=0" 2>&1 | FileCheck %s --check-prefix=OPTION
 
+// RUN: not moba-opt %s --moba-convert-paged-decode-to-nvvm="chunk-keys=1" 2>&1 | FileCheck %s --check-prefix=CHUNK
+
 // OPTION: rows-per-tile must be in [1, 32], got 0
 
 // bf16, head_dim 64 (8 lanes a key row, four keys a load), page_size 16,
@@ -138,6 +140,27 @@ func.func @kv_head(%q: memref<?x4x64xf16>, %cuq: memref<?xi32>,
       cache_lens(%lens : memref<?xi32>) block_key_sums(%sums : memref<?x?x2x64xf32>)
       outs(%o : memref<?x4x64xf16>, %l : memref<?x4xf32>)
       {block_size = 2048, top_k = 2, selection = "kv_head"}
+  return
+}
+
+// -----
+
+// Blocks of 2^20 keys: 2048 chunks of 512, 13 MB of partials a token. With
+// chunk-keys=1 that would be 6.6 GB a token: refused.
+// CHECK-LABEL: func.func @long_blocks
+// CHECK: memref.alloc(%{{.+}}) : memref<?x8x3x2048x64xf32>
+// CHUNK: needs more than 268435456 bytes of split-K partials a query token with chunk-keys = 1
+func.func @long_blocks(%q: memref<?x8x64xbf16>, %cuq: memref<?xi32>,
+                       %kc: memref<?x16x2x64xbf16>, %vc: memref<?x16x2x64xbf16>,
+                       %table: memref<?x?xi32>, %lens: memref<?xi32>,
+                       %sums: memref<?x?x2x64xf32>, %o: memref<?x8x64xbf16>,
+                       %l: memref<?x8xf32>) {
+  moba.paged_decode_attention q(%q : memref<?x8x64xbf16>)
+      cu_seqlens_q(%cuq : memref<?xi32>) k_cache(%kc : memref<?x16x2x64xbf16>)
+      v_cache(%vc : memref<?x16x2x64xbf16>) block_table(%table : memref<?x?xi32>)
+      cache_lens(%lens : memref<?xi32>) block_key_sums(%sums : memref<?x?x2x64xf32>)
+      outs(%o : memref<?x8x64xbf16>, %l : memref<?x8xf32>)
+      {block_size = 1048576, top_k = 3}
   return
 }
 

@@ -67,8 +67,13 @@ namespace {
 constexpr int64_t kWarpsPerCta = 4;
 constexpr int64_t kThreadsPerCta = 128;
 /// The most bytes of partials one slab may need; the slab shrinks below
-/// `slabTokens` tokens to stay under it (one token at least).
-constexpr int64_t kScratchBudgetBytes = int64_t(256) << 20;
+/// `slabTokens` tokens to stay under it (one token at least, which the op's
+/// isSplitKCompatible and the pass make sure fits).
+constexpr int64_t kScratchBudgetBytes =
+    PagedDecodeAttentionOp::kMaxSplitKScratchBytes;
+// The op's isSplitKCompatible budgets the scratch for the default chunk-keys.
+static_assert(PagedDecodeAttentionOp::kSplitKChunkKeys == 512,
+              "chunk-keys' default in Passes.td");
 constexpr double kLog2E = 1.4426950408889634;
 constexpr double kLn2 = 0.6931471805599453;
 
@@ -966,6 +971,16 @@ struct MobaConvertPagedDecodeToNVVMPass
                "and page_size, head_dim a power-of-two number (at most 32) "
                "of 16-byte pieces and top_k at most "
             << PagedDecodeAttentionOp::kMaxSplitKTopK;
+        return signalPassFailure();
+      }
+      std::optional<int64_t> perToken =
+          op.splitKPartialBytesPerToken(chunkKeys);
+      if (!perToken || *perToken > kScratchBudgetBytes) {
+        op.emitOpError() << "needs more than " << kScratchBudgetBytes
+                         << " bytes of split-K partials a query token with "
+                            "chunk-keys = "
+                         << int64_t(chunkKeys)
+                         << " (a larger chunk-keys needs fewer)";
         return signalPassFailure();
       }
       // Rows are read 16 bytes at a time: the buffers must be row-major.

@@ -13,6 +13,7 @@
 #include "mlir/IR/Matchers.h"
 #include "mlir/IR/OpImplementation.h"
 #include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/CheckedArithmetic.h"
 #include "llvm/Support/MathExtras.h"
 #include "llvm/Support/FormatVariadic.h"
 
@@ -1095,8 +1096,30 @@ bool PagedDecodeAttentionOp::isSplitKCompatible() {
   if (d % perLane != 0)
     return false;
   int64_t lanes = d / perLane;
-  return lanes <= 32 && llvm::isPowerOf2_64(lanes) &&
-         getTopK() <= kMaxSplitKTopK;
+  if (lanes > 32 || !llvm::isPowerOf2_64(lanes) || getTopK() > kMaxSplitKTopK)
+    return false;
+  // One query token's partials (chunks of kSplitKChunkKeys keys) fit the
+  // scratch budget.
+  std::optional<int64_t> bytes = splitKPartialBytesPerToken(kSplitKChunkKeys);
+  return bytes && *bytes <= kMaxSplitKScratchBytes;
+}
+
+std::optional<int64_t>
+PagedDecodeAttentionOp::splitKPartialBytesPerToken(int64_t chunkKeys) {
+  auto q = cast<ShapedType>(getQ().getType());
+  int64_t blockSize = getBlockSize();
+  if (chunkKeys < 1 || blockSize < 1)
+    return std::nullopt;
+  int64_t chunks = blockSize / chunkKeys + (blockSize % chunkKeys != 0);
+  int64_t bytes = 4;
+  for (int64_t factor :
+       {q.getDimSize(1), int64_t(getTopK()), chunks, q.getDimSize(2) + 2}) {
+    std::optional<int64_t> next = llvm::checkedMul(bytes, factor);
+    if (!next)
+      return std::nullopt;
+    bytes = *next;
+  }
+  return bytes;
 }
 
 LogicalResult PagedDecodeAttentionOp::verify() {

@@ -1122,10 +1122,20 @@ def Moba_PagedDecodeAttentionOp : Moba_Op<"paged_decode_attention",
     /// The operands allow the split-K lowering
     /// (moba-convert-paged-decode-to-nvvm): static heads, head_dim and
     /// page_size, head_dim rows of 16-byte chunks read by a power-of-two
-    /// number of lanes (at most 32), and top_k at most kMaxSplitKTopK (the
-    /// running top-k lives in registers).
+    /// number of lanes (at most 32), top_k at most kMaxSplitKTopK (the
+    /// running top-k lives in registers), and one token's partials within
+    /// kMaxSplitKScratchBytes.
     bool isSplitKCompatible();
     static constexpr int64_t kMaxSplitKTopK = 32;
+    /// The split-K lowering's keys a partial (its default chunk-keys) and
+    /// the most bytes of partials one query token may need (a slab holds
+    /// at least one token).
+    static constexpr int64_t kSplitKChunkKeys = 512;
+    static constexpr int64_t kMaxSplitKScratchBytes = int64_t(256) << 20;
+    /// The f32 partials (out, max, sum) of one query token with chunks of
+    /// `chunkKeys` keys: heads * top_k * chunks * (head_dim + 2) * 4 bytes
+    /// (static heads and head_dim); nullopt past int64.
+    std::optional<int64_t> splitKPartialBytesPerToken(int64_t chunkKeys);
     /// True for selection = "kv_head": one top-k per key/value group.
     bool isSelectionPerKvHead() { return getSelection() == "kv_head"; }
     /// The softmax scale: the attribute, or 1/sqrt(head_dim) (static, as
