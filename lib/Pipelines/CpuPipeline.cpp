@@ -59,7 +59,8 @@ void mlir::moba::buildMobaToLoopsPipeline(OpPassManager &pm,
         options.tileQ, options.tileK, options.parallel}));
   pm.addPass(createMobaLowerToLoops(MobaLowerToLoopsOptions{
       options.parallel, options.keepMmaCompatibleAttention,
-      options.keepMmaCompatibleGate, options.keepWarpCompatibleGrouping}));
+      options.keepMmaCompatibleGate, options.keepWarpCompatibleGrouping,
+      options.keepSplitKDecode}));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
 }

@@ -261,6 +261,7 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
   loops.keepMmaCompatibleAttention = options.densify && options.mma;
   loops.keepMmaCompatibleGate = options.mma && options.mmaGate;
   loops.keepWarpCompatibleGrouping = options.densify;
+  loops.keepSplitKDecode = options.pagedDecode == PagedDecodeForm::SplitK;
   loops.fuseMerge =
       options.densify && options.mma && plan.merge == MergeMode::Fused;
   buildMobaToLoopsPipeline(pm, loops);
@@ -269,6 +270,8 @@ void mlir::moba::buildMobaGpuPipeline(OpPassManager &pm,
     pm.addPass(createMobaConvertGroupQueriesToNVVM());
   if (loops.keepMmaCompatibleGate)
     pm.addPass(createMobaConvertGateTopKToNVVM());
+  if (loops.keepSplitKDecode)
+    pm.addPass(createMobaConvertPagedDecodeToNVVM());
   if (options.densify && options.mma) {
     pm.addPass(createMobaConvertGroupedAttentionToNVVM(
         MobaConvertGroupedAttentionToNVVMOptions{plan.warps, plan.keyChunk,

@@ -2,9 +2,10 @@
 mobaPagedDecodeDevice) on the stand-in CUDA driver: no GPU runs them, so
 these tests check the plumbing -- which kernels a call launches, on which
 stream, over how many threads, that bad input is refused before any launch,
-and that failures of the driver leak nothing. The numerics of the kernels'
+and that failures of the driver leak nothing. The numerics of the append's
 loops are tested on the CPU (test_paged_decode.py runs the same scf.forall
-forms) and on the device by test/device/gpu_check.py decode.
+forms); the decode's split-K kernels (moba-convert-paged-decode-to-nvvm)
+and the append on the device by test/device/paged_check.py.
 """
 import re
 
@@ -14,6 +15,11 @@ import stand_in_device as device
 from test_stand_in_driver import Worker, calls, leaks
 
 THREADS = 128  # the GPU pipeline's threads-per-block
+# The split-K decode of PAGED (head_dim 64, block 32): four warps a CTA for
+# the selection, one warp a CTA for the attention (a block of 32 keys is one
+# chunk), one thread per (row, 4 elements) for the merge; slabs of 64 query
+# tokens.
+SLAB = 64
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +28,14 @@ def worker():
     worker(device.compile_paged, "paged-sm90", "sm_90a")
     worker(device.compile_paged, "paged-sm80", "sm_80")
     # The first call makes the memory pool, which stays, and a kernel's
-    # first call loads its modules (one for each of the five kernels).
+    # first call loads its modules (one for each of the seven kernels: three
+    # of the append, four of the split-K decode).
     for name in ("paged-sm90", "paged-sm80"):
         before = worker(device.counters)
         error, after, _ = worker(device.run_paged, name, "append")
         assert error is None
-        assert calls(after, "cuModuleLoadDataEx") == 5
-        assert after["modules"] == before["modules"] + 5
+        assert calls(after, "cuModuleLoadDataEx") == 7
+        assert after["modules"] == before["modules"] + 7
     yield worker
     worker.close()
 
@@ -60,20 +67,48 @@ def test_append_launches_the_check_rows_and_sums_kernels(worker, name):
     assert after["rejected"] == before["rejected"]
 
 
-@pytest.mark.parametrize("name", ["paged-sm90", "paged-sm80"])
-def test_decode_launches_the_check_and_one_thread_per_row(worker, name):
+def split_k_launches(queries, sequences):
+    """The decode's launches: the check, then per slab of query tokens the
+    selection, the attention and the merge."""
     c, n = device.PAGED, device.PAGED_COUNTS
+    kernel = "moba_paged_decode_kernel"
+    launches = [(kernel, grid(sequences), THREADS)]
+    for first in range(0, queries, SLAB):
+        rows = min(SLAB, queries - first) * c["num_heads"]
+        launches += [
+            (kernel, -(-rows // 4), THREADS),
+            (kernel, sequences * c["num_kv_heads"] * n["max_blocks"], 32),
+            (kernel, grid(rows * c["head_dim"] // 4), THREADS)]
+    return launches
+
+
+@pytest.mark.parametrize("name", ["paged-sm90", "paged-sm80"])
+def test_decode_launches_the_check_and_the_split_k_kernels(worker, name):
+    n = device.PAGED_COUNTS
     stream = worker(device.create_stream)
     before = worker(device.counters)
     error, after, launches = worker(device.run_paged, name, "decode",
                                     stream=stream)
     assert error is None
-    assert [(k, g, b) for k, g, b in launches] == [
-        ("moba_paged_decode_kernel", grid(n["num_sequences"]), THREADS),
-        ("moba_paged_decode_kernel", grid(n["queries"] * c["num_heads"]),
-         THREADS)]
+    assert launches == split_k_launches(n["queries"], n["num_sequences"])
     assert after["last_launch_stream"] == stream
     assert leaks(before, after) == {}
+
+
+def test_decode_runs_a_round_of_launches_per_slab_of_queries(worker):
+    """100 queries: two slabs (64 and 36 tokens), the scratch of one."""
+    error, _, launches = worker(device.run_paged, "paged-sm90", "decode",
+                                queries=100, num_sequences=7)
+    assert error is None
+    assert launches == split_k_launches(100, 7)
+    assert len(launches) == 7
+
+
+def test_no_queries_runs_the_check_alone(worker):
+    error, _, launches = worker(device.run_paged, "paged-sm90", "decode",
+                                queries=0, q=None, out=None, lse=None)
+    assert error is None, error
+    assert launches == split_k_launches(0, 3)
 
 
 def test_no_new_tokens_is_a_call_like_any_other(worker):

@@ -359,4 +359,59 @@ def MobaGpuKernelOutlining : Pass<"moba-gpu-kernel-outlining", "ModuleOp"> {
   ];
 }
 
+def MobaConvertPagedDecodeToNVVM
+    : Pass<"moba-convert-paged-decode-to-nvvm"> {
+  let summary = "Split-K (flash-decoding) kernels for the paged decode";
+  let description = [{
+    Lowers every `moba.paged_decode_attention` on buffers (after
+    bufferization) to four kinds of `gpu.launch`, with device scratch
+    allocated in the host function:
+
+     1. the cache check: one thread per sequence, an i32 flag each (its
+        lengths and pages describe the cache; its query tokens lie within
+        the packed ones);
+     2. the selection: one warp per (query token, query head), lanes across
+        head_dim: the gate over the finished blocks' mean keys (shuffle
+        reduction), a running top-(top_k - 1) in registers (ties to the
+        later block, NaN ranked as +inf), written as the own block then the
+        chosen ones (-1 pads; -1 in slot 0 marks a row that gets NaN);
+     3. the attention: one warp per (sequence, key/value head, block,
+        chunk of `chunk-keys` keys); the warp takes every row of its
+        sequence and key/value head that chose the block, `rows-per-tile`
+        at a time, so that one read of a key serves all query heads of the
+        group and all query tokens of the sequence that chose it. Lanes
+        split head_dim in 16-byte loads (head_dim / 16 bytes lanes a key,
+        the other lanes on the next keys), `key-steps` keys a lane group a
+        step; online softmax in f32 on exp2, then the lane groups merge and
+        the warp writes a partial (out, max, sum) per (row, slot, chunk);
+     4. the merge: per (row, 4 elements), the partials of the row's slots
+        and chunks in a fixed order (so the same bits every run), the
+        output and the log-sum-exp.
+
+    Tokens run in slabs of `slab-tokens` (a host loop over launches 2 to
+    4), which bounds the scratch for long chunks of prefill.
+  }];
+  let options = [
+    Option<"chunkKeys", "chunk-keys", "int64_t", /*default=*/"512",
+           "Keys of a block one warp attends (a partial each)">,
+    Option<"rowsPerTile", "rows-per-tile", "int64_t", /*default=*/"4",
+           "Query rows a warp attends at once (registers per lane grow "
+           "with it)">,
+    Option<"keySteps", "key-steps", "int64_t", /*default=*/"4",
+           "Keys each lane group loads per step before the softmax update">,
+    Option<"slabTokens", "slab-tokens", "int64_t", /*default=*/"64",
+           "Query tokens per round of launches (bounds the scratch)">,
+  ];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect",
+    "::mlir::gpu::GPUDialect",
+    "::mlir::LLVM::LLVMDialect",
+    "::mlir::math::MathDialect",
+    "::mlir::memref::MemRefDialect",
+    "::mlir::NVVM::NVVMDialect",
+    "::mlir::scf::SCFDialect",
+    "::mlir::vector::VectorDialect",
+  ];
+}
+
 #endif // MOBA_CONVERSION_PASSES_TD

@@ -71,6 +71,8 @@ struct CpuPipelineOptions : public PassPipelineOptions<CpuPipelineOptions> {
   bool keepMmaCompatibleGate = false;
   /// Likewise for moba.group_queries and its warp lowering.
   bool keepWarpCompatibleGrouping = false;
+  /// Likewise for moba.paged_decode_attention and its split-K lowering.
+  bool keepSplitKDecode = false;
   /// With densify: moba-fuse-lse-merge, so that the tensor-core lowering
   /// merges inside the attention kernel (lower-to-loops splits what it
   /// lowers itself).
@@ -92,6 +94,9 @@ void buildLoopsToLLVMPipeline(OpPassManager &pm);
 /// Both: moba.attention -> LLVM dialect for the host CPU.
 void buildMobaCpuPipeline(OpPassManager &pm,
                           const CpuPipelineOptions &options);
+
+/// The GPU form of moba.paged_decode_attention.
+enum class PagedDecodeForm { SplitK, Loops };
 
 struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
   PassOptions::Option<std::string> chip{
@@ -180,6 +185,19 @@ struct GpuPipelineOptions : public PassPipelineOptions<GpuPipelineOptions> {
                      "(moba-convert-gate-topk-to-nvvm) where the query type, "
                      "head_dim and K allow; off: the SIMT gate"),
       llvm::cl::init(true)};
+  PassOptions::Option<PagedDecodeForm> pagedDecode{
+      *this, "paged-decode",
+      llvm::cl::desc("How moba.paged_decode_attention runs: split-k "
+                     "(moba-convert-paged-decode-to-nvvm: a warp per chosen "
+                     "block chunk, every key read once for all query heads "
+                     "and tokens that chose it; ops it cannot take fall back "
+                     "to loops) or loops (one thread per query row)"),
+      llvm::cl::init(PagedDecodeForm::SplitK),
+      llvm::cl::values(
+          clEnumValN(PagedDecodeForm::SplitK, "split-k",
+                     "the split-K flash-decoding kernels"),
+          clEnumValN(PagedDecodeForm::Loops, "loops",
+                     "the generic forall form, one thread per row"))};
 };
 
 /// moba.attention -> host LLVM code launching NVVM kernels, with the GPU

@@ -145,3 +145,11 @@ func.func @decode_negative_scale(%q: tensor<2x4x8xf32>, %cu: tensor<3xi32>, %kc:
   %r:2 = moba.paged_decode_attention q(%q : tensor<2x4x8xf32>) cu_seqlens_q(%cu : tensor<3xi32>) k_cache(%kc : tensor<8x16x2x8xf32>) v_cache(%kc : tensor<8x16x2x8xf32>) block_table(%t : tensor<2x4xi32>) cache_lens(%n : tensor<2xi32>) block_key_sums(%s : tensor<2x4x2x8xf32>) outs(%o : tensor<2x4x8xf32>, %l : tensor<2x4xf32>) {block_size = 16, top_k = 2, scale = -1.0 : f32}
   return
 }
+
+// -----
+
+func.func @decode_mixed_forms(%q: tensor<2x4x8xf32>, %cu: tensor<3xi32>, %kc: tensor<8x16x2x8xf32>, %t: tensor<2x4xi32>, %n: tensor<2xi32>, %s: tensor<2x4x2x8xf32>, %o: memref<2x4x8xf32>, %l: memref<2x4xf32>) {
+  // expected-error @+1 {{operands must be all tensors or all memrefs}}
+  moba.paged_decode_attention q(%q : tensor<2x4x8xf32>) cu_seqlens_q(%cu : tensor<3xi32>) k_cache(%kc : tensor<8x16x2x8xf32>) v_cache(%kc : tensor<8x16x2x8xf32>) block_table(%t : tensor<2x4xi32>) cache_lens(%n : tensor<2xi32>) block_key_sums(%s : tensor<2x4x2x8xf32>) outs(%o : memref<2x4x8xf32>, %l : memref<2x4xf32>) {block_size = 16, top_k = 2}
+  return
+}

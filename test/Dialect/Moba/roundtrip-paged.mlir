@@ -63,3 +63,25 @@ func.func @decode_kv_head(%q: tensor<4x8x64xf32>, %cuq: tensor<3xi32>,
       {block_size = 16, top_k = 2, selection = "kv_head", scale = 0.125 : f32}
   return %out : tensor<4x8x64xf32>
 }
+
+// On buffers (after bufferization, for moba-convert-paged-decode-to-nvvm):
+// no results.
+// CHECK-LABEL: func @decode_on_buffers
+// CHECK: moba.paged_decode_attention q(%{{[^ ]+}} : memref<?x8x64xbf16>)
+// CHECK-SAME: outs(%{{[^ ]+}} : memref<?x8x64xbf16>, %{{[^ ]+}} : memref<?x8xf32>)
+// CHECK-SAME: {block_size = 32 : i64, top_k = 3 : i64}
+func.func @decode_on_buffers(%q: memref<?x8x64xbf16>, %cuq: memref<?xi32>,
+                             %kc: memref<?x16x2x64xbf16>,
+                             %vc: memref<?x16x2x64xbf16>,
+                             %table: memref<?x?xi32>, %lens: memref<?xi32>,
+                             %sums: memref<?x?x2x64xf32>,
+                             %o: memref<?x8x64xbf16>, %l: memref<?x8xf32>) {
+  moba.paged_decode_attention q(%q : memref<?x8x64xbf16>)
+      cu_seqlens_q(%cuq : memref<?xi32>)
+      k_cache(%kc : memref<?x16x2x64xbf16>) v_cache(%vc : memref<?x16x2x64xbf16>)
+      block_table(%table : memref<?x?xi32>) cache_lens(%lens : memref<?xi32>)
+      block_key_sums(%sums : memref<?x?x2x64xf32>)
+      outs(%o : memref<?x8x64xbf16>, %l : memref<?x8xf32>)
+      {block_size = 32, top_k = 3}
+  return
+}

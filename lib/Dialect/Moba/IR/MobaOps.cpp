@@ -13,6 +13,7 @@
 #include "mlir/IR/Matchers.h"
 #include "mlir/IR/OpImplementation.h"
 #include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/CheckedArithmetic.h"
 #include "llvm/Support/MathExtras.h"
 #include "llvm/Support/FormatVariadic.h"
 
@@ -1066,14 +1067,65 @@ MutableOperandRange PagedDecodeAttentionOp::getDpsInitsMutable() {
   return trailingOperands(*this, 2);
 }
 
+void PagedDecodeAttentionOp::getEffects(
+    SmallVectorImpl<SideEffects::EffectInstance<MemoryEffects::Effect>>
+        &effects) {
+  addBufferFormEffects(*this, effects);
+}
+
 double PagedDecodeAttentionOp::getScaleOrDefault() {
   if (std::optional<APFloat> s = getScale())
     return s->convertToDouble();
   return 1.0 /
-         std::sqrt(double(getQ().getType().getDimSize(2)));
+         std::sqrt(double(cast<ShapedType>(getQ().getType()).getDimSize(2)));
+}
+
+bool PagedDecodeAttentionOp::isSplitKCompatible() {
+  auto q = cast<ShapedType>(getQ().getType());
+  auto kc = cast<ShapedType>(getKCache().getType());
+  auto sums = cast<ShapedType>(getBlockKeySums().getType());
+  if (q.isDynamicDim(1) || q.isDynamicDim(2) || kc.isDynamicDim(1) ||
+      kc.isDynamicDim(2) || kc.isDynamicDim(3) || sums.isDynamicDim(2) ||
+      sums.isDynamicDim(3))
+    return false;
+  // One lane reads 16 bytes of a row: head_dim / (16 bytes) lanes a row, a
+  // power of two up to 32, so that lanes of one row are a shuffle group.
+  int64_t elementBytes = q.getElementTypeBitWidth() / 8;
+  int64_t perLane = 16 / elementBytes;
+  int64_t d = q.getDimSize(2);
+  if (d % perLane != 0)
+    return false;
+  int64_t lanes = d / perLane;
+  if (lanes > 32 || !llvm::isPowerOf2_64(lanes) || getTopK() > kMaxSplitKTopK)
+    return false;
+  // One query token's partials (chunks of kSplitKChunkKeys keys) fit the
+  // scratch budget.
+  std::optional<int64_t> bytes = splitKPartialBytesPerToken(kSplitKChunkKeys);
+  return bytes && *bytes <= kMaxSplitKScratchBytes;
+}
+
+std::optional<int64_t>
+PagedDecodeAttentionOp::splitKPartialBytesPerToken(int64_t chunkKeys) {
+  auto q = cast<ShapedType>(getQ().getType());
+  int64_t blockSize = getBlockSize();
+  if (chunkKeys < 1 || blockSize < 1)
+    return std::nullopt;
+  int64_t chunks = blockSize / chunkKeys + (blockSize % chunkKeys != 0);
+  int64_t bytes = 4;
+  for (int64_t factor :
+       {q.getDimSize(1), int64_t(getTopK()), chunks, q.getDimSize(2) + 2}) {
+    std::optional<int64_t> next = llvm::checkedMul(bytes, factor);
+    if (!next)
+      return std::nullopt;
+    bytes = *next;
+  }
+  return bytes;
 }
 
 LogicalResult PagedDecodeAttentionOp::verify() {
+  if (failed(verifyTensorOrBufferForm(*this, "two results of the types of "
+                                             "out_init and lse_init")))
+    return failure();
   Checker c(*this);
   Named q("q", getQ()), kc("k_cache", getKCache()), vc("v_cache", getVCache()),
       table("block_table", getBlockTable()),
@@ -1134,6 +1186,18 @@ static ParseResult parseResultsOfInits(OpAsmParser &,
 
 static void printResultsOfInits(OpAsmPrinter &, Operation *, TypeRange, Type,
                                 Type, Type) {}
+
+/// The same for an op of two inits.
+static ParseResult parseResultsOfInitPair(OpAsmParser &,
+                                          SmallVectorImpl<Type> &results,
+                                          Type first, Type second) {
+  if (isa<RankedTensorType>(first))
+    results.append({first, second});
+  return success();
+}
+
+static void printResultsOfInitPair(OpAsmPrinter &, Operation *, TypeRange,
+                                   Type, Type) {}
 
 #define GET_OP_CLASSES
 #include "moba/Dialect/Moba/IR/MobaOps.cpp.inc"

@@ -29,7 +29,10 @@ namespace {
 ///    (listed, or -1 past the last);
 ///  * moba.grouped_block_attention_grad writes every dq partial (0 for a
 ///    slot that attends nothing) and every dk and dv row (0 for a key no
-///    query attends).
+///    query attends);
+///  * moba.paged_decode_attention writes every output row and log-sum-exp
+///    (NaN for a token in no sequence or one of a sequence that failed its
+///    cache check).
 /// The op is re-created on its operands' buffers, with no results; its
 /// results become the init buffers.
 template <typename OpTy>
@@ -76,5 +79,7 @@ void mlir::moba::registerBufferizableOpInterfaceExternalModels(
         WriteOnlyInitsBufferization<GroupQueriesOp>>(*context);
     GroupedBlockAttentionGradOp::attachInterface<
         WriteOnlyInitsBufferization<GroupedBlockAttentionGradOp>>(*context);
+    PagedDecodeAttentionOp::attachInterface<
+        WriteOnlyInitsBufferization<PagedDecodeAttentionOp>>(*context);
   });
 }

@@ -503,28 +503,37 @@ struct LowerPagedKvAppend : LoweringPattern<PagedKvAppendOp> {
 //===----------------------------------------------------------------------===//
 
 struct LowerPagedDecodeAttention : LoweringPattern<PagedDecodeAttentionOp> {
-  using LoweringPattern::LoweringPattern;
+  LowerPagedDecodeAttention(MLIRContext *context, bool parallel,
+                            bool keepSplitK)
+      : LoweringPattern(context, parallel), keepSplitK(keepSplitK) {}
+
+  /// Leave ops the split-K GPU lowering takes.
+  bool keepSplitK;
 
   LogicalResult matchAndRewrite(PagedDecodeAttentionOp op,
                                 PatternRewriter &rewriter) const override {
     if (!isa<RankedTensorType>(op.getQ().getType()))
       return rewriter.notifyMatchFailure(op, "on buffers");
+    if (keepSplitK && op.isSplitKCompatible())
+      return rewriter.notifyMatchFailure(op, "kept for the split-K kernel");
     if (failed(checkLowerablePaged(rewriter, op,
                                    {op.getQ(), op.getKCache(), op.getVCache()},
                                    op.getBlockKeySums())))
       return failure();
     ImplicitLocOpBuilder b(op.getLoc(), rewriter);
     LoopEmitter e(b);
+    auto qType = cast<RankedTensorType>(op.getQ().getType());
+    auto cacheType = cast<RankedTensorType>(op.getKCache().getType());
     PagedCache c{op.getBlockTable(),
                  op.getCacheLens(),
                  op.getKCache(),
                  op.getVCache(),
                  op.getBlockKeySums(),
-                 op.getKCache().getType().getDimSize(1),
+                 cacheType.getDimSize(1),
                  op.getBlockSize()};
-    int64_t numHeads = op.getQ().getType().getDimSize(1);
-    int64_t headDim = op.getQ().getType().getDimSize(2);
-    int64_t group = numHeads / op.getKCache().getType().getDimSize(2);
+    int64_t numHeads = qType.getDimSize(1);
+    int64_t headDim = qType.getDimSize(2);
+    int64_t group = numHeads / cacheType.getDimSize(2);
     int64_t topK = op.getTopK();
     bool perKvHead = op.isSelectionPerKvHead();
     double scale = op.getScaleOrDefault();
@@ -646,7 +655,7 @@ struct LowerPagedDecodeAttention : LoweringPattern<PagedDecodeAttentionOp> {
                                bool perKvHead, double scale) {
     LoopEmitter e(b);
     Value q = op.getQ();
-    int64_t headDim = op.getQ().getType().getDimSize(2);
+    int64_t headDim = cast<RankedTensorType>(q.getType()).getDimSize(2);
     Value g = arith::DivUIOp::create(b, h, e.index(group));
     Value queryRow = e.readRow(q, {t, h});
     Value own = arith::DivUIOp::create(b, pos, e.index(c.blockSize));
@@ -762,7 +771,9 @@ struct LowerPagedDecodeAttention : LoweringPattern<PagedDecodeAttentionOp> {
 } // namespace
 
 void mlir::moba::populateLowerPagedToLoopsPatterns(RewritePatternSet &patterns,
-                                                   bool parallel) {
-  patterns.add<LowerPagedKvAppend, LowerPagedDecodeAttention>(
-      patterns.getContext(), parallel);
+                                                   bool parallel,
+                                                   bool keepSplitKDecode) {
+  patterns.add<LowerPagedKvAppend>(patterns.getContext(), parallel);
+  patterns.add<LowerPagedDecodeAttention>(patterns.getContext(), parallel,
+                                          keepSplitKDecode);
 }

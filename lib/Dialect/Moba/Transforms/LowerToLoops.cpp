@@ -47,7 +47,8 @@ struct MobaLowerToLoopsPass
     populateMobaLowerToLoopsPatterns(patterns, parallel,
                                      keepMmaCompatibleAttention,
                                      keepMmaCompatibleGate,
-                                     keepWarpCompatibleGrouping);
+                                     keepWarpCompatibleGrouping,
+                                     keepSplitKDecode);
     walkAndApplyPatterns(getOperation(), std::move(patterns));
     // Whatever could not be lowered has said why (dynamic heads or
     // head_dim); the pass fails rather than leave moba ops behind.
@@ -63,6 +64,9 @@ struct MobaLowerToLoopsPass
           return WalkResult::advance();
       if (auto grouping = dyn_cast<GroupQueriesOp>(op))
         if (keepWarpCompatibleGrouping && grouping.isWarpCompatible())
+          return WalkResult::advance();
+      if (auto decode = dyn_cast<PagedDecodeAttentionOp>(op))
+        if (keepSplitKDecode && decode.isSplitKCompatible())
           return WalkResult::advance();
       if (!isa<BlockPoolOp, GateOp, TopKOp, GateTopKOp, SparseAttentionOp,
                LseMergeOp, GroupQueriesOp, GroupedBlockAttentionOp,
@@ -88,7 +92,7 @@ struct MobaLowerToLoopsPass
 void mlir::moba::populateMobaLowerToLoopsPatterns(
     RewritePatternSet &patterns, bool parallel,
     bool keepMmaCompatibleAttention, bool keepMmaCompatibleGate,
-    bool keepWarpCompatibleGrouping) {
+    bool keepWarpCompatibleGrouping, bool keepSplitKDecode) {
   populateLowerPoolingToLoopsPatterns(patterns, parallel);
   populateLowerGatingToLoopsPatterns(patterns, parallel, keepMmaCompatibleGate);
   populateLowerAttentionToLoopsPatterns(patterns, parallel,
@@ -98,5 +102,5 @@ void mlir::moba::populateMobaLowerToLoopsPatterns(
                                        keepWarpCompatibleGrouping);
   populateLowerGradToLoopsPatterns(patterns, parallel,
                                    keepMmaCompatibleAttention);
-  populateLowerPagedToLoopsPatterns(patterns, parallel);
+  populateLowerPagedToLoopsPatterns(patterns, parallel, keepSplitKDecode);
 }

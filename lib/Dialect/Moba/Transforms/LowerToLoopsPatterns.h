@@ -58,8 +58,10 @@ void populateLowerGradToLoopsPatterns(RewritePatternSet &patterns,
 
 /// moba.paged_kv_append and moba.paged_decode_attention
 /// (LowerPagedToLoops.cpp): serial loops, or scf.foralls when `parallel`.
+/// With `keepSplitKDecode`, decode ops the split-K GPU lowering takes
+/// (PagedDecodeAttentionOp::isSplitKCompatible) are left as they are.
 void populateLowerPagedToLoopsPatterns(RewritePatternSet &patterns,
-                                       bool parallel);
+                                       bool parallel, bool keepSplitKDecode);
 
 } // namespace mlir::moba
 

@@ -1027,9 +1027,9 @@ def Moba_PagedKvAppendOp : Moba_DpsOp<"paged_kv_append",
   let hasVerifier = 1;
 }
 
-def Moba_PagedDecodeAttentionOp : Moba_DpsOp<"paged_decode_attention",
-    [AllTypesMatch<["out_init", "output"]>,
-     AllTypesMatch<["lse_init", "lse"]>]> {
+def Moba_PagedDecodeAttentionOp : Moba_Op<"paged_decode_attention",
+    [DeclareOpInterfaceMethods<DestinationStyleOpInterface>,
+     DeclareOpInterfaceMethods<MemoryEffectsOpInterface>]> {
   let summary = "Causal MoBA of a few new queries per sequence against a "
                 "paged KV cache (decode and chunked prefill)";
   let description = [{
@@ -1083,21 +1083,24 @@ def Moba_PagedDecodeAttentionOp : Moba_DpsOp<"paged_decode_attention",
   }];
 
   let arguments = (ins
-    Moba_QKVTensor:$q,
-    Moba_CuSeqlens:$cu_seqlens_q,
-    Moba_QKVTensor:$k_cache,
-    Moba_QKVTensor:$v_cache,
-    Moba_IndexTensor:$block_table,
-    Moba_IndexTensor:$cache_lens,
-    Moba_F32Tensor:$block_key_sums,
-    Moba_QKVTensor:$out_init,
-    Moba_F32Tensor:$lse_init,
+    Moba_QKVShaped:$q,
+    Moba_CuSeqlensShaped:$cu_seqlens_q,
+    Moba_QKVShaped:$k_cache,
+    Moba_QKVShaped:$v_cache,
+    Moba_IndexShaped:$block_table,
+    Moba_IndexShaped:$cache_lens,
+    Moba_F32Shaped:$block_key_sums,
+    Moba_QKVShaped:$out_init,
+    Moba_F32Shaped:$lse_init,
     I64Attr:$block_size,
     I64Attr:$top_k,
     DefaultValuedAttr<StrAttr, "\"query_head\"">:$selection,
     OptionalAttr<F32Attr>:$scale
   );
-  let results = (outs Moba_QKVTensor:$output, Moba_F32Tensor:$lse);
+  // Two results on tensors (output, lse), none on memrefs (after
+  // bufferization, for moba-convert-paged-decode-to-nvvm): their types are
+  // the inits', so the assembly does not spell them.
+  let results = (outs Variadic<Moba_QKVTensor>:$results);
   let assemblyFormat = [{
     `q` `(` $q `:` type($q) `)`
     `cu_seqlens_q` `(` $cu_seqlens_q `:` type($cu_seqlens_q) `)`
@@ -1107,9 +1110,32 @@ def Moba_PagedDecodeAttentionOp : Moba_DpsOp<"paged_decode_attention",
     `cache_lens` `(` $cache_lens `:` type($cache_lens) `)`
     `block_key_sums` `(` $block_key_sums `:` type($block_key_sums) `)`
     `outs` `(` $out_init `:` type($out_init) `,`
-               $lse_init `:` type($lse_init) `)` attr-dict
+               $lse_init `:` type($lse_init) `)`
+    custom<ResultsOfInitPair>(type($results), ref(type($out_init)),
+                              ref(type($lse_init)))
+    attr-dict
   }];
   let extraClassDeclaration = [{
+    /// The results of the tensor form.
+    ::mlir::Value getOutput() { return getResults()[0]; }
+    ::mlir::Value getLse() { return getResults()[1]; }
+    /// The operands allow the split-K lowering
+    /// (moba-convert-paged-decode-to-nvvm): static heads, head_dim and
+    /// page_size, head_dim rows of 16-byte chunks read by a power-of-two
+    /// number of lanes (at most 32), top_k at most kMaxSplitKTopK (the
+    /// running top-k lives in registers), and one token's partials within
+    /// kMaxSplitKScratchBytes.
+    bool isSplitKCompatible();
+    static constexpr int64_t kMaxSplitKTopK = 32;
+    /// The split-K lowering's keys a partial (its default chunk-keys) and
+    /// the most bytes of partials one query token may need (a slab holds
+    /// at least one token).
+    static constexpr int64_t kSplitKChunkKeys = 512;
+    static constexpr int64_t kMaxSplitKScratchBytes = int64_t(256) << 20;
+    /// The f32 partials (out, max, sum) of one query token with chunks of
+    /// `chunkKeys` keys: heads * top_k * chunks * (head_dim + 2) * 4 bytes
+    /// (static heads and head_dim); nullopt past int64.
+    std::optional<int64_t> splitKPartialBytesPerToken(int64_t chunkKeys);
     /// True for selection = "kv_head": one top-k per key/value group.
     bool isSelectionPerKvHead() { return getSelection() == "kv_head"; }
     /// The softmax scale: the attribute, or 1/sqrt(head_dim) (static, as

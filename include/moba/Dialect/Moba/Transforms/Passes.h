@@ -52,14 +52,16 @@ void populateMobaTileAttentionPatterns(RewritePatternSet &patterns,
 /// The other decomposed ops (and untiled sparse attention) -> loops; with
 /// `parallel`, scf.forall loops over independent rows.
 /// With `keepMmaCompatibleAttention` (`keepMmaCompatibleGate`,
-/// `keepWarpCompatibleGrouping`), moba.grouped_block_attention and
-/// moba.grouped_block_attention_grad (moba.gate_topk, moba.group_queries)
-/// ops that the GPU lowerings handle are left as they are.
+/// `keepWarpCompatibleGrouping`, `keepSplitKDecode`),
+/// moba.grouped_block_attention and moba.grouped_block_attention_grad
+/// (moba.gate_topk, moba.group_queries, moba.paged_decode_attention) ops
+/// that the GPU lowerings handle are left as they are.
 void populateMobaLowerToLoopsPatterns(RewritePatternSet &patterns,
                                       bool parallel = false,
                                       bool keepMmaCompatibleAttention = false,
                                       bool keepMmaCompatibleGate = false,
-                                      bool keepWarpCompatibleGrouping = false);
+                                      bool keepWarpCompatibleGrouping = false,
+                                      bool keepSplitKDecode = false);
 
 #define GEN_PASS_REGISTRATION
 #include "moba/Dialect/Moba/Transforms/Passes.h.inc"

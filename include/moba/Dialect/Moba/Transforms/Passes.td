@@ -202,6 +202,13 @@ def MobaLowerToLoops : Pass<"moba-lower-to-loops"> {
            "bool", /*default=*/"false",
            "Leave moba.group_queries (a static K of at most 32) for the GPU "
            "lowering, which runs after bufferization">,
+    Option<"keepSplitKDecode", "keep-split-k-decode", "bool",
+           /*default=*/"false",
+           "Leave moba.paged_decode_attention (static heads, head_dim and "
+           "page_size, head_dim a power-of-two count of 16-byte chunks up "
+           "to 32, top_k at most 32) for the split-K GPU lowering "
+           "(moba-convert-paged-decode-to-nvvm), which runs after "
+           "bufferization">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",
