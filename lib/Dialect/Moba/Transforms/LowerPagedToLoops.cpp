@@ -264,7 +264,7 @@ struct LowerPagedKvAppend : LoweringPattern<PagedKvAppendOp> {
                  op.getVCacheInit(),
                  op.getBlockKeySumsInit(),
                  op.getKCacheInit().getType().getDimSize(1),
-                 op.getBlockSize()};
+                 static_cast<int64_t>(op.getBlockSize())};
     int64_t kvHeads = op.getK().getType().getDimSize(1);
     int64_t headDim = op.getK().getType().getDimSize(2);
     Value cu = op.getCuSeqlens(), k = op.getK(), v = op.getV();
@@ -530,7 +530,7 @@ struct LowerPagedDecodeAttention : LoweringPattern<PagedDecodeAttentionOp> {
                  op.getVCache(),
                  op.getBlockKeySums(),
                  cacheType.getDimSize(1),
-                 op.getBlockSize()};
+                 static_cast<int64_t>(op.getBlockSize())};
     int64_t numHeads = qType.getDimSize(1);
     int64_t headDim = qType.getDimSize(2);
     int64_t group = numHeads / cacheType.getDimSize(2);
@@ -557,13 +557,13 @@ struct LowerPagedDecodeAttention : LoweringPattern<PagedDecodeAttentionOp> {
                 pb, ok,
                 [&](OpBuilder &ob, Location loc) {
                   ImplicitLocOpBuilder ib(loc, ob);
-                  Value first = extractI64(ib, cu, {seq});
                   Value last = extractI64(
                       ib, cu,
                       {arith::AddIOp::create(ib, seq, LoopEmitter(ib).index(1))
                            .getResult()});
                   Value length = extractI64(ib, c.cacheLens, {seq});
-                  // length - (last - first) + (t - first).
+                  // length - (last - first) + (t - first), first being
+                  // the sequence's first query token.
                   Value pos = arith::IndexCastOp::create(
                       ib, ib.getIndexType(),
                       arith::AddIOp::create(
