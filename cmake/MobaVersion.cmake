@@ -9,6 +9,19 @@ if(failed OR NOT revision)
 endif()
 execute_process(COMMAND git -C ${SOURCE_DIR} diff HEAD -- include lib tools
                 OUTPUT_VARIABLE changes ERROR_QUIET)
+# Untracked sources (git diff does not see them) count as changes too: their
+# names and contents.
+execute_process(COMMAND git -C ${SOURCE_DIR} ls-files --others
+                        --exclude-standard -- include lib tools
+                OUTPUT_VARIABLE untracked OUTPUT_STRIP_TRAILING_WHITESPACE
+                ERROR_QUIET)
+if(untracked)
+  string(REPLACE "\n" ";" untracked_files "${untracked}")
+  foreach(file ${untracked_files})
+    file(SHA1 ${SOURCE_DIR}/${file} file_hash)
+    string(APPEND changes "\nuntracked ${file} ${file_hash}")
+  endforeach()
+endif()
 if(changes)
   string(SHA1 hash "${changes}")
   string(SUBSTRING "${hash}" 0 12 hash)

@@ -11,6 +11,7 @@
 
 #include "moba/Version.h"
 
+#include "llvm/Config/llvm-config.h"
 #include "llvm/ExecutionEngine/Orc/LLJIT.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/MemoryBuffer.h"
@@ -21,6 +22,11 @@ using namespace mlir::moba;
 using namespace mlir::moba::detail;
 
 llvm::StringRef mlir::moba::compilerVersion() { return MOBA_VERSION; }
+
+std::string mlir::moba::compilerIdentity() {
+  return llvm::formatv("{0}+llvm-{1}", compilerVersion(), LLVM_VERSION_STRING)
+      .str();
+}
 
 std::string mlir::moba::kernelName(const AttentionConfig &config,
                                    const CpuCompileOptions &options) {
@@ -33,7 +39,7 @@ std::string mlir::moba::kernelName(const AttentionConfig &config,
 }
 
 std::string mlir::moba::hostCacheKey(llvm::StringRef name) {
-  return llvm::formatv("{0}-{1}-{2}|{3}", name, compilerVersion(),
+  return llvm::formatv("{0}-{1}-{2}|{3}", name, compilerIdentity(),
                        llvm::sys::getHostCPUName(), hostCpuFeatures())
       .str();
 }

@@ -275,7 +275,7 @@ std::string gpuCacheKey(const AttentionConfig &config,
   return llvm::formatv(
              "{0}-{1}-{2}|{3}|plan={4}|pipeline={5}|loading={6}|toolkit={7}|"
              "libdevice={8}|ptxas={9}",
-             gpuKernelName(config, options), compilerVersion(),
+             gpuKernelName(config, options), compilerIdentity(),
              llvm::sys::getHostCPUName(), hostCpuFeatures(),
              options.mma ? plan.print() : std::string("none"), pipelineText,
              ptx ? "moba_load_modules,mgpuModuleLoadJIT"

@@ -1,5 +1,6 @@
 """The disk cache, the IR dumps and the library's version."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,12 @@ def test_disk_cache(tmp_path):
     assert not cached
     files = os.listdir(tmp_path / "cache")
     assert len(files) == 1 and moba.version() in files[0]
+    # The stored key names the LLVM release the library links: a rebuild
+    # against another release at the same revision must not load it.
+    data = (tmp_path / "cache" / files[0]).read_bytes()
+    key_bytes = int.from_bytes(data[12:16], "little")
+    key = data[56:56 + key_bytes].decode()
+    assert re.search(r"\+llvm-\d+\.\d+\.\d+", key), key
     cached, warm, memory = run_fresh_process(env)
     assert cached
     assert warm < cold

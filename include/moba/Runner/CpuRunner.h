@@ -53,6 +53,10 @@ struct CpuCompileOptions {
 /// The compiler's version: the project version and the git revision it was
 /// built from ("-dirty" when the tree had changes).
 llvm::StringRef compilerVersion();
+/// What a cached kernel must have been compiled by: compilerVersion() and
+/// the LLVM/MLIR release the library links (statically, so a rebuild
+/// against another release at the same revision is another compiler).
+std::string compilerIdentity();
 
 /// A name of `config` compiled with `options`: the configuration and the
 /// pipeline options, e.g. "cpu-d64_h8_kv2_b64_k3_causal_bf16-fused-q32-k16-O3"
