@@ -515,6 +515,12 @@ PAGED = dict(head_dim=64, num_heads=4, num_kv_heads=2, page_size=16,
              block_size=32, top_k=2, dtype="bf16")
 PAGED_COUNTS = dict(num_pages=8, max_pages=4, max_blocks=50,
                     num_sequences=3, tokens=200, queries=40)
+# What the PAGED buffers hold room for: a call that should run may ask
+# counts up to these (run_paged's changes; larger ones are for the library
+# to refuse). The library checks that no buffer it writes overlaps another
+# over the extents the counts give, so buffers sized for smaller counts
+# would overlap or not by where the allocator happened to put them.
+PAGED_CAPACITY = dict(num_sequences=8, tokens=200, queries=128)
 
 
 def compile_paged(name, target):
@@ -534,22 +540,22 @@ def _paged_buffers():
     if "paged" in _buffers:
         return _buffers["paged"]
     _make_context_current()
-    c, n = PAGED, PAGED_COUNTS
+    c, n, cap = PAGED, PAGED_COUNTS, PAGED_CAPACITY
     row = c["head_dim"] * 2  # bf16
     sizes = {
         "k_cache": n["num_pages"] * c["page_size"] * c["num_kv_heads"] * row,
         "v_cache": n["num_pages"] * c["page_size"] * c["num_kv_heads"] * row,
-        "block_key_sums": n["num_sequences"] * n["max_blocks"] *
+        "block_key_sums": cap["num_sequences"] * n["max_blocks"] *
         c["num_kv_heads"] * c["head_dim"] * 4,
-        "block_table": n["num_sequences"] * n["max_pages"] * 4,
-        "cache_lens": n["num_sequences"] * 4,
-        "k": n["tokens"] * c["num_kv_heads"] * row,
-        "v": n["tokens"] * c["num_kv_heads"] * row,
-        "cu_seqlens": (n["num_sequences"] + 1) * 4,
-        "q": n["queries"] * c["num_heads"] * row,
-        "cu_seqlens_q": (n["num_sequences"] + 1) * 4,
-        "out": n["queries"] * c["num_heads"] * row,
-        "lse": n["queries"] * c["num_heads"] * 4,
+        "block_table": cap["num_sequences"] * n["max_pages"] * 4,
+        "cache_lens": cap["num_sequences"] * 4,
+        "k": cap["tokens"] * c["num_kv_heads"] * row,
+        "v": cap["tokens"] * c["num_kv_heads"] * row,
+        "cu_seqlens": (cap["num_sequences"] + 1) * 4,
+        "q": cap["queries"] * c["num_heads"] * row,
+        "cu_seqlens_q": (cap["num_sequences"] + 1) * 4,
+        "out": cap["queries"] * c["num_heads"] * row,
+        "lse": cap["queries"] * c["num_heads"] * 4,
     }
     buffers = {}
     for name, size in sizes.items():
