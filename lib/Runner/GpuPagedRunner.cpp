@@ -136,14 +136,9 @@ llvm::Error GpuPagedKernel::append(const PagedCacheBuffers &cache,
                                          {"block_key_sums",
                                           cache.blockKeySums}}))
     return e;
-  if (llvm::Error e = load())
-    return e;
-  cuda::LaunchScope scope(static_cast<cuda::CUstream>(stream));
-  callPagedAppendEntry(appendEntry, cfg, cache, append);
-  if (llvm::Error e = scope.takeError())
-    return llvm::createStringError("running the append of " + cfg.key() +
-                                   " failed: " + llvm::toString(std::move(e)));
-  return llvm::Error::success();
+  return launch("append", stream, [&] {
+    callPagedAppendEntry(appendEntry, cfg, cache, append);
+  });
 }
 
 llvm::Error GpuPagedKernel::decode(const PagedCacheBuffers &cache,
@@ -160,12 +155,20 @@ llvm::Error GpuPagedKernel::decode(const PagedCacheBuffers &cache,
                                          {"block_key_sums",
                                           cache.blockKeySums}}))
     return e;
+  return launch("decode", stream, [&] {
+    callPagedDecodeEntry(decodeEntry, cfg, cache, decode);
+  });
+}
+
+llvm::Error GpuPagedKernel::launch(llvm::StringRef what, void *stream,
+                                   llvm::function_ref<void()> call) const {
   if (llvm::Error e = load())
     return e;
   cuda::LaunchScope scope(static_cast<cuda::CUstream>(stream));
-  callPagedDecodeEntry(decodeEntry, cfg, cache, decode);
+  call();
   if (llvm::Error e = scope.takeError())
-    return llvm::createStringError("running the decode of " + cfg.key() +
-                                   " failed: " + llvm::toString(std::move(e)));
+    return llvm::createStringError("running the " + what + " of " +
+                                   cfg.key() + " failed: " +
+                                   llvm::toString(std::move(e)));
   return llvm::Error::success();
 }

@@ -154,6 +154,17 @@ def _offsets(name, cu, batch, tokens):
     return cu
 
 
+def _check_query_counts(counts, max_query_tokens):
+    """Raises ValueError naming the first sequence with more than
+    `max_query_tokens` queries (0: any number, chunked prefill)."""
+    if max_query_tokens and counts.size and counts.max() > max_query_tokens:
+        b = int(np.argmax(counts > max_query_tokens))
+        raise ValueError(
+            f"sequence {b} has {int(counts[b])} queries; decode takes at "
+            f"most {max_query_tokens} a sequence: use prefill() for a "
+            "longer chunk")
+
+
 def _is_torch(x):
     return type(x).__module__.startswith("torch")
 
@@ -901,13 +912,7 @@ class KVCache:
                        (None, self.num_heads, self.head_dim), self.device)
         cu, counts = self._host_offsets("cu_seqlens_q", cu_seqlens_q,
                                         q.shape[0])
-        if max_query_tokens and counts.size and \
-                counts.max() > max_query_tokens:
-            b = int(np.argmax(counts > max_query_tokens))
-            raise ValueError(
-                f"sequence {b} has {int(counts[b])} queries; decode takes at "
-                f"most {max_query_tokens} a sequence: use prefill() for a "
-                "longer chunk")
+        _check_query_counts(counts, max_query_tokens)
         if (counts > self.lengths).any():
             b = int(np.argmax(counts > self.lengths))
             raise ValueError(
@@ -959,13 +964,7 @@ class KVCache:
                              "(tokens, heads, head_dim)")
         cu, counts = self._counts("cu_seqlens_q", cu_seqlens_q,
                                   q_array.shape[0])
-        if max_query_tokens and counts.size and \
-                counts.max() > max_query_tokens:
-            b = int(np.argmax(counts > max_query_tokens))
-            raise ValueError(
-                f"sequence {b} has {int(counts[b])} queries; decode takes at "
-                f"most {max_query_tokens} a sequence: use prefill() for a "
-                "longer chunk")
+        _check_query_counts(counts, max_query_tokens)
         kernel = self._kernel(max_query_tokens)
         out, lse = kernel.decode(q_array, cu, self.k_cache, self.v_cache,
                                  self.block_key_sums, self.block_table,

@@ -13,6 +13,7 @@
 #include "moba/Runner/GpuRunner.h"
 #include "moba/Runner/PagedConfig.h"
 
+#include "llvm/ADT/STLFunctionalExtras.h"
 #include "llvm/Support/Error.h"
 
 #include <memory>
@@ -62,6 +63,10 @@ public:
 private:
   GpuPagedKernel(PagedConfig config, std::string chip);
   llvm::Error link(std::unique_ptr<llvm::MemoryBuffer> object);
+  /// Loads the kernels, then runs `call` (one entry point's launches) on
+  /// `stream`, reporting a launch's failure as "running the <what> of ...".
+  llvm::Error launch(llvm::StringRef what, void *stream,
+                     llvm::function_ref<void()> call) const;
 
   PagedConfig cfg;
   std::string chipName;
